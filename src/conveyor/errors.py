@@ -1,0 +1,30 @@
+"""One exception root, so callers can catch everything conveyor raises at the boundary.
+
+Messages are written for the person at the terminal: what happened, which object, what to do.
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base of every error conveyor raises on purpose."""
+
+
+class UsageError(ConveyorError):
+    """The command line or configuration is wrong; exit code 4 like pytest's usage errors."""
+
+
+class QueueError(ConveyorError):
+    """The queue could not do what was asked (bad URL, bad state, garbage in the queue)."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue cannot be reached or opened at all."""
+
+
+class BuildStateLost(QueueError):
+    """The build's keys vanished while processes were still working on it."""
+
+
+class CollectionMismatch(ConveyorError):
+    """This worker collected a different set of tests than the build's manifest."""

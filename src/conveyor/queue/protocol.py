@@ -1,0 +1,163 @@
+"""The queue seam: the verbs every backend implements, and the plain data they exchange.
+
+A build's life: one worker `populate`s the manifest (leader election), every worker `reserve`s
+units under a lease, keeps its leases alive with `heartbeat`, and `complete`s each unit (first
+result wins). A supervisor that sees a worker die `release`s its leases at once; otherwise they
+expire and the next `reserve` anywhere reclaims them. The controller follows the build through
+`events` and can `stop` it (`-x`, Ctrl-C). Payloads are JSON-compatible dicts, never pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+JSON = dict[str, Any]
+
+# Event kinds written to a build's stream. The controller dispatches on these names.
+EVENT_POPULATED = "populated"
+EVENT_WORKER_JOINED = "worker_joined"
+EVENT_RESULT = "result"
+EVENT_DUPLICATE_REJECTED = "duplicate_rejected"
+EVENT_LEASE_EXPIRED = "lease_expired"
+EVENT_WORKER_LOST = "worker_lost"
+EVENT_UNIT_CRASHED = "unit_crashed"
+EVENT_STOPPED = "stopped"
+EVENT_FINISHED = "finished"
+
+
+def collection_digest(units: Iterable[str]) -> str:
+    """Digest of the *set* of units: workers may legitimately collect in different orders."""
+    hasher = hashlib.sha256()
+    for unit in sorted(units):
+        hasher.update(unit.encode("utf-8", "surrogatepass"))
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the leader published: how many units, their digest, and build-wide settings."""
+
+    leader: str
+    digest: str
+    total: int
+    meta: JSON
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One unit handed to one worker; `attempt` counts how often it has been leased."""
+
+    unit: str
+    attempt: int
+
+
+# Reservation states.
+LEASED = "leased"
+WAIT = "wait"  # nothing pending now, but leases are outstanding and may come back
+EXHAUSTED = "exhausted"  # every unit has a final result, or the build was stopped
+
+
+@dataclass(frozen=True)
+class Reservation:
+    state: str
+    leases: tuple[Lease, ...] = ()
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    kind: str
+    worker: str | None
+    unit: str | None
+    data: JSON
+    ts: float
+
+
+@dataclass(frozen=True)
+class BuildStatus:
+    """Counts at one instant; `finished` is true once nothing more can happen in the build."""
+
+    populated: bool
+    total: int = 0
+    done: int = 0
+    pending: int = 0
+    leased: int = 0
+    stop_reason: str | None = None
+    workers: tuple[str, ...] = field(default=())
+
+    @property
+    def finished(self) -> bool:
+        if not self.populated:
+            return False
+        if self.done >= self.total:
+            return True
+        return self.stop_reason is not None and self.leased == 0
+
+
+@dataclass(frozen=True)
+class Released:
+    """A unit taken back from a dead worker: requeued, or finalised because it keeps crashing."""
+
+    unit: str
+    attempt: int
+    crashes: int
+    finalised: bool
+
+
+class Queue(Protocol):
+    """The interface every backend implements; every method is one atomic operation."""
+
+    display_url: str
+
+    def populate(self, leader: str, units: Sequence[str], meta: Mapping[str, Any]) -> bool:
+        """Publish the manifest unless one exists; True when this caller became the leader."""
+        ...
+
+    def manifest(self) -> Manifest | None:
+        """The published manifest, or None while no worker has finished collecting."""
+        ...
+
+    def units(self) -> list[str]:
+        """Every unit of the manifest in its published order (for diffs and accounting)."""
+        ...
+
+    def join(self, worker: str, info: Mapping[str, Any]) -> None:
+        """Record that a worker is alive and what it is (host, pid)."""
+        ...
+
+    def reserve(self, worker: str, max_units: int) -> Reservation:
+        """Reclaim expired leases, then lease up to `max_units` units to `worker`."""
+        ...
+
+    def heartbeat(self, worker: str) -> int:
+        """Extend every lease `worker` holds; returns how many it still holds."""
+        ...
+
+    def complete(self, worker: str, results: Sequence[tuple[str, JSON]]) -> list[bool]:
+        """Store final results, first one wins; a False entry means a late duplicate."""
+        ...
+
+    def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
+        """Return a dead worker's leases at once (or finalise units that crash too often)."""
+        ...
+
+    def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:
+        """Append a free-form event (worker errors, collection reports) to the stream."""
+        ...
+
+    def events(self, after: int, limit: int = 1000) -> list[Event]:
+        """Events with a sequence number above `after`, oldest first."""
+        ...
+
+    def stop(self, reason: str) -> None:
+        """Stop handing out units; leases already held still complete."""
+        ...
+
+    def status(self) -> BuildStatus: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,441 @@
+"""The embedded queue: one SQLite file shared by every process of a build on one machine.
+
+WAL mode lets the controller read the event stream while workers write, and every operation is
+one short `BEGIN IMMEDIATE` transaction, so concurrent workers serialise on the write lock
+instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
+from conveyor.queue.protocol import (
+    EVENT_DUPLICATE_REJECTED,
+    EVENT_FINISHED,
+    EVENT_LEASE_EXPIRED,
+    EVENT_POPULATED,
+    EVENT_RESULT,
+    EVENT_STOPPED,
+    EVENT_UNIT_CRASHED,
+    EVENT_WORKER_JOINED,
+    EVENT_WORKER_LOST,
+    EXHAUSTED,
+    JSON,
+    LEASED,
+    WAIT,
+    BuildStatus,
+    Event,
+    Lease,
+    Manifest,
+    Released,
+    Reservation,
+    collection_digest,
+)
+
+BUSY_TIMEOUT_S = 60.0
+DEFAULT_MAX_UNIT_CRASHES = 2
+
+
+def _schema() -> str:
+    return resources.files("conveyor.queue").joinpath("sqlite_schema.sql").read_text("utf-8")
+
+
+def _dumps(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+class SQLiteQueue:
+    """Queue backend on a SQLite file; safe for many processes and threads on one machine."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        build: str,
+        *,
+        lease_ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.build = build
+        self.lease_ttl_s = lease_ttl_s
+        self.display_url = f"sqlite:///{self.path}" if self.path.is_absolute() else f"sqlite://{path}"
+        self._clock = clock
+        # One connection per queue object; the heartbeat thread shares it under this lock.
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise QueueUnavailable(
+                f"cannot open the queue {self.display_url}: the directory {directory} does not "
+                "exist. Create it, or pass --queue sqlite:///<writable path>."
+            )
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript("BEGIN IMMEDIATE;" + _schema() + "COMMIT;")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise QueueUnavailable(
+                f"cannot open the queue {self.display_url}: {exc}. Check that the path is a "
+                "writable file (not a directory, not another program's file), or pass "
+                "--queue sqlite:///<writable path>."
+            ) from None
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; BEGIN IMMEDIATE takes the lock up front, so it never
+        has to be upgraded (and fail) halfway through."""
+        conn = self._conn
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- helpers used inside a transaction ------------------------------------------------
+
+    def _emit(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        worker: str | None = None,
+        unit: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (build, kind, worker, unit, data, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            (self.build, kind, worker, unit, _dumps(data or {}), self._clock()),
+        )
+
+    def _counters(self, conn: sqlite3.Connection) -> tuple[int, int, int, int, str | None]:
+        row = conn.execute(
+            "SELECT total, pending, leased, done, stop_reason FROM builds WHERE build = ?",
+            (self.build,),
+        ).fetchone()
+        if row is None:
+            raise BuildStateLost(
+                f"build {self.build!r} is not in the queue {self.display_url} (was the file "
+                "deleted or replaced?). Start the build again."
+            )
+        return row  # type: ignore[no-any-return]
+
+    def _adjust(self, conn: sqlite3.Connection, *, pending: int = 0, leased: int = 0, done: int = 0) -> None:
+        conn.execute(
+            "UPDATE builds SET pending = pending + ?, leased = leased + ?, done = done + ? "
+            "WHERE build = ?",
+            (pending, leased, done, self.build),
+        )
+
+    def _maybe_finish(self, conn: sqlite3.Connection) -> None:
+        total, _pending, leased, done, stop_reason = self._counters(conn)
+        if done >= total or (stop_reason is not None and leased == 0):
+            cur = conn.execute(
+                "UPDATE builds SET finished_at = ? WHERE build = ? AND finished_at IS NULL",
+                (self._clock(), self.build),
+            )
+            if cur.rowcount:
+                self._emit(conn, EVENT_FINISHED, data={"done": done, "total": total})
+
+    def _front_of_queue(self, conn: sqlite3.Connection) -> float:
+        (lowest,) = conn.execute(
+            "SELECT MIN(queue_order) FROM units WHERE build = ? AND state = 'pending'",
+            (self.build,),
+        ).fetchone()
+        return (lowest if lowest is not None else 0.0) - 1.0
+
+    # -- protocol -------------------------------------------------------------------------
+
+    def populate(self, leader: str, units: Sequence[str], meta: Mapping[str, Any]) -> bool:
+        unique = list(dict.fromkeys(units))
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM builds WHERE build = ?", (self.build,)).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO builds (build, leader, digest, meta, total, pending, "
+                "max_unit_crashes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.build,
+                    leader,
+                    collection_digest(unique),
+                    _dumps(meta),
+                    len(unique),
+                    len(unique),
+                    int(meta.get("max_unit_crashes", DEFAULT_MAX_UNIT_CRASHES)),
+                    self._clock(),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO units (build, unit, position, state, queue_order) "
+                "VALUES (?, ?, ?, 'pending', ?)",
+                ((self.build, unit, i, float(i)) for i, unit in enumerate(unique)),
+            )
+            self._emit(conn, EVENT_POPULATED, leader, data={"total": len(unique)})
+            self._maybe_finish(conn)
+        return True
+
+    def manifest(self) -> Manifest | None:
+        rows = self._read(
+            "SELECT leader, digest, total, meta FROM builds WHERE build = ?", (self.build,)
+        )
+        if not rows:
+            return None
+        leader, digest, total, meta = rows[0]
+        try:
+            return Manifest(leader=leader, digest=digest, total=total, meta=json.loads(meta))
+        except ValueError:
+            raise QueueError(
+                f"the manifest of build {self.build!r} in {self.display_url} is not valid JSON; "
+                "the file was written by something else. Use a fresh queue path."
+            ) from None
+
+    def units(self) -> list[str]:
+        rows = self._read(
+            "SELECT unit FROM units WHERE build = ? ORDER BY position", (self.build,)
+        )
+        return [unit for (unit,) in rows]
+
+    def join(self, worker: str, info: Mapping[str, Any]) -> None:
+        now = self._clock()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (build, worker, info, joined_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.build, worker, _dumps(info), now, now),
+            )
+            self._emit(conn, EVENT_WORKER_JOINED, worker, data=dict(info))
+
+    def _reclaim_expired(self, conn: sqlite3.Connection, now: float) -> None:
+        expired = conn.execute(
+            "SELECT unit, worker, attempt, crashes FROM units "
+            "WHERE build = ? AND state = 'leased' AND deadline < ?",
+            (self.build, now),
+        ).fetchall()
+        for unit, worker, attempt, crashes in expired:
+            conn.execute(
+                "UPDATE units SET state = 'pending', worker = NULL, deadline = NULL, "
+                "queue_order = ? WHERE build = ? AND unit = ?",
+                (self._front_of_queue(conn), self.build, unit),
+            )
+            self._adjust(conn, pending=1, leased=-1)
+            self._emit(
+                conn, EVENT_LEASE_EXPIRED, worker, unit, {"attempt": attempt, "crashes": crashes}
+            )
+
+    def reserve(self, worker: str, max_units: int) -> Reservation:
+        now = self._clock()
+        with self._write() as conn:
+            _total, _pending, _leased, _done, stop_reason = self._counters(conn)
+            if stop_reason is not None:
+                return Reservation(EXHAUSTED)
+            self._reclaim_expired(conn, now)
+            rows = conn.execute(
+                "SELECT unit, attempt FROM units WHERE build = ? AND state = 'pending' "
+                "ORDER BY queue_order LIMIT ?",
+                (self.build, max(1, max_units)),
+            ).fetchall()
+            leases = tuple(Lease(unit, attempt + 1) for unit, attempt in rows)
+            if leases:
+                deadline = now + self.lease_ttl_s
+                conn.executemany(
+                    "UPDATE units SET state = 'leased', worker = ?, deadline = ?, "
+                    "attempt = attempt + 1 WHERE build = ? AND unit = ?",
+                    ((worker, deadline, self.build, lease.unit) for lease in leases),
+                )
+                conn.executemany(
+                    "INSERT INTO reservations (build, worker, unit, attempt, ts) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    ((self.build, worker, lease.unit, lease.attempt, now) for lease in leases),
+                )
+                self._adjust(conn, pending=-len(leases), leased=len(leases))
+                conn.execute(
+                    "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
+                    (now, self.build, worker),
+                )
+            total, pending, leased, done, _ = self._counters(conn)
+        if leases:
+            return Reservation(LEASED, leases, pending)
+        if done >= total or leased == 0:
+            return Reservation(EXHAUSTED)
+        return Reservation(WAIT)
+
+    def heartbeat(self, worker: str) -> int:
+        now = self._clock()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE units SET deadline = ? WHERE build = ? AND worker = ? AND state = 'leased'",
+                (now + self.lease_ttl_s, self.build, worker),
+            )
+            conn.execute(
+                "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
+                (now, self.build, worker),
+            )
+            return cur.rowcount
+
+    def complete(self, worker: str, results: Sequence[tuple[str, JSON]]) -> list[bool]:
+        accepted: list[bool] = []
+        with self._write() as conn:
+            self._counters(conn)
+            for unit, payload in results:
+                row = conn.execute(
+                    "SELECT state, attempt FROM units WHERE build = ? AND unit = ?",
+                    (self.build, unit),
+                ).fetchone()
+                if row is None:
+                    raise QueueError(
+                        f"worker {worker!r} completed {unit!r}, which is not in build "
+                        f"{self.build!r}; its collection does not match the manifest."
+                    )
+                state, attempt = row
+                if state == "done":
+                    self._emit(conn, EVENT_DUPLICATE_REJECTED, worker, unit, {"attempt": attempt})
+                    accepted.append(False)
+                    continue
+                conn.execute(
+                    "UPDATE units SET state = 'done', worker = ?, deadline = NULL "
+                    "WHERE build = ? AND unit = ?",
+                    (worker, self.build, unit),
+                )
+                if state == "leased":
+                    self._adjust(conn, leased=-1, done=1)
+                else:
+                    self._adjust(conn, pending=-1, done=1)
+                self._emit(conn, EVENT_RESULT, worker, unit, payload)
+                accepted.append(True)
+            self._maybe_finish(conn)
+        return accepted
+
+    def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
+        """Take back a dead worker's leases. Only `cause["culprit"]` (the unit it was running,
+        when known) is charged a crash; the units it merely held go back untouched."""
+        culprit = cause.get("culprit")
+        released: list[Released] = []
+        with self._write() as conn:
+            (limit,) = conn.execute(
+                "SELECT max_unit_crashes FROM builds WHERE build = ?", (self.build,)
+            ).fetchone() or (DEFAULT_MAX_UNIT_CRASHES,)
+            held = conn.execute(
+                "SELECT unit, attempt, crashes FROM units "
+                "WHERE build = ? AND worker = ? AND state = 'leased'",
+                (self.build, worker),
+            ).fetchall()
+            for unit, attempt, crashes in held:
+                if unit == culprit:
+                    crashes += 1
+                finalised = crashes >= limit
+                if finalised:
+                    conn.execute(
+                        "UPDATE units SET state = 'done', crashes = ?, deadline = NULL "
+                        "WHERE build = ? AND unit = ?",
+                        (crashes, self.build, unit),
+                    )
+                    self._adjust(conn, leased=-1, done=1)
+                    self._emit(
+                        conn,
+                        EVENT_UNIT_CRASHED,
+                        worker,
+                        unit,
+                        {"attempt": attempt, "crashes": crashes, "cause": dict(cause)},
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE units SET state = 'pending', worker = NULL, deadline = NULL, "
+                        "crashes = ?, queue_order = ? WHERE build = ? AND unit = ?",
+                        (crashes, self._front_of_queue(conn), self.build, unit),
+                    )
+                    self._adjust(conn, pending=1, leased=-1)
+                released.append(Released(unit, attempt, crashes, finalised))
+            self._emit(
+                conn,
+                EVENT_WORKER_LOST,
+                worker,
+                data={"cause": dict(cause), "released": [r.unit for r in released]},
+            )
+            self._maybe_finish(conn)
+        return released
+
+    def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:
+        with self._write() as conn:
+            self._emit(conn, kind, worker, data=data)
+
+    def events(self, after: int, limit: int = 1000) -> list[Event]:
+        rows = self._read(
+            "SELECT seq, kind, worker, unit, data, ts FROM events "
+            "WHERE build = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (self.build, after, limit),
+        )
+        events = []
+        for seq, kind, worker, unit, data, ts in rows:
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = {"error": "event data is not valid JSON", "raw": data[:200]}
+                kind = "malformed"
+            events.append(Event(seq, kind, worker, unit, payload, ts))
+        return events
+
+    def stop(self, reason: str) -> None:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE builds SET stop_reason = ? WHERE build = ? AND stop_reason IS NULL",
+                (reason, self.build),
+            )
+            if cur.rowcount:
+                self._emit(conn, EVENT_STOPPED, data={"reason": reason})
+                self._maybe_finish(conn)
+
+    def status(self) -> BuildStatus:
+        rows = self._read(
+            "SELECT total, pending, leased, done, stop_reason FROM builds WHERE build = ?",
+            (self.build,),
+        )
+        if not rows:
+            return BuildStatus(populated=False)
+        total, pending, leased, done, stop_reason = rows[0]
+        workers = self._read(
+            "SELECT worker FROM workers WHERE build = ? ORDER BY joined_at", (self.build,)
+        )
+        return BuildStatus(
+            populated=True,
+            total=total,
+            done=done,
+            pending=pending,
+            leased=leased,
+            stop_reason=stop_reason,
+            workers=tuple(w for (w,) in workers),
+        )
+
+    def reservations(self, worker: str) -> list[Lease]:
+        """The order in which `worker` was handed its units (for replay and bisect)."""
+        rows = self._read(
+            "SELECT unit, attempt FROM reservations WHERE build = ? AND worker = ? ORDER BY rowid",
+            (self.build, worker),
+        )
+        return [Lease(unit, attempt) for unit, attempt in rows]

@@ -1,0 +1,65 @@
+-- conveyor's embedded queue. One file can hold many builds; every row is keyed by build id.
+-- Counters on `builds` are kept in step with `units` inside each transaction so that
+-- reserve never has to count rows.
+
+CREATE TABLE IF NOT EXISTS builds (
+    build            TEXT PRIMARY KEY,
+    leader           TEXT NOT NULL,
+    digest           TEXT NOT NULL,
+    meta             TEXT NOT NULL,          -- JSON published by the leader
+    total            INTEGER NOT NULL,
+    pending          INTEGER NOT NULL,
+    leased           INTEGER NOT NULL DEFAULT 0,
+    done             INTEGER NOT NULL DEFAULT 0,
+    max_unit_crashes INTEGER NOT NULL,
+    stop_reason      TEXT,
+    created_at       REAL NOT NULL,
+    finished_at      REAL
+);
+
+CREATE TABLE IF NOT EXISTS units (
+    build       TEXT NOT NULL,
+    unit        TEXT NOT NULL,
+    position    INTEGER NOT NULL,            -- order in the manifest
+    state       TEXT NOT NULL,               -- pending | leased | done
+    queue_order REAL NOT NULL,               -- lower is served first; requeued units go in front
+    worker      TEXT,
+    deadline    REAL,
+    attempt     INTEGER NOT NULL DEFAULT 0,  -- times leased so far
+    crashes     INTEGER NOT NULL DEFAULT 0,  -- times it took its worker down
+    PRIMARY KEY (build, unit)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS units_by_state ON units (build, state, queue_order);
+CREATE INDEX IF NOT EXISTS units_by_worker ON units (build, worker, state);
+
+CREATE TABLE IF NOT EXISTS reservations (
+    build   TEXT NOT NULL,
+    worker  TEXT NOT NULL,
+    unit    TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    ts      REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS reservations_by_worker ON reservations (build, worker);
+
+CREATE TABLE IF NOT EXISTS workers (
+    build     TEXT NOT NULL,
+    worker    TEXT NOT NULL,
+    info      TEXT NOT NULL,
+    joined_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (build, worker)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS events (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    build  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    worker TEXT,
+    unit   TEXT,
+    data   TEXT NOT NULL,
+    ts     REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS events_by_build ON events (build, seq);

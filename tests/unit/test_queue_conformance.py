@@ -1,0 +1,312 @@
+"""One contract, every backend: each test runs against a real SQLite file and a real Redis."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conveyor.errors import BuildStateLost, QueueError
+from conveyor.queue import Queue, open_queue
+from conveyor.queue.protocol import (
+    EVENT_DUPLICATE_REJECTED,
+    EVENT_FINISHED,
+    EVENT_LEASE_EXPIRED,
+    EVENT_RESULT,
+    EVENT_UNIT_CRASHED,
+    EVENT_WORKER_LOST,
+    EXHAUSTED,
+    LEASED,
+    WAIT,
+    collection_digest,
+)
+
+BACKENDS = ["sqlite", "redis"]
+
+QueueFactory = Callable[..., Queue]
+
+
+@pytest.fixture(params=BACKENDS)
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    server = request.getfixturevalue("redis_server")
+    return str(server.url)
+
+
+@pytest.fixture
+def build_id() -> str:
+    return f"build-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_queue(queue_url: str, build_id: str, clock: Callable[[], float]) -> QueueFactory:
+    opened: list[Queue] = []
+
+    def make(lease_ttl_s: float = 30.0) -> Queue:
+        queue = open_queue(queue_url, build_id, lease_ttl_s=lease_ttl_s, clock=clock)
+        opened.append(queue)
+        return queue
+
+    yield make
+    for queue in opened:
+        queue.close()
+
+
+def units(n: int) -> list[str]:
+    return [f"tests/test_mod.py::test_{i}" for i in range(n)]
+
+
+def result(outcome: str = "passed") -> dict[str, str]:
+    return {"outcome": outcome}
+
+
+def test_populate_elects_exactly_one_leader(make_queue: QueueFactory) -> None:
+    first, second = make_queue(), make_queue()
+    assert first.manifest() is None
+    assert first.populate("gw0", units(3), {"seed": 1}) is True
+    assert second.populate("gw1", list(reversed(units(3))), {"seed": 2}) is False
+    manifest = second.manifest()
+    assert manifest is not None
+    assert manifest.leader == "gw0"
+    assert manifest.total == 3
+    assert manifest.meta == {"seed": 1}
+    assert manifest.digest == collection_digest(reversed(units(3)))
+    assert second.units() == units(3)
+
+
+def _populate_race(url: str, build: str, name: str, barrier: object, out: object) -> None:
+    queue = open_queue(url, build)
+    barrier.wait()  # type: ignore[attr-defined]
+    out.put((name, queue.populate(name, units(50), {"leader": name})))  # type: ignore[attr-defined]
+    queue.close()
+
+
+def test_populate_race_between_processes_has_one_winner(queue_url: str, build_id: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(6), ctx.Queue()
+    procs = [
+        ctx.Process(target=_populate_race, args=(queue_url, build_id, f"gw{i}", barrier, out))
+        for i in range(6)
+    ]
+    for proc in procs:
+        proc.start()
+    outcomes = dict(out.get(timeout=60) for _ in procs)
+    for proc in procs:
+        proc.join(60)
+    winners = [name for name, won in outcomes.items() if won]
+    assert len(winners) == 1
+    queue = open_queue(queue_url, build_id)
+    manifest = queue.manifest()
+    assert manifest is not None and manifest.leader == winners[0]
+    assert manifest.meta == {"leader": winners[0]}
+    queue.close()
+
+
+def test_reserve_hands_out_units_in_order_then_waits_then_exhausts(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    first = queue.reserve("gw0", 2)
+    assert first.state == LEASED
+    assert [(lease.unit, lease.attempt) for lease in first.leases] == [
+        (units(3)[0], 1),
+        (units(3)[1], 1),
+    ]
+    assert first.pending == 1
+    second = queue.reserve("gw1", 5)
+    assert [lease.unit for lease in second.leases] == [units(3)[2]]
+    assert queue.reserve("gw1", 1).state == WAIT
+    queue.complete("gw0", [(units(3)[0], result()), (units(3)[1], result())])
+    assert queue.reserve("gw0", 1).state == WAIT
+    queue.complete("gw1", [(units(3)[2], result())])
+    assert queue.reserve("gw0", 1).state == EXHAUSTED
+    status = queue.status()
+    assert (status.total, status.done, status.pending, status.leased) == (3, 3, 0, 0)
+    assert status.finished
+
+
+def test_first_result_wins_and_late_duplicate_is_rejected(
+    make_queue: QueueFactory, clock: object
+) -> None:
+    queue = make_queue(lease_ttl_s=10)
+    queue.populate("gw0", units(1), {})
+    queue.reserve("gw0", 1)
+    clock.advance(11)  # type: ignore[attr-defined]
+    again = queue.reserve("gw1", 1)
+    assert [(lease.unit, lease.attempt) for lease in again.leases] == [(units(1)[0], 2)]
+    assert queue.complete("gw1", [(units(1)[0], result("passed"))]) == [True]
+    assert queue.complete("gw0", [(units(1)[0], result("failed"))]) == [False]
+    kinds = [(event.kind, event.worker) for event in queue.events(0)]
+    assert (EVENT_LEASE_EXPIRED, "gw0") in kinds
+    assert (EVENT_RESULT, "gw1") in kinds
+    assert (EVENT_DUPLICATE_REJECTED, "gw0") in kinds
+    results = [event for event in queue.events(0) if event.kind == EVENT_RESULT]
+    assert [event.data for event in results] == [result("passed")]
+    assert queue.status().done == 1
+
+
+def test_expired_lease_comes_back_first_with_attempt_plus_one(
+    make_queue: QueueFactory, clock: object
+) -> None:
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(3), {})
+    held = queue.reserve("gw0", 1).leases[0]
+    clock.advance(29)  # type: ignore[attr-defined]
+    assert queue.reserve("gw1", 1).leases[0].unit == units(3)[1]
+    clock.advance(2)  # type: ignore[attr-defined]
+    back = queue.reserve("gw1", 1).leases[0]
+    assert (back.unit, back.attempt) == (held.unit, 2)
+
+
+def test_heartbeat_keeps_a_live_workers_leases(make_queue: QueueFactory, clock: object) -> None:
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(2), {})
+    queue.reserve("gw0", 2)
+    for _ in range(5):
+        clock.advance(20)  # type: ignore[attr-defined]
+        assert queue.heartbeat("gw0") == 2
+    assert queue.reserve("gw1", 1).state == WAIT
+    queue.complete("gw0", [(units(2)[0], result())])
+    assert queue.heartbeat("gw0") == 1
+
+
+def test_release_returns_a_dead_workers_leases_at_once(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(4), {"max_unit_crashes": 2})
+    queue.reserve("gw0", 2)
+    released = queue.release("gw0", {"reason": "killed by SIGKILL", "culprit": units(4)[0]})
+    assert [(r.unit, r.crashes, r.finalised) for r in released] == [
+        (units(4)[0], 1, False),
+        (units(4)[1], 0, False),
+    ]
+    again = queue.reserve("gw1", 4)
+    assert [(lease.unit, lease.attempt) for lease in again.leases[:2]] in (
+        [(units(4)[0], 2), (units(4)[1], 2)],
+        [(units(4)[1], 2), (units(4)[0], 2)],
+    )
+    assert {lease.unit for lease in again.leases} == set(units(4))
+    assert any(event.kind == EVENT_WORKER_LOST for event in queue.events(0))
+
+
+def test_unit_that_keeps_killing_workers_is_finalised(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(1), {"max_unit_crashes": 2})
+    crasher = units(1)[0]
+    queue.reserve("gw0", 1)
+    assert not queue.release("gw0", {"signal": "SIGSEGV", "culprit": crasher})[0].finalised
+    queue.reserve("gw1", 1)
+    (released,) = queue.release("gw1", {"signal": "SIGSEGV", "culprit": crasher})
+    assert released.finalised and released.crashes == 2
+    crashed = [event for event in queue.events(0) if event.kind == EVENT_UNIT_CRASHED]
+    assert [(event.unit, event.data["cause"]["signal"]) for event in crashed] == [
+        (crasher, "SIGSEGV")
+    ]
+    assert queue.status().finished
+    assert queue.reserve("gw2", 1).state == EXHAUSTED
+
+
+def test_stop_ends_reservations_and_finishes_once_leases_drain(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(5), {})
+    queue.reserve("gw0", 1)
+    queue.stop("stopping after 1 failures")
+    queue.stop("a second reason is ignored")
+    assert queue.reserve("gw1", 1).state == EXHAUSTED
+    status = queue.status()
+    assert status.stop_reason == "stopping after 1 failures"
+    assert not status.finished
+    queue.complete("gw0", [(units(5)[0], result())])
+    assert queue.status().finished
+    finished = [event for event in queue.events(0) if event.kind == EVENT_FINISHED]
+    assert len(finished) == 1
+
+
+def test_empty_build_is_finished_at_once(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", [], {})
+    assert queue.status().finished
+    assert queue.reserve("gw0", 1).state == EXHAUSTED
+
+
+def test_events_are_ordered_and_paged(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    queue.join("gw0", {"host": "here", "pid": 1})
+    for index, unit in enumerate(units(3)):
+        queue.reserve("gw0", 1)
+        queue.publish("note", "gw0", {"index": index})
+        queue.complete("gw0", [(unit, result())])
+    everything = queue.events(0)
+    assert [event.seq for event in everything] == sorted(event.seq for event in everything)
+    first_page = queue.events(0, limit=2)
+    rest = queue.events(first_page[-1].seq)
+    assert first_page + rest == everything
+    notes = [event.data["index"] for event in everything if event.kind == "note"]
+    assert notes == [0, 1, 2]
+    assert queue.status().workers == ("gw0",)
+
+
+def test_completing_a_unit_outside_the_manifest_is_an_error(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(1), {})
+    with pytest.raises(QueueError, match="not in build"):
+        queue.complete("gw0", [("tests/other.py::test_x", result())])
+
+
+def test_reserving_from_a_build_that_does_not_exist_says_state_lost(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    with pytest.raises(BuildStateLost):
+        queue.reserve("gw0", 1)
+
+
+def _race_worker(url: str, build: str, name: str, out: object) -> None:
+    queue = open_queue(url, build)
+    mine: list[str] = []
+    while True:
+        reservation = queue.reserve(name, 7)
+        if reservation.state == EXHAUSTED:
+            break
+        if reservation.state == WAIT:
+            continue
+        batch = [(lease.unit, {"by": name}) for lease in reservation.leases]
+        accepted = queue.complete(name, batch)
+        mine.extend(unit for (unit, _), ok in zip(batch, accepted) if ok)
+    out.put(mine)  # type: ignore[attr-defined]
+    queue.close()
+
+
+def test_racing_processes_lose_nothing_and_duplicate_nothing(
+    queue_url: str, build_id: str
+) -> None:
+    everything = units(5000)
+    queue = open_queue(queue_url, build_id)
+    queue.populate("gw0", everything, {})
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_worker, args=(queue_url, build_id, f"gw{i}", out))
+        for i in range(8)
+    ]
+    for proc in procs:
+        proc.start()
+    completed = [unit for _ in procs for unit in out.get(timeout=300)]
+    for proc in procs:
+        proc.join(60)
+    assert len(completed) == len(everything)
+    assert sorted(completed) == sorted(everything)
+    results = []
+    cursor = 0
+    while page := queue.events(cursor, limit=2000):
+        results.extend(event.unit for event in page if event.kind == EVENT_RESULT)
+        cursor = page[-1].seq
+    assert sorted(results) == sorted(everything)
+    status = queue.status()
+    assert (status.done, status.pending, status.leased) == (5000, 0, 0)
+    queue.close()
