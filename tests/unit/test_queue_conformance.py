@@ -32,7 +32,7 @@ QueueFactory = Callable[..., Queue]
 @pytest.fixture(params=BACKENDS)
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'queue.db'}"
+        return f"sqlite://{tmp_path / 'queue.db'}"
     server = request.getfixturevalue("redis_server")
     return str(server.url)
 

@@ -49,6 +49,8 @@ def open_queue(
                 f"the queue URL {mask_url(url)!r} has no file path; write it as "
                 "sqlite:///absolute/path/queue.db"
             )
+        if path.startswith("/"):
+            path = "/" + path.lstrip("/")  # sqlite:////abs/path is as good as sqlite:///abs/path
         return SQLiteQueue(path, build, lease_ttl_s=lease_ttl_s, clock=clock)
     if scheme in ("redis", "rediss", "unix"):
         from conveyor.queue.redis import RedisQueue

@@ -68,7 +68,7 @@ class SQLiteQueue:
         self.path = Path(path)
         self.build = build
         self.lease_ttl_s = lease_ttl_s
-        self.display_url = f"sqlite:///{self.path}" if self.path.is_absolute() else f"sqlite://{path}"
+        self.display_url = f"sqlite://{path}"
         self._clock = clock
         # One connection per queue object; the heartbeat thread shares it under this lock.
         self._lock = threading.Lock()

@@ -1,0 +1,157 @@
+"""Settings from the command line: conveyor's own options are taken out, the rest is pytest's.
+
+conveyor defines few options and never one that pytest or a popular plugin defines, so every
+argument it does not recognise goes to pytest unchanged and in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from conveyor.errors import UsageError
+
+# conveyor's options that take a value, with their defaults.
+VALUE_OPTIONS: dict[str, str] = {
+    "-n": "workers",
+    "--numprocesses": "workers",
+    "--queue": "queue",
+    "--build": "build",
+    "--lease-ttl": "lease_ttl",
+    "--max-worker-restarts": "max_restarts",
+    "--max-unit-crashes": "max_unit_crashes",
+}
+
+# pytest's short options that take a separate value; their value is never read as ours.
+PYTEST_SHORT_VALUE_OPTIONS = {"-k", "-m", "-p", "-o", "-c", "-W", "-r"}
+
+# With these pytest does not run tests, so conveyor runs it in-process unchanged.
+IN_PROCESS_FLAGS = {
+    "--collect-only", "--co", "--fixtures", "--funcargs", "--fixtures-per-test",
+    "--markers", "-h", "--help", "--version", "-V", "--setup-plan", "--cache-show",
+}
+
+
+@dataclass
+class RunOptions:
+    """conveyor's options for `run`, plus the pytest arguments to pass through."""
+
+    workers: int = 0
+    queue: str | None = None
+    build: str | None = None
+    lease_ttl_s: float = 30.0
+    max_restarts: int | None = None
+    max_unit_crashes: int = 2
+    pytest_args: list[str] = field(default_factory=list)
+
+    @property
+    def in_process(self) -> bool:
+        """True when pytest should just run here: `-n 0`, or a flag that runs no tests."""
+        return self.workers == 0 or any(
+            arg in IN_PROCESS_FLAGS or arg.split("=", 1)[0] in IN_PROCESS_FLAGS
+            for arg in self.pytest_args
+        )
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity and cgroup-limited containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(value: str) -> int:
+    if value == "auto":
+        return available_cpus()
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise UsageError(
+            f"-n expects a number of worker processes (0 or more) or 'auto', got {value!r}. "
+            "Use -n auto for one worker per available CPU, or -n 0 to run in this process."
+        )
+    return count
+
+
+def _number(option: str, value: str, kind: type[float] | type[int], minimum: float) -> float:
+    try:
+        number = kind(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise UsageError(f"{option} expects a number of at least {minimum}, got {value!r}.")
+    return number
+
+
+def split_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Take conveyor's options out of `argv`; return them and pytest's arguments in order."""
+    ours: dict[str, str] = {}
+    passthrough: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            passthrough.extend(args[i + 1 :])
+            break
+        name, eq, inline = arg.partition("=")
+        if name in VALUE_OPTIONS and name.startswith("--"):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise UsageError(f"{name} needs a value.")
+                inline = args[i + 1]
+                i += 1
+            ours[VALUE_OPTIONS[name]] = inline
+        elif arg == "-n":
+            if i + 1 >= len(args):
+                raise UsageError("-n needs a value: a number of workers, or 'auto'.")
+            ours["workers"] = args[i + 1]
+            i += 1
+        elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
+            ours["workers"] = arg[2:].lstrip("=")
+        elif arg in PYTEST_SHORT_VALUE_OPTIONS and i + 1 < len(args):
+            passthrough.extend(args[i : i + 2])
+            i += 1
+        else:
+            passthrough.append(arg)
+        i += 1
+    return ours, passthrough
+
+
+def parse_run_options(argv: Sequence[str]) -> RunOptions:
+    ours, pytest_args = split_args(argv)
+    options = RunOptions(pytest_args=pytest_args)
+    options.workers = parse_workers(ours.get("workers", "auto"))
+    options.queue = ours.get("queue")
+    options.build = ours.get("build")
+    if "lease_ttl" in ours:
+        options.lease_ttl_s = _number("--lease-ttl", ours["lease_ttl"], float, 0.1)
+    if "max_restarts" in ours:
+        options.max_restarts = int(_number("--max-worker-restarts", ours["max_restarts"], int, 0))
+    if "max_unit_crashes" in ours:
+        options.max_unit_crashes = int(
+            _number("--max-unit-crashes", ours["max_unit_crashes"], int, 1)
+        )
+    return options
+
+
+def new_build_id() -> str:
+    return f"local-{secrets.token_hex(6)}"
+
+
+def hash_seed_for(build: str, explicit_build: bool) -> str:
+    """One PYTHONHASHSEED for every worker of a build, so parametrizing over sets and dicts
+    collects identically everywhere. The user's own seed wins; across machines it is derived
+    from the build id so that every machine picks the same one."""
+    if os.environ.get("PYTHONHASHSEED"):
+        return os.environ["PYTHONHASHSEED"]
+    if explicit_build:
+        digest = hashlib.sha256(build.encode("utf-8")).digest()
+        return str(int.from_bytes(digest[:4], "big") % 4294967295 + 1)
+    return str(secrets.randbelow(4294967295) + 1)

@@ -1,0 +1,413 @@
+"""Controller mode: a pytest session that collects nothing itself and replays the build.
+
+Every result in the build's event stream is turned back into pytest's own report objects and
+sent through pytest's hooks, so the terminal summary, --junitxml, the cache (--lf) and any
+reporting plugin see exactly what they would see in a plain run.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from conveyor.queue import Queue
+from conveyor.queue.protocol import (
+    EVENT_FINISHED,
+    EVENT_RESULT,
+    EVENT_UNIT_CRASHED,
+    EVENT_WORKER_LOST,
+    Event,
+    Manifest,
+)
+from conveyor.supervisor import Supervisor
+from conveyor.worker import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
+
+POLL_MIN_S = 0.005
+POLL_MAX_S = 0.1
+EVENTS_PAGE = 2000
+
+
+@dataclass
+class ControllerSettings:
+    """What the controller needs besides pytest's own config."""
+
+    queue_url: str
+    build: str
+    workers: int
+    ready_timeout_s: float = 600.0
+    header: str = ""
+
+
+@dataclass
+class BuildProblems:
+    """What went wrong outside of tests, shown in the summary and reflected in the exit code."""
+
+    refused: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    not_run: int = 0
+
+
+class _Deselected:
+    """Stands in for a deselected item: the terminal only counts them."""
+
+    def __init__(self, index: int) -> None:
+        self.nodeid = f"<deselected #{index}>"
+
+
+def _warning_category(name: str) -> type[Warning]:
+    """The warning's class by name when it is a builtin one; otherwise a look-alike class of
+    the same name (nothing is imported on the word of the queue)."""
+    builtin = __builtins__.get(name) if isinstance(__builtins__, dict) else getattr(__builtins__, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, Warning):
+        return builtin
+    for candidate in (pytest.PytestWarning, *pytest.PytestWarning.__subclasses__()):
+        if candidate.__name__ == name:
+            return candidate
+    return type(name, (Warning,), {})
+
+
+class ControllerPlugin:
+    """Runs the build's report side inside the user's pytest session."""
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        queue: Queue,
+        start_supervisor: Callable[[], Supervisor] | None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self._start_supervisor = start_supervisor
+        self.supervisor: Supervisor | None = None
+        self.problems = BuildProblems()
+        self.manifest: Manifest | None = None
+        self.cursor = 0
+        self.finished = False
+        self.reported: set[str] = set()
+        self._config: pytest.Config | None = None
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            EVENT_RESULT: self._on_result,
+            EVENT_UNIT_CRASHED: self._on_unit_crashed,
+            EVENT_WORKER_REFUSED: self._on_worker_refused,
+            EVENT_WORKER_ERROR: self._on_worker_error,
+            EVENT_WORKER_LOST: self._on_worker_lost,
+            EVENT_FINISHED: self._on_finished,
+            "malformed": self._on_malformed,
+        }
+
+    # -- session setup --------------------------------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self._config = config
+        if config.getoption("usepdb", False):
+            raise pytest.UsageError(
+                "--pdb cannot debug tests that run in other processes; run the failing test "
+                "with plain `pytest --pdb`, or use `conveyor run -n 0 --pdb` to run in-process."
+            )
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            # Tests of different files finish interleaved; printing a file name at every
+            # switch would bury the progress letters. Verbose lines still name each test.
+            reporter.showfspath = False
+
+    def pytest_report_header(self, config: pytest.Config) -> str:
+        return self.settings.header
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if self._start_supervisor is not None:
+            self.supervisor = self._start_supervisor()
+
+    # -- collection happens in the workers ------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection(self, session: pytest.Session) -> bool:
+        config = session.config
+        manifest = self._wait_for_manifest()
+        self.manifest = manifest
+        meta = manifest.meta
+        hook = config.hook
+        for data in meta.get("collect_reports", []):
+            report = hook.pytest_report_from_serializable(config=config, data=data)
+            hook.pytest_collectreport(report=report)
+        for data in meta.get("collect_warnings", []):
+            self._replay_warning(data)
+        deselected = int(meta.get("deselected", 0))
+        if deselected:
+            hook.pytest_deselected(items=[_Deselected(i) for i in range(deselected)])
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and hasattr(reporter, "_numcollected"):
+            reporter._numcollected = int(meta.get("collected", manifest.total))
+        lfplugin = config.pluginmanager.get_plugin("lfplugin")
+        if lfplugin is not None and meta.get("lf_status") is not None:
+            lfplugin._report_status = meta["lf_status"]
+        session.items = []
+        session.testscollected = int(meta.get("selected", manifest.total))
+        hook.pytest_collection_finish(session=session)
+        return True
+
+    def _wait_for_manifest(self) -> Manifest:
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        delay = POLL_MIN_S
+        while True:
+            manifest = self.queue.manifest()
+            if manifest is not None:
+                return manifest
+            self._drain_events()
+            if self.supervisor is not None and self.supervisor.alive() == 0:
+                self._abort_without_workers()
+            if time.monotonic() > deadline:
+                pytest.exit(
+                    f"conveyor: no worker finished collecting within "
+                    f"{self.settings.ready_timeout_s:.0f} s (queue {self.queue.display_url}).",
+                    returncode=pytest.ExitCode.INTERNAL_ERROR,
+                )
+            time.sleep(delay)
+            delay = min(POLL_MAX_S, delay * 2)
+
+    def _abort_without_workers(self) -> None:
+        assert self.supervisor is not None
+        failures = self.supervisor.failures
+        lines = ["conveyor: every worker stopped before the build could finish."]
+        lines += self.problems.refused
+        for failure in failures[-3:]:
+            lines.append(f"worker {failure.worker} {failure.cause}; its last output:")
+            lines.append(failure.output_tail or "(no output)")
+        pytest.exit("\n".join(lines), returncode=pytest.ExitCode.INTERNAL_ERROR)
+
+    # -- the run loop: replay the build ---------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        if session.testsfailed and not session.config.option.continue_on_collection_errors:
+            raise session.Interrupted(
+                f"{session.testsfailed} error{'s' if session.testsfailed != 1 else ''} "
+                "during collection"
+            )
+        try:
+            self._follow_build(session)
+        except KeyboardInterrupt:
+            self.queue.stop("interrupted (Ctrl-C)")
+            if self.supervisor is not None:
+                self.supervisor.shutdown(terminate=True)
+            self._drain_events()
+            raise
+        self._account(session)
+        if session.shouldfail:
+            raise session.Failed(session.shouldfail)
+        if session.shouldstop:
+            raise session.Interrupted(session.shouldstop)
+        return True
+
+    def _follow_build(self, session: pytest.Session) -> None:
+        delay = POLL_MIN_S
+        stopped = False
+        while not self.finished:
+            if self._drain_events():
+                delay = POLL_MIN_S
+            else:
+                if self.supervisor is not None and self.supervisor.alive() == 0:
+                    self._drain_events()
+                    if not self.finished:
+                        self._abort_without_workers()
+                time.sleep(delay)
+                delay = min(POLL_MAX_S, delay * 2)
+            reason = session.shouldfail or session.shouldstop
+            if reason and not stopped:
+                self.queue.stop(str(reason))
+                stopped = True
+
+    def _drain_events(self) -> int:
+        seen = 0
+        while True:
+            page = self.queue.events(self.cursor, EVENTS_PAGE)
+            for event in page:
+                handler = self._handlers.get(event.kind)
+                if handler is not None:
+                    handler(event)
+                self.cursor = event.seq
+            seen += len(page)
+            if len(page) < EVENTS_PAGE:
+                return seen
+
+    # -- event handlers -------------------------------------------------------------------
+
+    def _on_result(self, event: Event) -> None:
+        config = self._require_config()
+        hook = config.hook
+        data = event.data
+        try:
+            nodeid = str(data["nodeid"])
+            location = tuple(data["location"])
+            reports = [self._report_from_json(raw) for raw in data["reports"]]
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            self.problems.errors.append(
+                f"a result for {event.unit!r} from worker {event.worker} could not be read "
+                f"({type(exc).__name__}: {exc}); the test is counted as not run."
+            )
+            return
+        if nodeid in self.reported:
+            return
+        self.reported.add(nodeid)
+        hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+        for report in reports:
+            hook.pytest_runtest_logreport(report=report)
+        hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+        for warning in data.get("warnings", []):
+            self._replay_warning(warning)
+
+    def _report_from_json(self, raw: dict[str, Any]) -> Any:
+        """pytest's own deserialisation, plus the tuples that JSON turned into lists."""
+        config = self._require_config()
+        report = config.hook.pytest_report_from_serializable(config=config, data=raw)
+        if report is None:
+            raise ValueError("not a pytest report")
+        report.location = tuple(report.location) if report.location else report.location
+        if isinstance(report.longrepr, list):
+            report.longrepr = tuple(report.longrepr)
+        return report
+
+    def _on_unit_crashed(self, event: Event) -> None:
+        """A test that took its worker down too often: reported as failed, naming the cause."""
+        config = self._require_config()
+        unit = event.unit or "?"
+        if unit in self.reported:
+            return
+        self.reported.add(unit)
+        cause = event.data.get("cause", {})
+        crashes = event.data.get("crashes", 1)
+        text = (
+            f"worker {cause.get('worker', event.worker)} crashed while running this test: "
+            f"{cause.get('reason', 'unknown cause')}.\n"
+            f"The test took down {crashes} worker(s) and was not retried again.\n"
+        )
+        if cause.get("output_tail"):
+            text += "\nLast output of the worker:\n" + str(cause["output_tail"])
+        path, _, rest = unit.partition("::")
+        location = (path, None, rest or path)
+        report = pytest.TestReport(
+            nodeid=unit,
+            location=location,
+            keywords={},
+            outcome="failed",
+            longrepr=text,
+            when="call",
+        )
+        hook = config.hook
+        hook.pytest_runtest_logstart(nodeid=unit, location=location)
+        hook.pytest_runtest_logreport(report=report)
+        hook.pytest_runtest_logfinish(nodeid=unit, location=location)
+
+    def _on_worker_refused(self, event: Event) -> None:
+        self.problems.refused.append(str(event.data.get("message", "a worker was refused")))
+
+    def _on_worker_error(self, event: Event) -> None:
+        self.problems.errors.append(str(event.data.get("message", "a worker failed")))
+
+    def _on_worker_lost(self, event: Event) -> None:
+        cause = event.data.get("cause", {})
+        released = event.data.get("released", [])
+        if cause.get("returncode") is None:
+            return  # an orderly hand-back of unstarted units, not a loss
+        self.problems.lost.append(
+            f"{cause.get('reason', 'a worker was lost')}"
+            + (f" while running {cause['culprit']}" if cause.get("culprit") else "")
+            + f"; {len(released)} test(s) went back to the queue."
+        )
+
+    def _on_finished(self, event: Event) -> None:
+        self.finished = True
+
+    def _on_malformed(self, event: Event) -> None:
+        self.problems.errors.append(
+            f"the queue holds an unreadable event #{event.seq}: {event.data.get('raw', '')!r}"
+        )
+
+    def _replay_warning(self, data: dict[str, Any]) -> None:
+        config = self._require_config()
+        category = _warning_category(str(data.get("category", "UserWarning")))
+        message = warnings.WarningMessage(
+            message=category(str(data.get("message", ""))),
+            category=category,
+            filename=str(data.get("filename", "")),
+            lineno=int(data.get("lineno") or 0),
+            line=data.get("line"),
+        )
+        config.hook.pytest_warning_recorded.call_historic(
+            kwargs={
+                "warning_message": message,
+                "when": data.get("when", "runtest"),
+                "nodeid": data.get("nodeid", ""),
+                "location": None,
+            }
+        )
+
+    def _require_config(self) -> pytest.Config:
+        assert self._config is not None
+        return self._config
+
+    # -- accounting and summary -----------------------------------------------------------
+
+    def _account(self, session: pytest.Session) -> None:
+        """Every selected test has exactly one final outcome, or the build says which not."""
+        if self.manifest is None:
+            return
+        self._sort_stats_in_collection_order(session)
+        status = self.queue.status()
+        if status.stop_reason is not None:
+            self.problems.not_run = max(0, self.manifest.total - len(self.reported))
+            return
+        if len(self.reported) < self.manifest.total:
+            self.problems.missing = sorted(set(self.queue.units()) - self.reported)
+
+    def _sort_stats_in_collection_order(self, session: pytest.Session) -> None:
+        """Results arrive in completion order; the summary lists them as plain pytest does."""
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        position = {unit: index for index, unit in enumerate(self.queue.units())}
+        for reports in reporter.stats.values():
+            reports.sort(key=lambda report: position.get(getattr(report, "nodeid", None), -1))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        problems = self.problems
+        if not (problems.refused or problems.errors or problems.lost or problems.missing or problems.not_run):
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "conveyor", yellow=True)
+        for line in problems.lost:
+            tr.write_line(line)
+        for line in problems.refused + problems.errors:
+            tr.write_line(line, red=True)
+        if problems.not_run:
+            tr.write_line(
+                f"{problems.not_run} test(s) did not run because the build was stopped.",
+                yellow=True,
+            )
+        if problems.missing:
+            tr.write_line(
+                f"{len(problems.missing)} test(s) have no result (every collected test must "
+                "have exactly one):",
+                red=True,
+            )
+            for nodeid in problems.missing[:50]:
+                tr.write_line(f"  {nodeid}")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> Any:
+        if self.supervisor is not None:
+            self.supervisor.shutdown()
+        problems = self.problems
+        if (problems.missing or problems.refused or problems.errors) and session.exitstatus in (
+            pytest.ExitCode.OK,
+            pytest.ExitCode.NO_TESTS_COLLECTED,
+        ):
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        return (yield)

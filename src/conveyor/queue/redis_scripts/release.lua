@@ -1,0 +1,55 @@
+-- release.lua: a supervisor saw a worker die; take its leases back at once. Only the culprit
+-- (the unit it was running, when known) is charged a crash; a unit charged max_unit_crashes
+-- times is finalised as a failure instead of going back, so a build never loops forever.
+-- Runs after _lib.lua, which names the keys and defines the helpers.
+--
+-- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events
+--              (each "conveyor:{<build>}:<name>")
+-- ARGV[1]  now          caller's clock, seconds
+-- ARGV[2]  ttl_ms       key expiry after the last write
+-- ARGV[3]  worker
+-- ARGV[4]  has_culprit  '1' when ARGV[5] names the unit that took the worker down
+-- ARGV[5]  culprit
+-- ARGV[6]  cause        JSON object (signal, timeout, traceback, ...), copied into the events
+-- Returns {unit, attempt, crashes, finalised (1/0), ...} per released unit, sorted by unit.
+-- Error BUILD_LOST when the build is gone.
+
+if not populated() then
+  return redis.error_reply(BUILD_LOST)
+end
+
+local worker, has_culprit, culprit, cause = ARGV[3], ARGV[4] == '1', ARGV[5], ARGV[6]
+local limit = tonumber(redis.call('HGET', META, 'max_unit_crashes'))
+local reply, released = {}, {}
+
+for _, unit in ipairs(held_by(worker)) do
+  local attempt = number_or_zero(redis.call('HGET', ATTEMPTS, unit))
+  local crashes = number_or_zero(redis.call('HGET', CRASHES, unit))
+  if has_culprit and unit == culprit then
+    crashes = crashes + 1
+  end
+  redis.call('ZREM', LEASES, unit)
+  redis.call('HDEL', OWNER, unit)
+  redis.call('HSET', CRASHES, unit, crashes)
+  local finalised = crashes >= limit
+  if finalised then
+    -- cause is spliced in verbatim: a decode/encode round trip through cjson would turn {} and
+    -- [] into each other and round floats.
+    emit('unit_crashed', worker, unit,
+      '{"attempt":' .. attempt .. ',"crashes":' .. crashes .. ',"cause":' .. cause .. '}')
+  else
+    redis.call('ZADD', PENDING, front_of_queue(), unit)
+  end
+  reply[#reply + 1] = unit
+  reply[#reply + 1] = attempt
+  reply[#reply + 1] = crashes
+  reply[#reply + 1] = finalised and 1 or 0
+  released[#released + 1] = unit
+end
+
+emit('worker_lost', worker, false,
+  '{"cause":' .. cause .. ',"released":' .. json_list(released) .. '}')
+maybe_finish()
+touch()
+return reply

@@ -1,0 +1,63 @@
+-- reserve.lua: reclaim expired leases, then lease up to ARGV[4] units to one worker.
+-- Runs after _lib.lua, which names the keys and defines the helpers.
+--
+-- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events
+--              (each "conveyor:{<build>}:<name>")
+-- KEYS[13]     conveyor:{<build>}:reservations:<worker>  list of unit, attempt (for replay)
+-- ARGV[1]  now        caller's clock, seconds
+-- ARGV[2]  ttl_ms     key expiry after the last write
+-- ARGV[3]  worker
+-- ARGV[4]  max_units  at least 1
+-- ARGV[5]  deadline   now + lease ttl: the new leases expire then unless heartbeats extend them
+-- Returns {state, pending, unit, attempt, unit, attempt, ...} with state 'leased', 'wait'
+-- (nothing pending, leases outstanding) or 'exhausted'. Error BUILD_LOST when the build is gone.
+
+if not populated() then
+  return redis.error_reply(BUILD_LOST)
+end
+if redis.call('HEXISTS', META, 'stop_reason') == 1 then
+  return {'exhausted', 0}
+end
+
+local worker = ARGV[3]
+
+-- A lease past its deadline belonged to a worker that stopped heartbeating: its unit goes back
+-- to the front of the queue with the same attempt count; the next lease makes it attempt + 1.
+local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. NOW)
+for _, unit in ipairs(expired) do
+  local holder = redis.call('HGET', OWNER, unit)
+  redis.call('ZREM', LEASES, unit)
+  redis.call('HDEL', OWNER, unit)
+  redis.call('ZADD', PENDING, front_of_queue(), unit)
+  local data = cjson.encode({
+    attempt = number_or_zero(redis.call('HGET', ATTEMPTS, unit)),
+    crashes = number_or_zero(redis.call('HGET', CRASHES, unit)),
+  })
+  emit('lease_expired', holder, unit, data)
+end
+
+local picked = redis.call('ZPOPMIN', PENDING, tonumber(ARGV[4]))
+local reply = {'leased', 0}
+for i = 1, #picked, 2 do
+  local unit = picked[i]
+  local attempt = redis.call('HINCRBY', ATTEMPTS, unit, 1)
+  redis.call('ZADD', LEASES, ARGV[5], unit)
+  redis.call('HSET', OWNER, unit, worker)
+  redis.call('RPUSH', KEYS[13], unit, attempt)
+  reply[#reply + 1] = unit
+  reply[#reply + 1] = attempt
+end
+
+if #picked > 0 then
+  mark_seen(worker)
+  reply[2] = redis.call('ZCARD', PENDING)
+  touch()
+  return reply
+end
+touch()
+-- Nothing pending. While leases are out, a unit may still come back (expiry, release).
+if redis.call('ZCARD', LEASES) == 0 then
+  return {'exhausted', 0}
+end
+return {'wait', 0}

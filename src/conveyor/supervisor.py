@@ -1,0 +1,232 @@
+"""Local worker processes: spawn them, watch them, and clean up after the ones that die.
+
+A worker that dies mid-test has its leases released at once (no waiting for expiry), with the
+test it was running named as the culprit; after a unit has killed `max_unit_crashes` workers the
+queue finalises it as a failure, so a segfaulting test never loops forever. A worker that dies
+before running anything is not restarted: the same start would fail the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conveyor.errors import QueueError
+from conveyor.queue import Queue
+from conveyor.worker import EXIT_DONE, EXIT_REFUSED, SETTINGS_ENV, WorkerSettings
+
+POLL_INTERVAL_S = 0.05
+STDERR_TAIL_LINES = 30
+TERMINATE_GRACE_S = 5.0
+
+
+def describe_exit(returncode: int) -> str:
+    """'killed by signal SIGSEGV (11)' or 'exited with code 3'."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {name} ({-returncode})"
+    return f"exited with code {returncode}"
+
+
+def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class WorkerProcess:
+    """One slot (gw0, gw1, ...) and the process currently filling it."""
+
+    name: str
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    status_path: Path | None = None
+    incarnation: int = 0
+    state: str = "starting"  # starting | running | done | refused | failed
+    failures: list[str] = field(default_factory=list)
+
+    def status(self) -> str:
+        try:
+            return self.status_path.read_text("utf-8") if self.status_path else ""
+        except OSError:
+            return ""
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A worker that ended abnormally, as the controller reports it."""
+
+    worker: str
+    cause: str
+    culprit: str | None
+    output_tail: str
+    during_startup: bool
+
+
+class Supervisor:
+    """Starts `count` worker processes for one build and keeps the build moving when they die."""
+
+    def __init__(
+        self,
+        *,
+        queue: Queue,
+        count: int,
+        settings_template: WorkerSettings,
+        pytest_args: Sequence[str],
+        run_dir: Path,
+        env: Mapping[str, str],
+        max_restarts: int,
+        node: str = "",
+    ) -> None:
+        self.queue = queue
+        self.count = count
+        self.template = settings_template
+        self.pytest_args = list(pytest_args)
+        self.run_dir = run_dir
+        self.env = dict(env)
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.node = node
+        self.failures: list[WorkerFailure] = []
+        self.slots = [WorkerProcess(name=f"gw{i}", index=i) for i in range(count)]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="conveyor-supervisor", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in self.slots:
+            self._spawn(slot)
+        self._thread.start()
+
+    def worker_id(self, slot: WorkerProcess) -> str:
+        return f"{self.node}{slot.name}"
+
+    def _spawn(self, slot: WorkerProcess) -> None:
+        slot.incarnation += 1
+        suffix = "" if slot.incarnation == 1 else f".{slot.incarnation}"
+        slot.log_path = self.run_dir / f"{slot.name}{suffix}.log"
+        slot.status_path = self.run_dir / f"{slot.name}{suffix}.status"
+        settings = WorkerSettings(
+            **{
+                **self.template.__dict__,
+                "worker_id": self.worker_id(slot),
+                "status_file": str(slot.status_path),
+                "supervisor_pid": os.getpid(),
+            }
+        )
+        env = {
+            **self.env,
+            SETTINGS_ENV: settings.to_env(),
+            "PYTEST_XDIST_WORKER": slot.name,
+            "PYTEST_XDIST_WORKER_COUNT": str(self.count),
+            "CONVEYOR_WORKER": slot.name,
+            "CONVEYOR_WORKER_COUNT": str(self.count),
+        }
+        with slot.log_path.open("wb") as log:
+            # A session of its own: Ctrl-C in the terminal reaches the controller only, which
+            # then stops the build in order instead of every process dying mid-write.
+            slot.process = subprocess.Popen(
+                [sys.executable, "-m", "conveyor.worker", *self.pytest_args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        slot.state = "running"
+
+    # -- watching -------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_INTERVAL_S):
+            with self._lock:
+                for slot in self.slots:
+                    if slot.state == "running" and slot.process and slot.process.poll() is not None:
+                        self._on_exit(slot, slot.process.returncode)
+
+    def _on_exit(self, slot: WorkerProcess, returncode: int) -> None:
+        if returncode == EXIT_DONE:
+            slot.state = "done"
+            return
+        if returncode == EXIT_REFUSED:
+            slot.state = "refused"
+            return
+        status = slot.status()
+        culprit = status[len("running ") :] if status.startswith("running ") else None
+        started = status not in ("", "collecting")
+        cause = describe_exit(returncode)
+        output = tail(slot.log_path) if slot.log_path else ""
+        self.failures.append(
+            WorkerFailure(slot.name, cause, culprit, output, during_startup=not started)
+        )
+        if started:
+            try:
+                self.queue.release(
+                    self.worker_id(slot),
+                    {
+                        "reason": f"worker {slot.name} {cause}",
+                        "returncode": returncode,
+                        "culprit": culprit,
+                        "output_tail": output,
+                        "worker": slot.name,
+                    },
+                )
+            except QueueError:
+                pass  # the build is gone; the controller reports that
+        if started and not self._stop.is_set() and self.restarts < self.max_restarts:
+            self.restarts += 1
+            self._spawn(slot)
+        else:
+            slot.state = "failed"
+
+    # -- queries for the controller -------------------------------------------------------
+
+    def alive(self) -> int:
+        with self._lock:
+            return sum(1 for slot in self.slots if slot.state == "running")
+
+    def all_failed_at_startup(self) -> bool:
+        with self._lock:
+            return all(slot.state in ("failed", "refused") for slot in self.slots) and all(
+                failure.during_startup for failure in self.failures
+            )
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def shutdown(self, timeout_s: float = TERMINATE_GRACE_S, terminate: bool = False) -> None:
+        """Wait for workers to leave on their own (they do once the build is finished); then
+        terminate, and finally kill, whatever is still there."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        processes = [slot.process for slot in self.slots if slot.process is not None]
+        if terminate:
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

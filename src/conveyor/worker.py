@@ -1,0 +1,409 @@
+"""Worker mode: a pytest session that collects, joins the build, and runs what the queue hands it.
+
+The worker imports nothing of the controller side. It talks to the controller only through the
+queue: collection reports and settings go into the manifest, each test's reports into one
+result payload (JSON from pytest's own `pytest_report_to_serializable`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.errors import QueueError
+from conveyor.queue import Queue, open_queue
+from conveyor.queue.protocol import EXHAUSTED, JSON, LEASED, Lease, collection_digest
+
+SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
+
+# Exit codes of a worker process, read by the supervisor. Test failures are not worker
+# failures: the controller owns the build's exit status.
+EXIT_DONE = 0
+EXIT_REFUSED = 17  # collection differs from the manifest; restarting would not help
+EXIT_ORPHANED = 18  # the supervisor went away
+
+# Event kinds a worker publishes besides results.
+EVENT_WORKER_REFUSED = "worker_refused"
+EVENT_WORKER_ERROR = "worker_error"
+EVENT_SESSION_WARNING = "session_warning"
+
+# Results are sent in batches: at most this many, or after this long.
+FLUSH_MAX_RESULTS = 64
+FLUSH_INTERVAL_S = 0.1
+MAX_BATCH = 32
+WAIT_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What the supervisor tells a worker process (through one environment variable)."""
+
+    queue_url: str
+    build: str
+    worker_id: str
+    worker_count: int
+    lease_ttl_s: float = 30.0
+    max_unit_crashes: int = 2
+    status_file: str | None = None
+    supervisor_pid: int | None = None
+    ready_timeout_s: float = 600.0
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, raw: str) -> WorkerSettings:
+        return cls(**json.loads(raw))
+
+
+class StatusFile:
+    """A tiny file the supervisor reads after a crash to learn which test was running."""
+
+    def __init__(self, path: str | None) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else None
+
+    def write(self, state: str) -> None:
+        if self._fd is not None:
+            data = state.encode("utf-8", "surrogatepass")
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, data, 0)
+
+
+def serialize_warning(message: warnings.WarningMessage, when: str, nodeid: str) -> JSON:
+    category = message.category
+    return {
+        "message": str(message.message),
+        "category": category.__name__,
+        "category_module": category.__module__,
+        "filename": message.filename,
+        "lineno": message.lineno,
+        "line": message.line,
+        "when": when,
+        "nodeid": nodeid,
+    }
+
+
+class Heartbeat(threading.Thread):
+    """Renews this worker's leases so a slow test is never handed to someone else, and ends
+    the process if its supervisor has gone (an orphan would hold leases nobody watches)."""
+
+    def __init__(self, queue: Queue, settings: WorkerSettings) -> None:
+        super().__init__(name="conveyor-heartbeat", daemon=True)
+        self.queue = queue
+        self.settings = settings
+        self.interval_s = max(0.05, min(5.0, settings.lease_ttl_s / 3))
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            if self.settings.supervisor_pid and os.getppid() != self.settings.supervisor_pid:
+                os._exit(EXIT_ORPHANED)
+            try:
+                self.queue.heartbeat(self.settings.worker_id)
+            except QueueError as exc:
+                self.error = exc
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class WorkerPlugin:
+    """Takes over collection's outcome and the run loop of one pytest worker process."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.queue: Queue | None = None
+        self.status = StatusFile(settings.status_file)
+        self.finished_normally = False
+        self.refused = False
+        self._collect_reports: list[JSON] = []
+        self._collect_warnings: list[JSON] = []
+        self._reports: list[JSON] = []
+        self._warnings: list[JSON] = []
+        self._outbox: list[tuple[str, JSON]] = []
+        self._last_flush = time.monotonic()
+        self._stopped = False
+
+    # -- configuration --------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> None:
+        # pytest and its reporting plugins recognise a worker of a distributed run by this
+        # attribute (set by pytest-xdist too): junitxml, pytest-html and the cache then leave
+        # writing to the controller. Set before any plugin's pytest_configure looks for it.
+        config.workerinput = {  # type: ignore[attr-defined]
+            "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
+            "workercount": self.settings.worker_count,
+            "testrunuid": self.settings.build,
+            "mainargv": list(sys.argv),
+        }
+        config.workeroutput = {}  # type: ignore[attr-defined]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self._config = config
+        # The controller prints everything; a worker's terminal output would only cost time.
+        # The reporter stays registered (assertion rewriting asks it for a terminal writer),
+        # writing into the void.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        writer = getattr(reporter, "_tw", None)
+        if writer is not None and hasattr(writer, "_file"):
+            writer._file = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        self.status.write("collecting")
+
+    # -- collection -----------------------------------------------------------------------
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if not report.passed:
+            data = report.config.hook.pytest_report_to_serializable(
+                config=report.config, report=report
+            )
+            self._collect_reports.append(data)
+
+    def pytest_warning_recorded(
+        self, warning_message: warnings.WarningMessage, when: str, nodeid: str
+    ) -> None:
+        data = serialize_warning(warning_message, when, nodeid)
+        if when == "runtest":
+            self._warnings.append(data)
+        elif when == "collect":
+            self._collect_warnings.append(data)
+        # "config" warnings are emitted by the controller itself, which parses the same config.
+
+    def _manifest_meta(self, session: pytest.Session, units: list[str]) -> JSON:
+        lfplugin = session.config.pluginmanager.get_plugin("lfplugin")
+        return {
+            "collected": self._numcollected,
+            "selected": len(units),
+            "deselected": self._deselected,
+            "collect_errors": session.testsfailed,
+            "collect_reports": self._collect_reports,
+            "collect_warnings": self._collect_warnings,
+            "lf_status": getattr(lfplugin, "_report_status", None),
+            "max_unit_crashes": self.settings.max_unit_crashes,
+            "hash_seed": os.environ.get("PYTHONHASHSEED"),
+        }
+
+    _numcollected = 0
+    _deselected = 0
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        self._numcollected += 1
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self._deselected += len(items)
+
+    # -- the run loop ---------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        settings = self.settings
+        queue = self.queue = open_queue(
+            settings.queue_url, settings.build, lease_ttl_s=settings.lease_ttl_s
+        )
+        items = {item.nodeid: item for item in session.items}
+        collection_failed = bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
+        units = [] if collection_failed else list(items)
+        meta = self._manifest_meta(session, units)
+        if not queue.populate(settings.worker_id, units, meta) and not self._collection_matches(
+            queue, units
+        ):
+            return True
+        queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
+        heartbeat = Heartbeat(queue, settings)
+        heartbeat.start()
+        try:
+            self._work(session, queue, items, heartbeat)
+        finally:
+            heartbeat.stop()
+            self._flush(force=True)
+        self.finished_normally = True
+        self.status.write("done")
+        return True
+
+    def _collection_matches(self, queue: Queue, units: list[str]) -> bool:
+        manifest = self._wait_for_manifest(queue)
+        if manifest.digest == collection_digest(units):
+            return True
+        published = set(queue.units())
+        mine = set(units)
+        missing, extra = sorted(published - mine), sorted(mine - published)
+        message = describe_mismatch(self.settings.worker_id, manifest.leader, missing, extra)
+        queue.publish(
+            EVENT_WORKER_REFUSED,
+            self.settings.worker_id,
+            {"message": message, "missing": missing[:50], "extra": extra[:50]},
+        )
+        self.refused = True
+        self.status.write("refused")
+        print(f"conveyor: {message}", file=sys.stderr)
+        return False
+
+    def _wait_for_manifest(self, queue: Queue) -> Any:
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        while (manifest := queue.manifest()) is None:
+            if time.monotonic() > deadline:
+                raise QueueError(
+                    f"no worker published the build's manifest within "
+                    f"{self.settings.ready_timeout_s:.0f} s; is another worker still collecting?"
+                )
+            time.sleep(WAIT_POLL_S)
+        return manifest
+
+    def _leases(self, queue: Queue, heartbeat: Heartbeat) -> Iterator[tuple[Lease, Lease | None]]:
+        """Yield (lease, next lease or None), keeping one lease in hand ahead of the running
+        test so pytest knows the next item and keeps shared fixtures alive between them."""
+        hand: deque[Lease] = deque()
+        exhausted = False
+
+        def refill(block: bool) -> None:
+            nonlocal exhausted
+            while not exhausted:
+                if heartbeat.error is not None:
+                    raise heartbeat.error
+                if self._stopped:
+                    exhausted = True
+                    return
+                pending = max(0, getattr(refill, "pending", 0))
+                want = batch_size(pending, self.settings.worker_count)
+                reservation = queue.reserve(self.settings.worker_id, want)
+                refill.pending = reservation.pending  # type: ignore[attr-defined]
+                if reservation.state == LEASED:
+                    hand.extend(reservation.leases)
+                    return
+                if reservation.state == EXHAUSTED:
+                    exhausted = True
+                    return
+                if not block:
+                    return
+                self._flush(force=True)
+                time.sleep(WAIT_POLL_S)
+
+        while True:
+            if not hand:
+                refill(block=True)
+                if not hand:
+                    return
+            lease = hand.popleft()
+            if not hand:
+                refill(block=False)
+            yield lease, (hand[0] if hand else None)
+            if self._stopped and hand:
+                self._flush(force=True)
+                queue.release(
+                    self.settings.worker_id,
+                    {"reason": "the build was stopped; unstarted units returned"},
+                )
+                return
+
+    def _work(
+        self,
+        session: pytest.Session,
+        queue: Queue,
+        items: dict[str, pytest.Item],
+        heartbeat: Heartbeat,
+    ) -> None:
+        hook = session.config.hook
+        for lease, upcoming in self._leases(queue, heartbeat):
+            item = items[lease.unit]
+            nextitem = items[upcoming.unit] if upcoming else None
+            self.status.write(f"running {lease.unit}")
+            self._reports, self._warnings = [], []
+            started = time.time()
+            hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            self._outbox.append(
+                (
+                    lease.unit,
+                    {
+                        "nodeid": item.nodeid,
+                        "location": list(item.location),
+                        "reports": self._reports,
+                        "warnings": self._warnings,
+                        "attempt": lease.attempt,
+                        "started": started,
+                        "duration": time.time() - started,
+                    },
+                )
+            )
+            self.status.write("between tests")
+            self._flush()
+
+    def _flush(self, force: bool = False) -> None:
+        if not self._outbox or self.queue is None:
+            return
+        due = time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
+        if not (force or due or len(self._outbox) >= FLUSH_MAX_RESULTS):
+            return
+        batch, self._outbox = self._outbox, []
+        self.queue.complete(self.settings.worker_id, batch)
+        self._last_flush = time.monotonic()
+        if self.queue.status().stop_reason is not None:
+            self._stopped = True
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        config = self._config
+        self._reports.append(config.hook.pytest_report_to_serializable(config=config, report=report))
+
+
+def batch_size(pending: int, worker_count: int) -> int:
+    """Reserve more units at once while much is pending (fewer round trips), fewer near the
+    end (so the tail stays balanced across workers)."""
+    share = pending // max(1, 4 * worker_count)
+    return max(1, min(MAX_BATCH, share))
+
+
+def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[str]) -> str:
+    def sample(ids: list[str]) -> str:
+        shown = ", ".join(ids[:10])
+        return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+
+    parts = [f"worker {worker} collected a different set of tests than {leader}, which published the build;"]
+    if missing:
+        parts.append(f"{len(missing)} missing here ({sample(missing)});")
+    if extra:
+        parts.append(f"{len(extra)} extra here ({sample(extra)});")
+    parts.append(
+        "this worker will not run any test. Make every machine run the same code with the same "
+        "arguments, and make collection deterministic (no random or time-based parametrize)."
+    )
+    return " ".join(parts)
+
+
+def main() -> int:
+    """Entry point of a worker process: `python -m conveyor.worker PYTEST_ARGS...`."""
+    # `python -m` put the working directory first on sys.path; plain `pytest` does not, and
+    # imports must resolve exactly as they would in a plain run.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    raw = os.environ.pop(SETTINGS_ENV, None)
+    if raw is None:
+        print(f"conveyor worker: {SETTINGS_ENV} is not set; workers are started by `conveyor run`.", file=sys.stderr)
+        return 4
+    settings = WorkerSettings.from_env(raw)
+    plugin = WorkerPlugin(settings)
+    code = pytest.main(sys.argv[1:], plugins=[plugin])
+    if plugin.refused:
+        return EXIT_REFUSED
+    if plugin.finished_normally:
+        return EXIT_DONE
+    return int(code) or 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
