@@ -54,8 +54,17 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,

@@ -30,8 +30,18 @@ PYTEST_SHORT_VALUE_OPTIONS = {"-k", "-m", "-p", "-o", "-c", "-W", "-r"}
 
 # With these pytest does not run tests, so conveyor runs it in-process unchanged.
 IN_PROCESS_FLAGS = {
-    "--collect-only", "--co", "--fixtures", "--funcargs", "--fixtures-per-test",
-    "--markers", "-h", "--help", "--version", "-V", "--setup-plan", "--cache-show",
+    "--collect-only",
+    "--co",
+    "--fixtures",
+    "--funcargs",
+    "--fixtures-per-test",
+    "--markers",
+    "-h",
+    "--help",
+    "--version",
+    "-V",
+    "--setup-plan",
+    "--cache-show",
 }
 
 

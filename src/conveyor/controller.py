@@ -64,7 +64,11 @@ class _Deselected:
 def _warning_category(name: str) -> type[Warning]:
     """The warning's class by name when it is a builtin one; otherwise a look-alike class of
     the same name (nothing is imported on the word of the queue)."""
-    builtin = __builtins__.get(name) if isinstance(__builtins__, dict) else getattr(__builtins__, name, None)
+    builtin = (
+        __builtins__.get(name)
+        if isinstance(__builtins__, dict)
+        else getattr(__builtins__, name, None)
+    )
     if isinstance(builtin, type) and issubclass(builtin, Warning):
         return builtin
     for candidate in (pytest.PytestWarning, *pytest.PytestWarning.__subclasses__()):
@@ -135,8 +139,7 @@ class ControllerPlugin:
         meta = manifest.meta
         hook = config.hook
         for data in meta.get("collect_reports", []):
-            report = hook.pytest_report_from_serializable(config=config, data=data)
-            hook.pytest_collectreport(report=report)
+            hook.pytest_collectreport(report=self._report_from_json(data))
         for data in meta.get("collect_warnings", []):
             self._replay_warning(data)
         deselected = int(meta.get("deselected", 0))
@@ -269,7 +272,8 @@ class ControllerPlugin:
         report = config.hook.pytest_report_from_serializable(config=config, data=raw)
         if report is None:
             raise ValueError("not a pytest report")
-        report.location = tuple(report.location) if report.location else report.location
+        if isinstance(getattr(report, "location", None), list):
+            report.location = tuple(report.location)
         if isinstance(report.longrepr, list):
             report.longrepr = tuple(report.longrepr)
         return report
@@ -378,7 +382,13 @@ class ControllerPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         problems = self.problems
-        if not (problems.refused or problems.errors or problems.lost or problems.missing or problems.not_run):
+        if not (
+            problems.refused
+            or problems.errors
+            or problems.lost
+            or problems.missing
+            or problems.not_run
+        ):
             return
         tr = terminalreporter
         tr.write_sep("=", "conveyor", yellow=True)

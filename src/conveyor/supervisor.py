@@ -8,6 +8,7 @@ before running anything is not restarted: the same start would fail the same way
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -179,7 +180,8 @@ class Supervisor:
             WorkerFailure(slot.name, cause, culprit, output, during_startup=not started)
         )
         if started:
-            try:
+            # If the build is gone, there is nothing to release; the controller reports that.
+            with contextlib.suppress(QueueError):
                 self.queue.release(
                     self.worker_id(slot),
                     {
@@ -190,8 +192,6 @@ class Supervisor:
                         "worker": slot.name,
                     },
                 )
-            except QueueError:
-                pass  # the build is gone; the controller reports that
         if started and not self._stop.is_set() and self.restarts < self.max_restarts:
             self.restarts += 1
             self._spawn(slot)

@@ -17,7 +17,6 @@ import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,10 +168,15 @@ class WorkerPlugin:
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if not report.passed:
-            data = report.config.hook.pytest_report_to_serializable(
-                config=report.config, report=report
-            )
+            config = self._config
+            data = config.hook.pytest_report_to_serializable(config=config, report=report)
             self._collect_reports.append(data)
+
+    def pytest_internalerror(self, excrepr: object) -> None:
+        # The terminal writes into the void in a worker; the supervisor reads stderr.
+        for line in str(excrepr).splitlines():
+            sys.stderr.write(f"INTERNALERROR> {line}\n")
+        sys.stderr.flush()
 
     def pytest_warning_recorded(
         self, warning_message: warnings.WarningMessage, when: str, nodeid: str
@@ -217,7 +221,9 @@ class WorkerPlugin:
             settings.queue_url, settings.build, lease_ttl_s=settings.lease_ttl_s
         )
         items = {item.nodeid: item for item in session.items}
-        collection_failed = bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
+        collection_failed = (
+            bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
+        )
         units = [] if collection_failed else list(items)
         meta = self._manifest_meta(session, units)
         if not queue.populate(settings.worker_id, units, meta) and not self._collection_matches(
@@ -358,7 +364,9 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         config = self._config
-        self._reports.append(config.hook.pytest_report_to_serializable(config=config, report=report))
+        self._reports.append(
+            config.hook.pytest_report_to_serializable(config=config, report=report)
+        )
 
 
 def batch_size(pending: int, worker_count: int) -> int:
@@ -373,7 +381,10 @@ def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[
         shown = ", ".join(ids[:10])
         return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
 
-    parts = [f"worker {worker} collected a different set of tests than {leader}, which published the build;"]
+    parts = [
+        f"worker {worker} collected a different set of tests than {leader}, "
+        "which published the build;"
+    ]
     if missing:
         parts.append(f"{len(missing)} missing here ({sample(missing)});")
     if extra:
@@ -393,7 +404,10 @@ def main() -> int:
         del sys.path[0]
     raw = os.environ.pop(SETTINGS_ENV, None)
     if raw is None:
-        print(f"conveyor worker: {SETTINGS_ENV} is not set; workers are started by `conveyor run`.", file=sys.stderr)
+        print(
+            f"conveyor worker: {SETTINGS_ENV} is not set; workers are started by `conveyor run`.",
+            file=sys.stderr,
+        )
         return 4
     settings = WorkerSettings.from_env(raw)
     plugin = WorkerPlugin(settings)

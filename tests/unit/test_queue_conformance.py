@@ -277,14 +277,12 @@ def _race_worker(url: str, build: str, name: str, out: object) -> None:
             continue
         batch = [(lease.unit, {"by": name}) for lease in reservation.leases]
         accepted = queue.complete(name, batch)
-        mine.extend(unit for (unit, _), ok in zip(batch, accepted) if ok)
+        mine.extend(unit for (unit, _), ok in zip(batch, accepted, strict=True) if ok)
     out.put(mine)  # type: ignore[attr-defined]
     queue.close()
 
 
-def test_racing_processes_lose_nothing_and_duplicate_nothing(
-    queue_url: str, build_id: str
-) -> None:
+def test_racing_processes_lose_nothing_and_duplicate_nothing(queue_url: str, build_id: str) -> None:
     everything = units(5000)
     queue = open_queue(queue_url, build_id)
     queue.populate("gw0", everything, {})

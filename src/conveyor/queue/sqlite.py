@@ -7,6 +7,7 @@ instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -73,6 +74,7 @@ class SQLiteQueue:
         # One connection per queue object; the heartbeat thread shares it under this lock.
         self._lock = threading.Lock()
         self._conn = self._connect()
+        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
     # -- connection -----------------------------------------------------------------------
 
@@ -87,9 +89,7 @@ class SQLiteQueue:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript("BEGIN IMMEDIATE;" + _schema() + "COMMIT;")
+            self._prepare(conn)
         except (sqlite3.DatabaseError, OSError) as exc:
             raise QueueUnavailable(
                 f"cannot open the queue {self.display_url}: {exc}. Check that the path is a "
@@ -98,19 +98,44 @@ class SQLiteQueue:
             ) from None
         return conn
 
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection) -> None:
+        """Switch to WAL and create the schema. Switching the journal mode does not wait on
+        the busy timeout, so processes opening a new file together retry here."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript("BEGIN IMMEDIATE;" + _schema() + "COMMIT;")
+                return
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; BEGIN IMMEDIATE takes the lock up front, so it never
         has to be upgraded (and fail) halfway through."""
         conn = self._conn
         with self._lock:
-            conn.execute("BEGIN IMMEDIATE")
+            # SQLite's own busy handler polls with growing sleeps (up to 100 ms) while another
+            # process writes; a blocking file lock hands over the moment it is free.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -119,6 +144,7 @@ class SQLiteQueue:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            os.close(self._lock_fd)
 
     # -- helpers used inside a transaction ------------------------------------------------
 
@@ -147,7 +173,9 @@ class SQLiteQueue:
             )
         return row  # type: ignore[no-any-return]
 
-    def _adjust(self, conn: sqlite3.Connection, *, pending: int = 0, leased: int = 0, done: int = 0) -> None:
+    def _adjust(
+        self, conn: sqlite3.Connection, *, pending: int = 0, leased: int = 0, done: int = 0
+    ) -> None:
         conn.execute(
             "UPDATE builds SET pending = pending + ?, leased = leased + ?, done = done + ? "
             "WHERE build = ?",
@@ -217,9 +245,7 @@ class SQLiteQueue:
             ) from None
 
     def units(self) -> list[str]:
-        rows = self._read(
-            "SELECT unit FROM units WHERE build = ? ORDER BY position", (self.build,)
-        )
+        rows = self._read("SELECT unit FROM units WHERE build = ? ORDER BY position", (self.build,))
         return [unit for (unit,) in rows]
 
     def join(self, worker: str, info: Mapping[str, Any]) -> None:

@@ -1,0 +1,13 @@
+"""`python -m conveyor` behaves like the `conveyor` command."""
+
+import os
+import sys
+
+from conveyor.cli import main
+
+if __name__ == "__main__":
+    # Like the console script, and like plain `pytest`, do not import from the working
+    # directory just because `python -m` put it first on sys.path.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""conveyor's verdict equals plain pytest's: per-test outcomes (JUnit), totals and exit code."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_same_verdict, run_conveyor
+
+MIXED_SUITE = {
+    "test_outcomes": """
+        import warnings
+        import pytest
+
+        def test_pass():
+            pass
+
+        def test_fail():
+            assert 1 + 1 == 3
+
+        @pytest.mark.skip(reason="not today")
+        def test_skip():
+            pass
+
+        def test_skip_inside():
+            pytest.skip("decided at run time")
+
+        @pytest.mark.xfail(reason="known bug")
+        def test_xfail():
+            assert False
+
+        @pytest.mark.xfail(reason="fixed already")
+        def test_xpass():
+            pass
+
+        @pytest.mark.xfail(strict=True)
+        def test_xpass_strict():
+            pass
+
+        def test_warns():
+            warnings.warn("deprecated thing", DeprecationWarning)
+
+        def test_prints_and_fails(capsys):
+            print("to stdout")
+            import sys
+            print("to stderr", file=sys.stderr)
+            assert False, "with captured output"
+
+        @pytest.mark.parametrize("n", [1, 2, 3, 4])
+        def test_param(n):
+            assert n != 3
+    """,
+    "test_fixtures": """
+        import pytest
+
+        @pytest.fixture
+        def broken_setup():
+            raise RuntimeError("setup exploded")
+
+        @pytest.fixture
+        def broken_teardown():
+            yield
+            raise RuntimeError("teardown exploded")
+
+        @pytest.fixture(scope="module")
+        def module_resource():
+            return {"ready": True}
+
+        @pytest.fixture(scope="session")
+        def session_resource():
+            return [1, 2, 3]
+
+        def test_setup_error(broken_setup):
+            pass
+
+        def test_teardown_error(broken_teardown):
+            pass
+
+        def test_fail_and_teardown_error(broken_teardown):
+            assert False
+
+        def test_module_fixture(module_resource, session_resource):
+            assert module_resource["ready"] and session_resource == [1, 2, 3]
+
+        class TestGrouped:
+            @pytest.fixture(scope="class")
+            def shared(self):
+                return object()
+
+            def test_one(self, shared):
+                assert shared is not None
+
+            def test_two(self, shared):
+                assert shared is None
+    """,
+    "test_unit": """
+        import unittest
+
+        class TestCase(unittest.TestCase):
+            def setUp(self):
+                self.value = 41
+
+            def test_ok(self):
+                self.assertEqual(self.value + 1, 42)
+
+            def test_bad(self):
+                self.assertEqual(self.value, 42)
+
+            @unittest.skip("unittest skip")
+            def test_skipped(self):
+                pass
+
+            @unittest.expectedFailure
+            def test_expected_failure(self):
+                self.assertTrue(False)
+    """,
+}
+
+
+@pytest.fixture
+def mixed_suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(**MIXED_SUITE)
+    return pytester
+
+
+def test_mixed_suite_same_outcomes_and_exit_code_1(mixed_suite: pytest.Pytester) -> None:
+    plain, ours = assert_same_verdict(mixed_suite, "-rA")
+    assert plain.ret == 1
+    ours.stdout.fnmatch_lines(
+        [
+            "conveyor: 3 workers, queue sqlite://*",
+            "collected 23 items",
+            "*= ERRORS =*",
+            "*RuntimeError: setup exploded*",
+            "*= FAILURES =*",
+            "*- Captured stdout call -*",
+            "to stdout",
+            "*= warnings summary =*",
+            "*DeprecationWarning: deprecated thing*",
+            "*= short test summary info =*",
+            "ERROR test_fixtures.py::test_setup_error - RuntimeError: setup exploded",
+            "FAILED test_outcomes.py::test_fail - assert (1 + 1) == 3",
+        ]
+    )
+
+
+def test_verbose_lines_name_every_test(mixed_suite: pytest.Pytester) -> None:
+    _, ours = assert_same_verdict(mixed_suite, "-v", "-k", "unit or param")
+    ours.stdout.fnmatch_lines_random(
+        [
+            "test_unit.py::TestCase::test_ok PASSED*",
+            "test_unit.py::TestCase::test_bad FAILED*",
+            "test_outcomes.py::test_param?3? FAILED*",
+        ]
+    )
+
+
+def test_all_passing_suite_exit_code_0(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        **{f"test_m{m}": "\n".join(f"def test_{i}(): pass" for i in range(20)) for m in range(4)}
+    )
+    plain, _ = assert_same_verdict(pytester)
+    assert plain.ret == 0
+
+
+def test_collection_error_exit_code_2_and_nothing_runs(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_ok="def test_fine(): pass",
+        test_broken="import no_such_module_anywhere\n\ndef test_never(): pass",
+    )
+    plain, ours = assert_same_verdict(pytester)
+    assert plain.ret == 2
+    ours.stdout.fnmatch_lines(
+        [
+            "*ERROR collecting test_broken.py*",
+            "*ModuleNotFoundError: No module named 'no_such_module_anywhere'*",
+            "*Interrupted: 1 error during collection*",
+        ]
+    )
+
+
+def test_continue_on_collection_errors_runs_the_rest(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_ok="def test_fine(): pass\ndef test_bad(): assert 0",
+        test_broken="raise ImportError('nope')",
+    )
+    plain, _ = assert_same_verdict(pytester, "--continue-on-collection-errors")
+    assert plain.ret == 1
+
+
+def test_module_level_skip_is_reported_as_skipped(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_skipmod="import pytest\npytest.skip('whole module', allow_module_level=True)",
+        test_ok="def test_fine(): pass",
+    )
+    plain, _ = assert_same_verdict(pytester, "-rs")
+    assert plain.ret == 0
+
+
+def test_usage_error_exit_code_4(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    plain, ours = assert_same_verdict(pytester, "--no-such-option")
+    assert plain.ret == 4
+    ours.stderr.fnmatch_lines(["*unrecognized arguments: --no-such-option*"])
+
+
+def test_no_tests_exit_code_5(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
+    assert plain.ret == 5
+
+
+def test_empty_directory_exit_code_5(pytester: pytest.Pytester) -> None:
+    plain, _ = assert_same_verdict(pytester)
+    assert plain.ret == 5
+
+
+def test_deselection_by_marker_counts_like_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nmarkers =\n    slow: slow tests\n")
+    pytester.makepyfile(
+        test_marks="""
+        import pytest
+
+        @pytest.mark.slow
+        def test_slow(): pass
+
+        def test_fast(): pass
+
+        def test_fast_fail(): assert 0
+        """
+    )
+    plain, ours = assert_same_verdict(pytester, "-m", "not slow")
+    assert plain.ret == 1
+    ours.stdout.fnmatch_lines(["collected 3 items / 1 deselected / 2 selected"])
+
+
+def test_conftest_that_raises_fails_like_pytest(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("raise RuntimeError('conftest is broken')")
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    plain, ours = assert_same_verdict(pytester)
+    assert plain.ret != 0
+    ours.stderr.fnmatch_lines(["*conftest is broken*"])
+
+
+def test_fixture_in_conftest_and_durations(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def answer():
+            return 42
+        """
+    )
+    pytester.makepyfile(
+        test_a="def test_a(answer): assert answer == 42",
+        test_b="import time\ndef test_b(answer):\n    time.sleep(0.05)\n    assert answer",
+    )
+    _, ours = assert_same_verdict(pytester, "--durations=1", "--durations-min=0.01")
+    ours.stdout.fnmatch_lines(["*slowest 1 durations*", "*call*test_b.py::test_b*"])
+
+
+def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester) -> None:
+    body = "\n".join(f"def test_{i}():\n    import time; time.sleep(0.02)" for i in range(60))
+    pytester.makepyfile(test_first="def test_boom():\n    assert False", test_many=body)
+    result = run_conveyor(pytester, "-n", "2", "-x")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["*test(s) did not run because the build was stopped*", "*stopping after 1 failures*"]
+    )
+    outcome = result.parseoutcomes()
+    assert outcome["failed"] == 1
+    assert outcome.get("passed", 0) < 60

@@ -1,0 +1,323 @@
+"""What only the Redis backend has: key layout and expiry, connection errors, TLS and unix
+sockets, and losing a build's keys mid-build. The shared contract is in test_queue_conformance."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import FakeClock, RedisServer, free_port, require_redis_server
+
+from conveyor.errors import BuildStateLost, QueueUnavailable
+from conveyor.queue import open_queue
+from conveyor.queue.protocol import (
+    EVENT_UNIT_CRASHED,
+    EVENT_WORKER_LOST,
+    EXHAUSTED,
+    LEASED,
+    Lease,
+)
+from conveyor.queue.redis import RedisQueue, RetryPolicy
+
+QUICK = RetryPolicy(tries=2, first_delay_s=0.05, budget_s=0.5)
+
+
+def units(n: int) -> list[str]:
+    return [f"tests/test_mod.py::test_{i}" for i in range(n)]
+
+
+@pytest.fixture
+def build_id() -> str:
+    return f"build-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own, for tests that flush or restart it."""
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def build_keys(client: redis.Redis, build: str) -> list[str]:
+    return sorted(client.scan_iter(match=f"conveyor:{{{build}}}:*"))
+
+
+def test_every_key_shares_the_build_hash_tag_and_expires(
+    redis_server: RedisServer, build_id: str, clock: FakeClock
+) -> None:
+    queue = RedisQueue.from_url(redis_server.url, build_id, clock=clock, ttl_s=600)
+    queue.join("gw0", {"host": "here", "pid": 1})
+    queue.populate("gw0", units(3), {})
+    queue.reserve("gw0", 2)
+    queue.complete("gw0", [(units(3)[0], {"outcome": "passed"})])
+    queue.release("gw0", {"culprit": units(3)[1]})
+    queue.publish("note", None, {})
+    queue.stop("done")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = build_keys(client, build_id)
+    assert {key.split(":", 2)[2] for key in keys} >= {
+        "meta", "units", "attempts", "crashes", "pending", "workers", "worker_info",
+        "last_seen", "seq", "events", "reservations:gw0",
+    }  # fmt: skip
+    for key in keys:
+        # Redis Cluster hashes only what is between the first { and the next }.
+        assert key[key.index("{") + 1 : key.index("}")] == build_id
+        assert 0 < client.pttl(key) <= 600_000, key
+    client.close()
+    queue.close()
+
+
+def test_each_write_pushes_expiry_back(
+    redis_server: RedisServer, build_id: str, clock: FakeClock
+) -> None:
+    queue = RedisQueue.from_url(redis_server.url, build_id, clock=clock, ttl_s=600)
+    queue.populate("gw0", units(2), {})
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    for key in build_keys(client, build_id):
+        client.pexpire(key, 5_000)
+    queue.heartbeat("gw0")
+    assert all(client.pttl(key) > 500_000 for key in build_keys(client, build_id))
+    client.close()
+    queue.close()
+
+
+def test_reservations_keep_each_workers_order(redis_server: RedisServer, build_id: str) -> None:
+    queue = RedisQueue.from_url(redis_server.url, build_id)
+    queue.populate("gw0", units(4), {})
+    queue.reserve("gw0", 1)
+    queue.reserve("gw1", 2)
+    queue.reserve("gw0", 1)
+    assert queue.reservations("gw0") == [Lease(units(4)[0], 1), Lease(units(4)[3], 1)]
+    assert queue.reservations("gw1") == [Lease(units(4)[1], 1), Lease(units(4)[2], 1)]
+    assert queue.reservations("gw9") == []
+    queue.close()
+
+
+def test_foreign_stream_entry_is_reported_as_malformed(
+    redis_server: RedisServer, build_id: str
+) -> None:
+    queue = RedisQueue.from_url(redis_server.url, build_id)
+    queue.populate("gw0", units(1), {})
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.xadd(
+        f"conveyor:{{{build_id}}}:events", {"kind": "x", "data": "{oops", "ts": "1"}, "50-0"
+    )
+    client.xadd(f"conveyor:{{{build_id}}}:events", {"junk": "1"}, "51-0")
+    events = queue.events(0)
+    assert [(event.seq, event.kind) for event in events[-2:]] == [
+        (50, "malformed"),
+        (51, "malformed"),
+    ]
+    assert events[-2].data["raw"] == "{oops"
+    client.close()
+    queue.close()
+
+
+def test_odd_unit_names_and_causes_come_back_exactly(
+    redis_server: RedisServer, build_id: str
+) -> None:
+    odd = ['t.py::test[a"b]', "t.py::test[\\x]", "t.py::test[é/ü ✓]", "t.py::test[{x}]"]
+    cause = {"culprit": odd[0], "empty_list": [], "empty_map": {}, "t": 0.12345678901234567}
+    queue = RedisQueue.from_url(redis_server.url, build_id)
+    queue.populate("gw0", odd, {"max_unit_crashes": 1})
+    assert queue.units() == odd
+    queue.reserve("gw0", 4)
+    released = queue.release("gw0", cause)
+    assert {(r.unit, r.finalised) for r in released} == {(u, u == odd[0]) for u in odd}
+    by_kind = {event.kind: event for event in queue.events(0)}
+    assert by_kind[EVENT_UNIT_CRASHED].unit == odd[0]
+    assert by_kind[EVENT_UNIT_CRASHED].data == {"attempt": 1, "crashes": 1, "cause": cause}
+    assert by_kind[EVENT_WORKER_LOST].data["cause"] == cause
+    assert sorted(by_kind[EVENT_WORKER_LOST].data["released"]) == sorted(odd)
+    again = queue.reserve("gw1", 4)
+    assert sorted(lease.unit for lease in again.leases) == sorted(odd[1:])
+    queue.complete("gw1", [(unit, {"outcome": "passed"}) for unit in odd[1:]])
+    assert queue.status().finished
+    queue.release("gw1", {})  # holds nothing: "released" must stay a JSON list
+    assert queue.events(0)[-1].data == {"cause": {}, "released": []}
+    queue.close()
+
+
+def test_wrong_password_names_the_host_and_hides_the_password(tmp_path: Path) -> None:
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis", "--requirepass", "right-one")
+    server.start()
+    try:
+        url = f"redis://:s3cr3t-wrong@127.0.0.1:{server.port}/0"
+        with pytest.raises(QueueUnavailable) as caught:
+            open_queue(url, "b")
+        message = str(caught.value)
+        assert "s3cr3t" not in message
+        assert f"127.0.0.1:{server.port}" in message
+        assert "***" in message
+        assert "password" in message
+        with pytest.raises(QueueUnavailable, match="password"):
+            open_queue(f"redis://127.0.0.1:{server.port}/0", "b")  # none given
+        good = open_queue(f"redis://:right-one@127.0.0.1:{server.port}/0", "b")
+        assert good.display_url == f"redis://:***@127.0.0.1:{server.port}/0"
+        good.close()
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_fails_fast_and_names_the_url() -> None:
+    url = f"redis://:s3cr3t@127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable) as caught:
+        open_queue(url, "b")  # the default retry policy
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "redis://:***@127.0.0.1:" in message
+    assert "s3cr3t" not in message
+    assert "redis-server is running" in message
+
+
+def test_missing_redis_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(QueueUnavailable, match=r"pip install 'conveyor\[redis\]'"):
+        open_queue("redis://127.0.0.1:1/0", "b")
+
+
+def test_tls_options_need_a_rediss_url(redis_server: RedisServer) -> None:
+    with pytest.raises(QueueUnavailable, match="rediss://"):
+        RedisQueue.from_url(redis_server.url, "b", ssl_ca_certs="/nonexistent/ca.pem")
+
+
+def test_flushall_mid_build_raises_build_state_lost(
+    own_server: RedisServer, build_id: str, clock: FakeClock
+) -> None:
+    queue = RedisQueue.from_url(own_server.url, build_id, clock=clock)
+    queue.populate("gw0", units(3), {})
+    queue.reserve("gw0", 1)
+    client = redis.Redis.from_url(own_server.url)
+    client.flushall()
+    client.close()
+    for operation in (
+        lambda: queue.reserve("gw0", 1),
+        lambda: queue.heartbeat("gw0"),
+        lambda: queue.complete("gw0", [(units(3)[0], {})]),
+        lambda: queue.release("gw0", {}),
+        lambda: queue.join("gw1", {}),
+        lambda: queue.publish("note", None, {}),
+        lambda: queue.stop("ctrl-c"),
+        queue.status,
+        queue.units,
+        lambda: queue.events(0),
+    ):
+        with pytest.raises(BuildStateLost, match="vanished"):
+            operation()
+    assert queue.manifest() is None
+    client = redis.Redis.from_url(own_server.url, decode_responses=True)
+    assert build_keys(client, build_id) == []  # refusing wrote nothing
+    client.close()
+    # A process that never saw the build cannot tell loss from "not populated yet" except where
+    # the build is needed.
+    fresh = RedisQueue.from_url(own_server.url, build_id, clock=clock)
+    assert not fresh.status().populated
+    with pytest.raises(BuildStateLost):
+        fresh.reserve("gw1", 1)
+    fresh.close()
+    queue.close()
+
+
+def test_restart_without_persistence_is_retried_then_reported_lost(
+    own_server: RedisServer, build_id: str
+) -> None:
+    queue = RedisQueue.from_url(own_server.url, build_id)
+    queue.populate("gw0", units(2), {})
+    assert queue.reserve("gw0", 1).state == LEASED
+    own_server.restart()  # same port; the pooled connection is dead and the scripts are gone
+    with pytest.raises(BuildStateLost):
+        queue.heartbeat("gw0")
+    queue.close()
+
+
+def test_server_gone_for_good_raises_queue_unavailable(
+    own_server: RedisServer, build_id: str
+) -> None:
+    queue = RedisQueue.from_url(own_server.url, build_id, retry=QUICK)
+    queue.populate("gw0", units(1), {})
+    own_server.stop()
+    with pytest.raises(QueueUnavailable, match="cannot reach the Redis queue"):
+        queue.reserve("gw0", 1)
+    queue.close()
+
+
+def test_unix_socket(tmp_path: Path, build_id: str) -> None:
+    require_redis_server()
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "redis", "--unixsocket", str(socket_path))
+    server.start()
+    try:
+        queue = open_queue(f"unix://{socket_path}", build_id)
+        queue.populate("gw0", units(1), {})
+        assert queue.reserve("gw0", 1).state == LEASED
+        queue.complete("gw0", [(units(1)[0], {})])
+        assert queue.reserve("gw0", 1).state == EXHAUSTED
+        queue.close()
+    finally:
+        server.stop()
+
+
+def make_certificates(folder: Path) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem",
+    )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr",
+    )  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", "server.pem",
+    )  # fmt: skip
+
+
+def test_tls_with_a_ca_from_the_url_or_a_keyword(tmp_path: Path, build_id: str) -> None:
+    require_redis_server()
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certificates(certs)
+    tls_port = free_port()
+    server = RedisServer(
+        tmp_path / "redis",
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(certs / "server.pem"),
+        "--tls-key-file", str(certs / "server.key"),
+        "--tls-ca-cert-file", str(certs / "ca.pem"),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    server.start()
+    try:
+        url = f"rediss://127.0.0.1:{tls_port}/0"
+        from_query = open_queue(f"{url}?ssl_ca_certs={certs / 'ca.pem'}", build_id)
+        assert from_query.populate("gw0", units(1), {})
+        from_query.close()
+        from_keyword = RedisQueue.from_url(url, build_id, ssl_ca_certs=str(certs / "ca.pem"))
+        manifest = from_keyword.manifest()
+        assert manifest is not None and manifest.leader == "gw0"
+        from_keyword.close()
+        with pytest.raises(QueueUnavailable, match=re.escape("rediss://127.0.0.1")):
+            RedisQueue.from_url(url, build_id, retry=QUICK)  # the CA is unknown
+    finally:
+        server.stop()
