@@ -201,7 +201,14 @@ class ControllerPlugin:
             if self.supervisor is not None:
                 self.supervisor.shutdown(terminate=True)
             self._drain_events()
+            if self.manifest is not None:
+                self.problems.not_run = max(0, self.manifest.total - len(self.reported))
             raise
+        if self.supervisor is not None:
+            # Local workers leave once the build is finished; what they said on the way out
+            # (a refusal, an error) belongs in this report.
+            self.supervisor.shutdown()
+            self._drain_events()
         self._account(session)
         if session.shouldfail:
             raise session.Failed(session.shouldfail)
@@ -317,13 +324,13 @@ class ControllerPlugin:
 
     def _on_worker_lost(self, event: Event) -> None:
         cause = event.data.get("cause", {})
-        released = event.data.get("released", [])
+        requeued = event.data.get("requeued", [])
         if cause.get("returncode") is None:
             return  # an orderly hand-back of unstarted units, not a loss
         self.problems.lost.append(
             f"{cause.get('reason', 'a worker was lost')}"
             + (f" while running {cause['culprit']}" if cause.get("culprit") else "")
-            + f"; {len(released)} test(s) went back to the queue."
+            + f"; {len(requeued)} test(s) went back to the queue."
         )
 
     def _on_finished(self, event: Event) -> None:

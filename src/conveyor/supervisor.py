@@ -47,7 +47,12 @@ def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    all_lines = text.splitlines()
+    # A crash dump from faulthandler starts with "Fatal Python error"; keep it whole.
+    for index in range(len(all_lines) - 1, max(-1, len(all_lines) - 4 * lines), -1):
+        if all_lines[index].startswith("Fatal Python error"):
+            return "\n".join(all_lines[index:])
+    return "\n".join(all_lines[-lines:])
 
 
 @dataclass

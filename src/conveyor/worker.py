@@ -136,6 +136,7 @@ class WorkerPlugin:
         self._outbox: list[tuple[str, JSON]] = []
         self._last_flush = time.monotonic()
         self._stopped = False
+        self._void: Any = None
 
     # -- configuration --------------------------------------------------------------------
 
@@ -161,8 +162,14 @@ class WorkerPlugin:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         writer = getattr(reporter, "_tw", None)
         if writer is not None and hasattr(writer, "_file"):
-            writer._file = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+            self._void = open(os.devnull, "w")  # noqa: SIM115 - closed in pytest_unconfigure
+            writer._file = self._void
         self.status.write("collecting")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self) -> None:
+        if self._void is not None:
+            self._void.close()
 
     # -- collection -----------------------------------------------------------------------
 

@@ -139,13 +139,13 @@ def test_odd_unit_names_and_causes_come_back_exactly(
     assert by_kind[EVENT_UNIT_CRASHED].unit == odd[0]
     assert by_kind[EVENT_UNIT_CRASHED].data == {"attempt": 1, "crashes": 1, "cause": cause}
     assert by_kind[EVENT_WORKER_LOST].data["cause"] == cause
-    assert sorted(by_kind[EVENT_WORKER_LOST].data["released"]) == sorted(odd)
+    assert sorted(by_kind[EVENT_WORKER_LOST].data["requeued"]) == sorted(odd[1:])
     again = queue.reserve("gw1", 4)
     assert sorted(lease.unit for lease in again.leases) == sorted(odd[1:])
     queue.complete("gw1", [(unit, {"outcome": "passed"}) for unit in odd[1:]])
     assert queue.status().finished
-    queue.release("gw1", {})  # holds nothing: "released" must stay a JSON list
-    assert queue.events(0)[-1].data == {"cause": {}, "released": []}
+    queue.release("gw1", {})  # holds nothing: "requeued" must stay a JSON list
+    assert queue.events(0)[-1].data == {"cause": {}, "requeued": []}
     queue.close()
 
 

@@ -402,7 +402,10 @@ class SQLiteQueue:
                 conn,
                 EVENT_WORKER_LOST,
                 worker,
-                data={"cause": dict(cause), "released": [r.unit for r in released]},
+                data={
+                    "cause": dict(cause),
+                    "requeued": [r.unit for r in released if not r.finalised],
+                },
             )
             self._maybe_finish(conn)
         return released

@@ -21,7 +21,7 @@ end
 
 local worker, has_culprit, culprit, cause = ARGV[3], ARGV[4] == '1', ARGV[5], ARGV[6]
 local limit = tonumber(redis.call('HGET', META, 'max_unit_crashes'))
-local reply, released = {}, {}
+local reply, requeued = {}, {}
 
 for _, unit in ipairs(held_by(worker)) do
   local attempt = number_or_zero(redis.call('HGET', ATTEMPTS, unit))
@@ -40,16 +40,16 @@ for _, unit in ipairs(held_by(worker)) do
       '{"attempt":' .. attempt .. ',"crashes":' .. crashes .. ',"cause":' .. cause .. '}')
   else
     redis.call('ZADD', PENDING, front_of_queue(), unit)
+    requeued[#requeued + 1] = unit
   end
   reply[#reply + 1] = unit
   reply[#reply + 1] = attempt
   reply[#reply + 1] = crashes
   reply[#reply + 1] = finalised and 1 or 0
-  released[#released + 1] = unit
 end
 
 emit('worker_lost', worker, false,
-  '{"cause":' .. cause .. ',"released":' .. json_list(released) .. '}')
+  '{"cause":' .. cause .. ',"requeued":' .. json_list(requeued) .. '}')
 maybe_finish()
 touch()
 return reply

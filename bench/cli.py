@@ -1,0 +1,170 @@
+"""Command line: parse options, build the suites in a temporary directory, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from bench import queue_micro, runner
+from bench.contenders import contenders
+from bench.machine import facts
+from bench.redis_server import redis_server_binary, throwaway_redis
+from bench.report import mismatches, suite_table
+from bench.suites import BUILDERS
+from bench.table import Table
+
+ALL_SUITES = ("a", "b", "c", "d", "e")
+DEFAULT_RUNS = 5
+QUEUE_UNITS = 100_000
+QUICK_QUEUE_UNITS = 10_000
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    suites: tuple[str, ...]
+    workers: int | None  # None: each suite's own default
+    runs: int
+    quick: bool
+    markdown: Path | None
+    no_redis: bool
+
+
+def _suite_list(value: str) -> tuple[str, ...]:
+    keys = tuple(key.strip().lower() for key in value.split(",") if key.strip())
+    unknown = [key for key in keys if key not in ALL_SUITES]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown suite(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{','.join(ALL_SUITES)}, e.g. --suite a,d"
+        )
+    return keys
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def parse_options(argv: Sequence[str]) -> BenchOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Compare plain pytest, pytest-xdist and conveyor on synthetic suites.",
+    )
+    parser.add_argument(
+        "--suite",
+        type=_suite_list,
+        default=ALL_SUITES,
+        help="comma-separated suites to run (default: a,b,c,d,e)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        help="worker processes for every parallel contender (default: 2 for a, 8 for b/c, 4 for d)",
+    )
+    parser.add_argument(
+        "--runs", type=_positive, help=f"counted runs per contender (default {DEFAULT_RUNS})"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller suites and 1 run: a smoke test"
+    )
+    parser.add_argument("--markdown", type=Path, help="append the results to this file")
+    parser.add_argument(
+        "--no-redis", action="store_true", help="skip the Redis contenders even if available"
+    )
+    args = parser.parse_args(argv)
+    runs = args.runs if args.runs is not None else (1 if args.quick else DEFAULT_RUNS)
+    return BenchOptions(args.suite, args.workers, runs, args.quick, args.markdown, args.no_redis)
+
+
+@contextmanager
+def _maybe_redis(options: BenchOptions, scratch: Path, notes: list[str]) -> Iterator[str | None]:
+    """A throwaway Redis URL when redis-server and the redis client exist, else None."""
+    binary = redis_server_binary()
+    if options.no_redis:
+        notes.append("Redis contenders skipped (--no-redis)")
+        yield None
+    elif binary is None:
+        notes.append("Redis contenders skipped: no redis-server binary on PATH")
+        yield None
+    elif find_spec("redis") is None:
+        notes.append("Redis contenders skipped: `pip install conveyor[redis]` for the client")
+        yield None
+    else:
+        with throwaway_redis(binary, scratch / "redis") as url:
+            yield url
+
+
+def _run_suites(
+    options: BenchOptions, scratch: Path, redis_url: str | None
+) -> tuple[list[Table], list[str]]:
+    tables: list[Table] = []
+    problems: list[str] = []
+    for key in options.suites:
+        if key == "e":
+            units = QUICK_QUEUE_UNITS if options.quick else QUEUE_UNITS
+            measured = queue_micro.measure(
+                unit_count=units, runs=options.runs, redis_url=redis_url, scratch=scratch
+            )
+            tables.append(queue_micro.queue_table(measured, units, options.runs))
+            problems += queue_micro.all_errors(measured)
+            continue
+        suite = BUILDERS[key](scratch / f"suite_{key}", quick=options.quick)
+        workers = options.workers or suite.default_workers
+        measurements = runner.measure(
+            suite,
+            contenders(workers, redis_url),
+            workers=workers,
+            runs=options.runs,
+            scratch=scratch,
+        )
+        tables.append(suite_table(measurements))
+        problems += mismatches(measurements)
+    return tables, problems
+
+
+def _markdown(command: str, tables: list[Table], notes: list[str]) -> str:
+    machine = facts()
+    lines = ["", f"### Benchmark run {machine['date']}", "", "```", command, "```", ""]
+    lines += [f"- {name}: {value}" for name, value in machine.items()]
+    lines += [f"- {note}" for note in notes]
+    for table in tables:
+        lines += ["", table.markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    notes: list[str] = []
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-bench-")))
+        redis_url = stack.enter_context(_maybe_redis(options, scratch, notes))
+        tables, problems = _run_suites(options, scratch, redis_url)
+    print()
+    print("\n\n".join(table.text() for table in tables))
+    for note in notes:
+        print(f"note: {note}")
+    if options.markdown is not None:
+        with options.markdown.open("a", encoding="utf-8") as out:
+            out.write(_markdown(command, tables, notes))
+        print(f"results appended to {options.markdown}")
+    if problems:
+        banner = "!" * 78
+        print(
+            f"\n{banner}\nEXIT CODE MISMATCHES OR ERRORS ({len(problems)}): the timings above "
+            f"compare runs that did not do the same thing\n{banner}",
+            file=sys.stderr,
+        )
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,54 @@
+"""The runners compared on each suite, as command lines."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Every contender gets these: no .pytest_cache side effects, quiet output.
+COMMON_ARGS = ("-p", "no:cacheprovider", "-q")
+XDIST_MODES = ("load", "worksteal", "loadfile", "loadscope")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One runner; `argv` builds a fresh command line per run (Redis needs a new build id)."""
+
+    name: str
+    argv: Callable[[], list[str]]
+    is_xdist: bool = False
+    is_conveyor: bool = False
+
+
+def _pytest(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", *COMMON_ARGS, *extra, "."]
+
+
+def _conveyor(workers: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "conveyor", "run", "-n", str(workers), *extra, *COMMON_ARGS, "."]
+
+
+def _xdist(workers: int, mode: str) -> Contender:
+    return Contender(
+        f"xdist-{mode}", lambda: _pytest("-n", str(workers), "--dist", mode), is_xdist=True
+    )
+
+
+def _conveyor_redis(workers: int, url: str) -> Contender:
+    def argv() -> list[str]:
+        build = f"bench-{uuid.uuid4().hex[:12]}"
+        return _conveyor(workers, "--queue", url, "--build", build)
+
+    return Contender("conveyor-redis", argv, is_conveyor=True)
+
+
+def contenders(workers: int, redis_url: str | None) -> list[Contender]:
+    """Plain pytest first: it is the reference for exit codes and ratios."""
+    lineup = [Contender("pytest", _pytest)]
+    lineup += [_xdist(workers, mode) for mode in XDIST_MODES]
+    lineup.append(Contender("conveyor-sqlite", lambda: _conveyor(workers), is_conveyor=True))
+    if redis_url is not None:
+        lineup.append(_conveyor_redis(workers, redis_url))
+    return lineup

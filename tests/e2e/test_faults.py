@@ -1,0 +1,213 @@
+"""Workers that die, tests that crash them, bad input, Ctrl-C: clear messages, nothing lost."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import junit_outcomes, run_conveyor
+
+
+def test_worker_killed_mid_test_has_its_test_rerun_and_reported_once(
+    pytester: pytest.Pytester,
+) -> None:
+    marker = pytester.path / "killed-once"
+    pytester.makepyfile(
+        test_kill=f"""
+        import os, pathlib, signal
+
+        def test_dies_once():
+            marker = pathlib.Path({str(marker)!r})
+            if not marker.exists():
+                marker.write_text("killed")
+                os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        test_rest="\n".join(f"def test_{i}(): pass" for i in range(20)),
+    )
+    result = run_conveyor(pytester, "-n", "2", "--junitxml=out.xml", "-rA")
+    assert marker.exists()
+    assert result.ret == 0, result.stdout.str()
+    outcomes = junit_outcomes(pytester.path / "out.xml")
+    assert outcomes[("test_kill", "test_dies_once")] == [("passed",)]
+    assert len(outcomes) == 21
+    result.stdout.fnmatch_lines(
+        [
+            "*= conveyor =*",
+            "worker gw? killed by signal SIGKILL (9) while running test_kill.py::test_dies_once*",
+            "*21 passed*",
+        ]
+    )
+
+
+def test_test_that_segfaults_every_time_fails_naming_the_signal(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_crash="""
+        import ctypes
+
+        def test_segfault():
+            ctypes.string_at(0)
+        """,
+        test_fine="\n".join(f"def test_{i}(): pass" for i in range(10)),
+    )
+    result = run_conveyor(pytester, "-n", "2", "--junitxml=out.xml")
+    assert result.ret == 1
+    outcomes = junit_outcomes(pytester.path / "out.xml")
+    assert outcomes.pop(("test_crash", "test_segfault")) == [("failure",)]
+    assert all(value == [("passed",)] for value in outcomes.values())
+    assert len(outcomes) == 10
+    result.stdout.fnmatch_lines(
+        [
+            "*crashed while running this test: worker gw? killed by signal SIGSEGV (11)*",
+            "*took down 2 worker(s)*",
+            "*Segmentation fault*",
+            "FAILED test_crash.py::test_segfault*",
+            "*1 failed, 10 passed*",
+        ]
+    )
+
+
+def test_module_fixture_set_up_once_per_run_of_consecutive_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    log = pytester.path / "events.log"
+    for module in ("alpha", "beta", "gamma"):
+        pytester.makepyfile(
+            **{
+                f"test_{module}": f"""
+                import os
+                import pytest
+
+                def record(line):
+                    with open({str(log)!r}, "a") as handle:
+                        handle.write(os.environ["PYTEST_XDIST_WORKER"] + " " + line + "\\n")
+
+                @pytest.fixture(scope="module")
+                def expensive():
+                    record("setup {module}")
+                    yield
+
+                @pytest.mark.parametrize("i", range(12))
+                def test_uses_fixture(expensive, i):
+                    record("test {module}")
+                """
+            }
+        )
+    result = run_conveyor(pytester, "-n", "3")
+    assert result.ret == 0, result.stdout.str()
+    setups: collections.Counter[tuple[str, str]] = collections.Counter()
+    runs: collections.Counter[tuple[str, str]] = collections.Counter()
+    last_module: dict[str, str] = {}
+    tests = 0
+    for line in log.read_text().splitlines():
+        worker, kind, module = line.split()
+        if kind == "setup":
+            setups[worker, module] += 1
+        else:
+            tests += 1
+            if last_module.get(worker) != module:
+                runs[worker, module] += 1
+            last_module[worker] = module
+    assert tests == 36
+    assert sum(setups.values()) >= 3
+    for key, count in setups.items():
+        assert count <= runs[key], (key, setups, runs)
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5"])
+def test_bad_worker_count_is_a_usage_error(pytester: pytest.Pytester, value: str) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    result = run_conveyor(pytester, "-n", value)
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(
+        [
+            "conveyor: error: -n expects a number of worker processes (0 or more) or 'auto', "
+            f"got '{value}'*"
+        ]
+    )
+
+
+def test_zero_workers_runs_plain_pytest_in_process(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass\ndef test_bad(): assert 0")
+    result = run_conveyor(pytester, "-n", "0")
+    assert result.ret == 1
+    assert "conveyor:" not in result.stdout.str()
+    result.stdout.fnmatch_lines(["*1 failed, 1 passed*"])
+
+
+def test_unwritable_queue_path_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    not_a_dir = pytester.path / "plain-file"
+    not_a_dir.write_text("")
+    result = run_conveyor(pytester, "-n", "2", "--queue", f"sqlite://{not_a_dir}/queue.db")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(
+        [f"conveyor: error: cannot open the queue sqlite://{not_a_dir}/queue.db: *--queue*"]
+    )
+    directory = pytester.mkdir("a-directory")
+    result = run_conveyor(pytester, "-n", "2", "--queue", f"sqlite://{directory}")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["conveyor: error: cannot open the queue *writable file*"])
+
+
+def test_unknown_queue_scheme_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    result = run_conveyor(pytester, "--queue", "http://user:secret@example.invalid/q")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*unknown scheme 'http'*sqlite:///path/to/queue.db*"])
+    assert "secret" not in result.stderr.str()
+
+
+def test_mismatched_collection_is_refused_with_the_difference(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_mismatch="""
+        import os
+
+        def test_everywhere():
+            pass
+
+        if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+            def test_only_on_gw1():
+                pass
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2")
+    assert result.ret == 3, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*= conveyor =*",
+            "worker gw? collected a different set of tests than gw?, which published the build;"
+            " 1 * here (test_mismatch.py::test_only_on_gw1); this worker will not run any test.*",
+        ]
+    )
+
+
+def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Pytester) -> None:
+    started = pytester.path / "started"
+    sleepers = "".join(f"def test_sleep_{i}():\n    time.sleep(0.5)\n\n" for i in range(40))
+    pytester.makepyfile(
+        test_slow="import pathlib, time\n\n"
+        f"def test_first():\n    pathlib.Path({str(started)!r}).write_text('yes')\n\n" + sleepers
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    assert "KeyboardInterrupt" in output
+    assert "passed" in output.splitlines()[-1]
+    assert "did not run because the build was stopped" in output
