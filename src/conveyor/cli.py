@@ -78,20 +78,18 @@ def _run_distributed(options: RunOptions, run_dir: Path) -> int:
     max_restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     node = "" if options.queue is None else f"{socket.gethostname()}-{os.getpid()}/"
 
-    def start_supervisor() -> Supervisor:
-        supervisor = Supervisor(
-            queue=open_queue(queue_url, build, lease_ttl_s=options.lease_ttl_s),
-            count=options.workers,
-            settings_template=template,
-            pytest_args=worker_args,
-            run_dir=run_dir,
-            env=env,
-            max_restarts=max_restarts,
-            node=node,
-        )
-        supervisor.start()
-        return supervisor
-
+    # Workers start before the controller's own pytest start-up, which runs meanwhile.
+    supervisor = Supervisor(
+        queue=open_queue(queue_url, build, lease_ttl_s=options.lease_ttl_s),
+        count=options.workers,
+        settings_template=template,
+        pytest_args=worker_args,
+        run_dir=run_dir,
+        env=env,
+        max_restarts=max_restarts,
+        node=node,
+    )
+    supervisor.start()
     plural = "s" if options.workers != 1 else ""
     settings = ControllerSettings(
         queue_url=queue_url,
@@ -102,12 +100,11 @@ def _run_distributed(options: RunOptions, run_dir: Path) -> int:
             f"build {build}, PYTHONHASHSEED={env['PYTHONHASHSEED']}"
         ),
     )
-    controller = ControllerPlugin(settings, queue, start_supervisor)
+    controller = ControllerPlugin(settings, queue, supervisor)
     try:
         return int(pytest.main(options.pytest_args, plugins=[controller]))
     finally:
-        if controller.supervisor is not None:
-            controller.supervisor.shutdown(terminate=True)
+        supervisor.shutdown(terminate=True)
         queue.close()
 
 

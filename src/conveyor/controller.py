@@ -28,7 +28,7 @@ from conveyor.supervisor import Supervisor
 from conveyor.worker import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
 
 POLL_MIN_S = 0.005
-POLL_MAX_S = 0.1
+POLL_MAX_S = 0.02
 EVENTS_PAGE = 2000
 
 
@@ -84,12 +84,11 @@ class ControllerPlugin:
         self,
         settings: ControllerSettings,
         queue: Queue,
-        start_supervisor: Callable[[], Supervisor] | None,
+        supervisor: Supervisor | None,
     ) -> None:
         self.settings = settings
         self.queue = queue
-        self._start_supervisor = start_supervisor
-        self.supervisor: Supervisor | None = None
+        self.supervisor = supervisor
         self.problems = BuildProblems()
         self.manifest: Manifest | None = None
         self.cursor = 0
@@ -124,10 +123,6 @@ class ControllerPlugin:
 
     def pytest_report_header(self, config: pytest.Config) -> str:
         return self.settings.header
-
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        if self._start_supervisor is not None:
-            self.supervisor = self._start_supervisor()
 
     # -- collection happens in the workers ------------------------------------------------
 
@@ -204,10 +199,9 @@ class ControllerPlugin:
             if self.manifest is not None:
                 self.problems.not_run = max(0, self.manifest.total - len(self.reported))
             raise
-        if self.supervisor is not None:
-            # Local workers leave once the build is finished; what they said on the way out
-            # (a refusal, an error) belongs in this report.
-            self.supervisor.shutdown()
+        if self.supervisor is not None and self.supervisor.wait_for_collection_checks():
+            # A worker still comparing its collection may yet refuse; that belongs in this
+            # report even though the build finished without it.
             self._drain_events()
         self._account(session)
         if session.shouldfail:
@@ -419,12 +413,15 @@ class ControllerPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:
-        if self.supervisor is not None:
-            self.supervisor.shutdown()
         problems = self.problems
         if (problems.missing or problems.refused or problems.errors) and session.exitstatus in (
             pytest.ExitCode.OK,
             pytest.ExitCode.NO_TESTS_COLLECTED,
         ):
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
-        return (yield)
+        try:
+            return (yield)
+        finally:
+            # Workers finish their own teardown while the summary is printed.
+            if self.supervisor is not None:
+                self.supervisor.shutdown()

@@ -26,6 +26,7 @@ from conveyor.worker import EXIT_DONE, EXIT_REFUSED, SETTINGS_ENV, WorkerSetting
 POLL_INTERVAL_S = 0.05
 STDERR_TAIL_LINES = 30
 TERMINATE_GRACE_S = 5.0
+COLLECTION_CHECK_WAIT_S = 30.0
 
 
 def describe_exit(returncode: int) -> str:
@@ -214,6 +215,24 @@ class Supervisor:
             return all(slot.state in ("failed", "refused") for slot in self.slots) and all(
                 failure.during_startup for failure in self.failures
             )
+
+    def wait_for_collection_checks(self, timeout_s: float = COLLECTION_CHECK_WAIT_S) -> bool:
+        """Wait (bounded) for workers that have not yet compared their collection with the
+        manifest; True if there were any."""
+        deadline = time.monotonic() + timeout_s
+        waited = False
+        while time.monotonic() < deadline:
+            with self._lock:
+                checking = [
+                    slot
+                    for slot in self.slots
+                    if slot.state == "running" and slot.status() in ("", "collecting")
+                ]
+            if not checking:
+                return waited
+            waited = True
+            time.sleep(POLL_INTERVAL_S)
+        return waited
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -94,6 +94,24 @@ def serialize_warning(message: warnings.WarningMessage, when: str, nodeid: str) 
     }
 
 
+class SilentReporter:
+    """Stands in for pytest's terminal reporter in a worker: the same writing methods, and a
+    terminal writer that writes into the void."""
+
+    def __init__(self, config: pytest.Config, writer: Any) -> None:
+        self.config = config
+        self._tw = writer
+        self.stats: dict[str, list[Any]] = {}
+        self.verbosity = config.option.verbose
+        self.isatty = False
+
+    def _discard(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    write = write_line = write_sep = line = rewrite = section = _discard
+    ensure_newline = flush = write_ensure_prefix = _discard
+
+
 class Heartbeat(threading.Thread):
     """Renews this worker's leases so a slow test is never handed to someone else, and ends
     the process if its supervisor has gone (an orphan would hold leases nobody watches)."""
@@ -156,14 +174,16 @@ class WorkerPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
-        # The controller prints everything; a worker's terminal output would only cost time.
-        # The reporter stays registered (assertion rewriting asks it for a terminal writer),
-        # writing into the void.
+        # The controller prints everything; a worker's own terminal output (progress, the
+        # summary of its share of tests) would only cost time. A silent stand-in keeps the
+        # terminal writer that assertion rewriting and plugins ask for.
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         writer = getattr(reporter, "_tw", None)
-        if writer is not None and hasattr(writer, "_file"):
+        if reporter is not None and writer is not None:
             self._void = open(os.devnull, "w")  # noqa: SIM115 - closed in pytest_unconfigure
-            writer._file = self._void
+            config.pluginmanager.unregister(reporter)
+            silent = SilentReporter(config, type(writer)(self._void))
+            config.pluginmanager.register(silent, "terminalreporter")
         self.status.write("collecting")
 
     @pytest.hookimpl(trylast=True)
@@ -238,6 +258,7 @@ class WorkerPlugin:
         ):
             return True
         queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
+        self.status.write("joined")
         heartbeat = Heartbeat(queue, settings)
         heartbeat.start()
         try:
