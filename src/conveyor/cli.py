@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conveyor import __version__
+from conveyor.ci import detect, node_id
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.errors import ConveyorError, QueueError, UsageError
-from conveyor.queue import open_queue
+from conveyor.queue import Queue, check_url, open_queue
 from conveyor.supervisor import Supervisor
 from conveyor.worker import WorkerSettings
 
 USAGE = """\
-usage: conveyor run [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
+usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
+       conveyor worker [-n N|auto]  --queue URL  [--build ID] [options] [PYTEST_ARGS...]
+       conveyor report               --queue URL  [--build ID] [PYTEST_REPORT_ARGS...]
 
-Runs a pytest suite on N worker processes that pull tests from a queue, and reports
-the results exactly as plain pytest would (terminal output, --junitxml, exit code).
+run:    work and report on this machine. Without --queue, an embedded SQLite queue in a
+        temporary directory; with --queue redis://..., the same command on every machine
+        joins one build and each prints the whole build's report.
+worker: only work (N local worker processes). report: only wait and report; any number
+        of reports may run, before, during or after the workers.
 
 conveyor options:
   -n N|auto               worker processes (default: auto = one per available CPU;
@@ -36,6 +42,16 @@ conveyor options:
   --max-worker-restarts N replacements for crashed workers (default: 2 x N)
   --max-unit-crashes N    workers a test may take down before it is reported as
                           failed (default: 2)
+  --node-id NAME          this machine's name in worker ids (default: CI node index
+                          or host name, plus the process id)
+  --ready-timeout SECONDS how long to wait for the first worker to publish the
+                          collection (default: 600)
+  --stall-timeout SECONDS report/run: give up when nothing happens for this long while
+                          tests remain (default: 1800)
+
+Build ids come from --build, else from the CI (GitHub Actions GITHUB_RUN_ID, GitLab
+CI_PIPELINE_ID, Buildkite BUILDKITE_BUILD_ID[-BUILDKITE_STEP_ID], CircleCI
+CIRCLE_WORKFLOW_ID[-CIRCLE_JOB], Jenkins BUILD_TAG); a shared queue needs one of them.
 
 Every other argument goes to pytest unchanged (-k, -m, -x, -v, -p, --junitxml, paths...).
 Exit codes are pytest's: 0 passed, 1 failed, 2 interrupted, 3 internal, 4 usage, 5 no tests.
@@ -47,65 +63,182 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def run(argv: Sequence[str]) -> int:
-    options = parse_run_options(argv)
-    if options.in_process:
-        return int(pytest.main(options.pytest_args))
-    run_dir = Path(tempfile.mkdtemp(prefix="conveyor-"))
-    try:
-        return _run_distributed(options, run_dir)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+@dataclass(frozen=True)
+class Build:
+    """Which build this process works on, and where."""
+
+    id: str
+    queue_url: str
+    hash_seed: str
+    node: str
 
 
-def _run_distributed(options: RunOptions, run_dir: Path) -> int:
-    explicit_build = options.build is not None
-    build = options.build or new_build_id()
+def _resolve_build(options: RunOptions, run_dir: Path) -> Build:
+    if options.queue is not None:
+        check_url(options.queue)
+    ci = detect()
+    if options.build:
+        build, explicit = options.build, True
+    elif options.shared_queue and ci is not None:
+        build, explicit = ci.build, True
+    elif options.networked_queue:
+        raise UsageError(
+            "a shared queue needs a build id that every machine of the build agrees on: pass "
+            "--build ID (for example your CI's pipeline id). None was found in the environment "
+            "(GitHub Actions, GitLab CI, Buildkite, CircleCI and Jenkins are detected)."
+        )
+    else:
+        build, explicit = new_build_id(), False
     queue_url = options.queue or f"sqlite://{run_dir / 'queue.db'}"
-    queue = open_queue(queue_url, build, lease_ttl_s=options.lease_ttl_s)
+    node = node_id(ci, options.node_id) + "/" if options.shared_queue else ""
+    return Build(build, queue_url, hash_seed_for(build, explicit), node)
+
+
+def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
     env = dict(os.environ)
-    env["PYTHONHASHSEED"] = hash_seed_for(build, explicit_build)
-    env["PYTEST_XDIST_TESTRUNUID"] = build
-    worker_args = [arg for arg in options.pytest_args if arg != "--cache-clear"]
+    env["PYTHONHASHSEED"] = build.hash_seed
+    env["PYTEST_XDIST_TESTRUNUID"] = build.id
     template = WorkerSettings(
-        queue_url=queue_url,
-        build=build,
+        queue_url=build.queue_url,
+        build=build.id,
         worker_id="",
         worker_count=options.workers,
         lease_ttl_s=options.lease_ttl_s,
         max_unit_crashes=options.max_unit_crashes,
+        ready_timeout_s=options.ready_timeout_s,
     )
-    max_restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
-    node = "" if options.queue is None else f"{socket.gethostname()}-{os.getpid()}/"
-
-    # Workers start before the controller's own pytest start-up, which runs meanwhile.
-    supervisor = Supervisor(
-        queue=open_queue(queue_url, build, lease_ttl_s=options.lease_ttl_s),
+    restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
+    return Supervisor(
+        queue=open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s),
         count=options.workers,
         settings_template=template,
-        pytest_args=worker_args,
+        pytest_args=[arg for arg in options.pytest_args if arg != "--cache-clear"],
         run_dir=run_dir,
         env=env,
-        max_restarts=max_restarts,
-        node=node,
+        max_restarts=restarts,
+        node=build.node,
     )
-    supervisor.start()
-    plural = "s" if options.workers != 1 else ""
+
+
+def _already_finished(queue: Queue) -> bool:
+    """A re-run CI job (same build id) reports the stored results instead of working."""
+    return queue.status().finished
+
+
+def _controller_exit(
+    options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
+) -> int:
+    workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
+    header = (
+        f"conveyor: {workers if supervisor else 'report only'}, queue {queue.display_url}, "
+        f"build {build.id}, PYTHONHASHSEED={build.hash_seed}"
+    )
     settings = ControllerSettings(
-        queue_url=queue_url,
-        build=build,
-        workers=options.workers,
-        header=(
-            f"conveyor: {options.workers} worker{plural}, queue {queue.display_url}, "
-            f"build {build}, PYTHONHASHSEED={env['PYTHONHASHSEED']}"
-        ),
+        queue_url=build.queue_url,
+        build=build.id,
+        workers=options.workers if supervisor else 0,
+        ready_timeout_s=options.ready_timeout_s,
+        stall_timeout_s=options.stall_timeout_s,
+        header=header,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
+    return int(pytest.main(options.pytest_args, plugins=[controller]))
+
+
+def _in_run_dir(command: Callable[[RunOptions, Path], int], options: RunOptions) -> int:
+    run_dir = Path(tempfile.mkdtemp(prefix="conveyor-"))
     try:
-        return int(pytest.main(options.pytest_args, plugins=[controller]))
+        return command(options, run_dir)
     finally:
-        supervisor.shutdown(terminate=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run(argv: Sequence[str]) -> int:
+    """Work and report on this machine (`conveyor run`)."""
+    options = parse_run_options(argv, "run")
+    if options.in_process:
+        return int(pytest.main(options.pytest_args))
+    return _in_run_dir(_run, options)
+
+
+def _run(options: RunOptions, run_dir: Path) -> int:
+    build = _resolve_build(options, run_dir)
+    queue = open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s)
+    supervisor = None if _already_finished(queue) else _supervisor(options, build, run_dir)
+    try:
+        # Workers start before the controller's own pytest start-up, which runs meanwhile.
+        if supervisor is not None:
+            supervisor.start()
+        return _controller_exit(options, build, queue, supervisor)
+    finally:
+        if supervisor is not None:
+            supervisor.shutdown(terminate=True)
         queue.close()
+
+
+def worker(argv: Sequence[str]) -> int:
+    """Only work: N local worker processes join the build (`conveyor worker`)."""
+    options = parse_run_options(argv, "worker")
+    if options.workers == 0:
+        raise UsageError("`conveyor worker` needs at least one worker process (-n 1 or more).")
+    return _in_run_dir(_work_only, options)
+
+
+def _work_only(options: RunOptions, run_dir: Path) -> int:
+    build = _resolve_build(options, run_dir)
+    queue = open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s)
+    try:
+        if _already_finished(queue):
+            print(f"conveyor worker: build {build.id} is already finished; nothing to do.")
+            return 0
+        supervisor = _supervisor(options, build, run_dir)
+        print(
+            f"conveyor worker: {options.workers} worker(s) joining build {build.id} "
+            f"on {queue.display_url}",
+            flush=True,
+        )
+        supervisor.start()
+        try:
+            supervisor.wait()
+        except KeyboardInterrupt:
+            supervisor.shutdown(terminate=True)
+            return _error("interrupted; this machine's unfinished tests go back to the queue.", 2)
+        supervisor.shutdown()
+        return _report_worker_outcome(supervisor)
+    finally:
+        queue.close()
+
+
+def _report_worker_outcome(supervisor: Supervisor) -> int:
+    for failure in supervisor.failures:
+        print(f"conveyor worker: worker {failure.worker} {failure.cause}", file=sys.stderr)
+        if failure.output_tail:
+            print(failure.output_tail, file=sys.stderr)
+    states = supervisor.final_states()
+    if all(state == "done" for state in states):
+        print("conveyor worker: done.")
+        return 0
+    print(f"conveyor worker: finished with worker states {', '.join(states)}.", file=sys.stderr)
+    return 3
+
+
+def report(argv: Sequence[str]) -> int:
+    """Only report: wait for the build and replay it (`conveyor report`)."""
+    options = parse_run_options(argv, "report")
+    run_dir = Path(tempfile.gettempdir())
+    build = _resolve_build(options, run_dir)
+    queue = open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s)
+    try:
+        return _controller_exit(options, build, queue, None)
+    finally:
+        queue.close()
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "run": run,
+    "worker": worker,
+    "report": report,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,13 +250,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"conveyor {__version__}")
         return 0
     command, rest = args[0], args[1:]
-    if command != "run":
+    handler = COMMANDS.get(command)
+    if handler is None:
         return _error(f"unknown command {command!r}; see `conveyor --help`.", 4)
     if rest and rest[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0
     try:
-        return run(rest)
+        return handler(rest)
     except UsageError as exc:
         return _error(str(exc), 4)
     except QueueError as exc:

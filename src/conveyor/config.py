@@ -23,6 +23,9 @@ VALUE_OPTIONS: dict[str, str] = {
     "--lease-ttl": "lease_ttl",
     "--max-worker-restarts": "max_restarts",
     "--max-unit-crashes": "max_unit_crashes",
+    "--node-id": "node_id",
+    "--ready-timeout": "ready_timeout",
+    "--stall-timeout": "stall_timeout",
 }
 
 # pytest's short options that take a separate value; their value is never read as ours.
@@ -55,7 +58,20 @@ class RunOptions:
     lease_ttl_s: float = 30.0
     max_restarts: int | None = None
     max_unit_crashes: int = 2
+    node_id: str | None = None
+    ready_timeout_s: float = 600.0
+    stall_timeout_s: float = 1800.0
     pytest_args: list[str] = field(default_factory=list)
+
+    @property
+    def shared_queue(self) -> bool:
+        """True when other processes may join this build (an explicit queue URL)."""
+        return self.queue is not None
+
+    @property
+    def networked_queue(self) -> bool:
+        """True when other machines may join this build (a queue on a server)."""
+        return self.queue is not None and not self.queue.startswith("sqlite:")
 
     @property
     def in_process(self) -> bool:
@@ -134,12 +150,15 @@ def split_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return ours, passthrough
 
 
-def parse_run_options(argv: Sequence[str]) -> RunOptions:
+def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
     ours, pytest_args = split_args(argv)
+    if command == "report" and "workers" in ours:
+        raise UsageError("`conveyor report` runs no tests, so it takes no -n.")
     options = RunOptions(pytest_args=pytest_args)
     options.workers = parse_workers(ours.get("workers", "auto"))
     options.queue = ours.get("queue")
     options.build = ours.get("build")
+    options.node_id = ours.get("node_id")
     if "lease_ttl" in ours:
         options.lease_ttl_s = _number("--lease-ttl", ours["lease_ttl"], float, 0.1)
     if "max_restarts" in ours:
@@ -147,6 +166,15 @@ def parse_run_options(argv: Sequence[str]) -> RunOptions:
     if "max_unit_crashes" in ours:
         options.max_unit_crashes = int(
             _number("--max-unit-crashes", ours["max_unit_crashes"], int, 1)
+        )
+    if "ready_timeout" in ours:
+        options.ready_timeout_s = _number("--ready-timeout", ours["ready_timeout"], float, 1)
+    if "stall_timeout" in ours:
+        options.stall_timeout_s = _number("--stall-timeout", ours["stall_timeout"], float, 1)
+    if command in ("worker", "report") and options.queue is None:
+        raise UsageError(
+            f"`conveyor {command}` needs --queue URL: the queue that `conveyor run` or other "
+            "workers of the same build use (e.g. --queue redis://ci-redis:6379/0)."
         )
     return options
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.errors import BuildStateLost
 from conveyor.queue import Queue
 from conveyor.queue.protocol import (
     EVENT_FINISHED,
@@ -40,6 +41,7 @@ class ControllerSettings:
     build: str
     workers: int
     ready_timeout_s: float = 600.0
+    stall_timeout_s: float = 1800.0
     header: str = ""
 
 
@@ -170,6 +172,18 @@ class ControllerPlugin:
             time.sleep(delay)
             delay = min(POLL_MAX_S, delay * 2)
 
+    def _abort_stalled(self) -> None:
+        never_ran = sorted(set(self.queue.units()) - self.reported)
+        self.problems.missing = never_ran
+        shown = "\n".join(f"  {nodeid}" for nodeid in never_ran[:20])
+        more = f"\n  ... and {len(never_ran) - 20} more" if len(never_ran) > 20 else ""
+        pytest.exit(
+            f"conveyor: nothing happened in build {self.settings.build} for "
+            f"{self.settings.stall_timeout_s:.0f} s while {len(never_ran)} test(s) have no "
+            f"result; are any workers still running? (--stall-timeout)\n{shown}{more}",
+            returncode=pytest.ExitCode.INTERNAL_ERROR,
+        )
+
     def _abort_without_workers(self) -> None:
         assert self.supervisor is not None
         failures = self.supervisor.failures
@@ -191,10 +205,12 @@ class ControllerPlugin:
             )
         try:
             self._follow_build(session)
+        except BuildStateLost as exc:
+            self._stop_local_workers()
+            pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         except KeyboardInterrupt:
             self.queue.stop("interrupted (Ctrl-C)")
-            if self.supervisor is not None:
-                self.supervisor.shutdown(terminate=True)
+            self._stop_local_workers()
             self._drain_events()
             if self.manifest is not None:
                 self.problems.not_run = max(0, self.manifest.total - len(self.reported))
@@ -210,17 +226,25 @@ class ControllerPlugin:
             raise session.Interrupted(session.shouldstop)
         return True
 
+    def _stop_local_workers(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.shutdown(terminate=True)
+
     def _follow_build(self, session: pytest.Session) -> None:
         delay = POLL_MIN_S
         stopped = False
+        last_progress = time.monotonic()
         while not self.finished:
             if self._drain_events():
                 delay = POLL_MIN_S
+                last_progress = time.monotonic()
             else:
                 if self.supervisor is not None and self.supervisor.alive() == 0:
                     self._drain_events()
                     if not self.finished:
                         self._abort_without_workers()
+                if time.monotonic() - last_progress > self.settings.stall_timeout_s:
+                    self._abort_stalled()
                 time.sleep(delay)
                 delay = min(POLL_MAX_S, delay * 2)
             reason = session.shouldfail or session.shouldstop

@@ -21,7 +21,13 @@ from pathlib import Path
 
 from conveyor.errors import QueueError
 from conveyor.queue import Queue
-from conveyor.worker import EXIT_DONE, EXIT_REFUSED, SETTINGS_ENV, WorkerSettings
+from conveyor.worker import (
+    EXIT_DONE,
+    EXIT_REFUSED,
+    EXIT_STATE_LOST,
+    SETTINGS_ENV,
+    WorkerSettings,
+)
 
 POLL_INTERVAL_S = 0.05
 STDERR_TAIL_LINES = 30
@@ -66,7 +72,7 @@ class WorkerProcess:
     log_path: Path | None = None
     status_path: Path | None = None
     incarnation: int = 0
-    state: str = "starting"  # starting | running | done | refused | failed
+    state: str = "starting"  # starting | running | done | refused | lost | failed
     failures: list[str] = field(default_factory=list)
 
     def status(self) -> str:
@@ -177,6 +183,19 @@ class Supervisor:
         if returncode == EXIT_REFUSED:
             slot.state = "refused"
             return
+        if returncode == EXIT_STATE_LOST:
+            # Restarting would re-create the build from scratch and run everything again.
+            slot.state = "lost"
+            self.failures.append(
+                WorkerFailure(
+                    slot.name,
+                    "stopped: the build's state is gone from the queue",
+                    None,
+                    tail(slot.log_path) if slot.log_path else "",
+                    during_startup=False,
+                )
+            )
+            return
         status = slot.status()
         culprit = status[len("running ") :] if status.startswith("running ") else None
         started = status not in ("", "collecting")
@@ -210,9 +229,18 @@ class Supervisor:
         with self._lock:
             return sum(1 for slot in self.slots if slot.state == "running")
 
+    def wait(self) -> None:
+        """Block until every slot has ended (done, refused, lost or failed for good)."""
+        while self.alive():
+            time.sleep(POLL_INTERVAL_S)
+
+    def final_states(self) -> list[str]:
+        with self._lock:
+            return [slot.state for slot in self.slots]
+
     def all_failed_at_startup(self) -> bool:
         with self._lock:
-            return all(slot.state in ("failed", "refused") for slot in self.slots) and all(
+            return all(slot.state in ("failed", "refused", "lost") for slot in self.slots) and all(
                 failure.during_startup for failure in self.failures
             )
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import QueueError
+from conveyor.errors import BuildStateLost, QueueError
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EXHAUSTED, JSON, LEASED, Lease, collection_digest
 
@@ -32,6 +32,7 @@ SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
 EXIT_DONE = 0
 EXIT_REFUSED = 17  # collection differs from the manifest; restarting would not help
 EXIT_ORPHANED = 18  # the supervisor went away
+EXIT_STATE_LOST = 19  # the build vanished from the queue; restarting would re-create it
 
 # Event kinds a worker publishes besides results.
 EVENT_WORKER_REFUSED = "worker_refused"
@@ -147,6 +148,7 @@ class WorkerPlugin:
         self.status = StatusFile(settings.status_file)
         self.finished_normally = False
         self.refused = False
+        self.state_lost = False
         self._collect_reports: list[JSON] = []
         self._collect_warnings: list[JSON] = []
         self._reports: list[JSON] = []
@@ -257,15 +259,20 @@ class WorkerPlugin:
             queue, units
         ):
             return True
-        queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
-        self.status.write("joined")
         heartbeat = Heartbeat(queue, settings)
-        heartbeat.start()
         try:
+            queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
+            self.status.write("joined")
+            heartbeat.start()
             self._work(session, queue, items, heartbeat)
+            self._flush(force=True)
+        except BuildStateLost as exc:
+            self.state_lost = True
+            self.status.write("lost")
+            print(f"conveyor: {exc}", file=sys.stderr)
+            return True
         finally:
             heartbeat.stop()
-            self._flush(force=True)
         self.finished_normally = True
         self.status.write("done")
         return True
@@ -442,6 +449,8 @@ def main() -> int:
     code = pytest.main(sys.argv[1:], plugins=[plugin])
     if plugin.refused:
         return EXIT_REFUSED
+    if plugin.state_lost:
+        return EXIT_STATE_LOST
     if plugin.finished_normally:
         return EXIT_DONE
     return int(code) or 3

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from conveyor.errors import QueueUnavailable
 from conveyor.queue.protocol import Queue
 
-__all__ = ["Queue", "mask_url", "open_queue"]
+__all__ = ["Queue", "check_url", "mask_url", "open_queue"]
 
 SUPPORTED = "sqlite:///path/to/queue.db, redis://[user:password@]host:port/db, rediss://… or unix:///path/redis.sock"
 
@@ -28,6 +28,19 @@ def mask_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     netloc = f"{user}:***@{host}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+KNOWN_SCHEMES = ("sqlite", "redis", "rediss", "unix")
+
+
+def check_url(url: str) -> None:
+    """Fail fast on a URL no backend understands, before anything else is decided."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme not in KNOWN_SCHEMES:
+        raise QueueUnavailable(
+            f"the queue URL {mask_url(url)!r} has an unknown scheme {scheme or '(none)'!r}; "
+            f"conveyor understands {SUPPORTED}"
+        )
 
 
 def open_queue(
@@ -56,7 +69,5 @@ def open_queue(
         from conveyor.queue.redis import RedisQueue
 
         return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock)
-    raise QueueUnavailable(
-        f"the queue URL {mask_url(url)!r} has an unknown scheme {scheme or '(none)'!r}; "
-        f"conveyor understands {SUPPORTED}"
-    )
+    check_url(url)
+    raise AssertionError("unreachable: check_url accepted an unknown scheme")

@@ -1,0 +1,66 @@
+"""Build and node identity from the CI environment, so one command works on every CI machine.
+
+Every parallel job of one CI build must agree on the build id (that is what puts them in one
+queue) and must differ in node id (that is what tells their workers apart). A job retried with
+the same build id joins the finished build and reports its stored results in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CIIdentity:
+    provider: str
+    build: str
+    node: str | None
+
+
+def _get(env: Mapping[str, str], *names: str) -> str | None:
+    values = [env.get(name, "").strip() for name in names]
+    return "-".join(values) if all(values) else None
+
+
+def detect(env: Mapping[str, str] | None = None) -> CIIdentity | None:
+    """The CI build this process belongs to, or None outside a known CI.
+
+    GitHub Actions: GITHUB_RUN_ID (node: host name)
+    GitLab CI:      CI_PIPELINE_ID (node: CI_NODE_INDEX)
+    Buildkite:      BUILDKITE_BUILD_ID[-BUILDKITE_STEP_ID] (node: BUILDKITE_PARALLEL_JOB)
+    CircleCI:       CIRCLE_WORKFLOW_ID or CIRCLE_BUILD_NUM[-CIRCLE_JOB] (node: CIRCLE_NODE_INDEX)
+    Jenkins:        BUILD_TAG (node: NODE_NAME-EXECUTOR_NUMBER)
+    """
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") == "true" and (run := _get(env, "GITHUB_RUN_ID")):
+        return CIIdentity("github", f"github-{run}", None)
+    if env.get("GITLAB_CI") and (pipeline := _get(env, "CI_PIPELINE_ID")):
+        return CIIdentity("gitlab", f"gitlab-{pipeline}", _get(env, "CI_NODE_INDEX"))
+    if env.get("BUILDKITE") == "true" and (build := _get(env, "BUILDKITE_BUILD_ID")):
+        step = _get(env, "BUILDKITE_STEP_ID")
+        return CIIdentity(
+            "buildkite",
+            f"buildkite-{build}" + (f"-{step}" if step else ""),
+            _get(env, "BUILDKITE_PARALLEL_JOB"),
+        )
+    if env.get("CIRCLECI") == "true":
+        build = _get(env, "CIRCLE_WORKFLOW_ID") or _get(env, "CIRCLE_BUILD_NUM")
+        if build:
+            job = _get(env, "CIRCLE_JOB")
+            return CIIdentity(
+                "circleci",
+                f"circleci-{build}" + (f"-{job}" if job else ""),
+                _get(env, "CIRCLE_NODE_INDEX"),
+            )
+    if env.get("JENKINS_URL") and (tag := _get(env, "BUILD_TAG")):
+        return CIIdentity("jenkins", tag, _get(env, "NODE_NAME", "EXECUTOR_NUMBER"))
+    return None
+
+
+def node_id(ci: CIIdentity | None, explicit: str | None = None) -> str:
+    """A name for this machine's process tree that no other machine of the build uses."""
+    base = explicit or (ci.node if ci and ci.node else None) or socket.gethostname()
+    return f"{base}-{os.getpid()}"
