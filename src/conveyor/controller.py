@@ -30,6 +30,7 @@ from conveyor.worker import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
 
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.02
+MANIFEST_CHECK_S = 1.0
 EVENTS_PAGE = 2000
 
 
@@ -226,6 +227,21 @@ class ControllerPlugin:
             raise session.Interrupted(session.shouldstop)
         return True
 
+    def _check_same_build(self) -> None:
+        """A queue that lost its state may have been re-populated by a late worker under the
+        same build id; the results read so far then belong to a build that no longer exists."""
+        if self.manifest is None:
+            return
+        current = self.queue.manifest()
+        if current is None or current.meta.get("nonce") != self.manifest.meta.get("nonce"):
+            raise BuildStateLost(
+                f"build {self.settings.build!r} vanished from the queue {self.queue.display_url} "
+                "while it was running"
+                + (f" and was started again from scratch by {current.leader}" if current else "")
+                + ": the queue lost its state (a restarted Redis without persistence, a flush, "
+                "or expired keys). Start the build again."
+            )
+
     def _stop_local_workers(self) -> None:
         if self.supervisor is not None:
             self.supervisor.shutdown(terminate=True)
@@ -233,8 +249,11 @@ class ControllerPlugin:
     def _follow_build(self, session: pytest.Session) -> None:
         delay = POLL_MIN_S
         stopped = False
-        last_progress = time.monotonic()
+        last_progress = last_check = time.monotonic()
         while not self.finished:
+            if time.monotonic() - last_check > MANIFEST_CHECK_S:
+                self._check_same_build()
+                last_check = time.monotonic()
             if self._drain_events():
                 delay = POLL_MIN_S
                 last_progress = time.monotonic()

@@ -182,6 +182,15 @@ class Supervisor:
             return
         if returncode == EXIT_REFUSED:
             slot.state = "refused"
+            self.failures.append(
+                WorkerFailure(
+                    slot.name,
+                    "refused to work: its collection differs from the build's",
+                    None,
+                    tail(slot.log_path, 5) if slot.log_path else "",
+                    during_startup=True,
+                )
+            )
             return
         if returncode == EXIT_STATE_LOST:
             # Restarting would re-create the build from scratch and run everything again.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -229,6 +230,9 @@ class WorkerPlugin:
             "lf_status": getattr(lfplugin, "_report_status", None),
             "max_unit_crashes": self.settings.max_unit_crashes,
             "hash_seed": os.environ.get("PYTHONHASHSEED"),
+            # Tells this build apart from one re-created under the same id after the queue
+            # lost its state (a restarted Redis without persistence).
+            "nonce": secrets.token_hex(8),
         }
 
     _numcollected = 0

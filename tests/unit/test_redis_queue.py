@@ -4,8 +4,6 @@ sockets, and losing a build's keys mid-build. The shared contract is in test_que
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import FakeClock, RedisServer, free_port, require_redis_server
+from conftest import FakeClock, RedisServer, free_port, make_certificates, require_redis_server
 
 from conveyor.errors import BuildStateLost, QueueUnavailable
 from conveyor.queue import open_queue
@@ -270,31 +268,8 @@ def test_unix_socket(tmp_path: Path, build_id: str) -> None:
         server.stop()
 
 
-def make_certificates(folder: Path) -> None:
-    """A throwaway CA and a server certificate for 127.0.0.1."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.pem",
-    )  # fmt: skip
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr",
-    )  # fmt: skip
-    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", "server.pem",
-    )  # fmt: skip
-
-
 def test_tls_with_a_ca_from_the_url_or_a_keyword(tmp_path: Path, build_id: str) -> None:
     require_redis_server()
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed")
     certs = tmp_path / "certs"
     certs.mkdir()
     make_certificates(certs)
