@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -42,6 +43,15 @@ conveyor options:
   --max-worker-restarts N replacements for crashed workers (default: 2 x N)
   --max-unit-crashes N    workers a test may take down before it is reported as
                           failed (default: 2)
+  --test-timeout SECONDS  a test running longer is stopped (every thread's stack is
+                          dumped), reported as failed, and its worker replaced
+  --max-requeues N        retry a failed test up to N times, preferably elsewhere; a
+                          test that passes on a retry counts as passed and is listed
+                          as flaky (default: 0, no retries)
+  --requeue-tolerance F   at most this fraction of the build's tests is retried in all
+                          (default: no build-wide cap)
+  --retry-on NAME         retry only failures whose exception chain contains this
+                          exception class (or a subclass); repeatable
   --node-id NAME          this machine's name in worker ids (default: CI node index
                           or host name, plus the process id)
   --ready-timeout SECONDS how long to wait for the first worker to publish the
@@ -106,6 +116,10 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         lease_ttl_s=options.lease_ttl_s,
         max_unit_crashes=options.max_unit_crashes,
         ready_timeout_s=options.ready_timeout_s,
+        test_timeout_s=options.test_timeout_s,
+        max_requeues=options.max_requeues,
+        requeue_tolerance=options.requeue_tolerance,
+        retry_on=options.retry_on,
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(
@@ -125,6 +139,15 @@ def _already_finished(queue: Queue) -> bool:
     return queue.status().finished
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (CI cancelling a job) stops the build like Ctrl-C: results so far are reported."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _controller_exit(
     options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
 ) -> int:
@@ -142,6 +165,7 @@ def _controller_exit(
         header=header,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
+    _interrupt_on_sigterm()
     return int(pytest.main(options.pytest_args, plugins=[controller]))
 
 

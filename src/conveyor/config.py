@@ -26,7 +26,14 @@ VALUE_OPTIONS: dict[str, str] = {
     "--node-id": "node_id",
     "--ready-timeout": "ready_timeout",
     "--stall-timeout": "stall_timeout",
+    "--test-timeout": "test_timeout",
+    "--max-requeues": "max_requeues",
+    "--requeue-tolerance": "requeue_tolerance",
+    "--retry-on": "retry_on",
 }
+
+# conveyor's options that may be given more than once; their values are collected in order.
+REPEATABLE = {"retry_on"}
 
 # pytest's short options that take a separate value; their value is never read as ours.
 PYTEST_SHORT_VALUE_OPTIONS = {"-k", "-m", "-p", "-o", "-c", "-W", "-r"}
@@ -61,6 +68,10 @@ class RunOptions:
     node_id: str | None = None
     ready_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0
+    test_timeout_s: float | None = None
+    max_requeues: int = 0
+    requeue_tolerance: float = -1.0
+    retry_on: tuple[str, ...] = ()
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -133,7 +144,11 @@ def split_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
                     raise UsageError(f"{name} needs a value.")
                 inline = args[i + 1]
                 i += 1
-            ours[VALUE_OPTIONS[name]] = inline
+            key = VALUE_OPTIONS[name]
+            if key in REPEATABLE and key in ours:
+                ours[key] += "\0" + inline
+            else:
+                ours[key] = inline
         elif arg == "-n":
             if i + 1 >= len(args):
                 raise UsageError("-n needs a value: a number of workers, or 'auto'.")
@@ -171,6 +186,21 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
         options.ready_timeout_s = _number("--ready-timeout", ours["ready_timeout"], float, 1)
     if "stall_timeout" in ours:
         options.stall_timeout_s = _number("--stall-timeout", ours["stall_timeout"], float, 1)
+    if "test_timeout" in ours:
+        options.test_timeout_s = _number("--test-timeout", ours["test_timeout"], float, 0.001)
+    if "max_requeues" in ours:
+        options.max_requeues = int(_number("--max-requeues", ours["max_requeues"], int, 0))
+    if "requeue_tolerance" in ours:
+        tolerance = _number("--requeue-tolerance", ours["requeue_tolerance"], float, 0)
+        if tolerance > 1:
+            raise UsageError(
+                f"--requeue-tolerance is a fraction of the build's tests (0 to 1), got {tolerance}."
+            )
+        options.requeue_tolerance = tolerance
+    if "retry_on" in ours:
+        options.retry_on = tuple(name for name in ours["retry_on"].split("\0") if name)
+        if options.max_requeues == 0:
+            raise UsageError("--retry-on only narrows retries; also pass --max-requeues N.")
     if command in ("worker", "report") and options.queue is None:
         raise UsageError(
             f"`conveyor {command}` needs --queue URL: the queue that `conveyor run` or other "

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import time
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from _pytest import junitxml
 
 from conveyor.errors import BuildStateLost
 from conveyor.queue import Queue
 from conveyor.queue.protocol import (
+    EVENT_DUPLICATE_REJECTED,
     EVENT_FINISHED,
+    EVENT_REQUEUED,
     EVENT_RESULT,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LOST,
@@ -54,7 +58,9 @@ class BuildProblems:
     errors: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
-    not_run: int = 0
+    not_run: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    flaky: list[str] = field(default_factory=list)
 
 
 class _Deselected:
@@ -97,6 +103,8 @@ class ControllerPlugin:
         self.cursor = 0
         self.finished = False
         self.reported: set[str] = set()
+        # nodeid -> failed attempts that went back to the queue (shown as reruns)
+        self.reruns: dict[str, list[Any]] = {}
         self._config: pytest.Config | None = None
         self._handlers: dict[str, Callable[[Event], None]] = {
             EVENT_RESULT: self._on_result,
@@ -105,6 +113,8 @@ class ControllerPlugin:
             EVENT_WORKER_ERROR: self._on_worker_error,
             EVENT_WORKER_LOST: self._on_worker_lost,
             EVENT_FINISHED: self._on_finished,
+            EVENT_REQUEUED: self._on_requeued,
+            EVENT_DUPLICATE_REJECTED: self._on_duplicate_rejected,
             "malformed": self._on_malformed,
         }
 
@@ -210,14 +220,12 @@ class ControllerPlugin:
             self._stop_local_workers()
             pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         except KeyboardInterrupt:
-            self.queue.stop("interrupted (Ctrl-C)")
-            self._stop_local_workers()
-            self._drain_events()
-            if self.manifest is not None:
-                self.problems.not_run = max(0, self.manifest.total - len(self.reported))
+            self.queue.stop("interrupted")
+            self._let_running_tests_finish(session)
+            self._note_not_run()
             raise
-        if self.supervisor is not None and self.supervisor.wait_for_collection_checks():
-            # A worker still comparing its collection may yet refuse; that belongs in this
+        if self.supervisor is not None and self.supervisor.wait_for_stragglers():
+            # What a late worker says (a refusal, a rejected late result) belongs in this
             # report even though the build finished without it.
             self._drain_events()
         self._account(session)
@@ -241,6 +249,23 @@ class ControllerPlugin:
                 + ": the queue lost its state (a restarted Redis without persistence, a flush, "
                 "or expired keys). Start the build again."
             )
+
+    def _let_running_tests_finish(self, session: pytest.Session) -> None:
+        """First interrupt: workers finish and report the test they are running, then leave.
+        A second interrupt stops them at once."""
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                "conveyor: stopping; running tests finish first (interrupt again to stop now)",
+                yellow=True,
+            )
+        try:
+            while self.supervisor is not None and self.supervisor.alive() > 0:
+                self._drain_events()
+                time.sleep(POLL_MAX_S)
+        except KeyboardInterrupt:
+            self._stop_local_workers()
+        self._drain_events()
 
     def _stop_local_workers(self) -> None:
         if self.supervisor is not None:
@@ -303,12 +328,70 @@ class ControllerPlugin:
         if nodeid in self.reported:
             return
         self.reported.add(nodeid)
+        earlier_attempts = self.reruns.get(nodeid, [])
+        if earlier_attempts:
+            self._attach_reruns_to_junit(reports[0], earlier_attempts)
+            if not any(report.failed for report in reports):
+                self.problems.flaky.append(nodeid)
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
         for report in reports:
             hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
         for warning in data.get("warnings", []):
             self._replay_warning(warning)
+
+    def _on_requeued(self, event: Event) -> None:
+        """A failed attempt that went back for a retry: shown as a rerun (as
+        pytest-rerunfailures shows one), never counted as a failure."""
+        config = self._require_config()
+        try:
+            nodeid = str(event.data["nodeid"])
+            location = tuple(event.data["location"])
+            reports = [self._report_from_json(raw) for raw in event.data["reports"]]
+        except (KeyError, TypeError, ValueError, AssertionError):
+            self.problems.errors.append(f"an unreadable rerun of {event.unit!r} was ignored.")
+            return
+        hook = config.hook
+        hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+        for report in reports:
+            if report.failed:
+                report.outcome = "rerun"
+                self.reruns.setdefault(nodeid, []).append(report)
+                hook.pytest_runtest_logreport(report=report)
+                break
+            hook.pytest_runtest_logreport(report=report)
+        hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: Any) -> tuple[str, str, Any] | None:
+        if getattr(report, "outcome", None) == "rerun":
+            return "rerun", "R", ("RERUN", {"yellow": True})
+        return None
+
+    def _attach_reruns_to_junit(self, report: Any, attempts: list[Any]) -> None:
+        """<rerunFailure> elements inside the test's <testcase>, the form CI dashboards read
+        (Maven Surefire's, also written for pytest-rerunfailures)."""
+        config = self._require_config()
+        xml = config.stash.get(junitxml.xml_key, None)
+        if xml is None:
+            return
+        reporter = xml.node_reporter(report)
+        for attempt in attempts:
+            crash = getattr(attempt.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(attempt.longrepr)[:200]
+            element = ET.Element(
+                "rerunFailure",
+                message=message.splitlines()[0] if message else "",
+                type=message.split(":", 1)[0] if message else "",
+            )
+            element.text = str(attempt.longrepr)
+            reporter.append(element)
+
+    def _on_duplicate_rejected(self, event: Event) -> None:
+        self.problems.duplicates.append(
+            f"a late result for {event.unit} from worker {event.worker} (attempt "
+            f"{event.data.get('attempt')}) was rejected: another attempt finished first."
+        )
 
     def _report_from_json(self, raw: dict[str, Any]) -> Any:
         """pytest's own deserialisation, plus the tuples that JSON turned into lists."""
@@ -331,13 +414,21 @@ class ControllerPlugin:
         self.reported.add(unit)
         cause = event.data.get("cause", {})
         crashes = event.data.get("crashes", 1)
-        text = (
-            f"worker {cause.get('worker', event.worker)} crashed while running this test: "
-            f"{cause.get('reason', 'unknown cause')}.\n"
-            f"The test took down {crashes} worker(s) and was not retried again.\n"
-        )
-        if cause.get("output_tail"):
-            text += "\nLast output of the worker:\n" + str(cause["output_tail"])
+        if cause.get("timeout"):
+            text = (
+                f"Timeout: {cause.get('reason', 'the test ran too long')}; the worker was "
+                "replaced.\n"
+                "\nThe stacks of every thread when the time ran out:\n"
+                + str(cause.get("output_tail", ""))
+            )
+        else:
+            text = (
+                f"worker {cause.get('worker', event.worker)} crashed while running this test: "
+                f"{cause.get('reason', 'unknown cause')}.\n"
+                f"The test took down {crashes} worker(s) and was not retried again.\n"
+            )
+            if cause.get("output_tail"):
+                text += "\nLast output of the worker:\n" + str(cause["output_tail"])
         path, _, rest = unit.partition("::")
         location = (path, None, rest or path)
         report = pytest.TestReport(
@@ -410,10 +501,14 @@ class ControllerPlugin:
         self._sort_stats_in_collection_order(session)
         status = self.queue.status()
         if status.stop_reason is not None:
-            self.problems.not_run = max(0, self.manifest.total - len(self.reported))
+            self._note_not_run()
             return
         if len(self.reported) < self.manifest.total:
             self.problems.missing = sorted(set(self.queue.units()) - self.reported)
+
+    def _note_not_run(self) -> None:
+        if self.manifest is not None:
+            self.problems.not_run = [u for u in self.queue.units() if u not in self.reported]
 
     def _sort_stats_in_collection_order(self, session: pytest.Session) -> None:
         """Results arrive in completion order; the summary lists them as plain pytest does."""
@@ -426,25 +521,38 @@ class ControllerPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         problems = self.problems
+        startup = [
+            f for f in (self.supervisor.failures if self.supervisor else []) if f.culprit is None
+        ]
+        if problems.flaky:
+            terminalreporter.write_sep("=", "flaky tests (passed on a retry)", yellow=True)
+            for nodeid in problems.flaky:
+                attempts = len(self.reruns.get(nodeid, [])) + 1
+                terminalreporter.write_line(f"{nodeid} passed on attempt {attempts}")
         if not (
-            problems.refused
-            or problems.errors
-            or problems.lost
-            or problems.missing
-            or problems.not_run
-        ):
+            problems.refused or problems.errors or problems.lost or problems.missing
+            or problems.not_run or problems.duplicates or startup
+        ):  # fmt: skip
             return
         tr = terminalreporter
         tr.write_sep("=", "conveyor", yellow=True)
-        for line in problems.lost:
+        for failure in startup:
+            tr.write_line(f"worker {failure.worker} {failure.cause} outside any test.", red=True)
+            for line in failure.output_tail.splitlines()[-10:]:
+                tr.write_line(f"  {line}")
+        for line in problems.lost + problems.duplicates:
             tr.write_line(line)
         for line in problems.refused + problems.errors:
             tr.write_line(line, red=True)
         if problems.not_run:
             tr.write_line(
-                f"{problems.not_run} test(s) did not run because the build was stopped.",
+                f"{len(problems.not_run)} test(s) did not run because the build was stopped:",
                 yellow=True,
             )
+            for nodeid in problems.not_run[:20]:
+                tr.write_line(f"  {nodeid}")
+            if len(problems.not_run) > 20:
+                tr.write_line(f"  ... and {len(problems.not_run) - 20} more")
         if problems.missing:
             tr.write_line(
                 f"{len(problems.missing)} test(s) have no result (every collected test must "

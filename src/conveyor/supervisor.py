@@ -32,7 +32,7 @@ from conveyor.worker import (
 POLL_INTERVAL_S = 0.05
 STDERR_TAIL_LINES = 30
 TERMINATE_GRACE_S = 5.0
-COLLECTION_CHECK_WAIT_S = 30.0
+STRAGGLER_WAIT_S = 30.0
 
 
 def describe_exit(returncode: int) -> str:
@@ -62,6 +62,10 @@ def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(all_lines[-lines:])
 
 
+def _may_still_report(status: str) -> bool:
+    return status in ("", "collecting") or status.startswith("running ")
+
+
 @dataclass
 class WorkerProcess:
     """One slot (gw0, gw1, ...) and the process currently filling it."""
@@ -71,6 +75,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     status_path: Path | None = None
+    timeout_path: Path | None = None
     incarnation: int = 0
     state: str = "starting"  # starting | running | done | refused | lost | failed
     failures: list[str] = field(default_factory=list)
@@ -91,6 +96,7 @@ class WorkerFailure:
     culprit: str | None
     output_tail: str
     during_startup: bool
+    refused: bool = False
 
 
 class Supervisor:
@@ -138,11 +144,13 @@ class Supervisor:
         suffix = "" if slot.incarnation == 1 else f".{slot.incarnation}"
         slot.log_path = self.run_dir / f"{slot.name}{suffix}.log"
         slot.status_path = self.run_dir / f"{slot.name}{suffix}.status"
+        slot.timeout_path = self.run_dir / f"{slot.name}{suffix}.timeout"
         settings = WorkerSettings(
             **{
                 **self.template.__dict__,
                 "worker_id": self.worker_id(slot),
                 "status_file": str(slot.status_path),
+                "timeout_file": str(slot.timeout_path),
                 "supervisor_pid": os.getpid(),
             }
         )
@@ -189,6 +197,7 @@ class Supervisor:
                     None,
                     tail(slot.log_path, 5) if slot.log_path else "",
                     during_startup=True,
+                    refused=True,
                 )
             )
             return
@@ -210,6 +219,11 @@ class Supervisor:
         started = status not in ("", "collecting")
         cause = describe_exit(returncode)
         output = tail(slot.log_path) if slot.log_path else ""
+        timed_out = self._timeout_dump(slot)
+        if timed_out and culprit is not None:
+            timeout = self.template.test_timeout_s
+            cause = f"was stopped: the test ran longer than {timeout:g} s (--test-timeout)"
+            output = timed_out
         self.failures.append(
             WorkerFailure(slot.name, cause, culprit, output, during_startup=not started)
         )
@@ -224,6 +238,9 @@ class Supervisor:
                         "culprit": culprit,
                         "output_tail": output,
                         "worker": slot.name,
+                        "timeout": bool(timed_out),
+                        # A hung test is not retried: it would hang its next worker too.
+                        "final": bool(timed_out),
                     },
                 )
         if started and not self._stop.is_set() and self.restarts < self.max_restarts:
@@ -231,6 +248,15 @@ class Supervisor:
             self._spawn(slot)
         else:
             slot.state = "failed"
+
+    @staticmethod
+    def _timeout_dump(slot: WorkerProcess) -> str:
+        """What faulthandler wrote when the test timeout fired, or "" if it did not."""
+        try:
+            text = slot.timeout_path.read_text("utf-8", "replace") if slot.timeout_path else ""
+        except OSError:
+            return ""
+        return text.strip()
 
     # -- queries for the controller -------------------------------------------------------
 
@@ -253,9 +279,10 @@ class Supervisor:
                 failure.during_startup for failure in self.failures
             )
 
-    def wait_for_collection_checks(self, timeout_s: float = COLLECTION_CHECK_WAIT_S) -> bool:
-        """Wait (bounded) for workers that have not yet compared their collection with the
-        manifest; True if there were any."""
+    def wait_for_stragglers(self, timeout_s: float = STRAGGLER_WAIT_S) -> bool:
+        """After the build finished: wait (bounded) for workers that may still say something
+        about it (one still comparing its collection may refuse; one that was frozen mid-test
+        may deliver a late result, to be rejected). True if there were any."""
         deadline = time.monotonic() + timeout_s
         waited = False
         while time.monotonic() < deadline:
@@ -263,7 +290,7 @@ class Supervisor:
                 checking = [
                     slot
                     for slot in self.slots
-                    if slot.state == "running" and slot.status() in ("", "collecting")
+                    if slot.state == "running" and _may_still_report(slot.status())
                 ]
             if not checking:
                 return waited

@@ -7,6 +7,8 @@ result payload (JSON from pytest's own `pytest_report_to_serializable`).
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
 import os
 import secrets
@@ -16,7 +18,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +26,15 @@ import pytest
 
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.queue import Queue, open_queue
-from conveyor.queue.protocol import EXHAUSTED, JSON, LEASED, Lease, collection_digest
+from conveyor.queue.protocol import (
+    ALREADY_DONE,
+    EXHAUSTED,
+    JSON,
+    LEASED,
+    REQUEUED,
+    Lease,
+    collection_digest,
+)
 
 SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
 
@@ -58,15 +68,22 @@ class WorkerSettings:
     lease_ttl_s: float = 30.0
     max_unit_crashes: int = 2
     status_file: str | None = None
+    timeout_file: str | None = None
     supervisor_pid: int | None = None
     ready_timeout_s: float = 600.0
+    test_timeout_s: float | None = None
+    max_requeues: int = 0
+    requeue_tolerance: float = -1.0
+    retry_on: tuple[str, ...] = ()
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_env(cls, raw: str) -> WorkerSettings:
-        return cls(**json.loads(raw))
+        fields = json.loads(raw)
+        fields["retry_on"] = tuple(fields.get("retry_on", ()))
+        return cls(**fields)
 
 
 class StatusFile:
@@ -158,6 +175,12 @@ class WorkerPlugin:
         self._last_flush = time.monotonic()
         self._stopped = False
         self._void: Any = None
+        self._exception_names: set[str] = set()
+        self._timeout_file = (
+            open(settings.timeout_file, "w")  # noqa: SIM115 - faulthandler writes to it until exit
+            if settings.timeout_file and settings.test_timeout_s
+            else None
+        )
 
     # -- configuration --------------------------------------------------------------------
 
@@ -191,8 +214,9 @@ class WorkerPlugin:
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
-        if self._void is not None:
-            self._void.close()
+        for handle in (self._void, self._timeout_file):
+            if handle is not None:
+                handle.close()
 
     # -- collection -----------------------------------------------------------------------
 
@@ -368,25 +392,69 @@ class WorkerPlugin:
             item = items[lease.unit]
             nextitem = items[upcoming.unit] if upcoming else None
             self.status.write(f"running {lease.unit}")
-            self._reports, self._warnings = [], []
+            self._reports, self._warnings, self._exception_names = [], [], set()
             started = time.time()
-            hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-            self._outbox.append(
-                (
-                    lease.unit,
-                    {
-                        "nodeid": item.nodeid,
-                        "location": list(item.location),
-                        "reports": self._reports,
-                        "warnings": self._warnings,
-                        "attempt": lease.attempt,
-                        "started": started,
-                        "duration": time.time() - started,
-                    },
-                )
-            )
+            with self._hard_timeout():
+                hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            payload = {
+                "nodeid": item.nodeid,
+                "location": list(item.location),
+                "reports": self._reports,
+                "warnings": self._warnings,
+                "attempt": lease.attempt,
+                "started": started,
+                "duration": time.time() - started,
+            }
             self.status.write("between tests")
+            if self._should_retry() and self._requeue(queue, lease.unit, payload):
+                continue
+            self._outbox.append((lease.unit, payload))
             self._flush()
+
+    @contextlib.contextmanager
+    def _hard_timeout(self) -> Iterator[None]:
+        """faulthandler's watchdog is a C thread: it fires even when the test holds the GIL or
+        sleeps in C, dumps every thread's stack to the timeout file and ends the process; the
+        supervisor then reports the test as timed out and starts a replacement."""
+        timeout = self.settings.test_timeout_s
+        if not timeout or self._timeout_file is None:
+            yield
+            return
+        faulthandler.dump_traceback_later(timeout, exit=True, file=self._timeout_file)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+    def _should_retry(self) -> bool:
+        if self.settings.max_requeues <= 0:
+            return False
+        failed = any(report.get("outcome") == "failed" for report in self._reports)
+        if not failed:
+            return False
+        wanted = set(self.settings.retry_on)
+        return not wanted or bool(wanted & self._exception_names)
+
+    def _requeue(self, queue: Queue, unit: str, payload: JSON) -> bool:
+        """True when the failed attempt went back to the queue (or the unit is already done
+        elsewhere); False when the retry budget is spent and this result is final."""
+        answer = queue.requeue(
+            self.settings.worker_id,
+            unit,
+            payload,
+            max_requeues=self.settings.max_requeues,
+            tolerance=self.settings.requeue_tolerance,
+        )
+        return answer in (REQUEUED, ALREADY_DONE)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if call.excinfo is not None:
+            self._exception_names |= exception_names(call.excinfo.value)
+        return report
 
     def _flush(self, force: bool = False) -> None:
         if not self._outbox or self.queue is None:
@@ -406,6 +474,19 @@ class WorkerPlugin:
         self._reports.append(
             config.hook.pytest_report_to_serializable(config=config, report=report)
         )
+
+
+def exception_names(error: BaseException) -> set[str]:
+    """Class names (with their bases) of an exception and of everything in its chain, so that
+    `--retry-on ConnectionError` also matches a ConnectionRefusedError raised from another."""
+    names: set[str] = set()
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        names.update(cls.__name__ for cls in type(current).__mro__)
+        current = current.__cause__ or current.__context__
+    return names
 
 
 def batch_size(pending: int, worker_count: int) -> int:

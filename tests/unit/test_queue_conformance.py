@@ -12,14 +12,18 @@ import pytest
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
+    ALREADY_DONE,
     EVENT_DUPLICATE_REJECTED,
     EVENT_FINISHED,
     EVENT_LEASE_EXPIRED,
+    EVENT_REQUEUED,
     EVENT_RESULT,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LOST,
     EXHAUSTED,
     LEASED,
+    REQUEUE_REFUSED,
+    REQUEUED,
     WAIT,
     collection_digest,
 )
@@ -308,3 +312,45 @@ def test_racing_processes_lose_nothing_and_duplicate_nothing(queue_url: str, bui
     status = queue.status()
     assert (status.done, status.pending, status.leased) == (5000, 0, 0)
     queue.close()
+
+
+def test_requeue_sends_a_failed_attempt_to_the_back_within_the_unit_budget(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    flaky = queue.reserve("gw0", 1).leases[0].unit
+    answer = queue.requeue("gw0", flaky, {"attempt": 1}, max_requeues=1, tolerance=-1)
+    assert answer == REQUEUED
+    order = [lease.unit for lease in queue.reserve("gw1", 3).leases]
+    assert order == [units(3)[1], units(3)[2], flaky]
+    again = queue.requeue("gw1", flaky, {"attempt": 2}, max_requeues=1, tolerance=-1)
+    assert again == REQUEUE_REFUSED
+    queue.complete("gw1", [(unit, result()) for unit in order])
+    assert queue.status().finished
+    requeued = [event for event in queue.events(0) if event.kind == EVENT_REQUEUED]
+    assert [(event.worker, event.unit, event.data) for event in requeued] == [
+        ("gw0", flaky, {"attempt": 1})
+    ]
+    assert queue.requeue("gw1", flaky, {}, max_requeues=5, tolerance=-1) == ALREADY_DONE
+
+
+def test_requeue_tolerance_caps_retries_build_wide(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(10), {})
+    leases = queue.reserve("gw0", 10).leases
+    answers = [
+        queue.requeue("gw0", lease.unit, {}, max_requeues=3, tolerance=0.2) for lease in leases
+    ]
+    assert answers.count(REQUEUED) == 2
+    assert answers.count(REQUEUE_REFUSED) == 8
+
+
+def test_final_release_finalises_the_culprit_at_once(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(2), {"max_unit_crashes": 5})
+    hung, bystander = units(2)
+    queue.reserve("gw0", 2)
+    released = queue.release("gw0", {"culprit": hung, "final": True, "reason": "timeout"})
+    assert {(r.unit, r.finalised) for r in released} == {(hung, True), (bystander, False)}
+    assert [lease.unit for lease in queue.reserve("gw1", 2).leases] == [bystander]

@@ -14,13 +14,14 @@ import pytest
 import redis
 from conftest import FakeClock, RedisServer, free_port, make_certificates, require_redis_server
 
-from conveyor.errors import BuildStateLost, QueueUnavailable
+from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
 from conveyor.queue import open_queue
 from conveyor.queue.protocol import (
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LOST,
     EXHAUSTED,
     LEASED,
+    REQUEUED,
     Lease,
 )
 from conveyor.queue.redis import RedisQueue, RetryPolicy
@@ -57,8 +58,9 @@ def test_every_key_shares_the_build_hash_tag_and_expires(
     queue = RedisQueue.from_url(redis_server.url, build_id, clock=clock, ttl_s=600)
     queue.join("gw0", {"host": "here", "pid": 1})
     queue.populate("gw0", units(3), {})
-    queue.reserve("gw0", 2)
+    queue.reserve("gw0", 3)
     queue.complete("gw0", [(units(3)[0], {"outcome": "passed"})])
+    queue.requeue("gw0", units(3)[2], {"attempt": 1}, max_requeues=1, tolerance=-1)
     queue.release("gw0", {"culprit": units(3)[1]})
     queue.publish("note", None, {})
     queue.stop("done")
@@ -66,7 +68,7 @@ def test_every_key_shares_the_build_hash_tag_and_expires(
     keys = build_keys(client, build_id)
     assert {key.split(":", 2)[2] for key in keys} >= {
         "meta", "units", "attempts", "crashes", "pending", "workers", "worker_info",
-        "last_seen", "seq", "events", "reservations:gw0",
+        "last_seen", "seq", "events", "reservations:gw0", "requeues",
     }  # fmt: skip
     for key in keys:
         # Redis Cluster hashes only what is between the first { and the next }.
@@ -86,6 +88,27 @@ def test_each_write_pushes_expiry_back(
         client.pexpire(key, 5_000)
     queue.heartbeat("gw0")
     assert all(client.pttl(key) > 500_000 for key in build_keys(client, build_id))
+    client.close()
+    queue.close()
+
+
+def test_requeue_counts_per_unit_and_build_wide_and_refuses_strangers(
+    redis_server: RedisServer, build_id: str, clock: FakeClock
+) -> None:
+    queue = RedisQueue.from_url(redis_server.url, build_id, clock=clock)
+    queue.populate("gw0", units(3), {})
+    first, second, _ = (lease.unit for lease in queue.reserve("gw0", 3).leases)
+    for unit in (first, second, first):
+        assert queue.requeue("gw0", unit, {}, max_requeues=5, tolerance=-1) == REQUEUED
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert client.hgetall(f"conveyor:{{{build_id}}}:requeues") == {first: "2", second: "1"}
+    assert client.hget(f"conveyor:{{{build_id}}}:meta", "requeues") == "3"
+    # The last one requeued is the last one pending.
+    assert client.zrange(f"conveyor:{{{build_id}}}:pending", 0, -1) == [second, first]
+    seq = int(client.get(f"conveyor:{{{build_id}}}:seq") or 0)
+    with pytest.raises(QueueError, match="not in build"):
+        queue.requeue("gw0", "tests/test_other.py::test_x", {}, max_requeues=5, tolerance=-1)
+    assert int(client.get(f"conveyor:{{{build_id}}}:seq") or 0) == seq  # refusing wrote nothing
     client.close()
     queue.close()
 

@@ -24,6 +24,7 @@ EVENT_DUPLICATE_REJECTED = "duplicate_rejected"
 EVENT_LEASE_EXPIRED = "lease_expired"
 EVENT_WORKER_LOST = "worker_lost"
 EVENT_UNIT_CRASHED = "unit_crashed"
+EVENT_REQUEUED = "requeued"
 EVENT_STOPPED = "stopped"
 EVENT_FINISHED = "finished"
 
@@ -66,6 +67,12 @@ class Reservation:
     state: str
     leases: tuple[Lease, ...] = ()
     pending: int = 0
+
+
+# Answers of `requeue`.
+REQUEUED = "requeued"  # back at the end of the queue for another attempt
+REQUEUE_REFUSED = "refused"  # a retry budget is spent: complete the unit with this result
+ALREADY_DONE = "done"  # the unit already has its final result: drop this one
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,18 @@ class Queue(Protocol):
         """Store final results, first one wins; a False entry means a late duplicate."""
         ...
 
+    def requeue(
+        self, worker: str, unit: str, payload: JSON, *, max_requeues: int, tolerance: float
+    ) -> str:
+        """Send a failed attempt back to the end of the queue for a retry, if the unit has had
+        fewer than `max_requeues` and the build fewer than ceil(total * `tolerance`) requeues
+        (a negative tolerance means no build-wide cap). Answers REQUEUED, REQUEUE_REFUSED or
+        ALREADY_DONE; a requeued attempt is written to the stream as EVENT_REQUEUED."""
+        ...
+
     def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
-        """Return a dead worker's leases at once (or finalise units that crash too often)."""
+        """Return a dead worker's leases at once (or finalise units that crash too often).
+        With `cause["final"]` the culprit is finalised at once (a hard timeout)."""
         ...
 
     def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:

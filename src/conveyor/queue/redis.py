@@ -22,8 +22,11 @@ from urllib.parse import urlsplit
 from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
 from conveyor.queue import mask_url
 from conveyor.queue.protocol import (
+    ALREADY_DONE,
     JSON,
     LEASED,
+    REQUEUE_REFUSED,
+    REQUEUED,
     BuildStatus,
     Event,
     Lease,
@@ -69,6 +72,7 @@ WRITE_SCRIPTS = (
     "reserve",
     "heartbeat",
     "complete",
+    "requeue",
     "release",
     "stop",
     "publish",
@@ -249,8 +253,9 @@ class RedisQueue:
         A retried write may already have been applied when its reply was lost; the build stays
         consistent. A repeated reserve leaves leases that expire and come back; a repeated
         complete keeps the first result and reports it as a duplicate; a repeated populate
-        answers False, and the caller checks the digest like any follower; a repeated join,
-        release or publish appends its event twice."""
+        answers False, and the caller checks the digest like any follower; a repeated requeue
+        spends the unit's budget twice (at worst it answers REQUEUE_REFUSED and the failure is
+        kept as the result); a repeated join, release or publish appends its event twice."""
         redis = self._redis
         started = time.monotonic()
         delays = self._retry.delays_s()
@@ -403,9 +408,33 @@ class RedisQueue:
         self._seen_populated = True
         return [bool(flag) for flag in flags]
 
+    def requeue(
+        self, worker: str, unit: str, payload: JSON, *, max_requeues: int, tolerance: float
+    ) -> str:
+        try:
+            answer = self._write(
+                "requeue",
+                worker,
+                unit,
+                _dumps(payload),
+                _dumps({"attempt": payload.get("attempt")}),
+                int(max_requeues),
+                repr(float(tolerance)),
+                extra_keys=[self._key("requeues")],
+            )
+        except _NotInBuild:
+            raise QueueError(
+                f"worker {worker!r} requeued {unit!r}, which is not in build {self.build!r}."
+            ) from None
+        self._seen_populated = True
+        if answer not in (REQUEUED, REQUEUE_REFUSED, ALREADY_DONE):
+            raise QueueError(f"the Redis queue {self.display_url} answered requeue with {answer!r}")
+        return str(answer)
+
     def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
         """Take back a dead worker's leases. Only `cause["culprit"]` (the unit it was running,
-        when known) is charged a crash; the units it merely held go back untouched."""
+        when known) is charged a crash; the units it merely held go back untouched. With
+        `cause["final"]` the culprit is finalised at once, whatever its crash count."""
         culprit = cause.get("culprit")
         if not isinstance(culprit, str):
             culprit = None  # unknown: nothing is charged a crash
@@ -415,6 +444,7 @@ class RedisQueue:
             "0" if culprit is None else "1",
             culprit or "",
             _dumps(cause),
+            "1" if cause.get("final") else "0",
         )
         self._seen_populated = True
         return [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -21,10 +22,12 @@ from typing import Any
 
 from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
 from conveyor.queue.protocol import (
+    ALREADY_DONE,
     EVENT_DUPLICATE_REJECTED,
     EVENT_FINISHED,
     EVENT_LEASE_EXPIRED,
     EVENT_POPULATED,
+    EVENT_REQUEUED,
     EVENT_RESULT,
     EVENT_STOPPED,
     EVENT_UNIT_CRASHED,
@@ -33,6 +36,8 @@ from conveyor.queue.protocol import (
     EXHAUSTED,
     JSON,
     LEASED,
+    REQUEUE_REFUSED,
+    REQUEUED,
     WAIT,
     BuildStatus,
     Event,
@@ -341,7 +346,10 @@ class SQLiteQueue:
                     )
                 state, attempt = row
                 if state == "done":
-                    self._emit(conn, EVENT_DUPLICATE_REJECTED, worker, unit, {"attempt": attempt})
+                    late_attempt = payload.get("attempt", attempt)
+                    self._emit(
+                        conn, EVENT_DUPLICATE_REJECTED, worker, unit, {"attempt": late_attempt}
+                    )
                     accepted.append(False)
                     continue
                 conn.execute(
@@ -357,6 +365,47 @@ class SQLiteQueue:
                 accepted.append(True)
             self._maybe_finish(conn)
         return accepted
+
+    def requeue(
+        self, worker: str, unit: str, payload: JSON, *, max_requeues: int, tolerance: float
+    ) -> str:
+        with self._write() as conn:
+            total, _pending, _leased, _done, _stop = self._counters(conn)
+            row = conn.execute(
+                "SELECT state, requeues FROM units WHERE build = ? AND unit = ?",
+                (self.build, unit),
+            ).fetchone()
+            if row is None:
+                raise QueueError(
+                    f"worker {worker!r} requeued {unit!r}, which is not in build {self.build!r}."
+                )
+            state, unit_requeues = row
+            if state == "done":
+                self._emit(
+                    conn,
+                    EVENT_DUPLICATE_REJECTED,
+                    worker,
+                    unit,
+                    {"attempt": payload.get("attempt")},
+                )
+                return ALREADY_DONE
+            (build_requeues,) = conn.execute(
+                "SELECT requeues FROM builds WHERE build = ?", (self.build,)
+            ).fetchone()
+            budget = math.ceil(total * tolerance) if tolerance >= 0 else None
+            if unit_requeues >= max_requeues or (budget is not None and build_requeues >= budget):
+                return REQUEUE_REFUSED
+            conn.execute(
+                "UPDATE units SET state = 'pending', worker = NULL, deadline = NULL, "
+                "requeues = requeues + 1, queue_order = ? WHERE build = ? AND unit = ?",
+                (float(total + build_requeues + 1), self.build, unit),
+            )
+            conn.execute("UPDATE builds SET requeues = requeues + 1 WHERE build = ?", (self.build,))
+            if state == "leased":
+                self._adjust(conn, pending=1, leased=-1)
+            self._emit(conn, EVENT_REQUEUED, worker, unit, payload)
+            self._maybe_finish(conn)
+            return REQUEUED
 
     def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
         """Take back a dead worker's leases. Only `cause["culprit"]` (the unit it was running,
@@ -375,7 +424,7 @@ class SQLiteQueue:
             for unit, attempt, crashes in held:
                 if unit == culprit:
                     crashes += 1
-                finalised = crashes >= limit
+                finalised = crashes >= limit or (unit == culprit and bool(cause.get("final")))
                 if finalised:
                     conn.execute(
                         "UPDATE units SET state = 'done', crashes = ?, deadline = NULL "

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS builds (
     pending          INTEGER NOT NULL,
     leased           INTEGER NOT NULL DEFAULT 0,
     done             INTEGER NOT NULL DEFAULT 0,
+    requeues         INTEGER NOT NULL DEFAULT 0,  -- failed attempts sent back, build-wide
     max_unit_crashes INTEGER NOT NULL,
     stop_reason      TEXT,
     created_at       REAL NOT NULL,
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS units (
     deadline    REAL,
     attempt     INTEGER NOT NULL DEFAULT 0,  -- times leased so far
     crashes     INTEGER NOT NULL DEFAULT 0,  -- times it took its worker down
+    requeues    INTEGER NOT NULL DEFAULT 0,  -- failed attempts sent back for a retry
     PRIMARY KEY (build, unit)
 ) WITHOUT ROWID;
 

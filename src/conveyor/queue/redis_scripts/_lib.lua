@@ -6,12 +6,14 @@
 -- build's keys in one Redis Cluster (or Valkey) slot, so one script may use them together.
 -- Write scripts receive them, always in this order, as:
 --   KEYS[1]  meta         hash    leader, digest, meta (JSON from the leader), total,
---                                 max_unit_crashes, created_at, stop_reason, finished_at;
+--                                 max_unit_crashes, created_at, stop_reason, finished_at,
+--                                 requeues (failed attempts sent back, build-wide);
 --                                 it exists exactly when the build has been populated
 --   KEYS[2]  units        list    every unit, in manifest order
 --   KEYS[3]  attempts     hash    unit -> times leased so far; holds every unit of the manifest
 --   KEYS[4]  crashes      hash    unit -> times it took its worker down (absent: 0)
---   KEYS[5]  pending      zset    unit -> queue order; lowest first, requeued units go in front
+--   KEYS[5]  pending      zset    unit -> queue order; lowest first. Units returned by expiry or
+--                                 release go in front, failed attempts requeued to the back
 --   KEYS[6]  leases       zset    unit -> lease deadline (seconds on the caller's clock)
 --   KEYS[7]  owner        hash    leased unit -> worker holding it
 --   KEYS[8]  workers      zset    worker -> joined_at
@@ -19,7 +21,9 @@
 --   KEYS[10] last_seen    hash    worker -> time of its last reserve or heartbeat
 --   KEYS[11] seq          string  sequence number of the last event
 --   KEYS[12] events       stream  entry id "<seq>-0"; fields kind, ts, data (JSON), worker?, unit?
---   KEYS[13] reservations:<worker>  list  unit, attempt, unit, attempt, ... (reserve.lua only)
+-- Two scripts get one more key, KEYS[13], touched (expiry pushed back) only by that script:
+--   reserve.lua   reservations:<worker>  list  unit, attempt, unit, attempt, ...
+--   requeue.lua   requeues               hash  unit -> times requeued (absent: 0)
 -- A unit is in exactly one of pending, leases or neither (done), so done = total - pending - leased
 -- and no counter can drift.
 --

@@ -34,7 +34,12 @@ for i = FIRST, #ARGV, 2 do
     emit('result', worker, unit, ARGV[i + 1])
     accepted[#accepted + 1] = 1
   else
+    -- Name the late result's own attempt when its payload says which; else the latest one.
     local attempt = number_or_zero(redis.call('HGET', ATTEMPTS, unit))
+    local ok, late = pcall(cjson.decode, ARGV[i + 1])
+    if ok and type(late) == 'table' and type(late.attempt) == 'number' then
+      attempt = late.attempt
+    end
     emit('duplicate_rejected', worker, unit, cjson.encode({attempt = attempt}))
     accepted[#accepted + 1] = 0
   end

@@ -1,6 +1,7 @@
 -- release.lua: a supervisor saw a worker die; take its leases back at once. Only the culprit
 -- (the unit it was running, when known) is charged a crash; a unit charged max_unit_crashes
--- times is finalised as a failure instead of going back, so a build never loops forever.
+-- times is finalised as a failure instead of going back, so a build never loops forever, and
+-- with `final` (a hard timeout) the culprit is finalised at once, whatever its crash count.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
 -- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
@@ -12,6 +13,7 @@
 -- ARGV[4]  has_culprit  '1' when ARGV[5] names the unit that took the worker down
 -- ARGV[5]  culprit
 -- ARGV[6]  cause        JSON object (signal, timeout, traceback, ...), copied into the events
+-- ARGV[7]  final        '1' to finalise the culprit now instead of charging it and retrying
 -- Returns {unit, attempt, crashes, finalised (1/0), ...} per released unit, sorted by unit.
 -- Error BUILD_LOST when the build is gone.
 
@@ -20,19 +22,21 @@ if not populated() then
 end
 
 local worker, has_culprit, culprit, cause = ARGV[3], ARGV[4] == '1', ARGV[5], ARGV[6]
+local final = ARGV[7] == '1'
 local limit = tonumber(redis.call('HGET', META, 'max_unit_crashes'))
 local reply, requeued = {}, {}
 
 for _, unit in ipairs(held_by(worker)) do
   local attempt = number_or_zero(redis.call('HGET', ATTEMPTS, unit))
   local crashes = number_or_zero(redis.call('HGET', CRASHES, unit))
-  if has_culprit and unit == culprit then
+  local is_culprit = has_culprit and unit == culprit
+  if is_culprit then
     crashes = crashes + 1
   end
   redis.call('ZREM', LEASES, unit)
   redis.call('HDEL', OWNER, unit)
   redis.call('HSET', CRASHES, unit, crashes)
-  local finalised = crashes >= limit
+  local finalised = crashes >= limit or (is_culprit and final)
   if finalised then
     -- cause is spliced in verbatim: a decode/encode round trip through cjson would turn {} and
     -- [] into each other and round floats.

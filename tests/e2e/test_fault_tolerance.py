@@ -1,0 +1,265 @@
+"""Hung tests, flaky tests, slow tests on live workers, frozen workers and chaos."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import junit_outcomes, run_conveyor, run_plain
+
+RERUN_ELEMENT = "rerunFailure"
+
+
+def test_test_sleeping_for_an_hour_is_stopped_by_the_timeout(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_hang="""
+        import time
+
+        def test_sleeps_forever():
+            time.sleep(3600)
+        """,
+        test_fine="\n".join(f"def test_{i}(): pass" for i in range(10)),
+    )
+    result = run_conveyor(pytester, "-n", "2", "--test-timeout", "2", "--junitxml=out.xml")
+    assert result.ret == 1
+    outcomes = junit_outcomes(pytester.path / "out.xml")
+    assert outcomes.pop(("test_hang", "test_sleeps_forever")) == [("failure",)]
+    assert all(value == [("passed",)] for value in outcomes.values()) and len(outcomes) == 10
+    result.stdout.fnmatch_lines(
+        [
+            "*Timeout: worker gw? was stopped: the test ran longer than 2 s (--test-timeout)*",
+            "*Timeout (0:00:02)!*",
+            '*File "*test_hang.py", line 4 in test_sleeps_forever*',
+            "*1 failed, 10 passed*",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "blocking_call",
+    ["signal.pause()", "PAIR[0].recv(1)"],
+    ids=["signal-pause", "socket-recv"],
+)
+def test_test_blocked_in_c_code_is_stopped_by_the_timeout(
+    pytester: pytest.Pytester, blocking_call: str
+) -> None:
+    pytester.makepyfile(
+        test_blocked=f"""
+        import signal, socket
+
+        PAIR = socket.socketpair()
+
+        def test_blocked():
+            {blocking_call}
+        """,
+        test_fine="def test_ok(): pass",
+    )
+    result = run_conveyor(pytester, "-n", "2", "--test-timeout", "1")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        ["*Timeout (0:00:01)!*", "*in test_blocked*", "*1 failed, 1 passed*"]
+    )
+
+
+def test_test_slower_than_the_lease_runs_exactly_once(pytester: pytest.Pytester) -> None:
+    log = pytester.path / "runs.log"
+    pytester.makepyfile(
+        test_slow=f"""
+        import time
+
+        def test_slow():
+            with open({str(log)!r}, "a") as handle:
+                handle.write("ran\\n")
+            time.sleep(3)
+
+        def test_quick():
+            pass
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2", "--lease-ttl", "0.6")
+    assert result.ret == 0, result.stdout.str()
+    assert log.read_text().splitlines() == ["ran"]
+    assert "rejected" not in result.stdout.str()
+
+
+FLAKY = """
+import pathlib
+
+STATE = pathlib.Path({state!r})
+
+def test_flaky():
+    if not STATE.exists():
+        STATE.write_text("failed once")
+        raise ConnectionError("the first attempt always fails")
+
+def test_stable():
+    pass
+"""
+
+
+def test_flaky_test_passes_on_its_retry(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flaky=FLAKY.format(state=str(pytester.path / "state")))
+    result = run_conveyor(pytester, "-n", "2", "--max-requeues", "1", "--junitxml=out.xml")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*R*",
+            "*= flaky tests (passed on a retry) =*",
+            "test_flaky.py::test_flaky passed on attempt 2",
+            "*2 passed, 1 rerun*",
+        ]
+    )
+    xml = (pytester.path / "out.xml").read_text()
+    assert xml.count(f"<{RERUN_ELEMENT} ") == 1
+    assert "ConnectionError: the first attempt always fails" in xml
+    assert junit_outcomes(pytester.path / "out.xml")[("test_flaky", "test_flaky")] == [("passed",)]
+
+
+def test_flaky_test_fails_without_retries(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flaky=FLAKY.format(state=str(pytester.path / "state")))
+    result = run_conveyor(pytester, "-n", "2")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*1 failed, 1 passed*"])
+    assert "rerun" not in result.stdout.str()
+
+
+def test_retry_on_filters_by_exception(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_flaky=FLAKY.format(state=str(pytester.path / "state")))
+    result = run_conveyor(pytester, "-n", "2", "--max-requeues", "2", "--retry-on", "KeyError")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*1 failed, 1 passed*"])
+    (pytester.path / "state").unlink()
+    result = run_conveyor(
+        pytester, "-n", "2", "--max-requeues", "2",
+        "--retry-on", "KeyError", "--retry-on", "OSError",
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*2 passed, 1 rerun*"])
+
+
+def test_requeue_tolerance_caps_retries_build_wide(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_always="\n".join(f"def test_{i}():\n    assert False\n" for i in range(10))
+    )
+    result = run_conveyor(pytester, "-n", "2", "--max-requeues", "3", "--requeue-tolerance", "0.2")
+    assert result.ret == 1
+    # ceil(10 * 0.2) = 2 retries in the whole build, however many tests fail.
+    result.stdout.fnmatch_lines(["*10 failed, 2 rerun*"])
+
+
+def test_exitfirst_with_four_workers_lists_what_did_not_run(pytester: pytest.Pytester) -> None:
+    body = "\n".join(f"def test_{i}():\n    import time; time.sleep(0.05)" for i in range(80))
+    pytester.makepyfile(test_first="def test_boom():\n    assert False", test_many=body)
+    result = run_conveyor(pytester, "-n", "4", "-x")
+    assert result.ret == 1
+    outcome = result.parseoutcomes()
+    assert outcome["failed"] == 1
+    not_run = 81 - outcome["failed"] - outcome.get("passed", 0)
+    assert not_run > 0
+    result.stdout.fnmatch_lines(
+        [
+            f"{not_run} test(s) did not run because the build was stopped:",
+            "  test_many.py::test_*",
+        ]
+    )
+
+
+def test_frozen_worker_loses_its_test_and_its_late_result_is_rejected(
+    pytester: pytest.Pytester,
+) -> None:
+    state = pytester.path / "froze"
+    pytester.makepyfile(
+        test_freeze=f"""
+        import os, pathlib, signal, subprocess, sys
+
+        def test_freezes_first_time():
+            state = pathlib.Path({str(state)!r})
+            if not state.exists():
+                state.write_text("frozen")
+                # Someone else wakes us in 4 s; meanwhile heartbeats stop with the process.
+                subprocess.Popen(["sh", "-c", f"sleep 4; kill -CONT {{os.getpid()}}"])
+                os.kill(os.getpid(), signal.SIGSTOP)
+
+        def test_other():
+            pass
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2", "--lease-ttl", "1", "--junitxml=out.xml")
+    assert result.ret == 0, result.stdout.str()
+    assert junit_outcomes(pytester.path / "out.xml") == {
+        ("test_freeze", "test_freezes_first_time"): [("passed",)],
+        ("test_freeze", "test_other"): [("passed",)],
+    }
+    result.stdout.fnmatch_lines(
+        [
+            "*= conveyor =*",
+            "a late result for test_freeze.py::test_freezes_first_time from worker gw? "
+            "(attempt 1) was rejected: another attempt finished first.",
+        ]
+    )
+
+
+def test_chaos_random_worker_kills_lose_and_duplicate_nothing(pytester: pytest.Pytester) -> None:
+    """300 short tests on 4 workers while a worker is SIGKILLed every 0.5 s."""
+    pids = pytester.path / "pids"
+    pids.mkdir()
+    pytester.makeconftest(
+        f"""
+        import os, pathlib
+
+        def pytest_configure(config):
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                pathlib.Path({str(pids)!r}, str(os.getpid())).write_text("")
+        """
+    )
+    for module in range(6):
+        pytester.makepyfile(
+            **{
+                f"test_chaos_{module}": "import time\n\n"
+                + "\n".join(
+                    f"def test_{i}():\n    time.sleep(0.02)\n    assert {i} % 17 != 3\n"
+                    for i in range(50)
+                )
+            }
+        )
+    plain = run_plain(pytester, "--junitxml=plain.xml")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "conveyor", "run", "-n", "4", "-p", "no:cacheprovider",
+            "--junitxml=chaos.xml", "--max-worker-restarts", "100", "--max-unit-crashes", "50",
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    rng = random.Random(1234)
+    kills = 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        alive = [int(p.name) for p in pids.iterdir() if _alive(int(p.name))]
+        if alive:
+            os.kill(rng.choice(alive), signal.SIGKILL)
+            kills += 1
+    output, _ = process.communicate(timeout=300)
+    assert kills >= 3, output
+    assert process.returncode == plain.ret, output
+    assert junit_outcomes(pytester.path / "chaos.xml") == junit_outcomes(
+        pytester.path / "plain.xml"
+    )
+    assert "killed by signal SIGKILL" in output
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
