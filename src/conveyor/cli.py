@@ -54,8 +54,11 @@ conveyor options:
                           exception class (or a subclass); repeatable
   --node-id NAME          this machine's name in worker ids (default: CI node index
                           or host name, plus the process id)
-  --ready-timeout SECONDS how long to wait for the first worker to publish the
-                          collection (default: 600)
+  --start-timeout SECONDS give up when no worker has published the collection and
+                          taken a test within this long (default: 600)
+  --max-worker-failures N abort after N worker failures outside tests (start-up,
+                          collection, session fixtures); default: abort only when no
+                          worker is left
   --stall-timeout SECONDS report/run: give up when nothing happens for this long while
                           tests remain (default: 1800)
 
@@ -115,7 +118,7 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         worker_count=options.workers,
         lease_ttl_s=options.lease_ttl_s,
         max_unit_crashes=options.max_unit_crashes,
-        ready_timeout_s=options.ready_timeout_s,
+        start_timeout_s=options.start_timeout_s,
         test_timeout_s=options.test_timeout_s,
         max_requeues=options.max_requeues,
         requeue_tolerance=options.requeue_tolerance,
@@ -131,6 +134,7 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         env=env,
         max_restarts=restarts,
         node=build.node,
+        max_worker_failures=options.max_worker_failures,
     )
 
 
@@ -160,7 +164,7 @@ def _controller_exit(
         queue_url=build.queue_url,
         build=build.id,
         workers=options.workers if supervisor else 0,
-        ready_timeout_s=options.ready_timeout_s,
+        start_timeout_s=options.start_timeout_s,
         stall_timeout_s=options.stall_timeout_s,
         header=header,
     )

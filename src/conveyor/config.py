@@ -24,12 +24,13 @@ VALUE_OPTIONS: dict[str, str] = {
     "--max-worker-restarts": "max_restarts",
     "--max-unit-crashes": "max_unit_crashes",
     "--node-id": "node_id",
-    "--ready-timeout": "ready_timeout",
+    "--start-timeout": "start_timeout",
     "--stall-timeout": "stall_timeout",
     "--test-timeout": "test_timeout",
     "--max-requeues": "max_requeues",
     "--requeue-tolerance": "requeue_tolerance",
     "--retry-on": "retry_on",
+    "--max-worker-failures": "max_worker_failures",
 }
 
 # conveyor's options that may be given more than once; their values are collected in order.
@@ -66,12 +67,13 @@ class RunOptions:
     max_restarts: int | None = None
     max_unit_crashes: int = 2
     node_id: str | None = None
-    ready_timeout_s: float = 600.0
+    start_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0
     test_timeout_s: float | None = None
     max_requeues: int = 0
     requeue_tolerance: float = -1.0
     retry_on: tuple[str, ...] = ()
+    max_worker_failures: int | None = None
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -182,10 +184,14 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
         options.max_unit_crashes = int(
             _number("--max-unit-crashes", ours["max_unit_crashes"], int, 1)
         )
-    if "ready_timeout" in ours:
-        options.ready_timeout_s = _number("--ready-timeout", ours["ready_timeout"], float, 1)
+    if "start_timeout" in ours:
+        options.start_timeout_s = _number("--start-timeout", ours["start_timeout"], float, 1)
     if "stall_timeout" in ours:
         options.stall_timeout_s = _number("--stall-timeout", ours["stall_timeout"], float, 1)
+    if "max_worker_failures" in ours:
+        options.max_worker_failures = int(
+            _number("--max-worker-failures", ours["max_worker_failures"], int, 0)
+        )
     if "test_timeout" in ours:
         options.test_timeout_s = _number("--test-timeout", ours["test_timeout"], float, 0.001)
     if "max_requeues" in ours:

@@ -45,7 +45,7 @@ class ControllerSettings:
     queue_url: str
     build: str
     workers: int
-    ready_timeout_s: float = 600.0
+    start_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0
     header: str = ""
 
@@ -103,6 +103,7 @@ class ControllerPlugin:
         self.cursor = 0
         self.finished = False
         self.reported: set[str] = set()
+        self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
         self._config: pytest.Config | None = None
@@ -165,19 +166,21 @@ class ControllerPlugin:
         return True
 
     def _wait_for_manifest(self) -> Manifest:
-        deadline = time.monotonic() + self.settings.ready_timeout_s
+        deadline = time.monotonic() + self.settings.start_timeout_s
         delay = POLL_MIN_S
         while True:
             manifest = self.queue.manifest()
             if manifest is not None:
                 return manifest
             self._drain_events()
-            if self.supervisor is not None and self.supervisor.alive() == 0:
+            if self.supervisor is not None and (
+                self.supervisor.alive() == 0 or self.supervisor.too_many_failures()
+            ):
                 self._abort_without_workers()
             if time.monotonic() > deadline:
                 pytest.exit(
                     f"conveyor: no worker finished collecting within "
-                    f"{self.settings.ready_timeout_s:.0f} s (queue {self.queue.display_url}).",
+                    f"{self.settings.start_timeout_s:.0f} s (queue {self.queue.display_url}).",
                     returncode=pytest.ExitCode.INTERNAL_ERROR,
                 )
             time.sleep(delay)
@@ -198,7 +201,15 @@ class ControllerPlugin:
     def _abort_without_workers(self) -> None:
         assert self.supervisor is not None
         failures = self.supervisor.failures
-        lines = ["conveyor: every worker stopped before the build could finish."]
+        if self.supervisor.too_many_failures():
+            lines = [
+                f"conveyor: more than {self.supervisor.max_worker_failures} worker(s) failed "
+                "outside any test (--max-worker-failures); the build was aborted."
+            ]
+            self.queue.stop("too many worker failures")
+            self._stop_local_workers()
+        else:
+            lines = ["conveyor: every worker stopped before the build could finish."]
         lines += self.problems.refused
         for failure in failures[-3:]:
             lines.append(f"worker {failure.worker} {failure.cause}; its last output:")
@@ -267,6 +278,20 @@ class ControllerPlugin:
             self._stop_local_workers()
         self._drain_events()
 
+    def _check_started(self) -> None:
+        """--start-timeout: a build in which no worker ever took a test is not waited on."""
+        if self.reported or time.monotonic() - self._started_at < self.settings.start_timeout_s:
+            return
+        status = self.queue.status()
+        if status.leased == 0 and status.done == 0 and not status.finished:
+            pytest.exit(
+                f"conveyor: no worker has taken a test of build {self.settings.build} within "
+                f"{self.settings.start_timeout_s:.0f} s (--start-timeout); "
+                f"{len(status.workers)} worker(s) joined. Are workers running with the same "
+                f"--queue and --build?",
+                returncode=pytest.ExitCode.INTERNAL_ERROR,
+            )
+
     def _stop_local_workers(self) -> None:
         if self.supervisor is not None:
             self.supervisor.shutdown(terminate=True)
@@ -278,12 +303,15 @@ class ControllerPlugin:
         while not self.finished:
             if time.monotonic() - last_check > MANIFEST_CHECK_S:
                 self._check_same_build()
+                self._check_started()
                 last_check = time.monotonic()
             if self._drain_events():
                 delay = POLL_MIN_S
                 last_progress = time.monotonic()
             else:
-                if self.supervisor is not None and self.supervisor.alive() == 0:
+                if self.supervisor is not None and (
+                    self.supervisor.alive() == 0 or self.supervisor.too_many_failures()
+                ):
                     self._drain_events()
                     if not self.finished:
                         self._abort_without_workers()

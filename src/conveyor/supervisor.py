@@ -113,6 +113,7 @@ class Supervisor:
         env: Mapping[str, str],
         max_restarts: int,
         node: str = "",
+        max_worker_failures: int | None = None,
     ) -> None:
         self.queue = queue
         self.count = count
@@ -121,6 +122,7 @@ class Supervisor:
         self.run_dir = run_dir
         self.env = dict(env)
         self.max_restarts = max_restarts
+        self.max_worker_failures = max_worker_failures
         self.restarts = 0
         self.node = node
         self.failures: list[WorkerFailure] = []
@@ -272,6 +274,14 @@ class Supervisor:
     def final_states(self) -> list[str]:
         with self._lock:
             return [slot.state for slot in self.slots]
+
+    def too_many_failures(self) -> bool:
+        """More workers failed outside any test than --max-worker-failures allows."""
+        if self.max_worker_failures is None:
+            return False
+        with self._lock:
+            outside = [f for f in self.failures if f.culprit is None and not f.refused]
+        return len(outside) > self.max_worker_failures
 
     def all_failed_at_startup(self) -> bool:
         with self._lock:

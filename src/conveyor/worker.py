@@ -70,7 +70,7 @@ class WorkerSettings:
     status_file: str | None = None
     timeout_file: str | None = None
     supervisor_pid: int | None = None
-    ready_timeout_s: float = 600.0
+    start_timeout_s: float = 600.0
     test_timeout_s: float | None = None
     max_requeues: int = 0
     requeue_tolerance: float = -1.0
@@ -324,12 +324,12 @@ class WorkerPlugin:
         return False
 
     def _wait_for_manifest(self, queue: Queue) -> Any:
-        deadline = time.monotonic() + self.settings.ready_timeout_s
+        deadline = time.monotonic() + self.settings.start_timeout_s
         while (manifest := queue.manifest()) is None:
             if time.monotonic() > deadline:
                 raise QueueError(
                     f"no worker published the build's manifest within "
-                    f"{self.settings.ready_timeout_s:.0f} s; is another worker still collecting?"
+                    f"{self.settings.start_timeout_s:.0f} s; is another worker still collecting?"
                 )
             time.sleep(WAIT_POLL_S)
         return manifest

@@ -263,3 +263,44 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+
+
+BROKEN_GW1 = """
+import os
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+        print("gw1 cannot start: no database for it", flush=True)
+        os._exit(3)
+"""
+
+
+def test_a_worker_failing_at_start_is_shown_once_and_the_others_finish(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(BROKEN_GW1)
+    pytester.makepyfile(test_ok="\n".join(f"def test_{i}(): pass" for i in range(10)))
+    result = run_conveyor(pytester, "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*= conveyor =*",
+            "worker gw1 exited with code 3 outside any test.",
+            "  gw1 cannot start: no database for it",
+            "*10 passed*",
+        ]
+    )
+    assert result.stdout.str().count("worker gw1 exited with code 3") == 1
+
+
+def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(BROKEN_GW1)
+    pytester.makepyfile(
+        test_slow="import time\n"
+        + "\n".join(f"def test_{i}():\n    time.sleep(0.1)\n" for i in range(40))
+    )
+    result = run_conveyor(pytester, "-n", "2", "--max-worker-failures", "0")
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(
+        ["*more than 0 worker(s) failed outside any test (--max-worker-failures)*"]
+    )
