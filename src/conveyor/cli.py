@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import signal
@@ -10,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +21,7 @@ from conveyor.ci import detect, node_id
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.errors import ConveyorError, QueueError, UsageError
+from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.queue import Queue, check_url, open_queue
 from conveyor.supervisor import Supervisor
 from conveyor.worker import WorkerSettings
@@ -52,6 +56,14 @@ conveyor options:
                           (default: no build-wide cap)
   --retry-on NAME         retry only failures whose exception chain contains this
                           exception class (or a subclass); repeatable
+  --order slowest|collected|random
+                          serving order (default: slowest first, from timing history)
+  --seed N                seed for --order random (default: 0)
+  --dist module|class|test|file
+                          keep the tests of a module (or class) together where that
+                          keeps fixtures alive (default: module); test = no grouping
+  --history-key NAME      Redis queues: the suite's name in the shared timing history
+                          (default: the current directory's name)
   --node-id NAME          this machine's name in worker ids (default: CI node index
                           or host name, plus the process id)
   --start-timeout SECONDS give up when no worker has published the collection and
@@ -123,6 +135,10 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         max_requeues=options.max_requeues,
         requeue_tolerance=options.requeue_tolerance,
         retry_on=options.retry_on,
+        order=options.order,
+        grouping=options.grouping,
+        seed=options.seed,
+        history=_history_location(options),
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(
@@ -136,6 +152,13 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         node=build.node,
         max_worker_failures=options.max_worker_failures,
     )
+
+
+def _history_location(options: RunOptions) -> str:
+    """Embedded queues keep history in pytest's cache; Redis queues in Redis, per suite."""
+    if options.networked_queue:
+        return f"redis:{options.history_key or Path.cwd().name}"
+    return "cache"
 
 
 def _already_finished(queue: Queue) -> bool:
@@ -166,6 +189,7 @@ def _controller_exit(
         workers=options.workers if supervisor else 0,
         start_timeout_s=options.start_timeout_s,
         stall_timeout_s=options.stall_timeout_s,
+        history=_history_location(options),
         header=header,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
@@ -262,10 +286,69 @@ def report(argv: Sequence[str]) -> int:
         queue.close()
 
 
+HISTORY_USAGE = """\
+usage: conveyor history export [-o FILE] [--queue URL --history-key NAME] [--cache-dir DIR]
+       conveyor history import FILE [--queue URL --history-key NAME] [--cache-dir DIR]
+
+Timing history lives in pytest's cache directory (default .pytest_cache) for the embedded
+queue, or in Redis with --queue redis://... . export writes {test id: seconds} (the format of
+pytest-split's .test_durations); import reads that format or a previous export.
+"""
+
+
+def history(argv: Sequence[str]) -> int:
+    """Export or import timing history, for CI systems that cache files between builds."""
+    parser = argparse.ArgumentParser(prog="conveyor history", add_help=False)
+    parser.add_argument("action", choices=("export", "import"))
+    parser.add_argument("file", nargs="?")
+    parser.add_argument("-o", "--output")
+    parser.add_argument("--queue")
+    parser.add_argument("--history-key", default=Path.cwd().name)
+    parser.add_argument("--cache-dir", default=".pytest_cache")
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit:
+        print(HISTORY_USAGE, end="", file=sys.stderr)
+        return 4
+    queue = None
+    if args.queue:
+        check_url(args.queue)
+        queue = open_queue(args.queue, "history")
+        location = f"redis:{args.history_key}"
+    else:
+        location = "cache"
+    store = history_store(
+        location, SimpleNamespace(cache=DirectoryCache(Path(args.cache_dir))), queue
+    )
+    if store is None:
+        raise UsageError("timing history is kept in Redis or pytest's cache; this queue has none.")
+    try:
+        if args.action == "export":
+            text = json.dumps(store.load(), indent=2, sort_keys=True) + "\n"
+            if args.output:
+                Path(args.output).write_text(text, "utf-8")
+            else:
+                sys.stdout.write(text)
+            return 0
+        if not args.file:
+            raise UsageError("`conveyor history import` needs the FILE to read.")
+        try:
+            durations = read_durations_file(Path(args.file))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        store.record(durations)
+        print(f"conveyor history: imported {len(durations)} durations.")
+        return 0
+    finally:
+        if queue is not None:
+            queue.close()
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": run,
     "worker": worker,
     "report": report,
+    "history": history,
 }
 
 
@@ -282,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         return _error(f"unknown command {command!r}; see `conveyor --help`.", 4)
     if rest and rest[0] in ("-h", "--help"):
-        print(USAGE, end="")
+        print(HISTORY_USAGE if command == "history" else USAGE, end="")
         return 0
     try:
         return handler(rest)

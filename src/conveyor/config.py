@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from conveyor.errors import UsageError
+from conveyor.scheduling import GROUPINGS, ORDERS
 
 # conveyor's options that take a value, with their defaults.
 VALUE_OPTIONS: dict[str, str] = {
@@ -31,6 +32,18 @@ VALUE_OPTIONS: dict[str, str] = {
     "--requeue-tolerance": "requeue_tolerance",
     "--retry-on": "retry_on",
     "--max-worker-failures": "max_worker_failures",
+    "--order": "order",
+    "--seed": "seed",
+    "--dist": "dist",
+    "--history-key": "history_key",
+}
+
+# pytest-xdist's --dist modes, for users who bring their habits along.
+XDIST_DIST_MODES = {
+    "load": "test",
+    "worksteal": "test",
+    "loadfile": "module",
+    "loadscope": "module",
 }
 
 # conveyor's options that may be given more than once; their values are collected in order.
@@ -74,6 +87,10 @@ class RunOptions:
     requeue_tolerance: float = -1.0
     retry_on: tuple[str, ...] = ()
     max_worker_failures: int | None = None
+    order: str = "slowest"
+    seed: int = 0
+    grouping: str = "module"
+    history_key: str | None = None
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -192,6 +209,21 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
         options.max_worker_failures = int(
             _number("--max-worker-failures", ours["max_worker_failures"], int, 0)
         )
+    if "order" in ours:
+        if ours["order"] not in ORDERS:
+            raise UsageError(f"--order must be one of {', '.join(ORDERS)}, got {ours['order']!r}.")
+        options.order = ours["order"]
+    if "seed" in ours:
+        options.seed = int(_number("--seed", ours["seed"], int, 0))
+    if "dist" in ours:
+        dist = XDIST_DIST_MODES.get(ours["dist"], ours["dist"])
+        dist = "module" if dist == "file" else dist
+        if dist not in GROUPINGS:
+            raise UsageError(
+                f"--dist must be one of test, module, class, file, got {ours['dist']!r}."
+            )
+        options.grouping = dist
+    options.history_key = ours.get("history_key")
     if "test_timeout" in ours:
         options.test_timeout_s = _number("--test-timeout", ours["test_timeout"], float, 0.001)
     if "max_requeues" in ours:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from _pytest import junitxml
 
-from conveyor.errors import BuildStateLost
+from conveyor.errors import BuildStateLost, QueueError
+from conveyor.history import history_store
 from conveyor.queue import Queue
 from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
@@ -47,6 +48,7 @@ class ControllerSettings:
     workers: int
     start_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0
+    history: str = "cache"
     header: str = ""
 
 
@@ -103,6 +105,7 @@ class ControllerPlugin:
         self.cursor = 0
         self.finished = False
         self.reported: set[str] = set()
+        self.durations: dict[str, float] = {}
         self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
@@ -240,6 +243,7 @@ class ControllerPlugin:
             # report even though the build finished without it.
             self._drain_events()
         self._account(session)
+        self._record_history(session)
         if session.shouldfail:
             raise session.Failed(session.shouldfail)
         if session.shouldstop:
@@ -361,6 +365,7 @@ class ControllerPlugin:
             self._attach_reruns_to_junit(reports[0], earlier_attempts)
             if not any(report.failed for report in reports):
                 self.problems.flaky.append(nodeid)
+        self.durations[nodeid] = sum(float(report.duration or 0) for report in reports)
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
         for report in reports:
             hook.pytest_runtest_logreport(report=report)
@@ -533,6 +538,16 @@ class ControllerPlugin:
             return
         if len(self.reported) < self.manifest.total:
             self.problems.missing = sorted(set(self.queue.units()) - self.reported)
+
+    def _record_history(self, session: pytest.Session) -> None:
+        """Durations of this build feed the order of the next one."""
+        store = history_store(self.settings.history, session.config, self.queue)
+        if store is None or not self.durations:
+            return
+        try:
+            store.record(self.durations)
+        except (QueueError, OSError, ValueError) as exc:
+            self.problems.lost.append(f"timing history was not saved: {exc}")
 
     def _note_not_run(self) -> None:
         if self.manifest is not None:

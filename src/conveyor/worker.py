@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from conveyor.errors import BuildStateLost, QueueError
+from conveyor.history import history_store
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     ALREADY_DONE,
@@ -35,6 +36,7 @@ from conveyor.queue.protocol import (
     Lease,
     collection_digest,
 )
+from conveyor.scheduling import order_units
 
 SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
 
@@ -75,6 +77,10 @@ class WorkerSettings:
     max_requeues: int = 0
     requeue_tolerance: float = -1.0
     retry_on: tuple[str, ...] = ()
+    order: str = "slowest"
+    grouping: str = "module"
+    seed: int = 0
+    history: str = "cache"  # "cache", "redis:<suite>" or "off"
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -282,6 +288,16 @@ class WorkerPlugin:
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
         )
         units = [] if collection_failed else list(items)
+        if queue.manifest() is None:
+            # Likely the leader: serve the build in the order timing history suggests.
+            units = order_units(
+                units,
+                history_for(settings.history, session.config, queue),
+                order=settings.order,
+                grouping=settings.grouping,
+                workers=settings.worker_count,
+                seed=settings.seed,
+            )
         meta = self._manifest_meta(session, units)
         if not queue.populate(settings.worker_id, units, meta) and not self._collection_matches(
             queue, units
@@ -474,6 +490,15 @@ class WorkerPlugin:
         self._reports.append(
             config.hook.pytest_report_to_serializable(config=config, report=report)
         )
+
+
+def history_for(where: str, config: pytest.Config, queue: Queue) -> dict[str, float]:
+    """Durations from earlier builds, or {} when there are none (or they cannot be read)."""
+    store = history_store(where, config, queue)
+    try:
+        return store.load() if store is not None else {}
+    except (QueueError, OSError, ValueError):
+        return {}  # ordering is an optimisation; never fail a build over it
 
 
 def exception_names(error: BaseException) -> set[str]:

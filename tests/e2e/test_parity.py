@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import pytest
 from helpers import assert_same_verdict, run_conveyor
 
@@ -269,3 +272,46 @@ def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester) -> None:
     outcome = result.parseoutcomes()
     assert outcome["failed"] == 1
     assert outcome.get("passed", 0) < 60
+
+
+def test_second_run_serves_the_slowest_tests_first_from_history(
+    pytester: pytest.Pytester,
+) -> None:
+    log = pytester.path / "order.log"
+    pytester.makepyfile(
+        test_timed=f"""
+        import time
+        import pytest
+
+        @pytest.mark.parametrize("seconds", [0.01, 0.02, 0.3, 0.01, 0.15])
+        def test_sleep(seconds):
+            with open({str(log)!r}, "a") as handle:
+                handle.write(f"{{seconds}}\\n")
+            time.sleep(seconds)
+        """
+    )
+    first = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
+    assert first.ret == 0
+    assert log.read_text().split() == ["0.01", "0.02", "0.3", "0.01", "0.15"]
+    log.unlink()
+    second = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
+    assert second.ret == 0
+    assert log.read_text().split()[:2] == ["0.3", "0.15"]
+    assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()
+
+
+def test_history_export_and_import_round_trip(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass")
+    assert pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2").ret == 0
+    exported = pytester.run(sys.executable, "-m", "conveyor", "history", "export")
+    assert exported.ret == 0
+    assert set(json.loads(exported.stdout.str())) == {"test_a.py::test_one", "test_a.py::test_two"}
+    split_file = pytester.path / ".test_durations"
+    split_file.write_text(json.dumps({"test_a.py::test_three": 2.5}))
+    imported = pytester.run(sys.executable, "-m", "conveyor", "history", "import", str(split_file))
+    assert imported.ret == 0
+    again = pytester.run(sys.executable, "-m", "conveyor", "history", "export")
+    assert json.loads(again.stdout.str())["test_a.py::test_three"] == 2.5
+    broken = pytester.run(sys.executable, "-m", "conveyor", "history", "import", "missing.json")
+    assert broken.ret == 4
+    broken.stderr.fnmatch_lines(["conveyor: error: cannot read durations from missing.json*"])

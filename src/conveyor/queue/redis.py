@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
+from conveyor.history import RedisHistory
 from conveyor.queue import mask_url
 from conveyor.queue.protocol import (
     ALREADY_DONE,
@@ -320,6 +321,10 @@ class RedisQueue:
 
     def _must_exist(self) -> str:
         return "1" if self._seen_populated else "0"
+
+    def history(self, suite: str) -> RedisHistory:
+        """The timing history of `suite`, shared by every build of it on this Redis."""
+        return RedisHistory(self._client, "conveyor:history:{" + suite + "}")
 
     def close(self) -> None:
         self._client.close()

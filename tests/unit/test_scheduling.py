@@ -1,0 +1,103 @@
+"""Serving order from timing history: slowest first, modules kept together unless too long."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.history import CacheHistory, merge, read_durations_file
+from conveyor.scheduling import estimate, order_units, scope_of
+
+
+def test_scope_of_groups_by_file_class_or_test() -> None:
+    nodeid = "tests/test_a.py::TestX::test_y[1]"
+    assert scope_of(nodeid, "module") == "tests/test_a.py"
+    assert scope_of(nodeid, "class") == "tests/test_a.py::TestX"
+    assert scope_of("tests/test_a.py::test_f", "class") == "tests/test_a.py"
+    assert scope_of(nodeid, "test") == nodeid
+
+
+def test_unknown_tests_are_estimated_from_their_module_then_the_suite() -> None:
+    history = {"a.py::t1": 1.0, "a.py::t2": 3.0, "b.py::t1": 10.0}
+    guesses = estimate(["a.py::t1", "a.py::new", "c.py::new", "b.py::t1"], history)
+    assert guesses == {"a.py::t1": 1.0, "a.py::new": 2.0, "c.py::new": 3.0, "b.py::t1": 10.0}
+
+
+def test_without_history_the_collection_order_is_kept() -> None:
+    units = ["b.py::t", "a.py::t", "c.py::t"]
+    assert order_units(units, {}, workers=4) == units
+
+
+def test_slowest_modules_first_with_their_tests_together() -> None:
+    units = ["fast.py::t1", "fast.py::t2", "slow.py::t1", "slow.py::t2", "mid.py::t1"]
+    history = {
+        "fast.py::t1": 0.1,
+        "fast.py::t2": 0.1,
+        "slow.py::t1": 2.0,
+        "slow.py::t2": 1.0,
+        "mid.py::t1": 1.5,
+    }
+    ordered = order_units(units, history, workers=1)
+    assert ordered == ["slow.py::t1", "slow.py::t2", "mid.py::t1", "fast.py::t1", "fast.py::t2"]
+
+
+def test_a_module_too_long_for_one_worker_is_split_into_its_tests() -> None:
+    units = [f"big.py::t{i}" for i in range(4)] + ["small.py::t"]
+    history = {f"big.py::t{i}": float(i + 1) for i in range(4)} | {"small.py::t": 0.5}
+    # total 10.5 s over 4 workers: a share of 2.6 s; big.py (10 s) is split, slowest first.
+    ordered = order_units(units, history, workers=4)
+    assert ordered == ["big.py::t3", "big.py::t2", "big.py::t1", "big.py::t0", "small.py::t"]
+
+
+def test_test_grouping_is_plain_longest_first() -> None:
+    units = ["a.py::x", "a.py::y", "b.py::z"]
+    history = {"a.py::x": 1.0, "a.py::y": 3.0, "b.py::z": 2.0}
+    assert order_units(units, history, grouping="test") == ["a.py::y", "b.py::z", "a.py::x"]
+
+
+def test_random_order_is_reproducible_by_seed() -> None:
+    units = [f"m.py::t{i}" for i in range(50)]
+    first = order_units(units, {}, order="random", seed=7)
+    assert first == order_units(units, {}, order="random", seed=7)
+    assert first != units and sorted(first) == sorted(units)
+    assert order_units(units, {"m.py::t3": 9.0}, order="collected") == units
+
+
+def test_history_is_smoothed_and_forgets_tests_not_seen_for_long() -> None:
+    stored = merge({}, {"t.py::a": 2.0, "t.py::gone": 1.0})
+    stored = merge(stored, {"t.py::a": 4.0})
+    assert stored["tests"]["t.py::a"][0] == pytest.approx(3.0)
+    for _ in range(20):
+        stored = merge(stored, {"t.py::a": 3.0})
+    assert "t.py::gone" not in stored["tests"]
+
+
+class DictCache:
+    """pytest's Cache get/set, in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, object] = {}
+
+    def get(self, key: str, default: object) -> object:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: object) -> None:
+        self.data[key] = value
+
+
+def test_cache_history_round_trip() -> None:
+    store = CacheHistory(DictCache())
+    assert store.load() == {}
+    store.record({"t.py::a": 1.5})
+    assert store.load() == {"t.py::a": 1.5}
+
+
+def test_pytest_split_durations_file_is_understood(tmp_path: Path) -> None:
+    split = tmp_path / ".test_durations"
+    split.write_text('{"t.py::a": 1.25, "t.py::b": 0.5}')
+    assert read_durations_file(split) == {"t.py::a": 1.25, "t.py::b": 0.5}
+    garbage = tmp_path / "bad.json"
+    garbage.write_text('["not", "durations"]')
+    with pytest.raises(ValueError, match="neither a conveyor history export"):
+        read_durations_file(garbage)
