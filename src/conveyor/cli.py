@@ -48,7 +48,9 @@ conveyor options:
   --max-unit-crashes N    workers a test may take down before it is reported as
                           failed (default: 2)
   --test-timeout SECONDS  a test running longer is stopped (every thread's stack is
-                          dumped), reported as failed, and its worker replaced
+                          dumped), reported as failed, and its worker replaced; 0 = never;
+                          default "auto": 10 s + 3 x the test's usual duration when
+                          timing history knows it
   --max-requeues N        retry a failed test up to N times, preferably elsewhere; a
                           test that passes on a retry counts as passed and is listed
                           as flaky (default: 0, no retries)
@@ -62,6 +64,8 @@ conveyor options:
   --dist module|class|test|file
                           keep the tests of a module (or class) together where that
                           keeps fixtures alive (default: module); test = no grouping
+  --build-ttl SECONDS     Redis queues: a build's keys expire this long after its last
+                          activity (default: 86400, a day)
   --history-key NAME      Redis queues: the suite's name in the shared timing history
                           (default: the current directory's name)
   --node-id NAME          this machine's name in worker ids (default: CI node index
@@ -139,10 +143,11 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         grouping=options.grouping,
         seed=options.seed,
         history=_history_location(options),
+        build_ttl_s=options.build_ttl_s,
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(
-        queue=open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s),
+        queue=_open(options, build),
         count=options.workers,
         settings_template=template,
         pytest_args=[arg for arg in options.pytest_args if arg != "--cache-clear"],
@@ -159,6 +164,15 @@ def _history_location(options: RunOptions) -> str:
     if options.networked_queue:
         return f"redis:{options.history_key or Path.cwd().name}"
     return "cache"
+
+
+def _open(options: RunOptions, build: Build) -> Queue:
+    return open_queue(
+        build.queue_url,
+        build.id,
+        lease_ttl_s=options.lease_ttl_s,
+        build_ttl_s=options.build_ttl_s,
+    )
 
 
 def _already_finished(queue: Queue) -> bool:
@@ -215,7 +229,7 @@ def run(argv: Sequence[str]) -> int:
 
 def _run(options: RunOptions, run_dir: Path) -> int:
     build = _resolve_build(options, run_dir)
-    queue = open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s)
+    queue = _open(options, build)
     supervisor = None if _already_finished(queue) else _supervisor(options, build, run_dir)
     try:
         # Workers start before the controller's own pytest start-up, which runs meanwhile.
@@ -238,7 +252,7 @@ def worker(argv: Sequence[str]) -> int:
 
 def _work_only(options: RunOptions, run_dir: Path) -> int:
     build = _resolve_build(options, run_dir)
-    queue = open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s)
+    queue = _open(options, build)
     try:
         if _already_finished(queue):
             print(f"conveyor worker: build {build.id} is already finished; nothing to do.")
@@ -279,7 +293,7 @@ def report(argv: Sequence[str]) -> int:
     options = parse_run_options(argv, "report")
     run_dir = Path(tempfile.gettempdir())
     build = _resolve_build(options, run_dir)
-    queue = open_queue(build.queue_url, build.id, lease_ttl_s=options.lease_ttl_s)
+    queue = _open(options, build)
     try:
         return _controller_exit(options, build, queue, None)
     finally:

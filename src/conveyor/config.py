@@ -36,6 +36,7 @@ VALUE_OPTIONS: dict[str, str] = {
     "--seed": "seed",
     "--dist": "dist",
     "--history-key": "history_key",
+    "--build-ttl": "build_ttl",
 }
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
@@ -91,6 +92,7 @@ class RunOptions:
     seed: int = 0
     grouping: str = "module"
     history_key: str | None = None
+    build_ttl_s: float | None = None
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -224,8 +226,10 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
             )
         options.grouping = dist
     options.history_key = ours.get("history_key")
-    if "test_timeout" in ours:
-        options.test_timeout_s = _number("--test-timeout", ours["test_timeout"], float, 0.001)
+    if "build_ttl" in ours:
+        options.build_ttl_s = _number("--build-ttl", ours["build_ttl"], float, 1)
+    if "test_timeout" in ours and ours["test_timeout"] != "auto":
+        options.test_timeout_s = _number("--test-timeout", ours["test_timeout"], float, 0)
     if "max_requeues" in ours:
         options.max_requeues = int(_number("--max-requeues", ours["max_requeues"], int, 0))
     if "requeue_tolerance" in ours:

@@ -26,6 +26,7 @@ from conveyor.worker import (
     EXIT_REFUSED,
     EXIT_STATE_LOST,
     SETTINGS_ENV,
+    TIMEOUT_HEADER,
     WorkerSettings,
 )
 
@@ -221,10 +222,9 @@ class Supervisor:
         started = status not in ("", "collecting")
         cause = describe_exit(returncode)
         output = tail(slot.log_path) if slot.log_path else ""
-        timed_out = self._timeout_dump(slot)
+        timeout, timed_out = self._timeout_dump(slot)
         if timed_out and culprit is not None:
-            timeout = self.template.test_timeout_s
-            cause = f"was stopped: the test ran longer than {timeout:g} s (--test-timeout)"
+            cause = f"was stopped: the test ran longer than {timeout}"
             output = timed_out
         self.failures.append(
             WorkerFailure(slot.name, cause, culprit, output, during_startup=not started)
@@ -252,13 +252,18 @@ class Supervisor:
             slot.state = "failed"
 
     @staticmethod
-    def _timeout_dump(slot: WorkerProcess) -> str:
-        """What faulthandler wrote when the test timeout fired, or "" if it did not."""
+    def _timeout_dump(slot: WorkerProcess) -> tuple[str, str]:
+        """("2 s (--test-timeout)", the stacks faulthandler dumped) when the test timeout
+        fired, else ("", "")."""
         try:
             text = slot.timeout_path.read_text("utf-8", "replace") if slot.timeout_path else ""
         except OSError:
-            return ""
-        return text.strip()
+            return "", ""
+        header, _, dump = text.partition("\n")
+        if not header.startswith(TIMEOUT_HEADER) or "Timeout (" not in dump:
+            return "", ""
+        _, seconds, how = header.split(" ", 2)
+        return f"{seconds} s ({how})", dump.strip()
 
     # -- queries for the controller -------------------------------------------------------
 

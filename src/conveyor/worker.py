@@ -52,6 +52,12 @@ EVENT_WORKER_REFUSED = "worker_refused"
 EVENT_WORKER_ERROR = "worker_error"
 EVENT_SESSION_WARNING = "session_warning"
 
+# Without --test-timeout, a test with timing history is stopped after this long: generous
+# enough for a slow machine, short enough that a hung test does not hold the build for hours.
+AUTO_TIMEOUT_BASE_S = 10.0
+AUTO_TIMEOUT_FACTOR = 3.0
+TIMEOUT_HEADER = "conveyor-timeout"
+
 # Results are sent in batches: at most this many, or after this long.
 FLUSH_MAX_RESULTS = 64
 FLUSH_INTERVAL_S = 0.1
@@ -73,7 +79,7 @@ class WorkerSettings:
     timeout_file: str | None = None
     supervisor_pid: int | None = None
     start_timeout_s: float = 600.0
-    test_timeout_s: float | None = None
+    test_timeout_s: float | None = None  # None: automatic from history; 0: none
     max_requeues: int = 0
     requeue_tolerance: float = -1.0
     retry_on: tuple[str, ...] = ()
@@ -81,6 +87,7 @@ class WorkerSettings:
     grouping: str = "module"
     seed: int = 0
     history: str = "cache"  # "cache", "redis:<suite>" or "off"
+    build_ttl_s: float | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -184,9 +191,10 @@ class WorkerPlugin:
         self._exception_names: set[str] = set()
         self._timeout_file = (
             open(settings.timeout_file, "w")  # noqa: SIM115 - faulthandler writes to it until exit
-            if settings.timeout_file and settings.test_timeout_s
+            if settings.timeout_file and settings.test_timeout_s != 0
             else None
         )
+        self._auto_timeouts: dict[str, float] = {}
 
     # -- configuration --------------------------------------------------------------------
 
@@ -281,18 +289,27 @@ class WorkerPlugin:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         settings = self.settings
         queue = self.queue = open_queue(
-            settings.queue_url, settings.build, lease_ttl_s=settings.lease_ttl_s
+            settings.queue_url,
+            settings.build,
+            lease_ttl_s=settings.lease_ttl_s,
+            build_ttl_s=settings.build_ttl_s,
         )
         items = {item.nodeid: item for item in session.items}
         collection_failed = (
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
         )
         units = [] if collection_failed else list(items)
+        durations = history_for(settings.history, session.config, queue)
+        if settings.test_timeout_s is None:
+            self._auto_timeouts = {
+                unit: AUTO_TIMEOUT_BASE_S + AUTO_TIMEOUT_FACTOR * seconds
+                for unit, seconds in durations.items()
+            }
         if queue.manifest() is None:
             # Likely the leader: serve the build in the order timing history suggests.
             units = order_units(
                 units,
-                history_for(settings.history, session.config, queue),
+                durations,
                 order=settings.order,
                 grouping=settings.grouping,
                 workers=settings.worker_count,
@@ -410,7 +427,7 @@ class WorkerPlugin:
             self.status.write(f"running {lease.unit}")
             self._reports, self._warnings, self._exception_names = [], [], set()
             started = time.time()
-            with self._hard_timeout():
+            with self._hard_timeout(lease.unit):
                 hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
             payload = {
                 "nodeid": item.nodeid,
@@ -428,15 +445,23 @@ class WorkerPlugin:
             self._flush()
 
     @contextlib.contextmanager
-    def _hard_timeout(self) -> Iterator[None]:
+    def _hard_timeout(self, unit: str) -> Iterator[None]:
         """faulthandler's watchdog is a C thread: it fires even when the test holds the GIL or
         sleeps in C, dumps every thread's stack to the timeout file and ends the process; the
         supervisor then reports the test as timed out and starts a replacement."""
-        timeout = self.settings.test_timeout_s
+        fixed = self.settings.test_timeout_s
+        timeout = fixed if fixed is not None else self._auto_timeouts.get(unit)
         if not timeout or self._timeout_file is None:
             yield
             return
-        faulthandler.dump_traceback_later(timeout, exit=True, file=self._timeout_file)
+        how = "--test-timeout" if fixed is not None else "automatic, from timing history"
+        handle = self._timeout_file
+        handle.seek(0)
+        handle.truncate()
+        seconds = f"{timeout:.1f}".rstrip("0").rstrip(".")
+        handle.write(f"{TIMEOUT_HEADER} {seconds} {how}\n")
+        handle.flush()
+        faulthandler.dump_traceback_later(timeout, exit=True, file=handle)
         try:
             yield
         finally:

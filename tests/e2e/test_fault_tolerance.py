@@ -304,3 +304,32 @@ def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         ["*more than 0 worker(s) failed outside any test (--max-worker-failures)*"]
     )
+
+
+def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) -> None:
+    """10 s + 3 x the usual duration: a test that usually takes 0.1 s and now hangs is
+    stopped after about 10 s instead of holding the build forever."""
+    hang = pytester.path / "hang-now"
+    pytester.makepyfile(
+        test_usually_quick=f"""
+        import os, time
+
+        def test_usually_quick():
+            time.sleep(3600 if os.path.exists({str(hang)!r}) else 0.1)
+
+        def test_other():
+            pass
+        """
+    )
+    learn = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", timeout=120)
+    assert learn.ret == 0
+    hang.write_text("")
+    result = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", timeout=120)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*Timeout: worker gw? was stopped: the test ran longer than 10.3 s "
+            "(automatic, from timing history)*",
+            "*1 failed, 1 passed*",
+        ]
+    )

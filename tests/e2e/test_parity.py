@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from helpers import assert_same_verdict, run_conveyor
+from helpers import assert_same_verdict, run_conveyor, summary_line
 
 MIXED_SUITE = {
     "test_outcomes": """
@@ -315,3 +315,52 @@ def test_history_export_and_import_round_trip(pytester: pytest.Pytester) -> None
     broken = pytester.run(sys.executable, "-m", "conveyor", "history", "import", "missing.json")
     assert broken.ret == 4
     broken.stderr.fnmatch_lines(["conveyor: error: cannot read durations from missing.json*"])
+
+
+def test_last_failed_uses_the_cache_the_controller_wrote(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_lf="\n".join(f"def test_{i}():\n    assert {i} != 3\n" for i in range(8))
+    )
+
+    def conveyor(*args: str) -> pytest.RunResult:
+        return pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", *args)
+
+    first = conveyor()
+    assert first.ret == 1
+    rerun = conveyor("--lf")
+    assert rerun.ret == 1
+    rerun.stdout.fnmatch_lines(["run-last-failure: rerun previous 1 failure*", "*= 1 failed in *"])
+    failed_first = conveyor("--ff", "-q")
+    assert failed_first.ret == 1
+    failed_first.stdout.fnmatch_lines(["*1 failed, 7 passed*"])
+    plain = pytester.run(sys.executable, "-m", "pytest", "--lf")
+    assert plain.ret == 1
+    assert summary_line(plain) == summary_line(rerun) == "1 failed"
+
+
+def test_reporting_plugins_see_what_they_see_in_a_plain_run(pytester: pytest.Pytester) -> None:
+    """A conftest reporting plugin (as pytest-html or a CI reporter would be) counts reports
+    in the controller exactly as in plain pytest."""
+    pytester.makeconftest(
+        """
+        import collections, os
+
+        counts = collections.Counter()
+
+        def pytest_runtest_logreport(report):
+            counts[(report.when, report.outcome)] += 1
+
+        def pytest_terminal_summary(terminalreporter):
+            if os.environ.get("CONVEYOR_WORKER") is None:
+                terminalreporter.write_line(f"REPORTER {sorted(counts.items())}")
+        """
+    )
+    pytester.makepyfile(
+        test_r="import pytest\n"
+        "def test_a(): pass\n"
+        "def test_b(): assert 0\n"
+        "@pytest.mark.skip\ndef test_c(): pass\n"
+    )
+    plain, ours = assert_same_verdict(pytester)
+    line = [x for x in plain.outlines if x.startswith("REPORTER")]
+    assert line and line == [x for x in ours.outlines if x.startswith("REPORTER")]

@@ -49,9 +49,11 @@ def open_queue(
     *,
     lease_ttl_s: float = 30.0,
     clock: Callable[[], float] = time.time,
+    build_ttl_s: float | None = None,
 ) -> Queue:
     """Connect to the build `build` in the queue at `url`; fails fast with a message naming
-    the (masked) URL and what to check."""
+    the (masked) URL and what to check. `build_ttl_s`: how long a server-side build outlives
+    its last write (the embedded SQLite queue keeps its file until it is deleted)."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         from conveyor.queue.sqlite import SQLiteQueue
@@ -68,6 +70,7 @@ def open_queue(
     if scheme in ("redis", "rediss", "unix"):
         from conveyor.queue.redis import RedisQueue
 
-        return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock)
+        extra = {} if build_ttl_s is None else {"ttl_s": build_ttl_s}
+        return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock, **extra)
     check_url(url)
     raise AssertionError("unreachable: check_url accepted an unknown scheme")
