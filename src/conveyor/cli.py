@@ -17,12 +17,14 @@ from types import SimpleNamespace
 import pytest
 
 from conveyor import __version__
+from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
 from conveyor.ci import detect, node_id
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.errors import ConveyorError, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
-from conveyor.queue import Queue, check_url, open_queue
+from conveyor.queue import Queue, check_url, mask_url, open_queue
+from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
 from conveyor.worker import WorkerSettings
 
@@ -358,11 +360,146 @@ def history(argv: Sequence[str]) -> int:
             queue.close()
 
 
+RECORD_USAGE = """\
+usage: conveyor events --queue URL --build ID [--json]
+       conveyor replay (--queue URL --build ID --worker W | --from-file FILE) [PYTEST_ARGS...]
+       conveyor bisect (--queue URL --build ID | --from-file FILE) --failing TEST_ID
+                       [--worker W] [PYTEST_ARGS...]
+
+events: the build's record (worker joined/lost, results, reruns, lease expiries, crashes,
+        rejected duplicates), one JSON object per line.
+replay: run exactly the tests that worker ran, in its order, in one plain pytest process.
+bisect: find the earlier test on the same worker that makes --failing fail.
+The queue must outlive the build: use --queue sqlite:///path or Redis with `conveyor run`.
+"""
+
+
+def _record_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
+    parser.add_argument("--queue")
+    parser.add_argument("--build")
+    parser.add_argument("--worker")
+    parser.add_argument("--from-file")
+    return parser
+
+
+def _parse_record_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    try:
+        return parser.parse_known_args(list(argv))
+    except SystemExit:
+        raise UsageError(RECORD_USAGE.strip()) from None
+
+
+def _recorded_build(args: argparse.Namespace) -> Queue:
+    if not args.queue or not args.build:
+        raise UsageError("this needs the build's --queue URL and --build ID (or --from-file).")
+    check_url(args.queue)
+    queue = open_queue(args.queue, args.build)
+    if queue.manifest() is None:
+        queue.close()
+        raise UsageError(f"build {args.build!r} is not in the queue {mask_url(args.queue)}.")
+    return queue
+
+
+def events(argv: Sequence[str]) -> int:
+    """Export the build's event stream as JSON Lines."""
+    parser = _record_parser("conveyor events")
+    parser.add_argument("--json", action="store_true")
+    args, rest = _parse_record_args(parser, argv)
+    if rest:
+        raise UsageError(f"unexpected arguments: {' '.join(rest)}")
+    queue = _recorded_build(args)
+    try:
+        cursor = 0
+        while page := queue.events(cursor, 2000):
+            for event in page:
+                record = {
+                    "seq": event.seq,
+                    "ts": event.ts,
+                    "kind": event.kind,
+                    "worker": event.worker,
+                    "unit": event.unit,
+                    "data": event.data,
+                }
+                sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+            cursor = page[-1].seq
+        return 0
+    finally:
+        queue.close()
+
+
+def _order(args: argparse.Namespace, failing: str | None = None) -> list[str]:
+    if args.from_file:
+        return read_order_file(Path(args.from_file))
+    queue = _recorded_build(args)
+    try:
+        worker = args.worker or (failing and _worker_that_ran(queue, failing))
+        if not worker:
+            raise UsageError("pass --worker W (see `conveyor events` for the build's workers).")
+        return worker_order(queue, worker)
+    finally:
+        queue.close()
+
+
+def _worker_that_ran(queue: Queue, unit: str) -> str | None:
+    cursor, found = 0, None
+    while page := queue.events(cursor, 2000):
+        for event in page:
+            if event.unit == unit and event.kind in ("result", "requeued"):
+                found = event.worker
+        cursor = page[-1].seq
+    if found is None:
+        raise UsageError(f"no worker of this build ran {unit!r}.")
+    return found
+
+
+def replay(argv: Sequence[str]) -> int:
+    """Run one worker's recorded order in one plain pytest process."""
+    parser = _record_parser("conveyor replay")
+    parser.add_argument("--outcomes")
+    args, pytest_args = _parse_record_args(parser, argv)
+    order = _order(args)
+    outcomes = Path(args.outcomes) if args.outcomes else None
+    return run_in_process(order, pytest_args, outcomes)
+
+
+def bisect_command(argv: Sequence[str]) -> int:
+    """Find the test that makes --failing fail when it runs earlier on the same worker."""
+    parser = _record_parser("conveyor bisect")
+    parser.add_argument("--failing", required=False)
+    args, pytest_args = _parse_record_args(parser, argv)
+    if not args.failing:
+        raise UsageError("conveyor bisect needs --failing TEST_ID.")
+    order = _order(args, args.failing)
+    if args.failing not in order:
+        raise UsageError(f"{args.failing!r} is not in that worker's order.")
+    before = order[: len(order) - 1 - order[::-1].index(args.failing)]
+    before = [unit for unit in before if unit != args.failing]
+    print(f"conveyor bisect: {len(before)} test(s) ran before {args.failing} on that worker.")
+    result = bisect(before, args.failing, replay_runner(pytest_args))
+    for line in result.log:
+        print(f"  {line}")
+    if result.verdict == FOUND:
+        print(f"conveyor bisect: {result.culprit} makes {args.failing} fail ({result.runs} runs).")
+        print(f"reproduce with: pytest -p no:randomly {result.culprit} {args.failing}")
+        return 0
+    if result.verdict == FAILS_ALONE:
+        print(f"conveyor bisect: {args.failing} fails on its own; the order is not the cause.")
+        return 1
+    print(f"conveyor bisect: inconclusive after {result.runs} runs.")
+    return 1
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": run,
     "worker": worker,
     "report": report,
     "history": history,
+    "events": events,
+    "replay": replay,
+    "bisect": bisect_command,
 }
 
 
@@ -379,7 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         return _error(f"unknown command {command!r}; see `conveyor --help`.", 4)
     if rest and rest[0] in ("-h", "--help"):
-        print(HISTORY_USAGE if command == "history" else USAGE, end="")
+        usage = {"history": HISTORY_USAGE, "events": RECORD_USAGE, "replay": RECORD_USAGE}
+        print(usage.get(command, RECORD_USAGE if command == "bisect" else USAGE), end="")
         return 0
     try:
         return handler(rest)

@@ -366,6 +366,12 @@ class ControllerPlugin:
             if not any(report.failed for report in reports):
                 self.problems.flaky.append(nodeid)
         self.durations[nodeid] = sum(float(report.duration or 0) for report in reports)
+        # --junitxml shows where and on which attempt each test ran, as <properties>.
+        reports[-1].user_properties = [
+            *reports[-1].user_properties,
+            ("conveyor_worker", (event.worker or "").rsplit("/", 1)[-1]),
+            ("conveyor_attempt", data.get("attempt", 1)),
+        ]
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
         for report in reports:
             hook.pytest_runtest_logreport(report=report)

@@ -1,0 +1,144 @@
+"""The build record: events export, replay of a worker's order, and bisect."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+
+def conveyor(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.run(sys.executable, "-m", "conveyor", *args, timeout=300)
+
+
+@pytest.fixture
+def polluted_suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    """200 candidate tests, one of which changes a module-level global; a later test fails
+    only when it runs after that one in the same process."""
+    pytester.makepyfile(shared_state="SETTINGS = {'mode': 'strict'}")
+    candidates = ["import shared_state\n"]
+    for i in range(200):
+        if i == 137:
+            candidates.append(f"def test_c{i}():\n    shared_state.SETTINGS['mode'] = 'lenient'\n")
+        else:
+            candidates.append(f"def test_c{i}():\n    assert shared_state.SETTINGS\n")
+    pytester.makepyfile(
+        test_a_candidates="\n".join(candidates),
+        test_z_victim="import shared_state\n\n"
+        "def test_victim():\n    assert shared_state.SETTINGS['mode'] == 'strict'\n",
+    )
+    return pytester
+
+
+def test_events_export_has_reruns_crashes_and_timeouts_in_order(pytester: pytest.Pytester) -> None:
+    state = pytester.path / "state"
+    pytester.makepyfile(
+        test_mix=f"""
+        import ctypes, os, pathlib, time
+
+        def test_flaky():
+            marker = pathlib.Path({str(state)!r})
+            if not marker.exists():
+                marker.write_text("once")
+                assert False, "first attempt"
+
+        def test_crash():
+            ctypes.string_at(0)
+
+        def test_hang():
+            time.sleep(3600)
+
+        def test_ok():
+            pass
+        """
+    )
+    queue = f"sqlite://{pytester.path / 'queue.db'}"
+    run = conveyor(
+        pytester, "run", "-n", "2", "--queue", queue, "--build", "b1",
+        "--max-requeues", "1", "--test-timeout", "2", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    assert run.ret == 1
+    exported = conveyor(pytester, "events", "--queue", queue, "--build", "b1", "--json")
+    assert exported.ret == 0
+    records = [json.loads(line) for line in exported.stdout.lines if line.strip()]
+    assert [r["seq"] for r in records] == sorted(r["seq"] for r in records)
+    kinds = [(r["kind"], r["unit"]) for r in records]
+    assert ("requeued", "test_mix.py::test_flaky") in kinds
+    assert kinds.index(("requeued", "test_mix.py::test_flaky")) < kinds.index(
+        ("result", "test_mix.py::test_flaky")
+    )
+    crashes = [r for r in records if r["kind"] == "unit_crashed"]
+    by_unit = {r["unit"]: r["data"]["cause"] for r in crashes}
+    assert by_unit["test_mix.py::test_hang"]["timeout"] is True
+    assert "SIGSEGV" in by_unit["test_mix.py::test_crash"]["reason"]
+    assert all(r["worker"] for r in records if r["kind"] in ("result", "requeued", "worker_lost"))
+    assert {"worker_joined", "worker_lost", "populated", "finished"} <= {r["kind"] for r in records}
+
+
+def test_junit_carries_the_worker_and_attempt_of_each_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_p="def test_one(): pass\ndef test_two(): pass")
+    result = conveyor(pytester, "run", "-n", "2", "--junitxml=out.xml", "-p", "no:cacheprovider")
+    assert result.ret == 0
+    xml = (pytester.path / "out.xml").read_text()
+    assert xml.count('name="conveyor_worker" value="gw') == 2
+    assert xml.count('name="conveyor_attempt" value="1"') == 2
+
+
+def test_replay_reproduces_an_order_dependent_failure(polluted_suite: pytest.Pytester) -> None:
+    queue = f"sqlite://{polluted_suite.path / 'queue.db'}"
+    build = ["--queue", queue, "--build", "polluted"]
+    run = conveyor(polluted_suite, "run", "-n", "1", *build, "-p", "no:cacheprovider")
+    assert run.ret == 1
+    run.stdout.fnmatch_lines(["FAILED test_z_victim.py::test_victim*"])
+    assert polluted_suite.runpytest_subprocess("test_z_victim.py").ret == 0
+    replayed = conveyor(polluted_suite, "replay", *build, "--worker", "gw0", "-q")
+    assert replayed.ret == 1
+    replayed.stdout.fnmatch_lines(
+        ["FAILED test_z_victim.py::test_victim*", "*1 failed, 200 passed*"]
+    )
+
+
+def test_replay_reports_tests_that_no_longer_exist(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_still="def test_here(): pass")
+    order = pytester.path / "order.txt"
+    order.write_text("test_still.py::test_here\ntest_gone.py::test_vanished\n")
+    result = conveyor(pytester, "replay", "--from-file", str(order))
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        ["*1 test(s) of the recorded order no longer exist:*", "  test_gone.py::test_vanished"]
+    )
+
+
+def test_bisect_names_the_polluting_test_in_at_most_ten_runs(
+    polluted_suite: pytest.Pytester,
+) -> None:
+    queue = f"sqlite://{polluted_suite.path / 'queue.db'}"
+    build = ["--queue", queue, "--build", "polluted"]
+    assert conveyor(polluted_suite, "run", "-n", "1", *build, "-p", "no:cacheprovider").ret == 1
+    result = conveyor(
+        polluted_suite, "bisect", *build, "--failing", "test_z_victim.py::test_victim"
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "conveyor bisect: 200 test(s) ran before test_z_victim.py::test_victim on that worker.",
+            "conveyor bisect: test_a_candidates.py::test_c137 makes "
+            "test_z_victim.py::test_victim fail (* runs).",
+            "reproduce with: pytest -p no:randomly test_a_candidates.py::test_c137 "
+            "test_z_victim.py::test_victim",
+        ]
+    )
+    runs = int(result.stdout.str().split(" fail (")[1].split(" runs")[0])
+    assert runs <= 10
+
+
+def test_bisect_says_when_the_test_fails_on_its_own(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_b="def test_before(): pass\ndef test_broken(): assert False")
+    order = pytester.path / "order.txt"
+    order.write_text("test_b.py::test_before\ntest_b.py::test_broken\n")
+    result = conveyor(
+        pytester, "bisect", "--from-file", str(order), "--failing", "test_b.py::test_broken"
+    )
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*fails on its own; the order is not the cause.*"])
