@@ -32,6 +32,8 @@ USAGE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
        conveyor worker [-n N|auto]  --queue URL  [--build ID] [options] [PYTEST_ARGS...]
        conveyor report               --queue URL  [--build ID] [PYTEST_REPORT_ARGS...]
+       conveyor events|replay|bisect|timeline ...   (the build record; --help on each)
+       conveyor history export|import ...           (timing history)
 
 run:    work and report on this machine. Without --queue, an embedded SQLite queue in a
         temporary directory; with --queue redis://..., the same command on every machine
@@ -70,6 +72,8 @@ conveyor options:
                           activity (default: 86400, a day)
   --history-key NAME      Redis queues: the suite's name in the shared timing history
                           (default: the current directory's name)
+  --worker-logs DIR       keep each worker's own output (what pytest does not capture,
+                          e.g. with -s) in DIR/gwN.log
   --node-id NAME          this machine's name in worker ids (default: CI node index
                           or host name, plus the process id)
   --start-timeout SECONDS give up when no worker has published the collection and
@@ -158,6 +162,7 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         max_restarts=restarts,
         node=build.node,
         max_worker_failures=options.max_worker_failures,
+        log_dir=Path(options.worker_logs).resolve() if options.worker_logs else None,
     )
 
 

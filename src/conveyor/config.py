@@ -37,6 +37,7 @@ VALUE_OPTIONS: dict[str, str] = {
     "--dist": "dist",
     "--history-key": "history_key",
     "--build-ttl": "build_ttl",
+    "--worker-logs": "worker_logs",
 }
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
@@ -93,6 +94,7 @@ class RunOptions:
     grouping: str = "module"
     history_key: str | None = None
     build_ttl_s: float | None = None
+    worker_logs: str | None = None
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -226,6 +228,7 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
             )
         options.grouping = dist
     options.history_key = ours.get("history_key")
+    options.worker_logs = ours.get("worker_logs")
     if "build_ttl" in ours:
         options.build_ttl_s = _number("--build-ttl", ours["build_ttl"], float, 1)
     if "test_timeout" in ours and ours["test_timeout"] != "auto":

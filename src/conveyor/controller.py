@@ -7,6 +7,7 @@ reporting plugin see exactly what they would see in a plain run.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 import xml.etree.ElementTree as ET
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from _pytest import junitxml
 
+from conveyor import github
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.queue import Queue
@@ -498,6 +500,7 @@ class ControllerPlugin:
             f"{cause.get('reason', 'a worker was lost')}"
             + (f" while running {cause['culprit']}" if cause.get("culprit") else "")
             + f"; {len(requeued)} test(s) went back to the queue."
+            + (f" Its log: {cause['log']}" if cause.get("log") else "")
         )
 
     def _on_finished(self, event: Event) -> None:
@@ -568,7 +571,39 @@ class ControllerPlugin:
         for reports in reporter.stats.values():
             reports.sort(key=lambda report: position.get(getattr(report, "nodeid", None), -1))
 
+    def _github_summary(self, terminalreporter: Any) -> None:
+        if not os.environ.get("GITHUB_STEP_SUMMARY"):
+            return
+        figures: list[tuple[str, str]] = []
+        try:
+            from conveyor.timeline import figures as timeline_figures
+
+            found = timeline_figures(self._all_events(), self.settings.workers or None)
+            figures = [
+                ("wall time", f"{found.wall_s:.1f} s"),
+                ("lower bound", f"{found.lower_bound_s:.1f} s"),
+            ]
+        except Exception:  # the summary must never fail a build
+            figures = []
+        text = github.render(
+            terminalreporter.stats,
+            title=f"conveyor build {self.settings.build}",
+            flaky=self.problems.flaky,
+            durations=self.durations,
+            figures=figures,
+            env=os.environ,
+        )
+        github.append_step_summary(text)
+
+    def _all_events(self) -> list[Event]:
+        events, cursor = [], 0
+        while page := self.queue.events(cursor, EVENTS_PAGE):
+            events.extend(page)
+            cursor = page[-1].seq
+        return events
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self._github_summary(terminalreporter)
         problems = self.problems
         startup = [
             f for f in (self.supervisor.failures if self.supervisor else []) if f.culprit is None

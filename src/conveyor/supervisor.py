@@ -115,6 +115,7 @@ class Supervisor:
         max_restarts: int,
         node: str = "",
         max_worker_failures: int | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.queue = queue
         self.count = count
@@ -124,6 +125,7 @@ class Supervisor:
         self.env = dict(env)
         self.max_restarts = max_restarts
         self.max_worker_failures = max_worker_failures
+        self.log_dir = log_dir
         self.restarts = 0
         self.node = node
         self.failures: list[WorkerFailure] = []
@@ -135,6 +137,8 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         for slot in self.slots:
             self._spawn(slot)
         self._thread.start()
@@ -145,7 +149,7 @@ class Supervisor:
     def _spawn(self, slot: WorkerProcess) -> None:
         slot.incarnation += 1
         suffix = "" if slot.incarnation == 1 else f".{slot.incarnation}"
-        slot.log_path = self.run_dir / f"{slot.name}{suffix}.log"
+        slot.log_path = (self.log_dir or self.run_dir) / f"{slot.name}{suffix}.log"
         slot.status_path = self.run_dir / f"{slot.name}{suffix}.status"
         slot.timeout_path = self.run_dir / f"{slot.name}{suffix}.timeout"
         settings = WorkerSettings(
@@ -241,6 +245,7 @@ class Supervisor:
                         "output_tail": output,
                         "worker": slot.name,
                         "timeout": bool(timed_out),
+                        "log": str(slot.log_path) if self.log_dir else None,
                         # A hung test is not retried: it would hang its next worker too.
                         "final": bool(timed_out),
                     },

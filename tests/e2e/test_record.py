@@ -142,3 +142,57 @@ def test_bisect_says_when_the_test_fails_on_its_own(pytester: pytest.Pytester) -
     )
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*fails on its own; the order is not the cause.*"])
+
+
+def test_github_step_summary_lists_counts_failures_with_links_and_slowest(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = pytester.path / "summary.md"
+    summary.write_text("# earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/widgets")
+    monkeypatch.setenv("GITHUB_SHA", "abc123")
+    pytester.makepyfile(
+        test_gh="import time\n\ndef test_ok():\n    time.sleep(0.05)\n\n"
+        "def test_broken():\n    assert 1 == 2, 'numbers differ'\n"
+    )
+    result = conveyor(pytester, "run", "-n", "2", "-p", "no:cacheprovider")
+    assert result.ret == 1
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n")
+    assert "| failed | 1 |" in text and "| passed | 1 |" in text
+    assert (
+        "[`test_gh.py::test_broken`](https://github.com/acme/widgets/blob/abc123/test_gh.py#L6)"
+        in text
+    )
+    assert "numbers differ" in text
+    assert "### Slowest tests" in text and "`test_gh.py::test_ok`" in text
+    assert "| wall time |" in text and "| lower bound |" in text
+
+
+def test_worker_logs_keep_uncaptured_output_and_crashes_point_to_them(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_logs="""
+        import os
+
+        def test_talks():
+            print("hello from the test")
+
+        def test_dies():
+            print("last words", flush=True)
+            os._exit(9)
+        """
+    )
+    logs = pytester.path / "logs"
+    result = conveyor(
+        pytester, "run", "-n", "2", "-s", "--worker-logs", str(logs),
+        "--max-unit-crashes", "1", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    assert result.ret == 1
+    written = "".join(path.read_text() for path in logs.glob("gw*.log"))
+    assert "hello from the test" in written and "last words" in written
+    result.stdout.fnmatch_lines(
+        [f"*exited with code 9 while running test_logs.py::test_dies*Its log: {logs}/gw*.log"]
+    )
