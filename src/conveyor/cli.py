@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -19,9 +20,10 @@ import pytest
 from conveyor import __version__
 from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
 from conveyor.ci import detect, node_id
+from conveyor.command import CommandSettings, collect_units
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
-from conveyor.errors import ConveyorError, QueueError, UsageError
+from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.queue import Queue, check_url, mask_url, open_queue
 from conveyor.replay import read_order_file, run_in_process, worker_order
@@ -74,6 +76,15 @@ conveyor options:
                           (default: the current directory's name)
   --worker-logs DIR       keep each worker's own output (what pytest does not capture,
                           e.g. with -s) in DIR/gwN.log
+  --command 'CMD {unit}'  command mode, for suites that are not pytest: run CMD once per
+                          unit; placeholders {unit} {junit} {junit_dir} {worker} are
+                          substituted as single arguments (no shell); exit 0 = passed;
+                          JUnit XML written to {junit}/{junit_dir} is reported per case
+  --units GLOB            command mode: units from a glob (repeatable, ** recurses)
+  --units-from FILE       command mode: units from a file, one per line (- = stdin)
+  --shell                 command mode: run CMD with sh -c (values are shell-quoted)
+  --node-setup CMD        once per machine before its workers start (sh -c)
+  --worker-setup CMD      once per worker process, with CONVEYOR_WORKER set (sh -c)
   --node-id NAME          this machine's name in worker ids (default: CI node index
                           or host name, plus the process id)
   --start-timeout SECONDS give up when no worker has published the collection and
@@ -150,6 +161,7 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         seed=options.seed,
         history=_history_location(options),
         build_ttl_s=options.build_ttl_s,
+        worker_setup=options.worker_setup,
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(
@@ -163,7 +175,36 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         node=build.node,
         max_worker_failures=options.max_worker_failures,
         log_dir=Path(options.worker_logs).resolve() if options.worker_logs else None,
+        command=_command_settings(options, run_dir),
     )
+
+
+def _command_settings(options: RunOptions, run_dir: Path) -> CommandSettings | None:
+    """Command mode: the units go to a file every local worker reads the same way."""
+    if options.command is None:
+        return None
+    units_file = run_dir / "units.txt"
+    units_file.write_text("\n".join(collect_units(options.units, options.units_from)) + "\n")
+    return CommandSettings(options.command, str(units_file), options.shell)
+
+
+def _node_setup(options: RunOptions) -> None:
+    """--node-setup: once per machine, before its workers start."""
+    if not options.node_setup:
+        return
+    done = subprocess.run(
+        ["sh", "-c", options.node_setup],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        output = done.stdout.decode("utf-8", "replace").rstrip()
+        raise NodeSetupFailed(
+            f"--node-setup exited with code {done.returncode}; this machine runs no tests. "
+            f"Its output:\n{output}"
+        )
 
 
 def _history_location(options: RunOptions) -> str:
@@ -239,6 +280,8 @@ def _run(options: RunOptions, run_dir: Path) -> int:
     queue = _open(options, build)
     supervisor = None if _already_finished(queue) else _supervisor(options, build, run_dir)
     try:
+        if supervisor is not None:
+            _node_setup(options)
         # Workers start before the controller's own pytest start-up, which runs meanwhile.
         if supervisor is not None:
             supervisor.start()
@@ -265,6 +308,7 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
             print(f"conveyor worker: build {build.id} is already finished; nothing to do.")
             return 0
         supervisor = _supervisor(options, build, run_dir)
+        _node_setup(options)
         print(
             f"conveyor worker: {options.workers} worker(s) joining build {build.id} "
             f"on {queue.display_url}",
@@ -530,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc), 4)
     except QueueError as exc:
         return _error(str(exc), 4)
-    except ConveyorError as exc:
+    except (ConveyorError, OSError) as exc:
         return _error(str(exc), 3)
     except KeyboardInterrupt:
         return _error("interrupted.", 2)

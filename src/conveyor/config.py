@@ -38,7 +38,15 @@ VALUE_OPTIONS: dict[str, str] = {
     "--history-key": "history_key",
     "--build-ttl": "build_ttl",
     "--worker-logs": "worker_logs",
+    "--command": "command",
+    "--units": "units",
+    "--units-from": "units_from",
+    "--node-setup": "node_setup",
+    "--worker-setup": "worker_setup",
 }
+
+# conveyor's options that take no value.
+FLAG_OPTIONS = {"--shell": "shell"}
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
 XDIST_DIST_MODES = {
@@ -49,7 +57,7 @@ XDIST_DIST_MODES = {
 }
 
 # conveyor's options that may be given more than once; their values are collected in order.
-REPEATABLE = {"retry_on"}
+REPEATABLE = {"retry_on", "units"}
 
 # pytest's short options that take a separate value; their value is never read as ours.
 PYTEST_SHORT_VALUE_OPTIONS = {"-k", "-m", "-p", "-o", "-c", "-W", "-r"}
@@ -95,6 +103,12 @@ class RunOptions:
     history_key: str | None = None
     build_ttl_s: float | None = None
     worker_logs: str | None = None
+    command: str | None = None
+    units: tuple[str, ...] = ()
+    units_from: str | None = None
+    shell: bool = False
+    node_setup: str | None = None
+    worker_setup: str | None = None
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -110,6 +124,8 @@ class RunOptions:
     @property
     def in_process(self) -> bool:
         """True when pytest should just run here: `-n 0`, or a flag that runs no tests."""
+        if self.command is not None:
+            return False
         return self.workers == 0 or any(
             arg in IN_PROCESS_FLAGS or arg.split("=", 1)[0] in IN_PROCESS_FLAGS
             for arg in self.pytest_args
@@ -160,6 +176,10 @@ def split_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         if arg == "--":
             passthrough.extend(args[i + 1 :])
             break
+        if arg in FLAG_OPTIONS:
+            ours[FLAG_OPTIONS[arg]] = "1"
+            i += 1
+            continue
         name, eq, inline = arg.partition("=")
         if name in VALUE_OPTIONS and name.startswith("--"):
             if not eq:
@@ -229,6 +249,22 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
         options.grouping = dist
     options.history_key = ours.get("history_key")
     options.worker_logs = ours.get("worker_logs")
+    options.command = ours.get("command")
+    options.units = tuple(u for u in ours.get("units", "").split("\0") if u)
+    options.units_from = ours.get("units_from")
+    options.shell = "shell" in ours
+    options.node_setup = ours.get("node_setup")
+    options.worker_setup = ours.get("worker_setup")
+    if options.command is None and (options.units or options.units_from or options.shell):
+        raise UsageError("--units, --units-from and --shell belong to --command 'CMD {unit}'.")
+    if options.command is not None:
+        if not (options.units or options.units_from) and command != "report":
+            raise UsageError(
+                "--command needs the units to run: --units 'GLOB' (repeatable) or "
+                "--units-from FILE (one unit per line; - reads standard input)."
+            )
+        if options.workers == 0:
+            raise UsageError("--command needs at least one worker process (-n 1 or more).")
     if "build_ttl" in ours:
         options.build_ttl_s = _number("--build-ttl", ours["build_ttl"], float, 1)
     if "test_timeout" in ours and ours["test_timeout"] != "auto":

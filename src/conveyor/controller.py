@@ -362,6 +362,10 @@ class ControllerPlugin:
         if nodeid in self.reported:
             return
         self.reported.add(nodeid)
+        if "cases" in data:
+            self.durations[nodeid] = float(data.get("duration") or 0)
+            self._replay_cases(event, data["cases"])
+            return
         earlier_attempts = self.reruns.get(nodeid, [])
         if earlier_attempts:
             self._attach_reruns_to_junit(reports[0], earlier_attempts)
@@ -380,6 +384,23 @@ class ControllerPlugin:
         hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
         for warning in data.get("warnings", []):
             self._replay_warning(warning)
+
+    def _replay_cases(self, event: Event, cases: list[Any]) -> None:
+        """A unit that reported individual test cases (command mode reading JUnit XML): the
+        report lists the cases, not the unit."""
+        hook = self._require_config().hook
+        for case in cases:
+            try:
+                nodeid = str(case["nodeid"])
+                reports = [self._report_from_json(raw) for raw in case["reports"]]
+            except (KeyError, TypeError, ValueError, AssertionError):
+                self.problems.errors.append(f"an unreadable test case of {event.unit!r}.")
+                continue
+            location = tuple(reports[0].location) if reports else (nodeid, None, nodeid)
+            hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+            for report in reports:
+                hook.pytest_runtest_logreport(report=report)
+            hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
     def _on_requeued(self, event: Event) -> None:
         """A failed attempt that went back for a retry: shown as a rerun (as

@@ -28,3 +28,7 @@ class BuildStateLost(QueueError):
 
 class CollectionMismatch(ConveyorError):
     """This worker collected a different set of tests than the build's manifest."""
+
+
+class NodeSetupFailed(ConveyorError):
+    """--node-setup failed on this machine, so it cannot take part in the build."""

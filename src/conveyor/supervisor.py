@@ -18,12 +18,17 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conveyor.errors import QueueError
 from conveyor.queue import Queue
+
+if TYPE_CHECKING:
+    from conveyor.command import CommandSettings
 from conveyor.worker import (
     EXIT_DONE,
     EXIT_REFUSED,
+    EXIT_SETUP_FAILED,
     EXIT_STATE_LOST,
     SETTINGS_ENV,
     TIMEOUT_HEADER,
@@ -116,6 +121,7 @@ class Supervisor:
         node: str = "",
         max_worker_failures: int | None = None,
         log_dir: Path | None = None,
+        command: CommandSettings | None = None,
     ) -> None:
         self.queue = queue
         self.count = count
@@ -126,6 +132,7 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.max_worker_failures = max_worker_failures
         self.log_dir = log_dir
+        self.command = command
         self.restarts = 0
         self.node = node
         self.failures: list[WorkerFailure] = []
@@ -163,7 +170,7 @@ class Supervisor:
         )
         env = {
             **self.env,
-            SETTINGS_ENV: settings.to_env(),
+            SETTINGS_ENV: self.command.to_env(settings) if self.command else settings.to_env(),
             "PYTEST_XDIST_WORKER": slot.name,
             "PYTEST_XDIST_WORKER_COUNT": str(self.count),
             "CONVEYOR_WORKER": slot.name,
@@ -173,7 +180,7 @@ class Supervisor:
             # A session of its own: Ctrl-C in the terminal reaches the controller only, which
             # then stops the build in order instead of every process dying mid-write.
             slot.process = subprocess.Popen(
-                [sys.executable, "-m", "conveyor.worker", *self.pytest_args],
+                [sys.executable, "-m", self._worker_module(), *self.pytest_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -181,6 +188,9 @@ class Supervisor:
                 start_new_session=True,
             )
         slot.state = "running"
+
+    def _worker_module(self) -> str:
+        return "conveyor.command" if self.command else "conveyor.worker"
 
     # -- watching -------------------------------------------------------------------------
 
@@ -224,7 +234,11 @@ class Supervisor:
         status = slot.status()
         culprit = status[len("running ") :] if status.startswith("running ") else None
         started = status not in ("", "collecting")
-        cause = describe_exit(returncode)
+        cause = (
+            "failed its --worker-setup"
+            if returncode == EXIT_SETUP_FAILED
+            else describe_exit(returncode)
+        )
         output = tail(slot.log_path) if slot.log_path else ""
         timeout, timed_out = self._timeout_dump(slot)
         if timed_out and culprit is not None:

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -46,6 +47,7 @@ EXIT_DONE = 0
 EXIT_REFUSED = 17  # collection differs from the manifest; restarting would not help
 EXIT_ORPHANED = 18  # the supervisor went away
 EXIT_STATE_LOST = 19  # the build vanished from the queue; restarting would re-create it
+EXIT_SETUP_FAILED = 20  # --worker-setup failed; restarting would fail the same way
 
 # Event kinds a worker publishes besides results.
 EVENT_WORKER_REFUSED = "worker_refused"
@@ -88,6 +90,7 @@ class WorkerSettings:
     seed: int = 0
     history: str = "cache"  # "cache", "redis:<suite>" or "off"
     build_ttl_s: float | None = None
+    worker_setup: str | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -566,6 +569,28 @@ def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[
     return " ".join(parts)
 
 
+def run_worker_setup(settings: WorkerSettings) -> int | None:
+    """--worker-setup: once per worker process, before it collects, with its id in the
+    environment (CONVEYOR_WORKER). None when it succeeded (or there is none), else the exit
+    code for the process; its output goes to the worker's log, which the report shows."""
+    if not settings.worker_setup:
+        return None
+    done = subprocess.run(
+        ["sh", "-c", settings.worker_setup],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    output = done.stdout.decode("utf-8", "replace")
+    if done.returncode == 0:
+        return None
+    sys.stderr.write(output)
+    sys.stderr.write(f"conveyor: --worker-setup exited with code {done.returncode}\n")
+    sys.stderr.flush()
+    return EXIT_SETUP_FAILED
+
+
 def main() -> int:
     """Entry point of a worker process: `python -m conveyor.worker PYTEST_ARGS...`."""
     # `python -m` put the working directory first on sys.path; plain `pytest` does not, and
@@ -580,6 +605,9 @@ def main() -> int:
         )
         return 4
     settings = WorkerSettings.from_env(raw)
+    setup_failure = run_worker_setup(settings)
+    if setup_failure is not None:
+        return setup_failure
     plugin = WorkerPlugin(settings)
     code = pytest.main(sys.argv[1:], plugins=[plugin])
     if plugin.refused:

@@ -1,0 +1,299 @@
+"""A small Python API for running any test framework on conveyor's queue.
+
+A worker joins a build, publishes the units (or checks that it has the same ones as the worker
+that did), takes them one at a time under a lease that a background thread keeps alive, and
+completes each with a `Result`. `conveyor report` (or `BuildResults`) shows them like pytest
+results: terminal summary, --junitxml, exit code. conveyor's own command mode is built on this.
+
+    from conveyor.api import Result, WorkerSession
+
+    with WorkerSession.connect("sqlite:///tmp/q.db", build="b1", worker_id="w1") as session:
+        session.populate(["features/login.feature", "features/cart.feature"])
+        for unit in session:
+            ok = run_my_framework(unit.name)
+            session.complete(unit, Result("passed" if ok else "failed"))
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+from conveyor.errors import CollectionMismatch, QueueError
+from conveyor.queue import Queue, open_queue
+from conveyor.queue.protocol import (
+    EVENT_RESULT,
+    EVENT_UNIT_CRASHED,
+    EXHAUSTED,
+    JSON,
+    LEASED,
+    REQUEUED,
+    WAIT,
+    collection_digest,
+)
+
+OUTCOMES = ("passed", "failed", "skipped", "error")
+WAIT_POLL_S = 0.05
+
+
+@dataclass
+class Case:
+    """One test case inside a unit (e.g. read from the JUnit XML the unit's command wrote)."""
+
+    name: str
+    outcome: str = "passed"
+    classname: str = ""
+    duration_s: float = 0.0
+    message: str = ""
+    output: str = ""
+
+
+@dataclass
+class Result:
+    """The outcome of one unit. With `cases`, the report lists the cases instead of the unit."""
+
+    outcome: str
+    duration_s: float = 0.0
+    message: str = ""
+    output: str = ""
+    cases: list[Case] = field(default_factory=list)
+    timed_out: bool = False  # a hang is not retried: it would hang the next worker too
+
+    def __post_init__(self) -> None:
+        for outcome in [self.outcome, *(case.outcome for case in self.cases)]:
+            if outcome not in OUTCOMES:
+                raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in ("failed", "error") or any(
+            case.outcome in ("failed", "error") for case in self.cases
+        )
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit handed to this worker; `attempt` counts how often it has been handed out."""
+
+    name: str
+    attempt: int
+
+
+def _report_json(nodeid: str, outcome: str, duration_s: float, message: str, output: str) -> JSON:
+    """A pytest TestReport, serialised as pytest serialises its own, so the controller shows
+    it exactly like a pytest result."""
+    when = "setup" if outcome == "error" else "call"
+    longrepr: Any = None
+    if outcome in ("failed", "error"):
+        longrepr = message or "failed"
+    elif outcome == "skipped":
+        longrepr = (nodeid.split("::", 1)[0], 0, f"Skipped: {message or 'skipped'}")
+    report = pytest.TestReport(
+        nodeid=nodeid,
+        location=(nodeid.split("::", 1)[0], None, nodeid),
+        keywords={},
+        outcome="failed" if outcome == "error" else outcome,  # type: ignore[arg-type]
+        longrepr=longrepr,
+        when=when,  # type: ignore[arg-type]
+        sections=[("Captured output", output)] if output else [],
+        duration=duration_s,
+    )
+    data: JSON = report._to_json()
+    data["$report_type"] = "TestReport"  # what pytest_report_to_serializable adds
+    return data
+
+
+def result_payload(unit: str, result: Result, attempt: int, started: float) -> JSON:
+    """What a worker stores for a unit: the unit's own report, or one report per case."""
+    payload: JSON = {
+        "nodeid": unit,
+        "location": [unit, None, unit],
+        "attempt": attempt,
+        "started": started,
+        "duration": result.duration_s,
+        "warnings": [],
+        "reports": [
+            _report_json(unit, result.outcome, result.duration_s, result.message, result.output)
+        ],
+    }
+    if result.cases:
+        payload["cases"] = [
+            {
+                "nodeid": "::".join(part for part in (unit, case.classname, case.name) if part),
+                "reports": [
+                    _report_json(
+                        "::".join(part for part in (unit, case.classname, case.name) if part),
+                        case.outcome,
+                        case.duration_s,
+                        case.message,
+                        case.output,
+                    )
+                ],
+            }
+            for case in result.cases
+        ]
+    return payload
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, queue: Queue, worker_id: str, interval_s: float) -> None:
+        super().__init__(name="conveyor-api-heartbeat", daemon=True)
+        self.queue, self.worker_id, self.interval_s = queue, worker_id, interval_s
+        self.error: QueueError | None = None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.queue.heartbeat(self.worker_id)
+            except QueueError as exc:
+                self.error = exc
+                return
+
+
+class WorkerSession:
+    """One worker's view of a build: populate, iterate units, complete or requeue them."""
+
+    def __init__(self, queue: Queue, worker_id: str, *, lease_ttl_s: float = 30.0) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self._heartbeat = _Heartbeat(queue, worker_id, max(0.05, min(5.0, lease_ttl_s / 3)))
+        self._started: dict[str, float] = {}
+
+    @classmethod
+    def connect(
+        cls,
+        queue_url: str,
+        *,
+        build: str,
+        worker_id: str | None = None,
+        lease_ttl_s: float = 30.0,
+    ) -> WorkerSession:
+        worker = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        return cls(
+            open_queue(queue_url, build, lease_ttl_s=lease_ttl_s), worker, lease_ttl_s=lease_ttl_s
+        )
+
+    def populate(self, units: Sequence[str], meta: Mapping[str, Any] | None = None) -> bool:
+        """Publish the units if no worker has yet (True: this worker is the leader); else
+        check that this worker has the same set, and raise CollectionMismatch if not."""
+        full_meta = {"selected": len(units), "collected": len(units), **(meta or {})}
+        if self.queue.populate(self.worker_id, units, full_meta):
+            return True
+        manifest = self.queue.manifest()
+        if manifest is not None and manifest.digest != collection_digest(units):
+            published, mine = set(self.queue.units()), set(units)
+            raise CollectionMismatch(
+                f"worker {self.worker_id} has other units than the build: "
+                f"{len(published - mine)} missing here, {len(mine - published)} extra "
+                f"(e.g. {sorted(published ^ mine)[:5]}); it will not work on this build."
+            )
+        return False
+
+    def __iter__(self) -> Iterator[Unit]:
+        """Units for this worker until the build is exhausted (or stopped)."""
+        self.queue.join(self.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
+        if not self._heartbeat.is_alive():
+            self._heartbeat.start()
+        while True:
+            if self._heartbeat.error is not None:
+                raise self._heartbeat.error
+            reservation = self.queue.reserve(self.worker_id, 1)
+            if reservation.state == EXHAUSTED:
+                return
+            if reservation.state == WAIT:
+                time.sleep(WAIT_POLL_S)
+                continue
+            assert reservation.state == LEASED
+            for lease in reservation.leases:
+                self._started[lease.unit] = time.time()
+                yield Unit(lease.unit, lease.attempt)
+
+    def complete(self, unit: Unit, result: Result) -> bool:
+        """Store the unit's result; False when another attempt already finished it."""
+        payload = result_payload(unit.name, result, unit.attempt, self._started.pop(unit.name, 0))
+        return self.queue.complete(self.worker_id, [(unit.name, payload)])[0]
+
+    def requeue(
+        self, unit: Unit, result: Result, *, max_requeues: int, tolerance: float = -1.0
+    ) -> bool:
+        """Send a failed attempt back for a retry if the budgets allow (True); otherwise the
+        caller completes the unit with this result."""
+        payload = result_payload(unit.name, result, unit.attempt, self._started.get(unit.name, 0))
+        answer = self.queue.requeue(
+            self.worker_id, unit.name, payload, max_requeues=max_requeues, tolerance=tolerance
+        )
+        if answer == REQUEUED:
+            self._started.pop(unit.name, None)
+        return answer == REQUEUED
+
+    def close(self) -> None:
+        self._heartbeat.stopped.set()
+        self.queue.close()
+
+    def __enter__(self) -> WorkerSession:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """A unit's final result as the build recorded it."""
+
+    unit: str
+    worker: str | None
+    outcome: str
+    payload: JSON
+
+
+class BuildResults:
+    """The controller side: follow a build and read each unit's final result."""
+
+    def __init__(self, queue_url: str, build: str) -> None:
+        self.queue = open_queue(queue_url, build)
+
+    def __iter__(self) -> Iterator[FinalResult]:
+        """Final results as they arrive, until the build is finished."""
+        cursor = 0
+        while True:
+            page = self.queue.events(cursor)
+            for event in page:
+                cursor = event.seq
+                if event.kind == EVENT_RESULT and event.unit:
+                    yield FinalResult(event.unit, event.worker, _outcome(event.data), event.data)
+                elif event.kind == EVENT_UNIT_CRASHED and event.unit:
+                    yield FinalResult(event.unit, event.worker, "crashed", event.data)
+                elif event.kind == "finished":
+                    return
+            if not page:
+                time.sleep(WAIT_POLL_S)
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+def _outcome(payload: JSON) -> str:
+    reports = [r for case in payload.get("cases", []) for r in case.get("reports", [])]
+    reports = reports or payload.get("reports", [])
+    outcomes = {str(report.get("outcome")) for report in reports}
+    if "failed" in outcomes:
+        return "failed"
+    return "passed" if "passed" in outcomes else next(iter(outcomes), "passed")
+
+
+__all__ = ["BuildResults", "Case", "FinalResult", "Result", "Unit", "WorkerSession"]

@@ -1,0 +1,271 @@
+"""Command mode: run `CMD {unit}` for each unit, for test suites that are not pytest.
+
+Each unit runs as a subprocess in a process group of its own (so a timeout kills everything it
+started), with its placeholders substituted into single arguments: a unit named
+`a b; rm -rf $(x)` reaches the command as exactly that one argument and is never run by a shell.
+Only with `--shell` does the command go through `sh -c`, and then every substituted value is
+quoted. Exit code 0 means passed; anything else failed, with the output kept. When the command
+writes JUnit XML to `{junit}` (or into `{junit_dir}`), its test cases are reported one by one.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from conveyor.api import Case, Result, Unit, WorkerSession
+from conveyor.errors import BuildStateLost, CollectionMismatch, QueueError, UsageError
+from conveyor.history import DirectoryCache, history_store
+from conveyor.scheduling import order_units
+from conveyor.worker import (
+    EXIT_DONE,
+    EXIT_REFUSED,
+    EXIT_STATE_LOST,
+    SETTINGS_ENV,
+    StatusFile,
+    WorkerSettings,
+    run_worker_setup,
+)
+
+PLACEHOLDERS = ("{unit}", "{junit}", "{junit_dir}", "{worker}")
+OUTPUT_LIMIT = 200_000  # characters of a unit's output kept in its report
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """What a command worker needs besides the common worker settings."""
+
+    command: str
+    units_file: str
+    shell: bool = False
+
+    def to_env(self, common: WorkerSettings) -> str:
+        """Both settings in the one environment variable a worker process reads."""
+        return json.dumps({**asdict(self), "worker": json.loads(common.to_env())})
+
+
+def command_argv(command: str, values: Mapping[str, str], shell: bool) -> list[str]:
+    """The argument vector for one unit. Without a shell, each placeholder is replaced inside
+    one already-split argument, so a value can never become several arguments or a command."""
+    if shell:
+        line = command
+        for name, value in values.items():
+            line = line.replace("{" + name + "}", shlex.quote(value))
+        return ["sh", "-c", line]
+    argv = []
+    for token in shlex.split(command):
+        for name, value in values.items():
+            token = token.replace("{" + name + "}", value)
+        argv.append(token)
+    return argv
+
+
+def collect_units(globs: Sequence[str], units_from: str | None) -> list[str]:
+    """Units from globs (relative to the working directory, sorted) and/or a file with one
+    unit per line ("-": standard input), without duplicates, in that order."""
+    units: list[str] = []
+    for pattern in globs:
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise UsageError(f"--units {pattern!r} matches nothing in {Path.cwd()}.")
+        units.extend(matches)
+    if units_from == "-":
+        units.extend(sys.stdin.read().splitlines())
+    elif units_from:
+        try:
+            units.extend(Path(units_from).read_text("utf-8").splitlines())
+        except OSError as exc:
+            raise UsageError(f"cannot read units from {units_from}: {exc.strerror}.") from None
+    return list(dict.fromkeys(unit.strip() for unit in units if unit.strip()))
+
+
+def read_units(path: Path) -> list[str]:
+    lines = path.read_text("utf-8").splitlines()
+    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+
+
+def junit_cases(paths: Sequence[Path]) -> list[Case]:
+    """Test cases from JUnit XML files, read with junitparser."""
+    from junitparser import Error, Failure, JUnitXml, Skipped
+
+    cases: list[Case] = []
+    for path in paths:
+        try:
+            xml = JUnitXml.fromfile(str(path))
+        except Exception as exc:
+            cases.append(
+                Case(name=path.name, outcome="error", message=f"unreadable JUnit XML: {exc}")
+            )
+            continue
+        suites = [xml] if xml._tag == "testsuite" else list(xml)
+        for suite in suites:
+            for case in suite:
+                outcome, message = "passed", ""
+                for entry in case.result:
+                    if isinstance(entry, Failure):
+                        outcome, message = "failed", entry.message or entry.text or "failed"
+                    elif isinstance(entry, Error):
+                        outcome, message = "error", entry.message or entry.text or "error"
+                    elif isinstance(entry, Skipped):
+                        outcome, message = "skipped", entry.message or "skipped"
+                cases.append(
+                    Case(
+                        name=case.name or "?",
+                        classname=case.classname or "",
+                        outcome=outcome,
+                        duration_s=float(case.time or 0),
+                        message=str(message),
+                        output=str(case.system_out or ""),
+                    )
+                )
+    return cases
+
+
+class CommandRunner:
+    """Runs one unit's command and turns what happened into a Result."""
+
+    def __init__(self, settings: CommandSettings, common: WorkerSettings) -> None:
+        self.settings = settings
+        self.common = common
+
+    def run(self, unit: Unit) -> Result:
+        with tempfile.TemporaryDirectory(prefix="conveyor-unit-") as scratch:
+            junit_dir = Path(scratch) / "junit"
+            junit_dir.mkdir()
+            values = {
+                "unit": unit.name,
+                "junit": str(junit_dir / "report.xml"),
+                "junit_dir": str(junit_dir),
+                "worker": os.environ.get("CONVEYOR_WORKER", ""),
+            }
+            argv = command_argv(self.settings.command, values, self.settings.shell)
+            started = time.monotonic()
+            output, outcome, message = self._execute(argv)
+            timed_out = message.startswith("Timeout:")
+            duration = time.monotonic() - started
+            cases = junit_cases(sorted(junit_dir.glob("*.xml")))
+        return Result(
+            outcome=outcome,
+            duration_s=duration,
+            message=message,
+            output=output[-OUTPUT_LIMIT:],
+            cases=cases,
+            timed_out=timed_out,
+        )
+
+    def _execute(self, argv: list[str]) -> tuple[str, str, str]:
+        timeout = self.common.test_timeout_s or None
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return "", "failed", f"could not start {argv[0]!r}: {exc.strerror}"
+        try:
+            raw, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raw, _ = process.communicate()
+            text = raw.decode("utf-8", "replace")
+            return (
+                text,
+                "failed",
+                f"Timeout: the unit ran longer than {timeout:g} s (--test-timeout); "
+                "its process group was killed.",
+            )
+        text = raw.decode("utf-8", "replace")
+        if process.returncode == 0:
+            return text, "passed", ""
+        how = (
+            f"killed by signal {signal.Signals(-process.returncode).name}"
+            if process.returncode < 0
+            else f"exited with code {process.returncode}"
+        )
+        tail = "\n".join(text.splitlines()[-30:])
+        return text, "failed", f"{shlex.join(argv)} {how}\n{tail}"
+
+
+def work(settings: CommandSettings, common: WorkerSettings) -> int:
+    """The command worker's life: publish or check the units, then run leased units."""
+    status = StatusFile(common.status_file)
+    status.write("collecting")
+    units = read_units(Path(settings.units_file))
+    session = WorkerSession.connect(
+        common.queue_url,
+        build=common.build,
+        worker_id=common.worker_id,
+        lease_ttl_s=common.lease_ttl_s,
+    )
+    runner = CommandRunner(settings, common)
+    try:
+        if session.queue.manifest() is None:
+            cache = SimpleNamespace(cache=DirectoryCache(Path(".pytest_cache")))
+            store = history_store(common.history, cache, session.queue)
+            durations = store.load() if store is not None else {}
+            units = order_units(
+                units, durations, order=common.order, grouping="test",
+                workers=common.worker_count, seed=common.seed,
+            )  # fmt: skip
+        session.populate(units, {"max_unit_crashes": common.max_unit_crashes, "mode": "command"})
+        status.write("joined")
+        for unit in session:
+            status.write(f"running {unit.name}")
+            result = runner.run(unit)
+            status.write("between tests")
+            retry = result.failed and not result.timed_out and common.max_requeues > 0
+            if retry and session.requeue(
+                unit, result, max_requeues=common.max_requeues, tolerance=common.requeue_tolerance
+            ):
+                continue
+            session.complete(unit, result)
+    except CollectionMismatch as exc:
+        status.write("refused")
+        session.queue.publish("worker_refused", common.worker_id, {"message": str(exc)})
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except BuildStateLost as exc:
+        status.write("lost")
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return EXIT_STATE_LOST
+    finally:
+        session.close()
+    status.write("done")
+    return EXIT_DONE
+
+
+def main() -> int:
+    """Entry point of a command worker process: `python -m conveyor.command`."""
+    raw = os.environ.pop(SETTINGS_ENV, None)
+    if raw is None:
+        print(f"conveyor command worker: {SETTINGS_ENV} is not set.", file=sys.stderr)
+        return 4
+    data = json.loads(raw)
+    common = WorkerSettings.from_env(json.dumps(data.pop("worker")))
+    settings = CommandSettings(**data)
+    setup_failure = run_worker_setup(common)
+    if setup_failure is not None:
+        return setup_failure
+    try:
+        return work(settings, common)
+    except QueueError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
