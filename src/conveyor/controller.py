@@ -32,6 +32,7 @@ from conveyor.queue.protocol import (
     Event,
     Manifest,
 )
+from conveyor.scheduling import estimate
 from conveyor.supervisor import Supervisor
 from conveyor.worker import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
 
@@ -108,6 +109,7 @@ class ControllerPlugin:
         self.finished = False
         self.reported: set[str] = set()
         self.durations: dict[str, float] = {}
+        self.estimate_s: float | None = None
         self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
@@ -168,7 +170,31 @@ class ControllerPlugin:
         session.items = []
         session.testscollected = int(meta.get("selected", manifest.total))
         hook.pytest_collection_finish(session=session)
+        self._announce_estimate(config)
         return True
+
+    def _announce_estimate(self, config: pytest.Config) -> None:
+        """The expected length of the build, from timing history, when it knows enough."""
+        store = history_store(self.settings.history, config, self.queue)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if store is None or reporter is None or self.manifest is None or not self.manifest.total:
+            return
+        try:
+            history = store.load()
+        except (QueueError, OSError, ValueError):
+            return
+        units = self.queue.units()
+        known = sum(1 for unit in units if unit in history)
+        if not known:
+            return
+        seconds = estimate(units, history)
+        workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
+        longest = max(seconds.values())
+        self.estimate_s = max(longest, sum(seconds.values()) / workers)
+        reporter.write_line(
+            f"conveyor: timing history knows {known} of {len(units)} tests; estimated "
+            f"{self.estimate_s:.1f} s with {workers} worker(s) (the longest test: {longest:.1f} s)"
+        )
 
     def _wait_for_manifest(self) -> Manifest:
         deadline = time.monotonic() + self.settings.start_timeout_s
@@ -625,6 +651,12 @@ class ControllerPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self._github_summary(terminalreporter)
+        if self.estimate_s is not None and self.finished:
+            took = time.monotonic() - self._started_at
+            terminalreporter.write_line(
+                f"conveyor: estimated {self.estimate_s:.1f} s of testing, the build took "
+                f"{took:.1f} s (start-up included)"
+            )
         problems = self.problems
         startup = [
             f for f in (self.supervisor.failures if self.supervisor else []) if f.culprit is None

@@ -297,6 +297,12 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
     second = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
     assert second.ret == 0
     assert log.read_text().split()[:2] == ["0.3", "0.15"]
+    second.stdout.fnmatch_lines(
+        [
+            "conveyor: timing history knows 5 of 5 tests; estimated * s with 1 worker(s)*",
+            "conveyor: estimated * s of testing, the build took * s (start-up included)",
+        ]
+    )
     assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()
 
 
