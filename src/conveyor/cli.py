@@ -28,6 +28,7 @@ from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.queue import Queue, check_url, mask_url, open_queue
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
+from conveyor.timeline import write_html
 from conveyor.worker import WorkerSettings
 
 USAGE = """\
@@ -74,6 +75,7 @@ conveyor options:
                           activity (default: 86400, a day)
   --history-key NAME      Redis queues: the suite's name in the shared timing history
                           (default: the current directory's name)
+  --timeline FILE.html    run/report: write the build's timeline page at the end
   --worker-logs DIR       keep each worker's own output (what pytest does not capture,
                           e.g. with -s) in DIR/gwN.log
   --command 'CMD {unit}'  command mode, for suites that are not pytest: run CMD once per
@@ -252,6 +254,7 @@ def _controller_exit(
         start_timeout_s=options.start_timeout_s,
         stall_timeout_s=options.stall_timeout_s,
         history=_history_location(options),
+        timeline=options.timeline,
         header=header,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
@@ -411,10 +414,13 @@ def history(argv: Sequence[str]) -> int:
 
 RECORD_USAGE = """\
 usage: conveyor events --queue URL --build ID [--json]
+       conveyor timeline --queue URL --build ID [-o FILE.html]
        conveyor replay (--queue URL --build ID --worker W | --from-file FILE) [PYTEST_ARGS...]
        conveyor bisect (--queue URL --build ID | --from-file FILE) --failing TEST_ID
                        [--worker W] [PYTEST_ARGS...]
 
+timeline: a self-contained HTML page: one lane per worker, one bar per test, and the
+        figures that explain the wall time (lower bound, utilisation, idle tail, slowest).
 events: the build's record (worker joined/lost, results, reruns, lease expiries, crashes,
         rejected duplicates), one JSON object per line.
 replay: run exactly the tests that worker ran, in its order, in one plain pytest process.
@@ -504,6 +510,29 @@ def _worker_that_ran(queue: Queue, unit: str) -> str | None:
     return found
 
 
+def timeline(argv: Sequence[str]) -> int:
+    """Write the build's timeline page (`conveyor timeline --queue URL --build ID -o FILE`)."""
+    parser = _record_parser("conveyor timeline")
+    parser.add_argument("-o", "--output", default="timeline.html")
+    args, rest = _parse_record_args(parser, argv)
+    if rest:
+        raise UsageError(f"unexpected arguments: {' '.join(rest)}")
+    queue = _recorded_build(args)
+    try:
+        recorded, cursor = [], 0
+        while page := queue.events(cursor, 2000):
+            recorded.extend(page)
+            cursor = page[-1].seq
+    finally:
+        queue.close()
+    found = write_html(args.output, recorded, title=f"conveyor build {args.build}")
+    print(
+        f"conveyor: timeline of build {args.build} written to {args.output}: wall "
+        f"{found.wall_s:.1f} s, lower bound {found.lower_bound_s:.1f} s, {found.workers} workers"
+    )
+    return 0
+
+
 def replay(argv: Sequence[str]) -> int:
     """Run one worker's recorded order in one plain pytest process."""
     parser = _record_parser("conveyor replay")
@@ -547,6 +576,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "report": report,
     "history": history,
     "events": events,
+    "timeline": timeline,
     "replay": replay,
     "bisect": bisect_command,
 }
@@ -565,8 +595,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         return _error(f"unknown command {command!r}; see `conveyor --help`.", 4)
     if rest and rest[0] in ("-h", "--help"):
-        usage = {"history": HISTORY_USAGE, "events": RECORD_USAGE, "replay": RECORD_USAGE}
-        print(usage.get(command, RECORD_USAGE if command == "bisect" else USAGE), end="")
+        usage = {"history": HISTORY_USAGE}
+        print(
+            usage.get(command, USAGE if command in ("run", "worker", "report") else RECORD_USAGE),
+            end="",
+        )
         return 0
     try:
         return handler(rest)

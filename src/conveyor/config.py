@@ -43,6 +43,7 @@ VALUE_OPTIONS: dict[str, str] = {
     "--units-from": "units_from",
     "--node-setup": "node_setup",
     "--worker-setup": "worker_setup",
+    "--timeline": "timeline",
 }
 
 # conveyor's options that take no value.
@@ -109,6 +110,7 @@ class RunOptions:
     shell: bool = False
     node_setup: str | None = None
     worker_setup: str | None = None
+    timeline: str | None = None
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -255,6 +257,7 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
     options.shell = "shell" in ours
     options.node_setup = ours.get("node_setup")
     options.worker_setup = ours.get("worker_setup")
+    options.timeline = ours.get("timeline")
     if options.command is None and (options.units or options.units_from or options.shell):
         raise UsageError("--units, --units-from and --shell belong to --command 'CMD {unit}'.")
     if options.command is not None:

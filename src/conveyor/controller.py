@@ -52,6 +52,7 @@ class ControllerSettings:
     start_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0
     history: str = "cache"
+    timeline: str | None = None
     header: str = ""
 
 
@@ -649,8 +650,25 @@ class ControllerPlugin:
             cursor = page[-1].seq
         return events
 
+    def _write_timeline(self, terminalreporter: Any) -> None:
+        if not self.settings.timeline:
+            return
+        from conveyor.timeline import write_html
+
+        found = write_html(
+            self.settings.timeline,
+            self._all_events(),
+            title=f"conveyor build {self.settings.build}",
+            workers=self.settings.workers or None,
+        )
+        terminalreporter.write_line(
+            f"conveyor: timeline written to {self.settings.timeline} (wall {found.wall_s:.1f} s, "
+            f"lower bound {found.lower_bound_s:.1f} s)"
+        )
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self._github_summary(terminalreporter)
+        self._write_timeline(terminalreporter)
         if self.estimate_s is not None and self.finished:
             took = time.monotonic() - self._started_at
             terminalreporter.write_line(

@@ -751,6 +751,7 @@ _CHART_JS = """
   function timeAt(px) { return view.t0 + (px - LABEL_W) / plotW * (view.t1 - view.t0); }
 
   function fmt(s) {
+    if (s === 0) return "0 s";
     if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 2 : 0) + " ms";
     if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
     var m = Math.floor(s / 60), r = Math.round(s - m * 60);
@@ -800,16 +801,18 @@ _CHART_JS = """
   }
 
   function drawGlyph(kind, px, top) {
-    // A crash is an X above the bar's end, a timeout a filled triangle: visible at any zoom.
-    ctx.fillStyle = ctx.strokeStyle = data.colours[kind];
+    // A crash is an X at the bar's end, a timeout a triangle; a white halo keeps either
+    // visible on its own bar, on a neighbour and on the lane background.
+    ctx.beginPath();
     if (kind === TIMEOUT) {
-      ctx.beginPath(); ctx.moveTo(px - 4, top); ctx.lineTo(px + 4, top); ctx.lineTo(px, top + 6);
-      ctx.fill();
+      ctx.moveTo(px - 4, top); ctx.lineTo(px + 4, top); ctx.lineTo(px, top + 7); ctx.closePath();
     } else {
-      ctx.lineWidth = 2; ctx.beginPath();
       ctx.moveTo(px - 3, top); ctx.lineTo(px + 3, top + 6);
-      ctx.moveTo(px + 3, top); ctx.lineTo(px - 3, top + 6); ctx.stroke();
+      ctx.moveTo(px + 3, top); ctx.lineTo(px - 3, top + 6);
     }
+    ctx.strokeStyle = "#fff"; ctx.lineWidth = 3.5; ctx.stroke();
+    ctx.strokeStyle = ctx.fillStyle = data.colours[kind]; ctx.lineWidth = 1.5; ctx.stroke();
+    if (kind === TIMEOUT) ctx.fill();
   }
 
   function drawLane(l) {

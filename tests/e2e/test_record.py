@@ -196,3 +196,25 @@ def test_worker_logs_keep_uncaptured_output_and_crashes_point_to_them(
     result.stdout.fnmatch_lines(
         [f"*exited with code 9 while running test_logs.py::test_dies*Its log: {logs}/gw*.log"]
     )
+
+
+def test_timeline_from_run_and_from_the_recorded_build(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_t="import time\n\ndef test_a():\n    time.sleep(0.1)\n\ndef test_b(): pass"
+    )
+    queue = f"sqlite://{pytester.path / 'queue.db'}"
+    page = pytester.path / "run.html"
+    run = conveyor(
+        pytester, "run", "-n", "2", "--queue", queue, "--build", "tl", "--timeline", str(page),
+        "-p", "no:cacheprovider",
+    )  # fmt: skip
+    assert run.ret == 0
+    run.stdout.fnmatch_lines([f"conveyor: timeline written to {page} (wall * s, lower bound * s)"])
+    later = pytester.path / "later.html"
+    made = conveyor(pytester, "timeline", "--queue", queue, "--build", "tl", "-o", str(later))
+    assert made.ret == 0
+    made.stdout.fnmatch_lines(["conveyor: timeline of build tl written to *: wall *, 2 workers"])
+    for html in (page, later):
+        text = html.read_text()
+        assert "test_t.py::test_a" in text and "<canvas" in text
+        assert "https://" not in text.split("<body", 1)[0] or "Content-Security-Policy" in text
