@@ -75,6 +75,10 @@ conveyor options:
                           activity (default: 86400, a day)
   --history-key NAME      Redis queues: the suite's name in the shared timing history
                           (default: the current directory's name)
+  --no-progress           keep pytest's progress letters instead of conveyor's live
+                          status line (which is shown only on a terminal, outside CI,
+                          at the default verbosity)
+  --show-failures-live    print each failure as soon as it happens (off by default)
   --timeline FILE.html    run/report: write the build's timeline page at the end
   --worker-logs DIR       keep each worker's own output (what pytest does not capture,
                           e.g. with -s) in DIR/gwN.log
@@ -255,6 +259,8 @@ def _controller_exit(
         stall_timeout_s=options.stall_timeout_s,
         history=_history_location(options),
         timeline=options.timeline,
+        no_progress=options.no_progress,
+        failures_live=options.failures_live,
         header=header,
     )
     controller = ControllerPlugin(settings, queue, supervisor)

@@ -47,7 +47,11 @@ VALUE_OPTIONS: dict[str, str] = {
 }
 
 # conveyor's options that take no value.
-FLAG_OPTIONS = {"--shell": "shell"}
+FLAG_OPTIONS = {
+    "--shell": "shell",
+    "--no-progress": "no_progress",
+    "--show-failures-live": "failures_live",
+}
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
 XDIST_DIST_MODES = {
@@ -111,6 +115,8 @@ class RunOptions:
     node_setup: str | None = None
     worker_setup: str | None = None
     timeline: str | None = None
+    no_progress: bool = False
+    failures_live: bool = False
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -258,6 +264,8 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
     options.node_setup = ours.get("node_setup")
     options.worker_setup = ours.get("worker_setup")
     options.timeline = ours.get("timeline")
+    options.no_progress = "no_progress" in ours
+    options.failures_live = "failures_live" in ours
     if options.command is None and (options.units or options.units_from or options.shell):
         raise UsageError("--units, --units-from and --shell belong to --command 'CMD {unit}'.")
     if options.command is not None:

@@ -7,18 +7,20 @@ reporting plugin see exactly what they would see in a plain run.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from _pytest import junitxml
 
-from conveyor import github
+from conveyor import github, progress
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.queue import Queue
@@ -53,6 +55,8 @@ class ControllerSettings:
     stall_timeout_s: float = 1800.0
     history: str = "cache"
     timeline: str | None = None
+    no_progress: bool = False
+    failures_live: bool = False
     header: str = ""
 
 
@@ -111,6 +115,7 @@ class ControllerPlugin:
         self.reported: set[str] = set()
         self.durations: dict[str, float] = {}
         self.estimate_s: float | None = None
+        self.live: progress.LiveProgress | None = None
         self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
@@ -258,7 +263,8 @@ class ControllerPlugin:
                 "during collection"
             )
         try:
-            self._follow_build(session)
+            with self._live_progress(session):
+                self._follow_build(session)
         except BuildStateLost as exc:
             self._stop_local_workers()
             pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
@@ -329,6 +335,51 @@ class ControllerPlugin:
         if self.supervisor is not None:
             self.supervisor.shutdown(terminate=True)
 
+    @contextlib.contextmanager
+    def _live_progress(self, session: pytest.Session) -> Iterator[None]:
+        """While the build runs on a terminal, a live status line stands in for pytest's row
+        of progress letters (see conveyor.progress)."""
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        writer = getattr(reporter, "_tw", None)
+        if not progress.wanted(session.config, self.settings.no_progress) or writer is None:
+            yield
+            return
+        original = writer._file
+        writer._file = io.StringIO()  # the letters; the summary after the run is untouched
+        reporter._show_progress_info = False
+        try:
+            with progress.LiveProgress(session.testscollected, self.estimate_s) as live:
+                self.live = live
+                yield
+        finally:
+            self.live = None
+            writer._file = original
+
+    def _show_progress(self, session: pytest.Session) -> None:
+        if self.live is not None:
+            alive = self.supervisor.alive() if self.supervisor else len(self.queue.status().workers)
+            self.live.update(done=len(self.reported), failed=session.testsfailed, alive=alive)
+
+    def _announce_failure(self, reports: list[Any]) -> None:
+        """--show-failures-live: a failure is shown when it happens, not only at the end."""
+        failed = [r for r in reports if r.failed]
+        if not failed or not self.settings.failures_live:
+            return
+        report = failed[0]
+        crash = getattr(report.longrepr, "reprcrash", None)
+        detail = crash.message if crash is not None else str(report.longrepr or "")
+        first = (detail.strip().splitlines() or [""])[0][:160]
+        word = "ERROR" if report.when != "call" else "FAILED"
+        line = f"{word} {report.nodeid} - {first}"
+        if self.live is not None:
+            self.live.note(line)
+            return
+        reporter = self._require_config().pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            if reporter._tw.width_of_current_line:
+                reporter._tw.line()  # leave the row of progress letters first
+            reporter.write_line(line, red=True)
+
     def _follow_build(self, session: pytest.Session) -> None:
         delay = POLL_MIN_S
         stopped = False
@@ -341,6 +392,7 @@ class ControllerPlugin:
             if self._drain_events():
                 delay = POLL_MIN_S
                 last_progress = time.monotonic()
+                self._show_progress(session)
             else:
                 if self.supervisor is not None and (
                     self.supervisor.alive() == 0 or self.supervisor.too_many_failures()
@@ -409,6 +461,7 @@ class ControllerPlugin:
         for report in reports:
             hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+        self._announce_failure(reports)
         for warning in data.get("warnings", []):
             self._replay_warning(warning)
 
