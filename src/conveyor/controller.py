@@ -116,6 +116,7 @@ class ControllerPlugin:
         self.durations: dict[str, float] = {}
         self.estimate_s: float | None = None
         self.live: progress.LiveProgress | None = None
+        self.first_result_s: float | None = None
         self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
@@ -441,6 +442,8 @@ class ControllerPlugin:
         if nodeid in self.reported:
             return
         self.reported.add(nodeid)
+        if self.first_result_s is None:
+            self.first_result_s = time.monotonic() - self._started_at
         if "cases" in data:
             self.durations[nodeid] = float(data.get("duration") or 0)
             self._replay_cases(event, data["cases"])
@@ -683,6 +686,7 @@ class ControllerPlugin:
             figures = [
                 ("wall time", f"{found.wall_s:.1f} s"),
                 ("lower bound", f"{found.lower_bound_s:.1f} s"),
+                ("first result after", f"{self.first_result_s or 0:.2f} s"),
             ]
         except Exception:  # the summary must never fail a build
             figures = []
@@ -724,9 +728,12 @@ class ControllerPlugin:
         self._write_timeline(terminalreporter)
         if self.estimate_s is not None and self.finished:
             took = time.monotonic() - self._started_at
+            first = (
+                f"; first result after {self.first_result_s:.2f} s" if self.first_result_s else ""
+            )
             terminalreporter.write_line(
                 f"conveyor: estimated {self.estimate_s:.1f} s of testing, the build took "
-                f"{took:.1f} s (start-up included)"
+                f"{took:.1f} s (start-up included{first})"
             )
         problems = self.problems
         startup = [

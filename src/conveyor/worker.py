@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -64,6 +65,7 @@ TIMEOUT_HEADER = "conveyor-timeout"
 FLUSH_MAX_RESULTS = 64
 FLUSH_INTERVAL_S = 0.1
 MAX_BATCH = 32
+BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
 WAIT_POLL_S = 0.05
 
 
@@ -198,6 +200,8 @@ class WorkerPlugin:
             else None
         )
         self._auto_timeouts: dict[str, float] = {}
+        self._recent_durations: deque[float] = deque(maxlen=16)
+        self._history_median_s: float | None = None
 
     # -- configuration --------------------------------------------------------------------
 
@@ -303,6 +307,8 @@ class WorkerPlugin:
         )
         units = [] if collection_failed else list(items)
         durations = history_for(settings.history, session.config, queue)
+        if durations:
+            self._history_median_s = statistics.median(durations.values())
         if settings.test_timeout_s is None:
             self._auto_timeouts = {
                 unit: AUTO_TIMEOUT_BASE_S + AUTO_TIMEOUT_FACTOR * seconds
@@ -375,19 +381,19 @@ class WorkerPlugin:
         test so pytest knows the next item and keeps shared fixtures alive between them."""
         hand: deque[Lease] = deque()
         exhausted = False
+        pending = 0
 
         def refill(block: bool) -> None:
-            nonlocal exhausted
+            nonlocal exhausted, pending
             while not exhausted:
                 if heartbeat.error is not None:
                     raise heartbeat.error
                 if self._stopped:
                     exhausted = True
                     return
-                pending = max(0, getattr(refill, "pending", 0))
-                want = batch_size(pending, self.settings.worker_count)
+                want = batch_size(pending, self.settings.worker_count, self._typical_test_s())
                 reservation = queue.reserve(self.settings.worker_id, want)
-                refill.pending = reservation.pending  # type: ignore[attr-defined]
+                pending = reservation.pending
                 if reservation.state == LEASED:
                     hand.extend(reservation.leases)
                     return
@@ -441,6 +447,7 @@ class WorkerPlugin:
                 "started": started,
                 "duration": time.time() - started,
             }
+            self._recent_durations.append(payload["duration"])
             self.status.write("between tests")
             if self._should_retry() and self._requeue(queue, lease.unit, payload):
                 continue
@@ -469,6 +476,12 @@ class WorkerPlugin:
             yield
         finally:
             faulthandler.cancel_dump_traceback_later()
+
+    def _typical_test_s(self) -> float | None:
+        """Recent tests on this worker, else the suite's median from timing history."""
+        if self._recent_durations:
+            return sum(self._recent_durations) / len(self._recent_durations)
+        return self._history_median_s
 
     def _should_retry(self) -> bool:
         if self.settings.max_requeues <= 0:
@@ -542,10 +555,13 @@ def exception_names(error: BaseException) -> set[str]:
     return names
 
 
-def batch_size(pending: int, worker_count: int) -> int:
-    """Reserve more units at once while much is pending (fewer round trips), fewer near the
-    end (so the tail stays balanced across workers)."""
+def batch_size(pending: int, worker_count: int, typical_test_s: float | None = None) -> int:
+    """How many units to reserve at once: tiny tests travel in batches (fewer round trips),
+    slow ones alone (a batch of slow tests would pin them to one worker), and batches shrink
+    near the end so that the tail stays balanced across workers."""
     share = pending // max(1, 4 * worker_count)
+    if typical_test_s is not None and typical_test_s > 0:
+        share = min(share, int(BATCH_TARGET_S / typical_test_s))
     return max(1, min(MAX_BATCH, share))
 
 

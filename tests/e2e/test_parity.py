@@ -300,7 +300,8 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
     second.stdout.fnmatch_lines(
         [
             "conveyor: timing history knows 5 of 5 tests; estimated * s with 1 worker(s)*",
-            "conveyor: estimated * s of testing, the build took * s (start-up included)",
+            "conveyor: estimated * s of testing, the build took * s (start-up included; "
+            "first result after * s)",
         ]
     )
     assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()

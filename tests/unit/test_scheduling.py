@@ -101,3 +101,14 @@ def test_pytest_split_durations_file_is_understood(tmp_path: Path) -> None:
     garbage.write_text('["not", "durations"]')
     with pytest.raises(ValueError, match="neither a conveyor history export"):
         read_durations_file(garbage)
+
+
+def test_batches_hold_many_tiny_tests_few_slow_ones_and_shrink_at_the_end() -> None:
+    from conveyor.worker import MAX_BATCH, batch_size
+
+    assert batch_size(10_000, 2, typical_test_s=0.001) == MAX_BATCH
+    assert batch_size(10_000, 2, typical_test_s=0.1) == 2
+    assert batch_size(10_000, 2, typical_test_s=2.0) == 1
+    assert batch_size(40, 2, typical_test_s=0.001) == 5
+    assert batch_size(3, 2) == 1
+    assert batch_size(10_000, 2) == MAX_BATCH
