@@ -16,6 +16,7 @@ results: terminal summary, --junitxml, exit code. conveyor's own command mode is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -32,6 +33,7 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     EVENT_RESULT,
     EVENT_UNIT_CRASHED,
+    EVENT_WORKER_LEFT,
     EXHAUSTED,
     JSON,
     LEASED,
@@ -237,6 +239,9 @@ class WorkerSession:
 
     def close(self) -> None:
         self._heartbeat.stopped.set()
+        if self._heartbeat.is_alive():
+            with contextlib.suppress(QueueError):
+                self.queue.publish(EVENT_WORKER_LEFT, self.worker_id, {"reason": "closed"})
         self.queue.close()
 
     def __enter__(self) -> WorkerSession:

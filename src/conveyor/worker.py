@@ -31,6 +31,7 @@ from conveyor.history import history_store
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     ALREADY_DONE,
+    EVENT_WORKER_LEFT,
     EXHAUSTED,
     JSON,
     LEASED,
@@ -343,6 +344,7 @@ class WorkerPlugin:
             return True
         finally:
             heartbeat.stop()
+        queue.publish(EVENT_WORKER_LEFT, settings.worker_id, {"reason": "no more work"})
         self.finished_normally = True
         self.status.write("done")
         return True

@@ -73,7 +73,11 @@ def test_events_export_has_reruns_crashes_and_timeouts_in_order(pytester: pytest
     assert by_unit["test_mix.py::test_hang"]["timeout"] is True
     assert "SIGSEGV" in by_unit["test_mix.py::test_crash"]["reason"]
     assert all(r["worker"] for r in records if r["kind"] in ("result", "requeued", "worker_lost"))
-    assert {"worker_joined", "worker_lost", "populated", "finished"} <= {r["kind"] for r in records}
+    assert {"worker_joined", "worker_lost", "worker_left", "leased", "populated", "finished"} <= {
+        r["kind"] for r in records
+    }
+    leased = [r for r in records if r["kind"] == "leased"]
+    assert all(r["worker"] and r["data"]["units"] for r in leased)
 
 
 def test_junit_carries_the_worker_and_attempt_of_each_test(pytester: pytest.Pytester) -> None:

@@ -19,6 +19,8 @@ JSON = dict[str, Any]
 # Event kinds written to a build's stream. The controller dispatches on these names.
 EVENT_POPULATED = "populated"
 EVENT_WORKER_JOINED = "worker_joined"
+EVENT_LEASED = "leased"
+EVENT_WORKER_LEFT = "worker_left"
 EVENT_RESULT = "result"
 EVENT_DUPLICATE_REJECTED = "duplicate_rejected"
 EVENT_LEASE_EXPIRED = "lease_expired"

@@ -26,6 +26,7 @@ from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
     EVENT_FINISHED,
     EVENT_LEASE_EXPIRED,
+    EVENT_LEASED,
     EVENT_POPULATED,
     EVENT_REQUEUED,
     EVENT_RESULT,
@@ -306,6 +307,8 @@ class SQLiteQueue:
                     ((self.build, worker, lease.unit, lease.attempt, now) for lease in leases),
                 )
                 self._adjust(conn, pending=-len(leases), leased=len(leases))
+                # One event per reservation, not per unit: the record stays complete cheaply.
+                self._emit(conn, EVENT_LEASED, worker, data={"units": [x.unit for x in leases]})
                 conn.execute(
                     "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
                     (now, self.build, worker),

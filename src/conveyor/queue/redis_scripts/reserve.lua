@@ -39,6 +39,7 @@ end
 
 local picked = redis.call('ZPOPMIN', PENDING, tonumber(ARGV[4]))
 local reply = {'leased', 0}
+local leased = {}
 for i = 1, #picked, 2 do
   local unit = picked[i]
   local attempt = redis.call('HINCRBY', ATTEMPTS, unit, 1)
@@ -47,9 +48,12 @@ for i = 1, #picked, 2 do
   redis.call('RPUSH', KEYS[13], unit, attempt)
   reply[#reply + 1] = unit
   reply[#reply + 1] = attempt
+  leased[#leased + 1] = unit
 end
 
 if #picked > 0 then
+  -- One "leased" event per reservation (not per unit) keeps the build record complete cheaply.
+  emit('leased', worker, false, '{"units":' .. json_list(leased) .. '}')
   mark_seen(worker)
   reply[2] = redis.call('ZCARD', PENDING)
   touch()
