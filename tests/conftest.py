@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,35 @@ def make_certificates(folder: Path) -> None:
         "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", "server.pem",
     )  # fmt: skip
+
+
+@dataclass
+class TlsRedis:
+    server: RedisServer
+    port: int
+    ca: Path
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[TlsRedis]:
+    """A redis-server that only speaks TLS, with a throwaway CA made by openssl."""
+    require_redis_server()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_certificates(certs)
+    port = free_port()
+    server = RedisServer(
+        tmp_path / "tls-redis",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(certs / "server.pem"),
+        "--tls-key-file", str(certs / "server.key"),
+        "--tls-ca-cert-file", str(certs / "ca.pem"),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    server.start()
+    yield TlsRedis(server, port, certs / "ca.pem")
+    server.stop()

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_o
 from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
+from conveyor.hooks import run_shell
 from conveyor.queue import Queue, check_url, mask_url, open_queue
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
@@ -198,18 +198,11 @@ def _node_setup(options: RunOptions) -> None:
     """--node-setup: once per machine, before its workers start."""
     if not options.node_setup:
         return
-    done = subprocess.run(
-        ["sh", "-c", options.node_setup],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        output = done.stdout.decode("utf-8", "replace").rstrip()
+    code, output = run_shell(options.node_setup)
+    if code != 0:
         raise NodeSetupFailed(
-            f"--node-setup exited with code {done.returncode}; this machine runs no tests. "
-            f"Its output:\n{output}"
+            f"--node-setup exited with code {code}; this machine runs no tests. "
+            f"Its output:\n{output.rstrip()}"
         )
 
 

@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ import pytest
 
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
+from conveyor.hooks import run_shell
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     ALREADY_DONE,
@@ -593,18 +593,11 @@ def run_worker_setup(settings: WorkerSettings) -> int | None:
     code for the process; its output goes to the worker's log, which the report shows."""
     if not settings.worker_setup:
         return None
-    done = subprocess.run(
-        ["sh", "-c", settings.worker_setup],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        check=False,
-    )
-    output = done.stdout.decode("utf-8", "replace")
-    if done.returncode == 0:
+    code, output = run_shell(settings.worker_setup)
+    if code == 0:
         return None
     sys.stderr.write(output)
-    sys.stderr.write(f"conveyor: --worker-setup exited with code {done.returncode}\n")
+    sys.stderr.write(f"conveyor: --worker-setup exited with code {code}\n")
     sys.stderr.flush()
     return EXIT_SETUP_FAILED
 

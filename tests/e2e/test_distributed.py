@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, free_port, make_certificates, require_redis_server
+from conftest import RedisServer, TlsRedis, require_redis_server
 from helpers import junit_outcomes, junit_totals
 
 SUITE = {
@@ -220,31 +220,14 @@ def test_password_protected_redis_works_and_a_wrong_password_is_a_clear_error(
         server.stop()
 
 
-def test_tls_redis(machines: tuple[Path, Path, Path], tmp_path: Path, build: str) -> None:
-    require_redis_server()
+def test_tls_redis(machines: tuple[Path, Path, Path], tls_redis: TlsRedis, build: str) -> None:
     first, _, markers = machines
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    make_certificates(certs)
-    tls_port = free_port()
-    server = RedisServer(
-        tmp_path / "tls",
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(certs / "server.pem"),
-        "--tls-key-file", str(certs / "server.key"),
-        "--tls-ca-cert-file", str(certs / "ca.pem"),
-        "--tls-auth-clients", "no",
-    )  # fmt: skip
-    server.start()
-    try:
-        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={certs / 'ca.pem'}"
-        code, output = finish(
-            conveyor(first, "run", "-n", "2", "--queue", url, "--build", build, markers=markers)
-        )
-        assert code == 1, output
-        assert "1 failed, 61 passed, 1 skipped, 1 xfailed" in output.splitlines()[-1]
-    finally:
-        server.stop()
+    url = f"{tls_redis.url}?ssl_ca_certs={tls_redis.ca}"
+    code, output = finish(
+        conveyor(first, "run", "-n", "2", "--queue", url, "--build", build, markers=markers)
+    )
+    assert code == 1, output
+    assert "1 failed, 61 passed, 1 skipped, 1 xfailed" in output.splitlines()[-1]
 
 
 def test_redis_restarted_mid_build_stops_every_process_with_state_lost(

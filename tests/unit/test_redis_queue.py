@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import FakeClock, RedisServer, free_port, make_certificates, require_redis_server
+from conftest import FakeClock, RedisServer, TlsRedis, free_port, require_redis_server
 
 from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
 from conveyor.queue import open_queue
@@ -291,31 +291,15 @@ def test_unix_socket(tmp_path: Path, build_id: str) -> None:
         server.stop()
 
 
-def test_tls_with_a_ca_from_the_url_or_a_keyword(tmp_path: Path, build_id: str) -> None:
-    require_redis_server()
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    make_certificates(certs)
-    tls_port = free_port()
-    server = RedisServer(
-        tmp_path / "redis",
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(certs / "server.pem"),
-        "--tls-key-file", str(certs / "server.key"),
-        "--tls-ca-cert-file", str(certs / "ca.pem"),
-        "--tls-auth-clients", "no",
-    )  # fmt: skip
-    server.start()
-    try:
-        url = f"rediss://127.0.0.1:{tls_port}/0"
-        from_query = open_queue(f"{url}?ssl_ca_certs={certs / 'ca.pem'}", build_id)
-        assert from_query.populate("gw0", units(1), {})
-        from_query.close()
-        from_keyword = RedisQueue.from_url(url, build_id, ssl_ca_certs=str(certs / "ca.pem"))
-        manifest = from_keyword.manifest()
-        assert manifest is not None and manifest.leader == "gw0"
-        from_keyword.close()
-        with pytest.raises(QueueUnavailable, match=re.escape("rediss://127.0.0.1")):
-            RedisQueue.from_url(url, build_id, retry=QUICK)  # the CA is unknown
-    finally:
-        server.stop()
+def test_tls_with_a_ca_from_the_url_or_a_keyword(tls_redis: TlsRedis, build_id: str) -> None:
+    certs_ca = tls_redis.ca
+    url = tls_redis.url
+    from_query = open_queue(f"{url}?ssl_ca_certs={certs_ca}", build_id)
+    assert from_query.populate("gw0", units(1), {})
+    from_query.close()
+    from_keyword = RedisQueue.from_url(url, build_id, ssl_ca_certs=str(certs_ca))
+    manifest = from_keyword.manifest()
+    assert manifest is not None and manifest.leader == "gw0"
+    from_keyword.close()
+    with pytest.raises(QueueUnavailable, match=re.escape("rediss://127.0.0.1")):
+        RedisQueue.from_url(url, build_id, retry=QUICK)  # the CA is unknown
