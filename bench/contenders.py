@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Every contender gets these: no .pytest_cache side effects, quiet output.
+# Every contender gets these: no .pytest_cache side effects, quiet output. conveyor keeps its
+# cache: on the embedded queue its timing history lives there (the warm-up run writes it).
 COMMON_ARGS = ("-p", "no:cacheprovider", "-q")
+CONVEYOR_ARGS = ("-q",)
 XDIST_MODES = ("load", "worksteal", "loadfile", "loadscope")
 
 
@@ -27,7 +29,17 @@ def _pytest(*extra: str) -> list[str]:
 
 
 def _conveyor(workers: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "conveyor", "run", "-n", str(workers), *extra, *COMMON_ARGS, "."]
+    return [
+        sys.executable,
+        "-m",
+        "conveyor",
+        "run",
+        "-n",
+        str(workers),
+        *extra,
+        *CONVEYOR_ARGS,
+        ".",
+    ]
 
 
 def _xdist(workers: int, mode: str) -> Contender:

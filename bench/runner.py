@@ -104,12 +104,11 @@ def measure(
     prime_bytecode(suite)
     result = Measurements(suite, workers, {c.name: [] for c in lineup})
     log_path = scratch / f"setups-{suite.key}.log"
-    if suite.sleeps_s:
-        # Warm-up, uncounted: later conveyor runs then see whatever timing history exists.
-        for contender in lineup:
-            if contender.is_conveyor:
-                warm = run_once(contender, suite, log_path)
-                _progress(f"[{suite.key} warm-up] {contender.name}: {warm.wall_s:.2f}s")
+    # Warm-up, uncounted: later conveyor runs then see the timing history it recorded.
+    for contender in lineup:
+        if contender.is_conveyor:
+            warm = run_once(contender, suite, log_path)
+            _progress(f"[{suite.key} warm-up] {contender.name}: {warm.wall_s:.2f}s")
     for round_index in range(runs):
         offset = round_index % len(lineup)
         for contender in [*lineup[offset:], *lineup[:offset]]:
