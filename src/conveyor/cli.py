@@ -19,7 +19,7 @@ import pytest
 from conveyor import __version__
 from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
 from conveyor.ci import detect, node_id
-from conveyor.command import CommandSettings, collect_units
+from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
@@ -415,6 +415,7 @@ RECORD_USAGE = """\
 usage: conveyor events --queue URL --build ID [--json]
        conveyor timeline --queue URL --build ID [-o FILE.html]
        conveyor replay (--queue URL --build ID --worker W | --from-file FILE) [PYTEST_ARGS...]
+                       [--command 'CMD {unit}' [--shell]]   (command mode: the units in order)
        conveyor bisect (--queue URL --build ID | --from-file FILE) --failing TEST_ID
                        [--worker W] [PYTEST_ARGS...]
 
@@ -536,8 +537,12 @@ def replay(argv: Sequence[str]) -> int:
     """Run one worker's recorded order in one plain pytest process."""
     parser = _record_parser("conveyor replay")
     parser.add_argument("--outcomes")
+    parser.add_argument("--command")
+    parser.add_argument("--shell", action="store_true")
     args, pytest_args = _parse_record_args(parser, argv)
     order = _order(args)
+    if args.command:
+        return replay_commands(order, args.command, args.shell)
     outcomes = Path(args.outcomes) if args.outcomes else None
     return run_in_process(order, pytest_args, outcomes)
 

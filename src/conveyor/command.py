@@ -200,6 +200,27 @@ class CommandRunner:
         return text, "failed", f"{shlex.join(argv)} {how}\n{tail}"
 
 
+def replay_commands(order: Sequence[str], command: str, shell: bool) -> int:
+    """Command mode's replay: run the units one after another, in the recorded order, in this
+    process's environment, and say how each ended. Exit 1 when any failed."""
+    failed = 0
+    for unit in order:
+        with tempfile.TemporaryDirectory(prefix="conveyor-replay-") as scratch:
+            values = {
+                "unit": unit,
+                "junit": str(Path(scratch) / "report.xml"),
+                "junit_dir": scratch,
+                "worker": os.environ.get("CONVEYOR_WORKER", ""),
+            }
+            code = subprocess.run(
+                command_argv(command, values, shell), stdin=subprocess.DEVNULL, check=False
+            ).returncode
+        failed += code != 0
+        print(f"conveyor replay: {unit}: {'passed' if code == 0 else f'failed (exit {code})'}")
+    print(f"conveyor replay: {len(order)} unit(s), {failed} failed")
+    return 1 if failed else 0
+
+
 def work(settings: CommandSettings, common: WorkerSettings) -> int:
     """The command worker's life: publish or check the units, then run leased units."""
     status = StatusFile(common.status_file)

@@ -213,3 +213,28 @@ def test_command_mode_bad_units_are_usage_errors(tmp_path: Path, args: list[str]
     done = conveyor(tmp_path, "run", "-n", "1", "--command", "true {unit}", *args)
     assert done.returncode == 4
     assert "conveyor: error:" in done.stderr
+
+
+def test_replay_of_a_command_mode_worker_runs_its_units_in_order(tmp_path: Path) -> None:
+    log = tmp_path / "ran.log"
+    (tmp_path / "unit.sh").write_text(f'echo "$1" >> "{log}"\n[ "$1" != "u3" ]\n')
+    queue = f"sqlite://{tmp_path / 'q.db'}"
+    common = ["--queue", queue, "--build", "cmd-replay"]
+    done = conveyor(
+        tmp_path, "run", "-n", "1", *common, "--command", "sh unit.sh {unit}",
+        "--units-from", "-", "--order", "collected",
+        stdin="u1\nu2\nu3\nu4\n",
+    )  # fmt: skip
+    assert done.returncode == 1
+    log.unlink()
+    replayed = subprocess.run(
+        [
+            sys.executable, "-m", "conveyor", "replay", *common, "--worker", "gw0",
+            "--command", "sh unit.sh {unit}",
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert replayed.returncode == 1
+    assert log.read_text().split() == ["u1", "u2", "u3", "u4"]
+    assert "conveyor replay: u3: failed (exit 1)" in replayed.stdout
+    assert "conveyor replay: 4 unit(s), 1 failed" in replayed.stdout
