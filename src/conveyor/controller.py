@@ -11,8 +11,6 @@ import contextlib
 import io
 import os
 import time
-import warnings
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +31,13 @@ from conveyor.queue.protocol import (
     EVENT_WORKER_LOST,
     Event,
     Manifest,
+)
+from conveyor.reports import (
+    Deselected,
+    crash_report,
+    report_from_json,
+    rerun_failure_element,
+    warning_message,
 )
 from conveyor.scheduling import estimate
 from conveyor.supervisor import Supervisor
@@ -71,29 +76,6 @@ class BuildProblems:
     not_run: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
-
-
-class _Deselected:
-    """Stands in for a deselected item: the terminal only counts them."""
-
-    def __init__(self, index: int) -> None:
-        self.nodeid = f"<deselected #{index}>"
-
-
-def _warning_category(name: str) -> type[Warning]:
-    """The warning's class by name when it is a builtin one; otherwise a look-alike class of
-    the same name (nothing is imported on the word of the queue)."""
-    builtin = (
-        __builtins__.get(name)
-        if isinstance(__builtins__, dict)
-        else getattr(__builtins__, name, None)
-    )
-    if isinstance(builtin, type) and issubclass(builtin, Warning):
-        return builtin
-    for candidate in (pytest.PytestWarning, *pytest.PytestWarning.__subclasses__()):
-        if candidate.__name__ == name:
-            return candidate
-    return type(name, (Warning,), {})
 
 
 class ControllerPlugin:
@@ -167,7 +149,7 @@ class ControllerPlugin:
             self._replay_warning(data)
         deselected = int(meta.get("deselected", 0))
         if deselected:
-            hook.pytest_deselected(items=[_Deselected(i) for i in range(deselected)])
+            hook.pytest_deselected(items=[Deselected(i) for i in range(deselected)])
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and hasattr(reporter, "_numcollected"):
             reporter._numcollected = int(meta.get("collected", manifest.total))
@@ -522,15 +504,7 @@ class ControllerPlugin:
             return
         reporter = xml.node_reporter(report)
         for attempt in attempts:
-            crash = getattr(attempt.longrepr, "reprcrash", None)
-            message = crash.message if crash is not None else str(attempt.longrepr)[:200]
-            element = ET.Element(
-                "rerunFailure",
-                message=message.splitlines()[0] if message else "",
-                type=message.split(":", 1)[0] if message else "",
-            )
-            element.text = str(attempt.longrepr)
-            reporter.append(element)
+            reporter.append(rerun_failure_element(attempt))
 
     def _on_duplicate_rejected(self, event: Event) -> None:
         self.problems.duplicates.append(
@@ -539,55 +513,19 @@ class ControllerPlugin:
         )
 
     def _report_from_json(self, raw: dict[str, Any]) -> Any:
-        """pytest's own deserialisation, plus the tuples that JSON turned into lists."""
-        config = self._require_config()
-        report = config.hook.pytest_report_from_serializable(config=config, data=raw)
-        if report is None:
-            raise ValueError("not a pytest report")
-        if isinstance(getattr(report, "location", None), list):
-            report.location = tuple(report.location)
-        if isinstance(report.longrepr, list):
-            report.longrepr = tuple(report.longrepr)
-        return report
+        return report_from_json(self._require_config(), raw)
 
     def _on_unit_crashed(self, event: Event) -> None:
         """A test that took its worker down too often: reported as failed, naming the cause."""
-        config = self._require_config()
         unit = event.unit or "?"
         if unit in self.reported:
             return
         self.reported.add(unit)
-        cause = event.data.get("cause", {})
-        crashes = event.data.get("crashes", 1)
-        if cause.get("timeout"):
-            text = (
-                f"Timeout: {cause.get('reason', 'the test ran too long')}; the worker was "
-                "replaced.\n"
-                "\nThe stacks of every thread when the time ran out:\n"
-                + str(cause.get("output_tail", ""))
-            )
-        else:
-            text = (
-                f"worker {cause.get('worker', event.worker)} crashed while running this test: "
-                f"{cause.get('reason', 'unknown cause')}.\n"
-                f"The test took down {crashes} worker(s) and was not retried again.\n"
-            )
-            if cause.get("output_tail"):
-                text += "\nLast output of the worker:\n" + str(cause["output_tail"])
-        path, _, rest = unit.partition("::")
-        location = (path, None, rest or path)
-        report = pytest.TestReport(
-            nodeid=unit,
-            location=location,
-            keywords={},
-            outcome="failed",
-            longrepr=text,
-            when="call",
-        )
-        hook = config.hook
-        hook.pytest_runtest_logstart(nodeid=unit, location=location)
+        report = crash_report(unit, event.worker, event.data)
+        hook = self._require_config().hook
+        hook.pytest_runtest_logstart(nodeid=unit, location=report.location)
         hook.pytest_runtest_logreport(report=report)
-        hook.pytest_runtest_logfinish(nodeid=unit, location=location)
+        hook.pytest_runtest_logfinish(nodeid=unit, location=report.location)
 
     def _on_worker_refused(self, event: Event) -> None:
         self.problems.refused.append(str(event.data.get("message", "a worker was refused")))
@@ -616,18 +554,9 @@ class ControllerPlugin:
         )
 
     def _replay_warning(self, data: dict[str, Any]) -> None:
-        config = self._require_config()
-        category = _warning_category(str(data.get("category", "UserWarning")))
-        message = warnings.WarningMessage(
-            message=category(str(data.get("message", ""))),
-            category=category,
-            filename=str(data.get("filename", "")),
-            lineno=int(data.get("lineno") or 0),
-            line=data.get("line"),
-        )
-        config.hook.pytest_warning_recorded.call_historic(
+        self._require_config().hook.pytest_warning_recorded.call_historic(
             kwargs={
-                "warning_message": message,
+                "warning_message": warning_message(data),
                 "when": data.get("when", "runtest"),
                 "nodeid": data.get("nodeid", ""),
                 "location": None,

@@ -13,13 +13,12 @@ import json
 import os
 import secrets
 import socket
-import statistics
 import sys
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,6 +149,36 @@ class SilentReporter:
     ensure_newline = flush = write_ensure_prefix = _discard
 
 
+class NextItem:
+    """The `nextitem` pytest gets, resolved when pytest first looks at it: at the running
+    test's teardown, where it decides which fixtures the next test still needs. Falsy when
+    there is no next test (everything is then torn down, as after a plain run's last test)."""
+
+    _UNSET: Any = object()
+
+    def __init__(self, resolve: Callable[[], pytest.Item | None]) -> None:
+        self._resolve = resolve
+        self._item: Any = self._UNSET
+
+    def _get(self) -> pytest.Item | None:
+        if self._item is self._UNSET:
+            self._item = self._resolve()
+        return self._item  # type: ignore[no-any-return]
+
+    def __bool__(self) -> bool:
+        return self._get() is not None
+
+    def __getattr__(self, name: str) -> Any:
+        item = self._get()
+        if item is None:
+            raise AttributeError(name)
+        return getattr(item, name)
+
+
+def _item_of(items: dict[str, pytest.Item], lease: Lease | None) -> pytest.Item | None:
+    return items[lease.unit] if lease is not None else None
+
+
 class Heartbeat(threading.Thread):
     """Renews this worker's leases so a slow test is never handed to someone else, and ends
     the process if its supervisor has gone (an orphan would hold leases nobody watches)."""
@@ -202,7 +231,6 @@ class WorkerPlugin:
         )
         self._auto_timeouts: dict[str, float] = {}
         self._recent_durations: deque[float] = deque(maxlen=16)
-        self._history_median_s: float | None = None
 
     # -- configuration --------------------------------------------------------------------
 
@@ -308,8 +336,6 @@ class WorkerPlugin:
         )
         units = [] if collection_failed else list(items)
         durations = history_for(settings.history, session.config, queue)
-        if durations:
-            self._history_median_s = statistics.median(durations.values())
         if settings.test_timeout_s is None:
             self._auto_timeouts = {
                 unit: AUTO_TIMEOUT_BASE_S + AUTO_TIMEOUT_FACTOR * seconds
@@ -378,9 +404,13 @@ class WorkerPlugin:
             time.sleep(WAIT_POLL_S)
         return manifest
 
-    def _leases(self, queue: Queue, heartbeat: Heartbeat) -> Iterator[tuple[Lease, Lease | None]]:
-        """Yield (lease, next lease or None), keeping one lease in hand ahead of the running
-        test so pytest knows the next item and keeps shared fixtures alive between them."""
+    def _leases(
+        self, queue: Queue, heartbeat: Heartbeat
+    ) -> Iterator[tuple[Lease, Callable[[], Lease | None]]]:
+        """Yield (lease, upcoming): `upcoming()` gives the lease that will run next, reserving
+        it only when asked. pytest asks at the running test's teardown (to keep the fixtures
+        the next test shares), so a worker never holds a second unit while a slow test runs,
+        and the slow tests served first go to different workers."""
         hand: deque[Lease] = deque()
         exhausted = False
         pending = 0
@@ -413,9 +443,13 @@ class WorkerPlugin:
                 if not hand:
                     return
             lease = hand.popleft()
-            if not hand:
-                refill(block=False)
-            yield lease, (hand[0] if hand else None)
+
+            def upcoming() -> Lease | None:
+                if not hand:
+                    refill(block=False)
+                return hand[0] if hand else None
+
+            yield lease, upcoming
             if self._stopped and hand:
                 self._flush(force=True)
                 queue.release(
@@ -434,7 +468,7 @@ class WorkerPlugin:
         hook = session.config.hook
         for lease, upcoming in self._leases(queue, heartbeat):
             item = items[lease.unit]
-            nextitem = items[upcoming.unit] if upcoming else None
+            nextitem = NextItem(lambda upcoming=upcoming: _item_of(items, upcoming()))
             self.status.write(f"running {lease.unit}")
             self._reports, self._warnings, self._exception_names = [], [], set()
             started = time.time()
@@ -480,10 +514,11 @@ class WorkerPlugin:
             faulthandler.cancel_dump_traceback_later()
 
     def _typical_test_s(self) -> float | None:
-        """Recent tests on this worker, else the suite's median from timing history."""
+        """How long this worker's recent tests took. The queue serves the slowest first, so
+        the recent past overestimates what comes next: batches err on the small side."""
         if self._recent_durations:
             return sum(self._recent_durations) / len(self._recent_durations)
-        return self._history_median_s
+        return None
 
     def _should_retry(self) -> bool:
         if self.settings.max_requeues <= 0:
@@ -561,8 +596,10 @@ def batch_size(pending: int, worker_count: int, typical_test_s: float | None = N
     """How many units to reserve at once: tiny tests travel in batches (fewer round trips),
     slow ones alone (a batch of slow tests would pin them to one worker), and batches shrink
     near the end so that the tail stays balanced across workers."""
+    if typical_test_s is None:
+        return 1  # nothing seen yet: the first units served may be the slowest of the build
     share = pending // max(1, 4 * worker_count)
-    if typical_test_s is not None and typical_test_s > 0:
+    if typical_test_s > 0:
         share = min(share, int(BATCH_TARGET_S / typical_test_s))
     return max(1, min(MAX_BATCH, share))
 

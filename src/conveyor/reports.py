@@ -1,0 +1,105 @@
+"""Turning what the queue carries back into pytest's own objects, for the controller to replay.
+
+Nothing here is imported or executed on the word of the queue: reports go through pytest's own
+deserialisation hook, and a warning class that is not builtin becomes a look-alike class of the
+same name.
+"""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+
+class Deselected:
+    """Stands in for a deselected item: the terminal only counts them."""
+
+    def __init__(self, index: int) -> None:
+        self.nodeid = f"<deselected #{index}>"
+
+
+def report_from_json(config: pytest.Config, raw: Mapping[str, Any]) -> Any:
+    """pytest's own deserialisation, plus the tuples that JSON turned into lists."""
+    report = config.hook.pytest_report_from_serializable(config=config, data=raw)
+    if report is None:
+        raise ValueError("not a pytest report")
+    if isinstance(getattr(report, "location", None), list):
+        report.location = tuple(report.location)
+    if isinstance(report.longrepr, list):
+        report.longrepr = tuple(report.longrepr)
+    return report
+
+
+def warning_category(name: str) -> type[Warning]:
+    """The warning's class by name when it is a builtin one; otherwise a look-alike class of
+    the same name."""
+    builtin = (
+        __builtins__.get(name)
+        if isinstance(__builtins__, dict)
+        else getattr(__builtins__, name, None)
+    )
+    if isinstance(builtin, type) and issubclass(builtin, Warning):
+        return builtin
+    for candidate in (pytest.PytestWarning, *pytest.PytestWarning.__subclasses__()):
+        if candidate.__name__ == name:
+            return candidate
+    return type(name, (Warning,), {})
+
+
+def warning_message(data: Mapping[str, Any]) -> warnings.WarningMessage:
+    category = warning_category(str(data.get("category", "UserWarning")))
+    return warnings.WarningMessage(
+        message=category(str(data.get("message", ""))),
+        category=category,
+        filename=str(data.get("filename", "")),
+        lineno=int(data.get("lineno") or 0),
+        line=data.get("line"),
+    )
+
+
+def crash_report(unit: str, worker: str | None, data: Mapping[str, Any]) -> pytest.TestReport:
+    """The failure of a test that took its worker down too often, or timed out: it names the
+    cause and shows the worker's last output (or every thread's stack at the timeout)."""
+    cause = data.get("cause", {})
+    if cause.get("timeout"):
+        text = (
+            f"Timeout: {cause.get('reason', 'the test ran too long')}; the worker was "
+            "replaced.\n"
+            "\nThe stacks of every thread when the time ran out:\n"
+            + str(cause.get("output_tail", ""))
+        )
+    else:
+        text = (
+            f"worker {cause.get('worker', worker)} crashed while running this test: "
+            f"{cause.get('reason', 'unknown cause')}.\n"
+            f"The test took down {data.get('crashes', 1)} worker(s) and was not retried again.\n"
+        )
+        if cause.get("output_tail"):
+            text += "\nLast output of the worker:\n" + str(cause["output_tail"])
+    path, _, rest = unit.partition("::")
+    return pytest.TestReport(
+        nodeid=unit,
+        location=(path, None, rest or path),
+        keywords={},
+        outcome="failed",
+        longrepr=text,
+        when="call",
+    )
+
+
+def rerun_failure_element(attempt: Any) -> ET.Element:
+    """A <rerunFailure> element for a failed attempt that was retried (Maven Surefire's form,
+    which CI dashboards read)."""
+    crash = getattr(attempt.longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else str(attempt.longrepr)[:200]
+    element = ET.Element(
+        "rerunFailure",
+        message=message.splitlines()[0] if message else "",
+        type=message.split(":", 1)[0] if message else "",
+    )
+    element.text = str(attempt.longrepr)
+    return element
