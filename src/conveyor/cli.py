@@ -125,7 +125,9 @@ class Build:
     node: str
 
 
-def _resolve_build(options: RunOptions, run_dir: Path) -> Build:
+def _resolve_build(options: RunOptions, run_dir: Path, *, joining: bool = False) -> Build:
+    """`joining`: worker and report take part in a build someone else names; they never
+    invent a build id of their own."""
     if options.queue is not None:
         check_url(options.queue)
     ci = detect()
@@ -133,7 +135,7 @@ def _resolve_build(options: RunOptions, run_dir: Path) -> Build:
         build, explicit = options.build, True
     elif options.shared_queue and ci is not None:
         build, explicit = ci.build, True
-    elif options.networked_queue:
+    elif options.networked_queue or joining:
         raise UsageError(
             "a shared queue needs a build id that every machine of the build agrees on: pass "
             "--build ID (for example your CI's pipeline id). None was found in the environment "
@@ -303,7 +305,7 @@ def worker(argv: Sequence[str]) -> int:
 
 
 def _work_only(options: RunOptions, run_dir: Path) -> int:
-    build = _resolve_build(options, run_dir)
+    build = _resolve_build(options, run_dir, joining=True)
     queue = _open(options, build)
     try:
         if _already_finished(queue):
@@ -345,7 +347,7 @@ def report(argv: Sequence[str]) -> int:
     """Only report: wait for the build and replay it (`conveyor report`)."""
     options = parse_run_options(argv, "report")
     run_dir = Path(tempfile.gettempdir())
-    build = _resolve_build(options, run_dir)
+    build = _resolve_build(options, run_dir, joining=True)
     queue = _open(options, build)
     try:
         return _controller_exit(options, build, queue, None)

@@ -211,3 +211,18 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Py
     assert "KeyboardInterrupt" in output
     assert "passed" in output.splitlines()[-1]
     assert "did not run because the build was stopped" in output
+
+
+@pytest.mark.parametrize("command", ["worker", "report"])
+def test_joining_a_build_needs_its_id(pytester: pytest.Pytester, command: str) -> None:
+    result = pytester.run(
+        sys.executable, "-m", "conveyor", command, "--queue", f"sqlite://{pytester.path}/q.db"
+    )
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["conveyor: error: a shared queue needs a build id*--build ID*"])
+
+
+def test_worker_and_report_need_a_queue(pytester: pytest.Pytester) -> None:
+    result = pytester.run(sys.executable, "-m", "conveyor", "report", "--build", "b1")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["conveyor: error: `conveyor report` needs --queue URL*"])
