@@ -12,7 +12,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from _pytest import junitxml
 from conveyor import github, progress
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
+from conveyor.problems import BuildProblems
 from conveyor.queue import Queue
 from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
@@ -63,19 +64,6 @@ class ControllerSettings:
     no_progress: bool = False
     failures_live: bool = False
     header: str = ""
-
-
-@dataclass
-class BuildProblems:
-    """What went wrong outside of tests, shown in the summary and reflected in the exit code."""
-
-    refused: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    not_run: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    flaky: list[str] = field(default_factory=list)
 
 
 class ControllerPlugin:
@@ -664,52 +652,12 @@ class ControllerPlugin:
                 f"conveyor: estimated {self.estimate_s:.1f} s of testing, the build took "
                 f"{took:.1f} s (start-up included{first})"
             )
-        problems = self.problems
-        startup = [
-            f for f in (self.supervisor.failures if self.supervisor else []) if f.culprit is None
-        ]
-        if problems.flaky:
-            terminalreporter.write_sep("=", "flaky tests (passed on a retry)", yellow=True)
-            for nodeid in problems.flaky:
-                attempts = len(self.reruns.get(nodeid, [])) + 1
-                terminalreporter.write_line(f"{nodeid} passed on attempt {attempts}")
-        if not (
-            problems.refused or problems.errors or problems.lost or problems.missing
-            or problems.not_run or problems.duplicates or startup
-        ):  # fmt: skip
-            return
-        tr = terminalreporter
-        tr.write_sep("=", "conveyor", yellow=True)
-        for failure in startup:
-            tr.write_line(f"worker {failure.worker} {failure.cause} outside any test.", red=True)
-            for line in failure.output_tail.splitlines()[-10:]:
-                tr.write_line(f"  {line}")
-        for line in problems.lost + problems.duplicates:
-            tr.write_line(line)
-        for line in problems.refused + problems.errors:
-            tr.write_line(line, red=True)
-        if problems.not_run:
-            tr.write_line(
-                f"{len(problems.not_run)} test(s) did not run because the build was stopped:",
-                yellow=True,
-            )
-            for nodeid in problems.not_run[:20]:
-                tr.write_line(f"  {nodeid}")
-            if len(problems.not_run) > 20:
-                tr.write_line(f"  ... and {len(problems.not_run) - 20} more")
-        if problems.missing:
-            tr.write_line(
-                f"{len(problems.missing)} test(s) have no result (every collected test must "
-                "have exactly one):",
-                red=True,
-            )
-            for nodeid in problems.missing[:50]:
-                tr.write_line(f"  {nodeid}")
+        failures = self.supervisor.failures if self.supervisor else []
+        self.problems.write(terminalreporter, failures, self.reruns)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:
-        problems = self.problems
-        if (problems.missing or problems.refused or problems.errors) and session.exitstatus in (
+        if self.problems.fail_the_build and session.exitstatus in (
             pytest.ExitCode.OK,
             pytest.ExitCode.NO_TESTS_COLLECTED,
         ):

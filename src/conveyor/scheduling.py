@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 ORDERS = ("slowest", "collected", "random")
 GROUPINGS = ("module", "class", "test")
@@ -43,7 +45,16 @@ def estimate(units: Sequence[str], history: Mapping[str, float]) -> dict[str, fl
     }
 
 
-def order_units(
+@dataclass(frozen=True)
+class Plan:
+    """The serving order, and the groups split into single tests for balance (workers must
+    not hold those together)."""
+
+    order: list[str]
+    split: frozenset[str] = frozenset()
+
+
+def plan(
     units: Sequence[str],
     history: Mapping[str, float],
     *,
@@ -51,27 +62,33 @@ def order_units(
     grouping: str = "module",
     workers: int = 1,
     seed: int = 0,
-) -> list[str]:
+) -> Plan:
     """The units in serving order (see the module docstring)."""
     if order == "collected":
-        return list(units)
+        return Plan(list(units))
     if order == "random":
         shuffled = list(units)
         random.Random(seed).shuffle(shuffled)
-        return shuffled
+        return Plan(shuffled, frozenset(scope_of(unit, grouping) for unit in units))
     if not any(unit in history for unit in units):
-        return list(units)  # nothing known: collection order keeps fixtures warm
+        return Plan(list(units))  # nothing known: collection order keeps fixtures warm
     seconds = estimate(units, history)
     groups: dict[str, list[str]] = {}
     for unit in units:
         groups.setdefault(scope_of(unit, grouping), []).append(unit)
     share = sum(seconds.values()) / max(1, workers)
     blocks: list[tuple[float, list[str]]] = []
-    for members in groups.values():
+    split: set[str] = set()
+    for scope, members in groups.items():
         total = sum(seconds[unit] for unit in members)
         if len(members) > 1 and share > 0 and total >= SPLIT_SHARE * share:
             blocks.extend((seconds[unit], [unit]) for unit in members)
+            split.add(scope)
         else:
             blocks.append((total, members))
     blocks.sort(key=lambda block: -block[0])  # stable: ties keep collection order
-    return [unit for _, members in blocks for unit in members]
+    return Plan([unit for _, members in blocks for unit in members], frozenset(split))
+
+
+def order_units(units: Sequence[str], history: Mapping[str, float], **options: Any) -> list[str]:
+    return plan(units, history, **options).order

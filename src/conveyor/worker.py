@@ -38,7 +38,8 @@ from conveyor.queue.protocol import (
     Lease,
     collection_digest,
 )
-from conveyor.scheduling import order_units
+from conveyor.scheduling import plan, scope_of
+from conveyor.watchdog import Watchdog
 
 SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
 
@@ -66,6 +67,8 @@ FLUSH_MAX_RESULTS = 64
 FLUSH_INTERVAL_S = 0.1
 MAX_BATCH = 32
 BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
+AFFINITY_TARGET_S = 2.0  # work of a module's run kept together when nothing else says so
+GIVE_BACK_AFTER_S = 0.5  # without history, a test this slow hands the rest of its run back
 WAIT_POLL_S = 0.05
 
 
@@ -231,6 +234,12 @@ class WorkerPlugin:
         )
         self._auto_timeouts: dict[str, float] = {}
         self._recent_durations: deque[float] = deque(maxlen=16)
+        self._watchdog: Watchdog | None = None
+        self._order: list[str] = []
+        self._positions: dict[str, int] = {}
+        self._affinity = 0
+        self._has_history = False
+        self._split: frozenset[str] = frozenset()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -336,14 +345,16 @@ class WorkerPlugin:
         )
         units = [] if collection_failed else list(items)
         durations = history_for(settings.history, session.config, queue)
+        self._has_history = bool(durations)
         if settings.test_timeout_s is None:
             self._auto_timeouts = {
                 unit: AUTO_TIMEOUT_BASE_S + AUTO_TIMEOUT_FACTOR * seconds
                 for unit, seconds in durations.items()
             }
+        split: frozenset[str] = frozenset()
         if queue.manifest() is None:
             # Likely the leader: serve the build in the order timing history suggests.
-            units = order_units(
+            serving = plan(
                 units,
                 durations,
                 order=settings.order,
@@ -351,7 +362,9 @@ class WorkerPlugin:
                 workers=settings.worker_count,
                 seed=settings.seed,
             )
+            units, split = serving.order, serving.split
         meta = self._manifest_meta(session, units)
+        meta["split_scopes"] = sorted(split)
         if not queue.populate(settings.worker_id, units, meta) and not self._collection_matches(
             queue, units
         ):
@@ -361,6 +374,10 @@ class WorkerPlugin:
             queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
             self.status.write("joined")
             heartbeat.start()
+            manifest = queue.manifest()
+            self._split = frozenset(manifest.meta.get("split_scopes", []) if manifest else [])
+            self._order = queue.units()
+            self._positions = {unit: index for index, unit in enumerate(self._order)}
             self._work(session, queue, items, heartbeat)
             self._flush(force=True)
         except BuildStateLost as exc:
@@ -413,7 +430,7 @@ class WorkerPlugin:
         and the slow tests served first go to different workers."""
         hand: deque[Lease] = deque()
         exhausted = False
-        pending = 0
+        pending = queue.status().pending
 
         def refill(block: bool) -> None:
             nonlocal exhausted, pending
@@ -423,11 +440,12 @@ class WorkerPlugin:
                 if self._stopped:
                     exhausted = True
                     return
-                want = batch_size(pending, self.settings.worker_count, self._typical_test_s())
+                want = self._batch(pending)
                 reservation = queue.reserve(self.settings.worker_id, want)
                 pending = reservation.pending
                 if reservation.state == LEASED:
                     hand.extend(reservation.leases)
+                    self._affinity = self._scope_run_after(reservation.leases[-1].unit)
                     return
                 if reservation.state == EXHAUSTED:
                     exhausted = True
@@ -457,6 +475,13 @@ class WorkerPlugin:
                     {"reason": "the build was stopped; unstarted units returned"},
                 )
                 return
+            if hand and self._should_give_back():
+                # Without history this worker took a run of tests that turn out slow: other
+                # workers may be idle, so the unstarted ones go back to the front of the queue.
+                self._flush(force=True)
+                queue.release(self.settings.worker_id, {"reason": "slow run handed back"})
+                hand.clear()
+                self._affinity = 0
 
     def _work(
         self,
@@ -500,18 +525,78 @@ class WorkerPlugin:
         if not timeout or self._timeout_file is None:
             yield
             return
-        how = "--test-timeout" if fixed is not None else "automatic, from timing history"
+        seconds = f"{timeout:.1f}".rstrip("0").rstrip(".")
+        if fixed is None:
+            # The automatic timeout: cheap per test (see conveyor.watchdog).
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self._timeout_file)
+                self._watchdog.start()
+            self._watchdog.arm(
+                timeout, f"{TIMEOUT_HEADER} {seconds} automatic, from timing history"
+            )
+            try:
+                yield
+            finally:
+                self._watchdog.disarm()
+            return
         handle = self._timeout_file
         handle.seek(0)
         handle.truncate()
-        seconds = f"{timeout:.1f}".rstrip("0").rstrip(".")
-        handle.write(f"{TIMEOUT_HEADER} {seconds} {how}\n")
+        handle.write(f"{TIMEOUT_HEADER} {seconds} --test-timeout\n")
         handle.flush()
         faulthandler.dump_traceback_later(timeout, exit=True, file=handle)
         try:
             yield
         finally:
             faulthandler.cancel_dump_traceback_later()
+
+    def _scope_run_after(self, unit: str) -> int:
+        """How many units follow `unit` in the serving order within its module (or class):
+        the next reservation takes them all, so one worker runs the module's tests in a row
+        and sets its module fixtures up once (a module split for balance is not contiguous
+        in the order, so it is not held together)."""
+        position = self._positions.get(unit)
+        if position is None or self.settings.grouping == "test":
+            return 0
+        scope = self._scope_key(unit)
+        run = 0
+        for following in self._order[position + 1 : position + 1 + MAX_BATCH]:
+            if self._scope_key(following) != scope:
+                break
+            run += 1
+        return run
+
+    def _batch(self, pending: int) -> int:
+        """How many units the next reservation asks for. A module's run of tests goes to one
+        worker whole, so its fixtures are set up once: with timing history the leader has
+        split the modules too long for balance (their tests are not held together); without
+        it the run is cut to about AFFINITY_TARGET_S of work by the durations seen so far
+        (nothing seen yet: one unit). Outside such runs the batch follows those durations."""
+        typical = self._typical_test_s()
+        run = self._affinity or self._run_at_front(pending)
+        if run <= 1:
+            return batch_size(pending, self.settings.worker_count, typical)
+        if self._has_history:
+            return min(run, MAX_BATCH)
+        if typical is None:
+            return 1
+        return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+
+    def _should_give_back(self) -> bool:
+        last = self._recent_durations[-1] if self._recent_durations else 0.0
+        return not self._has_history and last > GIVE_BACK_AFTER_S
+
+    def _scope_key(self, unit: str) -> str:
+        scope = scope_of(unit, self.settings.grouping)
+        return unit if scope in self._split else scope
+
+    def _run_at_front(self, pending: int) -> int:
+        """The module run that the queue is about to serve: units are served in the published
+        order, so with `pending` units left the front is at position total - pending."""
+        position = len(self._order) - pending
+        if not 0 <= position < len(self._order):
+            return 0
+        return 1 + self._scope_run_after(self._order[position])
 
     def _typical_test_s(self) -> float | None:
         """How long this worker's recent tests took. The queue serves the slowest first, so

@@ -1,0 +1,73 @@
+"""What went wrong outside the tests' own outcomes, collected during a build and shown in the
+summary's "conveyor" section (a worker lost, a collection refused, tests without a result)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.supervisor import WorkerFailure
+
+SHOWN = 20
+
+
+@dataclass
+class BuildProblems:
+    refused: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    flaky: list[str] = field(default_factory=list)
+
+    @property
+    def fail_the_build(self) -> bool:
+        """Problems that make a build whose reported tests all passed exit non-zero."""
+        return bool(self.missing or self.refused or self.errors)
+
+    def write(
+        self,
+        tr: Any,
+        failures: Sequence[WorkerFailure],
+        reruns: Mapping[str, Sequence[Any]],
+    ) -> None:
+        """The flaky-tests section and the "conveyor" section of the terminal summary."""
+        if self.flaky:
+            tr.write_sep("=", "flaky tests (passed on a retry)", yellow=True)
+            for nodeid in self.flaky:
+                tr.write_line(f"{nodeid} passed on attempt {len(reruns.get(nodeid, [])) + 1}")
+        outside = [f for f in failures if f.culprit is None and not f.refused]
+        listed = (self.refused, self.errors, self.lost, self.missing, self.not_run, self.duplicates)
+        if not (any(listed) or outside):
+            return
+        tr.write_sep("=", "conveyor", yellow=True)
+        for failure in outside:
+            tr.write_line(f"worker {failure.worker} {failure.cause} outside any test.", red=True)
+            for line in failure.output_tail.splitlines()[-10:]:
+                tr.write_line(f"  {line}")
+        for line in self.lost + self.duplicates:
+            tr.write_line(line)
+        for line in self.refused + self.errors:
+            tr.write_line(line, red=True)
+        if self.not_run:
+            tr.write_line(
+                f"{len(self.not_run)} test(s) did not run because the build was stopped:",
+                yellow=True,
+            )
+            _list(tr, self.not_run)
+        if self.missing:
+            tr.write_line(
+                f"{len(self.missing)} test(s) have no result (every collected test must have "
+                "exactly one):",
+                red=True,
+            )
+            _list(tr, self.missing)
+
+
+def _list(tr: Any, nodeids: Sequence[str]) -> None:
+    for nodeid in nodeids[:SHOWN]:
+        tr.write_line(f"  {nodeid}")
+    if len(nodeids) > SHOWN:
+        tr.write_line(f"  ... and {len(nodeids) - SHOWN} more")
