@@ -43,18 +43,31 @@ def main() -> int:
         suite = Path(folder) / "suite"
         write_suite(suite, args.tests)
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "run", "-n", "2", "-q", "-p", "no:cacheprovider"],
-            cwd=suite,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        peak = 0.0
-        while process.poll() is None:
-            peak = max(peak, peak_rss_mb(process.pid) or 0.0)
-            time.sleep(0.2)
-        output = process.stdout.read() if process.stdout else ""
+        log_path = Path(folder) / "output.txt"
+        # Output to a file, not a pipe: 100,000 progress letters would fill a pipe nobody
+        # reads until the end, and the controller would wait forever to write.
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "conveyor",
+                    "run",
+                    "-n",
+                    "2",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                ],
+                cwd=suite,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            peak = 0.0
+            while process.poll() is None:
+                peak = max(peak, peak_rss_mb(process.pid) or 0.0)
+                time.sleep(0.2)
+        output = log_path.read_text()
         wall = time.perf_counter() - started
     summary = output.strip().splitlines()[-1] if output.strip() else "(no output)"
     print(f"{args.tests} tests, 2 workers: wall {wall:.1f} s, controller peak RSS {peak:.0f} MB")
