@@ -472,14 +472,16 @@ class WorkerPlugin:
                 self._flush(force=True)
                 queue.release(
                     self.settings.worker_id,
-                    {"reason": "the build was stopped; unstarted units returned"},
+                    {"reason": "the build was stopped; unstarted units returned", "orderly": True},
                 )
                 return
             if hand and self._should_give_back():
                 # Without history this worker took a run of tests that turn out slow: other
                 # workers may be idle, so the unstarted ones go back to the front of the queue.
                 self._flush(force=True)
-                queue.release(self.settings.worker_id, {"reason": "slow run handed back"})
+                queue.release(
+                    self.settings.worker_id, {"reason": "slow run handed back", "orderly": True}
+                )
                 hand.clear()
                 self._affinity = 0
 

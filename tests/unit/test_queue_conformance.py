@@ -16,6 +16,7 @@ from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
     EVENT_FINISHED,
     EVENT_LEASE_EXPIRED,
+    EVENT_LEASES_RETURNED,
     EVENT_REQUEUED,
     EVENT_RESULT,
     EVENT_UNIT_CRASHED,
@@ -354,3 +355,14 @@ def test_final_release_finalises_the_culprit_at_once(make_queue: QueueFactory) -
     released = queue.release("gw0", {"culprit": hung, "final": True, "reason": "timeout"})
     assert {(r.unit, r.finalised) for r in released} == {(hung, True), (bystander, False)}
     assert [lease.unit for lease in queue.reserve("gw1", 2).leases] == [bystander]
+
+
+def test_an_orderly_hand_back_is_not_recorded_as_a_lost_worker(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    queue.reserve("gw0", 3)
+    released = queue.release("gw0", {"reason": "stopped", "orderly": True})
+    assert {r.unit for r in released} == set(units(3))
+    kinds = [event.kind for event in queue.events(0)]
+    assert EVENT_LEASES_RETURNED in kinds and EVENT_WORKER_LOST not in kinds
+    assert {lease.unit for lease in queue.reserve("gw1", 3).leases} == set(units(3))

@@ -25,10 +25,17 @@ EVENT_RESULT = "result"
 EVENT_DUPLICATE_REJECTED = "duplicate_rejected"
 EVENT_LEASE_EXPIRED = "lease_expired"
 EVENT_WORKER_LOST = "worker_lost"
+EVENT_LEASES_RETURNED = "leases_returned"
 EVENT_UNIT_CRASHED = "unit_crashed"
 EVENT_REQUEUED = "requeued"
 EVENT_STOPPED = "stopped"
 EVENT_FINISHED = "finished"
+
+
+def release_event_kind(cause: Mapping[str, Any]) -> str:
+    """A release is a lost worker, unless the cause says it is `orderly`: a live worker
+    handing back tests it had not started (the build stopped, a slow run without history)."""
+    return EVENT_LEASES_RETURNED if cause.get("orderly") else EVENT_WORKER_LOST
 
 
 def collection_digest(units: Iterable[str]) -> str:

@@ -35,6 +35,7 @@ from conveyor.queue.protocol import (
     Released,
     Reservation,
     collection_digest,
+    release_event_kind,
 )
 
 if TYPE_CHECKING:
@@ -450,6 +451,7 @@ class RedisQueue:
             culprit or "",
             _dumps(cause),
             "1" if cause.get("final") else "0",
+            release_event_kind(cause),
         )
         self._seen_populated = True
         return [

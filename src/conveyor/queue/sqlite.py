@@ -33,7 +33,6 @@ from conveyor.queue.protocol import (
     EVENT_STOPPED,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_JOINED,
-    EVENT_WORKER_LOST,
     EXHAUSTED,
     JSON,
     LEASED,
@@ -47,6 +46,7 @@ from conveyor.queue.protocol import (
     Released,
     Reservation,
     collection_digest,
+    release_event_kind,
 )
 
 BUSY_TIMEOUT_S = 60.0
@@ -453,7 +453,7 @@ class SQLiteQueue:
                 released.append(Released(unit, attempt, crashes, finalised))
             self._emit(
                 conn,
-                EVENT_WORKER_LOST,
+                release_event_kind(cause),
                 worker,
                 data={
                     "cause": dict(cause),

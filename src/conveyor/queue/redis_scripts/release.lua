@@ -14,6 +14,7 @@
 -- ARGV[5]  culprit
 -- ARGV[6]  cause        JSON object (signal, timeout, traceback, ...), copied into the events
 -- ARGV[7]  final        '1' to finalise the culprit now instead of charging it and retrying
+-- ARGV[8]  kind         event kind: 'worker_lost', or 'leases_returned' for an orderly hand-back
 -- Returns {unit, attempt, crashes, finalised (1/0), ...} per released unit, sorted by unit.
 -- Error BUILD_LOST when the build is gone.
 
@@ -52,7 +53,7 @@ for _, unit in ipairs(held_by(worker)) do
   reply[#reply + 1] = finalised and 1 or 0
 end
 
-emit('worker_lost', worker, false,
+emit(ARGV[8], worker, false,
   '{"cause":' .. cause .. ',"requeued":' .. json_list(requeued) .. '}')
 maybe_finish()
 touch()
