@@ -46,16 +46,21 @@ def test_known_bug():
     assert False
 """,
     "test_text.py": """
-import os, pathlib, time
-
 def test_upper():
     assert "a".upper() == "A"
 
 def test_lower():
     assert "A".lower() == "a"
-
-"""
-    + "\n".join(f"def test_words_{i}():\n    time.sleep(0.05)\n" for i in range(30)),
+""",
+    # Several modules of slower tests, so that both machines get whole modules to run.
+    **{
+        f"test_words_{module}.py": "import time\n\n"
+        + "\n".join(
+            f"def test_words_{i}():\n    time.sleep(0.1)\n"
+            for i in range(5 * module, 5 * module + 5)
+        )
+        for module in range(6)
+    },
 }
 
 
