@@ -87,6 +87,8 @@ class ControllerPlugin:
         self.estimate_s: float | None = None
         self.live: progress.LiveProgress | None = None
         self.first_result_s: float | None = None
+        self._units: list[str] | None = None
+        self._every_event: list[Event] | None = None
         self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
@@ -160,7 +162,7 @@ class ControllerPlugin:
             history = store.load()
         except (QueueError, OSError, ValueError):
             return
-        units = self.queue.units()
+        units = self._manifest_units()
         known = sum(1 for unit in units if unit in history)
         if not known:
             return
@@ -195,7 +197,7 @@ class ControllerPlugin:
             delay = min(POLL_MAX_S, delay * 2)
 
     def _abort_stalled(self) -> None:
-        never_ran = sorted(set(self.queue.units()) - self.reported)
+        never_ran = sorted(set(self._manifest_units()) - self.reported)
         self.problems.missing = never_ran
         shown = "\n".join(f"  {nodeid}" for nodeid in never_ran[:20])
         more = f"\n  ... and {len(never_ran) - 20} more" if len(never_ran) > 20 else ""
@@ -567,7 +569,7 @@ class ControllerPlugin:
             self._note_not_run()
             return
         if len(self.reported) < self.manifest.total:
-            self.problems.missing = sorted(set(self.queue.units()) - self.reported)
+            self.problems.missing = sorted(set(self._manifest_units()) - self.reported)
 
     def _record_history(self, session: pytest.Session) -> None:
         """Durations of this build feed the order of the next one."""
@@ -581,14 +583,14 @@ class ControllerPlugin:
 
     def _note_not_run(self) -> None:
         if self.manifest is not None:
-            self.problems.not_run = [u for u in self.queue.units() if u not in self.reported]
+            self.problems.not_run = [u for u in self._manifest_units() if u not in self.reported]
 
     def _sort_stats_in_collection_order(self, session: pytest.Session) -> None:
         """Results arrive in completion order; the summary lists them as plain pytest does."""
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
-        position = {unit: index for index, unit in enumerate(self.queue.units())}
+        position = {unit: index for index, unit in enumerate(self._manifest_units())}
         for reports in reporter.stats.values():
             reports.sort(key=lambda report: position.get(getattr(report, "nodeid", None), -1))
 
@@ -618,11 +620,21 @@ class ControllerPlugin:
         github.append_step_summary(text)
 
     def _all_events(self) -> list[Event]:
-        events, cursor = [], 0
-        while page := self.queue.events(cursor, EVENTS_PAGE):
-            events.extend(page)
-            cursor = page[-1].seq
-        return events
+        """The whole stream, read once at the end for the timeline and the GitHub summary."""
+        if self._every_event is None:
+            events, cursor = [], 0
+            while page := self.queue.events(cursor, EVENTS_PAGE):
+                events.extend(page)
+                cursor = page[-1].seq
+            self._every_event = events
+        return self._every_event
+
+    def _manifest_units(self) -> list[str]:
+        """The build's units in published order; the manifest never changes, so it is read
+        once (at 100,000 tests the end of a build needs it several times)."""
+        if self._units is None:
+            self._units = self.queue.units()
+        return self._units
 
     def _write_timeline(self, terminalreporter: Any) -> None:
         if not self.settings.timeline:
