@@ -27,13 +27,12 @@ import pytest
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.hooks import run_shell
+from conveyor.lease_stream import LeaseStream
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     ALREADY_DONE,
     EVENT_WORKER_LEFT,
-    EXHAUSTED,
     JSON,
-    LEASED,
     REQUEUED,
     Lease,
     collection_digest,
@@ -421,69 +420,23 @@ class WorkerPlugin:
             time.sleep(WAIT_POLL_S)
         return manifest
 
-    def _leases(
-        self, queue: Queue, heartbeat: Heartbeat
-    ) -> Iterator[tuple[Lease, Callable[[], Lease | None]]]:
-        """Yield (lease, upcoming): `upcoming()` gives the lease that will run next, reserving
-        it only when asked. pytest asks at the running test's teardown (to keep the fixtures
-        the next test shares), so a worker never holds a second unit while a slow test runs,
-        and the slow tests served first go to different workers."""
-        hand: deque[Lease] = deque()
-        exhausted = False
-        pending = queue.status().pending
+    def _lease_stream(self, queue: Queue, heartbeat: Heartbeat) -> LeaseStream:
+        def check() -> None:
+            if heartbeat.error is not None:
+                raise heartbeat.error
 
-        def refill(block: bool) -> None:
-            nonlocal exhausted, pending
-            while not exhausted:
-                if heartbeat.error is not None:
-                    raise heartbeat.error
-                if self._stopped:
-                    exhausted = True
-                    return
-                want = self._batch(pending)
-                reservation = queue.reserve(self.settings.worker_id, want)
-                pending = reservation.pending
-                if reservation.state == LEASED:
-                    hand.extend(reservation.leases)
-                    self._affinity = self._scope_run_after(reservation.leases[-1].unit)
-                    return
-                if reservation.state == EXHAUSTED:
-                    exhausted = True
-                    return
-                if not block:
-                    return
-                self._flush(force=True)
-                time.sleep(WAIT_POLL_S)
+        def on_reserved(leases: tuple[Lease, ...]) -> None:
+            self._affinity = self._scope_run_after(leases[-1].unit)
 
-        while True:
-            if not hand:
-                refill(block=True)
-                if not hand:
-                    return
-            lease = hand.popleft()
-
-            def upcoming() -> Lease | None:
-                if not hand:
-                    refill(block=False)
-                return hand[0] if hand else None
-
-            yield lease, upcoming
-            if self._stopped and hand:
-                self._flush(force=True)
-                queue.release(
-                    self.settings.worker_id,
-                    {"reason": "the build was stopped; unstarted units returned", "orderly": True},
-                )
-                return
-            if hand and self._should_give_back():
-                # Without history this worker took a run of tests that turn out slow: other
-                # workers may be idle, so the unstarted ones go back to the front of the queue.
-                self._flush(force=True)
-                queue.release(
-                    self.settings.worker_id, {"reason": "slow run handed back", "orderly": True}
-                )
-                hand.clear()
-                self._affinity = 0
+        return LeaseStream(
+            queue,
+            self.settings.worker_id,
+            batch=self._batch,
+            on_reserved=on_reserved,
+            check=check,
+            stopped=lambda: self._stopped,
+            idle=lambda: self._flush(force=True),
+        )
 
     def _work(
         self,
@@ -493,12 +446,15 @@ class WorkerPlugin:
         heartbeat: Heartbeat,
     ) -> None:
         hook = session.config.hook
-        for lease, upcoming in self._leases(queue, heartbeat):
+        stream = self._lease_stream(queue, heartbeat)
+        for lease in stream:
             item = items[lease.unit]
-            nextitem = NextItem(lambda upcoming=upcoming: _item_of(items, upcoming()))
+            # Resolved when pytest first looks at it, at this test's teardown: see LeaseStream.
+            nextitem = NextItem(lambda: _item_of(items, stream.peek()))
             self.status.write(f"running {lease.unit}")
             self._reports, self._warnings, self._exception_names = [], [], set()
             started = time.time()
+            failed_before = session.testsfailed
             with self._hard_timeout(lease.unit):
                 hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
             payload = {
@@ -513,9 +469,24 @@ class WorkerPlugin:
             self._recent_durations.append(payload["duration"])
             self.status.write("between tests")
             if self._should_retry() and self._requeue(queue, lease.unit, payload):
-                continue
-            self._outbox.append((lease.unit, payload))
-            self._flush()
+                # Not a final failure: it must not trip this worker's -x / --maxfail.
+                session.testsfailed = failed_before
+                session.shouldfail = False
+            else:
+                self._outbox.append((lease.unit, payload))
+                self._flush()
+            stream.raise_deferred()
+            if self._stopped or session.shouldfail or session.shouldstop:
+                # -x, --maxfail or a stop of the whole build: nothing more runs here.
+                self._flush(force=True)
+                stream.stop("the build was stopped; unstarted units returned")
+                return
+            if self._should_give_back():
+                # Without history this worker took a run of tests that turn out slow: other
+                # workers may be idle, so the unstarted ones go back to the front of the queue.
+                self._flush(force=True)
+                stream.hand_back("slow run handed back")
+                self._affinity = 0
 
     @contextlib.contextmanager
     def _hard_timeout(self, unit: str) -> Iterator[None]:

@@ -366,3 +366,22 @@ def test_an_orderly_hand_back_is_not_recorded_as_a_lost_worker(make_queue: Queue
     kinds = [event.kind for event in queue.events(0)]
     assert EVENT_LEASES_RETURNED in kinds and EVENT_WORKER_LOST not in kinds
     assert {lease.unit for lease in queue.reserve("gw1", 3).leases} == set(units(3))
+
+
+def test_hand_back_returns_unstarted_units_in_order_and_keeps_the_rest(
+    make_queue: QueueFactory,
+) -> None:
+    """A worker that promised pytest its next test keeps that lease and returns the others,
+    which are served next in the order the worker would have run them."""
+    queue = make_queue()
+    queue.populate("gw0", units(6), {})
+    held = [lease.unit for lease in queue.reserve("gw0", 5).leases]
+    running, promised, *unstarted = held
+    returned = queue.hand_back("gw0", [*unstarted, units(6)[5]], "slow run handed back")
+    assert returned == unstarted  # the unit it never held is skipped
+    assert [lease.unit for lease in queue.reserve("gw1", 4).leases] == [*unstarted, units(6)[5]]
+    assert queue.heartbeat("gw0") == 2  # the running and the promised unit stay its own
+    assert queue.complete("gw0", [(running, result()), (promised, result())]) == [True, True]
+    returned_events = [e for e in queue.events(0) if e.kind == EVENT_LEASES_RETURNED]
+    assert [e.data["requeued"] for e in returned_events] == [unstarted]
+    assert EVENT_WORKER_LOST not in {event.kind for event in queue.events(0)}

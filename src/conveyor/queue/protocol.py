@@ -172,6 +172,12 @@ class Queue(Protocol):
         With `cause["final"]` the culprit is finalised at once (a hard timeout)."""
         ...
 
+    def hand_back(self, worker: str, units: Sequence[str], reason: str) -> list[str]:
+        """A live worker returns units it holds but has not started to the front of the queue,
+        first unit first; its other leases stay its own. Units it does not hold are skipped.
+        Returns the units returned, written to the stream as EVENT_LEASES_RETURNED."""
+        ...
+
     def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:
         """Append a free-form event (worker errors, collection reports) to the stream."""
         ...

@@ -76,6 +76,7 @@ WRITE_SCRIPTS = (
     "complete",
     "requeue",
     "release",
+    "hand_back",
     "stop",
     "publish",
 )
@@ -458,6 +459,12 @@ class RedisQueue:
             Released(reply[i], int(reply[i + 1]), int(reply[i + 2]), bool(reply[i + 3]))
             for i in range(0, len(reply), 4)
         ]
+
+    def hand_back(self, worker: str, units: Sequence[str], reason: str) -> list[str]:
+        cause = {"reason": reason, "orderly": True}
+        returned = self._write("hand_back", worker, _dumps(cause), *units)
+        self._seen_populated = True
+        return [str(unit) for unit in returned]
 
     def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:
         self._write(

@@ -27,6 +27,7 @@ from conveyor.queue.protocol import (
     EVENT_FINISHED,
     EVENT_LEASE_EXPIRED,
     EVENT_LEASED,
+    EVENT_LEASES_RETURNED,
     EVENT_POPULATED,
     EVENT_REQUEUED,
     EVENT_RESULT,
@@ -462,6 +463,32 @@ class SQLiteQueue:
             )
             self._maybe_finish(conn)
         return released
+
+    def hand_back(self, worker: str, units: Sequence[str], reason: str) -> list[str]:
+        with self._write() as conn:
+            self._counters(conn)
+            held = {
+                unit
+                for (unit,) in conn.execute(
+                    "SELECT unit FROM units INDEXED BY units_by_worker "
+                    "WHERE build = ? AND worker = ? AND state = 'leased'",
+                    (self.build, worker),
+                )
+            }
+            returned = [unit for unit in units if unit in held]
+            # The first unit returned goes first: lowest - n .. lowest - 1 keep the given order.
+            front = self._front_of_queue(conn) + 1 - len(returned)
+            conn.executemany(
+                "UPDATE units SET state = 'pending', worker = NULL, deadline = NULL, "
+                "queue_order = ? WHERE build = ? AND unit = ?",
+                ((front + index, self.build, unit) for index, unit in enumerate(returned)),
+            )
+            self._adjust(conn, pending=len(returned), leased=-len(returned))
+            cause = {"reason": reason, "orderly": True}
+            self._emit(
+                conn, EVENT_LEASES_RETURNED, worker, data={"cause": cause, "requeued": returned}
+            )
+        return returned
 
     def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:
         with self._write() as conn:

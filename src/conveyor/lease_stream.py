@@ -1,0 +1,134 @@
+"""The leases one worker runs, in order, and the promise behind pytest's `nextitem`.
+
+pytest learns which test comes next at the running test's teardown and keeps set up exactly
+the collectors (module, class) that test shares. So the test named there must be the test
+this worker runs next, on every path: `peek()` reserves it (only when asked, so a worker never
+holds a second test while a slow one runs) and from then on it is *promised*. A hand-back
+returns every unstarted lease except the promised one; a stop returns them all and ends the
+stream, and pytest's own session finish then tears the rest of the setup state down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from conveyor.queue import Queue
+from conveyor.queue.protocol import EXHAUSTED, LEASED, Lease
+
+WAIT_POLL_S = 0.05
+
+
+class _Unpromised:
+    """Nothing has been promised yet for the test after the running one."""
+
+
+UNPROMISED: Final = _Unpromised()
+
+
+class LeaseStream:
+    """Yields this worker's leases in the order it runs them."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        worker: str,
+        *,
+        batch: Callable[[int], int],
+        on_reserved: Callable[[tuple[Lease, ...]], None] = lambda leases: None,
+        check: Callable[[], None] = lambda: None,
+        stopped: Callable[[], bool] = lambda: False,
+        idle: Callable[[], None] = lambda: None,
+        poll_s: float = WAIT_POLL_S,
+    ) -> None:
+        """`batch(pending)` says how many units to ask for; `on_reserved` sees every
+        reservation; `check` raises when the worker must not go on (a failed heartbeat);
+        `stopped` says the build was stopped; `idle` runs while the queue says wait (to flush
+        results others may be waiting on)."""
+        self._queue = queue
+        self._worker = worker
+        self._batch = batch
+        self._on_reserved = on_reserved
+        self._check = check
+        self._stopped = stopped
+        self._idle = idle
+        self._poll_s = poll_s
+        self._hand: deque[Lease] = deque()
+        self._exhausted = False
+        self._pending = queue.status().pending
+        self._promise: Lease | _Unpromised | None = UNPROMISED
+        self._deferred: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Lease]:
+        while not self._exhausted or self._hand:
+            self.raise_deferred()
+            if not self._hand:
+                self._refill(block=True)
+                if not self._hand:
+                    return
+            self._promise = UNPROMISED
+            yield self._hand.popleft()
+
+    @property
+    def promised(self) -> Lease | _Unpromised | None:
+        """What pytest was told comes next: a lease, None (nothing: all was torn down), or
+        UNPROMISED (pytest did not ask, e.g. after `-x` it passes None itself)."""
+        return self._promise
+
+    def peek(self) -> Lease | None:
+        """The lease that runs next, reserved now if the worker holds none; promised from here
+        on. A queue error is kept for `raise_deferred` (raising here would turn it into the
+        running test's teardown error) and the answer is then None: tear everything down."""
+        if isinstance(self._promise, _Unpromised):
+            if not self._hand and self._deferred is None:
+                try:
+                    self._refill(block=False)
+                except Exception as exc:  # re-raised by raise_deferred, outside the test
+                    self._deferred = exc
+            self._promise = self._hand[0] if self._hand else None
+        return self._promise
+
+    def raise_deferred(self) -> None:
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+
+    def hand_back(self, reason: str) -> list[str]:
+        """Return the unstarted leases to the front of the queue, keeping the promised one."""
+        keep = 1 if isinstance(self._promise, Lease) else 0
+        unstarted = [lease.unit for lease in list(self._hand)[keep:]]
+        if not unstarted:
+            return []
+        while len(self._hand) > keep:
+            self._hand.pop()
+        return self._queue.hand_back(self._worker, unstarted, reason)
+
+    def stop(self, reason: str) -> list[str]:
+        """Return every unstarted lease, the promised one too, and end the stream: no test
+        runs after this in the session, whose finish tears down what is still set up."""
+        unstarted = [lease.unit for lease in self._hand]
+        self._hand.clear()
+        self._exhausted = True
+        return self._queue.hand_back(self._worker, unstarted, reason) if unstarted else []
+
+    def _refill(self, block: bool) -> None:
+        while not self._exhausted:
+            self._check()
+            if self._stopped():
+                self._exhausted = True
+                return
+            reservation = self._queue.reserve(self._worker, self._batch(self._pending))
+            self._pending = reservation.pending
+            if reservation.state == LEASED:
+                self._hand.extend(reservation.leases)
+                self._on_reserved(reservation.leases)
+                return
+            if reservation.state == EXHAUSTED:
+                self._exhausted = True
+                return
+            if not block:
+                return
+            self._idle()
+            time.sleep(self._poll_s)

@@ -1,0 +1,102 @@
+"""LeaseStream on real queues: the promised lease is the next one run, whatever happens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock
+
+from conveyor.errors import BuildStateLost
+from conveyor.lease_stream import UNPROMISED, LeaseStream
+from conveyor.queue import Queue, open_queue
+from conveyor.queue.protocol import EVENT_LEASES_RETURNED
+
+UNITS = [f"test_m.py::test_{i}" for i in range(6)]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Queue:
+    if request.param == "sqlite":
+        url = f"sqlite://{tmp_path / 'queue.db'}"
+    else:
+        url = str(request.getfixturevalue("redis_server").url)
+    opened = open_queue(url, f"build-{tmp_path.name}", lease_ttl_s=30.0, clock=clock)
+    opened.populate("gw0", UNITS, {})
+    request.addfinalizer(opened.close)
+    return opened
+
+
+def stream_of(queue: Queue, worker: str = "gw0", batch: int = 1) -> LeaseStream:
+    return LeaseStream(queue, worker, batch=lambda pending: batch, poll_s=0.0)
+
+
+def test_the_promised_lease_survives_a_hand_back(queue: Queue) -> None:
+    stream = stream_of(queue, batch=3)
+    leases = iter(stream)
+    assert next(leases).unit == UNITS[0]
+    promised = stream.peek()
+    assert promised is not None and promised.unit == UNITS[1]
+    assert stream.hand_back("slow run handed back") == [UNITS[2]]
+    assert next(leases).unit == UNITS[1]
+    assert stream.promised is UNPROMISED  # a new test runs: nothing promised after it yet
+
+
+def test_a_hand_back_without_a_promise_returns_everything_unstarted(queue: Queue) -> None:
+    stream = stream_of(queue, batch=3)
+    leases = iter(stream)
+    next(leases)
+    assert stream.hand_back("slow run handed back") == UNITS[1:3]
+    assert next(leases).unit == UNITS[1]  # back at the front, in order
+
+
+def test_stop_returns_the_promised_lease_too_and_ends_the_stream(queue: Queue) -> None:
+    stream = stream_of(queue, batch=2)
+    leases = iter(stream)
+    next(leases)
+    stream.peek()
+    assert stream.stop("stopped") == [UNITS[1]]
+    assert list(leases) == []
+    returned = [e for e in queue.events(0) if e.kind == EVENT_LEASES_RETURNED]
+    assert returned[-1].data["requeued"] == [UNITS[1]]
+
+
+def test_a_lost_lease_still_runs_here_as_promised(queue: Queue, clock: FakeClock) -> None:
+    """A promised lease that expired and went to another worker is run anyway: its second
+    result is rejected as a duplicate, which is cheaper than breaking the setup state."""
+    stream = stream_of(queue)
+    leases = iter(stream)
+    next(leases)
+    promised = stream.peek()
+    assert promised is not None
+    clock.advance(60)
+    other = queue.reserve("gw1", 1)
+    assert other.leases[0].unit == promised.unit
+    assert next(leases) == promised
+
+
+def test_a_queue_error_while_peeking_promises_nothing_and_surfaces_after_the_test(
+    queue: Queue, tmp_path: Path
+) -> None:
+    calls = {"n": 0}
+
+    def failing_check() -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise BuildStateLost("the build vanished")
+
+    stream = LeaseStream(queue, "gw0", batch=lambda pending: 1, check=failing_check)
+    leases = iter(stream)
+    next(leases)
+    assert stream.peek() is None  # pytest tears everything down; the test is not blamed
+    with pytest.raises(BuildStateLost):
+        stream.raise_deferred()
+
+
+def test_peeking_twice_reserves_once(queue: Queue) -> None:
+    stream = stream_of(queue)
+    leases = iter(stream)
+    next(leases)
+    first = stream.peek()
+    assert stream.peek() == first
+    assert queue.status().leased == 2
