@@ -60,7 +60,8 @@ class Case:
 
 @dataclass
 class Result:
-    """The outcome of one unit. With `cases`, the report lists the cases instead of the unit."""
+    """The outcome of one unit. With `cases`, the report lists the cases instead of the unit;
+    a unit that failed although none of its cases did is listed beside them, as failed."""
 
     outcome: str
     duration_s: float = 0.0
@@ -127,6 +128,13 @@ def result_payload(unit: str, result: Result, attempt: int, started: float) -> J
         ],
     }
     if result.cases:
+        cases = list(result.cases)
+        if result.outcome in ("failed", "error") and not any(
+            case.outcome in ("failed", "error") for case in cases
+        ):
+            # Only the cases are listed, so a unit that failed with nothing but passing cases
+            # is listed as a case of its own: its failure is never hidden behind them.
+            cases.append(Case("", result.outcome, message=result.message, output=result.output))
         payload["cases"] = [
             {
                 "nodeid": "::".join(part for part in (unit, case.classname, case.name) if part),
@@ -140,7 +148,7 @@ def result_payload(unit: str, result: Result, attempt: int, started: float) -> J
                     )
                 ],
             }
-            for case in result.cases
+            for case in cases
         ]
     return payload
 

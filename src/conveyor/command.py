@@ -5,7 +5,8 @@ started), with its placeholders substituted into single arguments: a unit named
 `a b; rm -rf $(x)` reaches the command as exactly that one argument and is never run by a shell.
 Only with `--shell` does the command go through `sh -c`, and then every substituted value is
 quoted. Exit code 0 means passed; anything else failed, with the output kept. When the command
-writes JUnit XML to `{junit}` (or into `{junit_dir}`), its test cases are reported one by one.
+writes JUnit XML to `{junit}` (or into `{junit_dir}`), its test cases are reported one by one;
+a unit whose process failed (non-zero exit, signal, timeout) fails whatever its JUnit says.
 """
 
 from __future__ import annotations
@@ -151,10 +152,15 @@ class CommandRunner:
             }
             argv = command_argv(self.settings.command, values, self.settings.shell)
             started = time.monotonic()
-            output, outcome, message = self._execute(argv)
-            timed_out = message.startswith("Timeout:")
+            output, outcome, message, ended = self._execute(argv)
+            timed_out = ended == "timeout"
             duration = time.monotonic() - started
             cases = junit_cases(sorted(junit_dir.glob("*.xml")))
+        if outcome == "failed" and cases and ended != "exit":
+            # A unit whose process did not end on its own failed, whatever its cases say: it is
+            # listed as a failed case of its own. (The API lists any other failed unit without
+            # a failed case the same way.)
+            cases.append(Case("", "failed", message=message, output=output[-OUTPUT_LIMIT:]))
         return Result(
             outcome=outcome,
             duration_s=duration,
@@ -164,7 +170,8 @@ class CommandRunner:
             timed_out=timed_out,
         )
 
-    def _execute(self, argv: list[str]) -> tuple[str, str, str]:
+    def _execute(self, argv: list[str]) -> tuple[str, str, str, str]:
+        """(output, outcome, message, how the process ended: "exit", "signal" or "timeout")."""
         timeout = self.common.test_timeout_s or None
         try:
             process = subprocess.Popen(
@@ -175,7 +182,7 @@ class CommandRunner:
                 start_new_session=True,
             )
         except OSError as exc:
-            return "", "failed", f"could not start {argv[0]!r}: {exc.strerror}"
+            return "", "failed", f"could not start {argv[0]!r}: {exc.strerror}", "exit"
         try:
             raw, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -187,17 +194,26 @@ class CommandRunner:
                 "failed",
                 f"Timeout: the unit ran longer than {timeout:g} s (--test-timeout); "
                 "its process group was killed.",
+                "timeout",
             )
         text = raw.decode("utf-8", "replace")
         if process.returncode == 0:
-            return text, "passed", ""
+            return text, "passed", "", "exit"
         how = (
-            f"killed by signal {signal.Signals(-process.returncode).name}"
+            f"killed by signal {_signal_name(-process.returncode)}"
             if process.returncode < 0
             else f"exited with code {process.returncode}"
         )
         tail = "\n".join(text.splitlines()[-30:])
-        return text, "failed", f"{shlex.join(argv)} {how}\n{tail}"
+        ended = "signal" if process.returncode < 0 else "exit"
+        return text, "failed", f"{shlex.join(argv)} {how}\n{tail}", ended
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def replay_commands(order: Sequence[str], command: str, shell: bool) -> int:

@@ -1,0 +1,59 @@
+"""Command mode against hostile or broken input: verdicts that JUnit cannot hide, unit names
+that must stay data, units nobody collected, and JUnit files with nonsense in them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import junit_outcomes
+
+
+def conveyor(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+PASSING_CASE_THEN_EXIT = """
+import os, signal, sys, time
+unit, target = sys.argv[1], sys.argv[2]
+open(target, "w").write(
+    '<testsuite name="s" tests="1"><testcase classname="c" name="fine" time="0.01"/></testsuite>'
+)
+sys.stdout.flush()
+if unit == "segv-code":
+    sys.exit(139)
+if unit == "signal":
+    os.kill(os.getpid(), signal.SIGKILL)
+if unit == "hang":
+    time.sleep(3600)
+"""
+
+
+def test_a_failing_process_fails_its_unit_whatever_its_junit_says(tmp_path: Path) -> None:
+    (tmp_path / "unit.py").write_text(PASSING_CASE_THEN_EXIT)
+    done = conveyor(
+        tmp_path, "run", "-n", "3", "--command", f"{sys.executable} unit.py {{unit}} {{junit}}",
+        "--units-from", "-", "--test-timeout", "3", "--junitxml=out.xml",
+        stdin="segv-code\nsignal\nhang\nclean\n",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    outcomes = junit_outcomes(tmp_path / "out.xml")
+    for unit in ("segv-code", "signal", "hang"):
+        # The unit itself is a failed test, beside the passing case its JUnit listed.
+        assert outcomes[("", unit)] == [("failure",)], outcomes
+        assert outcomes[(f"{unit}.c", "fine")] == [("passed",)], outcomes
+    assert ("", "clean") not in outcomes
+    assert outcomes[("clean.c", "fine")] == [("passed",)]
+    assert "exited with code 139" in done.stdout
+    assert "killed by signal SIGKILL" in done.stdout
+    assert "Timeout: the unit ran longer than 3 s" in done.stdout
+    assert re.search(r"3 failed, 4 passed in", done.stdout), done.stdout
