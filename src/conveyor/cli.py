@@ -88,7 +88,8 @@ conveyor options:
                           JUnit XML written to {junit}/{junit_dir} is reported per case
   --units GLOB            command mode: units from a glob (repeatable, ** recurses)
   --units-from FILE       command mode: units from a file, one per line (- = stdin)
-  --shell                 command mode: run CMD with sh -c (values are shell-quoted)
+  --shell                 command mode: run CMD with sh -c; each placeholder becomes a
+                          quoted "$CONVEYOR_UNIT" (etc.), never the value itself
   --node-setup CMD        once per machine before its workers start (sh -c)
   --worker-setup CMD      once per worker process, with CONVEYOR_WORKER set (sh -c)
   --node-id NAME          this machine's name in worker ids (default: CI node index

@@ -3,9 +3,11 @@
 Each unit runs as a subprocess in a process group of its own (so a timeout kills everything it
 started), with its placeholders substituted into single arguments: a unit named
 `a b; rm -rf $(x)` reaches the command as exactly that one argument and is never run by a shell.
-Only with `--shell` does the command go through `sh -c`, and then every substituted value is
-quoted. Exit code 0 means passed; anything else failed, with the output kept. When the command
-writes JUnit XML to `{junit}` (or into `{junit_dir}`), its test cases are reported one by one;
+Placeholders are replaced in one pass, so a value is never searched for placeholders again.
+Only with `--shell` does the command go through `sh -c`, and then the script holds no value at
+all: each placeholder becomes a quoted reference to an environment variable that holds it.
+Exit code 0 means passed; anything else failed, with the output kept. When the command writes
+JUnit XML to `{junit}` (or into `{junit_dir}`), its test cases are reported one by one;
 a unit whose process failed (non-zero exit, signal, timeout) fails whatever its JUnit says.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -39,7 +42,14 @@ from conveyor.worker import (
     run_worker_setup,
 )
 
-PLACEHOLDERS = ("{unit}", "{junit}", "{junit_dir}", "{worker}")
+PLACEHOLDER = re.compile(r"\{(unit|junit|junit_dir|worker)\}")
+# With --shell a placeholder becomes a reference to one of these variables, never its value.
+PLACEHOLDER_ENV = {
+    "unit": "CONVEYOR_UNIT",
+    "junit": "CONVEYOR_JUNIT",
+    "junit_dir": "CONVEYOR_JUNIT_DIR",
+    "worker": "CONVEYOR_WORKER",
+}
 OUTPUT_LIMIT = 200_000  # characters of a unit's output kept in its report
 
 
@@ -56,20 +66,54 @@ class CommandSettings:
         return json.dumps({**asdict(self), "worker": json.loads(common.to_env())})
 
 
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """Every placeholder replaced in one pass: a value that itself looks like a placeholder
+    (a unit named `x{junit_dir}y`) is left as it is."""
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+def shell_script(command: str) -> str:
+    """The --shell command with each placeholder replaced by a reference to its environment
+    variable, quoted for where it stands: bare (`"${CONVEYOR_UNIT}"`), inside double quotes
+    (`${CONVEYOR_UNIT}`) or inside single quotes (`'"${CONVEYOR_UNIT}"'`). The shell expands a
+    variable once and never runs what it holds, so no value can become code."""
+    out: list[str] = []
+    quote = ""  # the quote we are inside: "", "'" or '"'
+    i = 0
+    while i < len(command):
+        match = PLACEHOLDER.match(command, i)
+        if match:
+            ref = "${" + PLACEHOLDER_ENV[match.group(1)] + "}"
+            out.append({"": f'"{ref}"', '"': ref, "'": f"'\"{ref}\"'"}[quote])
+            i = match.end()
+            continue
+        char = command[i]
+        if char == "\\" and quote != "'":
+            out.append(command[i : i + 2])  # an escaped character never opens or closes quotes
+            i += 2
+            continue
+        if quote == "" and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = ""
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def command_env(values: Mapping[str, str]) -> dict[str, str]:
+    """The unit's environment: this process's, plus each placeholder's value."""
+    return {**os.environ, **{PLACEHOLDER_ENV[name]: value for name, value in values.items()}}
+
+
 def command_argv(command: str, values: Mapping[str, str], shell: bool) -> list[str]:
     """The argument vector for one unit. Without a shell, each placeholder is replaced inside
-    one already-split argument, so a value can never become several arguments or a command."""
+    one already-split argument, so a value can never become several arguments or a command.
+    With a shell, the script only names the values' variables (see `shell_script`); run it
+    with `command_env(values)`."""
     if shell:
-        line = command
-        for name, value in values.items():
-            line = line.replace("{" + name + "}", shlex.quote(value))
-        return ["sh", "-c", line]
-    argv = []
-    for token in shlex.split(command):
-        for name, value in values.items():
-            token = token.replace("{" + name + "}", value)
-        argv.append(token)
-    return argv
+        return ["sh", "-c", shell_script(command)]
+    return [substitute(token, values) for token in shlex.split(command)]
 
 
 def collect_units(globs: Sequence[str], units_from: str | None) -> list[str]:
@@ -152,7 +196,7 @@ class CommandRunner:
             }
             argv = command_argv(self.settings.command, values, self.settings.shell)
             started = time.monotonic()
-            output, outcome, message, ended = self._execute(argv)
+            output, outcome, message, ended = self._execute(argv, command_env(values))
             timed_out = ended == "timeout"
             duration = time.monotonic() - started
             cases = junit_cases(sorted(junit_dir.glob("*.xml")))
@@ -170,19 +214,21 @@ class CommandRunner:
             timed_out=timed_out,
         )
 
-    def _execute(self, argv: list[str]) -> tuple[str, str, str, str]:
+    def _execute(self, argv: list[str], env: Mapping[str, str]) -> tuple[str, str, str, str]:
         """(output, outcome, message, how the process ended: "exit", "signal" or "timeout")."""
         timeout = self.common.test_timeout_s or None
         try:
             process = subprocess.Popen(
                 argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        except OSError as exc:
-            return "", "failed", f"could not start {argv[0]!r}: {exc.strerror}", "exit"
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else exc
+            return "", "failed", f"could not start {argv[0]!r}: {why}", "exit"
         try:
             raw, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -229,7 +275,10 @@ def replay_commands(order: Sequence[str], command: str, shell: bool) -> int:
                 "worker": os.environ.get("CONVEYOR_WORKER", ""),
             }
             code = subprocess.run(
-                command_argv(command, values, shell), stdin=subprocess.DEVNULL, check=False
+                command_argv(command, values, shell),
+                env=command_env(values),
+                stdin=subprocess.DEVNULL,
+                check=False,
             ).returncode
         failed += code != 0
         print(f"conveyor replay: {unit}: {'passed' if code == 0 else f'failed (exit {code})'}")

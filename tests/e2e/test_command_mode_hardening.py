@@ -57,3 +57,53 @@ def test_a_failing_process_fails_its_unit_whatever_its_junit_says(tmp_path: Path
     assert "killed by signal SIGKILL" in done.stdout
     assert "Timeout: the unit ran longer than 3 s" in done.stdout
     assert re.search(r"3 failed, 4 passed in", done.stdout), done.stdout
+
+
+ECHO_ARGS = """
+import sys
+open("received.txt", "a").write(repr(sys.argv[1:]) + "\\n")
+"""
+
+
+def test_placeholders_are_substituted_in_one_pass(tmp_path: Path) -> None:
+    (tmp_path / "echo_args.py").write_text(ECHO_ARGS)
+    units = ["x{junit_dir}y", "{worker}", "{unit}{junit}"]
+    done = conveyor(
+        tmp_path, "run", "-n", "1", "--command", f"{sys.executable} echo_args.py {{unit}}",
+        "--units-from", "-", stdin="\n".join(units) + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    received = (tmp_path / "received.txt").read_text().splitlines()
+    assert sorted(received) == sorted(repr([unit]) for unit in units)
+
+
+NASTY_UNITS = [
+    "$(touch PWNED1)",
+    "`touch PWNED2`",
+    '"; touch PWNED3; echo "',
+    "'; touch PWNED4; echo '",
+    "x{junit_dir}y",
+    "two  spaces\tand a tab",
+    "*",
+]
+
+
+def test_shell_mode_never_splices_values_into_the_script(tmp_path: Path) -> None:
+    """With --shell each placeholder stands for a variable, quoted for where it stands (bare,
+    inside double quotes, inside single quotes); no value ever becomes part of the script."""
+    commands = [
+        'echo "unit=[{unit}]"',
+        "echo unit=[{unit}]",
+        "echo 'unit=[{unit}]'",
+        "printf 'unit=[%s]\\n' {unit}",
+    ]
+    for command in commands:
+        (tmp_path / "out.txt").unlink(missing_ok=True)
+        done = conveyor(
+            tmp_path, "run", "-n", "2", "--shell", "--command", f"{command} >> out.txt",
+            "--units-from", "-", stdin="\n".join(NASTY_UNITS) + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, command + done.stdout + done.stderr
+        assert not list(tmp_path.glob("PWNED*")), command
+        written = sorted((tmp_path / "out.txt").read_text().splitlines())
+        assert written == sorted(f"unit=[{unit}]" for unit in NASTY_UNITS), command
