@@ -69,6 +69,7 @@ class Result:
     output: str = ""
     cases: list[Case] = field(default_factory=list)
     timed_out: bool = False  # a hang is not retried: it would hang the next worker too
+    warnings: list[str] = field(default_factory=list)  # shown in the warnings summary
 
     def __post_init__(self) -> None:
         for outcome in [self.outcome, *(case.outcome for case in self.cases)]:
@@ -122,7 +123,18 @@ def result_payload(unit: str, result: Result, attempt: int, started: float) -> J
         "attempt": attempt,
         "started": started,
         "duration": result.duration_s,
-        "warnings": [],
+        "warnings": [
+            {
+                "message": text,
+                "category": "UserWarning",
+                "filename": unit,
+                "lineno": 0,
+                "line": None,
+                "when": "runtest",
+                "nodeid": unit,
+            }
+            for text in result.warnings
+        ],
         "reports": [
             _report_json(unit, result.outcome, result.duration_s, result.message, result.output)
         ],

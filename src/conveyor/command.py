@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from conveyor.api import Case, Result, Unit, WorkerSession
 from conveyor.errors import BuildStateLost, CollectionMismatch, QueueError, UsageError
@@ -140,41 +142,87 @@ def read_units(path: Path) -> list[str]:
     return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
 
 
-def junit_cases(paths: Sequence[Path]) -> list[Case]:
-    """Test cases from JUnit XML files, read with junitparser."""
-    from junitparser import Error, Failure, JUnitXml, Skipped
+def _seconds(raw: str | None) -> float | None:
+    """A JUnit `time` attribute in seconds (absent or empty: 0); None when it is not a finite,
+    non-negative number."""
+    if raw is None or not raw.strip():
+        return 0.0
+    try:
+        value = float(raw.replace(",", ""))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _junit_case(case: Any, warnings: list[str]) -> Case:
+    """One junitparser TestCase as a Case; a nonsense `time` counts as 0 with a warning."""
+    from junitparser import Error, Failure, Skipped
+
+    name, classname = str(case.name or "?"), str(case.classname or "")
+    outcome, message = "passed", ""
+    for entry in case.result:
+        if isinstance(entry, Failure):
+            outcome, message = "failed", entry.message or entry.text or "failed"
+        elif isinstance(entry, Error):
+            outcome, message = "error", entry.message or entry.text or "error"
+        elif isinstance(entry, Skipped):
+            outcome, message = "skipped", entry.message or "skipped"
+    # junitparser reads `time` with float() and raises on anything else: read the raw text.
+    raw_time = case._elem.attrib.get("time")
+    seconds = _seconds(raw_time)
+    if seconds is None:
+        label = f"{classname}.{name}" if classname else name
+        warnings.append(
+            f"JUnit attribute time={raw_time!r} of test case {label} is not a duration in "
+            "seconds; counted as 0"
+        )
+    return Case(
+        name=name,
+        classname=classname,
+        outcome=outcome,
+        duration_s=seconds or 0.0,
+        message=str(message),
+        output=str(case.system_out or ""),
+    )
+
+
+def junit_cases(paths: Sequence[Path]) -> tuple[list[Case], list[str]]:
+    """Test cases from JUnit XML files, read with junitparser, and warnings about what in them
+    made no sense. A file or case that cannot be read becomes an error case; nothing in a
+    unit's JUnit can take its worker down."""
+    from junitparser import JUnitXml
 
     cases: list[Case] = []
+    warnings: list[str] = []
     for path in paths:
         try:
             xml = JUnitXml.fromfile(str(path))
+            suites = [xml] if xml._tag == "testsuite" else list(xml)
         except Exception as exc:
             cases.append(
                 Case(name=path.name, outcome="error", message=f"unreadable JUnit XML: {exc}")
             )
             continue
-        suites = [xml] if xml._tag == "testsuite" else list(xml)
         for suite in suites:
-            for case in suite:
-                outcome, message = "passed", ""
-                for entry in case.result:
-                    if isinstance(entry, Failure):
-                        outcome, message = "failed", entry.message or entry.text or "failed"
-                    elif isinstance(entry, Error):
-                        outcome, message = "error", entry.message or entry.text or "error"
-                    elif isinstance(entry, Skipped):
-                        outcome, message = "skipped", entry.message or "skipped"
+            try:
+                entries = list(suite)
+            except Exception as exc:
                 cases.append(
-                    Case(
-                        name=case.name or "?",
-                        classname=case.classname or "",
-                        outcome=outcome,
-                        duration_s=float(case.time or 0),
-                        message=str(message),
-                        output=str(case.system_out or ""),
-                    )
+                    Case(name=path.name, outcome="error", message=f"unreadable JUnit XML: {exc}")
                 )
-    return cases
+                continue
+            for case in entries:
+                try:
+                    cases.append(_junit_case(case, warnings))
+                except Exception as exc:
+                    cases.append(
+                        Case(
+                            name=path.name,
+                            outcome="error",
+                            message=f"unreadable test case in JUnit XML: {exc!r}",
+                        )
+                    )
+    return cases, warnings
 
 
 class CommandRunner:
@@ -199,7 +247,7 @@ class CommandRunner:
             output, outcome, message, ended = self._execute(argv, command_env(values))
             timed_out = ended == "timeout"
             duration = time.monotonic() - started
-            cases = junit_cases(sorted(junit_dir.glob("*.xml")))
+            cases, warnings = junit_cases(sorted(junit_dir.glob("*.xml")))
         if outcome == "failed" and cases and ended != "exit":
             # A unit whose process did not end on its own failed, whatever its cases say: it is
             # listed as a failed case of its own. (The API lists any other failed unit without
@@ -212,6 +260,7 @@ class CommandRunner:
             output=output[-OUTPUT_LIMIT:],
             cases=cases,
             timed_out=timed_out,
+            warnings=warnings,
         )
 
     def _execute(self, argv: list[str], env: Mapping[str, str]) -> tuple[str, str, str, str]:

@@ -419,6 +419,8 @@ class ControllerPlugin:
         if "cases" in data:
             self.durations[nodeid] = float(data.get("duration") or 0)
             self._replay_cases(event, data["cases"])
+            for warning in data.get("warnings", []):
+                self._replay_warning(warning)
             return
         earlier_attempts = self.reruns.get(nodeid, [])
         if earlier_attempts:

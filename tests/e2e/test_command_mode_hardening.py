@@ -107,3 +107,31 @@ def test_shell_mode_never_splices_values_into_the_script(tmp_path: Path) -> None
         assert not list(tmp_path.glob("PWNED*")), command
         written = sorted((tmp_path / "out.txt").read_text().splitlines())
         assert written == sorted(f"unit=[{unit}]" for unit in NASTY_UNITS), command
+
+
+BAD_ATTRIBUTES = """
+import sys
+unit, target = sys.argv[1], sys.argv[2]
+bad = {"abc": 'time="abc"', "nan": 'time="nan"', "negative": 'time="-5"', "inf": 'time="inf"'}
+open(target, "w").write(
+    f'<testsuite name="s" tests="2"><testcase classname="c" name="odd" {bad[unit]}/>'
+    '<testcase classname="c" name="fine" time="0.5"/></testsuite>'
+)
+"""
+
+
+def test_junit_with_nonsense_attributes_counts_them_as_zero_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "unit.py").write_text(BAD_ATTRIBUTES)
+    done = conveyor(
+        tmp_path, "run", "-n", "2", "--command", f"{sys.executable} unit.py {{unit}} {{junit}}",
+        "--units-from", "-", "--junitxml=out.xml", "--max-worker-restarts", "0",
+        stdin="abc\nnan\nnegative\ninf\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "crashed" not in done.stdout
+    assert re.search(r"8 passed, 4 warnings in", done.stdout), done.stdout
+    assert "time='abc' of test case c.odd is not a duration in seconds; counted as 0" in done.stdout
+    assert re.search(r'time="0(\.0+)?"', (tmp_path / "out.xml").read_text())
