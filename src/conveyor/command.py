@@ -35,6 +35,7 @@ from conveyor.errors import BuildStateLost, CollectionMismatch, QueueError, Usag
 from conveyor.history import DirectoryCache, history_store
 from conveyor.scheduling import order_units
 from conveyor.worker import (
+    EVENT_WORKER_ERROR,
     EXIT_DONE,
     EXIT_REFUSED,
     EXIT_STATE_LOST,
@@ -335,6 +336,21 @@ def replay_commands(order: Sequence[str], command: str, shell: bool) -> int:
     return 1 if failed else 0
 
 
+def refuse(session: WorkerSession, unit: Unit) -> None:
+    """A unit this worker did not collect came out of the queue: someone other than a conveyor
+    worker of this build wrote it there. Its name would become a command line, so it is not
+    run; it is logged, reported as an error of the build, and completed as an error so that
+    the build can finish."""
+    message = (
+        f"worker {session.worker_id} was handed {unit.name!r}, which it did not collect; it was "
+        "not run. A worker runs only units it collected itself: something other than a "
+        "conveyor worker of this build wrote this one into the queue."
+    )
+    print(f"conveyor: {message}", file=sys.stderr, flush=True)
+    session.queue.publish(EVENT_WORKER_ERROR, session.worker_id, {"message": message})
+    session.complete(unit, Result("error", message=message))
+
+
 def work(settings: CommandSettings, common: WorkerSettings) -> int:
     """The command worker's life: publish or check the units, then run leased units."""
     status = StatusFile(common.status_file)
@@ -357,8 +373,12 @@ def work(settings: CommandSettings, common: WorkerSettings) -> int:
                 workers=common.worker_count, seed=common.seed,
             )  # fmt: skip
         session.populate(units, {"max_unit_crashes": common.max_unit_crashes, "mode": "command"})
+        collected = set(units)
         status.write("joined")
         for unit in session:
+            if unit.name not in collected:
+                refuse(session, unit)
+                continue
             status.write(f"running {unit.name}")
             result = runner.run(unit)
             status.write("between tests")

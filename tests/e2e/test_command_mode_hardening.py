@@ -6,9 +6,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import redis
+from conftest import RedisServer
 from helpers import junit_outcomes
+
+from conveyor.queue.redis import RedisQueue
 
 
 def conveyor(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -135,3 +140,33 @@ def test_junit_with_nonsense_attributes_counts_them_as_zero_with_a_warning(
     assert re.search(r"8 passed, 4 warnings in", done.stdout), done.stdout
     assert "time='abc' of test case c.odd is not a duration in seconds; counted as 0" in done.stdout
     assert re.search(r'time="0(\.0+)?"', (tmp_path / "out.xml").read_text())
+
+
+def test_a_unit_the_worker_did_not_collect_is_refused_not_run(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Whoever can write to the Redis can add a unit id to a build's pending set; a command
+    worker must not run it (it would be a command line chosen by someone else)."""
+    (tmp_path / "unit.py").write_text("import sys\nopen('ran-' + sys.argv[1], 'w').close()\n")
+    build = f"inject-{uuid.uuid4().hex[:8]}"
+    queue = RedisQueue.from_url(redis_server.url, build)
+    queue.populate("elsewhere", ["u1", "u2"], {"max_unit_crashes": 2, "mode": "command"})
+    queue.close()
+    client = redis.Redis.from_url(redis_server.url)
+    client.zadd(f"conveyor:{{{build}}}:pending", {"injected": -5})
+    client.close()
+    done = conveyor(
+        tmp_path, "run", "-n", "1", "--queue", redis_server.url, "--build", build,
+        "--command", f"{sys.executable} unit.py {{unit}}", "--units-from", "-",
+        "--junitxml=out.xml", "--worker-logs", "logs",
+        stdin="u1\nu2\n",
+    )  # fmt: skip
+    assert not (tmp_path / "ran-injected").exists()
+    assert (tmp_path / "ran-u1").exists() and (tmp_path / "ran-u2").exists()
+    assert done.returncode not in (0, 5), done.stdout + done.stderr
+    refusal = "was handed 'injected', which it did not collect; it was not run"
+    assert refusal in done.stdout
+    assert refusal in (tmp_path / "logs" / "gw0.log").read_text()
+    outcomes = junit_outcomes(tmp_path / "out.xml")
+    assert outcomes[("", "u1")] == outcomes[("", "u2")] == [("passed",)]
+    assert outcomes.get(("", "injected"), [("error",)]) != [("passed",)]
