@@ -592,9 +592,17 @@ class ControllerPlugin:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
-        position = {unit: index for index, unit in enumerate(self._manifest_units())}
+        position = self._collection_positions()
         for reports in reporter.stats.values():
             reports.sort(key=lambda report: position.get(getattr(report, "nodeid", None), -1))
+
+    def _collection_positions(self) -> dict[str, int]:
+        """unit -> its place in the collection (the manifest lists the serving order)."""
+        units = self._manifest_units()
+        ranks = self.manifest.meta.get("collection_order") if self.manifest else None
+        if not isinstance(ranks, list) or len(ranks) != len(units):
+            ranks = list(range(len(units)))
+        return dict(zip(units, ranks, strict=True))
 
     def _github_summary(self, terminalreporter: Any) -> None:
         if not os.environ.get("GITHUB_STEP_SUMMARY"):

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from conveyor.compat import restore_subtest_context
+
 
 class Deselected:
     """Stands in for a deselected item: the terminal only counts them."""
@@ -31,6 +33,7 @@ def report_from_json(config: pytest.Config, raw: Mapping[str, Any]) -> Any:
         report.location = tuple(report.location)
     if isinstance(report.longrepr, list):
         report.longrepr = tuple(report.longrepr)
+    restore_subtest_context(report, raw)
     return report
 
 

@@ -5,7 +5,9 @@ history the queue serves the slowest first (longest-processing-time first, which
 few percent of the best possible finish). Tests of one module stay together, so that a worker
 taking a run of them keeps the module's fixtures alive, unless the module is so long that
 keeping it whole would itself unbalance the build (the Knapsack rule: a group taking 70 % or
-more of one worker's share is split into its tests).
+more of one worker's share is split). A group is split only at class boundaries, into
+contiguous ranges served in collection order: tests inside a class, and classes that depend on
+an earlier class, run as they would in a plain run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 ORDERS = ("slowest", "collected", "random")
 GROUPINGS = ("module", "class", "test")
 SPLIT_SHARE = 0.7
+RANGE_SHARE = 0.35  # a split group's ranges are at most this share of a worker's work
 
 
 def scope_of(nodeid: str, grouping: str) -> str:
@@ -47,11 +50,45 @@ def estimate(units: Sequence[str], history: Mapping[str, float]) -> dict[str, fl
 
 @dataclass(frozen=True)
 class Plan:
-    """The serving order, and the groups split into single tests for balance (workers must
-    not hold those together)."""
+    """The serving order, and the first unit of each range of a split group: a worker holds a
+    range together as it would a whole group, and never holds two ranges together."""
 
     order: list[str]
-    split: frozenset[str] = frozenset()
+    range_starts: frozenset[str] = frozenset()
+
+
+def atoms(members: Sequence[str]) -> list[list[str]]:
+    """A group's tests cut at class boundaries only: each class (a unittest TestCase, a class
+    with class-scoped fixtures) is one piece, each test outside a class another."""
+    pieces: list[list[str]] = []
+    last_key: str | None = None
+    for unit in members:
+        path, _, rest = unit.partition("::")
+        key = f"{path}::{rest.split('::', 1)[0]}" if "::" in rest else None
+        if key is not None and key == last_key:
+            pieces[-1].append(unit)
+        else:
+            pieces.append([unit])
+        last_key = key
+    return pieces
+
+
+def ranges(members: Sequence[str], seconds: Mapping[str, float], limit: float) -> list[list[str]]:
+    """Contiguous ranges of a group, each at most `limit` seconds where its classes allow,
+    keeping collection order inside and between them."""
+    cut: list[list[str]] = []
+    current: list[str] = []
+    current_s = 0.0
+    for piece in atoms(members):
+        piece_s = sum(seconds[unit] for unit in piece)
+        if current and current_s + piece_s > limit:
+            cut.append(current)
+            current, current_s = [], 0.0
+        current.extend(piece)
+        current_s += piece_s
+    if current:
+        cut.append(current)
+    return cut
 
 
 def plan(
@@ -69,7 +106,7 @@ def plan(
     if order == "random":
         shuffled = list(units)
         random.Random(seed).shuffle(shuffled)
-        return Plan(shuffled, frozenset(scope_of(unit, grouping) for unit in units))
+        return Plan(shuffled, frozenset(shuffled))
     if not any(unit in history for unit in units):
         return Plan(list(units))  # nothing known: collection order keeps fixtures warm
     seconds = estimate(units, history)
@@ -78,16 +115,39 @@ def plan(
         groups.setdefault(scope_of(unit, grouping), []).append(unit)
     share = sum(seconds.values()) / max(1, workers)
     blocks: list[tuple[float, list[str]]] = []
-    split: set[str] = set()
-    for scope, members in groups.items():
+    range_starts: set[str] = set()
+    for members in groups.values():
         total = sum(seconds[unit] for unit in members)
         if len(members) > 1 and share > 0 and total >= SPLIT_SHARE * share:
-            blocks.extend((seconds[unit], [unit]) for unit in members)
-            split.add(scope)
+            pieces = ranges(members, seconds, RANGE_SHARE * share)
+            if len(pieces) > 1:
+                range_starts.update(piece[0] for piece in pieces)
+            # Every range of the group takes the place of its longest one, and they stay in
+            # collection order there: a worker that runs two of them runs them as a plain
+            # run would (classes that depend on an earlier class exist).
+            longest = max(sum(seconds[unit] for unit in piece) for piece in pieces)
+            blocks.extend((longest, piece) for piece in pieces)
         else:
             blocks.append((total, members))
     blocks.sort(key=lambda block: -block[0])  # stable: ties keep collection order
-    return Plan([unit for _, members in blocks for unit in members], frozenset(split))
+    return Plan([unit for _, members in blocks for unit in members], frozenset(range_starts))
+
+
+def range_keys(
+    serving_order: Sequence[str], range_starts: frozenset[str], grouping: str
+) -> dict[str, str]:
+    """unit -> the first unit of its range, for the units of split groups (a range is
+    contiguous in the serving order, and begins with its first unit)."""
+    keys: dict[str, str] = {}
+    current: str | None = None
+    for unit in serving_order:
+        if unit in range_starts:
+            current = unit
+        elif current is not None and scope_of(unit, grouping) != scope_of(current, grouping):
+            current = None
+        if current is not None:
+            keys[unit] = current
+    return keys
 
 
 def order_units(units: Sequence[str], history: Mapping[str, float], **options: Any) -> list[str]:

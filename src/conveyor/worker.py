@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.compat import settle_outcome
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.hooks import run_shell
@@ -37,7 +38,7 @@ from conveyor.queue.protocol import (
     Lease,
     collection_digest,
 )
-from conveyor.scheduling import plan, scope_of
+from conveyor.scheduling import plan, range_keys, scope_of
 from conveyor.watchdog import Watchdog
 
 SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
@@ -238,7 +239,7 @@ class WorkerPlugin:
         self._positions: dict[str, int] = {}
         self._affinity = 0
         self._has_history = False
-        self._split: frozenset[str] = frozenset()
+        self._range_of: dict[str, str] = {}
 
     # -- configuration --------------------------------------------------------------------
 
@@ -350,7 +351,8 @@ class WorkerPlugin:
                 unit: AUTO_TIMEOUT_BASE_S + AUTO_TIMEOUT_FACTOR * seconds
                 for unit, seconds in durations.items()
             }
-        split: frozenset[str] = frozenset()
+        collected = units
+        range_starts: frozenset[str] = frozenset()
         if queue.manifest() is None:
             # Likely the leader: serve the build in the order timing history suggests.
             serving = plan(
@@ -361,9 +363,13 @@ class WorkerPlugin:
                 workers=settings.worker_count,
                 seed=settings.seed,
             )
-            units, split = serving.order, serving.split
+            units, range_starts = serving.order, serving.range_starts
         meta = self._manifest_meta(session, units)
-        meta["split_scopes"] = sorted(split)
+        meta["range_starts"] = sorted(range_starts)
+        if units != collected:
+            # The controller reports in collection order, whatever the serving order.
+            rank = {unit: index for index, unit in enumerate(collected)}
+            meta["collection_order"] = [rank[unit] for unit in units]
         if not queue.populate(settings.worker_id, units, meta) and not self._collection_matches(
             queue, units
         ):
@@ -374,8 +380,9 @@ class WorkerPlugin:
             self.status.write("joined")
             heartbeat.start()
             manifest = queue.manifest()
-            self._split = frozenset(manifest.meta.get("split_scopes", []) if manifest else [])
             self._order = queue.units()
+            starts = manifest.meta.get("range_starts", []) if manifest else []
+            self._range_of = range_keys(self._order, frozenset(starts), settings.grouping)
             self._positions = {unit: index for index, unit in enumerate(self._order)}
             self._work(session, queue, items, heartbeat)
             self._flush(force=True)
@@ -524,10 +531,9 @@ class WorkerPlugin:
             faulthandler.cancel_dump_traceback_later()
 
     def _scope_run_after(self, unit: str) -> int:
-        """How many units follow `unit` in the serving order within its module (or class):
-        the next reservation takes them all, so one worker runs the module's tests in a row
-        and sets its module fixtures up once (a module split for balance is not contiguous
-        in the order, so it is not held together)."""
+        """How many units follow `unit` in the serving order within its module (or class, or
+        range of a split module): the next reservation takes them all, so one worker runs
+        them in a row and sets their fixtures up once."""
         position = self._positions.get(unit)
         if position is None or self.settings.grouping == "test":
             return 0
@@ -542,7 +548,7 @@ class WorkerPlugin:
     def _batch(self, pending: int) -> int:
         """How many units the next reservation asks for. A module's run of tests goes to one
         worker whole, so its fixtures are set up once: with timing history the leader has
-        split the modules too long for balance (their tests are not held together); without
+        split the modules too long for balance into ranges (each held together); without
         it the run is cut to about AFFINITY_TARGET_S of work by the durations seen so far
         (nothing seen yet: one unit). Outside such runs the batch follows those durations."""
         typical = self._typical_test_s()
@@ -560,8 +566,7 @@ class WorkerPlugin:
         return not self._has_history and last > GIVE_BACK_AFTER_S
 
     def _scope_key(self, unit: str) -> str:
-        scope = scope_of(unit, self.settings.grouping)
-        return unit if scope in self._split else scope
+        return self._range_of.get(unit) or scope_of(unit, self.settings.grouping)
 
     def _run_at_front(self, pending: int) -> int:
         """The module run that the queue is about to serve: units are served in the published
@@ -623,6 +628,7 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         config = self._config
+        settle_outcome(config, report)
         self._reports.append(
             config.hook.pytest_report_to_serializable(config=config, report=report)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 
 import pytest
 from helpers import assert_same_verdict, run_conveyor, summary_line
@@ -278,25 +279,28 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
     pytester: pytest.Pytester,
 ) -> None:
     log = pytester.path / "order.log"
-    pytester.makepyfile(
-        test_timed=f"""
+    body = f"""
         import time
-        import pytest
 
-        @pytest.mark.parametrize("seconds", [0.01, 0.02, 0.3, 0.01, 0.15])
-        def test_sleep(seconds):
+        def test_sleep():
             with open({str(log)!r}, "a") as handle:
-                handle.write(f"{{seconds}}\\n")
-            time.sleep(seconds)
+                handle.write(__name__ + "\\n")
+            time.sleep(SECONDS)
         """
+    modules = {"test_a": 0.01, "test_b": 0.02, "test_c": 0.3, "test_d": 0.01, "test_e": 0.15}
+    pytester.makepyfile(
+        **{
+            name: f"SECONDS = {seconds}\n" + textwrap.dedent(body)
+            for name, seconds in modules.items()
+        }
     )
     first = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
     assert first.ret == 0
-    assert log.read_text().split() == ["0.01", "0.02", "0.3", "0.01", "0.15"]
+    assert log.read_text().split() == list(modules)
     log.unlink()
     second = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
     assert second.ret == 0
-    assert log.read_text().split()[:2] == ["0.3", "0.15"]
+    assert log.read_text().split()[:2] == ["test_c", "test_e"]
     second.stdout.fnmatch_lines(
         [
             "conveyor: timing history knows 5 of 5 tests; estimated * s with 1 worker(s)*",
@@ -371,3 +375,46 @@ def test_reporting_plugins_see_what_they_see_in_a_plain_run(pytester: pytest.Pyt
     plain, ours = assert_same_verdict(pytester)
     line = [x for x in plain.outlines if x.startswith("REPORTER")]
     assert line and line == [x for x in ours.outlines if x.startswith("REPORTER")]
+
+
+SUBTESTS = """
+import unittest
+
+
+def test_fixture_subtests(subtests):
+    for n in range(3):
+        with subtests.test(msg="n", n=n):
+            assert n != 1
+
+
+def test_fixture_subtests_all_pass(subtests):
+    for n in range(2):
+        with subtests.test(n=n):
+            pass
+
+
+class TestUnittestSubTest(unittest.TestCase):
+    def test_sub(self):
+        for n in range(3):
+            with self.subTest(n=n):
+                self.assertNotEqual(n, 2)
+
+    def test_plain(self):
+        pass
+"""
+
+
+@pytest.mark.parametrize("verbosity", [[], ["-v"]], ids=["quiet", "verbose"])
+def test_subtests_are_counted_as_plain_pytest_counts_them(
+    pytester: pytest.Pytester, verbosity: list[str]
+) -> None:
+    """A test whose subtests failed is itself failed: pytest decides that in the worker,
+    where the count of failed subtests lives."""
+    pytester.makepyfile(test_subtests=SUBTESTS)
+    plain, ours = assert_same_verdict(pytester, *verbosity, workers=2)
+    assert "failed" in (summary_line(plain) or "")
+
+    def subfailed(result: pytest.RunResult) -> list[str]:
+        return sorted(line for line in result.outlines if line.startswith("SUBFAILED"))
+
+    assert subfailed(ours) == subfailed(plain) and len(subfailed(plain)) == 2

@@ -385,3 +385,16 @@ def test_hand_back_returns_unstarted_units_in_order_and_keeps_the_rest(
     returned_events = [e for e in queue.events(0) if e.kind == EVENT_LEASES_RETURNED]
     assert [e.data["requeued"] for e in returned_events] == [unstarted]
     assert EVENT_WORKER_LOST not in {event.kind for event in queue.events(0)}
+
+
+def test_a_stopped_build_finishes_when_its_last_lease_is_handed_back(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    queue.reserve("gw0", 3)
+    queue.stop("-x")
+    assert not queue.status().finished
+    queue.hand_back("gw0", units(3), "the build was stopped")
+    assert queue.status().finished
+    assert [e.kind for e in queue.events(0)].count(EVENT_FINISHED) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.history import CacheHistory, merge, read_durations_file
-from conveyor.scheduling import estimate, order_units, scope_of
+from conveyor.scheduling import estimate, order_units, plan, range_keys, scope_of
 
 
 def test_scope_of_groups_by_file_class_or_test() -> None:
@@ -42,12 +42,57 @@ def test_slowest_modules_first_with_their_tests_together() -> None:
     assert ordered == ["slow.py::t1", "slow.py::t2", "mid.py::t1", "fast.py::t1", "fast.py::t2"]
 
 
-def test_a_module_too_long_for_one_worker_is_split_into_its_tests() -> None:
+def test_a_module_too_long_for_one_worker_is_split_into_ranges_in_collection_order() -> None:
     units = [f"big.py::t{i}" for i in range(4)] + ["small.py::t"]
     history = {f"big.py::t{i}": float(i + 1) for i in range(4)} | {"small.py::t": 0.5}
-    # total 10.5 s over 4 workers: a share of 2.6 s; big.py (10 s) is split, slowest first.
+    # total 10.5 s over 4 workers: a share of 2.6 s; big.py (10 s) is split into ranges of at
+    # most 0.35 of a share where its tests allow: one test each. Slowest first orders the
+    # ranges' slots, but a module's ranges keep collection order, as do the tests in them.
+    found = plan(units, history, workers=4)
+    assert found.order == ["big.py::t0", "big.py::t1", "big.py::t2", "big.py::t3", "small.py::t"]
+    assert found.range_starts == {f"big.py::t{i}" for i in range(4)}
+
+
+def test_a_split_module_is_cut_only_at_class_boundaries() -> None:
+    units = [
+        "m.py::TestA::test_1",
+        "m.py::TestA::test_2",
+        "m.py::TestA::test_3",
+        "m.py::test_free",
+        "m.py::TestB::test_1",
+        "m.py::TestB::test_2",
+        "other.py::test_x",
+    ]
+    history = dict.fromkeys(units, 1.0) | {"m.py::TestB::test_2": 5.0}
+    found = plan(units, history, workers=4)
+    # TestB (6 s) is the slowest piece, yet m.py's ranges keep their order: TestA first.
+    m_order = [unit for unit in found.order if unit.startswith("m.py")]
+    assert m_order == units[:6]
+    assert found.range_starts == {"m.py::TestA::test_1", "m.py::test_free", "m.py::TestB::test_1"}
+    keys = range_keys(found.order, found.range_starts, "module")
+    assert keys["m.py::TestA::test_3"] == "m.py::TestA::test_1"
+    assert keys["m.py::TestB::test_2"] == "m.py::TestB::test_1"
+    assert "other.py::test_x" not in keys
+
+
+def test_split_module_ranges_stay_together_at_the_place_of_their_longest() -> None:
+    units = [f"big.py::TestC{i}::test" for i in range(3)] + ["mid.py::t", "tiny.py::t"]
+    history = {
+        "big.py::TestC0::test": 1.0,
+        "big.py::TestC1::test": 4.0,
+        "big.py::TestC2::test": 2.0,
+        "mid.py::t": 3.0,
+        "tiny.py::t": 0.1,
+    }
     ordered = order_units(units, history, workers=4)
-    assert ordered == ["big.py::t3", "big.py::t2", "big.py::t1", "big.py::t0", "small.py::t"]
+    # big.py's ranges take the place of its longest (4 s), ahead of mid.py, in their order.
+    assert ordered == [
+        "big.py::TestC0::test",
+        "big.py::TestC1::test",
+        "big.py::TestC2::test",
+        "mid.py::t",
+        "tiny.py::t",
+    ]
 
 
 def test_test_grouping_is_plain_longest_first() -> None:

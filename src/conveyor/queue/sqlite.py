@@ -488,6 +488,7 @@ class SQLiteQueue:
             self._emit(
                 conn, EVENT_LEASES_RETURNED, worker, data={"cause": cause, "requeued": returned}
             )
+            self._maybe_finish(conn)  # a stopped build ends when its last lease comes back
         return returned
 
     def publish(self, kind: str, worker: str | None, data: Mapping[str, Any]) -> None:

@@ -36,5 +36,6 @@ end
 
 emit('leases_returned', worker, false,
   '{"cause":' .. ARGV[4] .. ',"requeued":' .. json_list(returned) .. '}')
+maybe_finish()  -- a stopped build ends when its last lease comes back
 touch()
 return returned

@@ -1,0 +1,111 @@
+"""Order inside a worker's run: classes that depend on an earlier class of their module, and
+failures and the short summary in collection order, whatever order the tests were served in."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from helpers import junit_outcomes
+
+# TestLater only passes after TestEarlier switched the mode on in the same process, as in a
+# plain run. Timing history makes TestLater the slowest piece of a module long enough to split.
+ORDER_DEPENDENT = """
+import time
+import unittest
+
+MODE = {"on": False}
+
+
+class TestEarlier(unittest.TestCase):
+    def test_switch_on(self):
+        MODE["on"] = True
+
+
+class TestMiddle(unittest.TestCase):
+    def test_m0(self):
+        time.sleep(0.05)
+
+    def test_m1(self):
+        time.sleep(0.05)
+
+
+class TestLater(unittest.TestCase):
+    def test_l0(self):
+        assert MODE["on"]
+
+    def test_l1(self):
+        assert MODE["on"]
+
+    def test_l2(self):
+        assert MODE["on"]
+"""
+
+
+def conveyor(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.run(sys.executable, "-m", "conveyor", "run", *args, timeout=300)
+
+
+def import_history(pytester: pytest.Pytester, durations: dict[str, float]) -> None:
+    path = pytester.path / ".test_durations"
+    path.write_text(json.dumps(durations))
+    result = pytester.run(sys.executable, "-m", "conveyor", "history", "import", str(path))
+    assert result.ret == 0, result.stderr.str()
+
+
+def test_a_split_module_keeps_its_classes_in_collection_order(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_modes=ORDER_DEPENDENT, test_other="def test_other(): pass")
+    prefix = "test_modes.py::"
+    import_history(
+        pytester,
+        {
+            f"{prefix}TestEarlier::test_switch_on": 0.1,
+            f"{prefix}TestMiddle::test_m0": 2.0,
+            f"{prefix}TestMiddle::test_m1": 2.0,
+            f"{prefix}TestLater::test_l0": 3.0,
+            f"{prefix}TestLater::test_l1": 3.0,
+            f"{prefix}TestLater::test_l2": 3.0,
+            "test_other.py::test_other": 0.1,
+        },
+    )
+    # One worker runs every range, so served order alone decides whether TestLater passes.
+    result = conveyor(pytester, "-n", "1", "--junitxml=out.xml", "-v")
+    assert result.ret == 0, result.stdout.str()
+    ran = [line.split(" ")[0] for line in result.outlines if " PASSED" in line]
+    assert ran.index(f"{prefix}TestEarlier::test_switch_on") < ran.index(
+        f"{prefix}TestLater::test_l0"
+    )
+    outcomes = junit_outcomes(pytester.path / "out.xml")
+    assert set(map(tuple, outcomes.values())) == {(("passed",),)} and len(outcomes) == 7
+
+
+def test_failures_are_summarised_in_collection_order_with_history(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_a="def test_a1(): assert 0\ndef test_a2(): assert 0",
+        test_b="def test_b1(): assert 0",
+        test_c="def test_c1(): assert 0",
+    )
+    # History serves test_c first and test_a last.
+    import_history(
+        pytester,
+        {
+            "test_a.py::test_a1": 0.1,
+            "test_a.py::test_a2": 0.1,
+            "test_b.py::test_b1": 1.0,
+            "test_c.py::test_c1": 3.0,
+        },
+    )
+    result = conveyor(pytester, "-n", "1", "-rf")
+    assert result.ret == 1
+    failed = [line for line in result.outlines if line.startswith("FAILED ")]
+    assert [line.split(" ")[1] for line in failed] == [
+        "test_a.py::test_a1",
+        "test_a.py::test_a2",
+        "test_b.py::test_b1",
+        "test_c.py::test_c1",
+    ]
+    headers = [line.strip("_ ") for line in result.outlines if line.startswith("____")]
+    assert headers == ["test_a1", "test_a2", "test_b1", "test_c1"]
