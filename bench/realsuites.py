@@ -1,0 +1,286 @@
+"""python -m bench.realsuites: conveyor's verdict against plain pytest's on pinned real projects.
+
+Each project's sdist is downloaded and installed into its own cached venv (outside the
+repository), then run by plain pytest, pytest-xdist -n 4 and conveyor in four modes; every
+test's outcome is compared with plain pytest's through JUnit XML. See docs/fidelity.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.realsuites_junit import Difference, counts, differences
+from bench.realsuites_modes import COMPARED, MODES, Context, ModeRun, execute
+from bench.realsuites_pins import Pin, select
+from bench.realsuites_setup import cache_root, prepare
+from bench.redis_server import redis_server_binary, throwaway_redis
+from bench.table import Table
+
+MODE_TITLES = {
+    "xdist": "xdist -n4",
+    "first": "1st run",
+    "history": "2nd run",
+    "redis": "redis 2x2",
+    "n1": "-n 1",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    projects: list[str] | None
+    modes: tuple[str, ...]
+    json: Path | None
+    markdown: bool
+    keep: bool
+
+
+@dataclass
+class Compared:
+    """One mode of one project, judged against plain pytest."""
+
+    mode: str
+    exit_codes: list[int]
+    wall_s: float
+    counts: dict[str, int]
+    differences: list[Difference]
+    logs: list[str]
+    machines_agree: bool = True  # redis: both processes gave the same verdict
+
+
+@dataclass
+class ProjectResult:
+    project: str
+    tests: int
+    plain_exit: int
+    plain_wall_s: float
+    plain_counts: dict[str, int]
+    baseline: dict[str, int]
+    modes: dict[str, Compared]
+    error: str = ""
+
+
+def _mode_list(value: str) -> tuple[str, ...]:
+    modes = tuple(mode.strip() for mode in value.split(",") if mode.strip())
+    unknown = [mode for mode in modes if mode not in COMPARED]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"choose modes from {','.join(COMPARED)}")
+    return modes
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.realsuites",
+        description="Compare conveyor's per-test outcomes with plain pytest's on real suites.",
+    )
+    parser.add_argument("--project", action="append", help="run only this project (repeatable)")
+    parser.add_argument(
+        "--modes", type=_mode_list, default=COMPARED, help=f"subset of {','.join(COMPARED)}"
+    )
+    parser.add_argument("--json", type=Path, help="write the raw results to this file")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--keep", action="store_true", help="keep every run's XML and logs")
+    parser.add_argument("--list", action="store_true", help="list the pinned projects and exit")
+    ns = parser.parse_args(argv)
+    if ns.list:
+        for pin in select(None):
+            print(f"{pin.key:24} {' '.join(pin.args) or '(ini testpaths)':45} {pin.shape}")
+        raise SystemExit(0)
+    projects = [name for item in ns.project or [] for name in item.split(",") if name]
+    return Options(projects or None, ns.modes, ns.json, ns.markdown, ns.keep)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _compare(run: ModeRun, reference: ModeRun) -> Compared:
+    """Differences of the first process; a second (redis) must agree with the first."""
+    plain_cases = reference.processes[0].cases
+    found = differences(plain_cases, run.processes[0].cases)
+    agree = all(
+        not differences(run.processes[0].cases, other.cases)
+        and other.exit_code == run.processes[0].exit_code
+        for other in run.processes[1:]
+    )
+    return Compared(
+        run.mode,
+        [process.exit_code for process in run.processes],
+        run.wall_s,
+        counts(run.processes[0].cases),
+        found,
+        [str(process.log) for process in run.processes],
+        agree,
+    )
+
+
+def run_project(
+    pin: Pin, modes: tuple[str, ...], scratch: Path, redis_url: str | None
+) -> ProjectResult:
+    """Prepare the venv, run plain pytest, then each mode, comparing as it goes."""
+    _progress(f"[{pin.key}] preparing")
+    project = prepare(pin)
+    workdir = scratch / pin.key
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(project, workdir, redis_url)
+    reference = execute(MODES["plain"](ctx), project)
+    plain_process = reference.processes[0]
+    _progress(f"[{pin.key}] plain: {reference.wall_s:.1f}s rc={plain_process.exit_code}")
+    result = ProjectResult(
+        pin.key,
+        sum(len(group) for group in plain_process.cases.values()),
+        plain_process.exit_code,
+        reference.wall_s,
+        counts(plain_process.cases),
+        dict(pin.baseline),
+        {},
+    )
+    for mode in modes:
+        compared = _compare(execute(MODES[mode](ctx), project), reference)
+        result.modes[mode] = compared
+        _progress(
+            f"[{pin.key}] {mode}: {compared.wall_s:.1f}s rc={compared.exit_codes} "
+            f"differ={len(compared.differences)}"
+        )
+    return result
+
+
+def _identical(result: ProjectResult, compared: Compared | None) -> str:
+    if compared is None:
+        return "-"
+    cell = "yes" if not compared.differences else f"{len(compared.differences)} differ"
+    if any(code != result.plain_exit for code in compared.exit_codes):
+        cell += f", rc {'/'.join(map(str, compared.exit_codes))}"
+    if not compared.machines_agree:
+        cell += ", machines disagree"
+    return cell
+
+
+def _ratio(wall: float | None, reference: float | None) -> str:
+    if wall is None or not reference:
+        return "-"
+    return f"{wall / reference:.2f}x"
+
+
+def results_table(results: list[ProjectResult], modes: tuple[str, ...]) -> Table:
+    headers = ["project", "tests", *(MODE_TITLES[mode] for mode in modes)]
+    headers += ["plain s", "xdist s", "conveyor s", "vs plain", "vs xdist"]
+    table = Table("Per-test outcomes identical to plain pytest's?", headers)
+    for result in results:
+        if result.error:
+            table.rows.append([result.project, "-", *(["-"] * len(modes)), *(["-"] * 5)])
+            continue
+        cells = [_identical(result, result.modes.get(mode)) for mode in modes]
+        xdist_run, ours = result.modes.get("xdist"), result.modes.get("history")
+        xdist_s = xdist_run.wall_s if xdist_run else None
+        ours_s = ours.wall_s if ours else None
+        table.rows.append(
+            [
+                result.project,
+                str(result.tests),
+                *cells,
+                f"{result.plain_wall_s:.1f}",
+                f"{xdist_s:.1f}" if xdist_s else "-",
+                f"{ours_s:.1f}" if ours_s else "-",
+                _ratio(ours_s, result.plain_wall_s),
+                _ratio(ours_s, xdist_s),
+            ]
+        )
+    table.notes.append(
+        "conveyor s: the 2nd run (-n 4, SQLite, with timing history); vs = its wall time "
+        "divided by plain pytest's / pytest-xdist -n 4's."
+    )
+    return table
+
+
+def difference_lines(results: list[ProjectResult]) -> list[str]:
+    """Every difference, named: test id, plain outcome, the other's outcome, first error line."""
+    lines = []
+    for result in results:
+        if result.error:
+            lines.append(f"{result.project}: not run: {result.error}")
+        for compared in result.modes.values():
+            for diff in compared.differences:
+                lines.append(
+                    f"{result.project} [{compared.mode}] {diff.test}: plain={diff.plain} "
+                    f"{compared.mode}={diff.other}"
+                    + (f" -- {diff.message}" if diff.message else "")
+                )
+    return lines
+
+
+def baseline_lines(results: list[ProjectResult]) -> list[str]:
+    """Projects whose plain-pytest counts moved away from the pinned ones."""
+    lines = []
+    for result in results:
+        if result.error or result.plain_counts == result.baseline:
+            continue
+        lines.append(
+            f"{result.project}: plain pytest gave {result.plain_counts} (rc {result.plain_exit}),"
+            f" pinned baseline {result.baseline or '(none)'}"
+        )
+    return lines
+
+
+@contextmanager
+def _redis(modes: tuple[str, ...], scratch: Path) -> Iterator[str | None]:
+    binary = redis_server_binary()
+    if "redis" not in modes:
+        yield None
+    elif binary is None:
+        raise SystemExit("the redis mode needs redis-server on PATH (or leave it out: --modes)")
+    else:
+        with throwaway_redis(binary, scratch / "redis") as url:
+            yield url
+
+
+def _safe_run(pin: Pin, options: Options, scratch: Path, url: str | None) -> ProjectResult:
+    try:
+        return run_project(pin, options.modes, scratch, url)
+    except Exception as exc:  # one broken install must not lose the other projects' results
+        _progress(f"[{pin.key}] failed: {exc}")
+        return ProjectResult(pin.key, 0, -1, 0.0, {}, dict(pin.baseline), {}, str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    pins = select(options.projects)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        root = cache_root() / "runs"
+        root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=root))
+        if not options.keep:
+            stack.callback(shutil.rmtree, scratch, True)
+        url = stack.enter_context(_redis(options.modes, scratch))
+        results = [_safe_run(pin, options, scratch, url) for pin in pins]
+    table = results_table(results, options.modes)
+    print(table.markdown() if options.markdown else table.text())
+    report = difference_lines(results)
+    print("\nDifferences:" if report else "\nNo differences.")
+    print("\n".join(report))
+    moved = baseline_lines(results)
+    if moved:
+        print("\nPlain pytest no longer matches the pinned baseline:\n" + "\n".join(moved))
+    elapsed = time.monotonic() - started
+    print(
+        f"\n{len(results)} projects in {elapsed / 60:.1f} min; runs kept in {scratch}"
+        if options.keep
+        else f"\n{len(results)} projects in {elapsed / 60:.1f} min"
+    )
+    if options.json:
+        options.json.write_text(json.dumps([asdict(result) for result in results], indent=2))
+    clean = not report and not moved and not any(result.error for result in results)
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

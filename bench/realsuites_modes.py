@@ -1,0 +1,166 @@
+"""The runs made on each real suite: plain pytest (the reference), pytest-xdist, and conveyor
+in four modes. Each run writes JUnit XML and a log into its own folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.realsuites_junit import Case, read_cases
+from bench.realsuites_setup import Prepared
+from bench.runner import run_env
+
+RUN_TIMEOUT_S = 1800.0
+TIMED_OUT = -1
+WORKERS = 4
+PLAIN_ARGS = ("-p", "no:cacheprovider")
+
+
+@dataclass
+class Process:
+    """One process of a run (the Redis mode has two, one per simulated machine)."""
+
+    argv: list[str]
+    junit: Path
+    log: Path
+    exit_code: int = TIMED_OUT
+    cases: dict[str, list[Case]] = field(default_factory=dict)
+
+
+@dataclass
+class ModeRun:
+    """Everything one mode produced on one project."""
+
+    mode: str
+    processes: list[Process]
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a mode needs to build its command lines."""
+
+    project: Prepared
+    workdir: Path  # this project's scratch folder for this invocation
+    redis_url: str | None
+
+
+def _env(project: Prepared) -> dict[str, str]:
+    env = run_env()
+    env.update(project.pin.env)
+    env["VIRTUAL_ENV"] = str(project.bindir.parent)
+    env["PATH"] = f"{project.bindir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _start(process: Process, project: Prepared) -> subprocess.Popen[bytes]:
+    """A new session per run, so a timeout can stop the run's workers too."""
+    with process.log.open("wb") as log:
+        return subprocess.Popen(
+            process.argv,
+            cwd=project.source,
+            env=_env(project),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait(popen: subprocess.Popen[bytes], deadline: float) -> int:
+    try:
+        return popen.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        return TIMED_OUT
+
+
+def execute(run: ModeRun, project: Prepared) -> ModeRun:
+    """Start every process of the mode at once, wait for all; wall time is the slowest's."""
+    start = time.monotonic()
+    deadline = start + RUN_TIMEOUT_S
+    popens = [_start(process, project) for process in run.processes]
+    for process, popen in zip(run.processes, popens, strict=True):
+        process.exit_code = _wait(popen, deadline)
+    run.wall_s = time.monotonic() - start
+    for process in run.processes:
+        process.cases = read_cases(process.junit)
+    return run
+
+
+def _process(ctx: Context, name: str, command: list[str], extra: list[str]) -> Process:
+    junit = ctx.workdir / f"{name}.xml"
+    argv = [*command, *extra, *ctx.project.pin.args, f"--junitxml={junit}"]
+    return Process(argv, junit, ctx.workdir / f"{name}.log")
+
+
+def _pytest(ctx: Context) -> list[str]:
+    return [str(ctx.project.python), "-m", "pytest"]
+
+
+def _conveyor(ctx: Context, workers: int) -> list[str]:
+    return [str(ctx.project.python), "-m", "conveyor", "run", "-n", str(workers)]
+
+
+def _cache(ctx: Context, name: str) -> list[str]:
+    return ["-o", f"cache_dir={ctx.workdir / name}"]
+
+
+def plain(ctx: Context) -> ModeRun:
+    return ModeRun("plain", [_process(ctx, "plain", _pytest(ctx), [*PLAIN_ARGS])])
+
+
+def xdist(ctx: Context) -> ModeRun:
+    extra = [*PLAIN_ARGS, "-n", str(WORKERS), "--dist", "load"]
+    return ModeRun("xdist", [_process(ctx, "xdist", _pytest(ctx), extra)])
+
+
+def _sqlite(ctx: Context, name: str, cache: str, workers: int) -> Process:
+    queue = ["--queue", f"sqlite:///{ctx.workdir / name}.db"]
+    return _process(ctx, name, _conveyor(ctx, workers), [*queue, *_cache(ctx, cache)])
+
+
+def first(ctx: Context) -> ModeRun:
+    """No timing history: a cache folder nobody has written yet."""
+    return ModeRun("first", [_sqlite(ctx, "first", "cache-first", WORKERS)])
+
+
+def history(ctx: Context) -> ModeRun:
+    """The same cache folder as `first`, so its timing history orders this build."""
+    return ModeRun("history", [_sqlite(ctx, "history", "cache-first", WORKERS)])
+
+
+def single(ctx: Context) -> ModeRun:
+    """One worker and no history: the protocol alone, without any parallelism."""
+    return ModeRun("n1", [_sqlite(ctx, "n1", "cache-n1", 1)])
+
+
+def redis(ctx: Context) -> ModeRun:
+    """Two 'machines' of two workers each on one Redis build; each prints the whole build."""
+    if ctx.redis_url is None:
+        raise RuntimeError("the redis mode needs redis-server on PATH")
+    build = f"realsuites-{ctx.project.pin.name}-{uuid.uuid4().hex[:8]}"
+    processes = []
+    for machine in ("a", "b"):
+        extra = ["--queue", ctx.redis_url, "--build", build, "--node-id", f"machine-{machine}"]
+        extra += ["--history-key", build, *_cache(ctx, f"cache-redis-{machine}")]
+        processes.append(_process(ctx, f"redis-{machine}", _conveyor(ctx, 2), extra))
+    return ModeRun("redis", processes)
+
+
+MODES: dict[str, Callable[[Context], ModeRun]] = {
+    "plain": plain,
+    "xdist": xdist,
+    "first": first,
+    "history": history,
+    "redis": redis,
+    "n1": single,
+}
+COMPARED = tuple(mode for mode in MODES if mode != "plain")

@@ -1,0 +1,130 @@
+"""The real-suite corpus: pinned sdists, their test dependencies, pytest arguments and the
+plain-pytest counts each one gave, so that a change in the reference itself is noticed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One project: what to download, what else its tests need, how to run them."""
+
+    name: str
+    version: str
+    shape: str  # what makes this suite worth having in the corpus
+    args: tuple[str, ...] = ()  # pytest arguments, run in the unpacked sdist
+    deps: tuple[str, ...] = ()  # extra test dependencies, pinned where it matters
+    env: Mapping[str, str] = field(default_factory=dict)
+    # plain pytest's JUnit counts (passed, failed, error, skipped) with pytest 9.2
+    baseline: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+PINS: tuple[Pin, ...] = (
+    Pin(
+        "boltons",
+        "26.2.0",
+        "doctests in the package beside a tests/ tree",
+        args=("--doctest-modules", "boltons", "tests"),
+    ),
+    Pin(
+        "jinja2",
+        "3.1.6",
+        "test classes, async tests (asyncio and trio)",
+        args=("tests",),
+        deps=("trio",),
+    ),
+    Pin(
+        "humanize",
+        "4.17.0",
+        "hundreds of parametrized cases, doctests, frozen time",
+        deps=("freezegun", "pytest-codspeed"),
+    ),
+    Pin(
+        "more-itertools",
+        "11.2.1",
+        "unittest.TestCase classes with subTest, one huge module",
+        args=("tests",),
+    ),
+    Pin(
+        "click",
+        "8.5.1",
+        "many small tests, fixtures writing to temporary directories",
+        args=("tests",),
+    ),
+    Pin(
+        "packaging",
+        "26.4",
+        "thousands of parametrized cases",
+        args=("tests",),
+        deps=("pretend", "tomli_w", "hypothesis"),
+    ),
+    Pin(
+        "pyparsing",
+        "3.3.3",
+        "one huge unittest module, subTest",
+        args=("tests",),
+        deps=("railroad-diagrams", "jinja2"),
+    ),
+    Pin("cachetools", "8.0.2", "unittest mixin classes, subTest", args=("tests",)),
+    Pin("idna", "3.20", "unittest classes with subTest over data files", args=("tests",)),
+    Pin("six", "1.17.0", "one module at the top of the sdist", args=("test_six.py",)),
+    Pin("toolz", "1.2.0", "tests inside the package, live log output", args=("toolz",)),
+    Pin(
+        "itsdangerous",
+        "2.2.0",
+        "test classes inheriting fixtures",
+        args=("tests",),
+        deps=("freezegun",),
+    ),
+    Pin("markupsafe", "3.0.4", "a small suite with a C speedups fixture", args=("tests",)),
+    Pin(
+        "attrs",
+        "26.1.0",
+        "property tests (hypothesis), --import-mode=importlib",
+        args=("tests",),
+        deps=("hypothesis", "pympler", "cloudpickle"),
+    ),
+    Pin(
+        "python-dateutil",
+        "4.0.0",
+        "module fixtures, frozen time, property tests",
+        args=("tests",),
+        deps=("freezegun", "hypothesis"),
+    ),
+    Pin(
+        "inflect",
+        "7.6.0",
+        "doctests, --import-mode importlib from pytest.ini",
+        deps=("pygments",),
+    ),
+    Pin(
+        "parse",
+        "1.22.4",
+        "doctests in README.rst",
+        args=("-o", "addopts=--doctest-modules --doctest-glob=README.rst", "tests", "parse"),
+    ),
+    Pin(
+        "wcwidth",
+        "0.9.4",
+        "doctests, large parametrized tables",
+        args=("-o", "addopts=--doctest-modules --ignore=wcwidth/wcwidth.py", "tests", "wcwidth"),
+    ),
+    Pin("simplejson", "4.3.0", "unittest modules inside the package", args=("simplejson/tests",)),
+)
+
+
+def select(names: list[str] | None) -> list[Pin]:
+    """The pins named (all when none are), refusing unknown names so a typo does not pass."""
+    if not names:
+        return list(PINS)
+    by_name = {pin.name: pin for pin in PINS}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown project(s): {', '.join(unknown)}; known: {', '.join(by_name)}")
+    return [by_name[name] for name in names]
