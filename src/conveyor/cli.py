@@ -25,7 +25,7 @@ from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.hooks import run_shell
-from conveyor.queue import Queue, check_url, mask_url, open_queue
+from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
 from conveyor.timeline import write_html
@@ -47,8 +47,9 @@ worker: only work (N local worker processes). report: only wait and report; any 
 conveyor options:
   -n N|auto               worker processes (default: auto = one per available CPU;
                           0 runs pytest in this process, like pytest-xdist's -n 0)
-  --queue URL             queue to use (default: an embedded SQLite file in a
-                          temporary directory); sqlite:///path/queue.db
+  --queue URL             queue to use (default: $CONVEYOR_QUEUE, else an embedded
+                          SQLite file in a temporary directory); sqlite:///path/queue.db,
+                          redis://[user:password@]host:port/db, rediss://...
   --build ID              build id (default: a new random id)
   --lease-ttl SECONDS     how long a silent worker keeps its tests (default: 30)
   --max-worker-restarts N replacements for crashed workers (default: 2 x N)
@@ -151,6 +152,7 @@ def _resolve_build(options: RunOptions, run_dir: Path, *, joining: bool = False)
 
 def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
     env = dict(os.environ)
+    env.pop(QUEUE_ENV, None)  # workers get the URL with their settings, not from here
     env["PYTHONHASHSEED"] = build.hash_seed
     env["PYTEST_XDIST_TESTRUNUID"] = build.id
     template = WorkerSettings(
@@ -372,7 +374,7 @@ def history(argv: Sequence[str]) -> int:
     parser.add_argument("action", choices=("export", "import"))
     parser.add_argument("file", nargs="?")
     parser.add_argument("-o", "--output")
-    parser.add_argument("--queue")
+    parser.add_argument("--queue", default=queue_from_env())
     parser.add_argument("--history-key", default=Path.cwd().name)
     parser.add_argument("--cache-dir", default=".pytest_cache")
     try:
@@ -434,7 +436,7 @@ The queue must outlive the build: use --queue sqlite:///path or Redis with `conv
 
 def _record_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-    parser.add_argument("--queue")
+    parser.add_argument("--queue", default=queue_from_env())
     parser.add_argument("--build")
     parser.add_argument("--worker")
     parser.add_argument("--from-file")
@@ -610,10 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return handler(rest)
-    except UsageError as exc:
+    except UsageError as exc:  # a wrong queue URL included (QueueURLError)
         return _error(str(exc), 4)
-    except QueueError as exc:
-        return _error(str(exc), 4)
+    except QueueError as exc:  # a queue that cannot be used, a build lost or unusable
+        return _error(str(exc), 3)
     except (ConveyorError, OSError) as exc:
         return _error(str(exc), 3)
     except KeyboardInterrupt:

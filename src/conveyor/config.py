@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from conveyor.errors import UsageError
+from conveyor.queue import QUEUE_ENV, queue_from_env
 from conveyor.scheduling import GROUPINGS, ORDERS
 
 # conveyor's options that take a value, with their defaults.
@@ -127,7 +128,7 @@ class RunOptions:
     @property
     def networked_queue(self) -> bool:
         """True when other machines may join this build (a queue on a server)."""
-        return self.queue is not None and not self.queue.startswith("sqlite:")
+        return self.queue is not None and not self.queue.lower().startswith("sqlite:")
 
     @property
     def in_process(self) -> bool:
@@ -222,7 +223,8 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
         raise UsageError("`conveyor report` runs no tests, so it takes no -n.")
     options = RunOptions(pytest_args=pytest_args)
     options.workers = parse_workers(ours.get("workers", "auto"))
-    options.queue = ours.get("queue")
+    # CONVEYOR_QUEUE keeps a password out of argv, which every user of the machine can read.
+    options.queue = ours.get("queue") or queue_from_env()
     options.build = ours.get("build")
     options.node_id = ours.get("node_id")
     if "lease_ttl" in ours:
@@ -295,8 +297,8 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
             raise UsageError("--retry-on only narrows retries; also pass --max-requeues N.")
     if command in ("worker", "report") and options.queue is None:
         raise UsageError(
-            f"`conveyor {command}` needs --queue URL: the queue that `conveyor run` or other "
-            "workers of the same build use (e.g. --queue redis://ci-redis:6379/0)."
+            f"`conveyor {command}` needs --queue URL (or {QUEUE_ENV}): the queue that `conveyor "
+            "run` or other workers of the same build use (e.g. --queue redis://ci-redis:6379/0)."
         )
     return options
 

@@ -22,6 +22,12 @@ class QueueUnavailable(QueueError):
     """The queue cannot be reached or opened at all."""
 
 
+class QueueURLError(QueueUnavailable, UsageError):
+    """The queue URL itself is wrong (scheme, syntax, path, credentials): a usage error, exit
+    code 4, where a queue that exists but cannot be used (unreachable, not a conveyor queue, the
+    build lost) is exit code 3."""
+
+
 class BuildStateLost(QueueError):
     """The build's keys vanished while processes were still working on it."""
 

@@ -19,9 +19,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
+from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable, QueueURLError
 from conveyor.history import RedisHistory
-from conveyor.queue import mask_url
+from conveyor.queue import mask_url, scrub
 from conveyor.queue.protocol import (
     ALREADY_DONE,
     JSON,
@@ -210,7 +210,7 @@ class RedisQueue:
             if value is not None
         }
         if tls and not url.lower().startswith("rediss://"):
-            raise QueueUnavailable(
+            raise QueueURLError(
                 f"TLS options ({', '.join(tls)}) were given for the queue {display_url}, which "
                 "does not use TLS; write the URL as rediss://host:port/db."
             )
@@ -226,9 +226,10 @@ class RedisQueue:
                 **tls,
             )
         except (ValueError, TypeError) as exc:
-            raise QueueUnavailable(
-                f"the queue URL {display_url} is not a valid Redis URL ({exc}); write it as "
-                "redis://[user:password@]host:port/db, rediss://… or unix:///path/redis.sock"
+            raise QueueURLError(
+                f"the queue URL {display_url} is not a valid Redis URL ({scrub(str(exc), url)}); "
+                "write it as redis://[user:password@]host:port/db, rediss://… or "
+                "unix:///path/redis.sock"
             ) from None
         try:
             queue = cls(
@@ -268,7 +269,7 @@ class RedisQueue:
             try:
                 return call()
             except redis.AuthenticationError as exc:
-                raise QueueUnavailable(
+                raise QueueURLError(
                     f"Redis at {_where(self.display_url)} refused the credentials of the queue "
                     f"URL {self.display_url}: the password (or user name) is wrong or missing "
                     f"({exc}). Fix the user:password part of the URL."

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
+from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable, QueueURLError
 from conveyor.queue.protocol import (
     ALREADY_DONE,
     EVENT_DUPLICATE_REJECTED,
@@ -88,9 +88,14 @@ class SQLiteQueue:
     def _connect(self) -> sqlite3.Connection:
         directory = self.path.parent
         if not directory.is_dir():
-            raise QueueUnavailable(
+            raise QueueURLError(
                 f"cannot open the queue {self.display_url}: the directory {directory} does not "
                 "exist. Create it, or pass --queue sqlite:///<writable path>."
+            )
+        if self.path.is_dir():
+            raise QueueURLError(
+                f"cannot open the queue {self.display_url}: it is a directory, not a writable "
+                "file. Pass --queue sqlite:///<writable path>/queue.db."
             )
         try:
             conn = sqlite3.connect(
