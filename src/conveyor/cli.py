@@ -22,6 +22,7 @@ from conveyor.ci import detect, node_id
 from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
+from conveyor.environment import forget_outer_worker
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.hooks import run_shell
@@ -592,6 +593,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    forget_outer_worker()  # a conveyor started by a test starts as if from a shell
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")

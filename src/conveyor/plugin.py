@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from conveyor.environment import forget_outer_worker
+
 XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
 
 
@@ -25,6 +27,13 @@ class XdistCompatibleFixtures:
     @pytest.fixture(scope="session")
     def testrun_uid(self) -> str:
         return os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # A pytest that a test started inside a conveyor worker is not that worker: it runs as
+    # if from a shell (no PYTEST_XDIST_WORKER, no CONVEYOR_WORKER inherited).
+    forget_outer_worker()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conveyor import environment
+from conveyor.environment import worker_environment
 from conveyor.errors import QueueError
 from conveyor.queue import Queue
 
@@ -49,6 +51,8 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             name = "unknown signal"
         return f"killed by signal {name} ({-returncode})"
+    if returncode == 0:
+        return "exited with code 0 before finishing its work (os._exit(0) in a test?)"
     return f"exited with code {returncode}"
 
 
@@ -168,14 +172,19 @@ class Supervisor:
                 "supervisor_pid": os.getpid(),
             }
         )
-        env = {
-            **self.env,
-            SETTINGS_ENV: self.command.to_env(settings) if self.command else settings.to_env(),
-            "PYTEST_XDIST_WORKER": slot.name,
-            "PYTEST_XDIST_WORKER_COUNT": str(self.count),
-            "CONVEYOR_WORKER": slot.name,
-            "CONVEYOR_WORKER_COUNT": str(self.count),
-        }
+        env = worker_environment(
+            {
+                **self.env,
+                SETTINGS_ENV: (
+                    self.command.to_env(settings) if self.command else settings.to_env()
+                ),
+                environment.XDIST_WORKER: slot.name,
+                environment.XDIST_WORKER_COUNT: str(self.count),
+                environment.WORKER: slot.name,
+                environment.WORKER_COUNT: str(self.count),
+            },
+            os.environ,
+        )
         with slot.log_path.open("wb") as log:
             # A session of its own: Ctrl-C in the terminal reaches the controller only, which
             # then stops the build in order instead of every process dying mid-write.
@@ -202,9 +211,11 @@ class Supervisor:
                         self._on_exit(slot, slot.process.returncode)
 
     def _on_exit(self, slot: WorkerProcess, returncode: int) -> None:
-        if returncode == EXIT_DONE:
+        if returncode == EXIT_DONE and slot.status() == "done":
             slot.state = "done"
             return
+        # Exit code 0 without the worker's own "done" is not the worker finishing: a test
+        # called os._exit(0) or sys.exit(0) from a thread. It is a crash of the running test.
         if returncode == EXIT_REFUSED:
             slot.state = "refused"
             self.failures.append(

@@ -206,7 +206,8 @@ def test_frozen_worker_loses_its_test_and_its_late_result_is_rejected(
 
 
 def test_chaos_random_worker_kills_lose_and_duplicate_nothing(pytester: pytest.Pytester) -> None:
-    """300 short tests on 4 workers while a worker is SIGKILLed every 0.5 s."""
+    """300 short tests on 4 workers while a worker is SIGKILLed every 0.3 s (the tests hold
+    the build for at least 3.75 s of work, so several kills land whatever the machine)."""
     pids = pytester.path / "pids"
     pids.mkdir()
     pytester.makeconftest(
@@ -223,7 +224,7 @@ def test_chaos_random_worker_kills_lose_and_duplicate_nothing(pytester: pytest.P
             **{
                 f"test_chaos_{module}": "import time\n\n"
                 + "\n".join(
-                    f"def test_{i}():\n    time.sleep(0.02)\n    assert {i} % 17 != 3\n"
+                    f"def test_{i}():\n    time.sleep(0.05)\n    assert {i} % 17 != 3\n"
                     for i in range(50)
                 )
             }
@@ -241,9 +242,8 @@ def test_chaos_random_worker_kills_lose_and_duplicate_nothing(pytester: pytest.P
     )  # fmt: skip
     rng = random.Random(1234)
     kills = 0
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
+    while kills < 12 and process.poll() is None:
+        time.sleep(0.3)
         alive = [int(p.name) for p in pids.iterdir() if _alive(int(p.name))]
         if alive:
             os.kill(rng.choice(alive), signal.SIGKILL)

@@ -187,6 +187,31 @@ def test_mismatched_collection_is_refused_with_the_difference(pytester: pytest.P
     )
 
 
+def test_os_exit_0_in_a_test_is_a_crash_of_that_test(pytester: pytest.Pytester) -> None:
+    """Exit code 0 without the worker's own "done" is not a finished worker."""
+    pytester.makepyfile(
+        test_exit="""
+        import os
+
+        def test_exits_quietly():
+            os._exit(0)
+        """,
+        test_fine="\n".join(f"def test_{i}(): pass" for i in range(6)),
+    )
+    result = run_conveyor(pytester, "-n", "2", "--junitxml=out.xml")
+    assert result.ret == 1, result.stdout.str()
+    outcomes = junit_outcomes(pytester.path / "out.xml")
+    assert outcomes.pop(("test_exit", "test_exits_quietly")) == [("failure",)]
+    assert all(value == [("passed",)] for value in outcomes.values()) and len(outcomes) == 6
+    result.stdout.fnmatch_lines(
+        [
+            "*crashed while running this test: worker gw? exited with code 0 before finishing*",
+            "FAILED test_exit.py::test_exits_quietly*",
+            "*1 failed, 6 passed*",
+        ]
+    )
+
+
 def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Pytester) -> None:
     started = pytester.path / "started"
     sleepers = "".join(f"def test_sleep_{i}():\n    time.sleep(0.5)\n\n" for i in range(40))

@@ -1,0 +1,45 @@
+"""The environment variables conveyor hands its worker processes, and how a process started
+from inside a test forgets them.
+
+A worker looks like an xdist worker (PYTEST_XDIST_WORKER, ...) so that fixtures isolate
+themselves; a `pytest` or `conveyor run` that a test starts in a subprocess inherits those
+variables, yet must behave as if started from a shell, not as a worker of the outer build.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+
+WORKER = "CONVEYOR_WORKER"
+WORKER_COUNT = "CONVEYOR_WORKER_COUNT"
+XDIST_WORKER = "PYTEST_XDIST_WORKER"
+XDIST_WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"
+XDIST_TESTRUNUID = "PYTEST_XDIST_TESTRUNUID"
+WORKER_PID = "CONVEYOR_WORKER_PID"  # set by a pytest worker process to its own pid
+ADDED = "CONVEYOR_ADDED_ENV"  # names the supervisor added to the user's environment
+
+
+def worker_environment(base: Mapping[str, str], user: Mapping[str, str]) -> dict[str, str]:
+    """`base` (the user's environment plus what conveyor sets) marked with the names conveyor
+    added, so that processes started inside the worker can drop exactly those."""
+    added = sorted(name for name in base if name not in user)
+    return {**base, ADDED: ",".join(added)}
+
+
+def mark_worker_process(environ: MutableMapping[str, str] = os.environ) -> None:
+    environ[WORKER_PID] = str(os.getpid())
+
+
+def forget_outer_worker(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """In a process started from inside a pytest worker (a test running pytest or conveyor),
+    drop the variables the worker's supervisor added. True when there were some."""
+    pid = environ.get(WORKER_PID)
+    if pid is None or pid == str(os.getpid()):
+        return False
+    for name in environ.get(ADDED, "").split(","):
+        if name:
+            environ.pop(name, None)
+    environ.pop(ADDED, None)
+    environ.pop(WORKER_PID, None)
+    return True
