@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -151,7 +152,9 @@ def _resolve_build(options: RunOptions, run_dir: Path, *, joining: bool = False)
     return Build(build, queue_url, hash_seed_for(build, explicit), node)
 
 
-def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
+def _supervisor(
+    options: RunOptions, build: Build, run_dir: Path, *, check_only: bool = False
+) -> Supervisor:
     env = dict(os.environ)
     env.pop(QUEUE_ENV, None)  # workers get the URL with their settings, not from here
     env["PYTHONHASHSEED"] = build.hash_seed
@@ -174,6 +177,7 @@ def _supervisor(options: RunOptions, build: Build, run_dir: Path) -> Supervisor:
         history=_history_location(options),
         build_ttl_s=options.build_ttl_s,
         worker_setup=options.worker_setup,
+        check_only=check_only,
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(
@@ -233,6 +237,44 @@ def _already_finished(queue: Queue) -> bool:
     return queue.status().finished
 
 
+def _resume_if_stopped(queue: Queue) -> bool:
+    """A stopped build with tests left (a cancelled job, -x, Ctrl-C) run again is resumed: its
+    workers run what is left and the report covers the whole build. Never replayed as it is."""
+    status = queue.status()
+    if not status.populated or status.stop_reason is None or status.done >= status.total:
+        return False
+    resumed = queue.resume(f"run again after: {status.stop_reason}")
+    if resumed:
+        print(
+            f"conveyor: build was stopped ({status.stop_reason}) with "
+            f"{status.total - status.done} test(s) left; resuming it.",
+            file=sys.stderr,
+        )
+    return resumed
+
+
+def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | None:
+    """Before a finished build's stored results are replayed, one worker collects and compares
+    the collection and the code with the build's: stale results are never reported. None when
+    they match, else the exit code after saying why."""
+    checker = _supervisor(dataclasses.replace(options, workers=1), build, run_dir, check_only=True)
+    checker.start()
+    try:
+        checker.wait()
+    finally:
+        checker.shutdown(terminate=True)
+    if checker.final_states() == ["done"]:
+        return None
+    detail = "\n".join(f.output_tail for f in checker.failures if f.output_tail).strip()
+    return _error(
+        f"build {build.id} already finished, but this checkout does not collect the same "
+        "tests from the same code, so its stored results are not replayed. Start a new "
+        "build: pass another --build (a CI re-run attempt gets one of its own where the CI "
+        "says which attempt it is)." + (f"\n{detail}" if detail else ""),
+        3,
+    )
+
+
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (CI cancelling a job) stops the build like Ctrl-C: results so far are reported."""
 
@@ -261,6 +303,7 @@ def _controller_exit(
         no_progress=options.no_progress,
         failures_live=options.failures_live,
         header=header,
+        shared=options.shared_queue,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
     _interrupt_on_sigterm()
@@ -286,7 +329,12 @@ def run(argv: Sequence[str]) -> int:
 def _run(options: RunOptions, run_dir: Path) -> int:
     build = _resolve_build(options, run_dir)
     queue = _open(options, build)
-    supervisor = None if _already_finished(queue) else _supervisor(options, build, run_dir)
+    _resume_if_stopped(queue)
+    replaying = _already_finished(queue)
+    if replaying and (refused := _check_replay(options, build, run_dir)) is not None:
+        queue.close()
+        return refused
+    supervisor = None if replaying else _supervisor(options, build, run_dir)
     try:
         if supervisor is not None:
             _node_setup(options)
@@ -312,6 +360,7 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
     build = _resolve_build(options, run_dir, joining=True)
     queue = _open(options, build)
     try:
+        _resume_if_stopped(queue)
         if _already_finished(queue):
             print(f"conveyor worker: build {build.id} is already finished; nothing to do.")
             return 0

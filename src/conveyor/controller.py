@@ -28,6 +28,7 @@ from conveyor.queue.protocol import (
     EVENT_FINISHED,
     EVENT_REQUEUED,
     EVENT_RESULT,
+    EVENT_RESUMED,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LOST,
     Event,
@@ -64,6 +65,7 @@ class ControllerSettings:
     no_progress: bool = False
     failures_live: bool = False
     header: str = ""
+    shared: bool = False  # other processes may work on this build (an explicit --queue)
 
 
 class ControllerPlugin:
@@ -100,6 +102,7 @@ class ControllerPlugin:
             EVENT_WORKER_ERROR: self._on_worker_error,
             EVENT_WORKER_LOST: self._on_worker_lost,
             EVENT_FINISHED: self._on_finished,
+            EVENT_RESUMED: self._on_resumed,
             EVENT_REQUEUED: self._on_requeued,
             EVENT_DUPLICATE_REJECTED: self._on_duplicate_rejected,
             "malformed": self._on_malformed,
@@ -242,8 +245,18 @@ class ControllerPlugin:
             self._stop_local_workers()
             pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         except KeyboardInterrupt:
-            self.queue.stop("interrupted")
-            self._let_running_tests_finish(session)
+            if self.settings.shared and self.supervisor is not None:
+                # Other machines may be working on this build: it goes on without this one.
+                # With nobody else holding a test, it is stopped (to be resumed) instead.
+                self.supervisor.leave("this machine was interrupted; its tests go back")
+                if self.queue.status().leased:
+                    self.problems.left_shared_build = True
+                else:
+                    self.queue.stop("interrupted")
+                self._drain_events()
+            else:
+                self.queue.stop("interrupted")
+                self._let_running_tests_finish(session)
             self._note_not_run()
             raise
         if self.supervisor is not None and self.supervisor.wait_for_stragglers():
@@ -540,6 +553,10 @@ class ControllerPlugin:
     def _on_finished(self, event: Event) -> None:
         self.finished = True
 
+    def _on_resumed(self, event: Event) -> None:
+        """A stopped build run again: the stream goes on past its earlier finish."""
+        self.finished = False
+
     def _on_malformed(self, event: Event) -> None:
         self.problems.errors.append(
             f"the queue holds an unreadable event #{event.seq}: {event.data.get('raw', '')!r}"
@@ -679,11 +696,13 @@ class ControllerPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:
-        if self.problems.fail_the_build and session.exitstatus in (
-            pytest.ExitCode.OK,
-            pytest.ExitCode.NO_TESTS_COLLECTED,
-        ):
+        passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+        if self.problems.fail_the_build and session.exitstatus in passing:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        elif self.problems.not_run and session.exitstatus in passing:
+            # A build with tests that never ran is never green (a stopped build replayed, a
+            # build another machine's interrupt stopped): run it again to resume it.
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
         try:
             return (yield)
         finally:

@@ -21,6 +21,7 @@ class BuildProblems:
     not_run: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
+    left_shared_build: bool = False  # this machine was interrupted; the build goes on
 
     @property
     def fail_the_build(self) -> bool:
@@ -51,9 +52,18 @@ class BuildProblems:
             tr.write_line(line)
         for line in self.refused + self.errors:
             tr.write_line(line, red=True)
-        if self.not_run:
+        if self.not_run and self.left_shared_build:
             tr.write_line(
-                f"{len(self.not_run)} test(s) did not run because the build was stopped:",
+                f"{len(self.not_run)} test(s) have no result yet: this machine was interrupted "
+                "and handed its tests back; the build goes on on the other machines (run the "
+                "same command again to rejoin it).",
+                yellow=True,
+            )
+            _list(tr, self.not_run)
+        elif self.not_run:
+            tr.write_line(
+                f"{len(self.not_run)} test(s) did not run because the build was stopped "
+                "(the same command again resumes it and runs them):",
                 yellow=True,
             )
             _list(tr, self.not_run)

@@ -310,6 +310,15 @@ class Supervisor:
         with self._lock:
             return [slot.state for slot in self.slots]
 
+    def leave(self, reason: str) -> None:
+        """This machine leaves a shared build that goes on elsewhere: stop the workers now and
+        hand their tests back at once (nobody is charged a crash) instead of on lease expiry."""
+        self.shutdown(terminate=True)
+        for slot in self.slots:
+            if slot.incarnation:
+                with contextlib.suppress(QueueError):
+                    self.queue.release(self.worker_id(slot), {"reason": reason})
+
     def too_many_failures(self) -> bool:
         """More workers failed outside any test than --max-worker-failures allows."""
         if self.max_worker_failures is None:

@@ -18,13 +18,15 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytest
 
+from conveyor.code_identity import describe_difference, identify
 from conveyor.compat import settle_outcome
+from conveyor.environment import mark_worker_process
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.hooks import run_shell
@@ -96,6 +98,7 @@ class WorkerSettings:
     history: str = "cache"  # "cache", "redis:<suite>" or "off"
     build_ttl_s: float | None = None
     worker_setup: str | None = None
+    check_only: bool = False  # compare collection and code with the build's, then leave
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -240,6 +243,7 @@ class WorkerPlugin:
         self._affinity = 0
         self._has_history = False
         self._range_of: dict[str, str] = {}
+        self._code: dict[str, str] = {}
 
     # -- configuration --------------------------------------------------------------------
 
@@ -313,6 +317,7 @@ class WorkerPlugin:
             "lf_status": getattr(lfplugin, "_report_status", None),
             "max_unit_crashes": self.settings.max_unit_crashes,
             "hash_seed": os.environ.get("PYTHONHASHSEED"),
+            "code": self._code,
             # Tells this build apart from one re-created under the same id after the queue
             # lost its state (a restarted Redis without persistence).
             "nonce": secrets.token_hex(8),
@@ -344,6 +349,7 @@ class WorkerPlugin:
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
         )
         units = [] if collection_failed else list(items)
+        self._code = identify(session.config.rootpath, {item.path for item in session.items})
         durations = history_for(settings.history, session.config, queue)
         self._has_history = bool(durations)
         if settings.test_timeout_s is None:
@@ -370,6 +376,11 @@ class WorkerPlugin:
             # The controller reports in collection order, whatever the serving order.
             rank = {unit: index for index, unit in enumerate(collected)}
             meta["collection_order"] = [rank[unit] for unit in units]
+        if settings.check_only:
+            if self._collection_matches(queue, units):
+                self.finished_normally = True
+                self.status.write("done")
+            return True
         if not queue.populate(settings.worker_id, units, meta) and not self._collection_matches(
             queue, units
         ):
@@ -400,17 +411,30 @@ class WorkerPlugin:
 
     def _collection_matches(self, queue: Queue, units: list[str]) -> bool:
         manifest = self._wait_for_manifest(queue)
+        missing: list[str] = []
+        extra: list[str] = []
         if manifest.digest == collection_digest(units):
-            return True
-        published = set(queue.units())
-        mine = set(units)
-        missing, extra = sorted(published - mine), sorted(mine - published)
-        message = describe_mismatch(self.settings.worker_id, manifest.leader, missing, extra)
-        queue.publish(
-            EVENT_WORKER_REFUSED,
-            self.settings.worker_id,
-            {"message": message, "missing": missing[:50], "extra": extra[:50]},
-        )
+            theirs = manifest.meta.get("code")
+            other_code = describe_difference(self._code, theirs) if theirs else None
+            if other_code is None:
+                return True
+            message = (
+                f"worker {self.settings.worker_id} collected the same tests as "
+                f"{manifest.leader}, which published the build, from other code ({other_code}); "
+                "this worker will not run any test. Make every machine of a build check out "
+                "the same commit, or give each run of other code a build id of its own."
+            )
+        else:
+            published = set(queue.units())
+            mine = set(units)
+            missing, extra = sorted(published - mine), sorted(mine - published)
+            message = describe_mismatch(self.settings.worker_id, manifest.leader, missing, extra)
+        if not self.settings.check_only:  # a check leaves no trace in the build's record
+            queue.publish(
+                EVENT_WORKER_REFUSED,
+                self.settings.worker_id,
+                {"message": message, "missing": missing[:50], "extra": extra[:50]},
+            )
         self.refused = True
         self.status.write("refused")
         print(f"conveyor: {message}", file=sys.stderr)
@@ -710,6 +734,7 @@ def main() -> int:
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
     raw = os.environ.pop(SETTINGS_ENV, None)
+    mark_worker_process()
     if raw is None:
         print(
             f"conveyor worker: {SETTINGS_ENV} is not set; workers are started by `conveyor run`.",

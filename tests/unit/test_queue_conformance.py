@@ -398,3 +398,27 @@ def test_a_stopped_build_finishes_when_its_last_lease_is_handed_back(
     queue.hand_back("gw0", units(3), "the build was stopped")
     assert queue.status().finished
     assert [e.kind for e in queue.events(0)].count(EVENT_FINISHED) == 1
+
+
+def test_a_stopped_build_resumes_with_what_is_left(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    (lease,) = queue.reserve("gw0", 1).leases
+    queue.complete("gw0", [(lease.unit, result())])
+    queue.stop("interrupted")
+    assert queue.status().finished and queue.reserve("gw0", 1).state == EXHAUSTED
+    assert queue.resume("run again")
+    assert not queue.status().finished and queue.status().stop_reason is None
+    rest = queue.reserve("gw1", 5)
+    assert [x.unit for x in rest.leases] == units(3)[1:]
+    queue.complete("gw1", [(x.unit, result()) for x in rest.leases])
+    assert queue.status().finished
+    kinds = [event.kind for event in queue.events(0)]
+    assert kinds.count(EVENT_FINISHED) == 2 and "resumed" in kinds
+    assert not queue.resume("nothing left")  # a finished build is never resumed
+
+
+def test_a_build_that_was_not_stopped_is_not_resumed(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(2), {})
+    assert not queue.resume("run again")

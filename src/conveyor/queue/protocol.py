@@ -29,6 +29,7 @@ EVENT_LEASES_RETURNED = "leases_returned"
 EVENT_UNIT_CRASHED = "unit_crashed"
 EVENT_REQUEUED = "requeued"
 EVENT_STOPPED = "stopped"
+EVENT_RESUMED = "resumed"
 EVENT_FINISHED = "finished"
 
 
@@ -188,6 +189,12 @@ class Queue(Protocol):
 
     def stop(self, reason: str) -> None:
         """Stop handing out units; leases already held still complete."""
+        ...
+
+    def resume(self, reason: str) -> bool:
+        """Clear a stop while tests are left, so the build runs what is left (its results so
+        far stay); written to the stream as EVENT_RESUMED. False when the build was not
+        stopped or nothing is left."""
         ...
 
     def status(self) -> BuildStatus: ...

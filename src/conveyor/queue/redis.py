@@ -78,6 +78,7 @@ WRITE_SCRIPTS = (
     "release",
     "hand_back",
     "stop",
+    "resume",
     "publish",
 )
 READ_SCRIPTS = ("status", "events")
@@ -493,6 +494,11 @@ class RedisQueue:
 
     def stop(self, reason: str) -> None:
         self._write("stop", self._must_exist(), reason, _dumps({"reason": reason}))
+
+    def resume(self, reason: str) -> bool:
+        resumed = bool(self._write("resume", reason))
+        self._seen_populated = True
+        return resumed
 
     def status(self) -> BuildStatus:
         script = self._scripts["status"]

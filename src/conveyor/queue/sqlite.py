@@ -30,6 +30,7 @@ from conveyor.queue.protocol import (
     EVENT_LEASES_RETURNED,
     EVENT_POPULATED,
     EVENT_REQUEUED,
+    EVENT_RESUMED,
     EVENT_RESULT,
     EVENT_STOPPED,
     EVENT_UNIT_CRASHED,
@@ -525,6 +526,27 @@ class SQLiteQueue:
             if cur.rowcount:
                 self._emit(conn, EVENT_STOPPED, data={"reason": reason})
                 self._maybe_finish(conn)
+
+    def resume(self, reason: str) -> bool:
+        with self._write() as conn:
+            total, pending, leased, _done, stop_reason = self._counters(conn)
+            if stop_reason is None or pending + leased == 0:
+                return False
+            conn.execute(
+                "UPDATE builds SET stop_reason = NULL, finished_at = NULL WHERE build = ?",
+                (self.build,),
+            )
+            self._emit(
+                conn,
+                EVENT_RESUMED,
+                data={
+                    "reason": reason,
+                    "stopped": stop_reason,
+                    "left": pending + leased,
+                    "total": total,
+                },
+            )
+        return True
 
     def status(self) -> BuildStatus:
         rows = self._read(

@@ -1,0 +1,132 @@
+"""Running a build id again: a stopped build is resumed, never replayed as green; a finished
+build is replayed only for the same collection from the same code; workers of other code are
+refused."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import junit_outcomes
+
+SLOW_SUITE = """
+import pathlib, time
+
+def test_first():
+    pathlib.Path({started!r}).write_text("yes")
+
+""" + "".join(f"def test_{i}():\n    time.sleep(0.1)\n\n" for i in range(30))
+
+
+def conveyor(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_suite(pytester: pytest.Pytester) -> Path:
+    started = pytester.path / "started"
+    pytester.makepyfile(test_slow=SLOW_SUITE.format(started=str(started)))
+    return started
+
+
+def test_a_stopped_build_is_never_green_and_running_it_again_resumes_it(
+    pytester: pytest.Pytester, slow_suite: Path
+) -> None:
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "--queue", queue, "--build", "B1")
+    first = conveyor(pytester.path, *run, "--junitxml=first.xml")
+    wait_for(slow_suite)
+    time.sleep(0.5)
+    first.send_signal(signal.SIGTERM)
+    code, output = finish(first)
+    assert code == 2, output
+    assert "did not run because the build was stopped" in output
+
+    code, output = finish(conveyor(pytester.path, "report", "--queue", queue, "--build", "B1"))
+    assert code == 2, output  # tests never ran: not green, whoever reports
+
+    code, output = finish(conveyor(pytester.path, *run, "--junitxml=again.xml"))
+    assert code == 0, output
+    assert "resuming it" in output
+    assert "31 passed" in output.splitlines()[-1]
+    outcomes = junit_outcomes(pytester.path / "again.xml")
+    assert len(outcomes) == 31 and set(map(tuple, outcomes.values())) == {(("passed",),)}
+
+
+def test_a_machine_cancelled_in_a_shared_build_leaves_it_to_the_others(
+    pytester: pytest.Pytester, slow_suite: Path
+) -> None:
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "--queue", queue, "--build", "B3")
+    cancelled = conveyor(pytester.path, *run, "--node-id", "a")
+    other = conveyor(pytester.path, *run, "--node-id", "b", "--junitxml=other.xml")
+    wait_for(slow_suite)
+    time.sleep(0.5)
+    cancelled.send_signal(signal.SIGTERM)
+    code, output = finish(cancelled)
+    assert code == 2, output
+    assert "the build goes on on the other machines" in output
+    code, output = finish(other)
+    assert code == 0, output
+    outcomes = junit_outcomes(pytester.path / "other.xml")
+    assert len(outcomes) == 31 and set(map(tuple, outcomes.values())) == {(("passed",),)}
+
+
+@pytest.mark.parametrize("change", ["new-test", "same-ids-other-code"])
+def test_a_finished_build_is_not_replayed_for_another_collection_or_code(
+    pytester: pytest.Pytester, change: str
+) -> None:
+    pytester.makepyfile(test_one="def test_one(): pass")
+    run = ("run", "-n", "1", "--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "B2")
+    code, output = finish(conveyor(pytester.path, *run))
+    assert code == 0, output
+    if change == "new-test":
+        pytester.makepyfile(test_one="def test_one(): assert 0\ndef test_two(): pass")
+    else:
+        pytester.makepyfile(test_one="def test_one(): assert 0")
+    code, output = finish(conveyor(pytester.path, *run))
+    assert code == 3, output
+    assert "does not collect the same tests from the same code" in output
+    assert "passed" not in output.splitlines()[-1]
+    # The same collection from the same code is replayed from the queue.
+    pytester.makepyfile(test_one="def test_one(): pass")
+    code, output = finish(conveyor(pytester.path, *run))
+    assert code == 0 and "report only" in output, output
+
+
+def test_a_worker_with_other_code_is_refused(pytester: pytest.Pytester) -> None:
+    """Two checkouts with the same test ids but different code join one build."""
+    here = pytester.mkdir("here")
+    there = pytester.mkdir("there")
+    (here / "test_m.py").write_text("import time\ndef test_a(): time.sleep(1.5)\n")
+    (there / "test_m.py").write_text("import time\ndef test_a(): time.sleep(1.5); assert 0\n")
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "--queue", queue, "--build", "B4")
+    first = conveyor(here, *run, "--node-id", "here")
+    time.sleep(1.0)
+    code, output = finish(conveyor(there, *run, "--node-id", "there"))
+    finish(first)
+    assert code != 0, output
+    assert "from other code (test modules or conftest files with other contents)" in output
