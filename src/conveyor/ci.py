@@ -1,8 +1,12 @@
 """Build and node identity from the CI environment, so one command works on every CI machine.
 
 Every parallel job of one CI build must agree on the build id (that is what puts them in one
-queue) and must differ in node id (that is what tells their workers apart). A job retried with
-the same build id joins the finished build and reports its stored results in seconds.
+queue) and must differ in node id (that is what tells their workers apart).
+
+Re-runs: where the CI numbers its attempts (GitHub's GITHUB_RUN_ATTEMPT, Buildkite's
+BUILDKITE_RETRY_COUNT), each attempt is a build of its own and runs every test again. Elsewhere
+a retried job joins the build of its pipeline: a stopped build is resumed (what is left runs),
+a finished one is replayed after a check that the collection and the code are the same.
 """
 
 from __future__ import annotations
@@ -28,22 +32,28 @@ def _get(env: Mapping[str, str], *names: str) -> str | None:
 def detect(env: Mapping[str, str] | None = None) -> CIIdentity | None:
     """The CI build this process belongs to, or None outside a known CI.
 
-    GitHub Actions: GITHUB_RUN_ID (node: host name)
+    GitHub Actions: GITHUB_RUN_ID[-GITHUB_RUN_ATTEMPT] (node: host name)
     GitLab CI:      CI_PIPELINE_ID (node: CI_NODE_INDEX)
-    Buildkite:      BUILDKITE_BUILD_ID[-BUILDKITE_STEP_ID] (node: BUILDKITE_PARALLEL_JOB)
+    Buildkite:      BUILDKITE_BUILD_ID[-BUILDKITE_STEP_ID][-retry-N] (node: BUILDKITE_PARALLEL_JOB)
     CircleCI:       CIRCLE_WORKFLOW_ID or CIRCLE_BUILD_NUM[-CIRCLE_JOB] (node: CIRCLE_NODE_INDEX)
     Jenkins:        BUILD_TAG (node: NODE_NAME-EXECUTOR_NUMBER)
     """
     env = os.environ if env is None else env
     if env.get("GITHUB_ACTIONS") == "true" and (run := _get(env, "GITHUB_RUN_ID")):
+        attempt = _get(env, "GITHUB_RUN_ATTEMPT")
+        if attempt and attempt != "1":
+            run = f"{run}-{attempt}"
         return CIIdentity("github", f"github-{run}", None)
     if env.get("GITLAB_CI") and (pipeline := _get(env, "CI_PIPELINE_ID")):
         return CIIdentity("gitlab", f"gitlab-{pipeline}", _get(env, "CI_NODE_INDEX"))
     if env.get("BUILDKITE") == "true" and (build := _get(env, "BUILDKITE_BUILD_ID")):
         step = _get(env, "BUILDKITE_STEP_ID")
+        retry = _get(env, "BUILDKITE_RETRY_COUNT")
         return CIIdentity(
             "buildkite",
-            f"buildkite-{build}" + (f"-{step}" if step else ""),
+            f"buildkite-{build}"
+            + (f"-{step}" if step else "")
+            + (f"-retry-{retry}" if retry and retry != "0" else ""),
             _get(env, "BUILDKITE_PARALLEL_JOB"),
         )
     if env.get("CIRCLECI") == "true":
