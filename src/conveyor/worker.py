@@ -31,6 +31,7 @@ from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.hooks import run_shell
 from conveyor.lease_stream import LeaseStream
+from conveyor.payload import cap_report
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     ALREADY_DONE,
@@ -654,7 +655,7 @@ class WorkerPlugin:
         config = self._config
         settle_outcome(config, report)
         self._reports.append(
-            config.hook.pytest_report_to_serializable(config=config, report=report)
+            cap_report(config.hook.pytest_report_to_serializable(config=config, report=report))
         )
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import junit_outcomes, run_conveyor
+from helpers import assert_same_verdict, junit_outcomes, run_conveyor
 
 
 def test_worker_killed_mid_test_has_its_test_rerun_and_reported_once(
@@ -251,3 +251,40 @@ def test_worker_and_report_need_a_queue(pytester: pytest.Pytester) -> None:
     result = pytester.run(sys.executable, "-m", "conveyor", "report", "--build", "b1")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["conveyor: error: `conveyor report` needs --queue URL*"])
+
+
+def test_a_property_json_cannot_carry_is_reported_as_plain_pytest_writes_it(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_props="""
+        import datetime
+
+        def test_when(record_property):
+            record_property("when", datetime.datetime(2026, 1, 2, 3, 4, 5))
+            record_property("tags", {"only"})
+        """
+    )
+    plain, ours = assert_same_verdict(pytester, "-o", "junit_family=legacy", workers=2)
+    assert ours.ret == 0
+    xml = (pytester.path / "conveyor.xml").read_text()
+    assert 'name="when" value="2026-01-02 03:04:05"' in xml
+    assert "name=\"tags\" value=\"{'only'}\"" in xml
+
+
+def test_huge_test_output_is_cut_to_its_head_and_tail(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_loud="""
+        import sys
+
+        def test_loud():
+            sys.stdout.write("HEAD" + "x" * 6_000_000 + "TAIL")
+            assert False
+        """
+    )
+    result = run_conveyor(pytester, "-n", "1")
+    assert result.ret == 1
+    text = result.stdout.str()
+    assert "HEAD" in text and "TAIL" in text
+    assert "characters of this output were cut" in text
+    assert len(text) < 2_500_000

@@ -10,6 +10,7 @@ expire and the next `reserve` anywhere reclaims them. The controller follows the
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +38,17 @@ def release_event_kind(cause: Mapping[str, Any]) -> str:
     """A release is a lost worker, unless the cause says it is `orderly`: a live worker
     handing back tests it had not started (the build stopped, a slow run without history)."""
     return EVENT_LEASES_RETURNED if cause.get("orderly") else EVENT_WORKER_LOST
+
+
+def _json_fallback(value: object) -> object:
+    """What JSON cannot carry as it is (a datetime in `record_property`, bytes, a set) travels
+    as its str, as pytest's own --junitxml writes it: a report must never fail on the way."""
+    return str(value)
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """The one JSON encoding of everything a backend stores."""
+    return json.dumps(data, separators=(",", ":"), default=_json_fallback)
 
 
 def collection_digest(units: Iterable[str]) -> str:

@@ -35,6 +35,7 @@ from conveyor.queue.protocol import (
     Released,
     Reservation,
     collection_digest,
+    dumps,
     release_event_kind,
 )
 
@@ -134,7 +135,7 @@ def _script_source(name: str) -> str:
 
 
 def _dumps(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return dumps(data)
 
 
 def _where(url: str) -> str:
