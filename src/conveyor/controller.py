@@ -90,6 +90,7 @@ class ControllerPlugin:
         self.live: progress.LiveProgress | None = None
         self.first_result_s: float | None = None
         self._units: list[str] | None = None
+        self._unit_set: frozenset[str] | None = None
         self._every_event: list[Event] | None = None
         self._started_at = time.monotonic()
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
@@ -426,6 +427,14 @@ class ControllerPlugin:
             return
         if nodeid in self.reported:
             return
+        if nodeid not in self._manifest_set() or (event.unit is not None and event.unit != nodeid):
+            # Accounting is by set: a result for a test nobody collected must not stand in
+            # for one that has no result.
+            self.problems.errors.append(
+                f"a result for {nodeid!r} from worker {event.worker} was rejected: no worker "
+                "of this build collected that test."
+            )
+            return
         self.reported.add(nodeid)
         if self.first_result_s is None:
             self.first_result_s = time.monotonic() - self._started_at
@@ -587,8 +596,7 @@ class ControllerPlugin:
         if status.stop_reason is not None:
             self._note_not_run()
             return
-        if len(self.reported) < self.manifest.total:
-            self.problems.missing = sorted(set(self._manifest_units()) - self.reported)
+        self.problems.missing = sorted(self._manifest_set() - self.reported)
 
     def _record_history(self, session: pytest.Session) -> None:
         """Durations of this build feed the order of the next one."""
@@ -655,6 +663,11 @@ class ControllerPlugin:
                 cursor = page[-1].seq
             self._every_event = events
         return self._every_event
+
+    def _manifest_set(self) -> frozenset[str]:
+        if self._unit_set is None:
+            self._unit_set = frozenset(self._manifest_units())
+        return self._unit_set
 
     def _manifest_units(self) -> list[str]:
         """The build's units in published order; the manifest never changes, so it is read
