@@ -183,17 +183,27 @@ class NextItem:
 
 
 def _item_of(items: dict[str, pytest.Item], lease: Lease | None) -> pytest.Item | None:
-    return items[lease.unit] if lease is not None else None
+    """The item a lease names; None for no lease, or one this worker did not collect (it will
+    be refused, not run, so nothing needs to stay set up for it)."""
+    return items.get(lease.unit) if lease is not None else None
 
 
 class Heartbeat(threading.Thread):
     """Renews this worker's leases so a slow test is never handed to someone else, and ends
-    the process if its supervisor has gone (an orphan would hold leases nobody watches)."""
+    the process if its supervisor has gone (an orphan would hold leases nobody watches).
+    Only the leases `held()` names are renewed: a lease this worker never learnt of (its
+    reserve's reply was lost) expires and goes back to the queue instead of staying forever."""
 
-    def __init__(self, queue: Queue, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        queue: Queue,
+        settings: WorkerSettings,
+        held: Callable[[], Sequence[str]] = lambda: (),
+    ) -> None:
         super().__init__(name="conveyor-heartbeat", daemon=True)
         self.queue = queue
         self.settings = settings
+        self.held = held
         self.interval_s = max(0.05, min(5.0, settings.lease_ttl_s / 3))
         self.error: BaseException | None = None
         self._stop_event = threading.Event()
@@ -479,8 +489,18 @@ class WorkerPlugin:
     ) -> None:
         hook = session.config.hook
         stream = self._lease_stream(queue, heartbeat)
+        # Leases this worker holds: reserved (running or not started) and finished but not yet
+        # stored. Read by the heartbeat thread; list() copies are atomic under the GIL.
+        heartbeat.held = lambda: [
+            *stream.held(),
+            *(unit for unit, _ in list(self._outbox)),
+            *(unit for unit, _ in list(self._sending)),
+        ]
         for lease in stream:
-            item = items[lease.unit]
+            item = items.get(lease.unit)
+            if item is None:
+                self._refuse_uncollected(queue, lease)
+                continue
             # Resolved when pytest first looks at it, at this test's teardown: see LeaseStream.
             nextitem = NextItem(lambda: _item_of(items, stream.peek()))
             self.status.write(f"running {lease.unit}")
@@ -519,6 +539,21 @@ class WorkerPlugin:
                 self._flush(force=True)
                 stream.hand_back("slow run handed back")
                 self._affinity = 0
+
+    def _refuse_uncollected(self, queue: Queue, lease: Lease) -> None:
+        """A unit this worker did not collect came out of the queue: something other than a
+        worker of this build wrote it there. It is not run; it is logged, reported as an error
+        of the build, and completed (the controller rejects the result) so the build ends."""
+        message = (
+            f"worker {self.settings.worker_id} was handed {lease.unit!r}, which it did not "
+            "collect; it was not run. A worker runs only tests it collected itself: something "
+            "other than a conveyor worker of this build wrote this one into the queue."
+        )
+        print(f"conveyor: {message}", file=sys.stderr, flush=True)
+        queue.publish(EVENT_WORKER_ERROR, self.settings.worker_id, {"message": message})
+        payload = {"nodeid": lease.unit, "location": [lease.unit, None, lease.unit]}
+        self._outbox.append((lease.unit, {**payload, "reports": [], "attempt": lease.attempt}))
+        self._flush(force=True)
 
     @contextlib.contextmanager
     def _hard_timeout(self, unit: str) -> Iterator[None]:

@@ -4,9 +4,11 @@ test nobody collected is rejected, so it can never stand in for a missing one.""
 from __future__ import annotations
 
 import sys
+import uuid
 from typing import Any
 
 import pytest
+import redis
 
 from conveyor.queue import open_queue
 
@@ -44,5 +46,32 @@ def test_a_result_for_an_uncollected_test_never_hides_a_missing_one(
             "*1 test(s) have no result*",
             "*test_x.py::test_b",
             "*1 passed*",
+        ]
+    )
+
+
+def test_a_test_id_written_into_the_queue_is_not_run(
+    pytester: pytest.Pytester, redis_server: Any
+) -> None:
+    """Whoever can write to Redis can add an id to a build's pending set: a pytest worker runs
+    only tests it collected itself, and the build cannot pass with the stranger in it."""
+    pytester.makepyfile(test_x="def test_a(): pass\ndef test_b(): pass")
+    build = f"inject-{uuid.uuid4().hex[:8]}"
+    queue = open_queue(str(redis_server.url), build)
+    queue.populate("elsewhere", UNITS, {"collected": 2, "selected": 2})
+    queue.close()
+    client = redis.Redis.from_url(str(redis_server.url))
+    client.zadd(f"conveyor:{{{build}}}:pending", {"test_x.py::test_injected": -5})
+    client.close()
+    result = pytester.run(
+        sys.executable, "-m", "conveyor", "run", "-n", "1", "-p", "no:cacheprovider",
+        "--queue", str(redis_server.url), "--build", build, timeout=120,
+    )  # fmt: skip
+    assert result.ret == 3, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*was handed 'test_x.py::test_injected', which it did not collect; it was not run*",
+            "*a result for 'test_x.py::test_injected' * was rejected*",
+            "*2 passed*",
         ]
     )
