@@ -31,6 +31,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from conveyor.api import Case, Result, Unit, WorkerSession
+from conveyor.environment import take_settings
 from conveyor.errors import BuildStateLost, CollectionMismatch, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store
 from conveyor.scheduling import order_units
@@ -39,7 +40,6 @@ from conveyor.worker import (
     EXIT_DONE,
     EXIT_REFUSED,
     EXIT_STATE_LOST,
-    SETTINGS_ENV,
     StatusFile,
     WorkerSettings,
     run_worker_setup,
@@ -405,9 +405,13 @@ def work(settings: CommandSettings, common: WorkerSettings) -> int:
 
 def main() -> int:
     """Entry point of a command worker process: `python -m conveyor.command`."""
-    raw = os.environ.pop(SETTINGS_ENV, None)
+    raw = take_settings()
     if raw is None:
-        print(f"conveyor command worker: {SETTINGS_ENV} is not set.", file=sys.stderr)
+        print(
+            "conveyor command worker: no settings were handed to this process; command "
+            "workers are started by `conveyor run --command`.",
+            file=sys.stderr,
+        )
         return 4
     data = json.loads(raw)
     common = WorkerSettings.from_env(json.dumps(data.pop("worker")))

@@ -8,8 +8,10 @@ variables, yet must behave as if started from a shell, not as a worker of the ou
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
 WORKER = "CONVEYOR_WORKER"
 WORKER_COUNT = "CONVEYOR_WORKER_COUNT"
@@ -43,3 +45,29 @@ def forget_outer_worker(environ: MutableMapping[str, str] = os.environ) -> bool:
     environ.pop(ADDED, None)
     environ.pop(WORKER_PID, None)
     return True
+
+
+SETTINGS_FILE = "CONVEYOR_WORKER_SETTINGS_FILE"
+
+
+def write_settings_file(path: Path, text: str) -> None:
+    """A worker's settings (the queue URL, password included) go through a file only its
+    user can read, never through the environment, which /proc shows to others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def take_settings(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """The settings the supervisor wrote for this worker process; the file is removed once
+    read. None when this process was not started by a supervisor."""
+    path = environ.pop(SETTINGS_FILE, None)
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError:
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return text

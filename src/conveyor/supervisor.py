@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conveyor import environment
-from conveyor.environment import worker_environment
+from conveyor.environment import worker_environment, write_settings_file
 from conveyor.errors import QueueError
 from conveyor.queue import Queue
 
@@ -32,7 +32,6 @@ from conveyor.worker import (
     EXIT_REFUSED,
     EXIT_SETUP_FAILED,
     EXIT_STATE_LOST,
-    SETTINGS_ENV,
     TIMEOUT_HEADER,
     WorkerSettings,
 )
@@ -172,12 +171,14 @@ class Supervisor:
                 "supervisor_pid": os.getpid(),
             }
         )
+        settings_path = self.run_dir / f"{slot.name}{suffix}.settings"
+        write_settings_file(
+            settings_path, self.command.to_env(settings) if self.command else settings.to_env()
+        )
         env = worker_environment(
             {
                 **self.env,
-                SETTINGS_ENV: (
-                    self.command.to_env(settings) if self.command else settings.to_env()
-                ),
+                environment.SETTINGS_FILE: str(settings_path),
                 environment.XDIST_WORKER: slot.name,
                 environment.XDIST_WORKER_COUNT: str(self.count),
                 environment.WORKER: slot.name,

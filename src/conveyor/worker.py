@@ -26,7 +26,7 @@ import pytest
 
 from conveyor.code_identity import describe_difference, identify
 from conveyor.compat import settle_outcome
-from conveyor.environment import mark_worker_process
+from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.hooks import run_shell
@@ -43,8 +43,6 @@ from conveyor.queue.protocol import (
 )
 from conveyor.scheduling import plan, range_keys, scope_of
 from conveyor.watchdog import Watchdog
-
-SETTINGS_ENV = "CONVEYOR_WORKER_SETTINGS"
 
 # Exit codes of a worker process, read by the supervisor. Test failures are not worker
 # failures: the controller owns the build's exit status.
@@ -769,11 +767,12 @@ def main() -> int:
     # imports must resolve exactly as they would in a plain run.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
-    raw = os.environ.pop(SETTINGS_ENV, None)
+    raw = take_settings()
     mark_worker_process()
     if raw is None:
         print(
-            f"conveyor worker: {SETTINGS_ENV} is not set; workers are started by `conveyor run`.",
+            "conveyor worker: no settings were handed to this process; workers are started "
+            "by `conveyor run` or `conveyor worker`.",
             file=sys.stderr,
         )
         return 4

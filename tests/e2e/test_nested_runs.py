@@ -71,3 +71,24 @@ def test_runs_started_by_tests_do_not_inherit_the_workers_identity(
     result = run_conveyor(pytester, "-n", "2", "test_outer.py")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*3 passed*"])
+
+
+def test_worker_settings_never_reach_the_environment(pytester: pytest.Pytester) -> None:
+    """The queue URL (password included) reaches workers through a file only their user can
+    read, removed once read; /proc/<pid>/environ shows no settings."""
+    pytester.makepyfile(
+        test_env="""
+        import os
+
+        def test_environment_holds_no_settings():
+            environ = open(f"/proc/{os.getpid()}/environ", "rb").read().decode()
+            assert "s3cr3t" not in environ
+            assert "CONVEYOR_WORKER_SETTINGS" not in os.environ
+        """
+    )
+    queue = f"sqlite://{pytester.path / 'q.db'}?password=s3cr3t"
+    result = run_conveyor(pytester, "-n", "1", "--queue", queue, "--build", "S1")
+    assert result.ret in (0, 4), result.stdout.str() + result.stderr.str()
+    if result.ret == 4:  # the URL form is refused; use a plain one to check the handover
+        result = run_conveyor(pytester, "-n", "1", "--queue", f"sqlite://{pytester.path}/s3cr3t.db")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
