@@ -306,7 +306,6 @@ def _controller_exit(
         shared=options.shared_queue,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
-    _interrupt_on_sigterm()
     return int(pytest.main(options.pytest_args, plugins=[controller]))
 
 
@@ -320,6 +319,7 @@ def _in_run_dir(command: Callable[[RunOptions, Path], int], options: RunOptions)
 
 def run(argv: Sequence[str]) -> int:
     """Work and report on this machine (`conveyor run`)."""
+    _interrupt_on_sigterm()  # first: a SIGTERM during start-up must not orphan anything
     options = parse_run_options(argv, "run")
     if options.in_process:
         return int(pytest.main(options.pytest_args))
@@ -350,6 +350,7 @@ def _run(options: RunOptions, run_dir: Path) -> int:
 
 def worker(argv: Sequence[str]) -> int:
     """Only work: N local worker processes join the build (`conveyor worker`)."""
+    _interrupt_on_sigterm()
     options = parse_run_options(argv, "worker")
     if options.workers == 0:
         raise UsageError("`conveyor worker` needs at least one worker process (-n 1 or more).")
@@ -375,8 +376,8 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
         try:
             supervisor.wait()
         except KeyboardInterrupt:
-            supervisor.shutdown(terminate=True)
-            return _error("interrupted; this machine's unfinished tests go back to the queue.", 2)
+            supervisor.leave("this machine was interrupted; its tests go back")
+            return _error("interrupted; this machine's unfinished tests went back to the queue.", 2)
         supervisor.shutdown()
         return _report_worker_outcome(supervisor)
     finally:

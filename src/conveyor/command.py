@@ -13,6 +13,7 @@ a unit whose process failed (non-zero exit, signal, timeout) fails whatever its 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +40,7 @@ from conveyor.scheduling import order_units
 from conveyor.worker import (
     EVENT_WORKER_ERROR,
     EXIT_DONE,
+    EXIT_ORPHANED,
     EXIT_REFUSED,
     EXIT_STATE_LOST,
     StatusFile,
@@ -54,6 +57,7 @@ PLACEHOLDER_ENV = {
     "worker": "CONVEYOR_WORKER",
 }
 OUTPUT_LIMIT = 200_000  # characters of a unit's output kept in its report
+PARENT_CHECK_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,15 @@ class CommandRunner:
     def __init__(self, settings: CommandSettings, common: WorkerSettings) -> None:
         self.settings = settings
         self.common = common
+        self.current: subprocess.Popen[bytes] | None = None  # the unit's process, while it runs
+
+    def stop_unit(self, signum: int) -> None:
+        """Signal the running unit's process group (it runs in a session of its own, so
+        signals to this worker's group do not reach it)."""
+        process = self.current
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signum)
 
     def run(self, unit: Unit) -> Result:
         with tempfile.TemporaryDirectory(prefix="conveyor-unit-") as scratch:
@@ -279,6 +292,7 @@ class CommandRunner:
         except (OSError, ValueError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else exc
             return "", "failed", f"could not start {argv[0]!r}: {why}", "exit"
+        self.current = process
         try:
             raw, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -351,6 +365,28 @@ def refuse(session: WorkerSession, unit: Unit) -> None:
     session.complete(unit, Result("error", message=message))
 
 
+def watch_over(runner: CommandRunner, common: WorkerSettings) -> None:
+    """SIGTERM is forwarded to the running unit's process group before the worker ends, and
+    a worker whose supervisor is gone (killed with SIGKILL) stops its unit and itself: an
+    orphan would go on running units that nobody reports."""
+
+    def terminate(signum: int, frame: object) -> None:
+        runner.stop_unit(signal.SIGTERM)
+        os._exit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, terminate)
+    if not common.supervisor_pid:
+        return
+
+    def watch() -> None:
+        while os.getppid() == common.supervisor_pid:
+            time.sleep(PARENT_CHECK_S)
+        runner.stop_unit(signal.SIGKILL)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="conveyor-parent-watch", daemon=True).start()
+
+
 def work(settings: CommandSettings, common: WorkerSettings) -> int:
     """The command worker's life: publish or check the units, then run leased units."""
     status = StatusFile(common.status_file)
@@ -363,6 +399,7 @@ def work(settings: CommandSettings, common: WorkerSettings) -> int:
         lease_ttl_s=common.lease_ttl_s,
     )
     runner = CommandRunner(settings, common)
+    watch_over(runner, common)
     try:
         if session.queue.manifest() is None:
             cache = SimpleNamespace(cache=DirectoryCache(Path(".pytest_cache")))

@@ -42,6 +42,16 @@ TERMINATE_GRACE_S = 5.0
 STRAGGLER_WAIT_S = 30.0
 
 
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """A worker leads a process group of its own (it was started in a new session): the
+    signal reaches what its tests started too, not only the worker."""
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+
 def describe_exit(returncode: int) -> str:
     """'killed by signal SIGSEGV (11)' or 'exited with code 3'."""
     if returncode < 0:
@@ -365,11 +375,11 @@ class Supervisor:
         if terminate:
             for process in processes:
                 if process.poll() is None:
-                    process.terminate()
+                    _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for process in processes:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
