@@ -331,6 +331,7 @@ class ControllerPlugin:
         if not progress.wanted(session.config, self.settings.no_progress) or writer is None:
             yield
             return
+        assert reporter is not None  # a writer was found on it
         original = writer._file
         writer._file = io.StringIO()  # the letters; the summary after the run is untouched
         reporter._show_progress_info = False
@@ -619,7 +620,7 @@ class ControllerPlugin:
             return
         position = self._collection_positions()
         for reports in reporter.stats.values():
-            reports.sort(key=lambda report: position.get(getattr(report, "nodeid", None), -1))
+            reports.sort(key=lambda report: position.get(getattr(report, "nodeid", ""), -1))
 
     def _collection_positions(self) -> dict[str, int]:
         """unit -> its place in the collection (the manifest lists the serving order)."""

@@ -47,7 +47,9 @@ def warning_category(name: str) -> type[Warning]:
     )
     if isinstance(builtin, type) and issubclass(builtin, Warning):
         return builtin
-    for candidate in (pytest.PytestWarning, *pytest.PytestWarning.__subclasses__()):
+    candidates: list[type[Warning]] = [pytest.PytestWarning]
+    candidates += pytest.PytestWarning.__subclasses__()
+    for candidate in candidates:
         if candidate.__name__ == name:
             return candidate
     return type(name, (Warning,), {})

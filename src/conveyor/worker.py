@@ -507,16 +507,17 @@ class WorkerPlugin:
             failed_before = session.testsfailed
             with self._hard_timeout(lease.unit):
                 hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
-            payload = {
+            duration = time.time() - started
+            payload: JSON = {
                 "nodeid": item.nodeid,
                 "location": list(item.location),
                 "reports": self._reports,
                 "warnings": self._warnings,
                 "attempt": lease.attempt,
                 "started": started,
-                "duration": time.time() - started,
+                "duration": duration,
             }
-            self._recent_durations.append(payload["duration"])
+            self._recent_durations.append(duration)
             self.status.write("between tests")
             if self._should_retry() and self._requeue(queue, lease.unit, payload):
                 # Not a final failure: it must not trip this worker's -x / --maxfail.

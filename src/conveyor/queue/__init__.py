@@ -135,5 +135,6 @@ def open_queue(
         return SQLiteQueue(sqlite_path(url), build, lease_ttl_s=lease_ttl_s, clock=clock)
     from conveyor.queue.redis import RedisQueue
 
-    extra = {} if build_ttl_s is None else {"ttl_s": build_ttl_s}
-    return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock, **extra)
+    if build_ttl_s is None:
+        return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock)
+    return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock, ttl_s=build_ttl_s)
