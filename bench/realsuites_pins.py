@@ -60,8 +60,8 @@ PINS: tuple[Pin, ...] = (
     Pin(
         "packaging",
         "26.4",
-        "thousands of parametrized cases",
-        args=("tests",),
+        "thousands of parametrized cases (test_version.py's 51,524 left out for time)",
+        args=("tests", "--ignore=tests/test_version.py"),
         deps=("pretend", "tomli_w", "hypothesis"),
     ),
     Pin(
@@ -72,7 +72,13 @@ PINS: tuple[Pin, ...] = (
         deps=("railroad-diagrams", "jinja2"),
     ),
     Pin("cachetools", "8.0.2", "unittest mixin classes, subTest", args=("tests",)),
-    Pin("idna", "3.20", "unittest classes with subTest over data files", args=("tests",)),
+    Pin(
+        "idna",
+        "3.20",
+        "unittest classes with subTest over data files",
+        args=("tests",),
+        deps=("hypothesis",),
+    ),
     Pin("six", "1.17.0", "one module at the top of the sdist", args=("test_six.py",)),
     Pin("toolz", "1.2.0", "tests inside the package, live log output", args=("toolz",)),
     Pin(
@@ -87,15 +93,25 @@ PINS: tuple[Pin, ...] = (
         "attrs",
         "26.1.0",
         "property tests (hypothesis), --import-mode=importlib",
-        args=("tests",),
+        # fails under plain pytest on Python 3.11 with these pins: not conveyor's to judge
+        args=("tests", "--deselect", "tests/test_converters.py::TestPipe::test_wrapped_annotation"),
         deps=("hypothesis", "pympler", "cloudpickle"),
     ),
     Pin(
         "python-dateutil",
         "4.0.0",
         "module fixtures, frozen time, property tests",
-        args=("tests",),
-        deps=("freezegun", "hypothesis"),
+        # these three compare with the machine's own tzdata, which differs between machines
+        args=(
+            "tests",
+            "--deselect",
+            "tests/test_tz.py::test_gettz_link[tzpath-Europe/Monaco-Europe/Paris]",
+            "--deselect",
+            "tests/test_tzfile.py::test_gettz_local_abbreviation_without_time_zone_data",
+            "--deselect",
+            "tests/test_tzpath_data.py::test_dst_matches_tzdata_zi[tzpath]",
+        ),
+        deps=("freezegun", "hypothesis", "attrs", "pytest-cov"),  # pytest-cov: no_cover
     ),
     Pin(
         "inflect",
