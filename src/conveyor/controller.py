@@ -49,6 +49,7 @@ POLL_MIN_S = 0.005
 POLL_MAX_S = 0.02
 MANIFEST_CHECK_S = 1.0
 EVENTS_PAGE = 2000
+OTHERS_CHECKS, OTHERS_POLL_S = 20, 0.05  # look for another machine's lease for about 1 s
 
 
 @dataclass
@@ -250,7 +251,7 @@ class ControllerPlugin:
                 # Other machines may be working on this build: it goes on without this one.
                 # With nobody else holding a test, it is stopped (to be resumed) instead.
                 self.supervisor.leave("this machine was interrupted; its tests go back")
-                if self.queue.status().leased:
+                if self._others_are_working():
                     self.problems.left_shared_build = True
                 else:
                     self.queue.stop("interrupted")
@@ -271,6 +272,15 @@ class ControllerPlugin:
         if session.shouldstop:
             raise session.Interrupted(session.shouldstop)
         return True
+
+    def _others_are_working(self) -> bool:
+        """Whether another machine holds a test of this build within about a second (a worker
+        between two tests holds none for a moment)."""
+        for _ in range(OTHERS_CHECKS):
+            if self.queue.status().leased:
+                return True
+            time.sleep(OTHERS_POLL_S)
+        return False
 
     def _check_same_build(self) -> None:
         """A queue that lost its state may have been re-populated by a late worker under the

@@ -286,7 +286,10 @@ class Supervisor:
                         "final": bool(timed_out),
                     },
                 )
-        if started and not self._stop.is_set() and self.restarts < self.max_restarts:
+        # A worker that failed while starting would fail the same way again, unless something
+        # killed it from outside (a signal: the OOM killer, a chaos test).
+        worth_restarting = started or returncode < 0
+        if worth_restarting and not self._stop.is_set() and self.restarts < self.max_restarts:
             self.restarts += 1
             self._spawn(slot)
         else:

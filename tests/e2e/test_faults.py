@@ -265,7 +265,7 @@ def test_a_property_json_cannot_carry_is_reported_as_plain_pytest_writes_it(
             record_property("tags", {"only"})
         """
     )
-    plain, ours = assert_same_verdict(pytester, "-o", "junit_family=legacy", workers=2)
+    _plain, ours = assert_same_verdict(pytester, "-o", "junit_family=legacy", workers=2)
     assert ours.ret == 0
     xml = (pytester.path / "conveyor.xml").read_text()
     assert 'name="when" value="2026-01-02 03:04:05"' in xml
