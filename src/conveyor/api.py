@@ -21,7 +21,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -166,16 +167,21 @@ def result_payload(unit: str, result: Result, attempt: int, started: float) -> J
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, queue: Queue, worker_id: str, interval_s: float) -> None:
+    """Renews the leases of the units the session holds (handed out, not yet completed)."""
+
+    def __init__(
+        self, queue: Queue, worker_id: str, interval_s: float, held: Callable[[], list[str]]
+    ) -> None:
         super().__init__(name="conveyor-api-heartbeat", daemon=True)
         self.queue, self.worker_id, self.interval_s = queue, worker_id, interval_s
+        self.held = held
         self.error: QueueError | None = None
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
-                self.queue.heartbeat(self.worker_id)
+                self.queue.heartbeat(self.worker_id, self.held())
             except QueueError as exc:
                 self.error = exc
                 return
@@ -187,7 +193,12 @@ class WorkerSession:
     def __init__(self, queue: Queue, worker_id: str, *, lease_ttl_s: float = 30.0) -> None:
         self.queue = queue
         self.worker_id = worker_id
-        self._heartbeat = _Heartbeat(queue, worker_id, max(0.05, min(5.0, lease_ttl_s / 3)))
+        # Units handed out and not yet completed or requeued: the leases the heartbeat renews.
+        self._held: dict[str, None] = {}
+        self._held_lock = threading.Lock()
+        self._heartbeat = _Heartbeat(
+            queue, worker_id, max(0.05, min(5.0, lease_ttl_s / 3)), self._held_units
+        )
         self._started: dict[str, float] = {}
 
     @classmethod
@@ -228,13 +239,16 @@ class WorkerSession:
         while True:
             if self._heartbeat.error is not None:
                 raise self._heartbeat.error
-            reservation = self.queue.reserve(self.worker_id, 1)
+            # One id per reservation: a retry after a lost reply gets the same one back.
+            reservation = self.queue.reserve(self.worker_id, 1, uuid.uuid4().hex)
             if reservation.state == EXHAUSTED:
                 return
             if reservation.state == WAIT:
                 time.sleep(WAIT_POLL_S)
                 continue
             assert reservation.state == LEASED
+            with self._held_lock:
+                self._held.update(dict.fromkeys(lease.unit for lease in reservation.leases))
             for lease in reservation.leases:
                 self._started[lease.unit] = time.time()
                 yield Unit(lease.unit, lease.attempt)
@@ -242,7 +256,9 @@ class WorkerSession:
     def complete(self, unit: Unit, result: Result) -> bool:
         """Store the unit's result; False when another attempt already finished it."""
         payload = result_payload(unit.name, result, unit.attempt, self._started.pop(unit.name, 0))
-        return self.queue.complete(self.worker_id, [(unit.name, payload)])[0]
+        stored = self.queue.complete(self.worker_id, [(unit.name, payload)])[0]
+        self._release(unit.name)
+        return stored
 
     def requeue(
         self, unit: Unit, result: Result, *, max_requeues: int, tolerance: float = -1.0
@@ -255,7 +271,16 @@ class WorkerSession:
         )
         if answer == REQUEUED:
             self._started.pop(unit.name, None)
+            self._release(unit.name)
         return answer == REQUEUED
+
+    def _held_units(self) -> list[str]:
+        with self._held_lock:
+            return list(self._held)
+
+    def _release(self, unit: str) -> None:
+        with self._held_lock:
+            self._held.pop(unit, None)
 
     def close(self) -> None:
         self._heartbeat.stopped.set()

@@ -10,7 +10,9 @@ stream, and pytest's own session finish then tears the rest of the setup state d
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Final
@@ -56,6 +58,12 @@ class LeaseStream:
         self._idle = idle
         self._poll_s = poll_s
         self._hand: deque[Lease] = deque()
+        self._running: Lease | None = None
+        # The heartbeat thread reads what this worker holds while the main thread changes it.
+        self._lock = threading.Lock()
+        # The id of the reservation being asked for, kept until it is answered: a retry after a
+        # lost reply gets the same reservation back instead of a second one.
+        self._request_id: str | None = None
         self._exhausted = False
         self._pending = queue.status().pending
         self._promise: Lease | _Unpromised | None = UNPROMISED
@@ -69,7 +77,20 @@ class LeaseStream:
                 if not self._hand:
                     return
             self._promise = UNPROMISED
-            yield self._hand.popleft()
+            with self._lock:
+                lease = self._running = self._hand.popleft()
+            try:
+                yield lease
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def held(self) -> list[str]:
+        """The units this worker holds leases on, as far as it knows: the running one and the
+        reserved ones not started yet. Safe to call from another thread (the heartbeat)."""
+        with self._lock:
+            running = [self._running.unit] if self._running is not None else []
+            return running + [lease.unit for lease in self._hand]
 
     @property
     def promised(self) -> Lease | _Unpromised | None:
@@ -101,15 +122,17 @@ class LeaseStream:
         unstarted = [lease.unit for lease in list(self._hand)[keep:]]
         if not unstarted:
             return []
-        while len(self._hand) > keep:
-            self._hand.pop()
+        with self._lock:
+            while len(self._hand) > keep:
+                self._hand.pop()
         return self._queue.hand_back(self._worker, unstarted, reason)
 
     def stop(self, reason: str) -> list[str]:
         """Return every unstarted lease, the promised one too, and end the stream: no test
         runs after this in the session, whose finish tears down what is still set up."""
         unstarted = [lease.unit for lease in self._hand]
-        self._hand.clear()
+        with self._lock:
+            self._hand.clear()
         self._exhausted = True
         return self._queue.hand_back(self._worker, unstarted, reason) if unstarted else []
 
@@ -119,10 +142,16 @@ class LeaseStream:
             if self._stopped():
                 self._exhausted = True
                 return
-            reservation = self._queue.reserve(self._worker, self._batch(self._pending))
+            if self._request_id is None:
+                self._request_id = uuid.uuid4().hex
+            reservation = self._queue.reserve(
+                self._worker, self._batch(self._pending), self._request_id
+            )
+            self._request_id = None  # answered: the next reservation is a new one
             self._pending = reservation.pending
             if reservation.state == LEASED:
-                self._hand.extend(reservation.leases)
+                with self._lock:
+                    self._hand.extend(reservation.leases)
                 self._on_reserved(reservation.leases)
                 return
             if reservation.state == EXHAUSTED:

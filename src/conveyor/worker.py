@@ -211,7 +211,7 @@ class Heartbeat(threading.Thread):
             if self.settings.supervisor_pid and os.getppid() != self.settings.supervisor_pid:
                 os._exit(EXIT_ORPHANED)
             try:
-                self.queue.heartbeat(self.settings.worker_id)
+                self.queue.heartbeat(self.settings.worker_id, self.held())
             except QueueError as exc:
                 self.error = exc
                 return
@@ -235,6 +235,7 @@ class WorkerPlugin:
         self._reports: list[JSON] = []
         self._warnings: list[JSON] = []
         self._outbox: list[tuple[str, JSON]] = []
+        self._sending: list[tuple[str, JSON]] = []  # the batch `complete` is storing now
         self._last_flush = time.monotonic()
         self._stopped = False
         self._void: Any = None
@@ -678,8 +679,12 @@ class WorkerPlugin:
         due = time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
         if not (force or due or len(self._outbox) >= FLUSH_MAX_RESULTS):
             return
-        batch, self._outbox = self._outbox, []
-        self.queue.complete(self.settings.worker_id, batch)
+        batch = self._sending = self._outbox
+        self._outbox = []
+        try:
+            self.queue.complete(self.settings.worker_id, batch)
+        finally:
+            self._sending = []
         self._last_flush = time.monotonic()
         if self.queue.status().stop_reason is not None:
             self._stopped = True

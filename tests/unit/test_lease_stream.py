@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import FakeClock
 
-from conveyor.errors import BuildStateLost
+from conveyor.errors import BuildStateLost, QueueUnavailable
 from conveyor.lease_stream import UNPROMISED, LeaseStream
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_LEASES_RETURNED
@@ -100,3 +100,53 @@ def test_peeking_twice_reserves_once(queue: Queue) -> None:
     first = stream.peek()
     assert stream.peek() == first
     assert queue.status().leased == 2
+
+
+def test_held_names_the_running_lease_and_the_unstarted_ones(queue: Queue) -> None:
+    """What the heartbeat renews: exactly the leases this worker knows it holds."""
+    stream = stream_of(queue, batch=3)
+    assert stream.held() == []
+    leases = iter(stream)
+    assert next(leases).unit == UNITS[0]
+    assert stream.held() == UNITS[0:3]
+    stream.peek()
+    stream.hand_back("slow run handed back")
+    assert stream.held() == UNITS[0:2]  # the running and the promised one
+    assert next(leases).unit == UNITS[1]
+    assert stream.held() == [UNITS[1]]
+    stream.stop("stopped")
+    assert stream.held() == [UNITS[1]]  # still running; nothing unstarted is held
+    assert list(leases) == []
+    assert stream.held() == []
+
+
+def test_a_failed_reserve_is_retried_under_the_same_request_id(queue: Queue) -> None:
+    """A reserve whose reply never came is asked again as the same reservation, so the leases
+    the first call granted come back instead of leaking beside new ones."""
+
+    class LostReply:
+        """The queue, except that the first reserve is applied and its reply lost."""
+
+        def __init__(self, inner: Queue) -> None:
+            self.inner, self.lost = inner, False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> object:
+            reservation = self.inner.reserve(worker, max_units, request_id)
+            if not self.lost:
+                self.lost = True
+                raise QueueUnavailable("the reply was lost")
+            return reservation
+
+    stream = LeaseStream(LostReply(queue), "gw0", batch=lambda pending: 2)  # type: ignore[arg-type]
+    assert stream.peek() is None  # the error is kept for after the test
+    with pytest.raises(QueueUnavailable):
+        stream.raise_deferred()
+    ran = []
+    for lease in stream:
+        ran.append(lease.unit)
+        queue.complete("gw0", [(lease.unit, {})])
+    assert ran == UNITS  # the first two once, then the rest
+    assert [lease.unit for lease in queue.reservations("gw0")] == UNITS

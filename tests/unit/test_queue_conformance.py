@@ -16,6 +16,7 @@ from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
     EVENT_FINISHED,
     EVENT_LEASE_EXPIRED,
+    EVENT_LEASED,
     EVENT_LEASES_RETURNED,
     EVENT_REQUEUED,
     EVENT_RESULT,
@@ -174,10 +175,88 @@ def test_heartbeat_keeps_a_live_workers_leases(make_queue: QueueFactory, clock: 
     queue.reserve("gw0", 2)
     for _ in range(5):
         clock.advance(20)  # type: ignore[attr-defined]
-        assert queue.heartbeat("gw0") == 2
+        assert queue.heartbeat("gw0", units(2)) == 2
     assert queue.reserve("gw1", 1).state == WAIT
     queue.complete("gw0", [(units(2)[0], result())])
-    assert queue.heartbeat("gw0") == 1
+    assert queue.heartbeat("gw0", units(2)) == 1
+
+
+def test_heartbeat_extends_only_the_leases_the_worker_names(
+    make_queue: QueueFactory, clock: object
+) -> None:
+    """A lease the worker does not know it holds (its reserve's reply was lost) is not renewed
+    with the others: it expires and comes back instead of being held forever."""
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(3), {})
+    known, unknown = (lease.unit for lease in queue.reserve("gw0", 2).leases)
+    other = queue.reserve("gw1", 1).leases[0].unit
+    for _ in range(2):
+        clock.advance(20)  # type: ignore[attr-defined]
+        # Units it does not hold (another worker's, one outside the build) count for nothing.
+        assert queue.heartbeat("gw0", [known, other, "tests/elsewhere.py::test_x"]) == 1
+        assert queue.heartbeat("gw1", [other]) == 1
+    back = queue.reserve("gw2", 3)
+    assert [(lease.unit, lease.attempt) for lease in back.leases] == [(unknown, 2)]
+    assert queue.heartbeat("gw0", [known, unknown]) == 1  # it is gw2's now
+    expired = [event.unit for event in queue.events(0) if event.kind == EVENT_LEASE_EXPIRED]
+    assert expired == [unknown]
+
+
+def test_a_retried_reserve_returns_the_same_reservation_and_leases_nothing_more(
+    make_queue: QueueFactory,
+) -> None:
+    """reserve is idempotent per request id: the retry after a lost reply gets the leases the
+    first call granted, so none of them leaks; a new id is a new reservation."""
+    queue, other_process = make_queue(), make_queue()
+    queue.populate("gw0", units(5), {})
+    first = queue.reserve("gw0", 2, "request-1")
+    assert [(lease.unit, lease.attempt) for lease in first.leases] == [
+        (units(5)[0], 1),
+        (units(5)[1], 1),
+    ]
+    assert first.pending == 3
+    # The same id again, from this object or any other (a reconnected client): same answer.
+    assert queue.reserve("gw0", 2, "request-1") == first
+    assert other_process.reserve("gw0", 4, "request-1") == first
+    status = queue.status()
+    assert (status.leased, status.pending) == (2, 3)
+    assert queue.reservations("gw0") == list(first.leases)
+    # Another worker using the same id is another reservation.
+    assert [lease.unit for lease in queue.reserve("gw1", 1, "request-1").leases] == [units(5)[2]]
+    second = queue.reserve("gw0", 2, "request-2")
+    assert [lease.unit for lease in second.leases] == units(5)[3:5]
+    assert queue.reserve("gw0", 2, "request-2") == second
+    leased = [event for event in queue.events(0) if event.kind == EVENT_LEASED]
+    assert [(event.worker, event.data["units"]) for event in leased] == [
+        ("gw0", units(5)[0:2]),
+        ("gw1", units(5)[2:3]),
+        ("gw0", units(5)[3:5]),
+    ]
+
+
+def test_a_retried_reserve_is_answered_even_after_the_build_was_stopped(
+    make_queue: QueueFactory,
+) -> None:
+    """The retry must tell the worker what it holds, or nobody runs those units until their
+    leases expire; a stop in between changes nothing about a reservation already made."""
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    first = queue.reserve("gw0", 2, "request-1")
+    queue.stop("-x")
+    assert queue.reserve("gw0", 2, "request-1") == first
+    assert queue.reserve("gw0", 2, "request-2").state == EXHAUSTED
+    queue.complete("gw0", [(lease.unit, result()) for lease in first.leases])
+    assert queue.status().finished
+
+
+def test_reserve_without_a_request_id_is_a_new_reservation_each_time(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    assert [lease.unit for lease in queue.reserve("gw0", 1).leases] == units(3)[:1]
+    assert [lease.unit for lease in queue.reserve("gw0", 1).leases] == units(3)[1:2]
+    assert [lease.unit for lease in queue.reserve("gw0", 1, None).leases] == units(3)[2:]
 
 
 def test_release_returns_a_dead_workers_leases_at_once(make_queue: QueueFactory) -> None:
@@ -380,7 +459,7 @@ def test_hand_back_returns_unstarted_units_in_order_and_keeps_the_rest(
     returned = queue.hand_back("gw0", [*unstarted, units(6)[5]], "slow run handed back")
     assert returned == unstarted  # the unit it never held is skipped
     assert [lease.unit for lease in queue.reserve("gw1", 4).leases] == [*unstarted, units(6)[5]]
-    assert queue.heartbeat("gw0") == 2  # the running and the promised unit stay its own
+    assert queue.heartbeat("gw0", held) == 2  # the running and the promised unit stay its own
     assert queue.complete("gw0", [(running, result()), (promised, result())]) == [True, True]
     returned_events = [e for e in queue.events(0) if e.kind == EVENT_LEASES_RETURNED]
     assert [e.data["requeued"] for e in returned_events] == [unstarted]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import FakeClock, RedisServer, TlsRedis, free_port, require_redis_server
+from redis_proxy import CLOSE, SILENCE, ReplyDroppingProxy
 
 from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
 from conveyor.queue import open_queue
@@ -24,7 +25,7 @@ from conveyor.queue.protocol import (
     REQUEUED,
     Lease,
 )
-from conveyor.queue.redis import RedisQueue, RetryPolicy
+from conveyor.queue.redis import RedisQueue, RetryPolicy, _script_source
 
 QUICK = RetryPolicy(tries=2, first_delay_s=0.05, budget_s=0.5)
 
@@ -86,7 +87,7 @@ def test_each_write_pushes_expiry_back(
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     for key in build_keys(client, build_id):
         client.pexpire(key, 5_000)
-    queue.heartbeat("gw0")
+    queue.heartbeat("gw0", [])
     assert all(client.pttl(key) > 500_000 for key in build_keys(client, build_id))
     client.close()
     queue.close()
@@ -226,7 +227,7 @@ def test_flushall_mid_build_raises_build_state_lost(
     client.close()
     for operation in (
         lambda: queue.reserve("gw0", 1),
-        lambda: queue.heartbeat("gw0"),
+        lambda: queue.heartbeat("gw0", units(3)[:1]),
         lambda: queue.complete("gw0", [(units(3)[0], {})]),
         lambda: queue.release("gw0", {}),
         lambda: queue.join("gw1", {}),
@@ -260,7 +261,7 @@ def test_restart_without_persistence_is_retried_then_reported_lost(
     assert queue.reserve("gw0", 1).state == LEASED
     own_server.restart()  # same port; the pooled connection is dead and the scripts are gone
     with pytest.raises(BuildStateLost):
-        queue.heartbeat("gw0")
+        queue.heartbeat("gw0", units(2)[:1])
     queue.close()
 
 
@@ -303,3 +304,38 @@ def test_tls_with_a_ca_from_the_url_or_a_keyword(tls_redis: TlsRedis, build_id: 
     from_keyword.close()
     with pytest.raises(QueueUnavailable, match=re.escape("rediss://127.0.0.1")):
         RedisQueue.from_url(url, build_id, retry=QUICK)  # the CA is unknown
+
+
+def load_script(server: RedisServer, name: str) -> bytes:
+    """Load one of conveyor's scripts into `server` and return its SHA: the EVALSHA a proxy
+    then drops the reply of is applied, not answered NOSCRIPT."""
+    client = redis.Redis.from_url(server.url)
+    sha = client.script_load(_script_source(name))
+    client.close()
+    return str(sha).encode()
+
+
+@pytest.mark.parametrize("mode", [SILENCE, CLOSE])
+def test_a_lost_reply_to_reserve_leaks_no_lease(
+    redis_server: RedisServer, build_id: str, clock: FakeClock, mode: str
+) -> None:
+    """reserve.lua runs on the server, its reply is lost (a socket timeout, a dropped
+    connection) and the call is retried: the retry gets the same reservation back, so no unit
+    is left leased to a worker that does not know it holds it."""
+    trigger = load_script(redis_server, "reserve")
+    with ReplyDroppingProxy(redis_server.port, trigger, mode) as proxy:
+        client = redis.Redis.from_url(
+            proxy.url,
+            decode_responses=True,
+            socket_timeout=1.0,
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+        )
+        queue = RedisQueue(client, build_id, display_url=proxy.url, clock=clock)
+        queue.populate("gw0", units(4), {})
+        reservation = queue.reserve("gw0", 2)
+        assert proxy.dropped == 1, "the proxy should have lost one reply"
+        assert [lease.unit for lease in reservation.leases] == units(4)[:2]
+        status = queue.status()
+        assert (status.leased, status.pending) == (2, 2)
+        assert queue.reservations("gw0") == list(reservation.leases)
+        queue.close()

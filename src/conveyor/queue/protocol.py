@@ -159,12 +159,20 @@ class Queue(Protocol):
         """Record that a worker is alive and what it is (host, pid)."""
         ...
 
-    def reserve(self, worker: str, max_units: int) -> Reservation:
-        """Reclaim expired leases, then lease up to `max_units` units to `worker`."""
+    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
+        """Reclaim expired leases, then lease up to `max_units` units to `worker`.
+
+        Idempotent: `request_id` names one logical reservation, and a retry with the same id
+        (its reply was lost: a dropped connection, a socket timeout) returns the same
+        reservation instead of leasing more, so a lost reply leaks no lease. The caller makes
+        a new id for each reservation it means and reuses it only to retry that one. None: a
+        fresh id for this call (a backend's own retries of the call still reuse it)."""
         ...
 
-    def heartbeat(self, worker: str) -> int:
-        """Extend every lease `worker` holds; returns how many it still holds."""
+    def heartbeat(self, worker: str, units: Sequence[str]) -> int:
+        """Extend the leases of `units` that `worker` holds: the units the worker knows it
+        holds (running, reserved but not started, finished but not yet completed). A lease the
+        worker does not name is left to expire. Returns how many of `units` it still holds."""
         ...
 
     def complete(self, worker: str, results: Sequence[tuple[str, JSON]]) -> list[bool]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -257,7 +258,8 @@ class RedisQueue:
         at this one boundary.
 
         A retried write may already have been applied when its reply was lost; the build stays
-        consistent. A repeated reserve leaves leases that expire and come back; a repeated
+        consistent. A repeated reserve carries the same request id and gets the same reservation
+        back (reserve.lua keeps each worker's last one), so it leases nothing more; a repeated
         complete keeps the first result and reports it as a duplicate; a repeated populate
         answers False, and the caller checks the digest like any follower; a repeated requeue
         spends the unit's budget twice (at worst it answers REQUEUE_REFUSED and the failure is
@@ -382,13 +384,16 @@ class RedisQueue:
     def join(self, worker: str, info: Mapping[str, Any]) -> None:
         self._write("join", self._must_exist(), worker, _dumps(info))
 
-    def reserve(self, worker: str, max_units: int) -> Reservation:
+    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
+        # Made here, not per try: _run's retries of this call must carry the same id.
+        request = request_id if request_id is not None else uuid.uuid4().hex
         reply = self._write(
             "reserve",
             worker,
             max(1, max_units),
             repr(float(self._clock()) + self.lease_ttl_s),
-            extra_keys=[self._key(f"reservations:{worker}")],
+            request,
+            extra_keys=[self._key(f"reservations:{worker}"), self._key("reserve_requests")],
         )
         self._seen_populated = True
         state, pending, *flat = reply
@@ -397,9 +402,9 @@ class RedisQueue:
             return Reservation(LEASED, leases, int(pending))
         return Reservation(state)
 
-    def heartbeat(self, worker: str) -> int:
+    def heartbeat(self, worker: str, units: Sequence[str]) -> int:
         deadline = repr(float(self._clock()) + self.lease_ttl_s)
-        held = int(self._write("heartbeat", worker, deadline))
+        held = int(self._write("heartbeat", worker, deadline, *dict.fromkeys(units)))
         self._seen_populated = True
         return held
 

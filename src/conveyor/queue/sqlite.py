@@ -289,10 +289,20 @@ class SQLiteQueue:
                 conn, EVENT_LEASE_EXPIRED, worker, unit, {"attempt": attempt, "crashes": crashes}
             )
 
-    def reserve(self, worker: str, max_units: int) -> Reservation:
+    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
         now = self._clock()
         with self._write() as conn:
             _total, _pending, _leased, _done, stop_reason = self._counters(conn)
+            if request_id is not None:
+                row = conn.execute(
+                    "SELECT reply FROM reserve_requests "
+                    "WHERE build = ? AND worker = ? AND request_id = ?",
+                    (self.build, worker, request_id),
+                ).fetchone()
+                if row is not None:  # a retry: the same reservation again, nothing more
+                    reply = json.loads(row[0])
+                    leased_again = tuple(Lease(unit, attempt) for unit, attempt in reply["leases"])
+                    return Reservation(LEASED, leased_again, reply["pending"])
             if stop_reason is not None:
                 return Reservation(EXHAUSTED)
             self._reclaim_expired(conn, now)
@@ -322,24 +332,35 @@ class SQLiteQueue:
                     (now, self.build, worker),
                 )
             total, pending, leased, done, _ = self._counters(conn)
+            if leases and request_id is not None:
+                reply = {"leases": [[x.unit, x.attempt] for x in leases], "pending": pending}
+                conn.execute(
+                    "INSERT OR REPLACE INTO reserve_requests (build, worker, request_id, reply) "
+                    "VALUES (?, ?, ?, ?)",
+                    (self.build, worker, request_id, _dumps(reply)),
+                )
         if leases:
             return Reservation(LEASED, leases, pending)
         if done >= total or leased == 0:
             return Reservation(EXHAUSTED)
         return Reservation(WAIT)
 
-    def heartbeat(self, worker: str) -> int:
+    def heartbeat(self, worker: str, units: Sequence[str]) -> int:
         now = self._clock()
+        held = 0
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE units SET deadline = ? WHERE build = ? AND worker = ? AND state = 'leased'",
-                (now + self.lease_ttl_s, self.build, worker),
-            )
+            for unit in dict.fromkeys(units):
+                cur = conn.execute(
+                    "UPDATE units SET deadline = ? "
+                    "WHERE build = ? AND unit = ? AND worker = ? AND state = 'leased'",
+                    (now + self.lease_ttl_s, self.build, unit, worker),
+                )
+                held += cur.rowcount
             conn.execute(
                 "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
                 (now, self.build, worker),
             )
-            return cur.rowcount
+        return held
 
     def complete(self, worker: str, results: Sequence[tuple[str, JSON]]) -> list[bool]:
         accepted: list[bool] = []

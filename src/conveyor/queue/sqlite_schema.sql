@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS reservations (
 
 CREATE INDEX IF NOT EXISTS reservations_by_worker ON reservations (build, worker);
 
+-- Each worker's last reservation that leased units, under the id its caller gave it: a retry
+-- with that id gets this reply again instead of leasing more.
+CREATE TABLE IF NOT EXISTS reserve_requests (
+    build      TEXT NOT NULL,
+    worker     TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    reply      TEXT NOT NULL,                -- JSON: {"leases": [[unit, attempt], ...], "pending": n}
+    PRIMARY KEY (build, worker)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS workers (
     build     TEXT NOT NULL,
     worker    TEXT NOT NULL,

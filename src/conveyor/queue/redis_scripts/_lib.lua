@@ -21,8 +21,10 @@
 --   KEYS[10] last_seen    hash    worker -> time of its last reserve or heartbeat
 --   KEYS[11] seq          string  sequence number of the last event
 --   KEYS[12] events       stream  entry id "<seq>-0"; fields kind, ts, data (JSON), worker?, unit?
--- Two scripts get one more key, KEYS[13], touched (expiry pushed back) only by that script:
+-- Two scripts get more keys, from KEYS[13] on, touched (expiry pushed back) only by that script:
 --   reserve.lua   reservations:<worker>  list  unit, attempt, unit, attempt, ...
+--                 reserve_requests       hash  worker -> JSON {id, reply} of its last
+--                                              reservation that leased units (KEYS[14])
 --   requeue.lua   requeues               hash  unit -> times requeued (absent: 0)
 -- A unit is in exactly one of pending, leases or neither (done), so done = total - pending - leased
 -- and no counter can drift.

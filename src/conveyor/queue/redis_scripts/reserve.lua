@@ -5,22 +5,38 @@
 --              leases, owner, workers, worker_info, last_seen, seq, events
 --              (each "conveyor:{<build>}:<name>")
 -- KEYS[13]     conveyor:{<build>}:reservations:<worker>  list of unit, attempt (for replay)
--- ARGV[1]  now        caller's clock, seconds
--- ARGV[2]  ttl_ms     key expiry after the last write
+-- KEYS[14]     conveyor:{<build>}:reserve_requests  hash  worker -> JSON {id, reply} of its
+--              last reservation that leased units
+-- ARGV[1]  now         caller's clock, seconds
+-- ARGV[2]  ttl_ms      key expiry after the last write
 -- ARGV[3]  worker
--- ARGV[4]  max_units  at least 1
--- ARGV[5]  deadline   now + lease ttl: the new leases expire then unless heartbeats extend them
+-- ARGV[4]  max_units   at least 1
+-- ARGV[5]  deadline    now + lease ttl: the new leases expire then unless heartbeats extend them
+-- ARGV[6]  request_id  names this reservation; a retry with the same id (its reply was lost)
+--                      gets the same reply and leases nothing more
 -- Returns {state, pending, unit, attempt, unit, attempt, ...} with state 'leased', 'wait'
 -- (nothing pending, leases outstanding) or 'exhausted'. Error BUILD_LOST when the build is gone.
 
 if not populated() then
   return redis.error_reply(BUILD_LOST)
 end
+
+local worker, request_id = ARGV[3], ARGV[6]
+local REQUESTS = KEYS[14]
+
+-- A retry of a reservation that was applied: the worker holds these leases and must learn them
+-- (even when the build was stopped since), or nobody would run them until they expire.
+local last = redis.call('HGET', REQUESTS, worker)
+if last then
+  last = cjson.decode(last)
+  if last.id == request_id then
+    return last.reply
+  end
+end
+
 if redis.call('HEXISTS', META, 'stop_reason') == 1 then
   return {'exhausted', 0}
 end
-
-local worker = ARGV[3]
 
 -- A lease past its deadline belonged to a worker that stopped heartbeating: its unit goes back
 -- to the front of the queue with the same attempt count; the next lease makes it attempt + 1.
@@ -56,6 +72,7 @@ if #picked > 0 then
   emit('leased', worker, false, '{"units":' .. json_list(leased) .. '}')
   mark_seen(worker)
   reply[2] = redis.call('ZCARD', PENDING)
+  redis.call('HSET', REQUESTS, worker, cjson.encode({id = request_id, reply = reply}))
   touch()
   return reply
 end
