@@ -7,11 +7,24 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# Plugins installed for tests/e2e/test_plugins.py act in every pytest they can reach: runs that
+# the tests start check conveyor's behaviour without them, unless a test says otherwise.
+QUIET_PLUGINS = "-p no:randomly -p no:benchmark"
+os.environ["PYTEST_ADDOPTS"] = QUIET_PLUGINS
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest's own, with the quiet plugins (pytest's pytester clears PYTEST_ADDOPTS)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", QUIET_PLUGINS)
+    return pytester
 
 
 class FakeClock:

@@ -153,7 +153,12 @@ def _resolve_build(options: RunOptions, run_dir: Path, *, joining: bool = False)
 
 
 def _supervisor(
-    options: RunOptions, build: Build, run_dir: Path, *, check_only: bool = False
+    options: RunOptions,
+    build: Build,
+    run_dir: Path,
+    *,
+    check_only: bool = False,
+    own_controller: bool = True,
 ) -> Supervisor:
     env = dict(os.environ)
     env.pop(QUEUE_ENV, None)  # workers get the URL with their settings, not from here
@@ -178,6 +183,7 @@ def _supervisor(
         build_ttl_s=options.build_ttl_s,
         worker_setup=options.worker_setup,
         check_only=check_only,
+        own_controller=own_controller and not check_only,
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(
@@ -304,6 +310,7 @@ def _controller_exit(
         failures_live=options.failures_live,
         header=header,
         shared=options.shared_queue,
+        node=build.node,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
     return int(pytest.main(options.pytest_args, plugins=[controller]))
@@ -365,7 +372,7 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
         if _already_finished(queue):
             print(f"conveyor worker: build {build.id} is already finished; nothing to do.")
             return 0
-        supervisor = _supervisor(options, build, run_dir)
+        supervisor = _supervisor(options, build, run_dir, own_controller=False)
         _node_setup(options)
         print(
             f"conveyor worker: {options.workers} worker(s) joining build {build.id} "

@@ -32,3 +32,14 @@ def restore_subtest_context(report: Any, raw: Mapping[str, Any]) -> None:
     sent = raw.get("_subtest.context", {}).get("kwargs")
     if context is not None and isinstance(sent, dict) and hasattr(context, "kwargs"):
         object.__setattr__(context, "kwargs", dict(sent))
+
+
+def forward_rerun_reports(pluginmanager: pytest.PytestPluginManager) -> None:
+    """pytest-rerunfailures logs a rerun attempt's report on a worker only when it finds the
+    pytest-xdist distribution (`works_with_current_xdist()`); otherwise the attempt vanishes
+    and no "R" or "N rerun" is shown. A conveyor worker forwards every report, so without
+    xdist installed it is told the worker can (relies on that module-level function)."""
+    module: Any = pluginmanager.get_plugin("rerunfailures")
+    check = getattr(module, "works_with_current_xdist", None)
+    if check is not None and not check():
+        module.works_with_current_xdist = lambda: True

@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,10 @@ from conveyor.queue.protocol import (
     EVENT_RESULT,
     EVENT_RESUMED,
     EVENT_UNIT_CRASHED,
+    EVENT_WORKER_INPUT,
+    EVENT_WORKER_JOINED,
     EVENT_WORKER_LOST,
+    EVENT_WORKER_OUTPUT,
     Event,
     Manifest,
 )
@@ -44,11 +47,19 @@ from conveyor.reports import (
 from conveyor.scheduling import estimate
 from conveyor.supervisor import Supervisor
 from conveyor.worker import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
+from conveyor.xdist_compat import (
+    ControllerNodes,
+    adopt_protocol,
+    benchmark_note,
+    keep_xdist_out,
+    present_as_xdist_controller,
+)
 
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.02
 MANIFEST_CHECK_S = 1.0
 EVENTS_PAGE = 2000
+OUTPUT_WAIT_S = 30.0  # how long the report waits for workers' output (coverage data, ...)
 OTHERS_CHECKS, OTHERS_POLL_S = 20, 0.05  # look for another machine's lease for about 1 s
 
 
@@ -67,6 +78,7 @@ class ControllerSettings:
     failures_live: bool = False
     header: str = ""
     shared: bool = False  # other processes may work on this build (an explicit --queue)
+    node: str = ""  # this machine's prefix of worker ids ("host-pid/") on a shared queue
 
 
 class ControllerPlugin:
@@ -97,6 +109,8 @@ class ControllerPlugin:
         # nodeid -> failed attempts that went back to the queue (shown as reruns)
         self.reruns: dict[str, list[Any]] = {}
         self._config: pytest.Config | None = None
+        self.nodes: ControllerNodes | None = None
+        self._benchmark_note: str | None = None
         self._handlers: dict[str, Callable[[Event], None]] = {
             EVENT_RESULT: self._on_result,
             EVENT_UNIT_CRASHED: self._on_unit_crashed,
@@ -104,6 +118,8 @@ class ControllerPlugin:
             EVENT_WORKER_ERROR: self._on_worker_error,
             EVENT_WORKER_LOST: self._on_worker_lost,
             EVENT_FINISHED: self._on_finished,
+            EVENT_WORKER_JOINED: self._on_worker_joined,
+            EVENT_WORKER_OUTPUT: self._on_worker_output,
             EVENT_RESUMED: self._on_resumed,
             EVENT_REQUEUED: self._on_requeued,
             EVENT_DUPLICATE_REJECTED: self._on_duplicate_rejected,
@@ -112,9 +128,37 @@ class ControllerPlugin:
 
     # -- session setup --------------------------------------------------------------------
 
+    def pytest_addhooks(self, pluginmanager: pytest.PytestPluginManager) -> None:
+        adopt_protocol(pluginmanager)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> Generator[None]:
+        # Before any plugin looks: this session is the controller of a distributed run.
+        present_as_xdist_controller(early_config)
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, object, object]:
+        # -n/--dist from the project's addopts are conveyor's to honour, never a cue for
+        # pytest-xdist to start a session of its own inside this one.
+        keep_xdist_out(config)
+        return (yield)
+
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
+        self._benchmark_note = benchmark_note(config)
+        self.nodes = ControllerNodes(
+            config,
+            source=self.settings.node + "controller" if self.settings.node else "controller",
+            workers=self.settings.workers,
+            build=self.settings.build,
+        )
+        if not self.queue.status().finished:
+            # Plugins' part of each worker's input (a random seed, where coverage goes),
+            # published before the workers configure; they wait for it.
+            data = self.nodes.worker_input(shared=self.settings.shared)
+            self.queue.publish(EVENT_WORKER_INPUT, self.nodes.source, {"input": data})
         if config.getoption("usepdb", False):
             raise pytest.UsageError(
                 "--pdb cannot debug tests that run in other processes; run the failing test "
@@ -126,8 +170,8 @@ class ControllerPlugin:
             # switch would bury the progress letters. Verbose lines still name each test.
             reporter.showfspath = False
 
-    def pytest_report_header(self, config: pytest.Config) -> str:
-        return self.settings.header
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        return [self.settings.header] + ([self._benchmark_note] if self._benchmark_note else [])
 
     # -- collection happens in the workers ------------------------------------------------
 
@@ -265,6 +309,7 @@ class ControllerPlugin:
             # What a late worker says (a refusal, a rejected late result) belongs in this
             # report even though the build finished without it.
             self._drain_events()
+        self._await_worker_outputs()
         self._account(session)
         self._record_history(session)
         if session.shouldfail:
@@ -552,6 +597,30 @@ class ControllerPlugin:
         hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=unit, location=report.location)
 
+    def _await_worker_outputs(self) -> None:
+        """Plugins read each worker's output (coverage data, ...) before the summary: wait
+        (bounded) for every worker that joined to send it, to leave, or to be lost."""
+        if self.nodes is None or not self.nodes.wants_output():
+            return
+        deadline = time.monotonic() + OUTPUT_WAIT_S
+        while self.nodes.awaiting() and time.monotonic() < deadline:
+            if self.supervisor is not None and self.supervisor.alive() == 0:
+                self._drain_events()
+                if self.settings.node == "":
+                    break  # every worker is local, and all have said what they will say
+            time.sleep(POLL_MAX_S)
+            self._drain_events()
+        for worker in sorted(self.nodes.awaiting()):
+            self.nodes.lost(worker, "the worker sent no output before the report")
+
+    def _on_worker_joined(self, event: Event) -> None:
+        if self.nodes is not None and event.worker:
+            self.nodes.joined(event.worker)
+
+    def _on_worker_output(self, event: Event) -> None:
+        if self.nodes is not None and event.worker:
+            self.nodes.output(event.worker, event.data)
+
     def _on_worker_refused(self, event: Event) -> None:
         self.problems.refused.append(str(event.data.get("message", "a worker was refused")))
 
@@ -563,6 +632,8 @@ class ControllerPlugin:
         requeued = event.data.get("requeued", [])
         if cause.get("returncode") is None:
             return  # an orderly hand-back of unstarted units, not a loss
+        if self.nodes is not None and event.worker:
+            self.nodes.lost(event.worker, cause.get("reason", "the worker was lost"))
         self.problems.lost.append(
             f"{cause.get('reason', 'a worker was lost')}"
             + (f" while running {cause['culprit']}" if cause.get("culprit") else "")

@@ -7,26 +7,10 @@ depends on environment variables leaking into tests that run pytest themselves.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from conveyor.environment import forget_outer_worker
-
-XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
-
-
-class XdistCompatibleFixtures:
-    """`worker_id` and `testrun_uid` as pytest-xdist defines them, for suites written for xdist
-    that run under conveyor without xdist installed ("master" outside a worker)."""
-
-    @pytest.fixture(scope="session")
-    def worker_id(self) -> str:
-        return os.environ.get(XDIST_WORKER_ENV, "master")
-
-    @pytest.fixture(scope="session")
-    def testrun_uid(self) -> str:
-        return os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+from conveyor.xdist_compat import xdist_installed
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -37,5 +21,5 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistCompatibleFixtures(), "conveyor-xdist-fixtures")
+    if not xdist_installed():
+        config.pluginmanager.import_plugin("conveyor.fixtures")

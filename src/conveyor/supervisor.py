@@ -65,6 +65,23 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+PYTEST_TIMEOUT_TITLE = " Timeout +"  # pytest-timeout's "+++ Timeout +++" title line
+
+
+def pytest_timeout_dump(log_path: Path) -> tuple[str, str]:
+    """pytest-timeout's thread method dumps every stack between two "+++ Timeout +++" title
+    lines and ends the process: ("the --timeout of pytest-timeout", the dump) when the log
+    ends that way, else ("", ""). Such a test is timed out, not a crash to retry."""
+    text = tail(log_path, lines=100_000)
+    lines = text.splitlines()
+    titles = [
+        i for i, line in enumerate(lines) if line.startswith("+") and PYTEST_TIMEOUT_TITLE in line
+    ]
+    if not titles:
+        return "", ""
+    return "pytest-timeout's --timeout", "\n".join(lines[titles[0] : titles[-1] + 1]).strip()
+
+
 def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     try:
         with path.open("rb") as handle:
@@ -263,6 +280,8 @@ class Supervisor:
         )
         output = tail(slot.log_path) if slot.log_path else ""
         timeout, timed_out = self._timeout_dump(slot)
+        if not timed_out and slot.log_path is not None:
+            timeout, timed_out = pytest_timeout_dump(slot.log_path)
         if timed_out and culprit is not None:
             cause = f"was stopped: the test ran longer than {timeout}"
             output = timed_out

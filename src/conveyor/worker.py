@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from conveyor.code_identity import describe_difference, identify
-from conveyor.compat import settle_outcome
+from conveyor.compat import forward_rerun_reports, settle_outcome
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
@@ -43,6 +43,13 @@ from conveyor.queue.protocol import (
 )
 from conveyor.scheduling import plan, range_keys, scope_of
 from conveyor.watchdog import Watchdog
+from conveyor.xdist_compat import (
+    WorkerInput,
+    adopt_protocol,
+    keep_xdist_out,
+    publish_output,
+    wait_for_input,
+)
 
 # Exit codes of a worker process, read by the supervisor. Test failures are not worker
 # failures: the controller owns the build's exit status.
@@ -98,6 +105,7 @@ class WorkerSettings:
     build_ttl_s: float | None = None
     worker_setup: str | None = None
     check_only: bool = False  # compare collection and code with the build's, then leave
+    own_controller: bool = True  # a controller on this machine publishes the plugins' input
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -228,6 +236,7 @@ class WorkerPlugin:
         self.queue: Queue | None = None
         self.status = StatusFile(settings.status_file)
         self.finished_normally = False
+        self.joined = False
         self.refused = False
         self.state_lost = False
         self._collect_reports: list[JSON] = []
@@ -238,7 +247,6 @@ class WorkerPlugin:
         self._sending: list[tuple[str, JSON]] = []  # the batch `complete` is storing now
         self._last_flush = time.monotonic()
         self._stopped = False
-        self._void: Any = None
         self._exception_names: set[str] = set()
         self._timeout_file = (
             open(settings.timeout_file, "w")  # noqa: SIM115 - faulthandler writes to it until exit
@@ -257,39 +265,89 @@ class WorkerPlugin:
 
     # -- configuration --------------------------------------------------------------------
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_cmdline_main(self, config: pytest.Config) -> None:
+    def pytest_addhooks(self, pluginmanager: pytest.PytestPluginManager) -> None:
+        adopt_protocol(pluginmanager)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, object, object]:
+        # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker.
+        keep_xdist_out(config)
         # pytest and its reporting plugins recognise a worker of a distributed run by this
         # attribute (set by pytest-xdist too): junitxml, pytest-html and the cache then leave
-        # writing to the controller. Set before any plugin's pytest_configure looks for it.
-        config.workerinput = {  # type: ignore[attr-defined]
-            "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
-            "workercount": self.settings.worker_count,
-            "testrunuid": self.settings.build,
-            "mainargv": list(sys.argv),
-        }
+        # writing to the controller. Set before any plugin's pytest_configure looks for it,
+        # with what plugins put in for their workers on the controller's side.
+        settings = self.settings
+        self.queue = open_queue(
+            settings.queue_url,
+            settings.build,
+            lease_ttl_s=settings.lease_ttl_s,
+            build_ttl_s=settings.build_ttl_s,
+        )
+        workerinput = WorkerInput(
+            {
+                "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
+                "workercount": settings.worker_count,
+                "testrunuid": settings.build,
+                "mainargv": list(sys.argv),
+            },
+            fetch=self._wait_for_plugin_input,
+        )
+        workerinput.merge_available(self._plugin_input(timeout_s=0.0))
+        config.workerinput = workerinput  # type: ignore[attr-defined]
         config.workeroutput = {}  # type: ignore[attr-defined]
+        return (yield)
+
+    def _plugin_input(self, timeout_s: float) -> dict[str, Any] | None:
+        assert self.queue is not None
+        return wait_for_input(
+            self.queue,
+            self.settings.worker_id,
+            own_controller=self.settings.own_controller,
+            timeout_s=timeout_s,
+        )
+
+    def _wait_for_plugin_input(self) -> dict[str, Any] | None:
+        """A plugin asked for a key only the controller's side provides: wait for it."""
+        found = self._plugin_input(timeout_s=self.settings.start_timeout_s)
+        if found is None:
+            print(
+                "conveyor: no controller published the plugins' input for this build's "
+                "workers within --start-timeout; run `conveyor run` or `conveyor report` "
+                "for the build.",
+                file=sys.stderr,
+            )
+        return found
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_sessionfinish(self) -> Generator[None, object, object]:
+        result = yield
+        # After every plugin's own sessionfinish: workeroutput is complete now.
+        if self.joined and self.queue is not None:
+            output = getattr(self._config, "workeroutput", {})
+            with contextlib.suppress(QueueError):
+                publish_output(self.queue, self.settings.worker_id, output)
+        return result
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
+        forward_rerun_reports(config.pluginmanager)
         # The controller prints everything; a worker's own terminal output (progress, the
         # summary of its share of tests) would only cost time. A silent stand-in keeps the
-        # terminal writer that assertion rewriting and plugins ask for.
+        # terminal writer that assertion rewriting and plugins ask for; what plugins write
+        # on it themselves (pytest-timeout's stack dump) goes to the worker's log.
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         writer = getattr(reporter, "_tw", None)
         if reporter is not None and writer is not None:
-            self._void = open(os.devnull, "w")  # noqa: SIM115 - closed in pytest_unconfigure
             config.pluginmanager.unregister(reporter)
-            silent = SilentReporter(config, type(writer)(self._void))
+            silent = SilentReporter(config, type(writer)(sys.__stderr__))
             config.pluginmanager.register(silent, "terminalreporter")
         self.status.write("collecting")
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
-        for handle in (self._void, self._timeout_file):
-            if handle is not None:
-                handle.close()
+        if self._timeout_file is not None:
+            self._timeout_file.close()
 
     # -- collection -----------------------------------------------------------------------
 
@@ -348,12 +406,8 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         settings = self.settings
-        queue = self.queue = open_queue(
-            settings.queue_url,
-            settings.build,
-            lease_ttl_s=settings.lease_ttl_s,
-            build_ttl_s=settings.build_ttl_s,
-        )
+        queue = self.queue
+        assert queue is not None  # opened in pytest_cmdline_main
         items = {item.nodeid: item for item in session.items}
         collection_failed = (
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
@@ -398,6 +452,7 @@ class WorkerPlugin:
         heartbeat = Heartbeat(queue, settings)
         try:
             queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
+            self.joined = True
             self.status.write("joined")
             heartbeat.start()
             manifest = queue.manifest()

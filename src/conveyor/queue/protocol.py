@@ -31,6 +31,8 @@ EVENT_UNIT_CRASHED = "unit_crashed"
 EVENT_REQUEUED = "requeued"
 EVENT_STOPPED = "stopped"
 EVENT_RESUMED = "resumed"
+EVENT_WORKER_INPUT = "worker_input"  # plugins' part of workerinput, from a controller
+EVENT_WORKER_OUTPUT = "worker_output"  # a worker's config.workeroutput, at its end
 EVENT_FINISHED = "finished"
 
 

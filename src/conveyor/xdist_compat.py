@@ -1,0 +1,386 @@
+"""pytest-xdist's plugin protocol, run by conveyor's controller and workers.
+
+A conveyor worker looks like an xdist worker (`config.workerinput`), so plugins written for
+xdist (pytest-cov, pytest-randomly, pytest-rerunfailures, ...) believe they run in one. That is
+a promise: they also find the controller half of the protocol. The controller calls
+`pytest_xdist_setupnodes` and `pytest_configure_node(node)`, where those plugins put what their
+workers read; that input travels through the queue to every worker before it configures. Each
+worker's `config.workeroutput` travels back, and the controller calls
+`pytest_testnodedown(node, error)` with it before the terminal summary.
+
+Without pytest-xdist installed, conveyor registers the same hook specifications and a stand-in
+named "xdist", since plugins look for that name before they take part in the protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.queue.protocol import EVENT_WORKER_INPUT, EVENT_WORKER_OUTPUT
+
+# What conveyor itself puts into each worker's workerinput; the rest comes from plugins.
+OWN_INPUT_KEYS = ("workerid", "workercount", "testrunuid", "mainargv")
+BYTES_TAG = "__conveyor_bytes__"
+INPUT_PAGE = 1000
+
+
+def xdist_installed() -> bool:
+    return importlib.util.find_spec("xdist") is not None
+
+
+class XdistHookSpecs:
+    """The hooks of xdist's protocol that plugins implement, with xdist's signatures."""
+
+    @pytest.hookspec()
+    def pytest_xdist_setupnodes(self, config: pytest.Config, specs: Sequence[Any]) -> None:
+        """Called before any worker is set up."""
+
+    @pytest.hookspec()
+    def pytest_configure_node(self, node: Any) -> None:
+        """Configure a worker's input before it starts."""
+
+    @pytest.hookspec()
+    def pytest_testnodeready(self, node: Any) -> None:
+        """A worker is ready."""
+
+    @pytest.hookspec()
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        """A worker is down; `node.workeroutput` holds what it sent back."""
+
+    @pytest.hookspec()
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
+        """A worker finished collecting."""
+
+    @pytest.hookspec(firstresult=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """A test crashed its worker."""
+
+    @pytest.hookspec(firstresult=True)
+    def pytest_xdist_auto_num_workers(self, config: pytest.Config) -> int:
+        """How many workers `-n auto` means."""
+        raise NotImplementedError
+
+
+class XdistStandIn:
+    """Registered as "xdist" when pytest-xdist is not installed: plugins ask
+    `pluginmanager.hasplugin("xdist")` before they take part in the protocol."""
+
+
+def adopt_protocol(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Make xdist's hooks known (and "xdist" present) in a conveyor controller or worker."""
+    if xdist_installed() or pluginmanager.has_plugin("xdist"):
+        return
+    pluginmanager.add_hookspecs(XdistHookSpecs)
+    pluginmanager.register(XdistStandIn(), "xdist")
+
+
+def present_as_xdist_controller(early_config: pytest.Config) -> None:
+    """Plugins decide early whether they run in xdist's controller: pytest-cov reads
+    `known_args_namespace` (numprocesses, dist) in its pytest_load_initial_conftests to pick
+    its distributed-master mode, which combines what workers send back."""
+    namespace = early_config.known_args_namespace
+    if getattr(namespace, "dist", "no") == "no" and not getattr(namespace, "numprocesses", None):
+        namespace.dist = "load"
+
+
+XDIST_OPTIONS = ("numprocesses", "maxprocesses")
+
+
+def keep_xdist_out(config: pytest.Config) -> None:
+    """pytest-xdist starts its own session when `-n`/`--dist` are set (from addopts, say);
+    inside a conveyor controller or worker those are conveyor's, so xdist sees none."""
+    option = config.option
+    for name in XDIST_OPTIONS:
+        if getattr(option, name, None):
+            setattr(option, name, None)
+    if getattr(option, "dist", "no") != "no":
+        option.dist = "no"
+
+
+@dataclass(frozen=True)
+class RemoteInfo:
+    """What `gateway._rinfo()` tells about the interpreter of a worker."""
+
+    executable: str
+    version_info: tuple[Any, ...]
+    platform: str
+    cwd: str
+    pid: int = 0
+
+
+@dataclass
+class Gateway:
+    id: str
+    rinfo: RemoteInfo
+
+    def _rinfo(self) -> RemoteInfo:  # the name xdist's execnet gateways give it
+        return self.rinfo
+
+
+@dataclass
+class NodeManager:
+    roots: list[Path]
+    specs: list[Any] = field(default_factory=list)
+    testrunuid: str = ""
+
+
+def local_rinfo() -> RemoteInfo:
+    return RemoteInfo(
+        executable=sys.executable,
+        version_info=tuple(sys.version_info),
+        platform=sys.platform,
+        cwd=str(Path.cwd()),
+    )
+
+
+class WorkerNode:
+    """What xdist hands plugins as `node` (its WorkerController), as far as they read it."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        worker_id: str,
+        *,
+        workercount: int,
+        testrunuid: str,
+        rinfo: RemoteInfo | None = None,
+    ) -> None:
+        self.config = config
+        self.gateway = Gateway(worker_id, rinfo or local_rinfo())
+        self.nodemanager = NodeManager([config.rootpath], testrunuid=testrunuid)
+        self.workerinput: dict[str, Any] = {
+            "workerid": worker_id,
+            "workercount": workercount,
+            "testrunuid": testrunuid,
+            "mainargv": list(sys.argv),
+        }
+        self.workeroutput: dict[str, Any] = {}
+        self.shutting_down = False
+
+    def __repr__(self) -> str:
+        return f"<WorkerNode {self.gateway.id}>"
+
+
+def configure_node(config: pytest.Config, node: WorkerNode) -> dict[str, Any]:
+    """The controller half for one node: plugins fill `node.workerinput`; returns what they
+    added (JSON-safe), for workers to merge into their own."""
+    config.hook.pytest_configure_node(node=node)
+    added = {k: v for k, v in node.workerinput.items() if k not in OWN_INPUT_KEYS}
+    safe: dict[str, Any] = to_json_safe(added)
+    return safe
+
+
+def setup_nodes(config: pytest.Config, count: int) -> None:
+    config.hook.pytest_xdist_setupnodes(
+        config=config, specs=[f"popen//id=gw{i}" for i in range(count)]
+    )
+
+
+def to_json_safe(value: Any) -> Any:
+    """workerinput/workeroutput values as JSON: bytes (pytest-cov's data is bytes or str)
+    travel tagged in base64; tuples become lists, as execnet would give them back anyway."""
+    if isinstance(value, bytes):
+        return {BYTES_TAG: base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {str(key): to_json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def from_json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {BYTES_TAG}:
+            return base64.b64decode(value[BYTES_TAG])
+        return {key: from_json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_json_safe(item) for item in value]
+    return value
+
+
+def platform_info() -> dict[str, Any]:
+    """This worker's interpreter, sent with its output (pytest-cov names it in its report)."""
+    return {
+        "executable": sys.executable,
+        "version_info": list(sys.version_info),
+        "platform": sys.platform,
+        "cwd": str(Path.cwd()),
+        "machine": platform.node(),
+    }
+
+
+def rinfo_from(data: Mapping[str, Any]) -> RemoteInfo:
+    version = data.get("version_info") or list(sys.version_info)
+    return RemoteInfo(
+        executable=str(data.get("executable", "")),
+        version_info=tuple(version),
+        platform=str(data.get("platform", sys.platform)),
+        cwd=str(data.get("cwd", "")),
+    )
+
+
+def input_source(worker_id: str) -> str:
+    """The name under which the controller of `worker_id`'s machine publishes the input:
+    worker ids are "<node>/gwN" on a shared queue, "gwN" on an embedded one."""
+    node, _, _ = worker_id.rpartition("/")
+    return f"{node}/controller" if node else "controller"
+
+
+class ControllerNodes:
+    """The controller half of the protocol, fed by the build's events."""
+
+    def __init__(self, config: pytest.Config, *, source: str, workers: int, build: str) -> None:
+        self.config = config
+        self.source = source
+        self.workers = workers
+        self.build = build
+        self.nodes: dict[str, WorkerNode] = {}
+        self.down: set[str] = set()
+
+    def worker_input(self, *, shared: bool) -> dict[str, Any]:
+        """What plugins put into a worker's input, computed on a template node."""
+        setup_nodes(self.config, max(1, self.workers))
+        template = WorkerNode(
+            self.config, "gw0", workercount=max(1, self.workers), testrunuid=self.build
+        )
+        return adapt_input(configure_node(self.config, template), shared=shared)
+
+    def wants_output(self) -> bool:
+        """Whether any plugin here reads what workers send back."""
+        return bool(self.config.pluginmanager.hook.pytest_testnodedown.get_hookimpls())
+
+    def node(self, worker: str) -> WorkerNode:
+        if worker not in self.nodes:
+            short = worker.rsplit("/", 1)[-1]
+            self.nodes[worker] = WorkerNode(
+                self.config, short, workercount=max(1, self.workers), testrunuid=self.build
+            )
+        return self.nodes[worker]
+
+    def joined(self, worker: str) -> None:
+        self.config.hook.pytest_testnodeready(node=self.node(worker))
+
+    def output(self, worker: str, data: Mapping[str, Any]) -> None:
+        """A worker's workeroutput arrived: it is down, and plugins read what it sent."""
+        if worker in self.down:
+            return
+        node = self.node(worker)
+        node.workeroutput = from_json_safe(dict(data.get("output") or {}))
+        node.gateway.rinfo = rinfo_from(data.get("platform") or {})
+        self.down.add(worker)
+        self.config.hook.pytest_testnodedown(node=node, error=None)
+
+    def lost(self, worker: str, cause: object) -> None:
+        """A worker died: it is down without output (a replacement is a new node)."""
+        if worker in self.down or worker not in self.nodes:
+            return
+        self.down.add(worker)
+        self.config.hook.pytest_testnodedown(node=self.nodes[worker], error=cause)
+
+    def awaiting(self) -> set[str]:
+        return set(self.nodes) - self.down
+
+
+def adapt_input(data: dict[str, Any], *, shared: bool) -> dict[str, Any]:
+    """pytest-cov keeps data on a worker that shares the controller's host and directory and
+    sends it only otherwise. On a shared queue every machine's report must cover the whole
+    build, so workers are told they are not collocated and always send their data."""
+    if shared and "cov_master_host" in data:
+        data["cov_master_host"] = "conveyor: every machine reports the whole build"
+    return data
+
+
+def wait_for_input(
+    queue: Any, worker_id: str, *, own_controller: bool, timeout_s: float, poll_s: float = 0.05
+) -> dict[str, Any] | None:
+    """The plugins' input a controller published for this build: from this machine's own
+    controller when there is one (a coverage host, a local socket are per machine), else the
+    latest from any. None when none came within `timeout_s`."""
+    source = input_source(worker_id)
+    deadline = time.monotonic() + timeout_s
+    cursor = 0
+    latest: dict[str, Any] | None = None
+    while True:
+        for event in queue.events(cursor, INPUT_PAGE):
+            cursor = event.seq
+            if event.kind != EVENT_WORKER_INPUT:
+                continue
+            data = event.data.get("input")
+            if not isinstance(data, dict):
+                continue
+            if event.worker == source:
+                return dict(from_json_safe(data))
+            latest = data
+        if latest is not None and not own_controller:
+            return dict(from_json_safe(latest))
+        if time.monotonic() > deadline:
+            return None if latest is None else dict(from_json_safe(latest))
+        time.sleep(poll_s)
+
+
+def publish_output(queue: Any, worker_id: str, output: Mapping[str, Any]) -> None:
+    """A worker's `config.workeroutput`, sent back at its end with its interpreter's facts."""
+    data = {"output": to_json_safe(dict(output)), "platform": platform_info()}
+    queue.publish(EVENT_WORKER_OUTPUT, worker_id, data)
+
+
+def benchmark_note(config: pytest.Config) -> str | None:
+    """pytest-benchmark turns benchmarks off in parallel workers, as under xdist: a header
+    line says so (a warning would fail suites that turn warnings into errors), and
+    --benchmark-only, with which every worker would exit with a usage error, is refused with
+    the way out."""
+    if not config.pluginmanager.hasplugin("benchmark"):
+        return None
+    if config.getoption("benchmark_only", False):
+        raise pytest.UsageError(
+            "--benchmark-only cannot run in a distributed build: pytest-benchmark turns "
+            "benchmarks off in parallel workers, as it does under pytest-xdist. Run them in "
+            "one process: conveyor run -n 0 --benchmark-only (or plain pytest)."
+        )
+    if config.getoption("benchmark_disable", False) or config.getoption("benchmark_skip", False):
+        return None
+    return (
+        "conveyor: benchmarks are disabled in a distributed run (pytest-benchmark cannot "
+        "measure reliably in parallel workers); run them with `conveyor run -n 0`"
+    )
+
+
+class WorkerInput(dict[str, Any]):
+    """A worker's `config.workerinput`. What plugins put in on the controller's side is
+    fetched when a plugin first asks for a key the worker does not have, so a worker waits
+    for a controller only when some plugin needs one (a worker may start long before any
+    controller of its build)."""
+
+    def __init__(self, own: Mapping[str, Any], fetch: Callable[[], Mapping[str, Any] | None]):
+        super().__init__(own)
+        self._fetch: Callable[[], Mapping[str, Any] | None] | None = fetch
+
+    def merge_available(self, found: Mapping[str, Any] | None) -> None:
+        """Take the plugins' input now, if a controller published it already."""
+        if found is not None:
+            self._merge(found)
+
+    def __missing__(self, key: str) -> Any:
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None:
+            self._merge(fetch() or {})
+            if key in self:
+                return self[key]
+        raise KeyError(key)
+
+    def _merge(self, found: Mapping[str, Any]) -> None:
+        for key, value in found.items():
+            self.setdefault(key, value)
+        self._fetch = None
