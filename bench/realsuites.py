@@ -53,6 +53,7 @@ class Compared:
     counts: dict[str, int]
     differences: list[Difference]
     logs: list[str]
+    summary: str = ""  # pytest's closing counts, as this runner printed them
     machines_agree: bool = True  # redis: both processes gave the same verdict
 
 
@@ -63,6 +64,7 @@ class ProjectResult:
     plain_exit: int
     plain_wall_s: float
     plain_counts: dict[str, int]
+    plain_summary: str
     baseline: dict[str, int]
     modes: dict[str, Compared]
     error: str = ""
@@ -106,9 +108,11 @@ def _compare(run: ModeRun, reference: ModeRun) -> Compared:
     """Differences of the first process; a second (redis) must agree with the first."""
     plain_cases = reference.processes[0].cases
     found = differences(plain_cases, run.processes[0].cases)
+    ours = run.processes[0]
     agree = all(
-        not differences(run.processes[0].cases, other.cases)
-        and other.exit_code == run.processes[0].exit_code
+        not differences(ours.cases, other.cases)
+        and other.exit_code == ours.exit_code
+        and other.summary == ours.summary
         for other in run.processes[1:]
     )
     return Compared(
@@ -118,6 +122,7 @@ def _compare(run: ModeRun, reference: ModeRun) -> Compared:
         counts(run.processes[0].cases),
         found,
         [str(process.log) for process in run.processes],
+        ours.summary,
         agree,
     )
 
@@ -140,6 +145,7 @@ def run_project(
         plain_process.exit_code,
         reference.wall_s,
         counts(plain_process.cases),
+        plain_process.summary,
         dict(pin.baseline),
         {},
     )
@@ -159,6 +165,8 @@ def _identical(result: ProjectResult, compared: Compared | None) -> str:
     cell = "yes" if not compared.differences else f"{len(compared.differences)} differ"
     if any(code != result.plain_exit for code in compared.exit_codes):
         cell += f", rc {'/'.join(map(str, compared.exit_codes))}"
+    if compared.mode != "xdist" and compared.summary != result.plain_summary:
+        cell += ", summary"
     if not compared.machines_agree:
         cell += ", machines disagree"
     return cell
@@ -201,8 +209,32 @@ def results_table(results: list[ProjectResult], modes: tuple[str, ...]) -> Table
     return table
 
 
+def _crash_line(log: str) -> str:
+    """The first line that looks like conveyor or pytest breaking, for a run whose exit code
+    differs: those are bugs to fix, not test outcomes."""
+    lines = Path(log).read_text(errors="replace").splitlines() if Path(log).is_file() else []
+    for line in lines:
+        if line.startswith(("INTERNALERROR", "Traceback", "conveyor: error")):
+            return line.strip()[:300]
+    return next((line.strip()[:300] for line in reversed(lines) if line.strip()), "")
+
+
+def _run_lines(project: str, result: ProjectResult, compared: Compared) -> list[str]:
+    lines = []
+    name = f"{project} [{compared.mode}]"
+    for code, log in zip(compared.exit_codes, compared.logs, strict=True):
+        if code != result.plain_exit:
+            lines.append(f"{name} exit code {code} (plain {result.plain_exit}): {_crash_line(log)}")
+    if compared.mode != "xdist" and compared.summary != result.plain_summary:
+        lines.append(f"{name} summary: plain '{result.plain_summary}', ours '{compared.summary}'")
+    if not compared.machines_agree:
+        lines.append(f"{name} the two machines' reports differ: {', '.join(compared.logs)}")
+    return lines
+
+
 def difference_lines(results: list[ProjectResult]) -> list[str]:
-    """Every difference, named: test id, plain outcome, the other's outcome, first error line."""
+    """Every difference, named: test id, plain outcome, the other's outcome, first error line;
+    then exit codes, summary lines and machines that disagree."""
     lines = []
     for result in results:
         if result.error:
@@ -214,6 +246,7 @@ def difference_lines(results: list[ProjectResult]) -> list[str]:
                     f"{compared.mode}={diff.other}"
                     + (f" -- {diff.message}" if diff.message else "")
                 )
+            lines += _run_lines(result.project, result, compared)
     return lines
 
 
@@ -247,7 +280,7 @@ def _safe_run(pin: Pin, options: Options, scratch: Path, url: str | None) -> Pro
         return run_project(pin, options.modes, scratch, url)
     except Exception as exc:  # one broken install must not lose the other projects' results
         _progress(f"[{pin.key}] failed: {exc}")
-        return ProjectResult(pin.key, 0, -1, 0.0, {}, dict(pin.baseline), {}, str(exc))
+        return ProjectResult(pin.key, 0, -1, 0.0, {}, "", dict(pin.baseline), {}, str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

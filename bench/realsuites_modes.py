@@ -4,6 +4,7 @@ in four modes. Each run writes JUnit XML and a log into its own folder."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -20,6 +21,7 @@ RUN_TIMEOUT_S = 1800.0
 TIMED_OUT = -1
 WORKERS = 4
 PLAIN_ARGS = ("-p", "no:cacheprovider")
+SUMMARY = re.compile(r"^=+ (.*?) in [0-9.]+s(?: \(.*\))? =+$")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Process:
     log: Path
     exit_code: int = TIMED_OUT
     cases: dict[str, list[Case]] = field(default_factory=dict)
+    summary: str = ""  # pytest's closing line without its timing: "12 passed, 1 skipped"
 
 
 @dataclass
@@ -92,7 +95,16 @@ def execute(run: ModeRun, project: Prepared) -> ModeRun:
     run.wall_s = time.monotonic() - start
     for process in run.processes:
         process.cases = read_cases(process.junit)
+        process.summary = summary_line(process.log)
     return run
+
+
+def summary_line(log: Path) -> str:
+    """The counts of pytest's last closing line, which JUnit XML cannot show (deselected,
+    subtests, warnings); empty when the run printed none."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = [match.group(1) for match in map(SUMMARY.match, text.splitlines()) if match]
+    return found[-1] if found else ""
 
 
 def _process(ctx: Context, name: str, command: list[str], extra: list[str]) -> Process:

@@ -132,6 +132,14 @@ PINS: tuple[Pin, ...] = (
         args=("-o", "addopts=--doctest-modules --ignore=wcwidth/wcwidth.py", "tests", "wcwidth"),
     ),
     Pin("simplejson", "4.3.0", "unittest modules inside the package", args=("simplejson/tests",)),
+    Pin(
+        "tomlkit",
+        "0.15.2",
+        "parametrized over a folder of data files (toml-test)",
+        args=("tests",),
+        deps=("PyYAML",),
+    ),
+    Pin("colorama", "0.4.6", "unittest with mock, *_test.py files", args=("colorama/tests",)),
 )
 
 
