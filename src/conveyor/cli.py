@@ -230,12 +230,20 @@ def _history_location(options: RunOptions) -> str:
 
 
 def _open(options: RunOptions, build: Build) -> Queue:
-    return open_queue(
+    queue = open_queue(
         build.queue_url,
         build.id,
         lease_ttl_s=options.lease_ttl_s,
         build_ttl_s=options.build_ttl_s,
     )
+    try:
+        # A stored build that cannot be read (a manifest written by something else) is refused
+        # here, with its message and exit code 3, before any worker or report starts on it.
+        queue.manifest()
+    except BaseException:
+        queue.close()
+        raise
+    return queue
 
 
 def _already_finished(queue: Queue) -> bool:

@@ -8,6 +8,7 @@ instead of failing with "database is locked".
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import math
 import os
@@ -30,8 +31,8 @@ from conveyor.queue.protocol import (
     EVENT_LEASES_RETURNED,
     EVENT_POPULATED,
     EVENT_REQUEUED,
-    EVENT_RESUMED,
     EVENT_RESULT,
+    EVENT_RESUMED,
     EVENT_STOPPED,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_JOINED,
@@ -48,10 +49,13 @@ from conveyor.queue.protocol import (
     Released,
     Reservation,
     collection_digest,
+    dumps,
     release_event_kind,
 )
 
 BUSY_TIMEOUT_S = 60.0
+# How the queue's own files are opened: read-write, created if need be, never through a link.
+PRIVATE_FILE = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
 DEFAULT_MAX_UNIT_CRASHES = 2
 
 
@@ -60,7 +64,24 @@ def _schema() -> str:
 
 
 def _dumps(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return dumps(data)
+
+
+@functools.cache
+def _expected_columns() -> dict[str, list[str]]:
+    """Each table of the schema and its columns, from the schema itself."""
+    reference = sqlite3.connect(":memory:")
+    try:
+        reference.executescript(_schema())
+        tables = reference.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        return {
+            table: [row[1] for row in reference.execute(f"PRAGMA table_info({table})")]
+            for (table,) in tables
+        }
+    finally:
+        reference.close()
 
 
 class SQLiteQueue:
@@ -82,7 +103,15 @@ class SQLiteQueue:
         # One connection per queue object; the heartbeat thread shares it under this lock.
         self._lock = threading.Lock()
         self._conn = self._connect()
-        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._lock_fd = os.open(f"{self.path}.lock", PRIVATE_FILE, 0o600)
+        except OSError as exc:
+            self._conn.close()
+            raise QueueUnavailable(
+                f"cannot open the queue {self.display_url}: cannot open its lock file "
+                f"{self.path}.lock ({exc.strerror}); use a fresh queue path "
+                "(--queue sqlite:///<writable path>)."
+            ) from None
 
     # -- connection -----------------------------------------------------------------------
 
@@ -98,18 +127,73 @@ class SQLiteQueue:
                 f"cannot open the queue {self.display_url}: it is a directory, not a writable "
                 "file. Pass --queue sqlite:///<writable path>/queue.db."
             )
+        self._refuse_other_owners()
+        try:
+            # Created here, 0600, before SQLite would create it 0644: the queue holds the
+            # build's test ids and output. SQLite gives its -wal and -shm files the same mode.
+            os.close(os.open(self.path, PRIVATE_FILE | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise QueueUnavailable(
+                f"cannot open the queue {self.display_url}: {exc.strerror}. Use a fresh queue "
+                "path (--queue sqlite:///<writable path>)."
+            ) from None
         try:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            self._prepare(conn)
-        except (sqlite3.DatabaseError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(
-                f"cannot open the queue {self.display_url}: {exc}. Check that the path is a "
-                "writable file (not a directory, not another program's file), or pass "
-                "--queue sqlite:///<writable path>."
+                f"cannot open the queue {self.display_url}: {exc}. Use a fresh queue path "
+                "(--queue sqlite:///<writable path>)."
             ) from None
+        try:
+            self._check_schema(conn)
+            self._prepare(conn)
+        except (sqlite3.Error, OSError) as exc:
+            conn.close()
+            raise self._unusable(exc) from None
+        except QueueError:
+            conn.close()
+            raise
         return conn
+
+    def _refuse_other_owners(self) -> None:
+        """The queue's files must be this user's: a file another user planted (a shared /tmp)
+        could be read, changed or locked by them."""
+        me = os.geteuid()
+        for path in (self.path, *(Path(f"{self.path}{end}") for end in ("-wal", "-shm", ".lock"))):
+            try:
+                owners = {os.lstat(path).st_uid}
+                if path.is_symlink():
+                    owners.add(path.stat().st_uid)
+            except OSError:
+                continue  # absent (or a dangling link, which opening refuses)
+            other = next((uid for uid in owners if uid != me), None)
+            if other is not None:
+                raise QueueURLError(
+                    f"cannot open the queue {self.display_url}: {path} belongs to another user "
+                    f"(uid {other}), and a queue file is never shared with another user. Pass "
+                    "--queue sqlite:///<a path of your own>."
+                )
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        """Tables that exist with another shape belong to some other program (CREATE TABLE IF
+        NOT EXISTS would keep them as they are, and every operation would fail on them)."""
+        for table, expected in _expected_columns().items():
+            found = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+            if found and found != expected:
+                raise self._unusable(
+                    f"its table {table!r} has the columns {found}, not conveyor's {expected}"
+                )
+
+    def _unusable(self, cause: object) -> QueueUnavailable:
+        return QueueUnavailable(
+            f"the queue {self.display_url} cannot be used: {cause}. It is not a conveyor queue "
+            "(another program's file, a damaged file, or one written by another version of "
+            "conveyor). Use a fresh queue path (--queue sqlite:///<new file>)."
+        )
 
     @staticmethod
     def _prepare(conn: sqlite3.Connection) -> None:
@@ -147,12 +231,18 @@ class SQLiteQueue:
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # The one boundary for writes: no sqlite3 error leaves this backend.
+                raise self._unusable(exc) from None
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from None
 
     def close(self) -> None:
         with self._lock:

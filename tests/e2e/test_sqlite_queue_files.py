@@ -1,0 +1,138 @@
+"""The SQLite queue file as a shared object on disk: private to its owner, never someone
+else's, and a file conveyor did not write is refused with a message (exit code 3)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conveyor.errors import QueueError, QueueUnavailable
+from conveyor.queue import open_queue
+from conveyor.queue.sqlite import SQLiteQueue
+
+NOBODY = 65534
+
+
+def conveyor(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    (tmp_path / "test_ok.py").write_text("def test_a(): pass\ndef test_b(): pass\n")
+    return tmp_path
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_queue_files_are_private_to_their_owner(suite: Path) -> None:
+    old_umask = os.umask(0o022)  # the usual umask, which would leave a new file 0644
+    try:
+        queue = open_queue(f"sqlite://{suite / 'q.db'}", "b1")
+        queue.populate("w1", ["t1"], {})
+        files = [suite / name for name in ("q.db", "q.db-wal", "q.db-shm", "q.db.lock")]
+        assert all(path.exists() for path in files)
+        assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
+        queue.close()
+    finally:
+        os.umask(old_umask)
+    done = conveyor(suite, "run", "-n", "2", "--queue", f"sqlite://{suite / 'run.db'}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert mode(suite / "run.db") == 0o600
+    assert mode(suite / "run.db.lock") == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("which", ["q.db", "q.db.lock", "q.db-wal"])
+def test_a_queue_file_of_another_user_is_refused(suite: Path, which: str) -> None:
+    queue = open_queue(f"sqlite://{suite / 'q.db'}", "b1")
+    queue.close()
+    (suite / which).touch()
+    os.chown(suite / which, NOBODY, NOBODY)
+    with pytest.raises(QueueUnavailable, match=f"{which} belongs to another user"):
+        open_queue(f"sqlite://{suite / 'q.db'}", "b1")
+    done = conveyor(suite, "run", "-n", "1", "--queue", f"sqlite://{suite / 'q.db'}")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"{suite / which} belongs to another user (uid {NOBODY})" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def foreign_builds_table(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE builds (name TEXT PRIMARY KEY, owner TEXT)")
+        conn.execute("INSERT INTO builds VALUES ('b1', 'someone')")
+    conn.close()
+
+
+def invalid_manifest(path: Path) -> None:
+    queue = SQLiteQueue(path, "b1")
+    queue.populate("w1", ["test_ok.py::test_a", "test_ok.py::test_b"], {})
+    queue.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE builds SET meta = '{not json'")
+    conn.close()
+
+
+def not_sqlite(path: Path) -> None:
+    path.write_text("this is a text file, not a database\n" * 100)
+
+
+@pytest.mark.parametrize("make", [foreign_builds_table, invalid_manifest, not_sqlite])
+def test_a_file_conveyor_did_not_write_is_refused_with_exit_code_3(suite: Path, make) -> None:
+    path = suite / "foreign.db"
+    make(path)
+    os.chmod(path, 0o600)
+    url = f"sqlite://{path}"
+    for command in (
+        ["run", "-n", "1", "--queue", url, "--build", "b1"],
+        ["report", "--queue", url, "--build", "b1"],
+    ):
+        done = conveyor(suite, *command)
+        assert done.returncode == 3, [*command, done.stdout + done.stderr]
+        assert "Traceback" not in done.stdout + done.stderr
+        assert "INTERNALERROR" not in done.stdout
+        assert f"sqlite://{path}" in done.stdout + done.stderr
+        assert "fresh queue path" in done.stdout + done.stderr
+
+
+def test_every_sqlite_error_is_a_queue_error(suite: Path) -> None:
+    """Tables replaced under an open queue: every operation raises conveyor's QueueError."""
+    path = suite / "q.db"
+    queue = SQLiteQueue(path, "b1")
+    queue.populate("w1", ["t1", "t2"], {})
+    with sqlite3.connect(path) as conn:
+        for table in ("builds", "units", "events", "workers", "reservations"):
+            conn.execute(f"DROP TABLE {table}")
+            conn.execute(f"CREATE TABLE {table} (something_else TEXT)")
+    conn.close()
+    for call in (
+        queue.manifest,
+        queue.status,
+        queue.units,
+        lambda: queue.populate("w1", ["t1"], {}),
+        lambda: queue.join("w1", {}),
+        lambda: queue.stop("because"),
+        lambda: queue.events(0),
+        lambda: queue.publish("note", None, {}),
+        lambda: queue.complete("w1", [("t1", {})]),
+        lambda: queue.reservations("w1"),
+    ):
+        with pytest.raises(QueueError, match="not a conveyor queue"):
+            call()
+    queue.close()
+    with pytest.raises(QueueError, match="its table 'builds' has the columns"):
+        SQLiteQueue(path, "b1")
