@@ -43,3 +43,20 @@ def forward_rerun_reports(pluginmanager: pytest.PytestPluginManager) -> None:
     check = getattr(module, "works_with_current_xdist", None)
     if check is not None and not check():
         module.works_with_current_xdist = lambda: True
+
+
+def remap_coverage_paths(pluginmanager: pytest.PytestPluginManager) -> None:
+    """pytest-cov's distributed master adds each remote worker's checkout to the `[paths]
+    source` aliases of the coverage object it measures with, but combines with another one
+    (`combining_cov`), so data from another checkout would be reported under its own paths.
+    Give the combining object the same aliases (relies on CovPlugin.cov_controller holding
+    `cov` and `combining_cov`, coverage.Coverage objects with `config.paths`)."""
+    plugin = pluginmanager.get_plugin("_cov")
+    controller = getattr(plugin, "cov_controller", None)
+    measuring = getattr(controller, "cov", None)
+    combining = getattr(controller, "combining_cov", None)
+    if measuring is None or combining is None or measuring is combining:
+        return
+    aliases = list(measuring.config.paths.get("source", []))
+    if len(aliases) > 1:
+        combining.config.paths["source"] = aliases

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.environment import forget_outer_worker
-from conveyor.xdist_compat import xdist_installed
+from conveyor.xdist_compat import XdistStandIn
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -21,5 +21,6 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not xdist_installed():
+    xdist = config.pluginmanager.get_plugin("xdist")
+    if xdist is None or isinstance(xdist, XdistStandIn):
         config.pluginmanager.import_plugin("conveyor.fixtures")

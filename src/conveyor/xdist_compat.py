@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.compat import remap_coverage_paths
 from conveyor.queue.protocol import EVENT_WORKER_INPUT, EVENT_WORKER_OUTPUT
 
 # What conveyor itself puts into each worker's workerinput; the rest comes from plugins.
@@ -77,11 +78,18 @@ class XdistStandIn:
 
 
 def adopt_protocol(pluginmanager: pytest.PytestPluginManager) -> None:
-    """Make xdist's hooks known (and "xdist" present) in a conveyor controller or worker."""
+    """Make xdist's hooks known (and "xdist" present) in a conveyor controller or worker.
+    Called when conveyor's plugin registers, before pytest loads installed plugins."""
     if xdist_installed() or pluginmanager.has_plugin("xdist"):
         return
     pluginmanager.add_hookspecs(XdistHookSpecs)
     pluginmanager.register(XdistStandIn(), "xdist")
+
+
+def ensure_hookspecs(pluginmanager: pytest.PytestPluginManager) -> None:
+    """xdist installed but turned off (`-p no:xdist`): its hooks are still called."""
+    if not hasattr(pluginmanager.hook, "pytest_configure_node"):
+        pluginmanager.add_hookspecs(XdistHookSpecs)
 
 
 def present_as_xdist_controller(early_config: pytest.Config) -> None:
@@ -251,6 +259,7 @@ class ControllerNodes:
 
     def worker_input(self, *, shared: bool) -> dict[str, Any]:
         """What plugins put into a worker's input, computed on a template node."""
+        ensure_hookspecs(self.config.pluginmanager)
         setup_nodes(self.config, max(1, self.workers))
         template = WorkerNode(
             self.config, "gw0", workercount=max(1, self.workers), testrunuid=self.build
@@ -281,6 +290,7 @@ class ControllerNodes:
         node.gateway.rinfo = rinfo_from(data.get("platform") or {})
         self.down.add(worker)
         self.config.hook.pytest_testnodedown(node=node, error=None)
+        remap_coverage_paths(self.config.pluginmanager)
 
     def lost(self, worker: str, cause: object) -> None:
         """A worker died: it is down without output (a replacement is a new node)."""
