@@ -10,6 +10,8 @@ a while are forgotten.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,30 +22,90 @@ FORGET_AFTER_BUILDS = 20
 CACHE_KEY = "conveyor/durations"
 
 
+class HistoryWarning(UserWarning):
+    """Timing history held entries that are not durations; they were ignored."""
+
+
+_warned: set[str] = set()
+
+
+def warn_bad_entries(where: str, bad: int) -> None:
+    """One warning per history location and process: a corrupt history is worth knowing
+    about, never worth failing a build over (even where the suite turns warnings into errors)."""
+    if not bad or where in _warned:
+        return
+    _warned.add(where)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", HistoryWarning)
+        warnings.warn(
+            f"conveyor: timing history in {where}: ignored {bad} bad "
+            f"{'entry' if bad == 1 else 'entries'} (not a duration in seconds); the rest is "
+            "used, and the next build writes it back clean",
+            HistoryWarning,
+            stacklevel=2,
+        )
+
+
+def seconds_or_none(value: Any) -> float | None:
+    """A duration in seconds: a finite, non-negative number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def clean(stored: Any) -> tuple[dict[str, Any], int]:
+    """The valid part of a stored history ({"build": n, "tests": {id: [seconds, last_build]}})
+    and how many bad entries were left out. Whatever the file holds, this never raises."""
+    if not isinstance(stored, Mapping):
+        return {"build": 0, "tests": {}}, 0 if stored in (None, {}) else 1
+    bad = 0
+    build = stored.get("build", 0)
+    if isinstance(build, float) and build.is_integer():
+        build = int(build)
+    if isinstance(build, bool) or not isinstance(build, int) or build < 0:
+        bad, build = 1, 0
+    entries = stored.get("tests", {})
+    if not isinstance(entries, Mapping):
+        bad, entries = bad + 1, {}
+    tests: dict[str, list[Any]] = {}
+    for nodeid, entry in entries.items():
+        if isinstance(entry, list) and len(entry) == 2:
+            seconds, last = seconds_or_none(entry[0]), entry[1]
+            if seconds is not None and isinstance(last, int) and not isinstance(last, bool):
+                tests[str(nodeid)] = [seconds, last]
+                continue
+        bad += 1
+    return {"build": build, "tests": tests}, bad
+
+
 def smooth(previous: float | None, latest: float) -> float:
     return latest if previous is None else SMOOTHING * latest + (1 - SMOOTHING) * previous
 
 
-def merge(stored: Mapping[str, Any], durations: Mapping[str, float]) -> dict[str, Any]:
+def merge(stored: Any, durations: Mapping[str, float]) -> dict[str, Any]:
     """The stored history ({"build": n, "tests": {id: [seconds, last_build]}}) updated with one
-    build's durations; entries unseen for FORGET_AFTER_BUILDS builds are dropped."""
-    build = int(stored.get("build", 0)) + 1
-    tests: dict[str, list[float]] = {}
-    for nodeid, entry in dict(stored.get("tests", {})).items():
-        if isinstance(entry, list) and len(entry) == 2 and build - entry[1] <= FORGET_AFTER_BUILDS:
-            tests[nodeid] = [float(entry[0]), int(entry[1])]
+    build's durations; entries unseen for FORGET_AFTER_BUILDS builds, and bad ones, are
+    dropped."""
+    valid, _bad = clean(stored)
+    build = valid["build"] + 1
+    tests: dict[str, list[Any]] = {
+        nodeid: entry
+        for nodeid, entry in valid["tests"].items()
+        if build - entry[1] <= FORGET_AFTER_BUILDS
+    }
     for nodeid, seconds in durations.items():
+        latest = seconds_or_none(seconds)
+        if latest is None:
+            continue
         previous = tests.get(nodeid, [None])[0]
-        tests[nodeid] = [round(smooth(previous, seconds), 6), build]
+        tests[nodeid] = [round(smooth(previous, latest), 6), build]
     return {"build": build, "tests": tests}
 
 
-def durations_of(stored: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        nodeid: float(entry[0])
-        for nodeid, entry in dict(stored.get("tests", {})).items()
-        if isinstance(entry, list) and entry
-    }
+def durations_of(stored: Any) -> dict[str, float]:
+    """{test id: seconds} from a stored history; bad entries are left out."""
+    return {nodeid: entry[0] for nodeid, entry in clean(stored)[0]["tests"].items()}
 
 
 class HistoryStore(Protocol):
@@ -59,8 +121,11 @@ class CacheHistory:
         self.cache = cache
 
     def raw(self) -> dict[str, Any]:
-        data = self.cache.get(CACHE_KEY, {})
-        return data if isinstance(data, dict) else {}
+        """The stored history without its bad entries (warned about once)."""
+        valid, bad = clean(self.cache.get(CACHE_KEY, {}))
+        where = getattr(self.cache, "_cachedir", None) or getattr(self.cache, "cache_dir", "")
+        warn_bad_entries(f"{where or 'the pytest cache'} ({CACHE_KEY})", bad)
+        return valid
 
     def load(self) -> dict[str, float]:
         return durations_of(self.raw())
@@ -77,9 +142,15 @@ def read_durations_file(path: Path) -> dict[str, float]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read durations from {path}: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("tests"), dict):
-        return durations_of(data)
-    if isinstance(data, dict) and all(isinstance(v, (int, float)) for v in data.values()):
-        return {str(k): float(v) for k, v in data.items()}
+        valid, bad = clean(data)
+        warn_bad_entries(str(path), bad)
+        return durations_of(valid)
+    if isinstance(data, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()
+    ):
+        durations = {str(k): seconds_or_none(v) for k, v in data.items()}
+        warn_bad_entries(str(path), sum(1 for v in durations.values() if v is None))
+        return {k: v for k, v in durations.items() if v is not None}
     raise ValueError(
         f"{path} is neither a conveyor history export nor a pytest-split .test_durations file"
     )
@@ -97,12 +168,17 @@ class RedisHistory:
 
     def load(self) -> dict[str, float]:
         stored = self.client.hgetall(self.key) or {}
-        durations = {}
-        for nodeid, seconds in stored.items():
+        durations, bad = {}, 0
+        for nodeid, text in stored.items():
             try:
-                durations[str(nodeid)] = float(seconds)
-            except ValueError:
-                continue  # not ours; ignore rather than fail the build
+                seconds = seconds_or_none(float(text))
+            except (TypeError, ValueError):
+                seconds = None
+            if seconds is None:
+                bad += 1  # not a duration; ignored rather than failing the build
+            else:
+                durations[str(nodeid)] = seconds
+        warn_bad_entries(f"Redis ({self.key})", bad)
         return durations
 
     def record(self, durations: Mapping[str, float]) -> None:
