@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from conveyor.errors import QueueError
 
 # Weight of the newest measurement: recent builds matter most, one slow outlier does not rule.
 SMOOTHING = 0.5
@@ -156,18 +158,38 @@ def read_durations_file(path: Path) -> dict[str, float]:
     )
 
 
+T = TypeVar("T")
+
+
+def _call_redis(what: str, call: Callable[[], T]) -> T:
+    """A Redis call without RedisQueue's boundary: redis-py's errors still become QueueError,
+    the one family every caller of a history store catches."""
+    try:
+        return call()
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "redis":
+            raise
+        raise QueueError(f"Redis failed to {what}: {type(exc).__name__}: {exc}") from None
+
+
 class RedisHistory:
     """History in one Redis hash per suite (test id -> seconds), shared by every machine and
-    every build of that suite; it expires when no build has written it for HISTORY_TTL_S."""
+    every build of that suite; it expires when no build has written it for HISTORY_TTL_S.
+    Every call goes through `run` (RedisQueue's boundary: retries, and redis-py's errors
+    translated into QueueError), so a history failure never fails a build."""
 
     HISTORY_TTL_S = 30 * 24 * 60 * 60
 
-    def __init__(self, client: Any, key: str) -> None:
+    def __init__(
+        self, client: Any, key: str, run: Callable[[str, Callable[[], Any]], Any] | None = None
+    ) -> None:
         self.client = client
         self.key = key
+        self._run = run or _call_redis
 
     def load(self) -> dict[str, float]:
-        stored = self.client.hgetall(self.key) or {}
+        stored = self._run("read the timing history", lambda: self.client.hgetall(self.key))
+        stored = stored or {}
         durations, bad = {}, 0
         for nodeid, text in stored.items():
             try:
@@ -189,10 +211,14 @@ class RedisHistory:
             nodeid: repr(round(smooth(previous.get(nodeid), seconds), 6))
             for nodeid, seconds in durations.items()
         }
-        pipe = self.client.pipeline()
-        pipe.hset(self.key, mapping=merged)
-        pipe.expire(self.key, self.HISTORY_TTL_S)
-        pipe.execute()
+
+        def save() -> Any:
+            pipe = self.client.pipeline()
+            pipe.hset(self.key, mapping=merged)
+            pipe.expire(self.key, self.HISTORY_TTL_S)
+            return pipe.execute()
+
+        self._run("save the timing history", save)
 
 
 def history_store(where: str, config: Any, queue: Any) -> HistoryStore | None:

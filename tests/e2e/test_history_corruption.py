@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RedisServer
+from conftest import RedisServer, require_redis_server
 
+from conveyor.errors import QueueError
 from conveyor.history import CacheHistory, DirectoryCache, durations_of, merge
-from conveyor.queue.redis import RedisQueue
+from conveyor.queue.redis import RedisQueue, RetryPolicy
 
 SUITE = {
     "test_one.py": "def test_a(): pass\ndef test_b(): pass\n",
@@ -110,4 +111,46 @@ def test_redis_history_ignores_values_that_are_not_durations(redis_server: Redis
         assert history.load() == {"good": 1.5}
     history.record({"new": 0.5})
     assert history.load() == {"good": 1.5, "new": 0.5}
+    queue.close()
+
+
+def test_a_redis_history_that_fails_never_fails_the_build(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The history key holds another type (WRONGTYPE on every read and write): the build
+    runs, passes and says the history was not saved."""
+    for name, text in SUITE.items():
+        (tmp_path / name).write_text(text)
+    suite = f"suite-{uuid.uuid4().hex[:8]}"
+    queue = RedisQueue.from_url(redis_server.url, "setup")
+    queue._client.set("conveyor:history:{" + suite + "}", "not a hash")
+    queue.close()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "conveyor", "run", "-n", "2", "--queue", redis_server.url,
+            "--build", f"b-{uuid.uuid4().hex[:8]}", "--history-key", suite,
+            "-p", "no:cacheprovider",
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout
+    assert "timing history was not saved" in done.stdout
+    assert "WRONGTYPE" in done.stdout
+
+
+def test_redis_history_errors_are_queue_errors(tmp_path: Path) -> None:
+    """A history call that cannot reach Redis raises conveyor's QueueError, which every caller
+    catches, not redis-py's own ConnectionError, which none does."""
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    queue = RedisQueue.from_url(server.url, "b1", retry=RetryPolicy(tries=1))
+    history = queue.history("suite")
+    history.record({"a": 1.0})
+    server.stop()
+    with pytest.raises(QueueError, match="cannot reach the Redis queue"):
+        history.load()
+    with pytest.raises(QueueError, match="cannot reach the Redis queue"):
+        history.record({"a": 2.0})
     queue.close()

@@ -331,7 +331,7 @@ class RedisQueue:
 
     def history(self, suite: str) -> RedisHistory:
         """The timing history of `suite`, shared by every build of it on this Redis."""
-        return RedisHistory(self._client, "conveyor:history:{" + suite + "}")
+        return RedisHistory(self._client, "conveyor:history:{" + suite + "}", run=self._run)
 
     def close(self) -> None:
         self._client.close()
