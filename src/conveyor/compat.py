@@ -60,3 +60,10 @@ def remap_coverage_paths(pluginmanager: pytest.PytestPluginManager) -> None:
     aliases = list(measuring.config.paths.get("source", []))
     if len(aliases) > 1:
         combining.config.paths["source"] = aliases
+
+
+def add_short_option(group: Any, short: str, long: str, **attrs: Any) -> None:
+    """pytest reserves lowercase short options for itself (`group.addoption` refuses them);
+    `-n` is pytest-xdist's, added through the group's private `_addoption` as xdist does, and
+    conveyor adds it only where xdist is not installed."""
+    group._addoption(short, long, **attrs)

@@ -45,6 +45,7 @@ VALUE_OPTIONS: dict[str, str] = {
     "--node-setup": "node_setup",
     "--worker-setup": "worker_setup",
     "--timeline": "timeline",
+    "--maxprocesses": "max_processes",  # pytest-xdist's, for `pytest -n` handed to conveyor
 }
 
 # conveyor's options that take no value.
@@ -56,6 +57,7 @@ FLAG_OPTIONS = {
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
 XDIST_DIST_MODES = {
+    "no": "module",  # with -n, xdist's "no" distributes as "load" does; conveyor's default
     "load": "test",
     "worksteal": "test",
     "loadfile": "module",
@@ -223,6 +225,9 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
         raise UsageError("`conveyor report` runs no tests, so it takes no -n.")
     options = RunOptions(pytest_args=pytest_args)
     options.workers = parse_workers(ours.get("workers", "auto"))
+    if "max_processes" in ours:
+        cap = int(_number("--maxprocesses", ours["max_processes"], int, 1))
+        options.workers = min(options.workers, cap) if options.workers else options.workers
     # CONVEYOR_QUEUE keeps a password out of argv, which every user of the machine can read.
     options.queue = ours.get("queue") or queue_from_env()
     options.build = ours.get("build")

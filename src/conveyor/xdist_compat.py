@@ -36,7 +36,10 @@ INPUT_PAGE = 1000
 
 
 def xdist_installed() -> bool:
-    return importlib.util.find_spec("xdist") is not None
+    try:
+        return importlib.util.find_spec("xdist") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class XdistHookSpecs:

@@ -320,3 +320,33 @@ def test_worker_id_fixtures_raise_no_deprecation_warning(pytester: pytest.Pytest
     assert plain.ret == 0, plain.stdout.str()
     ours = run_conveyor(pytester, "-n", "2", "-W", "error", "-p", "no:xdist")
     assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
+
+
+def test_pytest_n_without_xdist_runs_on_conveyor(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As without pytest-xdist installed (the suite's environment has it).
+    monkeypatch.setenv(
+        "PYTEST_ADDOPTS", "-p no:xdist -p no:xdist.looponfail -p no:randomly -p no:benchmark"
+    )
+    pytester.makepyfile(
+        test_n="""
+        import os
+
+        def test_in_a_worker(worker_id):
+            assert os.environ["CONVEYOR_WORKER"].startswith("gw")
+            assert worker_id.startswith("gw")
+
+        def test_fails():
+            assert 0
+        """
+    )
+    result = run_plain(pytester, "-n", "2", "--dist", "loadfile", "--junitxml=out.xml")
+    assert result.ret == 1, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["conveyor: 2 workers*", "*1 failed, 1 passed*"])
+    assert junit_outcomes(pytester.path / "out.xml") == {
+        ("test_n", "test_in_a_worker"): [("passed",)],
+        ("test_n", "test_fails"): [("failure",)],
+    }
+    in_process = run_plain(pytester, "-n", "0")
+    assert in_process.ret == 1 and "conveyor:" not in in_process.stdout.str()
