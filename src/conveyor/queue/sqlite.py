@@ -67,6 +67,45 @@ def _dumps(data: Mapping[str, Any]) -> str:
     return dumps(data)
 
 
+def _to_sqlite(value: Any) -> Any:
+    """A str SQLite cannot store as text (a lone surrogate: a test file whose name is not
+    UTF-8, which Python decodes with surrogate escapes) becomes a BLOB of its bytes. No UTF-8
+    text ever equals a BLOB, so such ids stay distinct, and _from_sqlite turns them back."""
+    if type(value) is str and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def _from_sqlite(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Every row as a tuple, with BLOBs (the schema declares none) turned back into the str
+    that _to_sqlite stored."""
+    if bytes not in map(type, row):
+        return row
+    return tuple(
+        value.decode("utf-8", "surrogatepass") if type(value) is bytes else value for value in row
+    )
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that stores and returns any str, even one SQLite cannot hold as UTF-8 text
+    (see _to_sqlite), so that every operation of the queue works on any test id."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.row_factory = _from_sqlite
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        return super().execute(sql, tuple(map(_to_sqlite, parameters)))
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
+        return super().executemany(
+            sql, (tuple(map(_to_sqlite, parameters)) for parameters in seq_of_parameters)
+        )
+
+
 @functools.cache
 def _expected_columns() -> dict[str, list[str]]:
     """Each table of the schema and its columns, from the schema itself."""
@@ -141,7 +180,11 @@ class SQLiteQueue:
             ) from None
         try:
             conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_Connection,
             )
         except (sqlite3.Error, OSError) as exc:
             raise QueueUnavailable(
