@@ -59,7 +59,7 @@ conveyor options:
                           failed (default: 2)
   --test-timeout SECONDS  a test running longer is stopped (every thread's stack is
                           dumped), reported as failed, and its worker replaced; 0 = never;
-                          default "auto": 10 s + 3 x the test's usual duration when
+                          default "auto": 10 s + 10 x the test's usual duration when
                           timing history knows it
   --max-requeues N        retry a failed test up to N times, preferably elsewhere; a
                           test that passes on a retry counts as passed and is listed

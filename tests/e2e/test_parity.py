@@ -404,6 +404,9 @@ class TestUnittestSubTest(unittest.TestCase):
 """
 
 
+@pytest.mark.skipif(
+    int(pytest.__version__.split(".")[0]) < 9, reason="the subtests fixture is pytest 9's"
+)
 @pytest.mark.parametrize("verbosity", [[], ["-v"]], ids=["quiet", "verbose"])
 def test_subtests_are_counted_as_plain_pytest_counts_them(
     pytester: pytest.Pytester, verbosity: list[str]
