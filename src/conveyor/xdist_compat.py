@@ -282,6 +282,10 @@ class ControllerNodes:
         return self.nodes[worker]
 
     def joined(self, worker: str) -> None:
+        if worker in self.down:
+            # A replacement of a worker that died under the same name: a new node.
+            self.down.discard(worker)
+            del self.nodes[worker]
         self.config.hook.pytest_testnodeready(node=self.node(worker))
 
     def output(self, worker: str, data: Mapping[str, Any]) -> None:
