@@ -123,6 +123,148 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, modulo 16384."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    crc = 0
+    for byte in key:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc % 16384
+
+
+def free_cluster_port() -> int:
+    """A free port P whose cluster bus port, P + 10000 (fixed before Redis 7), is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("found no free port for a cluster node and its bus port")
+
+
+class RedisCluster:
+    """A throwaway Redis Cluster of three masters (no replicas) on free loopback ports, made the
+    way an operator makes one: `redis-server --cluster-enabled yes` three times, then
+    `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = []
+        self.slots: list[tuple[int, int, int]] = []  # (first slot, last slot, port of its master)
+        for index in range(masters):
+            node = RedisServer(
+                workdir / f"node-{index}",
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000",
+            )  # fmt: skip
+            node.port = free_cluster_port()
+            self.nodes.append(node)
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The cluster URL conveyor documents: any one node, the rest are discovered."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        created = subprocess.run(
+            [
+                "redis-cli", "--cluster", "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas", "0", "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [self.cli(port, "CLUSTER", "INFO") for port in self.ports]
+            if all("cluster_state:ok" in state for state in states):
+                self.slots = self._read_slots()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the cluster on ports {self.ports} never reached cluster_state:ok")
+
+    def cli(self, port: int, *command: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout
+
+    def port_of_key(self, key: str) -> int:
+        """The port of the master that holds `key`'s slot (from the slot map at start)."""
+        slot = key_slot(key.encode())
+        for low, high, port in self.slots:
+            if low <= slot <= high:
+                return port
+        raise RuntimeError(f"no master of {self.ports} serves slot {slot}")
+
+    def build_on(self, port: int, prefix: str = "build") -> str:
+        """A fresh build id whose keys live on the master at `port`."""
+        while True:
+            build = f"{prefix}-{uuid.uuid4().hex[:12]}"
+            if self.port_of_key("conveyor:{" + build + "}:meta") == port:
+                return build
+
+    def _read_slots(self) -> list[tuple[int, int, int]]:
+        slots = []
+        for port in self.ports:
+            for line in self.cli(port, "CLUSTER", "NODES").splitlines():
+                fields = line.split()  # id addr flags master ping pong epoch state slots...
+                if "myself" not in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit():
+                        slots.append((int(low), int(high or low), port))
+        return slots
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def require_redis_cluster_tools() -> None:
+    """Skip locally, but fail in CI, without redis-server and redis-cli (Debian's redis-tools)."""
+    require_redis_server()
+    if shutil.which("redis-cli"):
+        return
+    message = "redis-cli is not installed (apt-get install -y redis-tools)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    require_redis_cluster_tools()
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def make_certificates(folder: Path) -> None:
     """A throwaway CA and a server certificate for 127.0.0.1 (fails in CI without openssl)."""
     if not shutil.which("openssl"):

@@ -51,7 +51,8 @@ conveyor options:
                           0 runs pytest in this process, like pytest-xdist's -n 0)
   --queue URL             queue to use (default: $CONVEYOR_QUEUE, else an embedded
                           SQLite file in a temporary directory); sqlite:///path/queue.db,
-                          redis://[user:password@]host:port/db, rediss://...
+                          redis://[user:password@]host:port/db, rediss://...,
+                          redis+cluster://host:port (a Redis Cluster)
   --build ID              build id (default: a new random id)
   --lease-ttl SECONDS     how long a silent worker keeps its tests (default: 30)
   --max-worker-restarts N replacements for crashed workers (default: 2 x N)

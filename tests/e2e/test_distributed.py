@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, TlsRedis, require_redis_server
+from conftest import RedisCluster, RedisServer, TlsRedis, require_redis_server
 from helpers import junit_outcomes, junit_totals
 
 SUITE = {
@@ -257,3 +257,33 @@ def test_redis_restarted_mid_build_stops_every_process_with_state_lost(
         assert "vanished from the" in output
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis"])
+def test_two_machines_on_a_redis_cluster(
+    machines: tuple[Path, Path, Path], redis_cluster: RedisCluster, scheme: str
+) -> None:
+    """A real three-master cluster: the URL names one node, the build's keys (one hash tag)
+    and the suite's timing history live on two others. redis+cluster:// says it is a cluster;
+    a redis:// URL that names a node of one is recognised as such."""
+    first, second, markers = machines
+    seed, build_port, history_port = redis_cluster.ports
+    if scheme == "redis":
+        build_port, history_port = history_port, build_port
+    build = redis_cluster.build_on(build_port, "e2e")
+    suite = "suite"
+    while redis_cluster.port_of_key("conveyor:history:{" + suite + "}") != history_port:
+        suite += "x"
+    url = f"{scheme}://127.0.0.1:{seed}/0"
+    queue = ["--queue", url, "--build", build, "--history-key", suite]
+    a = conveyor(first, "run", "-n", "2", *queue, "--junitxml=a.xml", markers=markers)
+    b = conveyor(second, "run", "-n", "2", *queue, "--junitxml=b.xml", markers=markers)
+    for code, output in (finish(a), finish(b)):
+        assert code == 1, output
+        assert "1 failed, 61 passed, 1 skipped, 1 xfailed" in output.splitlines()[-1], output
+    ran_on = {marker.name.split("-gw", 1)[0] for marker in markers.iterdir()}
+    assert ran_on == {"machine-a", "machine-b"}, "both machines should have run tests"
+    assert len(junit_outcomes(first / "a.xml")) == 64
+    assert junit_outcomes(first / "a.xml") == junit_outcomes(second / "b.xml")
+    recorded = redis_cluster.cli(history_port, "HLEN", "conveyor:history:{" + suite + "}")
+    assert int(recorded) >= 60, "the timing history was not recorded on its node"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from conveyor.queue.protocol import (
     collection_digest,
 )
 
-BACKENDS = ["sqlite", "redis"]
+BACKENDS = ["sqlite", "redis", "redis-cluster"]
 
 QueueFactory = Callable[..., Queue]
 
@@ -39,13 +40,24 @@ QueueFactory = Callable[..., Queue]
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'queue.db'}"
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
     server = request.getfixturevalue("redis_server")
     return str(server.url)
 
 
+_builds_made = itertools.count()
+
+
 @pytest.fixture
-def build_id() -> str:
-    return f"build-{uuid.uuid4().hex[:12]}"
+def build_id(request: pytest.FixtureRequest) -> str:
+    """A fresh build id; on the cluster, the builds of successive tests take turns among the
+    masters, the one named in the URL and the others (which a plain client gets MOVED from)."""
+    backend = getattr(request.node, "callspec", None)
+    if backend is None or backend.params.get("queue_url") != "redis-cluster":
+        return f"build-{uuid.uuid4().hex[:12]}"
+    cluster = request.getfixturevalue("redis_cluster")
+    return cluster.build_on(cluster.ports[next(_builds_made) % len(cluster.ports)])
 
 
 @pytest.fixture

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import FakeClock, RedisServer, TlsRedis, free_port, require_redis_server
+from conftest import (
+    FakeClock,
+    RedisCluster,
+    RedisServer,
+    TlsRedis,
+    free_port,
+    require_redis_server,
+)
 from redis_proxy import CLOSE, SILENCE, ReplyDroppingProxy
 
-from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable
+from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable, QueueURLError
 from conveyor.queue import open_queue
 from conveyor.queue.protocol import (
     EVENT_UNIT_CRASHED,
@@ -339,3 +346,59 @@ def test_a_lost_reply_to_reserve_leaks_no_lease(
         assert (status.leased, status.pending) == (2, 2)
         assert queue.reservations("gw0") == list(reservation.leases)
         queue.close()
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis"])
+def test_a_cluster_serves_builds_whose_slots_live_on_any_node(
+    redis_cluster: RedisCluster, scheme: str
+) -> None:
+    """The URL names one node; builds (and timing histories) whose slots live on every master
+    work, through redis+cluster:// and through a redis:// URL recognised as a cluster's."""
+    seed = redis_cluster.ports[0]
+    for port in redis_cluster.ports:
+        build = redis_cluster.build_on(port)
+        queue = open_queue(f"{scheme}://127.0.0.1:{seed}/0", build)
+        assert queue.populate("gw0", units(3), {}) is True
+        leases = queue.reserve("gw0", 3).leases
+        assert queue.heartbeat("gw0", [lease.unit for lease in leases]) == 3
+        queue.complete("gw0", [(lease.unit, {"outcome": "passed"}) for lease in leases])
+        assert queue.status().finished
+        assert [event.kind for event in queue.events(0)][-1] == "finished"
+        suite = "suite"
+        while redis_cluster.port_of_key("conveyor:history:{" + suite + "}") == port:
+            suite += "x"
+        history = queue.history(suite)  # type: ignore[attr-defined]
+        history.record({units(3)[0]: 1.5})
+        assert history.load()[units(3)[0]] > 0
+        queue.close()
+        for node in redis_cluster.ports:  # one hash tag: every key of the build on one master
+            found = redis_cluster.cli(node, "KEYS", f"conveyor:{{{build}}}:*").split()
+            assert bool(found) == (node == port), (node, port, found)
+
+
+def test_cluster_urls_that_cannot_work_say_why(
+    redis_cluster: RedisCluster, redis_server: RedisServer, build_id: str
+) -> None:
+    port = redis_cluster.ports[0]
+    with pytest.raises(QueueURLError, match="not part of one"):
+        open_queue(f"redis+cluster://127.0.0.1:{redis_server.port}/0", build_id)
+    with pytest.raises(QueueURLError, match="only database 0"):
+        open_queue(f"redis+cluster://127.0.0.1:{port}/3", build_id)
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable, match="cannot reach the Redis Cluster") as caught:
+        RedisQueue.from_url(f"redis+cluster://:s3cr3t@127.0.0.1:{free_port()}/0", "b", retry=QUICK)
+    assert time.monotonic() - started < 10
+    assert "s3cr3t" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_a_plain_client_sent_elsewhere_by_a_cluster_says_to_use_the_cluster_scheme(
+    redis_cluster: RedisCluster,
+) -> None:
+    """A user that may not run INFO cannot be told to be on a cluster in advance; the MOVED
+    reply then becomes a message that says what to write, not a traceback."""
+    seed, elsewhere, _ = redis_cluster.ports
+    redis_cluster.cli(seed, "ACL", "SETUSER", "no-info", "on", ">pw", "~*", "+@all", "-info")
+    queue = open_queue(f"redis://no-info:pw@127.0.0.1:{seed}/0", redis_cluster.build_on(elsewhere))
+    with pytest.raises(QueueUnavailable, match=r"redis\+cluster://host:port"):
+        queue.manifest()
+    queue.close()

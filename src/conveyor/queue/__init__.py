@@ -13,7 +13,10 @@ from conveyor.queue.protocol import Queue
 
 __all__ = ["QUEUE_ENV", "Queue", "check_url", "mask_url", "open_queue", "queue_from_env", "scrub"]
 
-SUPPORTED = "sqlite:///path/to/queue.db, redis://[user:password@]host:port/db, rediss://… or unix:///path/redis.sock"
+SUPPORTED = (
+    "sqlite:///path/to/queue.db, redis://[user:password@]host:port/db, rediss://…, "
+    "unix:///path/redis.sock, or redis+cluster://host:port (rediss+cluster://…) for a Redis Cluster"
+)
 # The queue URL may come from this environment variable instead of --queue, so that a password
 # in it is not in any process's argv (which every user of the machine can read).
 QUEUE_ENV = "CONVEYOR_QUEUE"
@@ -77,7 +80,7 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-KNOWN_SCHEMES = ("sqlite", "redis", "rediss", "unix")
+KNOWN_SCHEMES = ("sqlite", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 def _scheme(url: str) -> str:

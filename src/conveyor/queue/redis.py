@@ -1,23 +1,27 @@
 """The distributed queue: one Redis (or Valkey) shared by the workers of a build on many machines.
 
 Every operation is one Lua script from `redis_scripts/`, so it is atomic on the server, and every
-key of a build carries the `{build}` hash tag, so a Redis Cluster keeps them in one slot. The
-caller's clock travels in the script arguments: lease deadlines are data, and tests move time by
-hand. Redis may lose a build (restart without persistence, FLUSHALL, eviction, expiry); then every
-operation that needs the build raises BuildStateLost instead of quietly starting an empty one.
+key of a build carries the `{build}` hash tag, so a Redis Cluster keeps them in one slot and a
+script may use them together. A cluster is reached through redis-py's cluster client, which
+follows the slot map (MOVED, failovers): chosen by the redis+cluster:// (rediss+cluster://)
+scheme, or when a redis:// URL turns out to name a node of a cluster. The caller's clock travels
+in the script arguments: lease deadlines are data, and tests move time by hand. Redis may lose a
+build (restart without persistence, FLUSHALL, eviction, expiry); then every operation that needs
+the build raises BuildStateLost instead of quietly starting an empty one.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from conveyor.errors import BuildStateLost, QueueError, QueueUnavailable, QueueURLError
@@ -42,8 +46,11 @@ from conveyor.queue.protocol import (
 
 if TYPE_CHECKING:
     import redis
+    import redis.cluster
 
 T = TypeVar("T")
+# A plain client, or redis-py's cluster client (which speaks to every node of a cluster).
+Client: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
 ScriptArg = str | int | float
 # The client decodes replies (decode_responses=True); redis-py's types do not know that.
 Strings = list[str]
@@ -54,6 +61,12 @@ CONNECT_TIMEOUT_S = 2.0
 # Long enough for populate with a very large manifest, which runs in one script.
 SOCKET_TIMEOUT_S = 30.0
 INSTALL_HINT = "Install Redis support with: pip install 'conveyor[redis]'"
+# Schemes of a Redis Cluster: any one node's address; the client discovers the others.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+CLUSTER_HINT = (
+    "Check that the cluster's nodes run and are reachable from this machine (host, port, "
+    "firewall) and that `redis-cli -p PORT cluster info` says cluster_state:ok."
+)
 
 # Order matters: it is the KEYS[1..12] layout every write script expects (see _lib.lua).
 BUILD_KEYS = (
@@ -155,7 +168,7 @@ class RedisQueue:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         build: str,
         *,
         display_url: str,
@@ -199,10 +212,16 @@ class RedisQueue:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
     ) -> RedisQueue:
-        """Connect to `url` (redis://, rediss://, unix://) and PING it, so a wrong URL fails here
-        rather than halfway through a build. TLS files may also come as URL query parameters."""
+        """Connect to `url` (redis://, rediss://, unix://, or redis+cluster:// and
+        rediss+cluster:// for a Redis Cluster) and PING it, so a wrong URL fails here rather
+        than halfway through a build. A redis:// or rediss:// URL that names a node of a cluster
+        is served as the cluster. TLS files may also come as URL query parameters."""
         redis = _import_redis()
         display_url = mask_url(url)
+        scheme = url.split(":", 1)[0].lower()
+        cluster = scheme in CLUSTER_SCHEMES
+        # redis-py's clients know redis:// and rediss:// only.
+        server_url = scheme.removesuffix("+cluster") + url[len(scheme) :] if cluster else url
         tls = {
             name: value
             for name, value in (
@@ -212,22 +231,26 @@ class RedisQueue:
             )
             if value is not None
         }
-        if tls and not url.lower().startswith("rediss://"):
+        if tls and not server_url.lower().startswith("rediss://"):
             raise QueueURLError(
                 f"TLS options ({', '.join(tls)}) were given for the queue {display_url}, which "
                 "does not use TLS; write the URL as rediss://host:port/db."
             )
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+            # RedisQueue retries whole operations itself (see _run); retrying inside redis-py
+            # as well would multiply the waits.
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+            **tls,
+        }
+        client: Client
         try:
-            client = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                # RedisQueue retries whole operations itself (see _run); retrying inside
-                # redis-py as well would multiply the waits.
-                retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-                **tls,
-            )
+            if cluster:
+                client = _cluster_client(server_url, options, display_url, retry)
+            else:
+                client = redis.Redis.from_url(server_url, **options)
         except (ValueError, TypeError) as exc:
             raise QueueURLError(
                 f"the queue URL {display_url} is not a valid Redis URL ({scrub(str(exc), url)}); "
@@ -245,10 +268,34 @@ class RedisQueue:
                 retry=retry,
             )
             queue._run("connect", client.ping)
+            if not cluster and scheme != "unix" and queue._run("connect", queue._in_cluster):
+                # One node of a cluster holds only its own slots: every build whose slot lives
+                # on another node would be answered MOVED. Serve it as the cluster it is.
+                _close(client)
+                return cls.from_url(
+                    f"{scheme}+cluster{url[len(scheme) :]}",
+                    build,
+                    lease_ttl_s=lease_ttl_s,
+                    clock=clock,
+                    ttl_s=ttl_s,
+                    retry=retry,
+                    ssl_ca_certs=ssl_ca_certs,
+                    ssl_certfile=ssl_certfile,
+                    ssl_keyfile=ssl_keyfile,
+                )
         except BaseException:
-            client.close()
+            _close(client)
             raise
         return queue
+
+    def _in_cluster(self) -> bool:
+        """Whether the server is a node of a Redis Cluster (INFO says cluster_enabled:1). A
+        server that refuses INFO (an ACL without it) is taken for a plain one."""
+        try:
+            info = self._client.info("cluster")
+        except self._redis.ResponseError:
+            return False
+        return str(info.get("cluster_enabled", "0")) == "1"
 
     # -- talking to Redis -----------------------------------------------------------------
 
@@ -263,8 +310,18 @@ class RedisQueue:
         complete keeps the first result and reports it as a duplicate; a repeated populate
         answers False, and the caller checks the digest like any follower; a repeated requeue
         spends the unit's budget twice (at worst it answers REQUEUE_REFUSED and the failure is
-        kept as the result); a repeated join, release or publish appends its event twice."""
+        kept as the result); a repeated join, release or publish appends its event twice.
+
+        On a cluster, redis-py's client follows MOVED and ASK itself; a cluster that is down or
+        has a slot nobody serves for a moment (a failover) is ridden out like a lost connection."""
         redis = self._redis
+        exceptions = redis.exceptions
+        transient = (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            exceptions.ClusterDownError,
+            exceptions.SlotNotCoveredError,
+        )
         started = time.monotonic()
         delays = self._retry.delays_s()
         tries = 0
@@ -278,20 +335,27 @@ class RedisQueue:
                     f"URL {self.display_url}: the password (or user name) is wrong or missing "
                     f"({exc}). Fix the user:password part of the URL."
                 ) from None
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except transient as exc:
                 if not delays:
                     raise QueueUnavailable(
                         f"cannot reach the Redis queue {self.display_url} to {what}: {exc} "
                         f"(tried {tries} times over {time.monotonic() - started:.1f}s). Check "
                         "that redis-server is running there and reachable from this machine "
-                        "(host, port, firewall), and for rediss:// the TLS certificates."
+                        "(host, port, firewall), for rediss:// the TLS certificates, and for a "
+                        "cluster that every master is up (cluster_state:ok)."
                     ) from None
                 time.sleep(delays.pop(0))
+            except exceptions.AskError as exc:  # MovedError too: a plain client on a cluster
+                raise QueueUnavailable(
+                    f"the Redis queue {self.display_url} is one node of a Redis Cluster and "
+                    f"sent conveyor to another ({exc}) to {what}; write the URL as "
+                    "redis+cluster://host:port so that conveyor uses the whole cluster."
+                ) from None
             except redis.ResponseError as exc:
                 if not (str(exc).startswith("BUSY ") and delays):
                     raise self._translate(what, exc) from None
                 time.sleep(delays.pop(0))
-            except redis.RedisError as exc:
+            except (redis.RedisError, exceptions.RedisClusterException) as exc:
                 raise QueueError(
                     f"the Redis queue {self.display_url} failed to {what}: {exc}"
                 ) from None
@@ -334,7 +398,7 @@ class RedisQueue:
         return RedisHistory(self._client, "conveyor:history:{" + suite + "}", run=self._run)
 
     def close(self) -> None:
-        self._client.close()
+        _close(self._client)
 
     # -- protocol -------------------------------------------------------------------------
 
@@ -533,6 +597,62 @@ class RedisQueue:
             Strings, self._run("read reservations", lambda: self._client.lrange(key, 0, -1))
         )
         return [Lease(unit, int(attempt)) for unit, attempt in _pairs(flat)]
+
+
+def _close(client: Client) -> None:
+    """Close a client and its sockets. The cluster client's close leaves each node's connection
+    pool open (redis-py made those pools itself), so they are disconnected here."""
+    nodes = client.get_nodes() if hasattr(client, "get_nodes") else []
+    client.close()
+    for node in nodes:
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+
+
+def _cluster_client(
+    url: str, options: Mapping[str, Any], display_url: str, retry: RetryPolicy
+) -> redis.cluster.RedisCluster:
+    """redis-py's cluster client for `url` (redis:// or rediss://, any node of the cluster).
+    It reads the slot map when it is made, so an unreachable cluster is retried here."""
+    redis = _import_redis()
+    from redis.cluster import RedisCluster
+
+    delays = retry.delays_s()
+    started = time.monotonic()
+    while True:
+        try:
+            return RedisCluster.from_url(url, **options)
+        except redis.AuthenticationError as exc:
+            raise QueueURLError(
+                f"the Redis Cluster at {_where(display_url)} refused the credentials of the "
+                f"queue URL {display_url}: the password (or user name) is wrong or missing "
+                f"({scrub(str(exc), url)}). Fix the user:password part of the URL."
+            ) from None
+        except (redis.exceptions.RedisClusterException, redis.RedisError) as exc:
+            message = scrub(str(exc), url)
+            if "not enabled" in message:
+                raise QueueURLError(
+                    f"the queue URL {display_url} names a Redis Cluster, but the server at "
+                    f"{_where(display_url)} is not part of one ({message}); write the URL as "
+                    "redis://host:port/db."
+                ) from None
+            if "``db``" in message or "db" in message.split():
+                raise QueueURLError(
+                    f"the queue URL {display_url} names a database other than 0, and a Redis "
+                    "Cluster has only database 0; write it as redis+cluster://host:port/0."
+                ) from None
+            if re.search(r"auth|password", message, re.IGNORECASE):
+                raise QueueURLError(
+                    f"the Redis Cluster at {_where(display_url)} refused the credentials of "
+                    f"the queue URL {display_url} ({message}). Fix the user:password part of "
+                    "the URL."
+                ) from None
+            if not delays:
+                raise QueueUnavailable(
+                    f"cannot reach the Redis Cluster queue {display_url}: {message} (tried "
+                    f"over {time.monotonic() - started:.1f}s). {CLUSTER_HINT}"
+                ) from None
+            time.sleep(delays.pop(0))
 
 
 def _pairs(flat: Sequence[str]) -> list[tuple[str, str]]:
