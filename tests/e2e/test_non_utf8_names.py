@@ -32,7 +32,7 @@ def run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_a_test_file_whose_name_is_not_utf8_runs_and_reports(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
@@ -58,7 +58,7 @@ def test_a_test_file_whose_name_is_not_utf8_runs_and_reports(
         assert line in ours.stdout
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_queues_carry_surrogate_escaped_ids_unchanged(
     tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:

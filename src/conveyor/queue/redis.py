@@ -238,6 +238,9 @@ class RedisQueue:
             )
         options: dict[str, Any] = {
             "decode_responses": True,
+            # A test id may hold lone surrogates (a test file whose name is not UTF-8, decoded
+            # with surrogate escapes): it travels as its original bytes and comes back unchanged.
+            "encoding_errors": "surrogateescape",
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
             "socket_timeout": SOCKET_TIMEOUT_S,
             # RedisQueue retries whole operations itself (see _run); retrying inside redis-py
