@@ -217,7 +217,7 @@ class Supervisor:
             # A session of its own: Ctrl-C in the terminal reaches the controller only, which
             # then stops the build in order instead of every process dying mid-write.
             slot.process = subprocess.Popen(
-                [sys.executable, "-m", self._worker_module(), *self.pytest_args],
+                [sys.executable, "-m", self._worker_module(), *self._worker_args()],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -225,6 +225,15 @@ class Supervisor:
                 start_new_session=True,
             )
         slot.state = "running"
+
+    def _worker_args(self) -> list[str]:
+        """A pytest worker runs without pytest-xdist's plugin: it is no xdist worker, and plugins
+        that would reach a controller over xdist's side channels (pytest-rerunfailures' socket
+        on the controller's machine) keep their state in the worker instead. What plugins need
+        from the controller comes through the queue (conveyor.xdist_compat)."""
+        if self.command:
+            return list(self.pytest_args)
+        return ["-p", "no:xdist", *self.pytest_args]
 
     def _worker_module(self) -> str:
         return "conveyor.command" if self.command else "conveyor.worker"

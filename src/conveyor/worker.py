@@ -46,6 +46,7 @@ from conveyor.watchdog import Watchdog
 from conveyor.xdist_compat import (
     WorkerInput,
     adopt_protocol,
+    ensure_hookspecs,
     keep_xdist_out,
     publish_output,
     wait_for_input,
@@ -331,6 +332,7 @@ class WorkerPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
+        ensure_hookspecs(config.pluginmanager)  # xdist is turned off in workers
         forward_rerun_reports(config.pluginmanager)
         # The controller prints everything; a worker's own terminal output (progress, the
         # summary of its share of tests) would only cost time. A silent stand-in keeps the
