@@ -126,7 +126,7 @@ def test_flaky_test_fails_without_retries(pytester: pytest.Pytester) -> None:
     result = run_conveyor(pytester, "-n", "2")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*1 failed, 1 passed*"])
-    assert "rerun" not in result.stdout.str()
+    assert "rerun" not in result.outlines[-1] and "RERUN" not in result.stdout.str()
 
 
 def test_retry_on_filters_by_exception(pytester: pytest.Pytester) -> None:
@@ -328,7 +328,7 @@ def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) 
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
-            "*Timeout: worker gw? was stopped: the test ran longer than 1?.? s "
+            "*Timeout: worker gw? was stopped: the test ran longer than 1* s "
             "(automatic, from timing history)*",
             "*1 failed, 1 passed*",
         ]
