@@ -31,7 +31,7 @@ from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, qu
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
 from conveyor.timeline import write_html
-from conveyor.worker import WorkerSettings
+from conveyor.worker_settings import WorkerSettings
 
 USAGE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]

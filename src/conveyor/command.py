@@ -37,16 +37,14 @@ from conveyor.environment import take_settings
 from conveyor.errors import BuildStateLost, CollectionMismatch, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store
 from conveyor.scheduling import order_units
-from conveyor.worker import (
+from conveyor.vocabulary import (
     EVENT_WORKER_ERROR,
     EXIT_DONE,
     EXIT_ORPHANED,
     EXIT_REFUSED,
     EXIT_STATE_LOST,
-    StatusFile,
-    WorkerSettings,
-    run_worker_setup,
 )
+from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
 
 PLACEHOLDER = re.compile(r"\{(unit|junit|junit_dir|worker)\}")
 # With --shell a placeholder becomes a reference to one of these variables, never its value.

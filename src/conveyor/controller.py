@@ -46,7 +46,7 @@ from conveyor.reports import (
 )
 from conveyor.scheduling import estimate
 from conveyor.supervisor import Supervisor
-from conveyor.worker import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
+from conveyor.vocabulary import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
 from conveyor.xdist_compat import (
     ControllerNodes,
     adopt_protocol,

@@ -27,14 +27,14 @@ from conveyor.queue import Queue
 
 if TYPE_CHECKING:
     from conveyor.command import CommandSettings
-from conveyor.worker import (
+from conveyor.vocabulary import (
     EXIT_DONE,
     EXIT_REFUSED,
     EXIT_SETUP_FAILED,
     EXIT_STATE_LOST,
     TIMEOUT_HEADER,
-    WorkerSettings,
 )
+from conveyor.worker_settings import WorkerSettings
 
 POLL_INTERVAL_S = 0.05
 STDERR_TAIL_LINES = 30

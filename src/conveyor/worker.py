@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import json
 import os
 import secrets
 import socket
@@ -19,7 +18,6 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pytest
@@ -29,7 +27,6 @@ from conveyor.compat import forward_rerun_reports, settle_outcome
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
-from conveyor.hooks import run_shell
 from conveyor.lease_stream import LeaseStream
 from conveyor.payload import cap_report
 from conveyor.queue import Queue, open_queue
@@ -42,7 +39,17 @@ from conveyor.queue.protocol import (
     collection_digest,
 )
 from conveyor.scheduling import plan, range_keys, scope_of
+from conveyor.vocabulary import (
+    EVENT_WORKER_ERROR,
+    EVENT_WORKER_REFUSED,
+    EXIT_DONE,
+    EXIT_ORPHANED,
+    EXIT_REFUSED,
+    EXIT_STATE_LOST,
+    TIMEOUT_HEADER,
+)
 from conveyor.watchdog import Watchdog
+from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
 from conveyor.xdist_compat import (
     WorkerInput,
     adopt_protocol,
@@ -52,24 +59,10 @@ from conveyor.xdist_compat import (
     wait_for_input,
 )
 
-# Exit codes of a worker process, read by the supervisor. Test failures are not worker
-# failures: the controller owns the build's exit status.
-EXIT_DONE = 0
-EXIT_REFUSED = 17  # collection differs from the manifest; restarting would not help
-EXIT_ORPHANED = 18  # the supervisor went away
-EXIT_STATE_LOST = 19  # the build vanished from the queue; restarting would re-create it
-EXIT_SETUP_FAILED = 20  # --worker-setup failed; restarting would fail the same way
-
-# Event kinds a worker publishes besides results.
-EVENT_WORKER_REFUSED = "worker_refused"
-EVENT_WORKER_ERROR = "worker_error"
-EVENT_SESSION_WARNING = "session_warning"
-
 # Without --test-timeout, a test with timing history is stopped after this long: generous
 # enough for a slow machine, short enough that a hung test does not hold the build for hours.
 AUTO_TIMEOUT_BASE_S = 10.0
 AUTO_TIMEOUT_FACTOR = 10.0  # a loaded CI machine can run a test several times slower
-TIMEOUT_HEADER = "conveyor-timeout"
 
 # Results are sent in batches: at most this many, or after this long.
 FLUSH_MAX_RESULTS = 64
@@ -79,56 +72,6 @@ BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
 AFFINITY_TARGET_S = 2.0  # work of a module's run kept together when nothing else says so
 GIVE_BACK_AFTER_S = 0.5  # without history, a test this slow hands the rest of its run back
 WAIT_POLL_S = 0.05
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What the supervisor tells a worker process (through one environment variable)."""
-
-    queue_url: str
-    build: str
-    worker_id: str
-    worker_count: int
-    lease_ttl_s: float = 30.0
-    max_unit_crashes: int = 2
-    status_file: str | None = None
-    timeout_file: str | None = None
-    supervisor_pid: int | None = None
-    start_timeout_s: float = 600.0
-    test_timeout_s: float | None = None  # None: automatic from history; 0: none
-    max_requeues: int = 0
-    requeue_tolerance: float = -1.0
-    retry_on: tuple[str, ...] = ()
-    order: str = "slowest"
-    grouping: str = "module"
-    seed: int = 0
-    history: str = "cache"  # "cache", "redis:<suite>" or "off"
-    build_ttl_s: float | None = None
-    worker_setup: str | None = None
-    check_only: bool = False  # compare collection and code with the build's, then leave
-    own_controller: bool = True  # a controller on this machine publishes the plugins' input
-
-    def to_env(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls, raw: str) -> WorkerSettings:
-        fields = json.loads(raw)
-        fields["retry_on"] = tuple(fields.get("retry_on", ()))
-        return cls(**fields)
-
-
-class StatusFile:
-    """A tiny file the supervisor reads after a crash to learn which test was running."""
-
-    def __init__(self, path: str | None) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else None
-
-    def write(self, state: str) -> None:
-        if self._fd is not None:
-            data = state.encode("utf-8", "surrogatepass")
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, data, 0)
 
 
 def serialize_warning(message: warnings.WarningMessage, when: str, nodeid: str) -> JSON:
@@ -807,21 +750,6 @@ def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[
         "arguments, and make collection deterministic (no random or time-based parametrize)."
     )
     return " ".join(parts)
-
-
-def run_worker_setup(settings: WorkerSettings) -> int | None:
-    """--worker-setup: once per worker process, before it collects, with its id in the
-    environment (CONVEYOR_WORKER). None when it succeeded (or there is none), else the exit
-    code for the process; its output goes to the worker's log, which the report shows."""
-    if not settings.worker_setup:
-        return None
-    code, output = run_shell(settings.worker_setup)
-    if code == 0:
-        return None
-    sys.stderr.write(output)
-    sys.stderr.write(f"conveyor: --worker-setup exited with code {code}\n")
-    sys.stderr.flush()
-    return EXIT_SETUP_FAILED
 
 
 def main() -> int:
