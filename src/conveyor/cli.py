@@ -31,6 +31,7 @@ from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, qu
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
 from conveyor.timeline import write_html
+from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
 
 USAGE = """\
@@ -660,6 +661,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     forget_outer_worker()  # a conveyor started by a test starts as if from a shell
+    trace_configure()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")

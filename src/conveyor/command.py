@@ -37,6 +37,7 @@ from conveyor.environment import take_settings
 from conveyor.errors import BuildStateLost, CollectionMismatch, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store
 from conveyor.scheduling import order_units
+from conveyor.trace import configure as trace_configure
 from conveyor.vocabulary import (
     EVENT_WORKER_ERROR,
     EXIT_DONE,
@@ -440,6 +441,7 @@ def work(settings: CommandSettings, common: WorkerSettings) -> int:
 
 def main() -> int:
     """Entry point of a command worker process: `python -m conveyor.command`."""
+    trace_configure()  # before pytest captures descriptor 2
     raw = take_settings()
     if raw is None:
         print(

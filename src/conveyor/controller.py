@@ -178,7 +178,11 @@ class ControllerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
         config = session.config
-        manifest = self._wait_for_manifest()
+        try:
+            manifest = self._wait_for_manifest()
+        except QueueError as exc:
+            self._stop_local_workers()
+            pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         self.manifest = manifest
         meta = manifest.meta
         hook = config.hook
@@ -287,7 +291,7 @@ class ControllerPlugin:
         try:
             with self._live_progress(session):
                 self._follow_build(session)
-        except BuildStateLost as exc:
+        except QueueError as exc:  # the build lost, or the queue unusable mid-build
             self._stop_local_workers()
             pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
         except KeyboardInterrupt:

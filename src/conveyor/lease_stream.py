@@ -19,6 +19,9 @@ from typing import Final
 
 from conveyor.queue import Queue
 from conveyor.queue.protocol import EXHAUSTED, LEASED, Lease
+from conveyor.trace import event
+
+trace = event("leases")
 
 WAIT_POLL_S = 0.05
 
@@ -109,6 +112,7 @@ class LeaseStream:
                 except Exception as exc:  # re-raised by raise_deferred, outside the test
                     self._deferred = exc
             self._promise = self._hand[0] if self._hand else None
+            trace("promised next: %s", self._promise.unit if self._promise else None)
         return self._promise
 
     def raise_deferred(self) -> None:

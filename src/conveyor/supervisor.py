@@ -27,6 +27,7 @@ from conveyor.queue import Queue
 
 if TYPE_CHECKING:
     from conveyor.command import CommandSettings
+from conveyor.trace import event
 from conveyor.vocabulary import (
     EXIT_DONE,
     EXIT_REFUSED,
@@ -37,6 +38,7 @@ from conveyor.vocabulary import (
 from conveyor.worker_settings import WorkerSettings
 
 POLL_INTERVAL_S = 0.05
+trace = event("supervisor")
 STDERR_TAIL_LINES = 30
 TERMINATE_GRACE_S = 5.0
 STRAGGLER_WAIT_S = 30.0
@@ -225,6 +227,7 @@ class Supervisor:
                 start_new_session=True,
             )
         slot.state = "running"
+        trace("spawned %s (incarnation %d) pid=%d", slot.name, slot.incarnation, slot.process.pid)
 
     def _worker_args(self) -> list[str]:
         """A pytest worker runs without pytest-xdist's plugin: it is no xdist worker, and plugins
@@ -248,6 +251,7 @@ class Supervisor:
                         self._on_exit(slot, slot.process.returncode)
 
     def _on_exit(self, slot: WorkerProcess, returncode: int) -> None:
+        trace("%s exited with %d, status %r", slot.name, returncode, slot.status())
         if returncode == EXIT_DONE and slot.status() == "done":
             slot.state = "done"
             return

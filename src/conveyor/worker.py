@@ -39,6 +39,8 @@ from conveyor.queue.protocol import (
     collection_digest,
 )
 from conveyor.scheduling import plan, range_keys, scope_of
+from conveyor.trace import configure as trace_configure
+from conveyor.trace import event
 from conveyor.vocabulary import (
     EVENT_WORKER_ERROR,
     EVENT_WORKER_REFUSED,
@@ -72,6 +74,7 @@ BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
 AFFINITY_TARGET_S = 2.0  # work of a module's run kept together when nothing else says so
 GIVE_BACK_AFTER_S = 0.5  # without history, a test this slow hands the rest of its run back
 WAIT_POLL_S = 0.05
+trace = event("worker")
 
 
 def serialize_warning(message: warnings.WarningMessage, when: str, nodeid: str) -> JSON:
@@ -398,6 +401,7 @@ class WorkerPlugin:
         try:
             queue.join(settings.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
             self.joined = True
+            trace("%s joined build %s", settings.worker_id, settings.build)
             self.status.write("joined")
             heartbeat.start()
             manifest = queue.manifest()
@@ -415,6 +419,7 @@ class WorkerPlugin:
         finally:
             heartbeat.stop()
         queue.publish(EVENT_WORKER_LEFT, settings.worker_id, {"reason": "no more work"})
+        trace("%s finished: no more work", settings.worker_id)
         self.finished_normally = True
         self.status.write("done")
         return True
@@ -758,6 +763,7 @@ def main() -> int:
     # imports must resolve exactly as they would in a plain run.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
+    trace_configure()  # before pytest captures descriptor 2
     raw = take_settings()
     mark_worker_process()
     if raw is None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import assert_same_verdict, junit_outcomes, run_conveyor
@@ -269,7 +270,7 @@ def test_a_property_json_cannot_carry_is_reported_as_plain_pytest_writes_it(
     assert ours.ret == 0
     xml = (pytester.path / "conveyor.xml").read_text()
     assert 'name="when" value="2026-01-02 03:04:05"' in xml
-    assert "name=\"tags\" value=\"{'only'}\"" in xml
+    assert 'name="tags" value="{\'only\'}"' in xml
 
 
 def test_huge_test_output_is_cut_to_its_head_and_tail(pytester: pytest.Pytester) -> None:
@@ -288,3 +289,50 @@ def test_huge_test_output_is_cut_to_its_head_and_tail(pytester: pytest.Pytester)
     assert "HEAD" in text and "TAIL" in text
     assert "characters of this output were cut" in text
     assert len(text) < 2_500_000
+
+
+def test_a_queue_file_destroyed_mid_build_is_a_clear_error_not_an_internal_one(
+    pytester: pytest.Pytester,
+) -> None:
+    started = pytester.path / "started"
+    first = (
+        "import pathlib, time\n\n"
+        f"def test_first():\n    pathlib.Path({str(started)!r}).write_text('yes')\n"
+        "    time.sleep(1)\n\n"
+    )
+    later = "".join(f"def test_{i}():\n    time.sleep(0.2)\n\n" for i in range(10))
+    pytester.makepyfile(test_slow=first + later)
+    queue = pytester.path / "q.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "run", "-n", "1", "-p", "no:cacheprovider",
+         "--queue", f"sqlite://{queue}", "--build", "GONE"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # Overwritten in place (another program writing there): every process sees garbage.
+    for suffix in ("", "-wal"):
+        with Path(f"{queue}{suffix}").open("r+b") as handle:
+            handle.write(b"not a database at all" * 100)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 3, output
+    assert "INTERNALERROR" not in output and "Traceback" not in output, output
+    assert "conveyor:" in output
+
+
+def test_conveyor_debug_traces_queue_operations_and_worker_lives(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_DEBUG", "1")
+    pytester.makepyfile(test_two="def test_a(): pass\ndef test_b(): pass")
+    result = run_conveyor(pytester, "-n", "1", "--worker-logs", "logs")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*2 passed*"])
+    assert "conveyor-trace" not in result.stdout.str()  # user-facing output unchanged
+    controller = result.stderr.str()
+    assert "conveyor-trace" in controller and "conveyor.queue events(" in controller
+    worker = (pytester.path / "logs" / "gw0.log").read_text()
+    for expected in ("conveyor.queue reserve(", "conveyor.worker gw0 joined", "promised next"):
+        assert expected in worker, worker

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 from conveyor.errors import QueueURLError
 from conveyor.queue.protocol import Queue
+from conveyor.trace import traced_queue
 
 __all__ = ["QUEUE_ENV", "Queue", "check_url", "mask_url", "open_queue", "queue_from_env", "scrub"]
 
@@ -135,9 +136,13 @@ def open_queue(
     if scheme == "sqlite":
         from conveyor.queue.sqlite import SQLiteQueue
 
-        return SQLiteQueue(sqlite_path(url), build, lease_ttl_s=lease_ttl_s, clock=clock)
+        return traced_queue(
+            SQLiteQueue(sqlite_path(url), build, lease_ttl_s=lease_ttl_s, clock=clock)
+        )
     from conveyor.queue.redis import RedisQueue
 
     if build_ttl_s is None:
-        return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock)
-    return RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock, ttl_s=build_ttl_s)
+        return traced_queue(RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock))
+    return traced_queue(
+        RedisQueue.from_url(url, build, lease_ttl_s=lease_ttl_s, clock=clock, ttl_s=build_ttl_s)
+    )
