@@ -65,7 +65,7 @@ class ProjectResult:
     plain_wall_s: float
     plain_counts: dict[str, int]
     plain_summary: str
-    baseline: dict[str, int]
+    baseline: str
     modes: dict[str, Compared]
     error: str = ""
 
@@ -146,7 +146,7 @@ def run_project(
         reference.wall_s,
         counts(plain_process.cases),
         plain_process.summary,
-        dict(pin.baseline),
+        pin.baseline,
         {},
     )
     for mode in modes:
@@ -252,15 +252,12 @@ def difference_lines(results: list[ProjectResult]) -> list[str]:
 
 def baseline_lines(results: list[ProjectResult]) -> list[str]:
     """Projects whose plain-pytest counts moved away from the pinned ones."""
-    lines = []
-    for result in results:
-        if result.error or result.plain_counts == result.baseline:
-            continue
-        lines.append(
-            f"{result.project}: plain pytest gave {result.plain_counts} (rc {result.plain_exit}),"
-            f" pinned baseline {result.baseline or '(none)'}"
-        )
-    return lines
+    return [
+        f"{result.project}: plain pytest said '{result.plain_summary}' (rc {result.plain_exit}),"
+        f" pinned '{result.baseline or '(none)'}'"
+        for result in results
+        if not result.error and result.plain_summary != result.baseline
+    ]
 
 
 @contextmanager
@@ -280,7 +277,7 @@ def _safe_run(pin: Pin, options: Options, scratch: Path, url: str | None) -> Pro
         return run_project(pin, options.modes, scratch, url)
     except Exception as exc:  # one broken install must not lose the other projects' results
         _progress(f"[{pin.key}] failed: {exc}")
-        return ProjectResult(pin.key, 0, -1, 0.0, {}, "", dict(pin.baseline), {}, str(exc))
+        return ProjectResult(pin.key, 0, -1, 0.0, {}, "", pin.baseline, {}, str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,8 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = results_table(results, options.modes)
     print(table.markdown() if options.markdown else table.text())
     report = difference_lines(results)
-    print("\nDifferences:" if report else "\nNo differences.")
-    print("\n".join(report))
+    print("\nDifferences:\n" + "\n".join(report) if report else "\nNo differences.")
     moved = baseline_lines(results)
     if moved:
         print("\nPlain pytest no longer matches the pinned baseline:\n" + "\n".join(moved))

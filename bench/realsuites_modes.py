@@ -135,7 +135,8 @@ def xdist(ctx: Context) -> ModeRun:
 
 
 def _sqlite(ctx: Context, name: str, cache: str, workers: int) -> Process:
-    queue = ["--queue", f"sqlite:///{ctx.workdir / name}.db"]
+    # a known build id, so that `conveyor replay`/`bisect` can read a kept queue file
+    queue = ["--queue", f"sqlite:///{ctx.workdir / name}.db", "--build", f"realsuites-{name}"]
     return _process(ctx, name, _conveyor(ctx, workers), [*queue, *_cache(ctx, cache)])
 
 
