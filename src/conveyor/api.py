@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.compat import report_to_json
 from conveyor.errors import CollectionMismatch, QueueError
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
@@ -111,9 +112,7 @@ def _report_json(nodeid: str, outcome: str, duration_s: float, message: str, out
         sections=[("Captured output", output)] if output else [],
         duration=duration_s,
     )
-    data: JSON = report._to_json()
-    data["$report_type"] = "TestReport"  # what pytest_report_to_serializable adds
-    return data
+    return report_to_json(report)
 
 
 def result_payload(unit: str, result: Result, attempt: int, started: float) -> JSON:

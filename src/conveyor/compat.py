@@ -3,10 +3,13 @@ what it relies on, so a new pytest version has one module to check."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import io
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from _pytest import junitxml
 
 SUBTEST_REPORT_TYPE = "SubTestReport"  # _pytest.subtests.SubtestReport._to_json's marker
 
@@ -67,3 +70,106 @@ def add_short_option(group: Any, short: str, long: str, **attrs: Any) -> None:
     `-n` is pytest-xdist's, added through the group's private `_addoption` as xdist does, and
     conveyor adds it only where xdist is not installed."""
     group._addoption(short, long, **attrs)
+
+
+class SilentReporter:
+    """Stands in for pytest's terminal reporter in a worker: the same writing methods, writing
+    nothing, and a terminal writer (`_tw`, which `config.get_terminal_writer()` returns and
+    plugins write on) that writes to the worker's log. Relies on pytest finding the reporter
+    as the "terminalreporter" plugin and reading only these attributes of it."""
+
+    def __init__(self, config: pytest.Config, writer: Any) -> None:
+        self.config = config
+        self._tw = writer
+        self.stats: dict[str, list[Any]] = {}
+        self.verbosity = config.option.verbose
+        self.isatty = False
+
+    def _discard(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    write = write_line = write_sep = line = rewrite = section = _discard
+    ensure_newline = flush = write_ensure_prefix = _discard
+
+
+class NextItem:
+    """The `nextitem` pytest gets, resolved when pytest first looks at it: at the running
+    test's teardown, where it decides which fixtures the next test still needs. Falsy when
+    there is no next test (everything is then torn down, as after a plain run's last test).
+    Relies on SetupState.teardown_exact testing `nextitem` for truth and then calling its
+    listchain(), and on nothing else needing a real Item before then."""
+
+    _UNSET: Any = object()
+
+    def __init__(self, resolve: Callable[[], pytest.Item | None]) -> None:
+        self._resolve = resolve
+        self._item: Any = self._UNSET
+
+    def _get(self) -> pytest.Item | None:
+        if self._item is self._UNSET:
+            self._item = self._resolve()
+        return self._item  # type: ignore[no-any-return]
+
+    def __bool__(self) -> bool:
+        return self._get() is not None
+
+    def __getattr__(self, name: str) -> Any:
+        item = self._get()
+        if item is None:
+            raise AttributeError(name)
+        return getattr(item, name)
+
+
+def last_failed_status(config: pytest.Config) -> str | None:
+    """The cache plugin's "run-last-failure: ..." header line, computed in a worker at
+    collection (relies on LFPlugin keeping it in `_report_status`)."""
+    lfplugin = config.pluginmanager.get_plugin("lfplugin")
+    status = getattr(lfplugin, "_report_status", None)
+    return status if isinstance(status, str) else None
+
+
+def replay_collection_counts(config: pytest.Config, collected: int, lf_status: object) -> None:
+    """What the controller, which collects nothing, shows as a plain run would: "collected N
+    items" (TerminalReporter counts in `_numcollected`) and the last-failed header line."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and hasattr(reporter, "_numcollected"):
+        reporter._numcollected = collected
+    lfplugin = config.pluginmanager.get_plugin("lfplugin")
+    if lfplugin is not None and isinstance(lf_status, str):
+        lfplugin._report_status = lf_status
+
+
+@contextlib.contextmanager
+def progress_letters_hidden(reporter: Any) -> Iterator[None]:
+    """pytest's row of progress letters goes nowhere while a live status line stands in for
+    it; the summary after the run is untouched (relies on TerminalReporter writing through
+    `_tw`, a TerminalWriter whose output file is `_file`, and on `_show_progress_info`)."""
+    writer = reporter._tw
+    original = writer._file
+    writer._file = io.StringIO()
+    reporter._show_progress_info = False
+    try:
+        yield
+    finally:
+        writer._file = original
+
+
+def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None] | None:
+    """A way to add an element inside a test's <testcase> of --junitxml, or None without it
+    (relies on the LogXML object in `config.stash[junitxml.xml_key]` and its node_reporter)."""
+    xml = config.stash.get(junitxml.xml_key, None)
+    if xml is None:
+        return None
+
+    def append(report: Any, element: Any) -> None:
+        xml.node_reporter(report).append(element)
+
+    return append
+
+
+def report_to_json(report: pytest.TestReport) -> dict[str, Any]:
+    """A TestReport serialised as `pytest_report_to_serializable` does, without a config
+    (relies on TestReport._to_json and the "$report_type" key pytest adds)."""
+    data: dict[str, Any] = report._to_json()
+    data["$report_type"] = "TestReport"
+    return data

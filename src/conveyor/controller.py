@@ -8,7 +8,6 @@ reporting plugin see exactly what they would see in a plain run.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -16,9 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _pytest import junitxml
 
 from conveyor import github, progress
+from conveyor.compat import (
+    junit_testcase_appender,
+    progress_letters_hidden,
+    replay_collection_counts,
+)
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.problems import BuildProblems
@@ -193,12 +196,9 @@ class ControllerPlugin:
         deselected = int(meta.get("deselected", 0))
         if deselected:
             hook.pytest_deselected(items=[Deselected(i) for i in range(deselected)])
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and hasattr(reporter, "_numcollected"):
-            reporter._numcollected = int(meta.get("collected", manifest.total))
-        lfplugin = config.pluginmanager.get_plugin("lfplugin")
-        if lfplugin is not None and meta.get("lf_status") is not None:
-            lfplugin._report_status = meta["lf_status"]
+        replay_collection_counts(
+            config, int(meta.get("collected", manifest.total)), meta.get("lf_status")
+        )
         session.items = []
         session.testscollected = int(meta.get("selected", manifest.total))
         hook.pytest_collection_finish(session=session)
@@ -390,17 +390,15 @@ class ControllerPlugin:
         if not progress.wanted(session.config, self.settings.no_progress) or writer is None:
             yield
             return
-        assert reporter is not None  # a writer was found on it
-        original = writer._file
-        writer._file = io.StringIO()  # the letters; the summary after the run is untouched
-        reporter._show_progress_info = False
         try:
-            with progress.LiveProgress(session.testscollected, self.estimate_s) as live:
+            with (
+                progress_letters_hidden(reporter),
+                progress.LiveProgress(session.testscollected, self.estimate_s) as live,
+            ):
                 self.live = live
                 yield
         finally:
             self.live = None
-            writer._file = original
 
     def _show_progress(self, session: pytest.Session) -> None:
         if self.live is not None:
@@ -421,10 +419,12 @@ class ControllerPlugin:
         if self.live is not None:
             self.live.note(line)
             return
-        reporter = self._require_config().pluginmanager.get_plugin("terminalreporter")
+        config = self._require_config()
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            if reporter._tw.width_of_current_line:
-                reporter._tw.line()  # leave the row of progress letters first
+            writer = config.get_terminal_writer()
+            if writer.width_of_current_line:
+                writer.line()  # leave the row of progress letters first
             reporter.write_line(line, red=True)
 
     def _follow_build(self, session: pytest.Session) -> None:
@@ -572,13 +572,11 @@ class ControllerPlugin:
     def _attach_reruns_to_junit(self, report: Any, attempts: list[Any]) -> None:
         """<rerunFailure> elements inside the test's <testcase>, the form CI dashboards read
         (Maven Surefire's, also written for pytest-rerunfailures)."""
-        config = self._require_config()
-        xml = config.stash.get(junitxml.xml_key, None)
-        if xml is None:
+        append = junit_testcase_appender(self._require_config())
+        if append is None:
             return
-        reporter = xml.node_reporter(report)
         for attempt in attempts:
-            reporter.append(rerun_failure_element(attempt))
+            append(report, rerun_failure_element(attempt))
 
     def _on_duplicate_rejected(self, event: Event) -> None:
         self.problems.duplicates.append(

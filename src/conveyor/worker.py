@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 
 from conveyor.code_identity import describe_difference, identify
-from conveyor.compat import forward_rerun_reports, settle_outcome
+from conveyor.compat import (
+    NextItem,
+    SilentReporter,
+    forward_rerun_reports,
+    last_failed_status,
+    settle_outcome,
+)
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
@@ -89,50 +95,6 @@ def serialize_warning(message: warnings.WarningMessage, when: str, nodeid: str) 
         "when": when,
         "nodeid": nodeid,
     }
-
-
-class SilentReporter:
-    """Stands in for pytest's terminal reporter in a worker: the same writing methods, and a
-    terminal writer that writes into the void."""
-
-    def __init__(self, config: pytest.Config, writer: Any) -> None:
-        self.config = config
-        self._tw = writer
-        self.stats: dict[str, list[Any]] = {}
-        self.verbosity = config.option.verbose
-        self.isatty = False
-
-    def _discard(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    write = write_line = write_sep = line = rewrite = section = _discard
-    ensure_newline = flush = write_ensure_prefix = _discard
-
-
-class NextItem:
-    """The `nextitem` pytest gets, resolved when pytest first looks at it: at the running
-    test's teardown, where it decides which fixtures the next test still needs. Falsy when
-    there is no next test (everything is then torn down, as after a plain run's last test)."""
-
-    _UNSET: Any = object()
-
-    def __init__(self, resolve: Callable[[], pytest.Item | None]) -> None:
-        self._resolve = resolve
-        self._item: Any = self._UNSET
-
-    def _get(self) -> pytest.Item | None:
-        if self._item is self._UNSET:
-            self._item = self._resolve()
-        return self._item  # type: ignore[no-any-return]
-
-    def __bool__(self) -> bool:
-        return self._get() is not None
-
-    def __getattr__(self, name: str) -> Any:
-        item = self._get()
-        if item is None:
-            raise AttributeError(name)
-        return getattr(item, name)
 
 
 def _item_of(items: dict[str, pytest.Item], lease: Lease | None) -> pytest.Item | None:
@@ -322,7 +284,6 @@ class WorkerPlugin:
         # "config" warnings are emitted by the controller itself, which parses the same config.
 
     def _manifest_meta(self, session: pytest.Session, units: list[str]) -> JSON:
-        lfplugin = session.config.pluginmanager.get_plugin("lfplugin")
         return {
             "collected": self._numcollected,
             "selected": len(units),
@@ -330,7 +291,7 @@ class WorkerPlugin:
             "collect_errors": session.testsfailed,
             "collect_reports": self._collect_reports,
             "collect_warnings": self._collect_warnings,
-            "lf_status": getattr(lfplugin, "_report_status", None),
+            "lf_status": last_failed_status(session.config),
             "max_unit_crashes": self.settings.max_unit_crashes,
             "hash_seed": os.environ.get("PYTHONHASHSEED"),
             "code": self._code,

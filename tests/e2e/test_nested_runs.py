@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import run_conveyor
 
-OUTER = '''
+OUTER = """
 import os
 import subprocess
 import sys
@@ -37,18 +37,18 @@ def test_nested_conveyor_runs_as_from_a_shell():
     assert result.returncode == 0, result.stdout + result.stderr
     # The inner controller is no worker of ours: its terminal summary runs its conftest.
     assert "INNER-REPORT" in result.stdout, result.stdout
-'''
+"""
 
-INNER_CONFTEST = '''
+INNER_CONFTEST = """
 import os
 
 
 def pytest_terminal_summary(terminalreporter):
     if os.environ.get("CONVEYOR_WORKER") is None:
         terminalreporter.write_line("INNER-REPORT")
-'''
+"""
 
-INNER_TEST = '''
+INNER_TEST = """
 import os
 
 
@@ -57,7 +57,7 @@ def test_identity(worker_id):
         f"INNER worker_id={worker_id} xdist={os.environ.get('PYTEST_XDIST_WORKER')} "
         f"conveyor={os.environ.get('CONVEYOR_WORKER')}"
     )
-'''
+"""
 
 
 def test_runs_started_by_tests_do_not_inherit_the_workers_identity(
