@@ -30,7 +30,7 @@ from conveyor.hooks import run_shell
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
-from conveyor.timeline import write_html
+from conveyor.timeline_page import write_html
 from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
 

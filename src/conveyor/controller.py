@@ -763,7 +763,7 @@ class ControllerPlugin:
     def _write_timeline(self, terminalreporter: Any) -> None:
         if not self.settings.timeline:
             return
-        from conveyor.timeline import write_html
+        from conveyor.timeline_page import write_html
 
         found = write_html(
             self.settings.timeline,

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from conveyor.queue.protocol import Event
-from conveyor.timeline import Figures, figures, write_html
+from conveyor.timeline import Figures, figures
+from conveyor.timeline_page import write_html
 
 CHROMIUM = "/usr/bin/chromium"
 WIDTH, HEIGHT = 1400, 900

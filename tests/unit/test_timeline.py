@@ -18,9 +18,8 @@ from conveyor.timeline import (
     figures,
     outcome_of,
     read_timeline,
-    render_html,
-    write_html,
 )
+from conveyor.timeline_page import render_html, write_html
 
 PASSED = [{"when": "setup", "outcome": "passed"}, {"when": "call", "outcome": "passed"}]
 FAILED = [{"when": "setup", "outcome": "passed"}, {"when": "call", "outcome": "failed"}]

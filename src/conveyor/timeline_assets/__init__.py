@@ -1,0 +1,1 @@
+"""The timeline page's stylesheet and scripts, read as package data."""
