@@ -513,3 +513,21 @@ def test_a_build_that_was_not_stopped_is_not_resumed(make_queue: QueueFactory) -
     queue = make_queue()
     queue.populate("gw0", units(2), {})
     assert not queue.resume("run again")
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda queue: queue.heartbeat("gw0", ["tests/test_x.py::test_0"]),
+        lambda queue: queue.release("gw0", {"reason": "killed"}),
+        lambda queue: queue.hand_back("gw0", ["tests/test_x.py::test_0"], "slow"),
+    ],
+    ids=["heartbeat", "release", "hand_back"],
+)
+def test_operations_on_a_build_that_does_not_exist_say_state_lost(
+    make_queue: QueueFactory, operation: Callable[[Queue], object]
+) -> None:
+    """Every backend notices a missing build in every operation that needs one, instead of
+    renewing or releasing nothing in silence."""
+    with pytest.raises(BuildStateLost):
+        operation(make_queue())

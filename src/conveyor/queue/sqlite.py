@@ -482,6 +482,7 @@ class SQLiteQueue:
         now = self._clock()
         held = 0
         with self._write() as conn:
+            self._counters(conn)  # a build that is gone is lost, not renewed in silence
             for unit in dict.fromkeys(units):
                 cur = conn.execute(
                     "UPDATE units SET deadline = ? "
