@@ -91,7 +91,8 @@ def adopt_protocol(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def ensure_hookspecs(pluginmanager: pytest.PytestPluginManager) -> None:
     """xdist installed but turned off (`-p no:xdist`): its hooks are still called."""
-    if not hasattr(pluginmanager.hook, "pytest_configure_node"):
+    caller = getattr(pluginmanager.hook, "pytest_configure_node", None)
+    if caller is None or getattr(caller, "spec", None) is None:  # unknown, or impls only
         pluginmanager.add_hookspecs(XdistHookSpecs)
 
 
