@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.queue.protocol import dumps
+
 MAX_SECTION_CHARS = 1_000_000  # per captured section (stdout, stderr, log) of one phase
+MAX_PAYLOAD_BYTES = 32 * 1024 * 1024  # one test's whole result, far below Redis's bulk limit
 KEEP_EACH_END = MAX_SECTION_CHARS // 2
 
 
@@ -39,3 +42,35 @@ def cap_report(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(data.get("longrepr"), str):
         data["longrepr"] = cap_text(data["longrepr"])
     return data
+
+
+def bounded_payload(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    """`payload` itself, or, when it is larger than the queue should carry (a property of
+    tens of MB, an enormous assertion diff), a payload whose one failed report says so: the
+    result is charged to its test, never to the queue or the controller."""
+    size = len(dumps(payload).encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return payload
+    nodeid = str(payload.get("nodeid", ""))
+    location = payload.get("location") or [nodeid, None, nodeid]
+    message = (
+        f"conveyor: the report of this test was {size / 2**20:.1f} MiB, more than a result "
+        f"may carry through the queue ({limit / 2**20:.0f} MiB); it was replaced by this "
+        "message. Large values in record_property, captured output or assertion messages "
+        "make reports this large."
+    )
+    report: dict[str, Any] = {
+        "$report_type": "TestReport",
+        "nodeid": nodeid,
+        "location": location,
+        "keywords": {},
+        "outcome": "failed",
+        "longrepr": message,
+        "when": "call",
+        "user_properties": [],
+        "sections": [],
+        "duration": float(payload.get("duration") or 0.0),
+        "start": 0.0,
+        "stop": 0.0,
+    }
+    return {**payload, "reports": [report], "warnings": []}

@@ -34,7 +34,7 @@ from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import history_store
 from conveyor.lease_stream import LeaseStream
-from conveyor.payload import cap_report
+from conveyor.payload import bounded_payload, cap_report
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     ALREADY_DONE,
@@ -491,7 +491,7 @@ class WorkerPlugin:
                 session.testsfailed = failed_before
                 session.shouldfail = False
             else:
-                self._outbox.append((lease.unit, payload))
+                self._outbox.append((lease.unit, bounded_payload(payload)))
                 self._flush()
             stream.raise_deferred()
             if self._stopped or session.shouldfail or session.shouldstop:

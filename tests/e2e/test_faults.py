@@ -336,3 +336,26 @@ def test_conveyor_debug_traces_queue_operations_and_worker_lives(
     worker = (pytester.path / "logs" / "gw0.log").read_text()
     for expected in ("conveyor.queue reserve(", "conveyor.worker gw0 joined", "promised next"):
         assert expected in worker, worker
+
+
+def test_a_report_too_large_for_the_queue_fails_its_test_with_a_clear_message(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(
+        test_big="""
+        def test_huge_property(record_property):
+            record_property("blob", "x" * 40_000_000)
+
+        def test_fine():
+            pass
+        """
+    )
+    result = run_conveyor(pytester, "-n", "1", "--junitxml=out.xml")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*the report of this test was * MiB, more than a result may carry*",
+            "*1 failed, 1 passed*",
+        ]
+    )
+    assert "Broken pipe" not in result.stdout.str() + result.stderr.str()
