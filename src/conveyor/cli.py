@@ -27,6 +27,7 @@ from conveyor.environment import forget_outer_worker
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.hooks import run_shell
+from conveyor.options import render_help
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
@@ -47,73 +48,15 @@ run:    work and report on this machine. Without --queue, an embedded SQLite que
 worker: only work (N local worker processes). report: only wait and report; any number
         of reports may run, before, during or after the workers.
 
-conveyor options:
-  -n N|auto               worker processes (default: auto = one per available CPU;
-                          0 runs pytest in this process, like pytest-xdist's -n 0)
-  --queue URL             queue to use (default: $CONVEYOR_QUEUE, else an embedded
-                          SQLite file in a temporary directory); sqlite:///path/queue.db,
-                          redis://[user:password@]host:port/db, rediss://...,
-                          redis+cluster://host:port (a Redis Cluster)
-  --build ID              build id (default: a new random id)
-  --lease-ttl SECONDS     how long a silent worker keeps its tests (default: 30)
-  --max-worker-restarts N replacements for crashed workers (default: 2 x N)
-  --max-unit-crashes N    workers a test may take down before it is reported as
-                          failed (default: 2)
-  --test-timeout SECONDS  a test running longer is stopped (every thread's stack is
-                          dumped), reported as failed, and its worker replaced; 0 = never;
-                          default "auto": 10 s + 10 x the test's usual duration when
-                          timing history knows it
-  --max-requeues N        retry a failed test up to N times, preferably elsewhere; a
-                          test that passes on a retry counts as passed and is listed
-                          as flaky (default: 0, no retries)
-  --requeue-tolerance F   at most this fraction of the build's tests is retried in all
-                          (default: no build-wide cap)
-  --retry-on NAME         retry only failures whose exception chain contains this
-                          exception class (or a subclass); repeatable
-  --order slowest|collected|random
-                          serving order (default: slowest first, from timing history)
-  --seed N                seed for --order random (default: 0)
-  --dist module|class|test|file
-                          keep the tests of a module (or class) together where that
-                          keeps fixtures alive (default: module); test = no grouping
-  --build-ttl SECONDS     Redis queues: a build's keys expire this long after its last
-                          activity (default: 86400, a day)
-  --history-key NAME      Redis queues: the suite's name in the shared timing history
-                          (default: the current directory's name)
-  --no-progress           keep pytest's progress letters instead of conveyor's live
-                          status line (which is shown only on a terminal, outside CI,
-                          at the default verbosity)
-  --show-failures-live    print each failure as soon as it happens (off by default)
-  --timeline FILE.html    run/report: write the build's timeline page at the end
-  --worker-logs DIR       keep each worker's own output (what pytest does not capture,
-                          e.g. with -s) in DIR/gwN.log
-  --command 'CMD {unit}'  command mode, for suites that are not pytest: run CMD once per
-                          unit; placeholders {unit} {junit} {junit_dir} {worker} are
-                          substituted as single arguments (no shell); exit 0 = passed;
-                          JUnit XML written to {junit}/{junit_dir} is reported per case
-  --units GLOB            command mode: units from a glob (repeatable, ** recurses)
-  --units-from FILE       command mode: units from a file, one per line (- = stdin)
-  --shell                 command mode: run CMD with sh -c; each placeholder becomes a
-                          quoted "$CONVEYOR_UNIT" (etc.), never the value itself
-  --node-setup CMD        once per machine before its workers start (sh -c)
-  --worker-setup CMD      once per worker process, with CONVEYOR_WORKER set (sh -c)
-  --node-id NAME          this machine's name in worker ids (default: CI node index
-                          or host name, plus the process id)
-  --start-timeout SECONDS give up when no worker has published the collection and
-                          taken a test within this long (default: 600)
-  --max-worker-failures N abort after N worker failures outside tests (start-up,
-                          collection, session fixtures); default: abort only when no
-                          worker is left
-  --stall-timeout SECONDS report/run: give up when nothing happens for this long while
-                          tests remain (default: 1800)
-
+conveyor options (also CONVEYOR_<NAME> variables or [tool.conveyor] in pyproject.toml):
+{options}
 Build ids come from --build, else from the CI (GitHub Actions GITHUB_RUN_ID, GitLab
 CI_PIPELINE_ID, Buildkite BUILDKITE_BUILD_ID[-BUILDKITE_STEP_ID], CircleCI
 CIRCLE_WORKFLOW_ID[-CIRCLE_JOB], Jenkins BUILD_TAG); a shared queue needs one of them.
 
 Every other argument goes to pytest unchanged (-k, -m, -x, -v, -p, --junitxml, paths...).
 Exit codes are pytest's: 0 passed, 1 failed, 2 interrupted, 3 internal, 4 usage, 5 no tests.
-"""
+""".replace("{options}", render_help())
 
 
 def _error(message: str, code: int) -> int:

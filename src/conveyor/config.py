@@ -9,51 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from conveyor.errors import UsageError
-from conveyor.queue import QUEUE_ENV, queue_from_env
+from conveyor.options import find_pyproject, layered, split_command_line
+from conveyor.queue import QUEUE_ENV
 from conveyor.scheduling import GROUPINGS, ORDERS
-
-# conveyor's options that take a value, with their defaults.
-VALUE_OPTIONS: dict[str, str] = {
-    "-n": "workers",
-    "--numprocesses": "workers",
-    "--queue": "queue",
-    "--build": "build",
-    "--lease-ttl": "lease_ttl",
-    "--max-worker-restarts": "max_restarts",
-    "--max-unit-crashes": "max_unit_crashes",
-    "--node-id": "node_id",
-    "--start-timeout": "start_timeout",
-    "--stall-timeout": "stall_timeout",
-    "--test-timeout": "test_timeout",
-    "--max-requeues": "max_requeues",
-    "--requeue-tolerance": "requeue_tolerance",
-    "--retry-on": "retry_on",
-    "--max-worker-failures": "max_worker_failures",
-    "--order": "order",
-    "--seed": "seed",
-    "--dist": "dist",
-    "--history-key": "history_key",
-    "--build-ttl": "build_ttl",
-    "--worker-logs": "worker_logs",
-    "--command": "command",
-    "--units": "units",
-    "--units-from": "units_from",
-    "--node-setup": "node_setup",
-    "--worker-setup": "worker_setup",
-    "--timeline": "timeline",
-    "--maxprocesses": "max_processes",  # pytest-xdist's, for `pytest -n` handed to conveyor
-}
-
-# conveyor's options that take no value.
-FLAG_OPTIONS = {
-    "--shell": "shell",
-    "--no-progress": "no_progress",
-    "--show-failures-live": "failures_live",
-}
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
 XDIST_DIST_MODES = {
@@ -63,9 +26,6 @@ XDIST_DIST_MODES = {
     "loadfile": "module",
     "loadscope": "module",
 }
-
-# conveyor's options that may be given more than once; their values are collected in order.
-REPEATABLE = {"retry_on", "units"}
 
 # pytest's short options that take a separate value; their value is never read as ours.
 PYTEST_SHORT_VALUE_OPTIONS = {"-k", "-m", "-p", "-o", "-c", "-W", "-r"}
@@ -177,76 +137,50 @@ def _number(option: str, value: str, kind: type[float] | type[int], minimum: flo
 
 
 def split_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """Take conveyor's options out of `argv`; return them and pytest's arguments in order."""
-    ours: dict[str, str] = {}
-    passthrough: list[str] = []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            passthrough.extend(args[i + 1 :])
-            break
-        if arg in FLAG_OPTIONS:
-            ours[FLAG_OPTIONS[arg]] = "1"
-            i += 1
-            continue
-        name, eq, inline = arg.partition("=")
-        if name in VALUE_OPTIONS and name.startswith("--"):
-            if not eq:
-                if i + 1 >= len(args):
-                    raise UsageError(f"{name} needs a value.")
-                inline = args[i + 1]
-                i += 1
-            key = VALUE_OPTIONS[name]
-            if key in REPEATABLE and key in ours:
-                ours[key] += "\0" + inline
-            else:
-                ours[key] = inline
-        elif arg == "-n":
-            if i + 1 >= len(args):
-                raise UsageError("-n needs a value: a number of workers, or 'auto'.")
-            ours["workers"] = args[i + 1]
-            i += 1
-        elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
-            ours["workers"] = arg[2:].lstrip("=")
-        elif arg in PYTEST_SHORT_VALUE_OPTIONS and i + 1 < len(args):
-            passthrough.extend(args[i : i + 2])
-            i += 1
-        else:
-            passthrough.append(arg)
-        i += 1
-    return ours, passthrough
+    """Take conveyor's options out of `argv`; return them by key, and pytest's arguments."""
+    return split_command_line(argv, PYTEST_SHORT_VALUE_OPTIONS)
 
 
-def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
-    ours, pytest_args = split_args(argv)
+def parse_run_options(
+    argv: Sequence[str],
+    command: str = "run",
+    environ: Mapping[str, str] | None = None,
+    pyproject: Path | None = None,
+) -> RunOptions:
+    """conveyor's options from the command line, CONVEYOR_* variables and [tool.conveyor] of
+    the nearest pyproject.toml (in that order of precedence), and pytest's arguments."""
+    command_line, pytest_args = split_args(argv)
+    if pyproject is None:
+        pyproject = find_pyproject(Path.cwd())
+    ours = layered(command_line, environ, pyproject)
     if command == "report" and "workers" in ours:
         raise UsageError("`conveyor report` runs no tests, so it takes no -n.")
     options = RunOptions(pytest_args=pytest_args)
     options.workers = parse_workers(ours.get("workers", "auto"))
-    if "max_processes" in ours:
-        cap = int(_number("--maxprocesses", ours["max_processes"], int, 1))
+    if "maxprocesses" in ours:
+        cap = int(_number("--maxprocesses", ours["maxprocesses"], int, 1))
         options.workers = min(options.workers, cap) if options.workers else options.workers
     # CONVEYOR_QUEUE keeps a password out of argv, which every user of the machine can read.
-    options.queue = ours.get("queue") or queue_from_env()
+    options.queue = ours.get("queue")
     options.build = ours.get("build")
-    options.node_id = ours.get("node_id")
-    if "lease_ttl" in ours:
-        options.lease_ttl_s = _number("--lease-ttl", ours["lease_ttl"], float, 0.1)
-    if "max_restarts" in ours:
-        options.max_restarts = int(_number("--max-worker-restarts", ours["max_restarts"], int, 0))
-    if "max_unit_crashes" in ours:
-        options.max_unit_crashes = int(
-            _number("--max-unit-crashes", ours["max_unit_crashes"], int, 1)
+    options.node_id = ours.get("node-id")
+    if "lease-ttl" in ours:
+        options.lease_ttl_s = _number("--lease-ttl", ours["lease-ttl"], float, 0.1)
+    if "max-worker-restarts" in ours:
+        options.max_restarts = int(
+            _number("--max-worker-restarts", ours["max-worker-restarts"], int, 0)
         )
-    if "start_timeout" in ours:
-        options.start_timeout_s = _number("--start-timeout", ours["start_timeout"], float, 1)
-    if "stall_timeout" in ours:
-        options.stall_timeout_s = _number("--stall-timeout", ours["stall_timeout"], float, 1)
-    if "max_worker_failures" in ours:
+    if "max-unit-crashes" in ours:
+        options.max_unit_crashes = int(
+            _number("--max-unit-crashes", ours["max-unit-crashes"], int, 1)
+        )
+    if "start-timeout" in ours:
+        options.start_timeout_s = _number("--start-timeout", ours["start-timeout"], float, 1)
+    if "stall-timeout" in ours:
+        options.stall_timeout_s = _number("--stall-timeout", ours["stall-timeout"], float, 1)
+    if "max-worker-failures" in ours:
         options.max_worker_failures = int(
-            _number("--max-worker-failures", ours["max_worker_failures"], int, 0)
+            _number("--max-worker-failures", ours["max-worker-failures"], int, 0)
         )
     if "order" in ours:
         if ours["order"] not in ORDERS:
@@ -262,17 +196,17 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
                 f"--dist must be one of test, module, class, file, got {ours['dist']!r}."
             )
         options.grouping = dist
-    options.history_key = ours.get("history_key")
-    options.worker_logs = ours.get("worker_logs")
+    options.history_key = ours.get("history-key")
+    options.worker_logs = ours.get("worker-logs")
     options.command = ours.get("command")
     options.units = tuple(u for u in ours.get("units", "").split("\0") if u)
-    options.units_from = ours.get("units_from")
+    options.units_from = ours.get("units-from")
     options.shell = "shell" in ours
-    options.node_setup = ours.get("node_setup")
-    options.worker_setup = ours.get("worker_setup")
+    options.node_setup = ours.get("node-setup")
+    options.worker_setup = ours.get("worker-setup")
     options.timeline = ours.get("timeline")
-    options.no_progress = "no_progress" in ours
-    options.failures_live = "failures_live" in ours
+    options.no_progress = "no-progress" in ours
+    options.failures_live = "show-failures-live" in ours
     if options.command is None and (options.units or options.units_from or options.shell):
         raise UsageError("--units, --units-from and --shell belong to --command 'CMD {unit}'.")
     if options.command is not None:
@@ -283,21 +217,21 @@ def parse_run_options(argv: Sequence[str], command: str = "run") -> RunOptions:
             )
         if options.workers == 0:
             raise UsageError("--command needs at least one worker process (-n 1 or more).")
-    if "build_ttl" in ours:
-        options.build_ttl_s = _number("--build-ttl", ours["build_ttl"], float, 1)
-    if "test_timeout" in ours and ours["test_timeout"] != "auto":
-        options.test_timeout_s = _number("--test-timeout", ours["test_timeout"], float, 0)
-    if "max_requeues" in ours:
-        options.max_requeues = int(_number("--max-requeues", ours["max_requeues"], int, 0))
-    if "requeue_tolerance" in ours:
-        tolerance = _number("--requeue-tolerance", ours["requeue_tolerance"], float, 0)
+    if "build-ttl" in ours:
+        options.build_ttl_s = _number("--build-ttl", ours["build-ttl"], float, 1)
+    if "test-timeout" in ours and ours["test-timeout"] != "auto":
+        options.test_timeout_s = _number("--test-timeout", ours["test-timeout"], float, 0)
+    if "max-requeues" in ours:
+        options.max_requeues = int(_number("--max-requeues", ours["max-requeues"], int, 0))
+    if "requeue-tolerance" in ours:
+        tolerance = _number("--requeue-tolerance", ours["requeue-tolerance"], float, 0)
         if tolerance > 1:
             raise UsageError(
                 f"--requeue-tolerance is a fraction of the build's tests (0 to 1), got {tolerance}."
             )
         options.requeue_tolerance = tolerance
-    if "retry_on" in ours:
-        options.retry_on = tuple(name for name in ours["retry_on"].split("\0") if name)
+    if "retry-on" in ours:
+        options.retry_on = tuple(name for name in ours["retry-on"].split("\0") if name)
         if options.max_requeues == 0:
             raise UsageError("--retry-on only narrows retries; also pass --max-requeues N.")
     if command in ("worker", "report") and options.queue is None:

@@ -1,0 +1,260 @@
+"""conveyor's options, declared once.
+
+Each row says an option's flags, the `RunOptions` field it sets, how its value is read, and its
+help. From the table come: the split of a command line into conveyor's options and pytest's
+arguments, `conveyor run --help`, the `CONVEYOR_*` environment variables and the
+`[tool.conveyor]` table of pyproject.toml. Precedence: command line > environment >
+pyproject.toml > the field's default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conveyor.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+
+VALUE, FLAG, REPEAT = "value", "flag", "repeat"
+
+
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    key: str  # the name in [tool.conveyor] and, upper-cased, in CONVEYOR_<KEY>
+    help: str
+    metavar: str = ""
+    kind: str = VALUE  # VALUE: one value; FLAG: on when given; REPEAT: may be given again
+    settable: bool = True  # may come from the environment or pyproject.toml
+
+    @property
+    def env(self) -> str:
+        return "CONVEYOR_" + self.key.upper().replace("-", "_")
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.flags) + (f" {self.metavar}" if self.metavar else "")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(("-n", "--numprocesses"), "workers", "worker processes (default: auto = one per "
+           "available CPU; 0 runs pytest in this process, like pytest-xdist's -n 0)", "N|auto"),
+    Option(("--maxprocesses",), "maxprocesses", "at most this many workers with -n auto "
+           "(pytest-xdist's option)", "N"),
+    Option(("--queue",), "queue", "queue to use (default: an embedded SQLite file in a "
+           "temporary directory); sqlite:///path/queue.db, redis://[user:password@]host:port/db, "
+           "rediss://..., redis+cluster://host:port (a Redis Cluster)", "URL"),
+    Option(("--build",), "build", "build id (default: from the CI, else a new random id)",
+           "ID", settable=False),
+    Option(("--lease-ttl",), "lease-ttl", "how long a silent worker keeps its tests "
+           "(default: 30)", "SECONDS"),
+    Option(("--max-worker-restarts",), "max-worker-restarts", "replacements for crashed "
+           "workers (default: 2 x N)", "N"),
+    Option(("--max-unit-crashes",), "max-unit-crashes", "workers a test may take down before "
+           "it is reported as failed (default: 2)", "N"),
+    Option(("--test-timeout",), "test-timeout", "a test running longer is stopped (every "
+           "thread's stack is dumped), reported as failed, and its worker replaced; 0 = never; "
+           "default auto: 10 s + 10 x the test's usual duration when timing history knows it",
+           "SECONDS"),
+    Option(("--max-requeues",), "max-requeues", "retry a failed test up to N times, "
+           "preferably elsewhere; one that passes on a retry counts as passed and is listed as "
+           "flaky (default: 0)", "N"),
+    Option(("--requeue-tolerance",), "requeue-tolerance", "at most this fraction of the "
+           "build's tests is retried in all (default: no build-wide cap)", "F"),
+    Option(("--retry-on",), "retry-on", "retry only failures whose exception chain contains "
+           "this exception class (or a subclass); repeatable", "NAME", kind=REPEAT),
+    Option(("--order",), "order", "serving order: slowest, collected or random (default: "
+           "slowest first, from timing history)", "ORDER"),
+    Option(("--seed",), "seed", "seed for --order random (default: 0)", "N"),
+    Option(("--dist",), "dist", "keep the tests of a module (or class) together where that "
+           "keeps fixtures alive: module, class, test, file, or pytest-xdist's load, worksteal, "
+           "loadfile, loadscope (default: module)", "MODE"),
+    Option(("--build-ttl",), "build-ttl", "Redis queues: a build's keys expire this long "
+           "after its last activity (default: 86400, a day)", "SECONDS"),
+    Option(("--history-key",), "history-key", "Redis queues: the suite's name in the shared "
+           "timing history (default: the current directory's name)", "NAME"),
+    Option(("--no-progress",), "no-progress", "keep pytest's progress letters instead of "
+           "conveyor's live status line", kind=FLAG),
+    Option(("--show-failures-live",), "show-failures-live", "print each failure as soon as "
+           "it happens", kind=FLAG),
+    Option(("--timeline",), "timeline", "run/report: write the build's timeline page at the "
+           "end", "FILE.html"),
+    Option(("--worker-logs",), "worker-logs", "keep each worker's own output in DIR/gwN.log",
+           "DIR"),
+    Option(("--command",), "command", "command mode, for suites that are not pytest: run CMD "
+           "once per unit; {unit} {junit} {junit_dir} {worker} are substituted as single "
+           "arguments; exit 0 = passed; JUnit XML written to {junit} is reported per case",
+           "'CMD {unit}'", settable=False),
+    Option(("--units",), "units", "command mode: units from a glob (repeatable, ** recurses)",
+           "GLOB", kind=REPEAT, settable=False),
+    Option(("--units-from",), "units-from", "command mode: units from a file, one per line "
+           "(- = stdin)", "FILE", settable=False),
+    Option(("--shell",), "shell", "command mode: run CMD with sh -c; each placeholder becomes "
+           'a quoted "$CONVEYOR_UNIT" (etc.), never the value itself', kind=FLAG,
+           settable=False),
+    Option(("--node-setup",), "node-setup", "once per machine before its workers start "
+           "(sh -c)", "CMD"),
+    Option(("--worker-setup",), "worker-setup", "once per worker process, with "
+           "CONVEYOR_WORKER set (sh -c)", "CMD"),
+    Option(("--node-id",), "node-id", "this machine's name in worker ids (default: CI node "
+           "index or host name, plus the process id)", "NAME", settable=False),
+    Option(("--start-timeout",), "start-timeout", "give up when no worker has published the "
+           "collection and taken a test within this long (default: 600)", "SECONDS"),
+    Option(("--max-worker-failures",), "max-worker-failures", "abort after N worker failures "
+           "outside tests (default: abort only when no worker is left)", "N"),
+    Option(("--stall-timeout",), "stall-timeout", "report/run: give up when nothing happens "
+           "for this long while tests remain (default: 1800)", "SECONDS"),
+)  # fmt: skip
+
+BY_FLAG: dict[str, Option] = {flag: option for option in OPTIONS for flag in option.flags}
+BY_KEY: dict[str, Option] = {option.key: option for option in OPTIONS}
+
+
+def render_help(width: int = 88) -> str:
+    """The "conveyor options" part of `conveyor run --help`, from the table."""
+    import textwrap
+
+    lines = []
+    for option in OPTIONS:
+        label = f"  {option.label}"
+        body = textwrap.wrap(option.help, width - 26)
+        if len(label) > 24:
+            lines.append(label)
+            lines.extend(" " * 26 + part for part in body)
+        else:
+            lines.append(f"{label:<26}{body[0]}")
+            lines.extend(" " * 26 + part for part in body[1:])
+    return "\n".join(lines) + "\n"
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Options given as CONVEYOR_<KEY> variables (a list as lines, a flag as 1/true/yes)."""
+    found: dict[str, str] = {}
+    for option in OPTIONS:
+        if option.settable and environ.get(option.env):
+            found[option.key] = _flag_or_value(option, environ[option.env], option.env)
+    return found
+
+
+def find_pyproject(start: Path) -> Path | None:
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def from_pyproject(path: Path | None) -> dict[str, str]:
+    """Options from the [tool.conveyor] table of pyproject.toml; an unknown key or a value of
+    the wrong kind is a usage error that names the file and the key."""
+    if path is None:
+        return {}
+    try:
+        table = tomllib.loads(path.read_text("utf-8")).get("tool", {}).get("conveyor", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read [tool.conveyor] from {path}: {exc}") from None
+    if not isinstance(table, dict):
+        raise UsageError(f"[tool.conveyor] in {path} must be a table of options.")
+    found: dict[str, str] = {}
+    for raw_key, value in table.items():
+        key = str(raw_key).replace("_", "-")
+        option = BY_KEY.get(key)
+        where = f"{path} [tool.conveyor] {raw_key}"
+        if option is None or not option.settable:
+            settable = ", ".join(o.key for o in OPTIONS if o.settable)
+            raise UsageError(f"{where}: not an option that can be set there ({settable}).")
+        found[key] = _from_toml(option, value, where)
+    return found
+
+
+def _from_toml(option: Option, value: Any, where: str) -> str:
+    if option.kind == FLAG:
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true or false, got {value!r}.")
+        return "1" if value else ""
+    if option.kind == REPEAT:
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, (str, int, float)) for item in values):
+            raise UsageError(f"{where}: expected a list of strings, got {value!r}.")
+        return "\0".join(str(item) for item in values)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"{where}: expected a number or a string, got {value!r}.")
+    return str(value)
+
+
+def _flag_or_value(option: Option, raw: str, where: str) -> str:
+    if option.kind == FLAG:
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "true", "yes", "0", "false", "no", ""):
+            raise UsageError(f"{where}: expected 1/true/yes or 0/false/no, got {raw!r}.")
+        return "1" if lowered in ("1", "true", "yes") else ""
+    if option.kind == REPEAT:
+        return "\0".join(line for line in raw.splitlines() if line.strip())
+    return raw
+
+
+def layered(
+    command_line: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+    pyproject: Path | None = None,
+) -> dict[str, str]:
+    """Every option's raw value by key: command line > environment > pyproject.toml."""
+    environ = os.environ if environ is None else environ
+    merged = from_pyproject(pyproject)
+    merged.update(from_environment(environ))
+    merged.update(command_line)
+    return {key: value for key, value in merged.items() if value != "" or key not in FLAGS}
+
+
+FLAGS = {option.key for option in OPTIONS if option.kind == FLAG}
+
+
+def split_command_line(
+    argv: Sequence[str], pytest_short_value_options: set[str]
+) -> tuple[dict[str, str], list[str]]:
+    """conveyor's options out of `argv` by key; the rest are pytest's, in order."""
+    ours: dict[str, str] = {}
+    passthrough: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            passthrough.extend(args[i + 1 :])
+            break
+        name, eq, inline = arg.partition("=")
+        option = BY_FLAG.get(name) if name.startswith("--") else None
+        if option is not None and option.kind == FLAG and not eq:
+            ours[option.key] = "1"
+        elif option is not None and option.kind != FLAG:
+            if not eq:
+                if i + 1 >= len(args):
+                    raise UsageError(f"{name} needs a value.")
+                inline = args[i + 1]
+                i += 1
+            if option.kind == REPEAT and option.key in ours:
+                ours[option.key] += "\0" + inline
+            else:
+                ours[option.key] = inline
+        elif arg == "-n":
+            if i + 1 >= len(args):
+                raise UsageError("-n needs a value: a number of workers, or 'auto'.")
+            ours["workers"] = args[i + 1]
+            i += 1
+        elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
+            ours["workers"] = arg[2:].lstrip("=")
+        elif arg in pytest_short_value_options and i + 1 < len(args):
+            passthrough.extend(args[i : i + 2])
+            i += 1
+        else:
+            passthrough.append(arg)
+        i += 1
+    return ours, passthrough

@@ -1,0 +1,81 @@
+"""Options declared once: command line > CONVEYOR_* > [tool.conveyor] > default, and one
+table behind the parser, the help and the configuration sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.config import RunOptions, parse_run_options
+from conveyor.errors import UsageError
+from conveyor.options import OPTIONS, render_help
+
+PYPROJECT = """
+[tool.conveyor]
+lease-ttl = 45
+max_requeues = 2
+retry-on = ["ConnectionError", "TimeoutError"]
+order = "collected"
+no-progress = true
+"""
+
+
+@pytest.fixture
+def pyproject(tmp_path: Path) -> Path:
+    path = tmp_path / "pyproject.toml"
+    path.write_text(PYPROJECT)
+    return path
+
+
+def parse(argv: list[str], environ: dict[str, str], pyproject: Path) -> RunOptions:
+    return parse_run_options(argv, "run", environ=environ, pyproject=pyproject)
+
+
+def test_pyproject_sets_options(pyproject: Path) -> None:
+    options = parse(["-n", "2", "-x"], {}, pyproject)
+    assert options.lease_ttl_s == 45
+    assert options.max_requeues == 2
+    assert options.retry_on == ("ConnectionError", "TimeoutError")
+    assert options.order == "collected" and options.no_progress
+    assert options.pytest_args == ["-x"]
+
+
+def test_environment_beats_pyproject_and_the_command_line_beats_both(pyproject: Path) -> None:
+    environ = {"CONVEYOR_LEASE_TTL": "50", "CONVEYOR_NO_PROGRESS": "0", "CONVEYOR_SEED": "7"}
+    options = parse(["-n", "2"], environ, pyproject)
+    assert options.lease_ttl_s == 50 and not options.no_progress and options.seed == 7
+    options = parse(["-n", "2", "--lease-ttl", "60", "--no-progress"], environ, pyproject)
+    assert options.lease_ttl_s == 60 and options.no_progress
+
+
+def test_defaults_without_any_source(tmp_path: Path) -> None:
+    empty = tmp_path / "pyproject.toml"
+    empty.write_text("[project]\nname = 'x'\n")
+    options = parse(["-n", "2"], {}, empty)
+    assert options == RunOptions(workers=2, pytest_args=[])
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("lease-tll = 3", "lease-tll: not an option that can be set there"),
+        ("build = 'b1'", "build: not an option that can be set there"),
+        ("no-progress = 'yes'", "no-progress: expected true or false"),
+        ("lease-ttl = [1]", "lease-ttl: expected a number or a string"),
+        ("lease-ttl = 'soon'", "--lease-ttl"),
+    ],
+)
+def test_a_bad_table_is_a_usage_error_naming_file_and_key(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text(f"[tool.conveyor]\n{table}\n")
+    with pytest.raises(UsageError, match=message):
+        parse(["-n", "1"], {}, path)
+
+
+def test_the_help_lists_every_option_of_the_table() -> None:
+    text = render_help()
+    for option in OPTIONS:
+        assert option.flags[-1] in text
