@@ -153,10 +153,10 @@ def parse_run_options(
     if pyproject is None:
         pyproject = find_pyproject(Path.cwd())
     ours = layered(command_line, environ, pyproject)
-    if command == "report" and "workers" in ours:
+    if command == "report" and "numprocesses" in command_line:
         raise UsageError("`conveyor report` runs no tests, so it takes no -n.")
     options = RunOptions(pytest_args=pytest_args)
-    options.workers = parse_workers(ours.get("workers", "auto"))
+    options.workers = parse_workers(ours.get("numprocesses", "auto"))
     if "maxprocesses" in ours:
         cap = int(_number("--maxprocesses", ours["maxprocesses"], int, 1))
         options.workers = min(options.workers, cap) if options.workers else options.workers

@@ -45,7 +45,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option(("-n", "--numprocesses"), "workers", "worker processes (default: auto = one per "
+    Option(("-n", "--numprocesses"), "numprocesses", "worker processes (default: auto = one per "
            "available CPU; 0 runs pytest in this process, like pytest-xdist's -n 0)", "N|auto"),
     Option(("--maxprocesses",), "maxprocesses", "at most this many workers with -n auto "
            "(pytest-xdist's option)", "N"),
@@ -247,10 +247,10 @@ def split_command_line(
         elif arg == "-n":
             if i + 1 >= len(args):
                 raise UsageError("-n needs a value: a number of workers, or 'auto'.")
-            ours["workers"] = args[i + 1]
+            ours["numprocesses"] = args[i + 1]
             i += 1
         elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
-            ours["workers"] = arg[2:].lstrip("=")
+            ours["numprocesses"] = arg[2:].lstrip("=")
         elif arg in pytest_short_value_options and i + 1 < len(args):
             passthrough.extend(args[i : i + 2])
             i += 1

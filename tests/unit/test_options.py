@@ -79,3 +79,11 @@ def test_the_help_lists_every_option_of_the_table() -> None:
     text = render_help()
     for option in OPTIONS:
         assert option.flags[-1] in text
+
+
+def test_workers_by_the_name_the_readme_gives(tmp_path: Path) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.conveyor]\nnumprocesses = 3\n")
+    assert parse([], {}, path).workers == 3
+    assert parse([], {"CONVEYOR_NUMPROCESSES": "2"}, path).workers == 2
+    assert parse(["-n", "1"], {"CONVEYOR_NUMPROCESSES": "2"}, path).workers == 1
