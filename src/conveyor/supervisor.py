@@ -24,6 +24,7 @@ from conveyor import environment
 from conveyor.environment import worker_environment, write_settings_file
 from conveyor.errors import QueueError
 from conveyor.queue import Queue
+from conveyor.queue.protocol import CrashCause
 
 if TYPE_CHECKING:
     from conveyor.command import CommandSettings
@@ -304,20 +305,18 @@ class Supervisor:
         if started:
             # If the build is gone, there is nothing to release; the controller reports that.
             with contextlib.suppress(QueueError):
-                self.queue.release(
-                    self.worker_id(slot),
-                    {
-                        "reason": f"worker {slot.name} {cause}",
-                        "returncode": returncode,
-                        "culprit": culprit,
-                        "output_tail": output,
-                        "worker": slot.name,
-                        "timeout": bool(timed_out),
-                        "log": str(slot.log_path) if self.log_dir else None,
-                        # A hung test is not retried: it would hang its next worker too.
-                        "final": bool(timed_out),
-                    },
-                )
+                crash: CrashCause = {
+                    "reason": f"worker {slot.name} {cause}",
+                    "returncode": returncode,
+                    "culprit": culprit,
+                    "output_tail": output,
+                    "worker": slot.name,
+                    "timeout": bool(timed_out),
+                    "log": str(slot.log_path) if self.log_dir else None,
+                    # A hung test is not retried: it would hang its next worker too.
+                    "final": bool(timed_out),
+                }
+                self.queue.release(self.worker_id(slot), crash)
         # A worker that failed while starting would fail the same way again, unless something
         # killed it from outside (a signal: the OOM killer, a chaos test).
         worth_restarting = started or returncode < 0

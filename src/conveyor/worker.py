@@ -42,6 +42,7 @@ from conveyor.queue.protocol import (
     JSON,
     REQUEUED,
     Lease,
+    ResultPayload,
     collection_digest,
 )
 from conveyor.scheduling import plan, range_keys, scope_of
@@ -475,7 +476,7 @@ class WorkerPlugin:
             with self._hard_timeout(lease.unit):
                 hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
             duration = time.time() - started
-            payload: JSON = {
+            payload: ResultPayload = {
                 "nodeid": item.nodeid,
                 "location": list(item.location),
                 "reports": self._reports,
@@ -486,12 +487,13 @@ class WorkerPlugin:
             }
             self._recent_durations.append(duration)
             self.status.write("between tests")
-            if self._should_retry() and self._requeue(queue, lease.unit, payload):
+            stored: JSON = dict(payload)  # the queue's JSON object
+            if self._should_retry() and self._requeue(queue, lease.unit, stored):
                 # Not a final failure: it must not trip this worker's -x / --maxfail.
                 session.testsfailed = failed_before
                 session.shouldfail = False
             else:
-                self._outbox.append((lease.unit, bounded_payload(payload)))
+                self._outbox.append((lease.unit, bounded_payload(stored)))
                 self._flush()
             stream.raise_deferred()
             if self._stopped or session.shouldfail or session.shouldstop:

@@ -13,9 +13,39 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 JSON = dict[str, Any]
+
+
+class ResultPayload(TypedDict, total=False):
+    """What a worker stores for one test (or one command-mode unit): its reports, serialised
+    by pytest's own `pytest_report_to_serializable`, and when and where it ran."""
+
+    nodeid: str
+    location: list[Any]
+    reports: list[JSON]
+    warnings: list[JSON]
+    attempt: int
+    started: float
+    duration: float
+    cases: list[JSON]  # command mode: one entry per JUnit test case
+
+
+class CrashCause(TypedDict, total=False):
+    """Why a worker's leases were released: written by the supervisor, read by the queue (the
+    culprit is charged a crash; `final` finalises it), the report and the timeline."""
+
+    reason: str
+    returncode: int | None
+    culprit: str | None
+    output_tail: str
+    worker: str
+    timeout: bool
+    log: str | None
+    final: bool
+    orderly: bool
+
 
 # Event kinds written to a build's stream. The controller dispatches on these names.
 EVENT_POPULATED = "populated"
