@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -67,3 +68,17 @@ def assert_same_verdict(
         )
     assert summary_line(ours) == summary_line(plain)
     return plain, ours
+
+
+def conveyor_process(
+    cwd: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m conveyor ARGS -p no:cacheprovider` in `cwd`, to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

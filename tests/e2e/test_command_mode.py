@@ -13,18 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import RedisServer
+from helpers import conveyor_process as conveyor
 from helpers import junit_outcomes
-
-
-def conveyor(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def script(folder: Path, name: str, body: str) -> None:

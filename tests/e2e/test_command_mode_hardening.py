@@ -4,28 +4,16 @@ that must stay data, units nobody collected, and JUnit files with nonsense in th
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import redis
 from conftest import RedisServer
+from helpers import conveyor_process as conveyor
 from helpers import junit_outcomes
 
 from conveyor.queue.redis import RedisQueue
-
-
-def conveyor(cwd: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
 
 PASSING_CASE_THEN_EXIT = """
 import os, signal, sys, time

@@ -6,27 +6,16 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import conveyor_process as conveyor
 
 from conveyor.errors import QueueError, QueueUnavailable
 from conveyor.queue import open_queue
 from conveyor.queue.sqlite import SQLiteQueue
 
 NOBODY = 65534
-
-
-def conveyor(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture
