@@ -54,6 +54,7 @@ from conveyor.xdist_compat import (
     ControllerNodes,
     adopt_protocol,
     benchmark_note,
+    ensure_hookspecs,
     keep_xdist_out,
     present_as_xdist_controller,
 )
@@ -150,6 +151,7 @@ class ControllerPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
+        ensure_hookspecs(config.pluginmanager)  # xdist's hooks are called, installed or not
         self._benchmark_note = benchmark_note(config)
         self.nodes = ControllerNodes(
             config,

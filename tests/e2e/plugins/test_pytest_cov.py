@@ -1,0 +1,137 @@
+"""pytest-cov under conveyor: the same report as plain pytest, on one machine and on two."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import run_conveyor, run_plain
+
+COVERED = {
+    "pkg/__init__.py": "",
+    "pkg/calc.py": """
+        def add(a, b):
+            return a + b
+
+        def sub(a, b):
+            if a < 0:
+                return 0
+            return a - b
+
+        def unused():
+            return 1
+        """,
+    "test_calc.py": """
+        from pkg.calc import add, sub
+
+        def test_add():
+            assert add(1, 2) == 3
+
+        def test_sub():
+            assert sub(3, 1) == 2
+        """,
+    "test_more.py": """
+        from pkg.calc import sub
+
+        def test_negative():
+            assert sub(-1, 5) == 0
+        """,
+}
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+
+
+def coverage_table(output: str) -> list[str]:
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Name "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("TOTAL"))
+    return [line for line in lines[start : end + 1] if not line.startswith("---")]
+
+
+def test_coverage_reports_what_plain_pytest_reports(with_plugins: pytest.Pytester) -> None:
+    write(with_plugins.path, COVERED)
+    args = ["--cov=pkg", "--cov-report=term-missing", "--cov-report=xml:cov.xml"]
+    plain = run_plain(with_plugins, *args)
+    plain_table = coverage_table(plain.stdout.str())
+    (with_plugins.path / ".coverage").unlink()
+    (with_plugins.path / "cov.xml").rename(with_plugins.path / "plain-cov.xml")
+    ours = run_conveyor(with_plugins, "-n", "2", *args)
+    assert ours.ret == plain.ret == 0, ours.stdout.str() + ours.stderr.str()
+    assert coverage_table(ours.stdout.str()) == plain_table
+    assert (with_plugins.path / ".coverage").exists()  # combined, no per-worker files left
+    assert not list(with_plugins.path.glob(".coverage.*"))
+    ours_xml = (with_plugins.path / "cov.xml").read_text()
+    assert re.search(r'line-rate="([0-9.]+)"', ours_xml).group(1) == re.search(  # type: ignore[union-attr]
+        r'line-rate="([0-9.]+)"', (with_plugins.path / "plain-cov.xml").read_text()
+    ).group(1)  # type: ignore[union-attr]
+
+
+def test_coverage_fail_under_fails_the_build_as_in_plain_pytest(
+    with_plugins: pytest.Pytester,
+) -> None:
+    write(with_plugins.path, COVERED)
+    plain = run_plain(with_plugins, "--cov=pkg", "--cov-fail-under=95")
+    ours = run_conveyor(with_plugins, "-n", "2", "--cov=pkg", "--cov-fail-under=95")
+    assert plain.ret == ours.ret == 1, ours.stdout.str()
+    ours.stdout.fnmatch_lines(["*FAIL Required test coverage of 95% not reached*"])
+
+
+@pytest.mark.redis
+def test_coverage_on_two_machines_is_the_whole_builds_on_each(
+    with_plugins: pytest.Pytester, redis_server: object
+) -> None:
+    import subprocess
+    import uuid
+
+    machines = [with_plugins.mkdir("machine-a"), with_plugins.mkdir("machine-b")]
+    for machine in machines:
+        write(machine, COVERED)
+    plain = run_plain(with_plugins, "--cov=pkg", str(machines[0]))
+    build = f"cov-{uuid.uuid4().hex[:8]}"
+    url = str(redis_server.url)  # type: ignore[attr-defined]
+    env = {**os.environ, "PYTEST_ADDOPTS": ""}
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "run",
+                "-n",
+                "1",
+                "--queue",
+                url,
+                "--build",
+                build,
+                "-p",
+                "no:cacheprovider",
+                "--cov=pkg",
+            ],
+            cwd=machine,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for machine in machines
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    expected = [
+        line.replace("machine-a/", "")
+        for line in coverage_table(plain.stdout.str())
+        if "pkg" in line
+    ]
+    expected = [re.sub(r"\s+", " ", line) for line in expected]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output
+        found = [re.sub(r"\s+", " ", line) for line in coverage_table(output) if "pkg" in line]
+        assert found == expected, output
