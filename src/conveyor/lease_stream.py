@@ -120,15 +120,22 @@ class LeaseStream:
             error, self._deferred = self._deferred, None
             raise error
 
-    def hand_back(self, reason: str) -> list[str]:
-        """Return the unstarted leases to the front of the queue, keeping the promised one."""
-        keep = 1 if isinstance(self._promise, Lease) else 0
+    def unstarted(self) -> list[str]:
+        """The units this worker holds and has not started, in the order it would run them."""
+        with self._lock:
+            return [lease.unit for lease in self._hand]
+
+    def hand_back(self, reason: str, keep: int = 0) -> list[str]:
+        """Return the unstarted leases to the front of the queue, keeping the first `keep`
+        of them and the promised one."""
+        keep = max(keep, 1 if isinstance(self._promise, Lease) else 0)
         unstarted = [lease.unit for lease in list(self._hand)[keep:]]
         if not unstarted:
             return []
         with self._lock:
             while len(self._hand) > keep:
                 self._hand.pop()
+        trace("hand back %d unstarted (%s), keeping %d", len(unstarted), reason, keep)
         return self._queue.hand_back(self._worker, unstarted, reason)
 
     def stop(self, reason: str) -> list[str]:
@@ -138,6 +145,7 @@ class LeaseStream:
         with self._lock:
             self._hand.clear()
         self._exhausted = True
+        trace("stop: %d unstarted returned (%s)", len(unstarted), reason)
         return self._queue.hand_back(self._worker, unstarted, reason) if unstarted else []
 
     def _refill(self, block: bool) -> None:

@@ -34,6 +34,17 @@ def scope_of(nodeid: str, grouping: str) -> str:
     return path
 
 
+def class_of(nodeid: str) -> str | None:
+    """The class a test belongs to ("path::Class"), or None for a test outside any class."""
+    path, _, rest = nodeid.partition("::")
+    return f"{path}::{rest.split('::', 1)[0]}" if "::" in rest else None
+
+
+def same_class(first: str, second: str) -> bool:
+    cls = class_of(first)
+    return cls is not None and cls == class_of(second)
+
+
 def estimate(units: Sequence[str], history: Mapping[str, float]) -> dict[str, float]:
     """Seconds per test: its own history, else its module's median, else the suite's median.
     Tests new to the history are thus treated as typical, not as instant (not served last)."""

@@ -45,7 +45,7 @@ from conveyor.queue.protocol import (
     ResultPayload,
     collection_digest,
 )
-from conveyor.scheduling import plan, range_keys, scope_of
+from conveyor.scheduling import plan, range_keys, same_class, scope_of
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event
 from conveyor.vocabulary import (
@@ -503,9 +503,16 @@ class WorkerPlugin:
                 return
             if self._should_give_back():
                 # Without history this worker took a run of tests that turn out slow: other
-                # workers may be idle, so the unstarted ones go back to the front of the queue.
+                # workers may be idle, so the unstarted ones go back to the front of the queue,
+                # except the rest of this test's class, which stays on this worker.
                 self._flush(force=True)
-                stream.hand_back("slow run handed back")
+                rest_of_class = 0
+                if self.settings.grouping != "test":
+                    for unit in stream.unstarted():
+                        if not same_class(lease.unit, unit):
+                            break
+                        rest_of_class += 1
+                stream.hand_back("slow run handed back", keep=rest_of_class)
                 self._affinity = 0
 
     def _refuse_uncollected(self, queue: Queue, lease: Lease) -> None:
@@ -579,6 +586,9 @@ class WorkerPlugin:
         split the modules too long for balance into ranges (each held together); without
         it the run is cut to about AFFINITY_TARGET_S of work by the durations seen so far
         (nothing seen yet: one unit). Outside such runs the batch follows those durations."""
+        return self._to_class_end(pending, self._batch_within_runs(pending))
+
+    def _batch_within_runs(self, pending: int) -> int:
         typical = self._typical_test_s()
         run = self._affinity or self._run_at_front(pending)
         if run <= 1:
@@ -588,6 +598,20 @@ class WorkerPlugin:
         if typical is None:
             return 1
         return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+
+    def _to_class_end(self, pending: int, want: int) -> int:
+        """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
+        class with class-scoped fixtures, tests that depend on an earlier one) run on one
+        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split."""
+        if self.settings.grouping == "test":
+            return want
+        start = len(self._order) - pending
+        if not 0 <= start < len(self._order):
+            return want
+        end = start + want
+        while 0 < end < len(self._order) and same_class(self._order[end - 1], self._order[end]):
+            end += 1
+        return end - start
 
     def _should_give_back(self) -> bool:
         last = self._recent_durations[-1] if self._recent_durations else 0.0

@@ -109,3 +109,45 @@ def test_failures_are_summarised_in_collection_order_with_history(
     ]
     headers = [line.strip("_ ") for line in result.outlines if line.startswith("____")]
     assert headers == ["test_a1", "test_a2", "test_b1", "test_c1"]
+
+
+BIG_CLASS = """
+import os
+import pathlib
+import time
+import unittest
+
+LOG = pathlib.Path({log!r})
+
+
+class TestBig(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        with LOG.open("a") as handle:
+            handle.write(f"setUpClass {{os.getpid()}}\\n")
+
+{methods}
+
+def test_after_the_class():
+    pass
+"""
+
+
+@pytest.mark.parametrize("slow_first", [False, True], ids=["plain", "slow-first"])
+def test_a_class_longer_than_a_batch_runs_whole_on_one_worker(
+    pytester: pytest.Pytester, slow_first: bool
+) -> None:
+    """A reservation never ends inside a class, and a slow run handed back keeps the rest of
+    its class: setUpClass runs once, on one worker, for all 45 tests."""
+    log = pytester.path / "classes.log"
+    methods = "\n".join(
+        f"    def test_{i:02d}(self):\n        time.sleep({0.6 if slow_first and i == 0 else 0})"
+        for i in range(45)
+    )
+    pytester.makepyfile(test_big=BIG_CLASS.format(log=str(log), methods=methods))
+    for run in range(2):  # the first run without timing history, the second with it
+        log.unlink(missing_ok=True)
+        result = conveyor(pytester, "-n", "2")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines(["*46 passed*"])
+        assert len(log.read_text().splitlines()) == 1, (run, log.read_text())
