@@ -115,6 +115,7 @@ class ControllerPlugin:
         self._config: pytest.Config | None = None
         self.nodes: ControllerNodes | None = None
         self._benchmark_note: str | None = None
+        self._reporting_only = False  # no local worker left; other machines work on
         self._handlers: dict[str, Callable[[Event], None]] = {
             EVENT_RESULT: self._on_result,
             EVENT_UNIT_CRASHED: self._on_unit_crashed,
@@ -443,11 +444,17 @@ class ControllerPlugin:
                 last_progress = time.monotonic()
                 self._show_progress(session)
             else:
-                if self.supervisor is not None and (
-                    self.supervisor.alive() == 0 or self.supervisor.too_many_failures()
+                if (
+                    self.supervisor is not None
+                    and not self._reporting_only
+                    and (self.supervisor.alive() == 0 or self.supervisor.too_many_failures())
                 ):
                     self._drain_events()
-                    if not self.finished:
+                    if not self.finished and self.settings.shared and self._others_are_working():
+                        # This machine cannot work (its workers were refused, say), but the
+                        # build goes on elsewhere: report it whole when it is finished.
+                        self._reporting_only = True
+                    elif not self.finished:
                         self._abort_without_workers()
                 if time.monotonic() - last_progress > self.settings.stall_timeout_s:
                     self._abort_stalled()

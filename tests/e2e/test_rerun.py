@@ -130,3 +130,25 @@ def test_a_worker_with_other_code_is_refused(pytester: pytest.Pytester) -> None:
     finish(first)
     assert code != 0, output
     assert "from other code (test modules or conftest files with other contents)" in output
+
+
+def test_a_machine_whose_workers_are_refused_still_reports_the_whole_build(
+    pytester: pytest.Pytester,
+) -> None:
+    here = pytester.mkdir("here")
+    there = pytester.mkdir("there")
+    slow = "import time\n" + "".join(f"def test_{i}():\n    time.sleep(0.2)\n" for i in range(15))
+    for folder in (here, there):
+        (folder / "test_m.py").write_text(slow)
+    (there / "test_extra.py").write_text("def test_only_there(): pass\n")
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "--queue", queue, "--build", "B6")
+    working = conveyor(here, *run, "--node-id", "here")
+    time.sleep(1.5)
+    refused = conveyor(there, *run, "--node-id", "there")
+    code, output = finish(refused)
+    finish(working)
+    assert code == 3, output
+    assert "every worker stopped" not in output, output
+    assert "collected a different set of tests" in output
+    assert "15 passed" in output.splitlines()[-1], output
