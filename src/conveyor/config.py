@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.errors import UsageError
-from conveyor.options import find_pyproject, layered, split_command_line
+from conveyor.options import find_pyproject, layered, name_the_source, split_command_line
 from conveyor.queue import QUEUE_ENV
 from conveyor.scheduling import GROUPINGS, ORDERS
 
@@ -152,7 +152,17 @@ def parse_run_options(
     command_line, pytest_args = split_args(argv)
     if pyproject is None:
         pyproject = find_pyproject(Path.cwd())
-    ours = layered(command_line, environ, pyproject)
+    ours, sources = layered(command_line, environ, pyproject)
+    try:
+        return _convert(command, command_line, ours, pytest_args)
+    except UsageError as error:
+        raise name_the_source(error, sources) from None
+
+
+def _convert(
+    command: str, command_line: Mapping[str, str], ours: Mapping[str, str], pytest_args: list[str]
+) -> RunOptions:
+    """The options' raw values into RunOptions, checked (each error names the option)."""
     if command == "report" and "numprocesses" in command_line:
         raise UsageError("`conveyor report` runs no tests, so it takes no -n.")
     options = RunOptions(pytest_args=pytest_args)

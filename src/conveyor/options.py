@@ -155,7 +155,7 @@ def find_pyproject(start: Path) -> Path | None:
 def from_pyproject(path: Path | None) -> dict[str, str]:
     """Options from the [tool.conveyor] table of pyproject.toml; an unknown key or a value of
     the wrong kind is a usage error that names the file and the key."""
-    if path is None:
+    if path is None or not path.is_file():
         return {}
     try:
         table = tomllib.loads(path.read_text("utf-8")).get("tool", {}).get("conveyor", {})
@@ -205,13 +205,29 @@ def layered(
     command_line: Mapping[str, str],
     environ: Mapping[str, str] | None = None,
     pyproject: Path | None = None,
-) -> dict[str, str]:
-    """Every option's raw value by key: command line > environment > pyproject.toml."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Every option's raw value by key (command line > environment > pyproject.toml), and
+    where each value that did not come from the command line came from."""
     environ = os.environ if environ is None else environ
     merged = from_pyproject(pyproject)
-    merged.update(from_environment(environ))
+    sources = {key: f"{pyproject} [tool.conveyor] {key}" for key in merged}
+    from_env = from_environment(environ)
+    merged.update(from_env)
+    sources.update({key: BY_KEY[key].env for key in from_env})
     merged.update(command_line)
-    return {key: value for key, value in merged.items() if value != "" or key not in FLAGS}
+    for key in command_line:
+        sources.pop(key, None)
+    values = {key: value for key, value in merged.items() if value != "" or key not in FLAGS}
+    return values, sources
+
+
+def name_the_source(error: UsageError, sources: Mapping[str, str]) -> UsageError:
+    """A bad value that came from the environment or pyproject.toml: say where it was set."""
+    message = str(error)
+    for key, where in sources.items():
+        if any(message.startswith(flag + " ") for flag in BY_KEY[key].flags):
+            return UsageError(f"{where}: {message}")
+    return error
 
 
 FLAGS = {option.key for option in OPTIONS if option.kind == FLAG}

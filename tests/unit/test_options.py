@@ -87,3 +87,18 @@ def test_workers_by_the_name_the_readme_gives(tmp_path: Path) -> None:
     assert parse([], {}, path).workers == 3
     assert parse([], {"CONVEYOR_NUMPROCESSES": "2"}, path).workers == 2
     assert parse(["-n", "1"], {"CONVEYOR_NUMPROCESSES": "2"}, path).workers == 1
+
+
+def test_a_bad_value_from_the_environment_or_the_file_says_where_it_was_set(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.conveyor]\nlease-ttl = 'abc'\n")
+    with pytest.raises(
+        UsageError, match=r"pyproject.toml \[tool.conveyor\] lease-ttl: --lease-ttl"
+    ):
+        parse([], {}, path)
+    with pytest.raises(UsageError, match=r"^CONVEYOR_NUMPROCESSES: -n expects"):
+        parse([], {"CONVEYOR_NUMPROCESSES": "two"}, path.with_name("none.toml"))
+    with pytest.raises(UsageError, match=r"^-n expects"):
+        parse(["-n", "two"], {}, path.with_name("none.toml"))
