@@ -522,7 +522,7 @@ class ControllerPlugin:
         # --junitxml shows where and on which attempt each test ran, as <properties>.
         reports[-1].user_properties = [
             *reports[-1].user_properties,
-            ("conveyor_worker", (event.worker or "").rsplit("/", 1)[-1]),
+            ("conveyor_worker", event.worker or ""),  # machine/gwN on a shared queue
             ("conveyor_attempt", data.get("attempt", 1)),
         ]
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
