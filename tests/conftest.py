@@ -27,6 +27,13 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     return pytester
 
 
+@pytest.fixture
+def with_plugins(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """Every installed plugin active, as in a project that installs them (tests/e2e/plugins)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "")
+    return pytester
+
+
 class FakeClock:
     """An injectable clock, so lease expiry is tested without sleeping."""
 
