@@ -48,6 +48,8 @@ def bounded_payload(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> 
     """`payload` itself, or, when it is larger than the queue should carry (a property of
     tens of MB, an enormous assertion diff), a payload whose one failed report says so: the
     result is charged to its test, never to the queue or the controller."""
+    if not _may_be_large(payload):
+        return payload  # the common case, a quiet test: no second encoding on the hot path
     size = len(dumps(payload).encode("utf-8", "surrogatepass"))
     if size <= limit:
         return payload
@@ -74,3 +76,15 @@ def bounded_payload(payload: dict[str, Any], limit: int = MAX_PAYLOAD_BYTES) -> 
         "stop": 0.0,
     }
     return {**payload, "reports": [report], "warnings": []}
+
+
+def _may_be_large(payload: dict[str, Any]) -> bool:
+    """Whether a payload carries anything of unbounded size: a failure's text, captured
+    output, user properties or warnings. Reports of quiet passing tests are small."""
+    if payload.get("warnings"):
+        return True
+    return any(
+        report.get("longrepr") or report.get("sections") or report.get("user_properties")
+        for report in payload.get("reports", [])
+        if isinstance(report, dict)
+    )
