@@ -116,6 +116,7 @@ class ControllerPlugin:
         self.nodes: ControllerNodes | None = None
         self._benchmark_note: str | None = None
         self._reporting_only = False  # no local worker left; other machines work on
+        self._finished_at_start = False
         self._handlers: dict[str, Callable[[Event], None]] = {
             EVENT_RESULT: self._on_result,
             EVENT_UNIT_CRASHED: self._on_unit_crashed,
@@ -160,7 +161,8 @@ class ControllerPlugin:
             workers=self.settings.workers,
             build=self.settings.build,
         )
-        if not self.queue.status().finished:
+        self._finished_at_start = self.queue.status().finished
+        if not self._finished_at_start:
             # Plugins' part of each worker's input (a random seed, where coverage goes),
             # published before the workers configure; they wait for it.
             data = self.nodes.worker_input(shared=self.settings.shared)
@@ -613,7 +615,9 @@ class ControllerPlugin:
         (bounded) for every worker that joined to send it, to leave, or to be lost."""
         if self.nodes is None or not self.nodes.wants_output():
             return
-        deadline = time.monotonic() + OUTPUT_WAIT_S
+        # A build that had finished before this controller started (a report of it, a
+        # replay): whatever its workers sent is in the stream already; nothing more comes.
+        deadline = time.monotonic() + (0.0 if self._finished_at_start else OUTPUT_WAIT_S)
         while self.nodes.awaiting() and time.monotonic() < deadline:
             if self.supervisor is not None and self.supervisor.alive() == 0:
                 self._drain_events()
@@ -641,10 +645,11 @@ class ControllerPlugin:
     def _on_worker_lost(self, event: Event) -> None:
         cause = event.data.get("cause", {})
         requeued = event.data.get("requeued", [])
+        if self.nodes is not None and event.worker:
+            # Down either way: it will send no output (a machine that left included).
+            self.nodes.lost(event.worker, cause.get("reason", "the worker was lost"))
         if cause.get("returncode") is None:
             return  # an orderly hand-back of unstarted units, not a loss
-        if self.nodes is not None and event.worker:
-            self.nodes.lost(event.worker, cause.get("reason", "the worker was lost"))
         self.problems.lost.append(
             f"{cause.get('reason', 'a worker was lost')}"
             + (f" while running {cause['culprit']}" if cause.get("culprit") else "")
