@@ -21,26 +21,21 @@ import os
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-import pytest
-
-from conveyor.compat import report_to_json
 from conveyor.errors import CollectionMismatch, QueueError
+from conveyor.heartbeat import Heartbeat
+from conveyor.lease_stream import LeaseStream
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import (
     EVENT_RESULT,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LEFT,
-    EXHAUSTED,
     JSON,
-    LEASED,
     REQUEUED,
-    WAIT,
     collection_digest,
 )
 
@@ -94,25 +89,27 @@ class Unit:
 
 
 def _report_json(nodeid: str, outcome: str, duration_s: float, message: str, output: str) -> JSON:
-    """A pytest TestReport, serialised as pytest serialises its own, so the controller shows
-    it exactly like a pytest result."""
-    when = "setup" if outcome == "error" else "call"
+    """A test report in the form `pytest_report_to_serializable` gives a pytest TestReport,
+    so the controller rebuilds and shows it exactly like a pytest result. Written out here
+    so that this module, meant for any framework, does not import pytest."""
+    path = nodeid.split("::", 1)[0]
     longrepr: Any = None
     if outcome in ("failed", "error"):
         longrepr = message or "failed"
     elif outcome == "skipped":
-        longrepr = (nodeid.split("::", 1)[0], 0, f"Skipped: {message or 'skipped'}")
-    report = pytest.TestReport(
-        nodeid=nodeid,
-        location=(nodeid.split("::", 1)[0], None, nodeid),
-        keywords={},
-        outcome="failed" if outcome == "error" else outcome,  # type: ignore[arg-type]
-        longrepr=longrepr,
-        when=when,  # type: ignore[arg-type]
-        sections=[("Captured output", output)] if output else [],
-        duration=duration_s,
-    )
-    return report_to_json(report)
+        longrepr = [path, 0, f"Skipped: {message or 'skipped'}"]
+    return {
+        "$report_type": "TestReport",
+        "nodeid": nodeid,
+        "location": [path, None, nodeid],
+        "keywords": {},
+        "outcome": "failed" if outcome == "error" else outcome,
+        "longrepr": longrepr,
+        "when": "setup" if outcome == "error" else "call",
+        "user_properties": [],
+        "sections": [["Captured output", output]] if output else [],
+        "duration": duration_s,
+    }
 
 
 def result_payload(unit: str, result: Result, attempt: int, started: float) -> JSON:
@@ -165,27 +162,6 @@ def result_payload(unit: str, result: Result, attempt: int, started: float) -> J
     return payload
 
 
-class _Heartbeat(threading.Thread):
-    """Renews the leases of the units the session holds (handed out, not yet completed)."""
-
-    def __init__(
-        self, queue: Queue, worker_id: str, interval_s: float, held: Callable[[], list[str]]
-    ) -> None:
-        super().__init__(name="conveyor-api-heartbeat", daemon=True)
-        self.queue, self.worker_id, self.interval_s = queue, worker_id, interval_s
-        self.held = held
-        self.error: QueueError | None = None
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval_s):
-            try:
-                self.queue.heartbeat(self.worker_id, self.held())
-            except QueueError as exc:
-                self.error = exc
-                return
-
-
 class WorkerSession:
     """One worker's view of a build: populate, iterate units, complete or requeue them."""
 
@@ -195,8 +171,10 @@ class WorkerSession:
         # Units handed out and not yet completed or requeued: the leases the heartbeat renews.
         self._held: dict[str, None] = {}
         self._held_lock = threading.Lock()
-        self._heartbeat = _Heartbeat(
-            queue, worker_id, max(0.05, min(5.0, lease_ttl_s / 3)), self._held_units
+        self._heartbeat = Heartbeat(queue, worker_id, lease_ttl_s, held=self._held_units)
+        # The same reserve loop as a pytest worker's, one unit at a time.
+        self._stream = LeaseStream(
+            queue, worker_id, batch=lambda pending: 1, check=self._heartbeat.check
         )
         self._started: dict[str, float] = {}
 
@@ -235,22 +213,11 @@ class WorkerSession:
         self.queue.join(self.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
         if not self._heartbeat.is_alive():
             self._heartbeat.start()
-        while True:
-            if self._heartbeat.error is not None:
-                raise self._heartbeat.error
-            # One id per reservation: a retry after a lost reply gets the same one back.
-            reservation = self.queue.reserve(self.worker_id, 1, uuid.uuid4().hex)
-            if reservation.state == EXHAUSTED:
-                return
-            if reservation.state == WAIT:
-                time.sleep(WAIT_POLL_S)
-                continue
-            assert reservation.state == LEASED
+        for lease in self._stream:
             with self._held_lock:
-                self._held.update(dict.fromkeys(lease.unit for lease in reservation.leases))
-            for lease in reservation.leases:
-                self._started[lease.unit] = time.time()
-                yield Unit(lease.unit, lease.attempt)
+                self._held[lease.unit] = None
+            self._started[lease.unit] = time.time()
+            yield Unit(lease.unit, lease.attempt)
 
     def complete(self, unit: Unit, result: Result) -> bool:
         """Store the unit's result; False when another attempt already finished it."""
@@ -274,15 +241,16 @@ class WorkerSession:
         return answer == REQUEUED
 
     def _held_units(self) -> list[str]:
+        """Units handed out and not yet completed, and those reserved but not handed out."""
         with self._held_lock:
-            return list(self._held)
+            return [*self._held, *self._stream.unstarted()]
 
     def _release(self, unit: str) -> None:
         with self._held_lock:
             self._held.pop(unit, None)
 
     def close(self) -> None:
-        self._heartbeat.stopped.set()
+        self._heartbeat.stop()
         if self._heartbeat.is_alive():
             with contextlib.suppress(QueueError):
                 self.queue.publish(EVENT_WORKER_LEFT, self.worker_id, {"reason": "closed"})

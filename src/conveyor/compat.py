@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -92,6 +93,19 @@ class SilentReporter:
     ensure_newline = flush = write_ensure_prefix = _discard
 
 
+def silence_terminal(config: pytest.Config) -> None:
+    """A worker's own terminal output (progress, the summary of its share of tests) would
+    only cost time: the controller prints everything. A silent stand-in keeps the terminal
+    writer that assertion rewriting and plugins ask for; what plugins write on it themselves
+    (pytest-timeout's stack dump) goes to the worker's log."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    writer = getattr(reporter, "_tw", None)
+    if reporter is not None and writer is not None:
+        config.pluginmanager.unregister(reporter)
+        silent = SilentReporter(config, type(writer)(sys.__stderr__))
+        config.pluginmanager.register(silent, "terminalreporter")
+
+
 class NextItem:
     """The `nextitem` pytest gets, resolved when pytest first looks at it: at the running
     test's teardown, where it decides which fixtures the next test still needs. Falsy when
@@ -165,11 +179,3 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
         xml.node_reporter(report).append(element)
 
     return append
-
-
-def report_to_json(report: pytest.TestReport) -> dict[str, Any]:
-    """A TestReport serialised as `pytest_report_to_serializable` does, without a config
-    (relies on TestReport._to_json and the "$report_type" key pytest adds)."""
-    data: dict[str, Any] = report._to_json()
-    data["$report_type"] = "TestReport"
-    return data

@@ -38,3 +38,8 @@ class CollectionMismatch(ConveyorError):
 
 class NodeSetupFailed(ConveyorError):
     """--node-setup failed on this machine, so it cannot take part in the build."""
+
+
+class BuildAborted(ConveyorError):
+    """The controller cannot follow the build any further (no worker left, nothing happened
+    for too long, no manifest in time): the session ends with exit code 3 and this message."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import os
 import platform
 import sys
 import time
@@ -402,3 +403,47 @@ class WorkerInput(dict[str, Any]):
         for key, value in found.items():
             self.setdefault(key, value)
         self._fetch = None
+
+
+def attach_worker_input(
+    config: pytest.Config,
+    queue: Any,
+    *,
+    worker_id: str,
+    worker_count: int,
+    build: str,
+    own_controller: bool,
+    start_timeout_s: float,
+) -> None:
+    """Give a worker's config the `workerinput`/`workeroutput` pytest and its reporting
+    plugins recognise a worker of a distributed run by (pytest-xdist sets them too):
+    junitxml, pytest-html and the cache then leave writing to the controller. Set before any
+    plugin's pytest_configure looks, with what plugins put in on the controller's side."""
+
+    def wait() -> dict[str, Any] | None:
+        found = wait_for_input(
+            queue, worker_id, own_controller=own_controller, timeout_s=start_timeout_s
+        )
+        if found is None:
+            print(
+                "conveyor: no controller published the plugins' input for this build's "
+                "workers within --start-timeout; run `conveyor run` or `conveyor report` "
+                "for the build.",
+                file=sys.stderr,
+            )
+        return found
+
+    workerinput = WorkerInput(
+        {
+            "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
+            "workercount": worker_count,
+            "testrunuid": build,
+            "mainargv": list(sys.argv),
+        },
+        fetch=wait,
+    )
+    workerinput.merge_available(
+        wait_for_input(queue, worker_id, own_controller=own_controller, timeout_s=0.0)
+    )
+    config.workerinput = workerinput  # type: ignore[attr-defined]
+    config.workeroutput = {}  # type: ignore[attr-defined]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.heartbeat import Heartbeat
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_LEASE_EXPIRED
-from conveyor.worker import Heartbeat, WorkerSettings
 
 UNITS = [f"test_m.py::test_{i}" for i in range(3)]
 TTL_S = 0.6  # the heartbeat renews every 0.2 s
@@ -32,10 +32,7 @@ def test_the_heartbeat_renews_only_the_leases_the_worker_knows(
     queue: Queue = open_queue(queue_url, build, lease_ttl_s=TTL_S)
     queue.populate("gw0", UNITS, {})
     known, leaked = (lease.unit for lease in queue.reserve("gw0", 2).leases)
-    settings = WorkerSettings(
-        queue_url=queue_url, build=build, worker_id="gw0", worker_count=2, lease_ttl_s=TTL_S
-    )
-    heartbeat = Heartbeat(queue, settings, held=lambda: [known])
+    heartbeat = Heartbeat(queue, "gw0", TTL_S, held=lambda: [known])
     heartbeat.start()
     try:
         time.sleep(5 * TTL_S)

@@ -149,7 +149,7 @@ def test_pytest_split_durations_file_is_understood(tmp_path: Path) -> None:
 
 
 def test_batches_hold_many_tiny_tests_few_slow_ones_and_shrink_at_the_end() -> None:
-    from conveyor.worker import MAX_BATCH, batch_size
+    from conveyor.batch_policy import MAX_BATCH, batch_size
 
     assert batch_size(10_000, 2, typical_test_s=0.001) == MAX_BATCH
     assert batch_size(10_000, 2, typical_test_s=0.1) == 2

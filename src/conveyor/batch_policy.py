@@ -1,0 +1,150 @@
+"""How many units a worker asks the queue for at a time, and when it hands a run back.
+
+Pure policy, no queue and no pytest: it sees the build's serving order, the grouping, whether
+timing history exists, and the durations this worker has measured so far.
+
+- A module's run of tests goes to one worker whole, so its fixtures are set up once. With
+  timing history the leader has already split the modules too long for balance into ranges
+  (each held together); without it the run is cut to about AFFINITY_TARGET_S of work by the
+  durations seen so far (nothing seen yet: one unit).
+- A reservation never ends inside a class (unless --dist test allows it).
+- Outside such runs, tiny tests travel in batches and slow ones alone, and batches shrink near
+  the end so that the tail stays balanced.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from conveyor.scheduling import same_class, scope_of
+
+MAX_BATCH = 32
+BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
+AFFINITY_TARGET_S = 2.0  # work of a module's run kept together when nothing else says so
+GIVE_BACK_AFTER_S = 0.5  # without history, a test this slow hands the rest of its run back
+
+
+def batch_size(pending: int, worker_count: int, typical_test_s: float | None = None) -> int:
+    """How many units to reserve at once: tiny tests travel in batches (fewer round trips),
+    slow ones alone (a batch of slow tests would pin them to one worker), and batches shrink
+    near the end so that the tail stays balanced across workers."""
+    if typical_test_s is None:
+        return 1  # nothing seen yet: the first units served may be the slowest of the build
+    share = pending // max(1, 4 * worker_count)
+    if typical_test_s > 0:
+        share = min(share, int(BATCH_TARGET_S / typical_test_s))
+    return max(1, min(MAX_BATCH, share))
+
+
+class BatchPolicy:
+    def __init__(
+        self,
+        order: Sequence[str],
+        range_of: Mapping[str, str],
+        grouping: str,
+        worker_count: int,
+        has_history: bool,
+    ) -> None:
+        self.order = list(order)
+        self.positions = {unit: index for index, unit in enumerate(self.order)}
+        self.range_of = dict(range_of)
+        self.grouping = grouping
+        self.worker_count = worker_count
+        self.has_history = has_history
+        self.recent_durations: deque[float] = deque(maxlen=16)
+        self.affinity = 0  # units of the last reservation's run still to come
+
+    # -- what the worker tells it -----------------------------------------------------------
+
+    def reserved(self, last_unit: str) -> None:
+        """A reservation ended with `last_unit`: the next one takes the rest of its run."""
+        self.affinity = self.scope_run_after(last_unit)
+
+    def ran(self, duration_s: float) -> None:
+        self.recent_durations.append(duration_s)
+
+    def handed_back(self) -> None:
+        self.affinity = 0
+
+    # -- what it answers --------------------------------------------------------------------
+
+    def batch(self, pending: int) -> int:
+        """How many units the next reservation asks for, with `pending` units in the queue."""
+        return self.to_class_end(pending, self._batch_within_runs(pending))
+
+    def should_give_back(self) -> bool:
+        """Without history, a run of tests that turn out slow goes back to the queue: other
+        workers may be idle."""
+        last = self.recent_durations[-1] if self.recent_durations else 0.0
+        return not self.has_history and last > GIVE_BACK_AFTER_S
+
+    def rest_of_class(self, unit: str, unstarted: Sequence[str]) -> int:
+        """How many of `unstarted` (in running order) belong to the class of `unit`: a
+        hand-back keeps them on this worker."""
+        if self.grouping == "test":
+            return 0
+        count = 0
+        for following in unstarted:
+            if not same_class(unit, following):
+                break
+            count += 1
+        return count
+
+    def typical_test_s(self) -> float | None:
+        """How long this worker's recent tests took. The queue serves the slowest first, so
+        the recent past overestimates what comes next: batches err on the small side."""
+        if self.recent_durations:
+            return sum(self.recent_durations) / len(self.recent_durations)
+        return None
+
+    def _batch_within_runs(self, pending: int) -> int:
+        typical = self.typical_test_s()
+        run = self.affinity or self._run_at_front(pending)
+        if run <= 1:
+            return batch_size(pending, self.worker_count, typical)
+        if self.has_history:
+            return min(run, MAX_BATCH)
+        if typical is None:
+            return 1
+        return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+
+    def to_class_end(self, pending: int, want: int) -> int:
+        """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
+        class with class-scoped fixtures, tests that depend on an earlier one) run on one
+        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split."""
+        if self.grouping == "test":
+            return want
+        start = len(self.order) - pending
+        if not 0 <= start < len(self.order):
+            return want
+        end = start + want
+        while 0 < end < len(self.order) and same_class(self.order[end - 1], self.order[end]):
+            end += 1
+        return end - start
+
+    def scope_run_after(self, unit: str) -> int:
+        """How many units follow `unit` in the serving order within its module (or class, or
+        range of a split module): the next reservation takes them all, so one worker runs
+        them in a row and sets their fixtures up once."""
+        position = self.positions.get(unit)
+        if position is None or self.grouping == "test":
+            return 0
+        scope = self._scope_key(unit)
+        run = 0
+        for following in self.order[position + 1 : position + 1 + MAX_BATCH]:
+            if self._scope_key(following) != scope:
+                break
+            run += 1
+        return run
+
+    def _scope_key(self, unit: str) -> str:
+        return self.range_of.get(unit) or scope_of(unit, self.grouping)
+
+    def _run_at_front(self, pending: int) -> int:
+        """The module run that the queue is about to serve: units are served in the published
+        order, so with `pending` units left the front is at position total - pending."""
+        position = len(self.order) - pending
+        if not 0 <= position < len(self.order):
+            return 0
+        return 1 + self.scope_run_after(self.order[position])

@@ -1,0 +1,259 @@
+"""Following a build through the queue: wait for the manifest, page through the event stream,
+and notice when the build cannot go on (no worker left, no start, a stall, a lost build).
+
+It knows nothing of pytest: events go to the handlers it is given, and a build that cannot go
+on raises `BuildAborted` with a message for the person at the terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+
+from conveyor.errors import BuildAborted, BuildStateLost
+from conveyor.problems import BuildProblems
+from conveyor.queue import Queue
+from conveyor.queue.protocol import Event, Manifest
+from conveyor.supervisor import Supervisor
+
+POLL_MIN_S = 0.005
+POLL_MAX_S = 0.02
+MANIFEST_CHECK_S = 1.0
+EVENTS_PAGE = 2000
+OTHERS_CHECKS, OTHERS_POLL_S = 20, 0.05  # look for another machine's lease for about 1 s
+
+Handler = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class FollowSettings:
+    build: str
+    start_timeout_s: float = 600.0
+    stall_timeout_s: float = 1800.0
+    shared: bool = False  # other machines may work on this build
+
+
+def backoff(delay: float) -> float:
+    """Sleep `delay`, and return the next, longer one (bounded): an idle queue is polled less."""
+    time.sleep(delay)
+    return min(POLL_MAX_S, delay * 2)
+
+
+class BuildFollower:
+    """The controller's read side of the queue: one cursor into the event stream."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        supervisor: Supervisor | None,
+        settings: FollowSettings,
+        problems: BuildProblems,
+        handlers: Mapping[str, Handler],
+        reported: Collection[str],
+    ) -> None:
+        self.queue = queue
+        self.supervisor = supervisor
+        self.settings = settings
+        self.problems = problems
+        self.handlers = dict(handlers)
+        self.reported = reported  # the tests with a final result so far (kept by the replay)
+        self.cursor = 0
+        self.finished = False
+        self.reporting_only = False  # no local worker left; other machines work on
+        self.started_at = time.monotonic()
+        self.manifest: Manifest | None = None
+
+    def drain(self) -> int:
+        """Dispatch every event not yet seen; returns how many there were."""
+        seen = 0
+        for event in self._unseen_events():
+            handler = self.handlers.get(event.kind)
+            if handler is not None:
+                handler(event)
+            self.cursor = event.seq
+            seen += 1
+        return seen
+
+    def _unseen_events(self) -> Iterator[Event]:
+        while True:
+            page = self.queue.events(self.cursor, EVENTS_PAGE)
+            yield from page
+            if len(page) < EVENTS_PAGE:
+                return
+
+    def all_events(self) -> list[Event]:
+        """The whole stream from its start (for the timeline and the GitHub summary)."""
+        events: list[Event] = []
+        cursor = 0
+        while page := self.queue.events(cursor, EVENTS_PAGE):
+            events.extend(page)
+            cursor = page[-1].seq
+        return events
+
+    # -- start ------------------------------------------------------------------------------
+
+    def wait_for_manifest(self) -> Manifest:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        delay = POLL_MIN_S
+        while True:
+            manifest = self.queue.manifest()
+            if manifest is not None:
+                self.manifest = manifest
+                return manifest
+            self.drain()
+            if self.supervisor is not None and (
+                self.supervisor.alive() == 0 or self.supervisor.too_many_failures()
+            ):
+                self.abort_without_workers()
+            if time.monotonic() > deadline:
+                raise BuildAborted(
+                    f"conveyor: no worker finished collecting within "
+                    f"{self.settings.start_timeout_s:.0f} s (queue {self.queue.display_url})."
+                )
+            delay = backoff(delay)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def follow(
+        self, on_progress: Callable[[], None], stop_reason: Callable[[], str | None]
+    ) -> None:
+        """Dispatch events until the build finishes; a stop asked for by the session (-x,
+        --maxfail) is passed on to the queue once."""
+        delay = POLL_MIN_S
+        stopped = False
+        last_progress = last_check = time.monotonic()
+        while not self.finished:
+            if time.monotonic() - last_check > MANIFEST_CHECK_S:
+                self.check_same_build()
+                self.check_started()
+                last_check = time.monotonic()
+            if self.drain():
+                delay = POLL_MIN_S
+                last_progress = time.monotonic()
+                on_progress()
+            else:
+                self._check_workers_left()
+                if time.monotonic() - last_progress > self.settings.stall_timeout_s:
+                    self.abort_stalled()
+                delay = backoff(delay)
+            reason = stop_reason()
+            if reason and not stopped:
+                self.queue.stop(reason)
+                stopped = True
+
+    def _check_workers_left(self) -> None:
+        supervisor = self.supervisor
+        if supervisor is None or self.reporting_only:
+            return
+        if supervisor.alive() and not supervisor.too_many_failures():
+            return
+        self.drain()
+        if self.finished:
+            return
+        if self.settings.shared and self.others_are_working():
+            # This machine cannot work (its workers were refused, say), but the build goes
+            # on elsewhere: report it whole when it is finished.
+            self.reporting_only = True
+        else:
+            self.abort_without_workers()
+
+    def others_are_working(self) -> bool:
+        """Whether another machine holds a test of this build within about a second (a worker
+        between two tests holds none for a moment)."""
+        for _ in range(OTHERS_CHECKS):
+            if self.queue.status().leased:
+                return True
+            time.sleep(OTHERS_POLL_S)
+        return False
+
+    def wait_for_local_workers(self) -> None:
+        """Drain events while local workers finish what they run (after a first Ctrl-C)."""
+        while self.supervisor is not None and self.supervisor.alive() > 0:
+            self.drain()
+            time.sleep(POLL_MAX_S)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def check_same_build(self) -> None:
+        """A queue that lost its state may have been re-populated by a late worker under the
+        same build id; the results read so far then belong to a build that no longer exists."""
+        if self.manifest is None:
+            return
+        current = self.queue.manifest()
+        if current is None or current.meta.get("nonce") != self.manifest.meta.get("nonce"):
+            raise BuildStateLost(
+                f"build {self.settings.build!r} vanished from the queue {self.queue.display_url} "
+                "while it was running"
+                + (f" and was started again from scratch by {current.leader}" if current else "")
+                + ": the queue lost its state (a restarted Redis without persistence, a flush, "
+                "or expired keys). Start the build again."
+            )
+
+    def check_started(self) -> None:
+        """--start-timeout: a build in which no worker ever took a test is not waited on."""
+        if self.reported:
+            return
+        if time.monotonic() - self.started_at < self.settings.start_timeout_s:
+            return
+        status = self.queue.status()
+        if status.leased == 0 and status.done == 0 and not status.finished:
+            raise BuildAborted(
+                f"conveyor: no worker has taken a test of build {self.settings.build} within "
+                f"{self.settings.start_timeout_s:.0f} s (--start-timeout); "
+                f"{len(status.workers)} worker(s) joined. Are workers running with the same "
+                f"--queue and --build?"
+            )
+
+    def abort_stalled(self) -> None:
+        never_ran = sorted(set(self.queue.units()) - set(self.reported))
+        self.problems.missing = never_ran
+        shown = "\n".join(f"  {nodeid}" for nodeid in never_ran[:20])
+        more = f"\n  ... and {len(never_ran) - 20} more" if len(never_ran) > 20 else ""
+        raise BuildAborted(
+            f"conveyor: nothing happened in build {self.settings.build} for "
+            f"{self.settings.stall_timeout_s:.0f} s while {len(never_ran)} test(s) have no "
+            f"result; are any workers still running? (--stall-timeout)\n{shown}{more}"
+        )
+
+    def abort_without_workers(self) -> None:
+        assert self.supervisor is not None
+        if self.supervisor.too_many_failures():
+            lines = [
+                f"conveyor: more than {self.supervisor.max_worker_failures} worker(s) failed "
+                "outside any test (--max-worker-failures); the build was aborted."
+            ]
+            self.queue.stop("too many worker failures")
+            self.supervisor.shutdown(terminate=True)
+        else:
+            lines = ["conveyor: every worker stopped before the build could finish."]
+        lines += self.problems.refused
+        for failure in self.supervisor.failures[-3:]:
+            lines.append(f"worker {failure.worker} {failure.cause}; its last output:")
+            lines.append(failure.output_tail or "(no output)")
+        raise BuildAborted("\n".join(lines))
+
+    # -- Ctrl-C -------------------------------------------------------------------------------
+
+    def interrupted(self, say: Callable[[str], None]) -> bool:
+        """The person at the terminal interrupted the build. On a shared queue this machine
+        leaves and the build goes on elsewhere (True: it did); with nobody else holding a
+        test it is stopped, to be resumed. Alone, running tests finish and report first; a
+        second interrupt stops them at once."""
+        supervisor = self.supervisor
+        if self.settings.shared and supervisor is not None:
+            supervisor.leave("this machine was interrupted; its tests go back")
+            left = self.others_are_working()
+            if not left:
+                self.queue.stop("interrupted")
+            self.drain()
+            return left
+        self.queue.stop("interrupted")
+        say("conveyor: stopping; running tests finish first (interrupt again to stop now)")
+        try:
+            self.wait_for_local_workers()
+        except KeyboardInterrupt:
+            if supervisor is not None:
+                supervisor.shutdown(terminate=True)
+        self.drain()
+        return False

@@ -1,0 +1,142 @@
+"""The end of a build on the controller's side: account for every test, save timing history,
+and write the summary parts conveyor adds (GitHub step summary, timeline, the estimate, the
+"conveyor" section)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from conveyor import github
+from conveyor.errors import QueueError
+from conveyor.history import history_store
+from conveyor.manifest_view import ManifestView
+from conveyor.problems import BuildProblems
+from conveyor.queue import Queue
+from conveyor.queue.protocol import Event
+from conveyor.report_replay import Ledger
+from conveyor.supervisor import Supervisor
+
+
+class BuildSummary:
+    def __init__(
+        self,
+        queue: Queue,
+        problems: BuildProblems,
+        ledger: Ledger,
+        all_events: Callable[[], list[Event]],
+        title: str,
+        workers: int,
+    ) -> None:
+        self.queue = queue
+        self.problems = problems
+        self.ledger = ledger
+        self._read_all_events = all_events
+        self._events: list[Event] | None = None
+        self.title = title
+        self.workers = workers
+
+    def all_events(self) -> list[Event]:
+        """The whole stream, read once at the end for the timeline and the GitHub summary."""
+        if self._events is None:
+            self._events = self._read_all_events()
+        return self._events
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def account(self, session: pytest.Session, manifest: ManifestView | None) -> None:
+        """Every selected test has exactly one final outcome, or the build says which not."""
+        if manifest is None:
+            return
+        sort_stats_in_collection_order(session, manifest)
+        if self.queue.status().stop_reason is not None:
+            self.note_not_run(manifest)
+            return
+        self.problems.missing = sorted(manifest.unit_set - self.ledger.reported)
+
+    def note_not_run(self, manifest: ManifestView | None) -> None:
+        if manifest is not None:
+            self.problems.not_run = manifest.without_result(self.ledger.reported)
+
+    def record_history(self, history: str, config: pytest.Config) -> None:
+        """Durations of this build feed the order of the next one."""
+        store = history_store(history, config, self.queue)
+        if store is None or not self.ledger.durations:
+            return
+        try:
+            store.record(self.ledger.durations)
+        except (QueueError, OSError, ValueError) as exc:
+            self.problems.lost.append(f"timing history was not saved: {exc}")
+
+    # -- the terminal summary ---------------------------------------------------------------
+
+    def write(
+        self,
+        terminalreporter: Any,
+        timeline: str | None,
+        estimate_s: float | None,
+        finished: bool,
+        started_at: float,
+        supervisor: Supervisor | None,
+    ) -> None:
+        self._github_summary(terminalreporter)
+        if timeline:
+            self._write_timeline(terminalreporter, timeline)
+        first_result_s = self.ledger.first_result_s
+        if estimate_s is not None and finished:
+            took = time.monotonic() - started_at
+            first = f"; first result after {first_result_s:.2f} s" if first_result_s else ""
+            terminalreporter.write_line(
+                f"conveyor: estimated {estimate_s:.1f} s of testing, the build took "
+                f"{took:.1f} s (start-up included{first})"
+            )
+        failures = supervisor.failures if supervisor else []
+        self.problems.write(terminalreporter, failures, self.ledger.reruns)
+
+    def _github_summary(self, terminalreporter: Any) -> None:
+        if not os.environ.get("GITHUB_STEP_SUMMARY"):
+            return
+        figures: list[tuple[str, str]] = []
+        try:
+            from conveyor.timeline import figures as timeline_figures
+
+            found = timeline_figures(self.all_events(), self.workers or None)
+            figures = [
+                ("wall time", f"{found.wall_s:.1f} s"),
+                ("lower bound", f"{found.lower_bound_s:.1f} s"),
+                ("first result after", f"{self.ledger.first_result_s or 0:.2f} s"),
+            ]
+        except Exception:  # the summary must never fail a build
+            figures = []
+        text = github.render(
+            terminalreporter.stats,
+            title=self.title,
+            flaky=self.problems.flaky,
+            durations=self.ledger.durations,
+            figures=figures,
+            env=os.environ,
+        )
+        github.append_step_summary(text)
+
+    def _write_timeline(self, terminalreporter: Any, path: str) -> None:
+        from conveyor.timeline_page import write_html
+
+        found = write_html(path, self.all_events(), title=self.title, workers=self.workers or None)
+        terminalreporter.write_line(
+            f"conveyor: timeline written to {path} (wall {found.wall_s:.1f} s, "
+            f"lower bound {found.lower_bound_s:.1f} s)"
+        )
+
+
+def sort_stats_in_collection_order(session: pytest.Session, manifest: ManifestView) -> None:
+    """Results arrive in completion order; the summary lists them as plain pytest does."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    position = manifest.collection_positions()
+    for reports in reporter.stats.values():
+        reports.sort(key=lambda report: position.get(getattr(report, "nodeid", ""), -1))

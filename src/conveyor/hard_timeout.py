@@ -1,0 +1,77 @@
+"""The hard timeout of one test in a pytest worker.
+
+faulthandler's watchdog is a C thread: it fires even when the test holds the GIL or sleeps in
+C, dumps every thread's stack to the timeout file and ends the process; the supervisor then
+reports the test as timed out and starts a replacement. Without --test-timeout, a test with
+timing history gets an automatic one (see conveyor.watchdog, cheap per test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+from collections.abc import Iterator, Mapping
+from typing import TextIO
+
+from conveyor.vocabulary import TIMEOUT_HEADER
+from conveyor.watchdog import Watchdog
+
+# Without --test-timeout, a test with timing history is stopped after this long: generous
+# enough for a slow machine, short enough that a hung test does not hold the build for hours.
+AUTO_TIMEOUT_BASE_S = 10.0
+AUTO_TIMEOUT_FACTOR = 10.0  # a loaded CI machine can run a test several times slower
+
+
+def automatic_timeouts(durations: Mapping[str, float]) -> dict[str, float]:
+    return {unit: AUTO_TIMEOUT_BASE_S + AUTO_TIMEOUT_FACTOR * s for unit, s in durations.items()}
+
+
+class HardTimeout:
+    def __init__(self, timeout_file: str | None, fixed_s: float | None) -> None:
+        """`fixed_s`: --test-timeout (None: automatic from history; 0: no timeout at all)."""
+        self.fixed_s = fixed_s
+        self.automatic: dict[str, float] = {}
+        self._file: TextIO | None = (
+            open(timeout_file, "w")  # noqa: SIM115 - faulthandler writes to it until exit
+            if timeout_file and fixed_s != 0
+            else None
+        )
+        self._watchdog: Watchdog | None = None
+
+    def learn(self, durations: Mapping[str, float]) -> None:
+        if self.fixed_s is None:
+            self.automatic = automatic_timeouts(durations)
+
+    @contextlib.contextmanager
+    def around(self, unit: str) -> Iterator[None]:
+        timeout = self.fixed_s if self.fixed_s is not None else self.automatic.get(unit)
+        if not timeout or self._file is None:
+            yield
+            return
+        seconds = f"{timeout:.1f}".rstrip("0").rstrip(".")
+        if self.fixed_s is None:
+            if self._watchdog is None:
+                self._watchdog = Watchdog(self._file)
+                self._watchdog.start()
+            self._watchdog.arm(
+                timeout, f"{TIMEOUT_HEADER} {seconds} automatic, from timing history"
+            )
+            try:
+                yield
+            finally:
+                self._watchdog.disarm()
+            return
+        handle = self._file
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{TIMEOUT_HEADER} {seconds} --test-timeout\n")
+        handle.flush()
+        faulthandler.dump_traceback_later(timeout, exit=True, file=handle)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

@@ -1,0 +1,40 @@
+"""The build's manifest as the controller reads it: its units, read from the queue once (the
+manifest never changes; at 100,000 tests the end of a build needs them several times)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from conveyor.queue import Queue
+from conveyor.queue.protocol import Manifest
+
+
+class ManifestView:
+    def __init__(self, queue: Queue, manifest: Manifest) -> None:
+        self.queue = queue
+        self.manifest = manifest
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.manifest.meta
+
+    @cached_property
+    def units(self) -> list[str]:
+        """Every unit in the published (serving) order."""
+        return self.queue.units()
+
+    @cached_property
+    def unit_set(self) -> frozenset[str]:
+        return frozenset(self.units)
+
+    def collection_positions(self) -> dict[str, int]:
+        """unit -> its place in the collection (the manifest lists the serving order)."""
+        ranks = self.manifest.meta.get("collection_order")
+        if not isinstance(ranks, list) or len(ranks) != len(self.units):
+            ranks = list(range(len(self.units)))
+        return dict(zip(self.units, ranks, strict=True))
+
+    def without_result(self, reported: set[str]) -> list[str]:
+        """Units with no final result, in serving order."""
+        return [unit for unit in self.units if unit not in reported]

@@ -1,0 +1,225 @@
+"""Replaying a build's results through pytest's own hooks, one test at a time as results
+arrive, so the terminal, --junitxml, the cache and reporting plugins see what a plain run shows.
+
+Every replayed test goes through one path (`_replay`): logstart, each report, logfinish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from conveyor.compat import junit_testcase_appender, replay_collection_counts
+from conveyor.problems import BuildProblems
+from conveyor.queue.protocol import (
+    EVENT_DUPLICATE_REJECTED,
+    EVENT_REQUEUED,
+    EVENT_RESULT,
+    EVENT_UNIT_CRASHED,
+    Event,
+)
+from conveyor.reports import (
+    Deselected,
+    crash_report,
+    report_from_json,
+    rerun_failure_element,
+    warning_message,
+)
+
+# What a malformed result raises when its reports are rebuilt.
+UNREADABLE = (KeyError, TypeError, ValueError, AssertionError)
+
+
+@dataclass
+class Ledger:
+    """What has been replayed: each test's final result once, its duration, its reruns."""
+
+    reported: set[str] = field(default_factory=set)
+    durations: dict[str, float] = field(default_factory=dict)
+    reruns: dict[str, list[Any]] = field(default_factory=dict)  # failed attempts retried
+    first_result_s: float | None = None
+
+
+class ReportReplayer:
+    def __init__(
+        self,
+        config: pytest.Config,
+        problems: BuildProblems,
+        in_manifest: Callable[[str], bool],
+        on_failure: Callable[[list[Any]], None],
+        started_at: float,
+    ) -> None:
+        self.config = config
+        self.problems = problems
+        self.in_manifest = in_manifest
+        self.on_failure = on_failure  # --show-failures-live
+        self.ledger = Ledger()
+        self._started_at = started_at  # when the controller started (for "first result after")
+
+    def handlers(self) -> dict[str, Callable[[Event], None]]:
+        return {
+            EVENT_RESULT: self.on_result,
+            EVENT_REQUEUED: self.on_requeued,
+            EVENT_UNIT_CRASHED: self.on_unit_crashed,
+            EVENT_DUPLICATE_REJECTED: self.on_duplicate_rejected,
+        }
+
+    def replay_collection(self, session: pytest.Session, meta: dict[str, Any], total: int) -> None:
+        """What the workers' collection reported: failed collectors, collection warnings,
+        deselected and collected counts, then pytest's own end of collection."""
+        hook = self.config.hook
+        for data in _list(meta.get("collect_reports")):
+            hook.pytest_collectreport(report=self.report(data))
+        for data in _list(meta.get("collect_warnings")):
+            self.replay_warning(data)
+        deselected = int(meta.get("deselected", 0))
+        if deselected:
+            hook.pytest_deselected(items=[Deselected(i) for i in range(deselected)])
+        collected = int(meta.get("collected", total))
+        replay_collection_counts(self.config, collected, meta.get("lf_status"))
+        session.items = []
+        session.testscollected = int(meta.get("selected", total))
+        hook.pytest_collection_finish(session=session)
+
+    def _replay(self, nodeid: str, location: tuple[Any, ...], reports: list[Any]) -> None:
+        hook = self.config.hook
+        hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
+        for report in reports:
+            hook.pytest_runtest_logreport(report=report)
+        hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+
+    def report(self, raw: dict[str, Any]) -> Any:
+        """One serialised report (a test's or a collector's) as pytest's own object."""
+        return report_from_json(self.config, raw)
+
+    def _reports(self, raws: list[Any]) -> list[Any]:
+        return [self.report(raw) for raw in raws]
+
+    def _accept(self, nodeid: str, event: Event) -> bool:
+        """Accounting is by set: a result for a test nobody collected must not stand in for one
+        that has no result, and only the first result of a test counts."""
+        if nodeid in self.ledger.reported:
+            return False
+        if not self.in_manifest(nodeid) or (event.unit is not None and event.unit != nodeid):
+            self.problems.errors.append(
+                f"a result for {nodeid!r} from worker {event.worker} was rejected: no worker "
+                "of this build collected that test."
+            )
+            return False
+        self.ledger.reported.add(nodeid)
+        if self.ledger.first_result_s is None:
+            self.ledger.first_result_s = time.monotonic() - self._started_at
+        return True
+
+    def on_result(self, event: Event) -> None:
+        data = event.data
+        try:
+            nodeid = str(data["nodeid"])
+            location = tuple(data["location"])
+            reports = self._reports(data["reports"])
+        except UNREADABLE as exc:
+            self.problems.errors.append(
+                f"a result for {event.unit!r} from worker {event.worker} could not be read "
+                f"({type(exc).__name__}: {exc}); the test is counted as not run."
+            )
+            return
+        if not self._accept(nodeid, event):
+            return
+        if "cases" in data:  # command mode: the cases of a unit, not the unit
+            self.ledger.durations[nodeid] = float(data.get("duration") or 0)
+            self._replay_cases(event, data["cases"])
+        else:
+            self._replay_test(event, nodeid, location, reports)
+        for warning in data.get("warnings", []):
+            self.replay_warning(warning)
+
+    def _replay_test(
+        self, event: Event, nodeid: str, location: tuple[Any, ...], reports: list[Any]
+    ) -> None:
+        earlier_attempts = self.ledger.reruns.get(nodeid, [])
+        if earlier_attempts:
+            self._attach_reruns_to_junit(reports[0], earlier_attempts)
+            if not any(report.failed for report in reports):
+                self.problems.flaky.append(nodeid)
+        self.ledger.durations[nodeid] = sum(float(report.duration or 0) for report in reports)
+        # --junitxml shows where and on which attempt each test ran, as <properties>.
+        reports[-1].user_properties = [
+            *reports[-1].user_properties,
+            ("conveyor_worker", event.worker or ""),  # machine/gwN on a shared queue
+            ("conveyor_attempt", event.data.get("attempt", 1)),
+        ]
+        self._replay(nodeid, location, reports)
+        self.on_failure(reports)
+
+    def _replay_cases(self, event: Event, cases: list[Any]) -> None:
+        """A unit that reported individual test cases (command mode reading JUnit XML)."""
+        for case in cases:
+            try:
+                nodeid = str(case["nodeid"])
+                reports = self._reports(case["reports"])
+            except UNREADABLE:
+                self.problems.errors.append(f"an unreadable test case of {event.unit!r}.")
+                continue
+            location = tuple(reports[0].location) if reports else (nodeid, None, nodeid)
+            self._replay(nodeid, location, reports)
+
+    def on_requeued(self, event: Event) -> None:
+        """A failed attempt that went back for a retry: shown as a rerun (as
+        pytest-rerunfailures shows one), never counted as a failure."""
+        try:
+            nodeid = str(event.data["nodeid"])
+            location = tuple(event.data["location"])
+            reports = self._reports(event.data["reports"])
+        except UNREADABLE:
+            self.problems.errors.append(f"an unreadable rerun of {event.unit!r} was ignored.")
+            return
+        shown = []
+        for report in reports:
+            shown.append(report)
+            if report.failed:
+                report.outcome = "rerun"
+                self.ledger.reruns.setdefault(nodeid, []).append(report)
+                break
+        self._replay(nodeid, location, shown)
+
+    def _attach_reruns_to_junit(self, report: Any, attempts: list[Any]) -> None:
+        """<rerunFailure> elements inside the test's <testcase>, the form CI dashboards read
+        (Maven Surefire's, also written for pytest-rerunfailures)."""
+        append = junit_testcase_appender(self.config)
+        if append is None:
+            return
+        for attempt in attempts:
+            append(report, rerun_failure_element(attempt))
+
+    def on_unit_crashed(self, event: Event) -> None:
+        """A test that took its worker down too often: reported as failed, naming the cause."""
+        unit = event.unit or "?"
+        if unit in self.ledger.reported:
+            return
+        self.ledger.reported.add(unit)
+        report = crash_report(unit, event.worker, event.data)
+        self._replay(unit, report.location, [report])
+
+    def on_duplicate_rejected(self, event: Event) -> None:
+        self.problems.duplicates.append(
+            f"a late result for {event.unit} from worker {event.worker} (attempt "
+            f"{event.data.get('attempt')}) was rejected: another attempt finished first."
+        )
+
+    def replay_warning(self, data: dict[str, Any]) -> None:
+        self.config.hook.pytest_warning_recorded.call_historic(
+            kwargs={
+                "warning_message": warning_message(data),
+                "when": data.get("when", "runtest"),
+                "nodeid": data.get("nodeid", ""),
+                "location": None,
+            }
+        )
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []

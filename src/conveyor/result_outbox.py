@@ -1,0 +1,47 @@
+"""Results waiting to be stored: sent in batches (at most FLUSH_MAX_RESULTS, or after
+FLUSH_INTERVAL_S), so tiny tests cost one queue round trip per batch, not per test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from conveyor.queue import Queue
+from conveyor.queue.protocol import JSON
+
+FLUSH_MAX_RESULTS = 64
+FLUSH_INTERVAL_S = 0.1
+
+
+class ResultOutbox:
+    def __init__(self, queue: Queue, worker_id: str, on_stopped: Callable[[], None]) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.on_stopped = on_stopped  # the build was stopped: run nothing more
+        self._waiting: list[tuple[str, JSON]] = []
+        self._sending: list[tuple[str, JSON]] = []  # the batch `complete` is storing now
+        self._last_flush = time.monotonic()
+
+    def add(self, unit: str, payload: JSON) -> None:
+        self._waiting.append((unit, payload))
+
+    def held(self) -> list[str]:
+        """Units finished but not yet stored: their leases are still this worker's. Read by
+        the heartbeat thread; list() copies are atomic under the GIL."""
+        return [unit for unit, _ in [*list(self._waiting), *list(self._sending)]]
+
+    def flush(self, force: bool = False) -> None:
+        if not self._waiting:
+            return
+        due = time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
+        if not (force or due or len(self._waiting) >= FLUSH_MAX_RESULTS):
+            return
+        batch = self._sending = self._waiting
+        self._waiting = []
+        try:
+            self.queue.complete(self.worker_id, batch)
+        finally:
+            self._sending = []
+        self._last_flush = time.monotonic()
+        if self.queue.status().stop_reason is not None:
+            self.on_stopped()

@@ -1,0 +1,20 @@
+"""`conveyor.api` is for workers of any framework: importing it must not need pytest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_api_imports_and_builds_results_without_pytest() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['pytest'] = None\n"  # any import of pytest now raises ImportError
+        "sys.modules['_pytest'] = None\n"
+        "from conveyor.api import Result, result_payload\n"
+        "payload = result_payload('features/a.feature', Result('failed', message='boom'), 1, 0.0)\n"
+        "assert payload['reports'][0]['outcome'] == 'failed', payload\n"
+        "assert not any(name.startswith('pytest') for name in sys.modules if sys.modules[name])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,114 @@
+"""The pytest worker's collaborators, without pytest: the batch policy (pure), the result
+outbox and the retry policy on a real SQLite queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.batch_policy import AFFINITY_TARGET_S, MAX_BATCH, BatchPolicy
+from conveyor.queue import Queue, open_queue
+from conveyor.queue.protocol import EVENT_REQUEUED, EVENT_RESULT
+from conveyor.result_outbox import FLUSH_MAX_RESULTS, ResultOutbox
+from conveyor.retry_policy import RetryPolicy, exception_names
+
+MODULE_A = [f"test_a.py::test_{i}" for i in range(10)]
+CLASS_B = [f"test_b.py::TestB::test_{i}" for i in range(5)]
+MODULE_C = [f"test_c.py::test_{i}" for i in range(3)]
+ORDER = MODULE_A + CLASS_B + MODULE_C
+
+
+def policy(has_history: bool = False, grouping: str = "module") -> BatchPolicy:
+    return BatchPolicy(ORDER, {}, grouping, worker_count=2, has_history=has_history)
+
+
+def test_without_anything_seen_one_unit_at_a_time() -> None:
+    assert policy().batch(len(ORDER)) == 1
+
+
+def test_a_module_run_is_reserved_together_by_the_durations_seen() -> None:
+    batches = policy()
+    batches.reserved(MODULE_A[0])  # the first reservation took one unit of test_a.py
+    batches.ran(0.01)
+    assert batches.affinity == len(MODULE_A) - 1
+    assert batches.batch(len(ORDER) - 1) == len(MODULE_A) - 1  # the rest of the module
+    slow = policy()
+    slow.reserved(MODULE_A[0])
+    slow.ran(AFFINITY_TARGET_S / 3)  # three such tests fill the target
+    assert slow.batch(len(ORDER) - 1) == 3
+
+
+def test_with_history_the_whole_run_up_to_the_batch_cap() -> None:
+    batches = policy(has_history=True)
+    assert batches.batch(len(ORDER)) == min(len(MODULE_A), MAX_BATCH)
+
+
+def test_a_reservation_never_ends_inside_a_class() -> None:
+    batches = policy()
+    pending_at_class = len(CLASS_B) + len(MODULE_C)
+    assert batches.to_class_end(pending_at_class, 2) == len(CLASS_B)
+    assert policy(grouping="test").to_class_end(pending_at_class, 2) == 2
+
+
+def test_a_slow_run_without_history_is_handed_back_but_keeps_its_class() -> None:
+    batches = policy()
+    batches.ran(0.01)
+    assert not batches.should_give_back()
+    batches.ran(5.0)
+    assert batches.should_give_back()
+    assert not policy(has_history=True).should_give_back()
+    rest = CLASS_B[2:] + MODULE_C
+    assert batches.rest_of_class(CLASS_B[1], rest) == len(CLASS_B) - 2
+    assert policy(grouping="test").rest_of_class(CLASS_B[1], rest) == 0
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Queue:
+    opened = open_queue(f"sqlite://{tmp_path / 'q.db'}", "b1")
+    opened.populate("w1", ORDER, {})
+    return opened
+
+
+def results(queue: Queue, kind: str = EVENT_RESULT) -> list[str | None]:
+    return [event.unit for event in queue.events(0) if event.kind == kind]
+
+
+def test_the_outbox_sends_in_batches_and_says_what_it_still_holds(queue: Queue) -> None:
+    leased = [lease.unit for lease in queue.reserve("w1", FLUSH_MAX_RESULTS + 1).leases]
+    stopped: list[bool] = []
+    outbox = ResultOutbox(queue, "w1", on_stopped=lambda: stopped.append(True))
+    outbox.add(leased[0], {"nodeid": leased[0], "reports": []})
+    outbox.flush()  # neither due nor full: it waits for more
+    assert results(queue) == [] and outbox.held() == [leased[0]]
+    outbox.flush(force=True)
+    assert results(queue) == [leased[0]] and outbox.held() == []
+    queue.stop("-x")
+    outbox.add(leased[1], {"nodeid": leased[1], "reports": []})
+    outbox.flush(force=True)
+    assert stopped == [True]  # the build was stopped: the worker runs nothing more
+
+
+def test_retries_only_failures_and_only_the_named_exceptions(queue: Queue) -> None:
+    failed = [{"outcome": "failed"}]
+    assert not RetryPolicy(0, (), -1.0).wants_retry(failed, set())
+    assert RetryPolicy(1, (), -1.0).wants_retry(failed, set())
+    assert not RetryPolicy(1, (), -1.0).wants_retry([{"outcome": "passed"}], set())
+    named = RetryPolicy(1, ("ConnectionError",), -1.0)
+    assert not named.wants_retry(failed, {"ValueError"})
+    try:
+        try:
+            raise ConnectionRefusedError("refused")
+        except OSError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as error:
+        raised = exception_names(error)
+    assert named.wants_retry(failed, raised)  # a subclass, found down the chain
+    unit = queue.reserve("w1", 1).leases[0].unit
+    once = RetryPolicy(1, (), -1.0)
+    payload = {"nodeid": unit, "reports": failed}
+    assert once.requeue(queue, "w1", unit, payload)  # back to the queue
+    again = queue.reserve("w2", len(ORDER)).leases
+    assert unit in [lease.unit for lease in again]
+    assert not once.requeue(queue, "w2", unit, payload)  # budget spent: this result is final
+    assert results(queue, EVENT_REQUEUED) == [unit]
