@@ -179,3 +179,45 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
         xml.node_reporter(report).append(element)
 
     return append
+
+
+class PassedStub:
+    """What the terminal keeps of a passed phase once every hook has seen its report: enough
+    for the summary's counts, --durations, the order of the stats, and the search for a failed
+    test's teardown output. Relies on TerminalReporter reading only these attributes of what
+    `stats` holds for passed phases (checked against pytest 8.0 and the newest in CI)."""
+
+    __slots__ = ("duration", "id", "location", "nodeid", "when")
+    count_towards_summary = True
+    outcome = "passed"
+    passed, failed, skipped = True, False, False
+    sections: tuple[()] = ()
+    longrepr = None
+
+    def __init__(self, report: Any, first: Any) -> None:
+        # The phases of one test share its id and location: one object each, not three.
+        self.nodeid, self.location = first.nodeid, first.location
+        self.id = getattr(first, "id", first.nodeid)  # pytest 9 files reports by `id`
+        self.when, self.duration = report.when, report.duration
+
+
+def slim_passed_reports(config: pytest.Config, reports: list[Any]) -> None:
+    """A passed test's reports, kept in the terminal's `stats` for the whole session, become
+    stubs: the controller's memory then grows with the failures, not with the build (three
+    full reports per test add up to gigabytes at a million tests). -rP/-rA, which print the
+    output of passed tests at the end, keep them whole. Relies on TerminalReporter filing
+    each report, as it is logged, at the end of `stats[category]`."""
+    reporter: Any = config.pluginmanager.get_plugin("terminalreporter")
+    stats = getattr(reporter, "stats", None)
+    if not isinstance(stats, dict) or reporter.hasopt("P") or reporter.hasopt("A"):
+        return
+    if any(not report.passed or hasattr(report, "wasxfail") for report in reports):
+        return
+    mine = {id(report): report for report in reports}
+    for category in ("", "passed"):
+        filed: list[Any] = stats.get(category) or []
+        index = len(filed) - 1
+        while index >= 0 and id(filed[index]) in mine:
+            report = filed[index]
+            filed[index] = PassedStub(report, reports[0])
+            index -= 1

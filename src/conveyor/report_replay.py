@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 
-from conveyor.compat import junit_testcase_appender, replay_collection_counts
+from conveyor.compat import (
+    junit_testcase_appender,
+    replay_collection_counts,
+    slim_passed_reports,
+)
 from conveyor.problems import BuildProblems
 from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
@@ -154,6 +158,7 @@ class ReportReplayer:
         ]
         self._replay(nodeid, location, reports)
         self.on_failure(reports)
+        slim_passed_reports(self.config, reports)
 
     def _replay_cases(self, event: Event, cases: list[Any]) -> None:
         """A unit that reported individual test cases (command mode reading JUnit XML)."""
