@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -109,24 +108,13 @@ def _supervisor(
     env.pop(QUEUE_ENV, None)  # workers get the URL with their settings, not from here
     env["PYTHONHASHSEED"] = build.hash_seed
     env["PYTEST_XDIST_TESTRUNUID"] = build.id
-    template = WorkerSettings(
+    template = WorkerSettings.for_build(
+        options,
         queue_url=build.queue_url,
         build=build.id,
         worker_id="",
         worker_count=options.workers,
-        lease_ttl_s=options.lease_ttl_s,
-        max_unit_crashes=options.max_unit_crashes,
-        start_timeout_s=options.start_timeout_s,
-        test_timeout_s=options.test_timeout_s,
-        max_requeues=options.max_requeues,
-        requeue_tolerance=options.requeue_tolerance,
-        retry_on=options.retry_on,
-        order=options.order,
-        grouping=options.grouping,
-        seed=options.seed,
         history=_history_location(options),
-        build_ttl_s=options.build_ttl_s,
-        worker_setup=options.worker_setup,
         check_only=check_only,
         own_controller=own_controller and not check_only,
     )
@@ -216,7 +204,7 @@ def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | Non
     """Before a finished build's stored results are replayed, one worker collects and compares
     the collection and the code with the build's: stale results are never reported. None when
     they match, else the exit code after saying why."""
-    checker = _supervisor(dataclasses.replace(options, workers=1), build, run_dir, check_only=True)
+    checker = _supervisor(options.replace(workers=1), build, run_dir, check_only=True)
     checker.start()
     try:
         checker.wait()

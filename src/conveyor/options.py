@@ -12,110 +12,354 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from conveyor.errors import UsageError
+from conveyor.option_kinds import (
+    FLAG,
+    REPEAT,
+    Option,
+    OptionSet,
+    choice,
+    count,
+    declared,
+    fraction,
+    optional_count,
+    optional_seconds,
+    optional_text,
+    repeated,
+    seconds,
+    switch,
+)
+from conveyor.scheduling import GROUPINGS, ORDERS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
 
-VALUE, FLAG, REPEAT = "value", "flag", "repeat"
+
+def _workers(flag: str, raw: str) -> int:
+    if raw == "auto":
+        return available_cpus()
+    try:
+        number = int(raw)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise UsageError(
+            f"-n expects a number of worker processes (0 or more) or 'auto', got {raw!r}. "
+            "Use -n auto for one worker per available CPU, or -n 0 to run in this process."
+        )
+    return number
 
 
-@dataclass(frozen=True)
-class Option:
-    flags: tuple[str, ...]
-    key: str  # the name in [tool.conveyor] and, upper-cased, in CONVEYOR_<KEY>
-    help: str
-    metavar: str = ""
-    kind: str = VALUE  # VALUE: one value; FLAG: on when given; REPEAT: may be given again
-    settable: bool = True  # may come from the environment or pyproject.toml
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity and cgroup-limited containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+# pytest-xdist's --dist modes, for users who bring their habits along.
+XDIST_DIST_MODES = {
+    "no": "module",  # with -n, xdist's "no" distributes as "load" does; conveyor's default
+    "load": "test",
+    "worksteal": "test",
+    "loadfile": "module",
+    "loadscope": "module",
+    "file": "module",
+}
+
+
+class WorkerOptions(OptionSet):
+    """Options every worker process reads as well: handed to workers with their settings."""
+
+    lease_ttl_s = Option(
+        ("--lease-ttl",),
+        "how long a silent worker keeps its tests (default: 30)",
+        30.0,
+        seconds(0.1),
+        "SECONDS",
+    )
+    max_unit_crashes = Option(
+        ("--max-unit-crashes",),
+        "workers a test may take down before it is reported as failed (default: 2)",
+        2,
+        count(1),
+        "N",
+    )
+    test_timeout_s = Option(
+        ("--test-timeout",),
+        "a test running longer is stopped (every "
+        "thread's stack is dumped), reported as failed, and its worker replaced; 0 = never; "
+        "default auto: 10 s + 10 x the test's usual duration when timing history knows it",
+        None,
+        optional_seconds(0, auto="auto"),
+        "SECONDS",
+    )
+    max_requeues = Option(
+        ("--max-requeues",),
+        "retry a failed test up to N times, "
+        "preferably elsewhere; one that passes on a retry counts as passed and is listed as "
+        "flaky (default: 0)",
+        0,
+        count(0),
+        "N",
+    )
+    requeue_tolerance = Option(
+        ("--requeue-tolerance",),
+        "at most this fraction of the build's tests is retried in all (default: no build-wide cap)",
+        -1.0,
+        fraction,
+        "F",
+    )
+    retry_on = Option[tuple[str, ...]](
+        ("--retry-on",),
+        "retry only failures whose exception chain contains "
+        "this exception class (or a subclass); repeatable",
+        (),
+        repeated,
+        "NAME",
+        kind=REPEAT,
+    )
+    order = Option(
+        ("--order",),
+        "serving order: slowest, collected or random (default: slowest first, from timing history)",
+        "slowest",
+        choice(ORDERS),
+        "ORDER",
+    )
+    seed = Option(("--seed",), "seed for --order random (default: 0)", 0, count(0), "N")
+    grouping = Option(
+        ("--dist",),
+        "keep the tests of a module (or class) together where that "
+        "keeps fixtures alive: module, class, test, file, or pytest-xdist's load, worksteal, "
+        "loadfile, loadscope (default: module)",
+        "module",
+        choice(GROUPINGS, XDIST_DIST_MODES),
+        "MODE",
+    )
+    build_ttl_s = Option(
+        ("--build-ttl",),
+        "Redis queues: a build's keys expire this long "
+        "after its last activity (default: 86400, a day)",
+        None,
+        optional_seconds(1),
+        "SECONDS",
+    )
+    start_timeout_s = Option(
+        ("--start-timeout",),
+        "give up when no worker has published the "
+        "collection and taken a test within this long (default: 600)",
+        600.0,
+        seconds(1),
+        "SECONDS",
+    )
+    worker_setup = Option(
+        ("--worker-setup",),
+        "once per worker process, with CONVEYOR_WORKER set (sh -c)",
+        None,
+        optional_text,
+        "CMD",
+    )
+
+
+class RunOptions(WorkerOptions):
+    """conveyor's options for `run`, `worker` and `report`, plus pytest's arguments."""
+
+    workers = Option(
+        ("-n", "--numprocesses"),
+        "worker processes (default: auto = one per "
+        "available CPU; 0 runs pytest in this process, like pytest-xdist's -n 0)",
+        0,
+        _workers,
+        "N|auto",
+    )
+    maxprocesses = Option(
+        ("--maxprocesses",),
+        "at most this many workers with -n auto (pytest-xdist's option)",
+        None,
+        optional_count(1),
+        "N",
+    )
+    queue = Option(
+        ("--queue",),
+        "queue to use (default: an embedded SQLite file in a "
+        "temporary directory); sqlite:///path/queue.db, redis://[user:password@]host:port/db, "
+        "rediss://..., redis+cluster://host:port (a Redis Cluster)",
+        None,
+        optional_text,
+        "URL",
+    )
+    build = Option(
+        ("--build",),
+        "build id (default: from the CI, else a new random id)",
+        None,
+        optional_text,
+        "ID",
+        settable=False,
+    )
+    max_restarts = Option(
+        ("--max-worker-restarts",),
+        "replacements for crashed workers (default: 2 x N)",
+        None,
+        optional_count(0),
+        "N",
+    )
+    history_key = Option(
+        ("--history-key",),
+        "Redis queues: the suite's name in the shared "
+        "timing history (default: the current directory's name)",
+        None,
+        optional_text,
+        "NAME",
+    )
+    no_progress = Option(
+        ("--no-progress",),
+        "keep pytest's progress letters instead of conveyor's live status line",
+        False,
+        switch,
+        kind=FLAG,
+    )
+    failures_live = Option(
+        ("--show-failures-live",),
+        "print each failure as soon as it happens",
+        False,
+        switch,
+        kind=FLAG,
+    )
+    timeline = Option(
+        ("--timeline",),
+        "run/report: write the build's timeline page at the end",
+        None,
+        optional_text,
+        "FILE.html",
+    )
+    worker_logs = Option(
+        ("--worker-logs",),
+        "keep each worker's own output in DIR/gwN.log",
+        None,
+        optional_text,
+        "DIR",
+    )
+    command = Option(
+        ("--command",),
+        "command mode, for suites that are not pytest: run CMD "
+        "once per unit; {unit} {junit} {junit_dir} {worker} are substituted as single "
+        "arguments; exit 0 = passed; JUnit XML written to {junit} is reported per case",
+        None,
+        optional_text,
+        "'CMD {unit}'",
+        settable=False,
+    )
+    units = Option[tuple[str, ...]](
+        ("--units",),
+        "command mode: units from a glob (repeatable, ** recurses)",
+        (),
+        repeated,
+        "GLOB",
+        kind=REPEAT,
+        settable=False,
+    )
+    units_from = Option(
+        ("--units-from",),
+        "command mode: units from a file, one per line (- = stdin)",
+        None,
+        optional_text,
+        "FILE",
+        settable=False,
+    )
+    shell = Option(
+        ("--shell",),
+        "command mode: run CMD with sh -c; each placeholder becomes "
+        'a quoted "$CONVEYOR_UNIT" (etc.), never the value itself',
+        False,
+        switch,
+        kind=FLAG,
+        settable=False,
+    )
+    node_setup = Option(
+        ("--node-setup",),
+        "once per machine before its workers start (sh -c)",
+        None,
+        optional_text,
+        "CMD",
+    )
+    node_id = Option(
+        ("--node-id",),
+        "this machine's name in worker ids (default: CI node "
+        "index or host name, plus the process id)",
+        None,
+        optional_text,
+        "NAME",
+        settable=False,
+    )
+    max_worker_failures = Option(
+        ("--max-worker-failures",),
+        "abort after N worker failures outside tests (default: abort only when no worker is left)",
+        None,
+        optional_count(0),
+        "N",
+    )
+    stall_timeout_s = Option(
+        ("--stall-timeout",),
+        "report/run: give up when nothing happens for this long while tests remain (default: 1800)",
+        1800.0,
+        seconds(1),
+        "SECONDS",
+    )
+
+    def __init__(self, pytest_args: list[str] | None = None, **values: Any) -> None:
+        self.pytest_args: list[str] = list(pytest_args or [])
+        super().__init__(**values)
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return RunOptions(self.pytest_args, **{**self.option_values(), **changes})
 
     @property
-    def env(self) -> str:
-        return "CONVEYOR_" + self.key.upper().replace("-", "_")
+    def shared_queue(self) -> bool:
+        """True when other processes may join this build (an explicit queue URL)."""
+        return self.queue is not None
 
     @property
-    def label(self) -> str:
-        return ", ".join(self.flags) + (f" {self.metavar}" if self.metavar else "")
+    def networked_queue(self) -> bool:
+        """True when other machines may join this build (a queue on a server)."""
+        return self.queue is not None and not self.queue.lower().startswith("sqlite:")
+
+    @property
+    def in_process(self) -> bool:
+        """True when pytest should just run here: `-n 0`, or a flag that runs no tests."""
+        if self.command is not None:
+            return False
+        return self.workers == 0 or any(
+            arg in IN_PROCESS_FLAGS or arg.split("=", 1)[0] in IN_PROCESS_FLAGS
+            for arg in self.pytest_args
+        )
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(("-n", "--numprocesses"), "numprocesses", "worker processes (default: auto = one per "
-           "available CPU; 0 runs pytest in this process, like pytest-xdist's -n 0)", "N|auto"),
-    Option(("--maxprocesses",), "maxprocesses", "at most this many workers with -n auto "
-           "(pytest-xdist's option)", "N"),
-    Option(("--queue",), "queue", "queue to use (default: an embedded SQLite file in a "
-           "temporary directory); sqlite:///path/queue.db, redis://[user:password@]host:port/db, "
-           "rediss://..., redis+cluster://host:port (a Redis Cluster)", "URL"),
-    Option(("--build",), "build", "build id (default: from the CI, else a new random id)",
-           "ID", settable=False),
-    Option(("--lease-ttl",), "lease-ttl", "how long a silent worker keeps its tests "
-           "(default: 30)", "SECONDS"),
-    Option(("--max-worker-restarts",), "max-worker-restarts", "replacements for crashed "
-           "workers (default: 2 x N)", "N"),
-    Option(("--max-unit-crashes",), "max-unit-crashes", "workers a test may take down before "
-           "it is reported as failed (default: 2)", "N"),
-    Option(("--test-timeout",), "test-timeout", "a test running longer is stopped (every "
-           "thread's stack is dumped), reported as failed, and its worker replaced; 0 = never; "
-           "default auto: 10 s + 10 x the test's usual duration when timing history knows it",
-           "SECONDS"),
-    Option(("--max-requeues",), "max-requeues", "retry a failed test up to N times, "
-           "preferably elsewhere; one that passes on a retry counts as passed and is listed as "
-           "flaky (default: 0)", "N"),
-    Option(("--requeue-tolerance",), "requeue-tolerance", "at most this fraction of the "
-           "build's tests is retried in all (default: no build-wide cap)", "F"),
-    Option(("--retry-on",), "retry-on", "retry only failures whose exception chain contains "
-           "this exception class (or a subclass); repeatable", "NAME", kind=REPEAT),
-    Option(("--order",), "order", "serving order: slowest, collected or random (default: "
-           "slowest first, from timing history)", "ORDER"),
-    Option(("--seed",), "seed", "seed for --order random (default: 0)", "N"),
-    Option(("--dist",), "dist", "keep the tests of a module (or class) together where that "
-           "keeps fixtures alive: module, class, test, file, or pytest-xdist's load, worksteal, "
-           "loadfile, loadscope (default: module)", "MODE"),
-    Option(("--build-ttl",), "build-ttl", "Redis queues: a build's keys expire this long "
-           "after its last activity (default: 86400, a day)", "SECONDS"),
-    Option(("--history-key",), "history-key", "Redis queues: the suite's name in the shared "
-           "timing history (default: the current directory's name)", "NAME"),
-    Option(("--no-progress",), "no-progress", "keep pytest's progress letters instead of "
-           "conveyor's live status line", kind=FLAG),
-    Option(("--show-failures-live",), "show-failures-live", "print each failure as soon as "
-           "it happens", kind=FLAG),
-    Option(("--timeline",), "timeline", "run/report: write the build's timeline page at the "
-           "end", "FILE.html"),
-    Option(("--worker-logs",), "worker-logs", "keep each worker's own output in DIR/gwN.log",
-           "DIR"),
-    Option(("--command",), "command", "command mode, for suites that are not pytest: run CMD "
-           "once per unit; {unit} {junit} {junit_dir} {worker} are substituted as single "
-           "arguments; exit 0 = passed; JUnit XML written to {junit} is reported per case",
-           "'CMD {unit}'", settable=False),
-    Option(("--units",), "units", "command mode: units from a glob (repeatable, ** recurses)",
-           "GLOB", kind=REPEAT, settable=False),
-    Option(("--units-from",), "units-from", "command mode: units from a file, one per line "
-           "(- = stdin)", "FILE", settable=False),
-    Option(("--shell",), "shell", "command mode: run CMD with sh -c; each placeholder becomes "
-           'a quoted "$CONVEYOR_UNIT" (etc.), never the value itself', kind=FLAG,
-           settable=False),
-    Option(("--node-setup",), "node-setup", "once per machine before its workers start "
-           "(sh -c)", "CMD"),
-    Option(("--worker-setup",), "worker-setup", "once per worker process, with "
-           "CONVEYOR_WORKER set (sh -c)", "CMD"),
-    Option(("--node-id",), "node-id", "this machine's name in worker ids (default: CI node "
-           "index or host name, plus the process id)", "NAME", settable=False),
-    Option(("--start-timeout",), "start-timeout", "give up when no worker has published the "
-           "collection and taken a test within this long (default: 600)", "SECONDS"),
-    Option(("--max-worker-failures",), "max-worker-failures", "abort after N worker failures "
-           "outside tests (default: abort only when no worker is left)", "N"),
-    Option(("--stall-timeout",), "stall-timeout", "report/run: give up when nothing happens "
-           "for this long while tests remain (default: 1800)", "SECONDS"),
-)  # fmt: skip
+# With these pytest does not run tests, so conveyor runs it in-process unchanged.
+IN_PROCESS_FLAGS = {
+    "--collect-only",
+    "--co",
+    "--fixtures",
+    "--funcargs",
+    "--fixtures-per-test",
+    "--markers",
+    "-h",
+    "--help",
+    "--version",
+    "-V",
+    "--setup-plan",
+    "--cache-show",
+}
 
-BY_FLAG: dict[str, Option] = {flag: option for option in OPTIONS for flag in option.flags}
-BY_KEY: dict[str, Option] = {option.key: option for option in OPTIONS}
+OPTIONS: tuple[Option[Any], ...] = tuple(declared(RunOptions))
+
+BY_FLAG: dict[str, Option[Any]] = {flag: option for option in OPTIONS for flag in option.flags}
+BY_KEY: dict[str, Option[Any]] = {option.key: option for option in OPTIONS}
 
 
 def render_help(width: int = 88) -> str:
@@ -175,7 +419,7 @@ def from_pyproject(path: Path | None) -> dict[str, str]:
     return found
 
 
-def _from_toml(option: Option, value: Any, where: str) -> str:
+def _from_toml(option: Option[Any], value: Any, where: str) -> str:
     if option.kind == FLAG:
         if not isinstance(value, bool):
             raise UsageError(f"{where}: expected true or false, got {value!r}.")
@@ -190,7 +434,7 @@ def _from_toml(option: Option, value: Any, where: str) -> str:
     return str(value)
 
 
-def _flag_or_value(option: Option, raw: str, where: str) -> str:
+def _flag_or_value(option: Option[Any], raw: str, where: str) -> str:
     if option.kind == FLAG:
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "0", "false", "no", ""):

@@ -192,14 +192,11 @@ class Supervisor:
         slot.log_path = (self.log_dir or self.run_dir) / f"{slot.name}{suffix}.log"
         slot.status_path = self.run_dir / f"{slot.name}{suffix}.status"
         slot.timeout_path = self.run_dir / f"{slot.name}{suffix}.timeout"
-        settings = WorkerSettings(
-            **{
-                **self.template.__dict__,
-                "worker_id": self.worker_id(slot),
-                "status_file": str(slot.status_path),
-                "timeout_file": str(slot.timeout_path),
-                "supervisor_pid": os.getpid(),
-            }
+        settings = self.template.replace(
+            worker_id=self.worker_id(slot),
+            status_file=str(slot.status_path),
+            timeout_file=str(slot.timeout_path),
+            supervisor_pid=os.getpid(),
         )
         settings_path = self.run_dir / f"{slot.name}{suffix}.settings"
         write_settings_file(

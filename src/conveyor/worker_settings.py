@@ -6,46 +6,66 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from typing import Any
 
 from conveyor.hooks import run_shell
+from conveyor.option_kinds import declared
+from conveyor.options import WorkerOptions
 from conveyor.vocabulary import EXIT_SETUP_FAILED
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """What the supervisor tells a worker process (through one environment variable)."""
+class WorkerSettings(WorkerOptions):
+    """What the supervisor tells a worker process (through a 0600 file): the build, who the
+    worker is, and every option declared on `WorkerOptions` (conveyor.options), so that an
+    option workers read is declared in that one place and travels by itself."""
 
-    queue_url: str
-    build: str
-    worker_id: str
-    worker_count: int
-    lease_ttl_s: float = 30.0
-    max_unit_crashes: int = 2
-    status_file: str | None = None
-    timeout_file: str | None = None
-    supervisor_pid: int | None = None
-    start_timeout_s: float = 600.0
-    test_timeout_s: float | None = None  # None: automatic from history; 0: none
-    max_requeues: int = 0
-    requeue_tolerance: float = -1.0
-    retry_on: tuple[str, ...] = ()
-    order: str = "slowest"
-    grouping: str = "module"
-    seed: int = 0
-    history: str = "cache"  # "cache", "redis:<suite>" or "off"
-    build_ttl_s: float | None = None
-    worker_setup: str | None = None
-    check_only: bool = False  # compare collection and code with the build's, then leave
-    own_controller: bool = True  # a controller on this machine publishes the plugins' input
+    def __init__(
+        self,
+        queue_url: str,
+        build: str,
+        worker_id: str,
+        worker_count: int,
+        *,
+        status_file: str | None = None,
+        timeout_file: str | None = None,
+        supervisor_pid: int | None = None,
+        history: str = "cache",  # "cache", "redis:<suite>" or "off"
+        check_only: bool = False,  # compare collection and code with the build's, then leave
+        own_controller: bool = True,  # a controller on this machine publishes plugins' input
+        **options: Any,
+    ) -> None:
+        self.queue_url = queue_url
+        self.build = build
+        self.worker_id = worker_id
+        self.worker_count = worker_count
+        self.status_file = status_file
+        self.timeout_file = timeout_file
+        self.supervisor_pid = supervisor_pid
+        self.history = history
+        self.check_only = check_only
+        self.own_controller = own_controller
+        super().__init__(**options)
+
+    @classmethod
+    def for_build(cls, options: WorkerOptions, **own: Any) -> WorkerSettings:
+        """The settings of a build's workers: `own` fields plus the workers' options."""
+        return cls(**own, **{o.field: getattr(options, o.field) for o in declared(WorkerOptions)})
+
+    def replace(self, **changes: Any) -> WorkerSettings:
+        return WorkerSettings(**{**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**vars(self), **self.option_values()}
 
     def to_env(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self.as_dict())
 
     @classmethod
     def from_env(cls, raw: str) -> WorkerSettings:
         fields = json.loads(raw)
-        fields["retry_on"] = tuple(fields.get("retry_on", ()))
+        for option in declared(WorkerOptions):  # JSON has lists, not tuples
+            if isinstance(fields.get(option.field), list):
+                fields[option.field] = tuple(fields[option.field])
         return cls(**fields)
 
 

@@ -102,3 +102,37 @@ def test_a_bad_value_from_the_environment_or_the_file_says_where_it_was_set(
         parse([], {"CONVEYOR_NUMPROCESSES": "two"}, path.with_name("none.toml"))
     with pytest.raises(UsageError, match=r"^-n expects"):
         parse(["-n", "two"], {}, path.with_name("none.toml"))
+
+
+def test_every_worker_option_travels_to_the_workers_by_itself(tmp_path: Path) -> None:
+    """An option declared on WorkerOptions needs nothing more to reach a worker process: a
+    value set on the command line comes out of the settings file the worker reads."""
+    from conveyor.option_kinds import declared
+    from conveyor.options import WorkerOptions
+    from conveyor.worker_settings import WorkerSettings
+
+    argv = ["-n", "2", "--max-requeues", "1", "--retry-on", "OSError", "--retry-on", "KeyError"]
+    argv += ["--lease-ttl", "12", "--test-timeout", "7", "--dist", "class", "--seed", "3"]
+    argv += ["--order", "random", "--build-ttl", "99", "--worker-setup", "true"]
+    argv += ["--max-unit-crashes", "4", "--requeue-tolerance", "0.5", "--start-timeout", "9"]
+    options = parse(argv, {}, tmp_path / "none.toml")
+    worker_options = list(declared(WorkerOptions))
+    changed = [o for o in worker_options if getattr(options, o.field) != o.default]
+    assert changed == worker_options  # the command line above sets every one of them
+    settings = WorkerSettings.for_build(
+        options, queue_url="sqlite:///q.db", build="b1", worker_id="gw0", worker_count=2
+    )
+    received = WorkerSettings.from_env(settings.to_env())
+    assert received == settings
+    for option in worker_options:
+        assert getattr(received, option.field) == getattr(options, option.field)
+    assert received.retry_on == ("OSError", "KeyError") and received.grouping == "class"
+
+
+def test_every_settable_option_can_come_from_the_environment() -> None:
+    from conveyor.options import FLAG, REPEAT, from_environment
+
+    for option in OPTIONS:
+        raw = "1" if option.kind == FLAG else "x\ny" if option.kind == REPEAT else "5"
+        found = from_environment({option.env: raw})
+        assert (option.key in found) == option.settable, option
