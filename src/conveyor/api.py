@@ -112,53 +112,48 @@ def _report_json(nodeid: str, outcome: str, duration_s: float, message: str, out
     }
 
 
+def _warning_json(unit: str, text: str) -> JSON:
+    return {
+        "message": text,
+        "category": "UserWarning",
+        "filename": unit,
+        "lineno": 0,
+        "line": None,
+        "when": "runtest",
+        "nodeid": unit,
+    }
+
+
+def _cases_json(unit: str, result: Result) -> list[JSON]:
+    cases = list(result.cases)
+    if result.outcome in ("failed", "error") and not any(
+        case.outcome in ("failed", "error") for case in cases
+    ):
+        # Only the cases are listed, so a unit that failed with nothing but passing cases
+        # is listed as a case of its own: its failure is never hidden behind them.
+        cases.append(Case("", result.outcome, message=result.message, output=result.output))
+    listed = []
+    for case in cases:
+        nodeid = "::".join(part for part in (unit, case.classname, case.name) if part)
+        report = _report_json(nodeid, case.outcome, case.duration_s, case.message, case.output)
+        listed.append({"nodeid": nodeid, "reports": [report]})
+    return listed
+
+
 def result_payload(unit: str, result: Result, attempt: int, started: float) -> JSON:
     """What a worker stores for a unit: the unit's own report, or one report per case."""
+    report = _report_json(unit, result.outcome, result.duration_s, result.message, result.output)
     payload: JSON = {
         "nodeid": unit,
         "location": [unit, None, unit],
         "attempt": attempt,
         "started": started,
         "duration": result.duration_s,
-        "warnings": [
-            {
-                "message": text,
-                "category": "UserWarning",
-                "filename": unit,
-                "lineno": 0,
-                "line": None,
-                "when": "runtest",
-                "nodeid": unit,
-            }
-            for text in result.warnings
-        ],
-        "reports": [
-            _report_json(unit, result.outcome, result.duration_s, result.message, result.output)
-        ],
+        "warnings": [_warning_json(unit, text) for text in result.warnings],
+        "reports": [report],
     }
     if result.cases:
-        cases = list(result.cases)
-        if result.outcome in ("failed", "error") and not any(
-            case.outcome in ("failed", "error") for case in cases
-        ):
-            # Only the cases are listed, so a unit that failed with nothing but passing cases
-            # is listed as a case of its own: its failure is never hidden behind them.
-            cases.append(Case("", result.outcome, message=result.message, output=result.output))
-        payload["cases"] = [
-            {
-                "nodeid": "::".join(part for part in (unit, case.classname, case.name) if part),
-                "reports": [
-                    _report_json(
-                        "::".join(part for part in (unit, case.classname, case.name) if part),
-                        case.outcome,
-                        case.duration_s,
-                        case.message,
-                        case.output,
-                    )
-                ],
-            }
-            for case in cases
-        ]
+        payload["cases"] = _cases_json(unit, result)
     return payload
 
 

@@ -386,6 +386,41 @@ def watch_over(runner: CommandRunner, common: WorkerSettings) -> None:
     threading.Thread(target=watch, name="conveyor-parent-watch", daemon=True).start()
 
 
+def serving_order(units: list[str], session: WorkerSession, common: WorkerSettings) -> list[str]:
+    """The leader's order: slowest first from timing history, as for pytest workers."""
+    cache = SimpleNamespace(cache=DirectoryCache(Path(".pytest_cache")))
+    store = history_store(common.history, cache, session.queue)
+    durations = store.load() if store is not None else {}
+    return order_units(
+        units, durations, order=common.order, grouping="test",
+        workers=common.worker_count, seed=common.seed,
+    )  # fmt: skip
+
+
+def run_units(
+    session: WorkerSession,
+    runner: CommandRunner,
+    status: StatusFile,
+    common: WorkerSettings,
+    collected: set[str],
+) -> None:
+    """Run leased units until the build is exhausted; a failed unit may go back for a retry
+    (never a timed-out one: it would hang its next worker too)."""
+    for unit in session:
+        if unit.name not in collected:
+            refuse(session, unit)
+            continue
+        status.write(f"running {unit.name}")
+        result = runner.run(unit)
+        status.write("between tests")
+        retry = result.failed and not result.timed_out and common.max_requeues > 0
+        if retry and session.requeue(
+            unit, result, max_requeues=common.max_requeues, tolerance=common.requeue_tolerance
+        ):
+            continue
+        session.complete(unit, result)
+
+
 def work(settings: CommandSettings, common: WorkerSettings) -> int:
     """The command worker's life: publish or check the units, then run leased units."""
     status = StatusFile(common.status_file)
@@ -401,29 +436,10 @@ def work(settings: CommandSettings, common: WorkerSettings) -> int:
     watch_over(runner, common)
     try:
         if session.queue.manifest() is None:
-            cache = SimpleNamespace(cache=DirectoryCache(Path(".pytest_cache")))
-            store = history_store(common.history, cache, session.queue)
-            durations = store.load() if store is not None else {}
-            units = order_units(
-                units, durations, order=common.order, grouping="test",
-                workers=common.worker_count, seed=common.seed,
-            )  # fmt: skip
+            units = serving_order(units, session, common)
         session.populate(units, {"max_unit_crashes": common.max_unit_crashes, "mode": "command"})
-        collected = set(units)
         status.write("joined")
-        for unit in session:
-            if unit.name not in collected:
-                refuse(session, unit)
-                continue
-            status.write(f"running {unit.name}")
-            result = runner.run(unit)
-            status.write("between tests")
-            retry = result.failed and not result.timed_out and common.max_requeues > 0
-            if retry and session.requeue(
-                unit, result, max_requeues=common.max_requeues, tolerance=common.requeue_tolerance
-            ):
-                continue
-            session.complete(unit, result)
+        run_units(session, runner, status, common, collected=set(units))
     except CollectionMismatch as exc:
         status.write("refused")
         session.queue.publish("worker_refused", common.worker_id, {"message": str(exc)})

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.supervisor import WorkerFailure
+from conveyor.worker_exit import WorkerFailure
 
 SHOWN = 20
 
@@ -52,6 +52,9 @@ class BuildProblems:
             tr.write_line(line)
         for line in self.refused + self.errors:
             tr.write_line(line, red=True)
+        self._write_without_result(tr)
+
+    def _write_without_result(self, tr: Any) -> None:
         if self.not_run and self.left_shared_build:
             tr.write_line(
                 f"{len(self.not_run)} test(s) have no result yet: this machine was interrupted "

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,23 +23,22 @@ from conveyor import environment
 from conveyor.environment import worker_environment, write_settings_file
 from conveyor.errors import QueueError
 from conveyor.queue import Queue
-from conveyor.queue.protocol import CrashCause
 
 if TYPE_CHECKING:
     from conveyor.command import CommandSettings
 from conveyor.trace import event
-from conveyor.vocabulary import (
-    EXIT_DONE,
-    EXIT_REFUSED,
-    EXIT_SETUP_FAILED,
-    EXIT_STATE_LOST,
-    TIMEOUT_HEADER,
+from conveyor.vocabulary import EXIT_DONE
+from conveyor.worker_exit import (
+    WorkerFailure,
+    WorkerProcess,
+    diagnose_crash,
+    ended_for_good,
+    may_still_report,
 )
 from conveyor.worker_settings import WorkerSettings
 
 POLL_INTERVAL_S = 0.05
 trace = event("supervisor")
-STDERR_TAIL_LINES = 30
 TERMINATE_GRACE_S = 5.0
 STRAGGLER_WAIT_S = 30.0
 
@@ -53,89 +51,6 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     except (ProcessLookupError, PermissionError):
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
-
-
-def describe_exit(returncode: int) -> str:
-    """'killed by signal SIGSEGV (11)' or 'exited with code 3'."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        return f"killed by signal {name} ({-returncode})"
-    if returncode == 0:
-        return "exited with code 0 before finishing its work (os._exit(0) in a test?)"
-    return f"exited with code {returncode}"
-
-
-PYTEST_TIMEOUT_TITLE = " Timeout +"  # pytest-timeout's "+++ Timeout +++" title line
-
-
-def pytest_timeout_dump(log_path: Path) -> tuple[str, str]:
-    """pytest-timeout's thread method dumps every stack between two "+++ Timeout +++" title
-    lines and ends the process: ("the --timeout of pytest-timeout", the dump) when the log
-    ends that way, else ("", ""). Such a test is timed out, not a crash to retry."""
-    text = tail(log_path, lines=100_000)
-    lines = text.splitlines()
-    titles = [
-        i for i, line in enumerate(lines) if line.startswith("+") and PYTEST_TIMEOUT_TITLE in line
-    ]
-    if not titles:
-        return "", ""
-    return "pytest-timeout's --timeout", "\n".join(lines[titles[0] : titles[-1] + 1]).strip()
-
-
-def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    all_lines = text.splitlines()
-    # A crash dump from faulthandler starts with "Fatal Python error"; keep it whole.
-    for index in range(len(all_lines) - 1, max(-1, len(all_lines) - 4 * lines), -1):
-        if all_lines[index].startswith("Fatal Python error"):
-            return "\n".join(all_lines[index:])
-    return "\n".join(all_lines[-lines:])
-
-
-def _may_still_report(status: str) -> bool:
-    return status in ("", "collecting") or status.startswith("running ")
-
-
-@dataclass
-class WorkerProcess:
-    """One slot (gw0, gw1, ...) and the process currently filling it."""
-
-    name: str
-    index: int
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    status_path: Path | None = None
-    timeout_path: Path | None = None
-    incarnation: int = 0
-    state: str = "starting"  # starting | running | done | refused | lost | failed
-    failures: list[str] = field(default_factory=list)
-
-    def status(self) -> str:
-        try:
-            return self.status_path.read_text("utf-8") if self.status_path else ""
-        except OSError:
-            return ""
-
-
-@dataclass(frozen=True)
-class WorkerFailure:
-    """A worker that ended abnormally, as the controller reports it."""
-
-    worker: str
-    cause: str
-    culprit: str | None
-    output_tail: str
-    during_startup: bool
-    refused: bool = False
 
 
 class Supervisor:
@@ -250,92 +165,30 @@ class Supervisor:
 
     def _on_exit(self, slot: WorkerProcess, returncode: int) -> None:
         trace("%s exited with %d, status %r", slot.name, returncode, slot.status())
+        # Exit code 0 without the worker's own "done" is not the worker finishing: a test
+        # called os._exit(0) or sys.exit(0) from a thread. It is a crash of the running test.
         if returncode == EXIT_DONE and slot.status() == "done":
             slot.state = "done"
             return
-        # Exit code 0 without the worker's own "done" is not the worker finishing: a test
-        # called os._exit(0) or sys.exit(0) from a thread. It is a crash of the running test.
-        if returncode == EXIT_REFUSED:
-            slot.state = "refused"
-            self.failures.append(
-                WorkerFailure(
-                    slot.name,
-                    "refused to work: its collection differs from the build's",
-                    None,
-                    tail(slot.log_path, 5) if slot.log_path else "",
-                    during_startup=True,
-                    refused=True,
-                )
-            )
+        ended = ended_for_good(slot, returncode)
+        if ended is not None:  # refused, or the build is gone: restarting would not help
+            slot.state, failure = ended
+            self.failures.append(failure)
             return
-        if returncode == EXIT_STATE_LOST:
-            # Restarting would re-create the build from scratch and run everything again.
-            slot.state = "lost"
-            self.failures.append(
-                WorkerFailure(
-                    slot.name,
-                    "stopped: the build's state is gone from the queue",
-                    None,
-                    tail(slot.log_path) if slot.log_path else "",
-                    during_startup=False,
-                )
-            )
-            return
-        status = slot.status()
-        culprit = status[len("running ") :] if status.startswith("running ") else None
-        started = status not in ("", "collecting")
-        cause = (
-            "failed its --worker-setup"
-            if returncode == EXIT_SETUP_FAILED
-            else describe_exit(returncode)
-        )
-        output = tail(slot.log_path) if slot.log_path else ""
-        timeout, timed_out = self._timeout_dump(slot)
-        if not timed_out and slot.log_path is not None:
-            timeout, timed_out = pytest_timeout_dump(slot.log_path)
-        if timed_out and culprit is not None:
-            cause = f"was stopped: the test ran longer than {timeout}"
-            output = timed_out
-        self.failures.append(
-            WorkerFailure(slot.name, cause, culprit, output, during_startup=not started)
-        )
-        if started:
+        crash = diagnose_crash(slot, returncode)
+        self.failures.append(crash.failure)
+        if crash.started:
             # If the build is gone, there is nothing to release; the controller reports that.
             with contextlib.suppress(QueueError):
-                crash: CrashCause = {
-                    "reason": f"worker {slot.name} {cause}",
-                    "returncode": returncode,
-                    "culprit": culprit,
-                    "output_tail": output,
-                    "worker": slot.name,
-                    "timeout": bool(timed_out),
-                    "log": str(slot.log_path) if self.log_dir else None,
-                    # A hung test is not retried: it would hang its next worker too.
-                    "final": bool(timed_out),
-                }
-                self.queue.release(self.worker_id(slot), crash)
+                self.queue.release(self.worker_id(slot), crash.cause(self.log_dir is not None))
         # A worker that failed while starting would fail the same way again, unless something
         # killed it from outside (a signal: the OOM killer, a chaos test).
-        worth_restarting = started or returncode < 0
+        worth_restarting = crash.started or returncode < 0
         if worth_restarting and not self._stop.is_set() and self.restarts < self.max_restarts:
             self.restarts += 1
             self._spawn(slot)
         else:
             slot.state = "failed"
-
-    @staticmethod
-    def _timeout_dump(slot: WorkerProcess) -> tuple[str, str]:
-        """("2 s (--test-timeout)", the stacks faulthandler dumped) when the test timeout
-        fired, else ("", "")."""
-        try:
-            text = slot.timeout_path.read_text("utf-8", "replace") if slot.timeout_path else ""
-        except OSError:
-            return "", ""
-        header, _, dump = text.partition("\n")
-        if not header.startswith(TIMEOUT_HEADER) or "Timeout (" not in dump:
-            return "", ""
-        _, seconds, how = header.split(" ", 2)
-        return f"{seconds} s ({how})", dump.strip()
 
     # -- queries for the controller -------------------------------------------------------
 
@@ -386,7 +239,7 @@ class Supervisor:
                 checking = [
                     slot
                     for slot in self.slots
-                    if slot.state == "running" and _may_still_report(slot.status())
+                    if slot.state == "running" and may_still_report(slot.status())
                 ]
             if not checking:
                 return waited

@@ -1,0 +1,172 @@
+"""Why a worker process ended, as the supervisor works it out: the exit code or signal, the
+test it was running (from its status file), a hard-timeout dump (conveyor's own, or
+pytest-timeout's), and the tail of its log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conveyor.queue.protocol import CrashCause
+from conveyor.vocabulary import EXIT_REFUSED, EXIT_SETUP_FAILED, EXIT_STATE_LOST, TIMEOUT_HEADER
+
+STDERR_TAIL_LINES = 30
+
+
+@dataclass
+class WorkerProcess:
+    """One slot (gw0, gw1, ...) and the process currently filling it."""
+
+    name: str
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    status_path: Path | None = None
+    timeout_path: Path | None = None
+    incarnation: int = 0
+    state: str = "starting"  # starting | running | done | refused | lost | failed
+    failures: list[str] = field(default_factory=list)
+
+    def status(self) -> str:
+        try:
+            return self.status_path.read_text("utf-8") if self.status_path else ""
+        except OSError:
+            return ""
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A worker that ended abnormally, as the controller reports it."""
+
+    worker: str
+    cause: str
+    culprit: str | None
+    output_tail: str
+    during_startup: bool
+    refused: bool = False
+
+
+def describe_exit(returncode: int) -> str:
+    """'killed by signal SIGSEGV (11)' or 'exited with code 3'."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {name} ({-returncode})"
+    if returncode == 0:
+        return "exited with code 0 before finishing its work (os._exit(0) in a test?)"
+    return f"exited with code {returncode}"
+
+
+PYTEST_TIMEOUT_TITLE = " Timeout +"  # pytest-timeout's "+++ Timeout +++" title line
+
+
+def pytest_timeout_dump(log_path: Path) -> tuple[str, str]:
+    """pytest-timeout's thread method dumps every stack between two "+++ Timeout +++" title
+    lines and ends the process: ("the --timeout of pytest-timeout", the dump) when the log
+    ends that way, else ("", ""). Such a test is timed out, not a crash to retry."""
+    text = tail(log_path, lines=100_000)
+    lines = text.splitlines()
+    titles = [
+        i for i, line in enumerate(lines) if line.startswith("+") and PYTEST_TIMEOUT_TITLE in line
+    ]
+    if not titles:
+        return "", ""
+    return "pytest-timeout's --timeout", "\n".join(lines[titles[0] : titles[-1] + 1]).strip()
+
+
+def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    all_lines = text.splitlines()
+    # A crash dump from faulthandler starts with "Fatal Python error"; keep it whole.
+    for index in range(len(all_lines) - 1, max(-1, len(all_lines) - 4 * lines), -1):
+        if all_lines[index].startswith("Fatal Python error"):
+            return "\n".join(all_lines[index:])
+    return "\n".join(all_lines[-lines:])
+
+
+def may_still_report(status: str) -> bool:
+    return status in ("", "collecting") or status.startswith("running ")
+
+
+def timeout_dump(slot: WorkerProcess) -> tuple[str, str]:
+    """("2 s (--test-timeout)", the stacks faulthandler dumped) when the test timeout
+    fired, else ("", "")."""
+    try:
+        text = slot.timeout_path.read_text("utf-8", "replace") if slot.timeout_path else ""
+    except OSError:
+        return "", ""
+    header, _, dump = text.partition("\n")
+    if not header.startswith(TIMEOUT_HEADER) or "Timeout (" not in dump:
+        return "", ""
+    _, seconds, how = header.split(" ", 2)
+    return f"{seconds} s ({how})", dump.strip()
+
+
+def ended_for_good(slot: WorkerProcess, returncode: int) -> tuple[str, WorkerFailure] | None:
+    """A worker that must not be restarted: refused (its collection differs), or the build is
+    gone from the queue (a restart would re-create it and run everything again)."""
+    log = slot.log_path
+    if returncode == EXIT_REFUSED:
+        cause = "refused to work: its collection differs from the build's"
+        output = tail(log, 5) if log else ""
+        return "refused", WorkerFailure(slot.name, cause, None, output, True, refused=True)
+    if returncode == EXIT_STATE_LOST:
+        cause = "stopped: the build's state is gone from the queue"
+        return "lost", WorkerFailure(slot.name, cause, None, tail(log) if log else "", False)
+    return None
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A worker that died: what it was running, why, and what it said last."""
+
+    failure: WorkerFailure
+    started: bool
+    returncode: int
+    timed_out: bool
+    log_path: Path | None
+
+    def cause(self, keep_log: bool) -> CrashCause:
+        failure = self.failure
+        return {
+            "reason": f"worker {failure.worker} {failure.cause}",
+            "returncode": self.returncode,
+            "culprit": failure.culprit,
+            "output_tail": failure.output_tail,
+            "worker": failure.worker,
+            "timeout": self.timed_out,
+            "log": str(self.log_path) if keep_log else None,
+            # A hung test is not retried: it would hang its next worker too.
+            "final": self.timed_out,
+        }
+
+
+def diagnose_crash(slot: WorkerProcess, returncode: int) -> Crash:
+    status = slot.status()
+    culprit = status[len("running ") :] if status.startswith("running ") else None
+    started = status not in ("", "collecting")
+    cause = (
+        "failed its --worker-setup"
+        if returncode == EXIT_SETUP_FAILED
+        else describe_exit(returncode)
+    )
+    output = tail(slot.log_path) if slot.log_path else ""
+    timeout, timed_out = timeout_dump(slot)
+    if not timed_out and slot.log_path is not None:
+        timeout, timed_out = pytest_timeout_dump(slot.log_path)
+    if timed_out and culprit is not None:
+        cause = f"was stopped: the test ran longer than {timeout}"
+        output = timed_out
+    failure = WorkerFailure(slot.name, cause, culprit, output, during_startup=not started)
+    return Crash(failure, started, returncode, bool(timed_out), slot.log_path)
