@@ -674,11 +674,12 @@ def test_a_late_duplicate_names_its_own_attempt_only_when_it_is_a_number(
     assert (rejected.worker, rejected.data) == ("gw1", {"attempt": recorded})
 
 
-def test_expired_leases_come_back_in_the_order_they_were_leased(
+def test_expired_leases_come_back_the_most_recently_leased_first(
     make_queue: QueueFactory, clock: Any
 ) -> None:
     """Deadlines differ from the serving order once a heartbeat renews one; the units still
-    return to the front in the order they were leased, first leased served first."""
+    return to the front by the order they were leased, the most recent first (the one a worker
+    started first is the likeliest to have hung it)."""
     queue = make_queue(lease_ttl_s=30)
     queue.populate("gw0", units(4), {})
     first, second = (lease.unit for lease in queue.reserve("gw0", 2).leases)
@@ -687,12 +688,12 @@ def test_expired_leases_come_back_in_the_order_they_were_leased(
     queue.heartbeat("gw0", [first])  # first now expires last
     clock.advance(31)
     again = queue.reserve("gw2", 4)
-    assert [lease.unit for lease in again.leases] == [first, second, third, units(4)[3]]
+    assert [lease.unit for lease in again.leases] == [third, second, first, units(4)[3]]
     expired = [e.unit for e in queue.events(0) if e.kind == EVENT_LEASE_EXPIRED]
     assert expired == [first, second, third]
 
 
-def test_release_returns_leases_in_reservation_order_and_charges_only_a_named_culprit(
+def test_release_answers_in_reservation_order_and_charges_only_a_named_culprit(
     make_queue: QueueFactory,
 ) -> None:
     queue = make_queue()
@@ -708,7 +709,8 @@ def test_release_returns_leases_in_reservation_order_and_charges_only_a_named_cu
         ]
         lost = [e for e in queue.events(0) if e.kind == EVENT_WORKER_LOST][-1]
         assert lost.data == {"cause": {"culprit": culprit, "reason": "killed"}, "requeued": names}
-        assert [lease.unit for lease in queue.reserve("gw0", 4).leases] == names
+        assert [lease.unit for lease in queue.reserve("gw0", 4).leases] == names[::-1]
+        names.reverse()  # the order gw0 holds them in now
     assert queue.status().done == 0
 
 
@@ -732,7 +734,7 @@ def test_claim_answers_the_units_still_held_once_each_and_renews_them(
     clock.advance(20)
     assert queue.claim("gw0", [mine[0]]) == [mine[0]]
     clock.advance(20)  # mine[0] renewed 20 s ago; mine[1] and theirs expired
-    assert unit_ids(queue.reserve("gw2", 5)) == [mine[1], *theirs, units(4)[3]]
+    assert unit_ids(queue.reserve("gw2", 5)) == [*theirs, mine[1], units(4)[3]]
     assert queue.claim("gw0", mine) == [mine[0]]
     queue.complete("gw0", [(mine[0], result())])
     assert queue.claim("gw0", mine) == []
@@ -837,7 +839,7 @@ def test_steal_reclaims_expired_leases_first(make_queue: QueueFactory, clock: An
     queue.reserve("gw0", 3)
     clock.advance(31)
     stolen = queue.steal("gw1", 5)
-    assert [(x.unit, x.attempt) for x in stolen.leases] == [(unit, 2) for unit in units(3)]
+    assert [(x.unit, x.attempt) for x in stolen.leases] == [(unit, 2) for unit in units(3)[::-1]]
 
 
 def test_stolen_leases_expire_on_their_new_deadline(make_queue: QueueFactory, clock: Any) -> None:

@@ -166,7 +166,7 @@ class MemoryQueue(Queue):
     ) -> Reservation | None:
         """What reserve and steal do first: a retried request gets its reply again (even after
         a stop: the worker holds those leases), a stopped build leases nothing, and expired
-        leases come back to the front of the queue in the order they had been leased."""
+        leases come back to the front of the queue (see `Build.to_front_of_a_gone_worker`)."""
         last = build.requests.get(worker)
         if request_id is not None and last is not None and last[0] == request_id:
             return last[1]
@@ -178,7 +178,7 @@ class MemoryQueue(Queue):
             state = build.units[unit]
             holder = state.worker
             self._emit(EventKind.LEASE_EXPIRED, holder, unit, state.crash_record())
-        build.to_front(expired)
+        build.to_front_of_a_gone_worker(expired)
         return None
 
     def _lease_pending(
@@ -292,7 +292,7 @@ class MemoryQueue(Queue):
                 else:
                     requeued.append(unit)
                 released.append(Released(unit, state.attempt, state.crashes, finalised))
-            build.to_front(requeued)
+            build.to_front_of_a_gone_worker(requeued)
             data = {"cause": dict(cause), "requeued": requeued}
             self._emit(release_event_kind(cause), worker, data=data)
             self._maybe_finish(build)

@@ -105,6 +105,12 @@ class Build:
         for index, name in enumerate(names):
             self._unlease(name, "pending", front + index)
 
+    def to_front_of_a_gone_worker(self, names: list[str]) -> None:
+        """A gone worker's leases (expired, released), given in the order they were leased,
+        back to the front, the most recently leased served first: the lease a worker started
+        first is the likeliest to have killed or hung it, the ones it never started are not."""
+        self.to_front(names[::-1])
+
     def to_back(self, name: str, order: float) -> None:
         self._unlease(name, "pending", order)
 

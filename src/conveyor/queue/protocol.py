@@ -274,7 +274,8 @@ class Queue(Protocol):
         ...
 
     def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
-        """Reclaim expired leases, then lease up to `max_units` units to `worker`.
+        """Reclaim expired leases (back to the front of the queue like released ones), then
+        lease up to `max_units` units to `worker`.
 
         Idempotent: `request_id` names one logical reservation, and a retry with the same id
         (its reply was lost: a dropped connection, a socket timeout) returns the same
@@ -330,9 +331,11 @@ class Queue(Protocol):
         ...
 
     def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
-        """Return a dead worker's leases at once, sorted by unit (or finalise units that crash
-        too often). Only `culprit_of(cause)` is charged a crash; with `cause["final"]` the
-        culprit is finalised at once (a hard timeout)."""
+        """Return a dead worker's leases at once (or finalise units that crash too often),
+        answered in the order they were leased; they go back to the front of the queue, the
+        most recently leased first (the first is the likeliest to have killed the worker).
+        Only `culprit_of(cause)` is charged a crash; with `cause["final"]` the culprit is
+        finalised at once (a hard timeout)."""
         ...
 
     def hand_back(self, worker: str, units: Sequence[str], reason: str) -> list[str]:

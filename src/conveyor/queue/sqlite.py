@@ -269,7 +269,7 @@ class SQLiteQueue(Queue):
                     data = {"attempt": lease.attempt, "crashes": crashes, "cause": dict(cause)}
                     tx.emit(EventKind.UNIT_CRASHED, worker, lease.unit, data)
             requeued = [r.unit for r in released if not r.finalised]
-            tx.to_front(requeued)
+            tx.to_front_of_a_gone_worker(requeued)
             data = {"cause": dict(cause), "requeued": requeued}
             tx.emit(release_event_kind(cause), worker, data=data)
             tx.maybe_finish()

@@ -152,8 +152,13 @@ class BuildTx:
             self.unlease(unit, "pending", front + index)
         self.adjust(pending=len(units), leased=-len(units))
 
+    def to_front_of_a_gone_worker(self, units: Sequence[str]) -> None:
+        """Leases of a worker that went away, in lease order: the most recent served first
+        (see memory_state.Build.to_front_of_a_gone_worker)."""
+        self.to_front(units[::-1])
+
     def reclaim_expired(self) -> None:
-        """Leases past their deadline come back first, in the order they were leased."""
+        """Leases past their deadline come back first (`to_front_of_a_gone_worker`)."""
         expired = self.conn.execute(
             # INDEXED BY: without statistics SQLite would scan the build's whole primary key.
             "SELECT unit, worker, attempt, crashes FROM units INDEXED BY units_by_state "
@@ -163,7 +168,7 @@ class BuildTx:
         for unit, worker, attempt, crashes in expired:
             data = {"attempt": attempt, "crashes": crashes}
             self.emit(EventKind.LEASE_EXPIRED, worker, unit, data)
-        self.to_front([unit for unit, *_ in expired])
+        self.to_front_of_a_gone_worker([unit for unit, *_ in expired])
 
     def grant(
         self, worker: str, units: Sequence[str], deadline: float, *, new: bool

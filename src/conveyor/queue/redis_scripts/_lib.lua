@@ -107,6 +107,17 @@ local function to_front(units)
   end
 end
 
+-- A gone worker's leases (expired, released), given in lease order, back to the front with the
+-- most recently leased first: the one it started first is the likeliest to have killed or hung
+-- it, the ones it never started are not.
+local function to_front_of_a_gone_worker(units)
+  local reversed = {}
+  for index = #units, 1, -1 do
+    reversed[#reversed + 1] = units[index]
+  end
+  to_front(reversed)
+end
+
 -- Lease `unit` to `worker` until `deadline`, at the end of its reservation order (the list
 -- `reservations`). A new lease is a new attempt; a stolen one keeps its attempt.
 local function grant(unit, worker, deadline, new_attempt, reservations)
@@ -147,7 +158,7 @@ local function held_by(worker)
 end
 
 -- A lease past its deadline belonged to a worker that stopped heartbeating: its unit goes back
--- to the front of the queue (first leased, first served) with the same attempt count; the next
+-- to the front of the queue (to_front_of_a_gone_worker) with the same attempt count; the next
 -- lease makes it attempt + 1.
 local function reclaim_expired()
   local expired = by_lease_order(redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. NOW))
@@ -158,7 +169,7 @@ local function reclaim_expired()
     })
     emit('lease_expired', redis.call('HGET', OWNER, unit), unit, data)
   end
-  to_front(expired)
+  to_front_of_a_gone_worker(expired)
 end
 
 -- The reply to `worker`'s last request that leased units, when `request_id` names it (a retry

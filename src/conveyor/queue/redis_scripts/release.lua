@@ -16,7 +16,7 @@
 -- ARGV[7]  final        '1' to finalise the culprit now instead of charging it and retrying
 -- ARGV[8]  kind         event kind: 'worker_lost', or 'leases_returned' for an orderly hand-back
 -- Returns {unit, attempt, crashes, finalised (1/0), ...} per released unit, in the order they
--- were leased; the requeued ones go back to the front in that order.
+-- were leased; the requeued ones go back to the front, the most recently leased first.
 -- Error BUILD_LOST when the build is gone.
 
 if not populated() then
@@ -52,7 +52,7 @@ for _, unit in ipairs(held_by(worker)) do
   reply[#reply + 1] = finalised and 1 or 0
 end
 
-to_front(requeued)
+to_front_of_a_gone_worker(requeued)
 emit(ARGV[8], worker, false,
   '{"cause":' .. cause .. ',"requeued":' .. json_list(requeued) .. '}')
 maybe_finish()
