@@ -128,6 +128,7 @@ class RedisQueue(Queue):
         return self._link.run(what, call)
 
     def _script_error(self, reply: str) -> QueueError | None:
+        """The queue's error for a script's own error reply (see each script's header)."""
         if reply.startswith("BUILD_LOST"):
             return self._lost()
         if reply.startswith("NOT_IN_BUILD "):
@@ -135,13 +136,7 @@ class RedisQueue(Queue):
         return None
 
     def _lost(self) -> BuildStateLost:
-        return BuildStateLost(
-            f"build {self.build!r} vanished from the Redis queue {self.display_url} while it was "
-            "running: its keys are gone (Redis restarted without persistence, was flushed, "
-            f"evicted keys under maxmemory, or the build sat idle longer than {self.ttl_s:.0f}s). "
-            "Start the build again; to survive restarts enable persistence (appendonly yes) and "
-            "set maxmemory-policy noeviction."
-        )
+        return lost(self.build, self.display_url, self.ttl_s)
 
     def _write(self, name: str, *args: str | float, extra_keys: Sequence[str] = ()) -> Any:
         """Run a write script with the build's keys and the (now, ttl_ms) arguments it expects;
@@ -183,31 +178,18 @@ class RedisQueue(Queue):
         found = self._run(
             "read the manifest", lambda: self._client.hmget(self._key("meta"), fields)
         )
-        leader, digest, total, meta = cast("list[str | None]", found)
-        if leader is None:
-            return None
-        self._seen_populated = True
-        try:
-            if digest is None or total is None or meta is None:
-                raise ValueError("incomplete manifest")
-            return Manifest(leader=leader, digest=digest, total=int(total), meta=json.loads(meta))
-        except ValueError:
-            fix = "Use a fresh build id or database."
-            raise invalid_manifest(self.build, self.display_url, fix) from None
+        if found[0] is not None:
+            self._seen_populated = True
+        return _manifest(cast("list[str | None]", found), self.build, self.display_url)
 
     def units(self) -> list[str]:
-        key = self._key("units")
-        found = cast(
-            "list[str]", self._run("read the units", lambda: self._client.lrange(key, 0, -1))
-        )
+        key, meta = self._key("units"), self._key("meta")
+        found = self._run("read the units", lambda: self._client.lrange(key, 0, -1))
         # An empty build has no units list either; only a missing manifest means loss.
-        if not found and self._seen_populated and not self._exists():
-            raise self._lost()
-        return found
-
-    def _exists(self) -> bool:
-        meta = self._key("meta")
-        return bool(self._run("read the manifest", lambda: self._client.exists(meta)))
+        if not found and self._seen_populated:
+            exists = self._run("read the manifest", lambda: self._client.exists(meta))
+            self._check_exists(bool(exists))
+        return cast("list[str]", found)
 
     def join(self, worker: str, info: Mapping[str, Any]) -> None:
         self._write("join", self._must_exist(), worker, dumps(info))
@@ -319,17 +301,34 @@ class RedisQueue(Queue):
         if not reply:
             return BuildStatus(populated=False)
         total, pending, leased, stop_reason, workers = reply
+        done = int(total) - int(pending) - int(leased)
         return BuildStatus(
-            populated=True,
-            total=int(total),
-            done=int(total) - int(pending) - int(leased),
-            pending=int(pending),
-            leased=int(leased),
-            stop_reason=stop_reason,
-            workers=tuple(workers),
+            True, int(total), done, int(pending), int(leased), stop_reason, tuple(workers)
         )
 
     def reservations(self, worker: str) -> list[Lease]:
         keys = [self._key.reservations(worker), self._key("stolen")]
         flat = self._read("reservations", keys, worker)
         return [Lease(unit, int(attempt)) for unit, attempt in redis_keys.pairs(flat)]
+
+
+def lost(build: str, display_url: str, ttl_s: float) -> BuildStateLost:
+    return BuildStateLost(
+        f"build {build!r} vanished from the Redis queue {display_url} while it was running: its "
+        "keys are gone (Redis restarted without persistence, was flushed, evicted keys under "
+        f"maxmemory, or the build sat idle longer than {ttl_s:.0f}s). Start the build again; to "
+        "survive restarts enable persistence (appendonly yes) and set maxmemory-policy noeviction."
+    )
+
+
+def _manifest(fields: list[str | None], build: str, display_url: str) -> Manifest | None:
+    leader, digest, total, meta = fields
+    if leader is None:
+        return None
+    try:
+        if digest is None or total is None or meta is None:
+            raise ValueError("incomplete manifest")
+        return Manifest(leader=leader, digest=digest, total=int(total), meta=json.loads(meta))
+    except ValueError:
+        fix = "Use a fresh build id or database."
+        raise invalid_manifest(build, display_url, fix) from None

@@ -1,7 +1,8 @@
 """The embedded queue: one SQLite file shared by every process of a build on one machine.
 
 Every operation is one short transaction on the file (`sqlite_file.SQLiteFile`), made of the
-moves of `sqlite_build.BuildTx`; queue/memory.py is the specification they follow.
+moves of `sqlite_build.BuildTx` and `sqlite_leases.Leases`; queue/memory.py is the
+specification they follow.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conveyor.queue.messages import NOT_JSON, invalid_manifest, malformed, not_in_build
+from conveyor.queue.messages import NOT_JSON, invalid_manifest, malformed
 from conveyor.queue.protocol import (
     EVENTS_PAGE,
     JSON,
@@ -31,17 +32,27 @@ from conveyor.queue.protocol import (
     RequeueAnswer,
     Reservation,
     ReservationState,
-    collection_digest,
     culprit_of,
     dumps,
     release_event_kind,
 )
 from conveyor.queue.sqlite_build import BuildTx, lost
 from conveyor.queue.sqlite_file import SQLiteFile
+from conveyor.queue.sqlite_leases import Leases
 
 # Kept importable under their old names.
 DEFAULT_MAX_UNIT_CRASHES = MAX_UNIT_CRASHES
 __all__ = ["DEFAULT_MAX_UNIT_CRASHES", "SQLiteQueue"]
+
+EVENTS_SQL = (
+    "SELECT seq, kind, worker, unit, data, ts FROM events "
+    "WHERE build = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+STATUS_SQL = "SELECT total, pending, leased, done, stop_reason FROM builds WHERE build = ?"
+WORKERS_SQL = "SELECT worker FROM workers WHERE build = ? ORDER BY joined_at, worker"
+RESERVATIONS_SQL = (
+    "SELECT unit, attempt FROM reservations WHERE build = ? AND worker = ? ORDER BY rowid"
+)
 
 
 class SQLiteQueue(Queue):
@@ -90,32 +101,11 @@ class SQLiteQueue(Queue):
     # -- protocol -------------------------------------------------------------------------
 
     def populate(self, leader: str, units: Sequence[str], meta: Mapping[str, Any]) -> bool:
-        unique = list(dict.fromkeys(units))
         with self._tx(need_build=False) as tx:
             self._seen_populated = True
             if tx.exists():
                 return False
-            crashes = int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES))
-            tx.conn.execute(
-                "INSERT INTO builds (build, leader, digest, meta, total, pending, "
-                "max_unit_crashes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.build,
-                    leader,
-                    collection_digest(unique),
-                    dumps(meta),
-                    len(unique),
-                    len(unique),
-                    crashes,
-                    tx.now,
-                ),
-            )
-            tx.conn.executemany(
-                "INSERT INTO units (build, unit, position, state, queue_order) "
-                "VALUES (?, ?, ?, 'pending', ?)",
-                ((self.build, unit, i, float(i)) for i, unit in enumerate(unique)),
-            )
-            tx.emit(EventKind.POPULATED, leader, data={"total": len(unique)})
+            tx.create(leader, list(dict.fromkeys(units)), meta)
             tx.maybe_finish()
         return True
 
@@ -162,11 +152,12 @@ class SQLiteQueue(Queue):
                 return again
             if tx.counters().stop_reason is not None:
                 return Reservation(ReservationState.EXHAUSTED)
-            tx.reclaim_expired()
+            book = Leases(tx)
+            book.reclaim_expired()
             deadline = tx.now + self.lease_ttl_s
-            leases = tx.lease_pending(worker, max_units, deadline)
+            leases = book.lease_pending(worker, max_units, deadline)
             if not leases and steal:
-                leases = tx.steal(worker, max_units, deadline)
+                leases = book.steal(worker, max_units, deadline)
             if leases:
                 return tx.remember(worker, request_id, leases)
             if tx.counters().leased:
@@ -181,8 +172,9 @@ class SQLiteQueue(Queue):
 
     def _renew(self, worker: str, units: Sequence[str], *, claim: bool) -> list[str]:
         with self._tx() as tx:
-            held = tx.holds(worker, units)
-            tx.renew(held, tx.now + self.lease_ttl_s, claim=claim)
+            book = Leases(tx)
+            held = book.holds(worker, units)
+            book.renew(held, tx.now + self.lease_ttl_s, claim=claim)
             tx.seen(worker)
         return held
 
@@ -190,28 +182,16 @@ class SQLiteQueue(Queue):
         accepted: list[bool] = []
         with self._tx() as tx:
             for unit, payload in results:
-                sql = "SELECT state, attempt FROM units WHERE build = ? AND unit = ?"
-                row = tx.conn.execute(sql, (self.build, unit)).fetchone()
-                if row is None:
-                    raise not_in_build(worker, "completed", unit, self.build)
-                state, attempt = row
+                state, attempt, _ = tx.unit(worker, "completed", unit)
                 accepted.append(state != "done")
-                if state == "done":
-                    late = payload.get("attempt")
-                    number = isinstance(late, (int, float)) and not isinstance(late, bool)
-                    data = {"attempt": late if number else attempt}
-                    tx.emit(EventKind.DUPLICATE_REJECTED, worker, unit, data)
+                if state != "done":
+                    tx.finish(worker, unit, state)
+                    tx.emit(EventKind.RESULT, worker, unit, payload)
                     continue
-                tx.unlease(unit, "done")
-                tx.conn.execute(
-                    "UPDATE units SET worker = ? WHERE build = ? AND unit = ?",
-                    (worker, self.build, unit),
-                )
-                if state == "leased":
-                    tx.adjust(leased=-1, done=1)
-                else:  # its lease expired and nobody took it yet: this result is still first
-                    tx.adjust(pending=-1, done=1)
-                tx.emit(EventKind.RESULT, worker, unit, payload)
+                late = payload.get("attempt")
+                number = isinstance(late, (int, float)) and not isinstance(late, bool)
+                data = {"attempt": late if number else attempt}
+                tx.emit(EventKind.DUPLICATE_REJECTED, worker, unit, data)
             tx.maybe_finish()
         return accepted
 
@@ -220,11 +200,7 @@ class SQLiteQueue(Queue):
     ) -> RequeueAnswer:
         with self._tx() as tx:
             count = tx.counters()
-            sql = "SELECT state, requeues FROM units WHERE build = ? AND unit = ?"
-            row = tx.conn.execute(sql, (self.build, unit)).fetchone()
-            if row is None:
-                raise not_in_build(worker, "requeued", unit, self.build)
-            state, unit_requeues = row
+            state, _, unit_requeues = tx.unit(worker, "requeued", unit)
             if state == "done":
                 rejected = {"attempt": payload.get("attempt")}
                 tx.emit(EventKind.DUPLICATE_REJECTED, worker, unit, rejected)
@@ -234,16 +210,7 @@ class SQLiteQueue(Queue):
                 return RequeueAnswer.REFUSED
             # Behind every unit pending now: populate numbered them 0 .. total - 1, returned
             # units sit below 0, and each requeue goes one further back.
-            tx.unlease(unit, "pending", float(count.total + count.requeues + 1))
-            tx.conn.execute(
-                "UPDATE units SET requeues = requeues + 1 WHERE build = ? AND unit = ?",
-                (self.build, unit),
-            )
-            tx.conn.execute(
-                "UPDATE builds SET requeues = requeues + 1 WHERE build = ?", (self.build,)
-            )
-            if state == "leased":
-                tx.adjust(pending=1, leased=-1)
+            tx.send_back(unit, state, float(count.total + count.requeues + 1))
             tx.emit(EventKind.REQUEUED, worker, unit, payload)
             tx.maybe_finish()
             return RequeueAnswer.REQUEUED
@@ -253,23 +220,15 @@ class SQLiteQueue(Queue):
         released: list[Released] = []
         with self._tx() as tx:
             limit = tx.counters().max_unit_crashes
-            for lease in tx.held(worker):
+            book = Leases(tx)
+            for lease in book.held(worker):
                 crashes = lease.crashes + (lease.unit == culprit)
                 final = lease.unit == culprit and bool(cause.get("final"))
-                released.append(
-                    Released(lease.unit, lease.attempt, crashes, final or crashes >= limit)
-                )
-                tx.conn.execute(
-                    "UPDATE units SET crashes = ? WHERE build = ? AND unit = ?",
-                    (crashes, self.build, lease.unit),
-                )
-                if released[-1].finalised:
-                    tx.unlease(lease.unit, "done")
-                    tx.adjust(leased=-1, done=1)
-                    data = {"attempt": lease.attempt, "crashes": crashes, "cause": dict(cause)}
-                    tx.emit(EventKind.UNIT_CRASHED, worker, lease.unit, data)
+                finalised = final or crashes >= limit
+                released.append(Released(lease.unit, lease.attempt, crashes, finalised))
+                tx.charge(released[-1], worker, cause)
             requeued = [r.unit for r in released if not r.finalised]
-            tx.to_front_of_a_gone_worker(requeued)
+            book.to_front_of_a_gone_worker(requeued)
             data = {"cause": dict(cause), "requeued": requeued}
             tx.emit(release_event_kind(cause), worker, data=data)
             tx.maybe_finish()
@@ -277,8 +236,9 @@ class SQLiteQueue(Queue):
 
     def hand_back(self, worker: str, units: Sequence[str], reason: str) -> list[str]:
         with self._tx() as tx:
-            returned = tx.holds(worker, units)
-            tx.to_front(returned)
+            book = Leases(tx)
+            returned = book.holds(worker, units)
+            book.to_front(returned)
             cause = {"reason": reason, "orderly": True}
             tx.emit(EventKind.LEASES_RETURNED, worker, data={"cause": cause, "requeued": returned})
             tx.maybe_finish()  # a stopped build ends when its last lease comes back
@@ -289,26 +249,12 @@ class SQLiteQueue(Queue):
             tx.emit(kind, worker, data=data)
 
     def events(self, after: int, limit: int = EVENTS_PAGE) -> list[Event]:
-        rows = self._read(
-            "SELECT seq, kind, worker, unit, data, ts FROM events "
-            "WHERE build = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (self.build, after, limit),
-        )
-        events = []
-        for seq, kind, worker, unit, data, ts in rows:
-            try:
-                events.append(Event(seq, kind, worker, unit, json.loads(data), ts))
-            except ValueError:
-                events.append(malformed(seq, worker, unit, NOT_JSON, data, ts))
-        return events
+        rows = self._read(EVENTS_SQL, (self.build, after, limit))
+        return [_event(*row) for row in rows]
 
     def stop(self, reason: str) -> None:
         with self._tx(need_build=self._seen_populated) as tx:
-            cur = tx.conn.execute(
-                "UPDATE builds SET stop_reason = ? WHERE build = ? AND stop_reason IS NULL",
-                (reason, self.build),
-            )
-            if cur.rowcount:
+            if tx.exists() and tx.set_stop(reason):
                 tx.emit(EventKind.STOPPED, data={"reason": reason})
                 tx.maybe_finish()
 
@@ -318,47 +264,31 @@ class SQLiteQueue(Queue):
             left = count.pending + count.leased
             if count.stop_reason is None or left == 0:
                 return False
-            tx.conn.execute(
-                "UPDATE builds SET stop_reason = NULL, finished_at = NULL WHERE build = ?",
-                (self.build,),
-            )
+            tx.set_stop(None)
             data = {"reason": reason, "stopped": count.stop_reason, "left": left}
             tx.emit(EventKind.RESUMED, data={**data, "total": count.total})
         return True
 
     def status(self) -> BuildStatus:
-        counts, workers = self._file.read(
-            (
-                "SELECT total, pending, leased, done, stop_reason FROM builds WHERE build = ?",
-                (self.build,),
-            ),
-            (
-                "SELECT worker FROM workers WHERE build = ? ORDER BY joined_at, worker",
-                (self.build,),
-            ),
-        )
+        counts, workers = self._file.read((STATUS_SQL, (self.build,)), (WORKERS_SQL, (self.build,)))
         if not counts:
             if self._seen_populated:
                 raise lost(self.build, self.display_url)
             return BuildStatus(populated=False)
         self._seen_populated = True
         total, pending, leased, done, stop_reason = counts[0]
-        return BuildStatus(
-            populated=True,
-            total=total,
-            done=done,
-            pending=pending,
-            leased=leased,
-            stop_reason=stop_reason,
-            workers=tuple(w for (w,) in workers),
-        )
+        joined = tuple(w for (w,) in workers)
+        return BuildStatus(True, total, done, pending, leased, stop_reason, joined)
 
     def reservations(self, worker: str) -> list[Lease]:
-        rows = self._file.read(
-            (
-                "SELECT unit, attempt FROM reservations WHERE build = ? AND worker = ? "
-                "ORDER BY rowid",
-                (self.build, worker),
-            )
-        )[0]
+        (rows,) = self._file.read((RESERVATIONS_SQL, (self.build, worker)))
         return [Lease(unit, attempt) for unit, attempt in rows]
+
+
+def _event(
+    seq: int, kind: str, worker: str | None, unit: str | None, data: str, ts: float
+) -> Event:
+    try:
+        return Event(seq, kind, worker, unit, json.loads(data), ts)
+    except ValueError:
+        return malformed(seq, worker, unit, NOT_JSON, data, ts)

@@ -4,6 +4,7 @@ move means; this is the same in SQL).
 
 The counters on `builds` are kept in step with `units` by every move, so reserve never counts
 rows; the one way to move units out of a lease is `unlease`, so no move forgets a column.
+Lease moves are in sqlite_leases.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from conveyor.errors import BuildStateLost
-from conveyor.queue import stealing
+from conveyor.queue.messages import not_in_build
 from conveyor.queue.protocol import (
+    MAX_UNIT_CRASHES,
     EventKind,
     Lease,
+    Released,
     Reservation,
     ReservationState,
+    collection_digest,
     dumps,
 )
 
@@ -33,14 +37,6 @@ class Counters(NamedTuple):
     stop_reason: str | None
     requeues: int
     max_unit_crashes: int
-
-
-class HeldLease(NamedTuple):
-    unit: str
-    worker: str
-    attempt: int
-    crashes: int
-    claimed: bool
 
 
 class BuildTx:
@@ -96,41 +92,66 @@ class BuildTx:
             if cur.rowcount:
                 self.emit(EventKind.FINISHED, data={"done": count.done, "total": count.total})
 
-    def seen(self, worker: str) -> None:
+    def create(self, leader: str, units: Sequence[str], meta: Mapping[str, Any]) -> None:
+        """Publish the manifest: every unit pending, in manifest order."""
+        crashes = int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES))
+        digest, total = collection_digest(units), len(units)
         self.conn.execute(
-            "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
-            (self.now, self.build, worker),
+            "INSERT INTO builds (build, leader, digest, meta, total, pending, "
+            "max_unit_crashes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.build, leader, digest, dumps(meta), total, total, crashes, self.now),
         )
-
-    # -- leases ----------------------------------------------------------------------------
-
-    def held(self, worker: str | None = None) -> list[HeldLease]:
-        """Leases (of `worker`, or everyone's) in the order they were granted."""
-        sql = (
-            "SELECT unit, worker, attempt, crashes, claimed FROM units INDEXED BY units_by_state "
-            "WHERE build = ? AND state = 'leased'"
-        )
-        rows = self.conn.execute(sql + " ORDER BY lease_seq", (self.build,)).fetchall()
-        return [HeldLease(*row) for row in rows if worker in (None, row[1])]
-
-    def holds(self, worker: str, units: Sequence[str]) -> list[str]:
-        """The units of `units` that `worker` holds, in their order, once each."""
-        held = []
-        for unit in dict.fromkeys(units):
-            row = self.conn.execute(
-                "SELECT 1 FROM units WHERE build = ? AND unit = ? AND worker = ? "
-                "AND state = 'leased'",
-                (self.build, unit, worker),
-            ).fetchone()
-            if row is not None:
-                held.append(unit)
-        return held
-
-    def renew(self, units: Sequence[str], deadline: float, *, claim: bool) -> None:
         self.conn.executemany(
-            "UPDATE units SET deadline = ?, claimed = MAX(claimed, ?) WHERE build = ? AND unit = ?",
-            ((deadline, int(claim), self.build, unit) for unit in units),
+            "INSERT INTO units (build, unit, position, state, queue_order) "
+            "VALUES (?, ?, ?, 'pending', ?)",
+            ((self.build, unit, i, float(i)) for i, unit in enumerate(units)),
         )
+        self.emit(EventKind.POPULATED, leader, data={"total": total})
+
+    def unit(self, worker: str, verb: str, unit: str) -> tuple[str, int, int]:
+        """(state, attempt, requeues) of a unit a worker named; a stranger is refused."""
+        sql = "SELECT state, attempt, requeues FROM units WHERE build = ? AND unit = ?"
+        row = self.conn.execute(sql, (self.build, unit)).fetchone()
+        if row is None:
+            raise not_in_build(worker, verb, unit, self.build)
+        return row  # type: ignore[no-any-return]
+
+    def finish(self, worker: str, unit: str, state: str) -> None:
+        """`unit` (pending or leased) is done, with `worker`'s result."""
+        self.unlease(unit, "done")
+        sql = "UPDATE units SET worker = ? WHERE build = ? AND unit = ?"
+        self.conn.execute(sql, (worker, self.build, unit))
+        # Pending: its lease expired and nobody took it yet; this result is still the first.
+        self.adjust(done=1, leased=-(state == "leased"), pending=-(state == "pending"))
+
+    def send_back(self, unit: str, state: str, order: float) -> None:
+        """A failed attempt of `unit` to the queue at `order`, for another try."""
+        self.unlease(unit, "pending", order)
+        sql = "UPDATE units SET requeues = requeues + 1 WHERE build = ? AND unit = ?"
+        self.conn.execute(sql, (self.build, unit))
+        sql = "UPDATE builds SET requeues = requeues + 1 WHERE build = ?"
+        self.conn.execute(sql, (self.build,))
+        if state == "leased":
+            self.adjust(pending=1, leased=-1)
+
+    def charge(self, released: Released, worker: str, cause: Mapping[str, Any]) -> None:
+        """Record a released unit's crash count; a finalised one is done, as a crash."""
+        sql = "UPDATE units SET crashes = ? WHERE build = ? AND unit = ?"
+        self.conn.execute(sql, (released.crashes, self.build, released.unit))
+        if released.finalised:
+            self.unlease(released.unit, "done")
+            self.adjust(leased=-1, done=1)
+            data = {"attempt": released.attempt, "crashes": released.crashes, "cause": dict(cause)}
+            self.emit(EventKind.UNIT_CRASHED, worker, released.unit, data)
+
+    def set_stop(self, reason: str | None) -> bool:
+        """Stop the build (the first reason wins: False when it was stopped already), or with
+        None resume it, which also makes it finish anew."""
+        if reason is None:
+            sql = "UPDATE builds SET stop_reason = NULL, finished_at = NULL WHERE build = ?"
+            return self.conn.execute(sql, (self.build,)).rowcount > 0
+        sql = "UPDATE builds SET stop_reason = ? WHERE build = ? AND stop_reason IS NULL"
+        return self.conn.execute(sql, (reason, self.build)).rowcount > 0
 
     def unlease(self, unit: str, state: str, order: float | None = None) -> None:
         """Take `unit` out of its lease, into `state` (at `order` in the queue if pending)."""
@@ -141,95 +162,11 @@ class BuildTx:
             (state, state, order, self.build, unit),
         )
 
-    def to_front(self, units: Sequence[str]) -> None:
-        """Leased units back in front of everything pending, served in the given order."""
-        (lowest,) = self.conn.execute(
-            "SELECT MIN(queue_order) FROM units WHERE build = ? AND state = 'pending'",
-            (self.build,),
-        ).fetchone()
-        front = (lowest if lowest is not None else 0.0) - len(units)
-        for index, unit in enumerate(units):
-            self.unlease(unit, "pending", front + index)
-        self.adjust(pending=len(units), leased=-len(units))
-
-    def to_front_of_a_gone_worker(self, units: Sequence[str]) -> None:
-        """Leases of a worker that went away, in lease order: the most recent served first
-        (see memory_state.Build.to_front_of_a_gone_worker)."""
-        self.to_front(units[::-1])
-
-    def reclaim_expired(self) -> None:
-        """Leases past their deadline come back first (`to_front_of_a_gone_worker`)."""
-        expired = self.conn.execute(
-            # INDEXED BY: without statistics SQLite would scan the build's whole primary key.
-            "SELECT unit, worker, attempt, crashes FROM units INDEXED BY units_by_state "
-            "WHERE build = ? AND state = 'leased' AND deadline < ? ORDER BY lease_seq",
-            (self.build, self.now),
-        ).fetchall()
-        for unit, worker, attempt, crashes in expired:
-            data = {"attempt": attempt, "crashes": crashes}
-            self.emit(EventKind.LEASE_EXPIRED, worker, unit, data)
-        self.to_front_of_a_gone_worker([unit for unit, *_ in expired])
-
-    def grant(
-        self, worker: str, units: Sequence[str], deadline: float, *, new: bool
-    ) -> list[Lease]:
-        """Lease `units` to `worker`, at the end of its reservation order; `new`: a new
-        attempt (a steal moves a lease without making one)."""
-        (granted,) = self.conn.execute(
-            "SELECT leases_granted FROM builds WHERE build = ?", (self.build,)
-        ).fetchone()
+    def seen(self, worker: str) -> None:
         self.conn.execute(
-            "UPDATE builds SET leases_granted = ? WHERE build = ?",
-            (granted + len(units), self.build),
+            "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
+            (self.now, self.build, worker),
         )
-        leases = []
-        for index, unit in enumerate(units):
-            self.conn.execute(
-                "UPDATE units SET state = 'leased', worker = ?, deadline = ?, claimed = 0, "
-                "attempt = attempt + ?, lease_seq = ? WHERE build = ? AND unit = ?",
-                (worker, deadline, int(new), granted + index + 1, self.build, unit),
-            )
-            sql = "SELECT attempt FROM units WHERE build = ? AND unit = ?"
-            (attempt,) = self.conn.execute(sql, (self.build, unit)).fetchone()
-            leases.append(Lease(unit, attempt))
-        self.conn.executemany(
-            "INSERT INTO reservations (build, worker, unit, attempt, ts) VALUES (?, ?, ?, ?, ?)",
-            ((self.build, worker, x.unit, x.attempt, self.now) for x in leases),
-        )
-        self.seen(worker)
-        return leases
-
-    def lease_pending(self, worker: str, max_units: int, deadline: float) -> list[Lease]:
-        rows = self.conn.execute(
-            "SELECT unit FROM units WHERE build = ? AND state = 'pending' "
-            "ORDER BY queue_order LIMIT ?",
-            (self.build, max(1, max_units)),
-        ).fetchall()
-        picked = [unit for (unit,) in rows]
-        if not picked:
-            return []
-        leases = self.grant(worker, picked, deadline, new=True)
-        self.adjust(pending=-len(leases), leased=len(leases))
-        # One event per reservation, not per unit: the record stays complete cheaply.
-        self.emit(EventKind.LEASED, worker, data={"units": picked})
-        return leases
-
-    def steal(self, thief: str, max_units: int, deadline: float) -> list[Lease]:
-        held_by: dict[str, list[stealing.Held]] = {}
-        for lease in self.held():
-            held_by.setdefault(lease.worker, []).append(stealing.Held(lease.unit, lease.claimed))
-        planned = stealing.plan(held_by, thief, max_units)
-        if planned is None:
-            return []
-        victim, taken = planned
-        leases = self.grant(thief, taken, deadline, new=False)
-        self.conn.executemany(  # the victim never started them: they leave its order
-            "DELETE FROM reservations WHERE rowid = (SELECT MIN(rowid) FROM reservations "
-            "WHERE build = ? AND worker = ? AND unit = ? AND attempt = ?)",
-            ((self.build, victim, x.unit, x.attempt) for x in leases),
-        )
-        self.emit(EventKind.STOLEN, thief, data={"units": taken, "from": victim})
-        return leases
 
     # -- requests that leased units ----------------------------------------------------------
 
