@@ -38,6 +38,7 @@ from conveyor.queue.protocol import (
     EVENT_WORKER_LEFT,
     EXHAUSTED,
     JSON,
+    LEASE_TTL_S,
     LEASED,
     REQUEUED,
     WAIT,
@@ -189,7 +190,7 @@ class _Heartbeat(threading.Thread):
 class WorkerSession:
     """One worker's view of a build: populate, iterate units, complete or requeue them."""
 
-    def __init__(self, queue: Queue, worker_id: str, *, lease_ttl_s: float = 30.0) -> None:
+    def __init__(self, queue: Queue, worker_id: str, *, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.queue = queue
         self.worker_id = worker_id
         # Units handed out and not yet completed or requeued: the leases the heartbeat renews.
@@ -207,7 +208,7 @@ class WorkerSession:
         *,
         build: str,
         worker_id: str | None = None,
-        lease_ttl_s: float = 30.0,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> WorkerSession:
         worker = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         return cls(

@@ -16,6 +16,7 @@ from pathlib import Path
 from conveyor.errors import UsageError
 from conveyor.options import find_pyproject, layered, name_the_source, split_command_line
 from conveyor.queue import QUEUE_ENV
+from conveyor.queue.protocol import LEASE_TTL_S, MAX_UNIT_CRASHES
 from conveyor.scheduling import GROUPINGS, ORDERS
 
 # pytest-xdist's --dist modes, for users who bring their habits along.
@@ -54,9 +55,9 @@ class RunOptions:
     workers: int = 0
     queue: str | None = None
     build: str | None = None
-    lease_ttl_s: float = 30.0
+    lease_ttl_s: float = LEASE_TTL_S
     max_restarts: int | None = None
-    max_unit_crashes: int = 2
+    max_unit_crashes: int = MAX_UNIT_CRASHES
     node_id: str | None = None
     start_timeout_s: float = 600.0
     stall_timeout_s: float = 1800.0

@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from conveyor.hooks import run_shell
+from conveyor.queue.protocol import LEASE_TTL_S, MAX_UNIT_CRASHES
 from conveyor.vocabulary import EXIT_SETUP_FAILED
 
 
@@ -20,8 +21,8 @@ class WorkerSettings:
     build: str
     worker_id: str
     worker_count: int
-    lease_ttl_s: float = 30.0
-    max_unit_crashes: int = 2
+    lease_ttl_s: float = LEASE_TTL_S
+    max_unit_crashes: int = MAX_UNIT_CRASHES
     status_file: str | None = None
     timeout_file: str | None = None
     supervisor_pid: int | None = None
