@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     ts      REAL NOT NULL
 );
 
-CREATE INDEX IF NOT EXISTS reservations_by_worker ON reservations (build, worker);
+-- (unit, attempt) too: a steal removes single entries from the victim's order.
+CREATE INDEX IF NOT EXISTS reservations_by_worker_unit ON reservations (build, worker, unit, attempt);
 
 -- Each worker's last reservation (or steal) that leased units, under the id its caller gave it: a retry
 -- with that id gets this reply again instead of leasing more.
