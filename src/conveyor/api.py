@@ -35,6 +35,7 @@ from conveyor.queue.protocol import (
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LEFT,
     JSON,
+    LEASE_TTL_S,
     REQUEUED,
     collection_digest,
 )
@@ -160,7 +161,7 @@ def result_payload(unit: str, result: Result, attempt: int, started: float) -> J
 class WorkerSession:
     """One worker's view of a build: populate, iterate units, complete or requeue them."""
 
-    def __init__(self, queue: Queue, worker_id: str, *, lease_ttl_s: float = 30.0) -> None:
+    def __init__(self, queue: Queue, worker_id: str, *, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.queue = queue
         self.worker_id = worker_id
         # Units handed out and not yet completed or requeued: the leases the heartbeat renews.
@@ -180,7 +181,7 @@ class WorkerSession:
         *,
         build: str,
         worker_id: str | None = None,
-        lease_ttl_s: float = 30.0,
+        lease_ttl_s: float = LEASE_TTL_S,
     ) -> WorkerSession:
         worker = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         return cls(

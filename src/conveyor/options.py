@@ -32,6 +32,7 @@ from conveyor.option_kinds import (
     seconds,
     switch,
 )
+from conveyor.queue.protocol import LEASE_TTL_S, MAX_UNIT_CRASHES
 from conveyor.scheduling import GROUPINGS, ORDERS
 
 if sys.version_info >= (3, 11):
@@ -80,14 +81,14 @@ class WorkerOptions(OptionSet):
     lease_ttl_s = Option(
         ("--lease-ttl",),
         "how long a silent worker keeps its tests (default: 30)",
-        30.0,
+        LEASE_TTL_S,
         seconds(0.1),
         "SECONDS",
     )
     max_unit_crashes = Option(
         ("--max-unit-crashes",),
         "workers a test may take down before it is reported as failed (default: 2)",
-        2,
+        MAX_UNIT_CRASHES,
         count(1),
         "N",
     )

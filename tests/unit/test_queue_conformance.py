@@ -1,17 +1,26 @@
-"""One contract, every backend: each test runs against a real SQLite file and a real Redis."""
+"""One contract, every backend: each test runs against the in-memory reference queue, a real
+SQLite file, a real Redis and a real Redis Cluster, and the scripted scenario at the end holds
+every backend to the reference event for event."""
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
+import sqlite3
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+import redis.cluster
 
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.queue import Queue, open_queue
+from conveyor.queue.memory import MemoryQueue
+from conveyor.queue.memory_state import Store
 from conveyor.queue.protocol import (
     ALREADY_DONE,
     EVENT_DUPLICATE_REJECTED,
@@ -31,19 +40,78 @@ from conveyor.queue.protocol import (
     collection_digest,
 )
 
-BACKENDS = ["sqlite", "redis", "redis-cluster"]
+BACKENDS = ["memory", "sqlite", "redis", "redis-cluster"]
+# The in-memory queues of this process, by URL: threads of one test share them.
+MEMORY_STORES: dict[str, Store] = {}
 
 QueueFactory = Callable[..., Queue]
 
 
 @pytest.fixture(params=BACKENDS)
-def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path / 'queue.db'}"
-    if request.param == "redis-cluster":
-        return str(request.getfixturevalue("redis_cluster").url)
-    server = request.getfixturevalue("redis_server")
-    return str(server.url)
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        url = f"memory://{uuid.uuid4().hex}"
+        MEMORY_STORES[url] = Store()
+        yield url
+        del MEMORY_STORES[url]
+    elif request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'queue.db'}"
+    elif request.param == "redis-cluster":
+        yield str(request.getfixturevalue("redis_cluster").url)
+    else:
+        yield str(request.getfixturevalue("redis_server").url)
+
+
+def connect(url: str, build: str, **options: Any) -> Queue:
+    """`open_queue`, which knows no memory:// URL (a memory queue serves one process only)."""
+    if url.startswith("memory://"):
+        return MemoryQueue(build, store=MEMORY_STORES[url], **options)
+    return open_queue(url, build, **options)
+
+
+def lose_build(url: str, build: str) -> None:
+    """Make the build vanish under its open queues: a flushed Redis, rows deleted from SQLite."""
+    if url.startswith("memory://"):
+        MEMORY_STORES[url].forget(build)
+    elif url.startswith("sqlite://"):
+        with sqlite3.connect(url.removeprefix("sqlite://")) as conn:
+            tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            for (table,) in list(tables):
+                if table != "sqlite_sequence":
+                    conn.execute(f"DELETE FROM {table} WHERE build = ?", (build,))
+        conn.close()
+    else:
+        client: Any
+        if url.startswith("redis+cluster://"):
+            client = redis.cluster.RedisCluster.from_url(url.replace("+cluster", "", 1))
+        else:
+            client = redis.Redis.from_url(url)
+        for key in list(client.scan_iter(match=f"conveyor:{{{build}}}:*")):
+            client.delete(key)
+        client.close()
+
+
+class Spawner:
+    """Concurrent workers: processes on the real backends, threads on the in-memory one (which
+    lives in one process), with the barrier and result queue that go with them."""
+
+    def __init__(self, url: str) -> None:
+        self.threads = url.startswith("memory://")
+        self.context = multiprocessing.get_context("fork")
+
+    def barrier(self, parties: int) -> Any:
+        return threading.Barrier(parties) if self.threads else self.context.Barrier(parties)
+
+    def queue(self) -> Any:
+        import queue
+
+        return queue.Queue() if self.threads else self.context.Queue()
+
+    def start(self, target: Callable[..., None], *args: object) -> Any:
+        runner: Any = threading.Thread if self.threads else self.context.Process
+        started = runner(target=target, args=args)
+        started.start()
+        return started
 
 
 _builds_made = itertools.count()
@@ -61,11 +129,11 @@ def build_id(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_queue(queue_url: str, build_id: str, clock: Callable[[], float]) -> QueueFactory:
+def make_queue(queue_url: str, build_id: str, clock: Callable[[], float]) -> Iterator[QueueFactory]:
     opened: list[Queue] = []
 
     def make(lease_ttl_s: float = 30.0) -> Queue:
-        queue = open_queue(queue_url, build_id, lease_ttl_s=lease_ttl_s, clock=clock)
+        queue = connect(queue_url, build_id, lease_ttl_s=lease_ttl_s, clock=clock)
         opened.append(queue)
         return queue
 
@@ -97,27 +165,24 @@ def test_populate_elects_exactly_one_leader(make_queue: QueueFactory) -> None:
 
 
 def _populate_race(url: str, build: str, name: str, barrier: object, out: object) -> None:
-    queue = open_queue(url, build)
+    queue = connect(url, build)
     barrier.wait()  # type: ignore[attr-defined]
     out.put((name, queue.populate(name, units(50), {"leader": name})))  # type: ignore[attr-defined]
     queue.close()
 
 
 def test_populate_race_between_processes_has_one_winner(queue_url: str, build_id: str) -> None:
-    ctx = multiprocessing.get_context("fork")
-    barrier, out = ctx.Barrier(6), ctx.Queue()
+    spawn = Spawner(queue_url)
+    barrier, out = spawn.barrier(6), spawn.queue()
     procs = [
-        ctx.Process(target=_populate_race, args=(queue_url, build_id, f"gw{i}", barrier, out))
-        for i in range(6)
+        spawn.start(_populate_race, queue_url, build_id, f"gw{i}", barrier, out) for i in range(6)
     ]
-    for proc in procs:
-        proc.start()
     outcomes = dict(out.get(timeout=60) for _ in procs)
     for proc in procs:
         proc.join(60)
     winners = [name for name, won in outcomes.items() if won]
     assert len(winners) == 1
-    queue = open_queue(queue_url, build_id)
+    queue = connect(queue_url, build_id)
     manifest = queue.manifest()
     assert manifest is not None and manifest.leader == winners[0]
     assert manifest.meta == {"leader": winners[0]}
@@ -363,7 +428,7 @@ def test_reserving_from_a_build_that_does_not_exist_says_state_lost(
 
 
 def _race_worker(url: str, build: str, name: str, out: object) -> None:
-    queue = open_queue(url, build)
+    queue = connect(url, build)
     mine: list[str] = []
     while True:
         reservation = queue.reserve(name, 7)
@@ -380,16 +445,11 @@ def _race_worker(url: str, build: str, name: str, out: object) -> None:
 
 def test_racing_processes_lose_nothing_and_duplicate_nothing(queue_url: str, build_id: str) -> None:
     everything = units(5000)
-    queue = open_queue(queue_url, build_id)
+    queue = connect(queue_url, build_id)
     queue.populate("gw0", everything, {})
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_race_worker, args=(queue_url, build_id, f"gw{i}", out))
-        for i in range(8)
-    ]
-    for proc in procs:
-        proc.start()
+    spawn = Spawner(queue_url)
+    out = spawn.queue()
+    procs = [spawn.start(_race_worker, queue_url, build_id, f"gw{i}", out) for i in range(8)]
     completed = [unit for _ in procs for unit in out.get(timeout=300)]
     for proc in procs:
         proc.join(60)
@@ -531,3 +591,391 @@ def test_operations_on_a_build_that_does_not_exist_say_state_lost(
     renewing or releasing nothing in silence."""
     with pytest.raises(BuildStateLost):
         operation(make_queue())
+
+
+# -- a lost build is noticed by every operation -----------------------------------------------
+
+EVERY_OPERATION: dict[str, Callable[[Queue], object]] = {
+    "join": lambda queue: queue.join("gw1", {"host": "here"}),
+    "publish": lambda queue: queue.publish("note", "gw0", {}),
+    "stop": lambda queue: queue.stop("because"),
+    "events": lambda queue: queue.events(0),
+    "status": lambda queue: queue.status(),
+    "units": lambda queue: queue.units(),
+    "reserve": lambda queue: queue.reserve("gw0", 1),
+    "steal": lambda queue: queue.steal("gw1", 1),
+    "heartbeat": lambda queue: queue.heartbeat("gw0", units(1)),
+    "claim": lambda queue: queue.claim("gw0", units(1)),
+    "complete": lambda queue: queue.complete("gw0", [(units(1)[0], result())]),
+    "requeue": lambda queue: queue.requeue("gw0", units(1)[0], {}, max_requeues=1, tolerance=-1),
+    "release": lambda queue: queue.release("gw0", {"reason": "killed"}),
+    "hand_back": lambda queue: queue.hand_back("gw0", units(1), "slow"),
+    "resume": lambda queue: queue.resume("again"),
+}
+
+
+@pytest.mark.parametrize("operation", list(EVERY_OPERATION))
+def test_a_build_lost_after_it_was_seen_is_noticed_by_every_operation(
+    make_queue: QueueFactory, queue_url: str, build_id: str, operation: str
+) -> None:
+    """Once a queue object has seen its build, no operation acts on a vanished one in silence
+    (a join would re-create a worker of a build nobody runs, a status would say "not started")."""
+    queue = make_queue()
+    queue.populate("gw0", units(2), {})
+    queue.reserve("gw0", 1)
+    lose_build(queue_url, build_id)
+    with pytest.raises(BuildStateLost):
+        EVERY_OPERATION[operation](queue)
+
+
+@pytest.mark.parametrize("operation", ["join", "publish", "stop", "events", "status", "units"])
+def test_operations_before_the_build_exists_are_not_a_loss(
+    make_queue: QueueFactory, operation: str
+) -> None:
+    """Workers join and publish while the leader still collects: no build yet is no loss."""
+    EVERY_OPERATION[operation](make_queue())
+
+
+@pytest.mark.parametrize("operation", ["steal", "claim", "resume", "complete", "requeue"])
+def test_operations_that_need_a_build_say_state_lost_without_one(
+    make_queue: QueueFactory, operation: str
+) -> None:
+    with pytest.raises(BuildStateLost):
+        EVERY_OPERATION[operation](make_queue())
+
+
+# -- known drifts, pinned ------------------------------------------------------------------
+
+
+def test_a_unit_named_twice_in_a_hand_back_is_returned_once(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    queue.reserve("gw0", 3)
+    assert queue.hand_back("gw0", [units(3)[1], units(3)[1]], "slow") == [units(3)[1]]
+    status = queue.status()
+    assert (status.pending, status.leased, status.done) == (1, 2, 0)
+    returned = [e.data["requeued"] for e in queue.events(0) if e.kind == EVENT_LEASES_RETURNED]
+    assert returned == [[units(3)[1]]]
+
+
+@pytest.mark.parametrize(
+    ("late", "recorded"),
+    [({"attempt": 7}, 7), ({"attempt": None}, 1), ({"attempt": "2"}, 1), ({}, 1)],
+)
+def test_a_late_duplicate_names_its_own_attempt_only_when_it_is_a_number(
+    make_queue: QueueFactory, late: dict[str, object], recorded: int
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(1), {})
+    queue.reserve("gw0", 1)
+    queue.complete("gw0", [(units(1)[0], result())])
+    assert queue.complete("gw1", [(units(1)[0], late)]) == [False]
+    (rejected,) = [e for e in queue.events(0) if e.kind == EVENT_DUPLICATE_REJECTED]
+    assert (rejected.worker, rejected.data) == ("gw1", {"attempt": recorded})
+
+
+def test_expired_leases_come_back_the_most_recently_leased_first(
+    make_queue: QueueFactory, clock: Any
+) -> None:
+    """Deadlines differ from the serving order once a heartbeat renews one; the units still
+    return to the front by the order they were leased, the most recent first (the one a worker
+    started first is the likeliest to have hung it)."""
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(4), {})
+    first, second = (lease.unit for lease in queue.reserve("gw0", 2).leases)
+    third = queue.reserve("gw1", 1).leases[0].unit
+    clock.advance(10)
+    queue.heartbeat("gw0", [first])  # first now expires last
+    clock.advance(31)
+    again = queue.reserve("gw2", 4)
+    assert [lease.unit for lease in again.leases] == [third, second, first, units(4)[3]]
+    expired = [e.unit for e in queue.events(0) if e.kind == EVENT_LEASE_EXPIRED]
+    assert expired == [first, second, third]
+
+
+def test_release_answers_in_reservation_order_and_charges_only_a_named_culprit(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    # Reserved one at a time from a manifest whose names sort the other way round.
+    names = [f"tests/test_mod.py::test_{letter}" for letter in "dcba"]
+    queue.populate("gw0", names, {"max_unit_crashes": 1})
+    for _ in names:
+        queue.reserve("gw0", 1)
+    for culprit in (3, None, "", "tests/elsewhere.py::test_x"):
+        released = queue.release("gw0", {"culprit": culprit, "reason": "killed"})
+        assert [(r.unit, r.crashes, r.finalised) for r in released] == [
+            (name, 0, False) for name in names
+        ]
+        lost = [e for e in queue.events(0) if e.kind == EVENT_WORKER_LOST][-1]
+        assert lost.data == {"cause": {"culprit": culprit, "reason": "killed"}, "requeued": names}
+        assert [lease.unit for lease in queue.reserve("gw0", 4).leases] == names[::-1]
+        names.reverse()  # the order gw0 holds them in now
+    assert queue.status().done == 0
+
+
+# -- claim and steal ---------------------------------------------------------------------------
+
+
+def unit_ids(reservation: Any) -> list[str]:
+    return [lease.unit for lease in reservation.leases]
+
+
+def test_claim_answers_the_units_still_held_once_each_and_renews_them(
+    make_queue: QueueFactory, clock: Any
+) -> None:
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(4), {})
+    mine = unit_ids(queue.reserve("gw0", 2))
+    theirs = unit_ids(queue.reserve("gw1", 1))
+    asked = [mine[1], theirs[0], mine[1], "tests/elsewhere.py::test_x", mine[0]]
+    assert queue.claim("gw0", asked) == [mine[1], mine[0]]
+    assert queue.claim("gw0", asked) == [mine[1], mine[0]]  # idempotent
+    clock.advance(20)
+    assert queue.claim("gw0", [mine[0]]) == [mine[0]]
+    clock.advance(20)  # mine[0] renewed 20 s ago; mine[1] and theirs expired
+    assert unit_ids(queue.reserve("gw2", 5)) == [*theirs, mine[1], units(4)[3]]
+    assert queue.claim("gw0", mine) == [mine[0]]
+    queue.complete("gw0", [(mine[0], result())])
+    assert queue.claim("gw0", mine) == []
+
+
+def test_steal_serves_pending_units_first_like_reserve(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(4), {})
+    queue.reserve("gw0", 2)
+    stolen = queue.steal("gw1", 5)
+    assert (stolen.state, unit_ids(stolen), stolen.pending) == (LEASED, units(4)[2:], 0)
+    assert [e.kind for e in queue.events(0)].count("stolen") == 0
+
+
+def test_steal_takes_the_tail_half_of_the_busiest_workers_unclaimed_leases(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(12), {})
+    queue.reserve("gw0", 3)
+    big = unit_ids(queue.reserve("gw1", 7))
+    queue.reserve("gw2", 2)
+    queue.claim("gw1", big[:2])  # 5 unclaimed: the thief takes the last 3
+    stolen = queue.steal("gw3", 10, "steal-1")
+    assert (stolen.state, stolen.pending) == (LEASED, 0)
+    assert [(x.unit, x.attempt) for x in stolen.leases] == [(unit, 1) for unit in big[4:]]
+    assert queue.steal("gw3", 10, "steal-1") == stolen  # a retry: the same steal again
+    assert queue.claim("gw1", big) == big[:4]
+    assert queue.heartbeat("gw1", big) == 4
+    assert queue.claim("gw3", big) == big[4:]
+    assert [x.unit for x in queue.reservations("gw1")] == big[:4]
+    assert [x.unit for x in queue.reservations("gw3")] == big[4:]
+    (event,) = [e for e in queue.events(0) if e.kind == "stolen"]
+    assert (event.worker, event.unit) == ("gw3", None)
+    assert event.data == {"units": big[4:], "from": "gw1"}
+    status = queue.status()
+    assert (status.pending, status.leased, status.done) == (0, 12, 0)
+
+
+def test_steal_takes_at_most_max_units_and_never_a_claimed_lease(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(9), {})
+    held = unit_ids(queue.reserve("gw0", 9))
+    assert unit_ids(queue.steal("gw1", 2)) == held[7:]
+    queue.claim("gw0", held[:7])
+    assert unit_ids(queue.steal("gw2", 5)) == held[8:]  # half of gw1's two
+    queue.claim("gw1", held[7:8])
+    queue.claim("gw2", held[8:])
+    stolen = queue.steal("gw3", 5)
+    assert (stolen.state, stolen.leases) == (WAIT, ())
+
+
+def test_steal_picks_the_most_unclaimed_then_the_smallest_worker_id(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(6), {})
+    queue.reserve("gw2", 2)
+    queue.reserve("gw1", 2)
+    queue.reserve("gw3", 2)
+    queue.claim("gw3", units(6)[4:5])
+    first = queue.steal("gw9", 1)
+    assert unit_ids(first) == [units(6)[3]]  # gw1 and gw2 hold two each: gw1 goes first
+    assert unit_ids(queue.steal("gw9", 1)) == [units(6)[1]]  # now gw2 holds the most
+
+
+def test_a_victims_late_result_for_a_stolen_unit_is_a_duplicate(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(2), {})
+    queue.reserve("gw0", 2)
+    (taken,) = unit_ids(queue.steal("gw1", 1))
+    assert queue.complete("gw1", [(taken, result("passed"))]) == [True]
+    assert queue.complete("gw0", [(taken, result("failed"))]) == [False]
+    results = [(e.worker, e.data) for e in queue.events(0) if e.kind == EVENT_RESULT]
+    assert results == [("gw1", result("passed"))]
+
+
+def test_nothing_to_steal_answers_like_reserve(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(2), {})
+    queue.reserve("gw0", 2)
+    queue.claim("gw0", units(2))
+    assert queue.steal("gw1", 4).state == WAIT
+    assert queue.steal("gw0", 4).state == WAIT  # a worker never steals from itself
+    queue.complete("gw0", [(unit, result()) for unit in units(2)])
+    assert queue.steal("gw1", 4).state == EXHAUSTED
+
+
+def test_a_stopped_build_has_nothing_to_steal(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", units(4), {})
+    queue.reserve("gw0", 4)
+    queue.stop("-x")
+    assert queue.steal("gw1", 4).state == EXHAUSTED
+
+
+def test_steal_reclaims_expired_leases_first(make_queue: QueueFactory, clock: Any) -> None:
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(3), {})
+    queue.reserve("gw0", 3)
+    clock.advance(31)
+    stolen = queue.steal("gw1", 5)
+    assert [(x.unit, x.attempt) for x in stolen.leases] == [(unit, 2) for unit in units(3)[::-1]]
+
+
+def test_stolen_leases_expire_on_their_new_deadline(make_queue: QueueFactory, clock: Any) -> None:
+    queue = make_queue(lease_ttl_s=30)
+    queue.populate("gw0", units(2), {})
+    queue.reserve("gw0", 2)
+    clock.advance(20)
+    (taken,) = unit_ids(queue.steal("gw1", 1))
+    clock.advance(20)  # gw0's lease expired, the stolen one has 10 s left
+    assert [(x.unit, x.attempt) for x in queue.reserve("gw2", 2).leases] == [(units(2)[0], 2)]
+    assert queue.claim("gw1", [taken]) == [taken]
+
+
+CLASSY = [
+    "tests/test_a.py::test_plain",
+    "tests/test_a.py::TestOne::test_1",
+    "tests/test_a.py::TestOne::test_2",
+    "tests/test_a.py::TestOne::test_3",
+    "tests/test_a.py::TestTwo::test_1",
+    "tests/test_a.py::TestTwo::test_2",
+    "tests/test_b.py::test_x",
+    "tests/test_b.py::test_y",
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "claimed", "max_units", "expected"),
+    [
+        # 6 unclaimed: target 3 (TestTwo::test_2, b::test_x, b::test_y) cuts TestTwo: later.
+        (CLASSY[1:], 1, 10, CLASSY[6:]),
+        # The target (TestOne::test_3) and all later cuts are inside TestOne: earlier.
+        (CLASSY[:4], 0, 10, CLASSY[1:4]),
+        # ...but never more than max_units: TestTwo whole would be 2, TestOne's start is 5 away.
+        (CLASSY[1:6], 1, 1, []),
+        # The first unclaimed unit continues the class of the claimed one before it.
+        (CLASSY[1:4], 1, 10, []),
+        (CLASSY[4:6], 0, 10, CLASSY[4:6]),
+    ],
+    ids=["later", "earlier", "capped", "claimed-class", "whole-class"],
+)
+def test_steal_never_cuts_inside_a_class_when_it_can_help_it(
+    make_queue: QueueFactory,
+    held: list[str],
+    claimed: int,
+    max_units: int,
+    expected: list[str],
+) -> None:
+    queue = make_queue()
+    queue.populate("gw0", held, {})
+    queue.reserve("gw0", len(held))
+    queue.claim("gw0", held[:claimed])
+    stolen = queue.steal("gw1", max_units)
+    assert unit_ids(stolen) == expected
+    assert stolen.state == (LEASED if expected else WAIT)
+
+
+def test_a_victim_whose_every_cut_splits_a_class_is_passed_over(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", [*CLASSY[1:4], *CLASSY[6:]], {})
+    queue.reserve("gw0", 3)  # TestOne, its first test started
+    queue.claim("gw0", CLASSY[1:2])
+    queue.reserve("gw1", 2)
+    queue.claim("gw1", CLASSY[6:7])
+    assert unit_ids(queue.steal("gw2", 10)) == CLASSY[7:]  # gw0 holds more, all of one class
+
+
+# -- one scripted build, every backend alike -----------------------------------------------------
+
+
+def _scenario(queue: Queue, clock: Any) -> list[object]:
+    """A build with every operation in it; what each call answered and the status after it."""
+    seen: list[object] = []
+
+    def note(answer: object) -> None:
+        status = queue.status()
+        counts = (status.total, status.done, status.pending, status.leased, status.stop_reason)
+        seen.append((answer, counts, status.workers, status.finished))
+
+    names = [*CLASSY, *units(6)]
+    note(queue.join("gw0", {"host": "a", "pid": 1}))
+    note(queue.join("gw1", {"host": "b", "pid": 2}))
+    note(queue.populate("gw0", names, {"max_unit_crashes": 2, "seed": 3}))
+    note(queue.populate("gw1", names, {}))
+    note(queue.reserve("gw0", 4, "r1"))
+    note(queue.reserve("gw0", 4, "r1"))
+    note(queue.reserve("gw1", 3, "r2"))
+    note(queue.claim("gw0", names[:2]))
+    note(queue.heartbeat("gw1", names[4:7]))
+    note(queue.complete("gw0", [(names[0], {"outcome": "passed", "attempt": 1})]))
+    note(queue.requeue("gw1", names[5], {"attempt": 1}, max_requeues=1, tolerance=-1))
+    note(queue.publish("note", "gw1", {"text": "hello"}))
+    clock.advance(10)
+    note(queue.reserve("gw2", 5))
+    note(queue.steal("gw3", 4, "s1"))
+    note(queue.steal("gw3", 4, "s1"))
+    clock.advance(25)
+    note(queue.heartbeat("gw0", names[:4]))
+    note(queue.reserve("gw3", 2))
+    note(queue.release("gw1", {"culprit": names[4], "reason": "killed", "signal": 9}))
+    note(queue.hand_back("gw0", names[2:4], "slow"))
+    note(queue.reserve("gw0", 20))
+    note(queue.steal("gw1", 20))
+    note(queue.claim("gw0", names))
+    note(queue.steal("gw1", 20))
+    note(queue.complete("gw0", [(n, {"outcome": "passed"}) for n in names[1:3]]))
+    note(queue.complete("gw0", [(names[1], {"outcome": "failed"})]))
+    note(queue.requeue("gw0", names[1], {"attempt": 2}, max_requeues=3, tolerance=-1))
+    note(queue.stop("-x"))
+    note(queue.reserve("gw1", 1))
+    note(queue.release("gw3", {"culprit": None, "reason": "gone", "orderly": True}))
+    note(queue.resume("again"))
+    for worker in ("gw0", "gw1", "gw2", "gw3"):
+        note(queue.release(worker, {"reason": "stopped", "orderly": True}))
+    while (reservation := queue.reserve("gw1", 3)).state == LEASED:
+        note(reservation)
+        note(queue.complete("gw1", [(x.unit, {"outcome": "passed"}) for x in reservation.leases]))
+    note(reservation)
+    note([queue.reservations(worker) for worker in ("gw0", "gw1", "gw2", "gw3")])
+    note(queue.units())
+    return seen
+
+
+def _stream(queue: Queue) -> list[tuple[str, str | None, str | None, object]]:
+    return [(e.kind, e.worker, e.unit, e.data) for e in queue.iter_events(page=7)]
+
+
+def test_every_backend_runs_a_build_exactly_like_the_reference(
+    make_queue: QueueFactory, build_id: str, clock: Any
+) -> None:
+    """The same calls on the in-memory reference and on this backend: the same answers, the
+    same counts after each, the same event stream (but for sequence numbers and times)."""
+    reference_clock = type(clock)(clock.now)
+    reference = MemoryQueue(build_id, store=Store(), clock=reference_clock, lease_ttl_s=30)
+    queue = make_queue(lease_ttl_s=30)
+    expected = _scenario(reference, reference_clock)
+    observed = _scenario(queue, clock)
+    for step, (want, got) in enumerate(zip(expected, observed, strict=True)):
+        assert got == want, f"step {step}"
+    assert _stream(queue) == _stream(reference)

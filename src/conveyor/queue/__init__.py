@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from conveyor.errors import QueueURLError
-from conveyor.queue.protocol import Queue
+from conveyor.queue.protocol import LEASE_TTL_S, Queue
 from conveyor.trace import traced_queue
 
 __all__ = ["QUEUE_ENV", "Queue", "check_url", "mask_url", "open_queue", "queue_from_env", "scrub"]
@@ -123,7 +123,7 @@ def open_queue(
     url: str,
     build: str,
     *,
-    lease_ttl_s: float = 30.0,
+    lease_ttl_s: float = LEASE_TTL_S,
     clock: Callable[[], float] = time.time,
     build_ttl_s: float | None = None,
 ) -> Queue:

@@ -1,21 +1,125 @@
 """The queue seam: the verbs every backend implements, and the plain data they exchange.
 
 A build's life: one worker `populate`s the manifest (leader election), every worker `reserve`s
-units under a lease, keeps its leases alive with `heartbeat`, and `complete`s each unit (first
-result wins). A supervisor that sees a worker die `release`s its leases at once; otherwise they
-expire and the next `reserve` anywhere reclaims them. The controller follows the build through
-`events` and can `stop` it (`-x`, Ctrl-C). Payloads are JSON-compatible dicts, never pickles.
+units under a lease, keeps its leases alive with `heartbeat`, `claim`s each before it starts it,
+and `complete`s each unit (first result wins). An idle worker may `steal` unclaimed leases from
+the busiest one. A supervisor that sees a worker die `release`s its leases at once; otherwise
+they expire and the next `reserve` anywhere reclaims them. The controller follows the build
+through `events` and can `stop` it (`-x`, Ctrl-C). Payloads are JSON-compatible dicts, never
+pickles. `queue/memory.py` is the executable specification every backend is held to.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
 JSON = dict[str, Any]
+
+# Defaults every backend and every caller share.
+LEASE_TTL_S = 30.0  # a lease not renewed for this long expires and its unit comes back
+MAX_UNIT_CRASHES = 2  # a unit that took down this many workers is finalised as a failure
+EVENTS_PAGE = 1000  # events read per round trip
+
+
+class _FallbackStrEnum(str, enum.Enum):
+    """`enum.StrEnum` for Python 3.10: members are their value wherever a str is expected."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return str(self.value).__format__(spec)
+
+
+if sys.version_info >= (3, 11):
+    _StrEnumBase = enum.StrEnum
+else:  # pragma: no cover - exercised on Python 3.10
+    _StrEnumBase = _FallbackStrEnum
+
+
+class QueueEnum(_StrEnumBase):
+    """A word of the queue's vocabulary that is also the plain string stored and sent.
+
+    Members hash and compare as their value, both ways: `{EventKind.RESULT: f}["result"]`
+    finds `f` and `{"result": f}[EventKind.RESULT]` too. (An Enum hashes by its *name*
+    unless told otherwise, and a kind read back from a backend is a plain str.)"""
+
+    __hash__ = str.__hash__
+    __eq__ = str.__eq__
+    __ne__ = str.__ne__
+
+
+class ReservationState(QueueEnum):
+    """What `reserve` and `steal` answer."""
+
+    LEASED = "leased"
+    WAIT = "wait"  # nothing pending now, but leases are outstanding and may come back
+    EXHAUSTED = "exhausted"  # every unit has a final result, or the build was stopped
+
+
+class RequeueAnswer(QueueEnum):
+    """What `requeue` answers."""
+
+    REQUEUED = "requeued"  # back at the end of the queue for another attempt
+    REFUSED = "refused"  # a retry budget is spent: complete the unit with this result
+    ALREADY_DONE = "done"  # the unit already has its final result: drop this one
+
+
+class EventKind(QueueEnum):
+    """Kinds of the events the queue itself writes (and the controller dispatches on).
+    `publish` may write other kinds; an event's `kind` is therefore a plain str."""
+
+    POPULATED = "populated"
+    WORKER_JOINED = "worker_joined"
+    LEASED = "leased"
+    STOLEN = "stolen"  # leases moved from a busy worker to an idle one
+    WORKER_LEFT = "worker_left"
+    RESULT = "result"
+    DUPLICATE_REJECTED = "duplicate_rejected"
+    LEASE_EXPIRED = "lease_expired"
+    WORKER_LOST = "worker_lost"
+    LEASES_RETURNED = "leases_returned"
+    UNIT_CRASHED = "unit_crashed"
+    REQUEUED = "requeued"
+    STOPPED = "stopped"
+    RESUMED = "resumed"
+    WORKER_INPUT = "worker_input"  # plugins' part of workerinput, from a controller
+    WORKER_OUTPUT = "worker_output"  # a worker's config.workeroutput, at its end
+    FINISHED = "finished"
+    MALFORMED = "malformed"  # an entry conveyor did not write, reported instead of raised on
+
+
+# The names of conveyor 0.1, kept: every module that imports them keeps working.
+LEASED = ReservationState.LEASED
+WAIT = ReservationState.WAIT
+EXHAUSTED = ReservationState.EXHAUSTED
+REQUEUED = RequeueAnswer.REQUEUED
+REQUEUE_REFUSED = RequeueAnswer.REFUSED
+ALREADY_DONE = RequeueAnswer.ALREADY_DONE
+EVENT_POPULATED = EventKind.POPULATED
+EVENT_WORKER_JOINED = EventKind.WORKER_JOINED
+EVENT_LEASED = EventKind.LEASED
+EVENT_STOLEN = EventKind.STOLEN
+EVENT_WORKER_LEFT = EventKind.WORKER_LEFT
+EVENT_RESULT = EventKind.RESULT
+EVENT_DUPLICATE_REJECTED = EventKind.DUPLICATE_REJECTED
+EVENT_LEASE_EXPIRED = EventKind.LEASE_EXPIRED
+EVENT_WORKER_LOST = EventKind.WORKER_LOST
+EVENT_LEASES_RETURNED = EventKind.LEASES_RETURNED
+EVENT_UNIT_CRASHED = EventKind.UNIT_CRASHED
+EVENT_REQUEUED = EventKind.REQUEUED
+EVENT_STOPPED = EventKind.STOPPED
+EVENT_RESUMED = EventKind.RESUMED
+EVENT_WORKER_INPUT = EventKind.WORKER_INPUT
+EVENT_WORKER_OUTPUT = EventKind.WORKER_OUTPUT
+EVENT_FINISHED = EventKind.FINISHED
+EVENT_MALFORMED = EventKind.MALFORMED
 
 
 class ResultPayload(TypedDict, total=False):
@@ -47,29 +151,17 @@ class CrashCause(TypedDict, total=False):
     orderly: bool
 
 
-# Event kinds written to a build's stream. The controller dispatches on these names.
-EVENT_POPULATED = "populated"
-EVENT_WORKER_JOINED = "worker_joined"
-EVENT_LEASED = "leased"
-EVENT_WORKER_LEFT = "worker_left"
-EVENT_RESULT = "result"
-EVENT_DUPLICATE_REJECTED = "duplicate_rejected"
-EVENT_LEASE_EXPIRED = "lease_expired"
-EVENT_WORKER_LOST = "worker_lost"
-EVENT_LEASES_RETURNED = "leases_returned"
-EVENT_UNIT_CRASHED = "unit_crashed"
-EVENT_REQUEUED = "requeued"
-EVENT_STOPPED = "stopped"
-EVENT_RESUMED = "resumed"
-EVENT_WORKER_INPUT = "worker_input"  # plugins' part of workerinput, from a controller
-EVENT_WORKER_OUTPUT = "worker_output"  # a worker's config.workeroutput, at its end
-EVENT_FINISHED = "finished"
-
-
-def release_event_kind(cause: Mapping[str, Any]) -> str:
+def release_event_kind(cause: Mapping[str, Any]) -> EventKind:
     """A release is a lost worker, unless the cause says it is `orderly`: a live worker
     handing back tests it had not started (the build stopped, a slow run without history)."""
-    return EVENT_LEASES_RETURNED if cause.get("orderly") else EVENT_WORKER_LOST
+    return EventKind.LEASES_RETURNED if cause.get("orderly") else EventKind.WORKER_LOST
+
+
+def culprit_of(cause: Mapping[str, Any]) -> str | None:
+    """The unit a release charges a crash: `cause["culprit"]` when it is a unit id (a str);
+    anything else (absent, None, a number) charges nothing."""
+    culprit = cause.get("culprit")
+    return culprit if isinstance(culprit, str) else None
 
 
 def _json_fallback(value: object) -> object:
@@ -110,23 +202,11 @@ class Lease:
     attempt: int
 
 
-# Reservation states.
-LEASED = "leased"
-WAIT = "wait"  # nothing pending now, but leases are outstanding and may come back
-EXHAUSTED = "exhausted"  # every unit has a final result, or the build was stopped
-
-
 @dataclass(frozen=True)
 class Reservation:
-    state: str
+    state: ReservationState
     leases: tuple[Lease, ...] = ()
     pending: int = 0
-
-
-# Answers of `requeue`.
-REQUEUED = "requeued"  # back at the end of the queue for another attempt
-REQUEUE_REFUSED = "refused"  # a retry budget is spent: complete the unit with this result
-ALREADY_DONE = "done"  # the unit already has its final result: drop this one
 
 
 @dataclass(frozen=True)
@@ -171,7 +251,9 @@ class Released:
 
 
 class Queue(Protocol):
-    """The interface every backend implements; every method is one atomic operation."""
+    """The interface every backend implements; every method is one atomic operation.
+
+    A backend subclasses it explicitly to inherit `iter_events`."""
 
     display_url: str
 
@@ -192,7 +274,8 @@ class Queue(Protocol):
         ...
 
     def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
-        """Reclaim expired leases, then lease up to `max_units` units to `worker`.
+        """Reclaim expired leases (back to the front of the queue like released ones), then
+        lease up to `max_units` units to `worker`.
 
         Idempotent: `request_id` names one logical reservation, and a retry with the same id
         (its reply was lost: a dropped connection, a socket timeout) returns the same
@@ -207,13 +290,40 @@ class Queue(Protocol):
         worker does not name is left to expire. Returns how many of `units` it still holds."""
         ...
 
+    def claim(self, worker: str, units: Sequence[str]) -> list[str]:
+        """Mark leases `worker` holds as started (it runs them now, or promised one to pytest
+        as `nextitem`), so that no `steal` can take them, and renew them like `heartbeat`.
+
+        Returns the units of `units` (in their order, once each) that the worker still holds;
+        one stolen, expired and reclaimed, completed, or never held is absent, and the worker
+        must not run it. Idempotent, and one round trip: it is called about once per test."""
+        ...
+
+    def steal(self, thief: str, max_units: int, request_id: str | None = None) -> Reservation:
+        """An idle worker takes unstarted leases from the busiest worker.
+
+        Like `reserve` first (a retried `request_id` gets its reply again, a stopped build
+        answers EXHAUSTED, expired leases are reclaimed) and, while anything is pending, it
+        leases pending units exactly as `reserve` would: pending units are served first. With
+        nothing pending, the victim is the other worker holding the most unclaimed leases
+        (ties: the smallest worker id). The thief gets a suffix of the victim's unclaimed
+        leases in the victim's reservation order, about half of them (rounded up) and at most
+        `max_units`, cut where no class is split (see `queue.stealing.cut`); a victim whose
+        every cut would split a class is passed over for the next. The leases keep their
+        attempt (a steal is no new attempt), get a fresh deadline, and move from the victim's
+        `reservations` to the end of the thief's. One EVENT_STOLEN event names them and the
+        victim, who learns of it only through `claim` and `heartbeat`; its later `complete`
+        of a stolen unit is a late duplicate. With nothing to steal: WAIT while leases are
+        out, else EXHAUSTED."""
+        ...
+
     def complete(self, worker: str, results: Sequence[tuple[str, JSON]]) -> list[bool]:
         """Store final results, first one wins; a False entry means a late duplicate."""
         ...
 
     def requeue(
         self, worker: str, unit: str, payload: JSON, *, max_requeues: int, tolerance: float
-    ) -> str:
+    ) -> RequeueAnswer:
         """Send a failed attempt back to the end of the queue for a retry, if the unit has had
         fewer than `max_requeues` and the build fewer than ceil(total * `tolerance`) requeues
         (a negative tolerance means no build-wide cap). Answers REQUEUED, REQUEUE_REFUSED or
@@ -221,8 +331,11 @@ class Queue(Protocol):
         ...
 
     def release(self, worker: str, cause: Mapping[str, Any]) -> list[Released]:
-        """Return a dead worker's leases at once (or finalise units that crash too often).
-        With `cause["final"]` the culprit is finalised at once (a hard timeout)."""
+        """Return a dead worker's leases at once (or finalise units that crash too often),
+        answered in the order they were leased; they go back to the front of the queue, the
+        most recently leased first (the first is the likeliest to have killed the worker).
+        Only `culprit_of(cause)` is charged a crash; with `cause["final"]` the culprit is
+        finalised at once (a hard timeout)."""
         ...
 
     def hand_back(self, worker: str, units: Sequence[str], reason: str) -> list[str]:
@@ -235,9 +348,16 @@ class Queue(Protocol):
         """Append a free-form event (worker errors, collection reports) to the stream."""
         ...
 
-    def events(self, after: int, limit: int = 1000) -> list[Event]:
-        """Events with a sequence number above `after`, oldest first."""
+    def events(self, after: int, limit: int = EVENTS_PAGE) -> list[Event]:
+        """Events with a sequence number above `after`, oldest first (a negative limit: all)."""
         ...
+
+    def iter_events(self, after: int = 0, page: int = EVENTS_PAGE) -> Iterator[Event]:
+        """Every event above `after`, oldest first, read `page` at a time, until the stream
+        has nothing more; it does not wait for events still to come."""
+        while batch := self.events(after, page):
+            yield from batch
+            after = batch[-1].seq
 
     def stop(self, reason: str) -> None:
         """Stop handing out units; leases already held still complete."""
@@ -252,7 +372,8 @@ class Queue(Protocol):
     def status(self) -> BuildStatus: ...
 
     def reservations(self, worker: str) -> list[Lease]:
-        """The order in which `worker` was handed its units (for replay and bisect)."""
+        """The order in which `worker` was handed its units (for replay and bisect): stolen
+        units are the thief's, at the point it took them, and no longer the victim's."""
         ...
 
     def close(self) -> None: ...

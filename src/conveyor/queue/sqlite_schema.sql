@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS builds (
     leased           INTEGER NOT NULL DEFAULT 0,
     done             INTEGER NOT NULL DEFAULT 0,
     requeues         INTEGER NOT NULL DEFAULT 0,  -- failed attempts sent back, build-wide
+    leases_granted   INTEGER NOT NULL DEFAULT 0,  -- numbers leases in the order they are granted
     max_unit_crashes INTEGER NOT NULL,
     stop_reason      TEXT,
     created_at       REAL NOT NULL,
@@ -29,6 +30,8 @@ CREATE TABLE IF NOT EXISTS units (
     attempt     INTEGER NOT NULL DEFAULT 0,  -- times leased so far
     crashes     INTEGER NOT NULL DEFAULT 0,  -- times it took its worker down
     requeues    INTEGER NOT NULL DEFAULT 0,  -- failed attempts sent back for a retry
+    claimed     INTEGER NOT NULL DEFAULT 0,  -- 1: its worker started it, so it cannot be stolen
+    lease_seq   INTEGER NOT NULL DEFAULT 0,  -- when leased: its place in the grant order
     PRIMARY KEY (build, unit)
 ) WITHOUT ROWID;
 
@@ -43,9 +46,10 @@ CREATE TABLE IF NOT EXISTS reservations (
     ts      REAL NOT NULL
 );
 
-CREATE INDEX IF NOT EXISTS reservations_by_worker ON reservations (build, worker);
+-- (unit, attempt) too: a steal removes single entries from the victim's order.
+CREATE INDEX IF NOT EXISTS reservations_by_worker_unit ON reservations (build, worker, unit, attempt);
 
--- Each worker's last reservation that leased units, under the id its caller gave it: a retry
+-- Each worker's last reservation (or steal) that leased units, under the id its caller gave it: a retry
 -- with that id gets this reply again instead of leasing more.
 CREATE TABLE IF NOT EXISTS reserve_requests (
     build      TEXT NOT NULL,

@@ -21,11 +21,17 @@
 --   KEYS[10] last_seen    hash    worker -> time of its last reserve or heartbeat
 --   KEYS[11] seq          string  sequence number of the last event
 --   KEYS[12] events       stream  entry id "<seq>-0"; fields kind, ts, data (JSON), worker?, unit?
--- Two scripts get more keys, from KEYS[13] on, touched (expiry pushed back) only by that script:
---   reserve.lua   reservations:<worker>  list  unit, attempt, unit, attempt, ...
---                 reserve_requests       hash  worker -> JSON {id, reply} of its last
---                                              reservation that leased units (KEYS[14])
---   requeue.lua   requeues               hash  unit -> times requeued (absent: 0)
+--   KEYS[13] claimed      set     leased units their worker has started: never stolen
+--   KEYS[14] lease_seq    hash    leased unit -> its place in the order leases were granted
+--                                 (counter: the field `leases_granted` of meta)
+-- Some scripts get more keys, from KEYS[15] on, touched (expiry pushed back) only by them:
+--   reserve.lua, steal.lua  reservations:<worker>  list  unit, attempt, unit, attempt, ...
+--                           reserve_requests       hash  worker -> JSON {id, reply} of its last
+--                                                  request that leased units (KEYS[16])
+--   steal.lua               stolen                 hash  "<victim>\0<unit>\0<attempt>" -> how
+--                                                  many such entries left the victim's
+--                                                  reservations (KEYS[17])
+--   requeue.lua             requeues               hash  unit -> times requeued (absent: 0)
 -- A unit is in exactly one of pending, leases or neither (done), so done = total - pending - leased
 -- and no counter can drift.
 --
@@ -36,7 +42,8 @@
 local META, UNITS, ATTEMPTS, CRASHES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local PENDING, LEASES, OWNER = KEYS[5], KEYS[6], KEYS[7]
 local WORKERS, WORKER_INFO, LAST_SEEN = KEYS[8], KEYS[9], KEYS[10]
-local SEQ, EVENTS = KEYS[11], KEYS[12]
+local SEQ, EVENTS, CLAIMED, LEASE_SEQ = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
+local FIRST_EXTRA_KEY = 15
 local NOW, TTL_MS = ARGV[1], ARGV[2]
 
 -- The error a script returns when the build's keys are gone; RedisQueue raises BuildStateLost.
@@ -83,7 +90,62 @@ local function front_of_queue()
   return lowest - 1
 end
 
--- Units `worker` holds a lease on, sorted so that replies do not depend on hash order.
+-- The one way out of a lease (completed, requeued, returned, expired): every trace of it goes.
+local function drop_lease(unit)
+  redis.call('ZREM', LEASES, unit)
+  redis.call('HDEL', OWNER, unit)
+  redis.call('SREM', CLAIMED, unit)
+  redis.call('HDEL', LEASE_SEQ, unit)
+end
+
+-- Leased units back in front of everything pending, to be served in the order given.
+local function to_front(units)
+  local front = front_of_queue() + 1 - #units
+  for index, unit in ipairs(units) do
+    drop_lease(unit)
+    redis.call('ZADD', PENDING, front + index - 1, unit)
+  end
+end
+
+-- A gone worker's leases (expired, released), given in lease order, back to the front with the
+-- most recently leased first: the one it started first is the likeliest to have killed or hung
+-- it, the ones it never started are not.
+local function to_front_of_a_gone_worker(units)
+  local reversed = {}
+  for index = #units, 1, -1 do
+    reversed[#reversed + 1] = units[index]
+  end
+  to_front(reversed)
+end
+
+-- Lease `unit` to `worker` until `deadline`, at the end of its reservation order (the list
+-- `reservations`). A new lease is a new attempt; a stolen one keeps its attempt.
+local function grant(unit, worker, deadline, new_attempt, reservations)
+  local attempt
+  if new_attempt then
+    attempt = redis.call('HINCRBY', ATTEMPTS, unit, 1)
+  else
+    attempt = tonumber(redis.call('HGET', ATTEMPTS, unit))
+  end
+  redis.call('ZADD', LEASES, deadline, unit)
+  redis.call('HSET', OWNER, unit, worker)
+  redis.call('SREM', CLAIMED, unit)
+  redis.call('HSET', LEASE_SEQ, unit, redis.call('HINCRBY', META, 'leases_granted', 1))
+  redis.call('RPUSH', reservations, unit, attempt)
+  return attempt
+end
+
+-- Sort `units` (leased) in the order their leases were granted.
+local function by_lease_order(units)
+  local order = {}
+  for _, unit in ipairs(units) do
+    order[unit] = tonumber(redis.call('HGET', LEASE_SEQ, unit))
+  end
+  table.sort(units, function(a, b) return order[a] < order[b] end)
+  return units
+end
+
+-- Units `worker` holds a lease on, in the order they were granted.
 local function held_by(worker)
   local held = {}
   local owners = redis.call('HGETALL', OWNER)
@@ -92,8 +154,39 @@ local function held_by(worker)
       held[#held + 1] = owners[i]
     end
   end
-  table.sort(held)
-  return held
+  return by_lease_order(held)
+end
+
+-- A lease past its deadline belonged to a worker that stopped heartbeating: its unit goes back
+-- to the front of the queue (to_front_of_a_gone_worker) with the same attempt count; the next
+-- lease makes it attempt + 1.
+local function reclaim_expired()
+  local expired = by_lease_order(redis.call('ZRANGEBYSCORE', LEASES, '-inf', '(' .. NOW))
+  for _, unit in ipairs(expired) do
+    local data = cjson.encode({
+      attempt = number_or_zero(redis.call('HGET', ATTEMPTS, unit)),
+      crashes = number_or_zero(redis.call('HGET', CRASHES, unit)),
+    })
+    emit('lease_expired', redis.call('HGET', OWNER, unit), unit, data)
+  end
+  to_front_of_a_gone_worker(expired)
+end
+
+-- The reply to `worker`'s last request that leased units, when `request_id` names it (a retry
+-- after a lost reply: the worker holds those leases and must learn them, even after a stop).
+local function recall(requests, worker, request_id)
+  local last = redis.call('HGET', requests, worker)
+  if last then
+    last = cjson.decode(last)
+    if last.id == request_id then
+      return last.reply
+    end
+  end
+  return nil
+end
+
+local function remember(requests, worker, request_id, reply)
+  redis.call('HSET', requests, worker, cjson.encode({id = request_id, reply = reply}))
 end
 
 local function mark_seen(worker)

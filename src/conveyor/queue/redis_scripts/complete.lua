@@ -1,8 +1,8 @@
 -- complete.lua: store final results; the first result of a unit wins, later ones are rejected.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events
+-- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
 --              (each "conveyor:{<build>}:<name>")
 -- ARGV[1]  now      caller's clock, seconds
 -- ARGV[2]  ttl_ms   key expiry after the last write
@@ -30,7 +30,7 @@ for i = FIRST, #ARGV, 2 do
   -- Leased or still pending (its lease expired and nobody took it yet): this result is first.
   local was_open = redis.call('ZREM', LEASES, unit) + redis.call('ZREM', PENDING, unit)
   if was_open > 0 then
-    redis.call('HDEL', OWNER, unit)
+    drop_lease(unit)
     emit('result', worker, unit, ARGV[i + 1])
     accepted[#accepted + 1] = 1
   else

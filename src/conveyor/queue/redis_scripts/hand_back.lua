@@ -3,14 +3,14 @@
 -- history). Units it does not hold (any more) are skipped; every other lease stays its own.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events
+-- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
 --              (each "conveyor:{<build>}:<name>")
 -- ARGV[1]  now     caller's clock, seconds
 -- ARGV[2]  ttl_ms  key expiry after the last write
 -- ARGV[3]  worker
 -- ARGV[4]  cause   JSON object, copied into the event
--- ARGV[5..] units  in the order the worker would have run them
+-- ARGV[5..] units  in the order the worker would have run them, each once
 -- Returns the units actually returned, in that order. Error BUILD_LOST when the build is gone.
 
 if not populated() then
@@ -26,13 +26,7 @@ for i = 5, #ARGV do
   end
 end
 
--- The first unit returned goes first: scores lowest - n .. lowest - 1 keep the worker's order.
-local front = front_of_queue() + 1
-for index, unit in ipairs(returned) do
-  redis.call('ZREM', LEASES, unit)
-  redis.call('HDEL', OWNER, unit)
-  redis.call('ZADD', PENDING, front - #returned + index - 1, unit)
-end
+to_front(returned)
 
 emit('leases_returned', worker, false,
   '{"cause":' .. ARGV[4] .. ',"requeued":' .. json_list(returned) .. '}')

@@ -3,8 +3,8 @@
 -- its reserve's reply lost) is left to expire and come back.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events
+-- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
 --              (each "conveyor:{<build>}:<name>")
 -- ARGV[1]  now       caller's clock, seconds
 -- ARGV[2]  ttl_ms    key expiry after the last write

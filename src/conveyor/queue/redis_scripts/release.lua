@@ -4,8 +4,8 @@
 -- with `final` (a hard timeout) the culprit is finalised at once, whatever its crash count.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events
+-- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
 --              (each "conveyor:{<build>}:<name>")
 -- ARGV[1]  now          caller's clock, seconds
 -- ARGV[2]  ttl_ms       key expiry after the last write
@@ -15,7 +15,8 @@
 -- ARGV[6]  cause        JSON object (signal, timeout, traceback, ...), copied into the events
 -- ARGV[7]  final        '1' to finalise the culprit now instead of charging it and retrying
 -- ARGV[8]  kind         event kind: 'worker_lost', or 'leases_returned' for an orderly hand-back
--- Returns {unit, attempt, crashes, finalised (1/0), ...} per released unit, sorted by unit.
+-- Returns {unit, attempt, crashes, finalised (1/0), ...} per released unit, in the order they
+-- were leased; the requeued ones go back to the front, the most recently leased first.
 -- Error BUILD_LOST when the build is gone.
 
 if not populated() then
@@ -34,17 +35,15 @@ for _, unit in ipairs(held_by(worker)) do
   if is_culprit then
     crashes = crashes + 1
   end
-  redis.call('ZREM', LEASES, unit)
-  redis.call('HDEL', OWNER, unit)
   redis.call('HSET', CRASHES, unit, crashes)
   local finalised = crashes >= limit or (is_culprit and final)
   if finalised then
+    drop_lease(unit)
     -- cause is spliced in verbatim: a decode/encode round trip through cjson would turn {} and
     -- [] into each other and round floats.
     emit('unit_crashed', worker, unit,
       '{"attempt":' .. attempt .. ',"crashes":' .. crashes .. ',"cause":' .. cause .. '}')
   else
-    redis.call('ZADD', PENDING, front_of_queue(), unit)
     requeued[#requeued + 1] = unit
   end
   reply[#reply + 1] = unit
@@ -53,6 +52,7 @@ for _, unit in ipairs(held_by(worker)) do
   reply[#reply + 1] = finalised and 1 or 0
 end
 
+to_front_of_a_gone_worker(requeued)
 emit(ARGV[8], worker, false,
   '{"cause":' .. cause .. ',"requeued":' .. json_list(requeued) .. '}')
 maybe_finish()

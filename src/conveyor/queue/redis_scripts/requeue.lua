@@ -3,10 +3,10 @@
 -- tolerance means no build-wide cap). Past either budget the caller completes the unit instead.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..12]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events
+-- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
 --              (each "conveyor:{<build>}:<name>")
--- KEYS[13]     conveyor:{<build>}:requeues  hash  unit -> times it was requeued (absent: 0)
+-- KEYS[15]     conveyor:{<build>}:requeues  hash  unit -> times it was requeued (absent: 0)
 --              The build-wide count is the field `requeues` of meta (absent: 0).
 -- ARGV[1]  now           caller's clock, seconds
 -- ARGV[2]  ttl_ms        key expiry after the last write
@@ -24,7 +24,7 @@ if not populated() then
   return redis.error_reply(BUILD_LOST)
 end
 
-local REQUEUES = KEYS[13]
+local REQUEUES = KEYS[FIRST_EXTRA_KEY]
 local worker, unit, payload, rejected = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local max_requeues, tolerance = tonumber(ARGV[7]), tonumber(ARGV[8])
 
@@ -48,8 +48,7 @@ if unit_requeues >= max_requeues
 end
 
 if leased then
-  redis.call('ZREM', LEASES, unit)
-  redis.call('HDEL', OWNER, unit)
+  drop_lease(unit)
 end
 -- Populate numbers the queue 0 .. total-1 and returned units go in front (below 0), so
 -- total + build_requeues + 1 is behind every unit pending now, earlier requeues included.

@@ -1,0 +1,182 @@
+-- steal.lua: an idle worker takes unstarted leases from the busiest one. The rule is
+-- conveyor.queue.stealing's, in Lua; the conformance suite holds the two to the same answers.
+-- Like reserve.lua first: a retried request gets its reply again, a stopped build answers
+-- 'exhausted', expired leases are reclaimed, and pending units are leased as reserve would.
+-- With nothing pending, the victim is the other worker with the most unclaimed leases (ties:
+-- the smallest id, byte by byte); the thief gets the tail of them in the victim's order, about
+-- half and at most max_units, cut where no class is split (a victim with no such cut is passed
+-- over). The leases keep their attempt and get the thief's deadline.
+-- Runs after _lib.lua, which names the keys and defines the helpers.
+--
+-- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
+--              (each "conveyor:{<build>}:<name>")
+-- KEYS[15]     conveyor:{<build>}:reservations:<thief>  list of unit, attempt (for replay)
+-- KEYS[16]     conveyor:{<build>}:reserve_requests  hash  worker -> JSON {id, reply}
+-- KEYS[17]     conveyor:{<build>}:stolen  hash  "<victim>\0<unit>\0<attempt>" -> count: entries
+--              of the victim's reservations that are the thief's now
+-- ARGV[1]  now         caller's clock, seconds
+-- ARGV[2]  ttl_ms      key expiry after the last write
+-- ARGV[3]  thief
+-- ARGV[4]  max_units   at least 1
+-- ARGV[5]  deadline    now + lease ttl
+-- ARGV[6]  request_id  as for reserve.lua
+-- Returns what reserve.lua returns. Error BUILD_LOST when the build is gone.
+
+if not populated() then
+  return redis.error_reply(BUILD_LOST)
+end
+
+local RESERVATIONS, REQUESTS, STOLEN = KEYS[15], KEYS[16], KEYS[17]
+local thief, max_units, deadline, request_id = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+
+-- "path::Class" of a test id with a second "::" part, else nil (scheduling.class_of).
+local function class_of(id)
+  local first = string.find(id, '::', 1, true)
+  if not first then
+    return nil
+  end
+  local second = string.find(id, '::', first + 2, true)
+  if not second then
+    return nil
+  end
+  return string.sub(id, 1, second - 1)
+end
+
+local function clean_boundary(before, first)
+  local class = class_of(first)
+  return before == nil or class == nil or class ~= class_of(before)
+end
+
+-- Byte order, as Python compares str; Lua's < on strings follows the server's locale.
+local function bytes_less(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
+-- stealing.cut: the tail of `held` ({unit, claimed} in the victim's order) to take, or {}.
+local function cut(held)
+  local positions = {}
+  for index, lease in ipairs(held) do
+    if not lease.claimed then
+      positions[#positions + 1] = index
+    end
+  end
+  local count = #positions
+  local take = math.min(math.floor((count + 1) / 2), max_units)
+  if take == 0 then
+    return {}
+  end
+  local lowest, target = count - math.min(count, max_units), count - take
+  local starts = {}
+  for start = target, count - 1 do
+    starts[#starts + 1] = start
+  end
+  for start = target - 1, lowest, -1 do
+    starts[#starts + 1] = start
+  end
+  for _, start in ipairs(starts) do
+    local at = positions[start + 1]
+    local before = nil
+    if at > 1 then
+      before = held[at - 1].unit
+    end
+    if clean_boundary(before, held[at].unit) then
+      local taken = {}
+      for k = start + 1, count do
+        taken[#taken + 1] = held[positions[k]].unit
+      end
+      return taken
+    end
+  end
+  return {}
+end
+
+-- Every other worker's leases in its order, and the workers with unclaimed ones, busiest first.
+local function victims()
+  local held, unclaimed, workers = {}, {}, {}
+  local owners = redis.call('HGETALL', OWNER)
+  local units = {}
+  for i = 1, #owners, 2 do
+    units[#units + 1] = owners[i]
+  end
+  for _, unit in ipairs(by_lease_order(units)) do
+    local worker = redis.call('HGET', OWNER, unit)
+    if worker ~= thief then
+      local claimed = redis.call('SISMEMBER', CLAIMED, unit) == 1
+      if not held[worker] then
+        held[worker], unclaimed[worker] = {}, 0
+      end
+      held[worker][#held[worker] + 1] = {unit = unit, claimed = claimed}
+      if not claimed then
+        if unclaimed[worker] == 0 then
+          workers[#workers + 1] = worker
+        end
+        unclaimed[worker] = unclaimed[worker] + 1
+      end
+    end
+  end
+  table.sort(workers, function(a, b)
+    if unclaimed[a] ~= unclaimed[b] then
+      return unclaimed[a] > unclaimed[b]
+    end
+    return bytes_less(a, b)
+  end)
+  return workers, held
+end
+
+local again = recall(REQUESTS, thief, request_id)
+if again then
+  return again
+end
+if redis.call('HEXISTS', META, 'stop_reason') == 1 then
+  return {'exhausted', 0}
+end
+reclaim_expired()
+touch()
+
+local reply = {'leased', 0}
+local picked = redis.call('ZPOPMIN', PENDING, max_units)
+if #picked > 0 then  -- pending units first, exactly as reserve.lua leases them
+  local leased = {}
+  for i = 1, #picked, 2 do
+    reply[#reply + 1] = picked[i]
+    reply[#reply + 1] = grant(picked[i], thief, deadline, true, RESERVATIONS)
+    leased[#leased + 1] = picked[i]
+  end
+  emit('leased', thief, false, '{"units":' .. json_list(leased) .. '}')
+else
+  local workers, held = victims()
+  local victim, taken = nil, {}
+  for _, worker in ipairs(workers) do
+    taken = cut(held[worker])
+    if #taken > 0 then
+      victim = worker
+      break
+    end
+  end
+  if not victim then
+    if redis.call('ZCARD', LEASES) == 0 then
+      return {'exhausted', 0}
+    end
+    return {'wait', 0}
+  end
+  for _, unit in ipairs(taken) do
+    local attempt = grant(unit, thief, deadline, false, RESERVATIONS)
+    redis.call('HINCRBY', STOLEN, victim .. '\0' .. unit .. '\0' .. attempt, 1)
+    reply[#reply + 1] = unit
+    reply[#reply + 1] = attempt
+  end
+  emit('stolen', thief, false,
+    '{"units":' .. json_list(taken) .. ',"from":' .. cjson.encode(victim) .. '}')
+end
+mark_seen(thief)
+reply[2] = redis.call('ZCARD', PENDING)
+remember(REQUESTS, thief, request_id, reply)
+touch()
+return reply

@@ -1,0 +1,145 @@
+"""A build's leases inside one SQLite write transaction: who holds what, in which order, and
+the moves of reserve, steal, claim, expiry and hand-back (queue/memory.py says what each means;
+this is the same in SQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from conveyor.queue import stealing
+from conveyor.queue.protocol import EventKind, Lease
+from conveyor.queue.sqlite_build import BuildTx
+
+
+class HeldLease(NamedTuple):
+    unit: str
+    worker: str
+    attempt: int
+    crashes: int
+    claimed: bool
+
+
+class Leases:
+    """The leases of the build `tx` is a transaction on."""
+
+    def __init__(self, tx: BuildTx) -> None:
+        self.tx = tx
+
+    def held(self, worker: str | None = None) -> list[HeldLease]:
+        """Leases (of `worker`, or everyone's) in the order they were granted."""
+        sql = (
+            "SELECT unit, worker, attempt, crashes, claimed FROM units INDEXED BY units_by_state "
+            "WHERE build = ? AND state = 'leased'"
+        )
+        rows = self.tx.conn.execute(sql + " ORDER BY lease_seq", (self.tx.build,)).fetchall()
+        return [HeldLease(*row) for row in rows if worker in (None, row[1])]
+
+    def holds(self, worker: str, units: Sequence[str]) -> list[str]:
+        """The units of `units` that `worker` holds, in their order, once each."""
+        held = []
+        for unit in dict.fromkeys(units):
+            row = self.tx.conn.execute(
+                "SELECT 1 FROM units WHERE build = ? AND unit = ? AND worker = ? "
+                "AND state = 'leased'",
+                (self.tx.build, unit, worker),
+            ).fetchone()
+            if row is not None:
+                held.append(unit)
+        return held
+
+    def renew(self, units: Sequence[str], deadline: float, *, claim: bool) -> None:
+        self.tx.conn.executemany(
+            "UPDATE units SET deadline = ?, claimed = MAX(claimed, ?) WHERE build = ? AND unit = ?",
+            ((deadline, int(claim), self.tx.build, unit) for unit in units),
+        )
+
+    def to_front(self, units: Sequence[str]) -> None:
+        """Leased units back in front of everything pending, served in the given order."""
+        (lowest,) = self.tx.conn.execute(
+            "SELECT MIN(queue_order) FROM units WHERE build = ? AND state = 'pending'",
+            (self.tx.build,),
+        ).fetchone()
+        front = (lowest if lowest is not None else 0.0) - len(units)
+        for index, unit in enumerate(units):
+            self.tx.unlease(unit, "pending", front + index)
+        self.tx.adjust(pending=len(units), leased=-len(units))
+
+    def to_front_of_a_gone_worker(self, units: Sequence[str]) -> None:
+        """Leases of a worker that went away, in lease order: the most recent served first
+        (see memory_state.Build.to_front_of_a_gone_worker)."""
+        self.to_front(units[::-1])
+
+    def reclaim_expired(self) -> None:
+        """Leases past their deadline come back first (`to_front_of_a_gone_worker`)."""
+        expired = self.tx.conn.execute(
+            # INDEXED BY: without statistics SQLite would scan the build's whole primary key.
+            "SELECT unit, worker, attempt, crashes FROM units INDEXED BY units_by_state "
+            "WHERE build = ? AND state = 'leased' AND deadline < ? ORDER BY lease_seq",
+            (self.tx.build, self.tx.now),
+        ).fetchall()
+        for unit, worker, attempt, crashes in expired:
+            data = {"attempt": attempt, "crashes": crashes}
+            self.tx.emit(EventKind.LEASE_EXPIRED, worker, unit, data)
+        self.to_front_of_a_gone_worker([unit for unit, *_ in expired])
+
+    def grant(
+        self, worker: str, units: Sequence[str], deadline: float, *, new: bool
+    ) -> list[Lease]:
+        """Lease `units` to `worker`, at the end of its reservation order; `new`: a new
+        attempt (a steal moves a lease without making one)."""
+        (granted,) = self.tx.conn.execute(
+            "SELECT leases_granted FROM builds WHERE build = ?", (self.tx.build,)
+        ).fetchone()
+        self.tx.conn.execute(
+            "UPDATE builds SET leases_granted = ? WHERE build = ?",
+            (granted + len(units), self.tx.build),
+        )
+        leases = []
+        for index, unit in enumerate(units):
+            self.tx.conn.execute(
+                "UPDATE units SET state = 'leased', worker = ?, deadline = ?, claimed = 0, "
+                "attempt = attempt + ?, lease_seq = ? WHERE build = ? AND unit = ?",
+                (worker, deadline, int(new), granted + index + 1, self.tx.build, unit),
+            )
+            sql = "SELECT attempt FROM units WHERE build = ? AND unit = ?"
+            (attempt,) = self.tx.conn.execute(sql, (self.tx.build, unit)).fetchone()
+            leases.append(Lease(unit, attempt))
+        self.tx.conn.executemany(
+            "INSERT INTO reservations (build, worker, unit, attempt, ts) VALUES (?, ?, ?, ?, ?)",
+            ((self.tx.build, worker, x.unit, x.attempt, self.tx.now) for x in leases),
+        )
+        self.tx.seen(worker)
+        return leases
+
+    def lease_pending(self, worker: str, max_units: int, deadline: float) -> list[Lease]:
+        rows = self.tx.conn.execute(
+            "SELECT unit FROM units WHERE build = ? AND state = 'pending' "
+            "ORDER BY queue_order LIMIT ?",
+            (self.tx.build, max(1, max_units)),
+        ).fetchall()
+        picked = [unit for (unit,) in rows]
+        if not picked:
+            return []
+        leases = self.grant(worker, picked, deadline, new=True)
+        self.tx.adjust(pending=-len(leases), leased=len(leases))
+        # One event per reservation, not per unit: the record stays complete cheaply.
+        self.tx.emit(EventKind.LEASED, worker, data={"units": picked})
+        return leases
+
+    def steal(self, thief: str, max_units: int, deadline: float) -> list[Lease]:
+        held_by: dict[str, list[stealing.Held]] = {}
+        for lease in self.held():
+            held_by.setdefault(lease.worker, []).append(stealing.Held(lease.unit, lease.claimed))
+        planned = stealing.plan(held_by, thief, max_units)
+        if planned is None:
+            return []
+        victim, taken = planned
+        leases = self.grant(thief, taken, deadline, new=False)
+        self.tx.conn.executemany(  # the victim never started them: they leave its order
+            "DELETE FROM reservations WHERE rowid = (SELECT MIN(rowid) FROM reservations "
+            "WHERE build = ? AND worker = ? AND unit = ? AND attempt = ?)",
+            ((self.tx.build, victim, x.unit, x.attempt) for x in leases),
+        )
+        self.tx.emit(EventKind.STOLEN, thief, data={"units": taken, "from": victim})
+        return leases
