@@ -23,6 +23,8 @@ MAX_BATCH = 32
 BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
 AFFINITY_TARGET_S = 2.0  # work of a module's run kept together when nothing else says so
 GIVE_BACK_AFTER_S = 0.5  # without history, a test this slow hands the rest of its run back
+CLAIM_AHEAD_S = 0.5  # work claimed ahead of the running test (claimed leases cannot be stolen)
+MAX_CLAIM = 64
 
 
 def batch_size(pending: int, worker_count: int, typical_test_s: float | None = None) -> int:
@@ -90,6 +92,15 @@ class BatchPolicy:
                 break
             count += 1
         return count
+
+    def claim_ahead(self) -> int:
+        """How many leases to claim at once: the running test, the one pytest is promised
+        next, and about CLAIM_AHEAD_S of work beyond, so that tiny tests share a round trip
+        and slow ones leave the rest of a run to be stolen by idle workers."""
+        typical = self.typical_test_s()
+        if typical is None:
+            return 2
+        return max(2, min(MAX_CLAIM, int(CLAIM_AHEAD_S / max(typical, 1e-6))))
 
     def typical_test_s(self) -> float | None:
         """How long this worker's recent tests took. The queue serves the slowest first, so

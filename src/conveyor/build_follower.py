@@ -8,7 +8,7 @@ on raises `BuildAborted` with a message for the person at the terminal.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from conveyor.errors import BuildAborted, BuildStateLost
@@ -20,7 +20,7 @@ from conveyor.supervisor import Supervisor
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.02
 MANIFEST_CHECK_S = 1.0
-EVENTS_PAGE = 2000
+EVENTS_PAGE = 2000  # events read per round trip
 OTHERS_CHECKS, OTHERS_POLL_S = 20, 0.05  # look for another machine's lease for about 1 s
 
 Handler = Callable[[Event], None]
@@ -67,7 +67,7 @@ class BuildFollower:
     def drain(self) -> int:
         """Dispatch every event not yet seen; returns how many there were."""
         seen = 0
-        for event in self._unseen_events():
+        for event in self.queue.iter_events(self.cursor, EVENTS_PAGE):
             handler = self.handlers.get(event.kind)
             if handler is not None:
                 handler(event)
@@ -75,21 +75,9 @@ class BuildFollower:
             seen += 1
         return seen
 
-    def _unseen_events(self) -> Iterator[Event]:
-        while True:
-            page = self.queue.events(self.cursor, EVENTS_PAGE)
-            yield from page
-            if len(page) < EVENTS_PAGE:
-                return
-
     def all_events(self) -> list[Event]:
         """The whole stream from its start (for the timeline and the GitHub summary)."""
-        events: list[Event] = []
-        cursor = 0
-        while page := self.queue.events(cursor, EVENTS_PAGE):
-            events.extend(page)
-            cursor = page[-1].seq
-        return events
+        return list(self.queue.iter_events(0, EVENTS_PAGE))
 
     # -- start ------------------------------------------------------------------------------
 

@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from conveyor.queue import Queue
-from conveyor.queue.protocol import EXHAUSTED, LEASED, Lease
+from conveyor.queue.protocol import EXHAUSTED, LEASED, WAIT, Lease
 from conveyor.trace import event
 
 trace = event("leases")
 
 WAIT_POLL_S = 0.05
+# A steal takes about half of the busiest worker's unstarted leases, at most this many.
+STEAL_MAX_UNITS = 64
 
 
 class _Unpromised:
@@ -47,11 +49,14 @@ class LeaseStream:
         stopped: Callable[[], bool] = lambda: False,
         idle: Callable[[], None] = lambda: None,
         poll_s: float = WAIT_POLL_S,
+        claim_ahead: Callable[[], int] = lambda: 1,
+        steal: bool = True,
     ) -> None:
         """`batch(pending)` says how many units to ask for; `on_reserved` sees every
         reservation; `check` raises when the worker must not go on (a failed heartbeat);
         `stopped` says the build was stopped; `idle` runs while the queue says wait (to flush
-        results others may be waiting on)."""
+        results others may be waiting on); `claim_ahead()` says how many leases to claim at
+        once; `steal` lets a worker with nothing left take work from the busiest one."""
         self._queue = queue
         self._worker = worker
         self._batch = batch
@@ -60,6 +65,9 @@ class LeaseStream:
         self._stopped = stopped
         self._idle = idle
         self._poll_s = poll_s
+        self._claim_ahead = claim_ahead
+        self._steal = steal
+        self._claimed: set[str] = set()  # leases in hand the queue knows as started
         self._hand: deque[Lease] = deque()
         self._running: Lease | None = None
         # The heartbeat thread reads what this worker holds while the main thread changes it.
@@ -75,13 +83,12 @@ class LeaseStream:
     def __iter__(self) -> Iterator[Lease]:
         while not self._exhausted or self._hand:
             self.raise_deferred()
-            if not self._hand:
-                self._refill(block=True)
-                if not self._hand:
-                    return
+            if self._next_claimed(block=True) is None:
+                return
             self._promise = UNPROMISED
             with self._lock:
                 lease = self._running = self._hand.popleft()
+            self._claimed.discard(lease.unit)
             try:
                 yield lease
             finally:
@@ -106,12 +113,13 @@ class LeaseStream:
         on. A queue error is kept for `raise_deferred` (raising here would turn it into the
         running test's teardown error) and the answer is then None: tear everything down."""
         if isinstance(self._promise, _Unpromised):
-            if not self._hand and self._deferred is None:
+            upcoming = None
+            if self._deferred is None:
                 try:
-                    self._refill(block=False)
+                    upcoming = self._next_claimed(block=False)
                 except Exception as exc:  # re-raised by raise_deferred, outside the test
                     self._deferred = exc
-            self._promise = self._hand[0] if self._hand else None
+            self._promise = upcoming
             trace("promised next: %s", self._promise.unit if self._promise else None)
         return self._promise
 
@@ -134,7 +142,7 @@ class LeaseStream:
             return []
         with self._lock:
             while len(self._hand) > keep:
-                self._hand.pop()
+                self._claimed.discard(self._hand.pop().unit)
         trace("hand back %d unstarted (%s), keeping %d", len(unstarted), reason, keep)
         return self._queue.hand_back(self._worker, unstarted, reason)
 
@@ -144,9 +152,34 @@ class LeaseStream:
         unstarted = [lease.unit for lease in self._hand]
         with self._lock:
             self._hand.clear()
+        self._claimed.clear()
         self._exhausted = True
         trace("stop: %d unstarted returned (%s)", len(unstarted), reason)
         return self._queue.hand_back(self._worker, unstarted, reason) if unstarted else []
+
+    def _next_claimed(self, block: bool) -> Lease | None:
+        """The lease that runs next, claimed; reserved (or stolen) first if the hand is empty.
+        None when there is none now (`block` False) or none will come."""
+        while True:
+            if not self._hand:
+                self._refill(block)
+                if not self._hand:
+                    return None
+            if self._hand[0].unit in self._claimed:
+                return self._hand[0]
+            self._claim_front()
+
+    def _claim_front(self) -> None:
+        """Claim the first leases in hand; drop those the queue no longer gives this worker
+        (stolen by an idle worker, or expired and taken by another)."""
+        wanted = [lease.unit for lease in list(self._hand)[: max(1, self._claim_ahead())]]
+        held = set(self._queue.claim(self._worker, wanted))
+        self._claimed.update(held)
+        lost = [unit for unit in wanted if unit not in held]
+        if lost:
+            trace("not ours any more, not run: %s", lost)
+            with self._lock:
+                self._hand = deque(lease for lease in self._hand if lease.unit not in lost)
 
     def _refill(self, block: bool) -> None:
         while not self._exhausted:
@@ -159,6 +192,9 @@ class LeaseStream:
             reservation = self._queue.reserve(
                 self._worker, self._batch(self._pending), self._request_id
             )
+            if reservation.state == WAIT and self._steal:
+                # Nothing pending, but others hold unstarted work: take part of it.
+                reservation = self._queue.steal(self._worker, STEAL_MAX_UNITS, self._request_id)
             self._request_id = None  # answered: the next reservation is a new one
             self._pending = reservation.pending
             if reservation.state == LEASED:

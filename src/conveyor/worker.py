@@ -232,6 +232,7 @@ class WorkerPlugin:
             check=heartbeat.check,
             stopped=lambda: self._stopped,
             idle=lambda: self._flush(force=True),
+            claim_ahead=policy.claim_ahead,
         )
         # Leases this worker holds: reserved (running or not started) and finished but not
         # yet stored.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from conftest import FakeClock
 from conveyor.errors import BuildStateLost, QueueUnavailable
 from conveyor.lease_stream import UNPROMISED, LeaseStream
 from conveyor.queue import Queue, open_queue
-from conveyor.queue.protocol import EVENT_LEASES_RETURNED
+from conveyor.queue.protocol import EVENT_LEASES_RETURNED, EventKind
 
 UNITS = [f"test_m.py::test_{i}" for i in range(6)]
 
@@ -150,3 +151,44 @@ def test_a_failed_reserve_is_retried_under_the_same_request_id(queue: Queue) -> 
         queue.complete("gw0", [(lease.unit, {})])
     assert ran == UNITS  # the first two once, then the rest
     assert [lease.unit for lease in queue.reservations("gw0")] == UNITS
+
+
+def test_an_idle_worker_steals_the_unstarted_tail_and_nothing_runs_twice(queue: Queue) -> None:
+    """gw0 holds all six units and has claimed the running one and the next; gw1, with
+    nothing pending, takes the back half of the rest. gw0 drops what it lost when it comes
+    to claim it, and every unit runs exactly once."""
+    busy = LeaseStream(queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda: 2)
+    mine = iter(busy)
+    ran = {"gw0": [next(mine).unit]}
+    promised = busy.peek()
+    assert promised is not None and promised.unit == UNITS[1]
+    idle = LeaseStream(queue, "gw1", batch=lambda pending: 1, poll_s=0.0)
+    ran["gw1"] = [lease.unit for lease in islice(idle, 2)]
+    assert ran["gw1"] == UNITS[4:6]  # half of the four unclaimed, from the back
+    ran["gw0"] += [lease.unit for lease in islice(mine, 3)]
+    assert ran["gw0"] == UNITS[0:4]  # the promised unit included
+    for worker, units in ran.items():
+        queue.complete(worker, [(unit, {"nodeid": unit}) for unit in units])
+    assert list(mine) == []  # UNITS[4:6] are gw1's now: dropped, not run a second time
+    stolen = [e for e in queue.events(0) if e.kind == EventKind.STOLEN]
+    assert [(e.worker, e.data["units"], e.data["from"]) for e in stolen] == [
+        ("gw1", UNITS[4:6], "gw0")
+    ]
+    assert queue.status().finished
+
+
+def test_claimed_leases_are_never_stolen(queue: Queue) -> None:
+    busy = LeaseStream(queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda: 6)
+    mine = iter(busy)
+    next(mine)
+    thief = queue.steal("gw1", 10)
+    assert not thief.leases  # everything gw0 holds is claimed: nothing to take
+    assert [lease.unit for lease in islice(mine, 5)] == UNITS[1:]
+
+
+def test_without_stealing_an_idle_worker_waits(queue: Queue) -> None:
+    busy = LeaseStream(queue, "gw0", batch=lambda pending: 6, poll_s=0.0)
+    next(iter(busy))
+    idle = LeaseStream(queue, "gw1", batch=lambda pending: 1, steal=False)
+    assert idle.peek() is None  # nothing pending, nothing taken from gw0
+    assert queue.reservations("gw0") and not queue.reservations("gw1")
