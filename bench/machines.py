@@ -202,7 +202,7 @@ def measure_case(
     accurate_bound_s: float,
     logs: Path,
 ) -> CaseResult:
-    factors = stale_factors(list(suite.sleeps)) if case.stale else {}
+    factors = stale_factors(suite.sleeps) if case.stale else {}
     suite.slow_down(factors)
     actual = [seconds * factors.get(nodeid, 1.0) for nodeid, seconds in suite.sleeps.items()]
     kill_at = case.kill_at_s(accurate_bound_s)
