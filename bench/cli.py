@@ -17,10 +17,12 @@ from bench.contenders import contenders
 from bench.machine import facts
 from bench.redis_server import redis_server_binary, throwaway_redis
 from bench.report import mismatches, suite_table
-from bench.suites import BUILDERS
+from bench.suites import BUILDERS, SHAPES
 from bench.table import Table
 
-ALL_SUITES = ("a", "b", "c", "d", "e")
+ALL_SUITES = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")
+# Names for several suites at once in --suite.
+GROUPS = {"all": ALL_SUITES, "shapes": SHAPES}
 DEFAULT_RUNS = 5
 QUEUE_UNITS = 100_000
 QUICK_QUEUE_UNITS = 10_000
@@ -37,14 +39,15 @@ class BenchOptions:
 
 
 def _suite_list(value: str) -> tuple[str, ...]:
-    keys = tuple(key.strip().lower() for key in value.split(",") if key.strip())
+    words = [word.strip().lower() for word in value.split(",") if word.strip()]
+    keys = [key for word in words for key in GROUPS.get(word, (word,))]
     unknown = [key for key in keys if key not in ALL_SUITES]
     if unknown or not keys:
         raise argparse.ArgumentTypeError(
             f"unknown suite(s) {', '.join(unknown) or '(none)'}; choose from "
-            f"{','.join(ALL_SUITES)}, e.g. --suite a,d"
+            f"{','.join(ALL_SUITES)} or {' / '.join(GROUPS)}, e.g. --suite a,d or --suite shapes"
         )
-    return keys
+    return tuple(dict.fromkeys(keys))
 
 
 def _positive(value: str) -> int:
@@ -63,12 +66,13 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
         "--suite",
         type=_suite_list,
         default=ALL_SUITES,
-        help="comma-separated suites to run (default: a,b,c,d,e)",
+        help="comma-separated suites to run, or `shapes` (b,c,f,g,h,i,j) (default: all)",
     )
     parser.add_argument(
         "--workers",
         type=_positive,
-        help="worker processes for every parallel contender (default: 2 for a, 8 for b/c, 4 for d)",
+        help="worker processes for every parallel contender (default: each suite's own, "
+        "2 for a, 8 for b/c/f/g/j, 4 for d/h/i)",
     )
     parser.add_argument(
         "--runs", type=_positive, help=f"counted runs per contender (default {DEFAULT_RUNS})"

@@ -66,6 +66,8 @@ def read_cases(path: Path) -> dict[str, list[Case]]:
     cases: dict[str, list[Case]] = {}
     for suite in suites:
         for case in suite:
+            if not isinstance(case, TestCase):  # a nested suite holds no results of its own
+                continue
             test = f"{case.classname}::{case.name}"
             cases.setdefault(test, []).append(_case(case))
     return cases

@@ -1,0 +1,206 @@
+"""The benchmark harness's own logic: statistics, suite shapes, the scale simulation's workload
+and policy, the machines' lower bounds and accounting. No timings are asserted."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RedisServer
+
+from bench import machines_suite, scale_workload, suites
+from bench.fleet import FleetRun, MachineRun, descendants, kill_machine, passed_count
+from bench.machines import Contender, reported
+from bench.scale_sim import Simulation, SimWorker, result_payload
+from bench.stats import percentile, ratio
+from conveyor.queue.protocol import dumps
+from conveyor.queue.redis import RedisQueue
+
+
+def test_percentile_is_an_observed_value_by_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 1.0) == 100.0
+    assert percentile([3.0, 1.0, 2.0], 0.99) == 3.0  # few samples: the worst one
+    assert math.isnan(percentile([], 0.5))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        percentile(values, 99)
+
+
+def test_ratio_is_nan_without_a_reference() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert math.isnan(ratio(1.0, 0.0))
+    assert math.isnan(ratio(math.nan, 1.0))
+
+
+def test_spread_puts_slow_tests_between_fast_ones_in_order() -> None:
+    fast = [0.01 * i for i in range(1, 13)]
+    slow = [1.0, 2.0, 3.0]
+    order = suites.spread(fast, slow)
+    assert sorted(order) == sorted(fast + slow)
+    assert [value for value in order if value < 1] == fast
+    positions = [order.index(value) for value in slow]
+    assert positions[0] > 0 and positions[-1] < len(order) - 1
+    assert positions == sorted(positions)
+    gaps = [b - a for a, b in itertools.pairwise(positions)]
+    assert max(gaps) - min(gaps) <= 1
+
+
+@pytest.mark.parametrize("key", sorted(suites.BUILDERS))
+def test_each_quick_suite_collects_the_tests_it_counts(key: str, pytester: pytest.Pytester) -> None:
+    suite = suites.BUILDERS[key](pytester.path, quick=True)
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
+    result.assert_outcomes()
+    result.stdout.fnmatch_lines([f"{suite.test_count} tests collected*"])
+    assert "-p no:randomly" in (pytester.path / "pytest.ini").read_text()
+
+
+def test_shapes_are_deterministic(tmp_path: Path) -> None:
+    first = suites.huge_module(tmp_path / "one", quick=False)
+    second = suites.huge_module(tmp_path / "two", quick=False)
+    assert first.sleeps_s == second.sleeps_s
+    assert len(first.sleeps_s) == 300
+    assert sum(s >= 0.5 for s in first.sleeps_s) == 15
+    assert len(list((tmp_path / "one").glob("test_*.py"))) == 1
+
+
+def test_scale_workload_is_a_slowest_first_permutation() -> None:
+    durations = scale_workload.draw_durations(5000)
+    assert durations == scale_workload.draw_durations(5000)
+    assert all(0.005 <= d <= 10.0 for d in durations)
+    workload = scale_workload.build_workload(5000, workers=10)
+    assert sorted(workload.order) == sorted(scale_workload.unit_names(5000))
+    module_totals: dict[str, float] = {}
+    for unit in workload.order:
+        module = unit.split("::")[0]
+        module_totals[module] = module_totals.get(module, 0.0) + workload.seconds[unit]
+    served = list(dict.fromkeys(unit.split("::")[0] for unit in workload.order))
+    totals = [module_totals[module] for module in served]
+    assert totals == sorted(totals, reverse=True)
+
+
+def test_lower_bound_is_the_longest_test_or_the_even_share() -> None:
+    assert scale_workload.lower_bound_s([1.0, 1.0, 1.0, 1.0], 2) == 2.0
+    assert scale_workload.lower_bound_s([5.0, 1.0], 4) == 5.0
+    assert scale_workload.lower_bound_s([], 4) == 0.0
+
+
+def test_simulated_worker_asks_for_the_module_run_at_the_front() -> None:
+    workload = scale_workload.build_workload(300, workers=3)
+    worker = SimWorker("w", workload, worker_count=3, pending=workload.total)
+    assert worker.batch() == 32  # 100 tests of one module at the front: MAX_BATCH of them
+    per_test = scale_workload.build_workload(300, workers=3, grouping="test")
+    fresh = SimWorker("w", per_test, worker_count=3, pending=per_test.total)
+    assert fresh.batch() == 1  # no test seen yet: the first may be the slowest
+
+
+def test_result_payload_has_the_size_of_real_reports() -> None:
+    payload = result_payload("tests/test_mod_00001.py::test_123", 1, 1000.0, 0.25)
+    assert [r["when"] for r in payload["reports"]] == ["setup", "call", "teardown"]
+    assert 900 <= len(dumps(payload)) <= 2500
+
+
+@pytest.mark.redis
+def test_simulation_completes_every_unit_on_a_real_redis(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    workload = scale_workload.build_workload(400, workers=4)
+    build = f"sim-test-{time.time_ns()}"
+    leader = RedisQueue.from_url(url, build, clock=lambda: 1_000_000.0)
+    leader.populate("leader", workload.order, {})
+    simulation = Simulation(
+        url=url,
+        build=build,
+        workload=workload,
+        workers=4,
+        connections=2,
+        window_s=0.05,
+        budget_s=120.0,
+        lease_ttl_s=30.0,
+        epoch=1_000_000.0,
+        charge_latency=False,
+    )
+    result = simulation.run()
+    assert result.finished and not result.stopped_by_budget
+    assert leader.status().done == 400
+    assert sum(worker.tests for worker in result.workers) == 400
+    bound = scale_workload.lower_bound_s(list(workload.seconds.values()), 4)
+    assert result.makespan_s >= bound - 1e-6
+    leader.close()
+
+
+def test_machines_lower_bound_for_a_late_or_dead_machine() -> None:
+    work = [1.0] * 24
+    assert machines_suite.lower_bound_s(work, 4) == 6.0
+    assert machines_suite.lower_bound_s(work, 4, late_s=4.0) == 7.0
+    assert machines_suite.lower_bound_s(work, 4, dead_after_s=3.0) == 7.0
+    assert machines_suite.lower_bound_s(work, 4, dead_after_s=10.0) == 6.0
+
+
+def test_machine_suite_slows_tests_down_without_changing_their_code(tmp_path: Path) -> None:
+    suite = machines_suite.write_suite(tmp_path, quick=True)
+    assert sum(suite.sleeps.values()) == pytest.approx(8.0, rel=0.01)
+    sources = {p.name: p.read_text() for p in tmp_path.glob("test_*.py")}
+    factors = machines_suite.stale_factors(suite.sleeps)
+    assert len(factors) == suite.test_count // 4
+    longest_first = sorted(suite.sleeps, key=suite.sleeps.__getitem__, reverse=True)
+    assert longest_first[0] not in factors and longest_first[1] in factors
+    suite.slow_down(factors)
+    assert {p.name: p.read_text() for p in tmp_path.glob("test_*.py")} == sources
+    written = json.loads((tmp_path / machines_suite.SLOWDOWN_FILE).read_text())
+    assert set(written.values()) == {3.0}
+    durations = tmp_path / "durations.json"
+    suite.write_durations(durations)
+    assert json.loads(durations.read_text()) == suite.sleeps
+
+
+def _machine(index: int, passed: int | None, *, killed: bool = False) -> MachineRun:
+    return MachineRun(index, 0.0, 1.0, -9 if killed else 0, killed, passed, "")
+
+
+def test_a_build_reports_what_its_machines_report() -> None:
+    fleet = FleetRun((_machine(0, 40), _machine(1, None, killed=True), _machine(2, 40)))
+    conveyor = Contender("conveyor", lambda: [], is_conveyor=True)
+    split = Contender("pytest-split", lambda: [])
+    assert reported(conveyor, fleet) == 40  # every survivor prints the whole build
+    assert reported(split, fleet) == 80  # groups add up; the killed one reports nothing
+    assert passed_count("....\n12 passed, 1 skipped in 2.0s") == 12
+
+
+def test_kill_machine_reaches_processes_in_other_sessions() -> None:
+    # A child in a session of its own, as conveyor's supervisor starts its workers.
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        "start_new_session=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (found := descendants(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert found
+        kill_machine(parent)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in found) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in found)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """A zombie (killed, not yet reaped by its dead parent's reaper) counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
