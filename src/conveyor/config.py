@@ -80,6 +80,9 @@ class RunOptions:
     timeline: str | None = None
     no_progress: bool = False
     failures_live: bool = False
+    quarantine: str | None = None
+    quarantine_auto: float | None = None
+    quarantine_release: int = 10
     pytest_args: list[str] = field(default_factory=list)
 
     @property
@@ -244,6 +247,13 @@ def _convert(
         options.retry_on = tuple(name for name in ours["retry-on"].split("\0") if name)
         if options.max_requeues == 0:
             raise UsageError("--retry-on only narrows retries; also pass --max-requeues N.")
+    options.quarantine = ours.get("quarantine")
+    if "quarantine-auto" in ours:
+        options.quarantine_auto = _number("--quarantine-auto", ours["quarantine-auto"], float, 0.1)
+    if "quarantine-release" in ours:
+        options.quarantine_release = int(
+            _number("--quarantine-release", ours["quarantine-release"], int, 1)
+        )
     if command in ("worker", "report") and options.queue is None:
         raise UsageError(
             f"`conveyor {command}` needs --queue URL (or {QUEUE_ENV}): the queue that `conveyor "

@@ -112,6 +112,12 @@ OPTIONS: tuple[Option, ...] = (
            "outside tests (default: abort only when no worker is left)", "N"),
     Option(("--stall-timeout",), "stall-timeout", "report/run: give up when nothing happens "
            "for this long while tests remain (default: 1800)", "SECONDS"),
+    Option(("--quarantine",), "quarantine", "run/report: tests whose failures do not fail the "
+           "build, each with a reason and an expiry date (TOML; see the README)", "FILE"),
+    Option(("--quarantine-auto",), "quarantine-auto", "run/report: also quarantine the tests "
+           "whose flaky score (`conveyor flaky`) reaches SCORE", "SCORE"),
+    Option(("--quarantine-release",), "quarantine-release", "an auto-quarantined test leaves "
+           "quarantine after passing this many builds in a row (default: 10)", "N"),
 )  # fmt: skip
 
 BY_FLAG: dict[str, Option] = {flag: option for option in OPTIONS for flag in option.flags}

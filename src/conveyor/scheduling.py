@@ -163,3 +163,100 @@ def range_keys(
 
 def order_units(units: Sequence[str], history: Mapping[str, float], **options: Any) -> list[str]:
     return plan(units, history, **options).order
+
+
+# How a worker sizes its reservations. The worker's plugin and `conveyor plan`'s simulator must
+# ask for the same batches, so the rule lives here as plain functions of plain inputs.
+MAX_BATCH = 32
+BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
+AFFINITY_TARGET_S = 2.0  # work of a module's run kept together when nothing else says so
+
+
+def batch_size(pending: int, worker_count: int, typical_test_s: float | None = None) -> int:
+    """How many units to reserve at once: tiny tests travel in batches (fewer round trips),
+    slow ones alone (a batch of slow tests would pin them to one worker), and batches shrink
+    near the end so that the tail stays balanced across workers."""
+    if typical_test_s is None:
+        return 1  # nothing seen yet: the first units served may be the slowest of the build
+    share = pending // max(1, 4 * worker_count)
+    if typical_test_s > 0:
+        share = min(share, int(BATCH_TARGET_S / typical_test_s))
+    return max(1, min(MAX_BATCH, share))
+
+
+class BatchPolicy:
+    """The size of a worker's next reservation, from the published serving order.
+
+    A module's run of tests goes to one worker whole, so its fixtures are set up once: with
+    timing history the leader has split the modules too long for balance into ranges (each held
+    together); without it the run is cut to about AFFINITY_TARGET_S of work by the durations
+    seen so far (nothing seen yet: one unit). Outside such runs the batch follows those
+    durations, and a reservation never ends inside a class (except with grouping "test")."""
+
+    def __init__(
+        self,
+        order: Sequence[str],
+        range_starts: frozenset[str],
+        *,
+        grouping: str,
+        worker_count: int,
+        has_history: bool,
+    ) -> None:
+        self.order = list(order)
+        self.grouping = grouping
+        self.worker_count = worker_count
+        self.has_history = has_history
+        self._positions = {unit: index for index, unit in enumerate(self.order)}
+        self._range_of = range_keys(self.order, range_starts, grouping)
+
+    def scope_key(self, unit: str) -> str:
+        return self._range_of.get(unit) or scope_of(unit, self.grouping)
+
+    def run_after(self, unit: str) -> int:
+        """How many units follow `unit` in the serving order within its module (or class, or
+        range of a split module): the next reservation takes them all. A worker sets its
+        affinity to this after every reservation, from the last unit it was given."""
+        position = self._positions.get(unit)
+        if position is None or self.grouping == "test":
+            return 0
+        scope = self.scope_key(unit)
+        run = 0
+        for following in self.order[position + 1 : position + 1 + MAX_BATCH]:
+            if self.scope_key(following) != scope:
+                break
+            run += 1
+        return run
+
+    def run_at_front(self, pending: int) -> int:
+        """The module run the queue is about to serve: with `pending` units left, the front
+        of the queue is at position total - pending."""
+        position = len(self.order) - pending
+        if not 0 <= position < len(self.order):
+            return 0
+        return 1 + self.run_after(self.order[position])
+
+    def size(self, pending: int, *, affinity: int, typical_test_s: float | None) -> int:
+        """How many units to ask for with `pending` units left (as the last reply said), the
+        worker's `affinity` (units left of its current run) and its recent typical duration."""
+        return self._to_class_end(pending, self._within_runs(pending, affinity, typical_test_s))
+
+    def _within_runs(self, pending: int, affinity: int, typical: float | None) -> int:
+        run = affinity or self.run_at_front(pending)
+        if run <= 1:
+            return batch_size(pending, self.worker_count, typical)
+        if self.has_history:
+            return min(run, MAX_BATCH)
+        if typical is None:
+            return 1
+        return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+
+    def _to_class_end(self, pending: int, want: int) -> int:
+        if self.grouping == "test":
+            return want
+        start = len(self.order) - pending
+        if not 0 <= start < len(self.order):
+            return want
+        end = start + want
+        while 0 < end < len(self.order) and same_class(self.order[end - 1], self.order[end]):
+            end += 1
+        return end - start
