@@ -1,0 +1,128 @@
+"""`conveyor plan`'s simulator: the scheduler's own order and batch rule, start-up from records."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from conveyor import scheduling, worker
+from conveyor.capacity_plan import (
+    DEFAULT_STARTUP_S,
+    Overheads,
+    knee,
+    overheads_from,
+    parse_worker_counts,
+    predict,
+    simulate,
+)
+from conveyor.plan_page import schedule_events, table_html
+from conveyor.timeline import figures
+
+
+def test_the_batch_rule_is_the_workers_until_the_worker_uses_it() -> None:
+    """worker.py still has its own copy of the rule; the simulator must ask for the same."""
+    assert scheduling.MAX_BATCH == worker.MAX_BATCH
+    assert scheduling.BATCH_TARGET_S == worker.BATCH_TARGET_S
+    assert scheduling.AFFINITY_TARGET_S == worker.AFFINITY_TARGET_S
+    for pending, workers, typical in itertools.product(
+        (0, 1, 7, 40, 1000), (1, 2, 8), (None, 0.0, 0.001, 0.05, 2.0)
+    ):
+        assert scheduling.batch_size(pending, workers, typical) == worker.batch_size(
+            pending, workers, typical
+        )
+
+
+def test_batch_policy_takes_a_modules_run_and_never_ends_inside_a_class() -> None:
+    order = [
+        "a.py::test_1",
+        "a.py::test_2",
+        "a.py::test_3",
+        "b.py::T::test_1",
+        "b.py::T::test_2",
+        "c.py::test_1",
+    ]
+    policy = scheduling.BatchPolicy(
+        order, frozenset(), grouping="module", worker_count=2, has_history=True
+    )
+    assert policy.size(6, affinity=0, typical_test_s=None) == 3  # a.py's run, whole
+    assert policy.run_after("a.py::test_1") == 2
+    # A batch of one that would end inside class T is carried to the class's end.
+    test_policy = scheduling.BatchPolicy(
+        order, frozenset(), grouping="class", worker_count=2, has_history=True
+    )
+    assert test_policy.size(3, affinity=0, typical_test_s=None) == 2
+
+
+def test_simulate_serves_the_slowest_first_and_runs_every_test_once() -> None:
+    history = {"a.py::test_long": 3.0, "b.py::test_1": 1.0, "c.py::test_1": 1.0}
+    history |= {f"d.py::test_{i}": 0.5 for i in range(2)}
+    units = sorted(history)
+    schedule = simulate(units, history, workers=2)
+    assert sorted(run.unit for run in schedule.runs) == units
+    first = min(schedule.runs, key=lambda run: (run.start, run.worker))
+    assert first.unit == "a.py::test_long"
+    assert schedule.span_s == pytest.approx(3.0)  # 3 | 1 + 1 + 0.5 + 0.5
+    assert schedule.busy_s == pytest.approx(6.0)
+
+
+def test_machines_share_one_queue() -> None:
+    history = {f"m{i}.py::test": 1.0 for i in range(8)}
+    one = simulate(sorted(history), history, workers=2)
+    two = simulate(sorted(history), history, workers=2, machines=2)
+    assert (one.span_s, two.span_s) == (pytest.approx(4.0), pytest.approx(2.0))
+    assert two.workers == 4
+
+
+def test_gap_between_tests_counts_per_test() -> None:
+    history = {f"t{i}.py::test": 1.0 for i in range(4)}
+    assert simulate(sorted(history), history, workers=1, gap_s=0.25).span_s == pytest.approx(5.0)
+
+
+def test_prediction_adds_start_up_and_tail_and_finds_the_knee() -> None:
+    history = {f"t{i:02d}.py::test": 1.0 for i in range(16)}
+    overheads = Overheads({1: 1.0, 4: 2.5}, tail_s=0.5, gap_s=0.0)
+    rows = predict(sorted(history), history, [1, 2, 4, 8, 16, 32], overheads)
+    by_workers = {row.workers: row for row in rows}
+    assert by_workers[1].wall_s == pytest.approx(1.0 + 16 + 0.5)
+    assert by_workers[4].wall_s == pytest.approx(2.5 + 4 + 0.5)
+    assert by_workers[2].startup_s == pytest.approx(1.5)  # the line through 1 and 4 workers
+    assert by_workers[32].utilisation == pytest.approx(0.5)  # 16 tests, 32 workers
+    assert by_workers[16].lower_bound_s == pytest.approx(by_workers[16].startup_s + 1 + 0.5)
+    found = knee(rows)
+    assert found is not None
+    following = by_workers[found.workers * 2]
+    assert following.wall_s > 0.9 * found.wall_s
+    earlier = [row for row in rows if row.workers < found.workers]
+    assert all(by_workers[row.workers * 2].wall_s <= 0.9 * row.wall_s for row in earlier)
+
+
+def test_overheads_come_from_recorded_builds_and_fall_back_to_defaults() -> None:
+    assert Overheads().startup_s(8) == DEFAULT_STARTUP_S
+    records = [
+        {"workers": 2, "startup_s": 1.0, "tail_s": 0.2, "gap_s": 0.01},
+        {"workers": 2, "startup_s": 3.0, "tail_s": 0.4, "gap_s": 0.03},
+        {"workers": "x", "startup_s": -1, "tail_s": "slow"},  # nonsense is skipped
+    ]
+    overheads = overheads_from(records)
+    assert overheads.startup_s(2) == overheads.startup_s(16) == pytest.approx(2.0)
+    assert (overheads.tail_s, overheads.gap_s) == (pytest.approx(0.3), pytest.approx(0.02))
+    assert overheads.recorded_builds == 2
+
+
+def test_worker_counts_are_checked() -> None:
+    assert parse_worker_counts("8, 2,4,2") == [2, 4, 8]
+    for bad in ("", "0", "two", "2,-1"):
+        with pytest.raises(ValueError, match="--workers"):
+            parse_worker_counts(bad)
+
+
+def test_the_page_draws_the_simulated_build_like_a_real_one() -> None:
+    history = {f"t{i}.py::test": 1.0 for i in range(6)}
+    rows = predict(sorted(history), history, [1, 3], Overheads({1: 2.0, 3: 2.0}, 0.1, 0.0))
+    chosen = rows[1]
+    found = figures(schedule_events(chosen))
+    assert found.workers == 3
+    assert found.wall_s == pytest.approx(2.0)
+    assert found.build_wall_s == pytest.approx(chosen.wall_s)
+    assert "id='plan'" in table_html(rows, chosen) and "class='knee'" in table_html(rows, chosen)
