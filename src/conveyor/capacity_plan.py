@@ -142,7 +142,10 @@ def simulate(
     )
     seconds = estimate(queue, history)
     total = workers * machines
-    known_pending = [len(queue)] * total  # each worker knows only its last reply's count
+    # A worker sizes each reservation by the pending count of its last reply, which other
+    # workers' reservations have made stale since; its first one by the count when it starts
+    # (a real worker reads the status then, after the workers that started earlier reserved).
+    known_pending: list[int | None] = [None] * total
     affinity = [0] * total
     recent: list[deque[float]] = [deque(maxlen=RECENT_DURATIONS) for _ in range(total)]
     free_at = [(0.0, index) for index in range(total)]
@@ -152,7 +155,9 @@ def simulate(
     while free_at and front < len(queue):
         now, worker = heapq.heappop(free_at)
         typical = statistics.fmean(recent[worker]) if recent[worker] else None
-        want = policy.size(known_pending[worker], affinity=affinity[worker], typical_test_s=typical)
+        pending = known_pending[worker]
+        pending = len(queue) - front if pending is None else pending
+        want = policy.size(pending, affinity=affinity[worker], typical_test_s=typical)
         taken = queue[front : front + max(1, want)]
         front += len(taken)
         known_pending[worker] = len(queue) - front

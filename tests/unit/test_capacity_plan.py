@@ -126,3 +126,15 @@ def test_the_page_draws_the_simulated_build_like_a_real_one() -> None:
     assert found.wall_s == pytest.approx(2.0)
     assert found.build_wall_s == pytest.approx(chosen.wall_s)
     assert "id='plan'" in table_html(rows, chosen) and "class='knee'" in table_html(rows, chosen)
+
+
+def test_the_ranges_of_a_split_module_go_to_different_workers() -> None:
+    """A module holding the slow tests is split into ranges; a worker that starts later sizes
+    its first batch by the queue as it finds it, so it does not swallow every range at once."""
+    history = {f"x.py::test_{i:02d}": 0.03 for i in range(17)}
+    history |= {f"x.py::test_{i:02d}": 2.0 for i in range(17, 20)}
+    history |= {f"y.py::test_{i:02d}": 0.03 for i in range(20)}
+    schedule = simulate(sorted(history), history, workers=2)
+    slow_workers = {run.worker for run in schedule.runs if history[run.unit] == 2.0}
+    assert slow_workers == {0, 1}
+    assert schedule.span_s < 4.5  # 6 s of slow tests on two workers, not on one
