@@ -137,4 +137,7 @@ def test_the_ranges_of_a_split_module_go_to_different_workers() -> None:
     schedule = simulate(sorted(history), history, workers=2)
     slow_workers = {run.worker for run in schedule.runs if history[run.unit] == 2.0}
     assert slow_workers == {0, 1}
-    assert schedule.span_s < 4.5  # 6 s of slow tests on two workers, not on one
+    # Not 6 s on one worker; not the best split either (4 s): worker 0, whose recent tests
+    # took 30 ms, sizes its next batch by them and takes the two remaining slow tests at once,
+    # as a real worker does.
+    assert schedule.span_s == pytest.approx(4.51)
