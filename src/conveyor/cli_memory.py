@@ -27,6 +27,7 @@ from conveyor.config import XDIST_DIST_MODES
 from conveyor.errors import UsageError
 from conveyor.flaky import flakiest, summarise
 from conveyor.history import DirectoryCache, HistoryStore, history_store
+from conveyor.options import find_pyproject, layered
 from conveyor.queue import check_url, open_queue, queue_from_env
 from conveyor.scheduling import GROUPINGS, ORDERS
 
@@ -56,10 +57,17 @@ class Stores:
     where: str
 
 
+def _configured() -> dict[str, str]:
+    """The project's own settings (CONVEYOR_* and [tool.conveyor]), so that plan simulates
+    the build as the project configures it."""
+    return layered({}, None, find_pyproject(Path.cwd()))[0]
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
+    configured = _configured()
     parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
-    parser.add_argument("--queue", default=queue_from_env())
-    parser.add_argument("--history-key", default=Path.cwd().name)
+    parser.add_argument("--queue", default=configured.get("queue", queue_from_env()))
+    parser.add_argument("--history-key", default=configured.get("history-key", Path.cwd().name))
     parser.add_argument("--cache-dir", default=".pytest_cache")
     parser.add_argument("--json", action="store_true")
     return parser
@@ -98,8 +106,9 @@ def plan(argv: Sequence[str]) -> int:
     parser = _parser("conveyor plan")
     parser.add_argument("--workers", default=",".join(map(str, DEFAULT_WORKER_COUNTS)))
     parser.add_argument("--machines", type=int, default=1)
-    parser.add_argument("--dist", default="module")
-    parser.add_argument("--order", default="slowest")
+    configured = _configured()
+    parser.add_argument("--dist", default=configured.get("dist", "module"))
+    parser.add_argument("--order", default=configured.get("order", "slowest"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--html")
     args = _parse(parser, argv, PLAN_USAGE)
