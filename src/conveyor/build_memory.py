@@ -27,6 +27,7 @@ NOT_A_RECORD = "not a JSON object"
 EVENTS_KEY = "conveyor/flaky"
 COMMITS_KEY = "conveyor/commits"
 BUILDS_KEY = "conveyor/builds"
+SETUPS_KEY = "conveyor/setups"
 
 
 class BuildMemory(Protocol):
@@ -50,6 +51,13 @@ class BuildMemory(Protocol):
         ...
 
     def add_build(self, record: JSON) -> None: ...
+
+    def setups(self) -> JSON:
+        """What module setups cost (capacity_plan.Setups as JSON); rewritten by each build,
+        like the timing history."""
+        ...
+
+    def save_setups(self, setups: JSON) -> None: ...
 
 
 def _records(items: Any, where: str) -> list[JSON]:
@@ -119,6 +127,13 @@ class CacheMemory:
     def add_build(self, record: JSON) -> None:
         self.cache.set(BUILDS_KEY, [*self.builds(), record][-MAX_BUILDS:])
 
+    def setups(self) -> JSON:
+        stored = self._get(SETUPS_KEY, {})
+        return stored if isinstance(stored, dict) else {}
+
+    def save_setups(self, setups: JSON) -> None:
+        self.cache.set(SETUPS_KEY, setups)
+
 
 class RedisMemory:
     """In Redis, beside the suite's timing history (`conveyor:history:{suite}:...`): lists of
@@ -184,6 +199,16 @@ class RedisMemory:
 
     def add_build(self, record: JSON) -> None:
         self._append("record the build", self.prefix + "builds", [record], MAX_BUILDS)
+
+    def setups(self) -> JSON:
+        key = self.prefix + "setups"
+        text = self._run("read module setups", lambda: self.client.get(key))
+        found = _decoded([text] if text else [], f"Redis ({key})")
+        return found[0] if found else {}
+
+    def save_setups(self, setups: JSON) -> None:
+        key, text = self.prefix + "setups", json.dumps(setups, separators=(",", ":"))
+        self._run("save module setups", lambda: self.client.set(key, text, ex=MEMORY_TTL_S))
 
 
 def _decoded(raw: Sequence[Any], where: str) -> list[JSON]:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.scheduling import BatchPolicy, estimate, plan
+from conveyor.scheduling import BatchPolicy, estimate, plan, scope_of
 
 # Without any recorded build: a typical `conveyor run` on a small machine takes about this long
 # from the command to the first test (interpreter, pytest, collection in every worker) and from
@@ -91,6 +91,62 @@ def _seconds(value: Any) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
+# Setup phases shorter than this are noise, not a fixture worth modelling.
+MIN_SETUP_S = 0.01
+SETUP_SMOOTHING = 0.5  # as the timing history's, so that the two subtract consistently
+
+
+@dataclass(frozen=True)
+class Setups:
+    """What module setups cost: per module, the longest setup phase of its tests (a module
+    fixture, paid when a worker enters the module); per test, the setup it has carried in the
+    timing history, smoothed as the history is, so that durations minus it leave the test."""
+
+    modules: Mapping[str, float] = field(default_factory=dict)
+    tests: Mapping[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"modules": dict(self.modules), "tests": dict(self.tests)}
+
+    @classmethod
+    def from_json(cls, stored: Any) -> Setups:
+        if not isinstance(stored, Mapping):
+            return cls()
+
+        def part(name: str) -> dict[str, float]:
+            raw = stored.get(name)
+            raw = raw if isinstance(raw, Mapping) else {}
+            return {str(k): v for k, val in raw.items() if (v := _seconds(val)) is not None}
+
+        return cls(part("modules"), part("tests"))
+
+
+def merge_setups(previous: Setups, setup_by_test: Mapping[str, float]) -> Setups:
+    """`previous` updated with one build's setup phases ({test: seconds}, every test run)."""
+
+    def smooth(old: float | None, new: float) -> float:
+        return new if old is None else SETUP_SMOOTHING * new + (1 - SETUP_SMOOTHING) * old
+
+    tests = dict(previous.tests)
+    longest: dict[str, float] = {}
+    for test, seconds in setup_by_test.items():
+        module = scope_of(test, "module")
+        longest[module] = max(longest.get(module, 0.0), seconds)
+        if test in tests or seconds >= MIN_SETUP_S:
+            # A test of a known module with no entry carried no setup so far, and the history
+            # smooths its duration from there; one of a new module is seen for the first time.
+            old = tests.get(test, 0.0 if module in previous.modules else None)
+            tests[test] = round(smooth(old, seconds), 6)
+    modules = dict(previous.modules)
+    for module, seconds in longest.items():
+        if module in modules or seconds >= MIN_SETUP_S:
+            modules[module] = round(smooth(modules.get(module), seconds), 6)
+    return Setups(
+        {m: v for m, v in modules.items() if v >= MIN_SETUP_S / 10},
+        {t: v for t, v in tests.items() if v >= MIN_SETUP_S / 10},
+    )
+
+
 @dataclass(frozen=True)
 class Run:
     """One test on one simulated worker, in seconds from the first test's start."""
@@ -127,10 +183,14 @@ def simulate(
     grouping: str = "module",
     seed: int = 0,
     gap_s: float = 0.0,
+    setups: Setups | None = None,
 ) -> Schedule:
     """The schedule conveyor would run: `machines` machines of `workers` workers each share one
     queue. The leader plans for its own worker count, as a real leader does; every worker
-    reserves when it has nothing left, the one free earliest first (ties: the lower index)."""
+    reserves when it has nothing left, the one free earliest first (ties: the lower index).
+    With `setups`, a worker pays a module's setup each time it enters the module, and each
+    test costs its duration without the setup it has paid in earlier builds."""
+    setups = setups or Setups()
     serving = plan(units, history, order=order, grouping=grouping, workers=workers, seed=seed)
     queue = serving.order
     policy = BatchPolicy(
@@ -152,6 +212,7 @@ def simulate(
     heapq.heapify(free_at)
     front = 0
     runs: list[Run] = []
+    in_module: list[str | None] = [None] * total
     while free_at and front < len(queue):
         now, worker = heapq.heappop(free_at)
         typical = statistics.fmean(recent[worker]) if recent[worker] else None
@@ -163,7 +224,11 @@ def simulate(
         known_pending[worker] = len(queue) - front
         affinity[worker] = policy.run_after(taken[-1])
         for unit in taken:
-            cost = seconds[unit] + gap_s
+            module = scope_of(unit, "module")
+            cost = max(0.0, seconds[unit] - setups.tests.get(unit, 0.0)) + gap_s
+            if module != in_module[worker]:
+                cost += setups.modules.get(module, 0.0)  # pytest sets the module up again
+                in_module[worker] = module
             runs.append(Run(worker, unit, now, cost))
             recent[worker].append(cost)
             now += cost
@@ -179,7 +244,7 @@ class Prediction:
     machines: int
     wall_s: float
     testing_s: float
-    lower_bound_s: float  # start-up + max(longest test, total / all workers) + tail
+    lower_bound_s: float  # start-up + max(longest test, busy time / all workers) + tail
     utilisation: float
     startup_s: float
     schedule: Schedule
@@ -199,11 +264,9 @@ def predict(
     order: str = "slowest",
     grouping: str = "module",
     seed: int = 0,
+    setups: Setups | None = None,
 ) -> list[Prediction]:
     rows = []
-    seconds = estimate(units, history)
-    longest = max(seconds.values(), default=0.0)
-    total_s = sum(seconds.values()) + overheads.gap_s * len(units)
     for workers in sorted(set(worker_counts)):
         schedule = simulate(
             units,
@@ -214,18 +277,20 @@ def predict(
             grouping=grouping,
             seed=seed,
             gap_s=overheads.gap_s,
+            setups=setups,
         )
         startup = overheads.startup_s(workers)
         fixed = startup + overheads.tail_s
         span = schedule.span_s
         everyone = workers * machines
+        longest_run = max((run.duration_s for run in schedule.runs), default=0.0)
         rows.append(
             Prediction(
                 workers=workers,
                 machines=machines,
                 wall_s=fixed + span,
                 testing_s=span,
-                lower_bound_s=fixed + max(longest, total_s / everyone),
+                lower_bound_s=fixed + max(longest_run, schedule.busy_s / everyone),
                 utilisation=schedule.busy_s / (everyone * span) if span > 0 else 0.0,
                 startup_s=startup,
                 schedule=schedule,

@@ -18,6 +18,7 @@ from typing import Any
 from conveyor.build_memory import BuildMemory, memory_store
 from conveyor.capacity_plan import (
     DEFAULT_WORKER_COUNTS,
+    Setups,
     knee,
     overheads_from,
     parse_worker_counts,
@@ -125,6 +126,7 @@ def plan(argv: Sequence[str]) -> int:
     with _stores(args) as stores:
         durations = stores.history.load()
         overheads = overheads_from(stores.memory.builds())
+        setups = Setups.from_json(stores.memory.setups())
     if not durations:
         raise UsageError(
             f"no timing history in {stores.where}: run the suite with conveyor once (or "
@@ -140,6 +142,7 @@ def plan(argv: Sequence[str]) -> int:
         order=args.order,
         grouping=grouping,
         seed=args.seed,
+        setups=setups,
     )
     best = knee(rows)
     if args.json:

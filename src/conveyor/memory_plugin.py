@@ -23,6 +23,7 @@ import pytest
 
 from conveyor import github
 from conveyor.build_memory import BuildMemory, memory_store
+from conveyor.capacity_plan import Setups, merge_setups
 from conveyor.errors import QueueError
 from conveyor.flaky import (
     DEFAULT_RELEASE_AFTER,
@@ -100,6 +101,7 @@ class _Seen:
     start: float | None = None
     stop: float | None = None
     duration_s: float = 0.0
+    setup_s: float = 0.0
     worker: str = ""
 
     def outcome(self) -> TestOutcome:
@@ -187,6 +189,8 @@ class BuildMemoryPlugin:
         if isinstance(stop, (int, float)) and stop > 0:
             seen.stop = stop if seen.stop is None else max(seen.stop, stop)
         seen.duration_s += float(report.duration or 0)
+        if report.when == "setup":
+            seen.setup_s = float(report.duration or 0)  # the final attempt's
         for name, value in report.user_properties:
             if name == "conveyor_worker":
                 seen.worker = str(value)
@@ -254,6 +258,8 @@ class BuildMemoryPlugin:
                 store.add_commit_build(
                     commit, commit_record(outcomes, build=build, digest=digest, ts=now)
                 )
+            setups = {nodeid: seen.setup_s for nodeid, seen in self.seen.items()}
+            store.save_setups(merge_setups(Setups.from_json(store.setups()), setups).as_json())
             self._claimed = True
         except MEMORY_ERRORS as exc:
             self.notes.append(f"the flaky tests' record was not saved: {exc}")

@@ -10,7 +10,9 @@ from conveyor import scheduling, worker
 from conveyor.capacity_plan import (
     DEFAULT_STARTUP_S,
     Overheads,
+    Setups,
     knee,
+    merge_setups,
     overheads_from,
     parse_worker_counts,
     predict,
@@ -141,3 +143,17 @@ def test_the_ranges_of_a_split_module_go_to_different_workers() -> None:
     # took 30 ms, sizes its next batch by them and takes the two remaining slow tests at once,
     # as a real worker does.
     assert schedule.span_s == pytest.approx(4.51)
+
+
+def test_a_module_setup_is_paid_each_time_a_worker_enters_the_module() -> None:
+    """A module fixture's cost sits in the history of whichever tests paid it; the simulator
+    takes it out of them and charges it where pytest would set the module up again."""
+    setups = merge_setups(Setups(), {"m.py::test_0": 0.5, "m.py::test_1": 0.0, "n.py::t": 0.001})
+    assert setups.modules == {"m.py": 0.5} and setups.tests == {"m.py::test_0": 0.5}
+    history = {f"m.py::test_{i}": 0.1 for i in range(4)} | {"m.py::test_0": 0.6}
+    one = simulate(sorted(history), history, workers=1, setups=setups)
+    assert one.span_s == pytest.approx(0.5 + 4 * 0.1)  # set up once, each test 0.1
+    again = merge_setups(setups, {"m.py::test_0": 0.0, "m.py::test_1": 0.5})
+    assert again.tests == {"m.py::test_0": 0.25, "m.py::test_1": 0.25}  # smoothed as history
+    assert Setups.from_json(again.as_json()) == again
+    assert Setups.from_json({"modules": {"m.py": "slow"}, "tests": []}) == Setups()

@@ -147,6 +147,9 @@ def test_builds_of_a_commit_and_build_costs(memory: BuildMemory) -> None:
     assert memory.commit_builds("nope") == []
     memory.add_build({"workers": 2, "startup_s": 1.5})
     assert memory.builds() == [{"workers": 2, "startup_s": 1.5}]
+    assert memory.setups() == {}
+    memory.save_setups({"modules": {"m.py": 0.2}, "tests": {"m.py::t": 0.2}})
+    assert memory.setups() == {"modules": {"m.py": 0.2}, "tests": {"m.py::t": 0.2}}
 
 
 def test_records_that_are_not_objects_are_ignored_with_a_warning(tmp_path: Path) -> None:
