@@ -33,53 +33,64 @@ KNEE_GAIN = 0.10  # doubling the workers gains less than this: more workers are 
 DEFAULT_WORKER_COUNTS = (1, 2, 4, 8, 16, 32)
 
 
+def _by_workers(known: Mapping[int, float], workers: int, default: float) -> float:
+    """A figure at this many local workers: measured at that count, else a straight line
+    through the counts measured (start-up and per-test overhead grow with the processes a
+    machine runs), never below the least measured, else the one count measured, else the
+    default."""
+    if workers in known:
+        return known[workers]
+    if len(known) >= 2:
+        xs, ys = list(known), list(known.values())
+        mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+        spread = sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+        return max(min(ys), mean_y + slope * (workers - mean_x))
+    if known:
+        return next(iter(known.values()))
+    return default
+
+
 @dataclass(frozen=True)
 class Overheads:
-    """What a build costs besides its tests, from recorded builds (or the defaults)."""
+    """What a build costs besides its tests, from recorded builds (or the defaults): the
+    start-up and the gap between tests on a worker, by local worker count (on a machine with
+    fewer cores than workers both grow with the count), and the tail."""
 
     startup_by_workers: Mapping[int, float] = field(default_factory=dict)
     tail_s: float = DEFAULT_TAIL_S
-    gap_s: float = DEFAULT_GAP_S
+    gap_by_workers: Mapping[int, float] = field(default_factory=dict)
     recorded_builds: int = 0
 
     def startup_s(self, workers: int) -> float:
-        """Start-up at this many local workers: measured at that count, else a straight line
-        through the counts measured (start-up grows with the processes a machine starts),
-        else the one count measured, else the default."""
-        known = self.startup_by_workers
-        if workers in known:
-            return known[workers]
-        if len(known) >= 2:
-            xs, ys = list(known), list(known.values())
-            mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-            spread = sum((x - mean_x) ** 2 for x in xs)
-            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
-            return max(min(ys), mean_y + slope * (workers - mean_x))
-        if known:
-            return next(iter(known.values()))
-        return DEFAULT_STARTUP_S
+        return _by_workers(self.startup_by_workers, workers, DEFAULT_STARTUP_S)
+
+    def gap_s(self, workers: int) -> float:
+        return _by_workers(self.gap_by_workers, workers, DEFAULT_GAP_S)
 
 
 def overheads_from(builds: Sequence[Mapping[str, Any]]) -> Overheads:
     """Medians over recorded builds ({"workers", "startup_s", "tail_s", "gap_s"} each); records
     missing a figure or holding nonsense are skipped."""
-    by_workers: dict[int, list[float]] = {}
+    startups: dict[int, list[float]] = {}
+    gaps: dict[int, list[float]] = {}
     tails: list[float] = []
-    gaps: list[float] = []
     used = 0
     for record in builds:
-        workers, startup = record.get("workers"), _seconds(record.get("startup_s"))
-        if isinstance(workers, int) and not isinstance(workers, bool) and workers > 0 and startup:
-            by_workers.setdefault(workers, []).append(startup)
+        workers = record.get("workers")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            continue
+        if (startup := _seconds(record.get("startup_s"))) is not None:
+            startups.setdefault(workers, []).append(startup)
             used += 1
+        if (gap := _seconds(record.get("gap_s"))) is not None:
+            gaps.setdefault(workers, []).append(gap)
         if (tail := _seconds(record.get("tail_s"))) is not None:
             tails.append(tail)
-        if (gap := _seconds(record.get("gap_s"))) is not None:
-            gaps.append(gap)
     return Overheads(
-        startup_by_workers={w: statistics.median(v) for w, v in sorted(by_workers.items())},
+        startup_by_workers={w: statistics.median(v) for w, v in sorted(startups.items())},
         tail_s=statistics.median(tails) if tails else DEFAULT_TAIL_S,
-        gap_s=statistics.median(gaps) if gaps else DEFAULT_GAP_S,
+        gap_by_workers={w: statistics.median(v) for w, v in sorted(gaps.items())},
         recorded_builds=used,
     )
 
@@ -276,7 +287,7 @@ def predict(
             order=order,
             grouping=grouping,
             seed=seed,
-            gap_s=overheads.gap_s,
+            gap_s=overheads.gap_s(workers),
             setups=setups,
         )
         startup = overheads.startup_s(workers)
