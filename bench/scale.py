@@ -33,7 +33,7 @@ from bench.scale_sim import VERBS, Recorder, SimResult, Simulation
 from bench.scale_workload import Workload, build_workload, lower_bound_s
 from bench.stats import percentile
 from bench.table import Table
-from conveyor.controller import EVENTS_PAGE, POLL_MAX_S
+from conveyor.build_follower import EVENTS_PAGE, POLL_MAX_S
 from conveyor.queue.redis import RedisQueue
 
 FULL = (1000, 1_000_000)

@@ -33,15 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bench.scale_workload import Workload
+from conveyor.batch_policy import MAX_BATCH, batch_size
+from conveyor.lease_stream import WAIT_POLL_S
 from conveyor.queue.protocol import EXHAUSTED, JSON, LEASED, Lease, Queue
 from conveyor.queue.redis import RedisQueue
-from conveyor.worker import (
-    FLUSH_INTERVAL_S,
-    FLUSH_MAX_RESULTS,
-    MAX_BATCH,
-    WAIT_POLL_S,
-    batch_size,
-)
+from conveyor.result_outbox import FLUSH_INTERVAL_S, FLUSH_MAX_RESULTS
 
 T = TypeVar("T")
 Entry = tuple[float, int, int, str]  # (due simulated s, tie-breaker, worker index, action)

@@ -15,9 +15,9 @@ timing history exists, and the durations this worker has measured so far.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from conveyor.scheduling import same_class, scope_of
+from conveyor.scheduling import range_keys, same_class, scope_of
 
 MAX_BATCH = 32
 BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
@@ -39,21 +39,87 @@ def batch_size(pending: int, worker_count: int, typical_test_s: float | None = N
     return max(1, min(MAX_BATCH, share))
 
 
-class BatchPolicy:
+class BatchRule:
+    """The build-wide part of the rule, the same for every worker (and for `conveyor plan`'s
+    simulation): the serving order, its runs and classes."""
+
     def __init__(
         self,
         order: Sequence[str],
-        range_of: Mapping[str, str],
+        range_starts: frozenset[str],
+        *,
         grouping: str,
         worker_count: int,
         has_history: bool,
     ) -> None:
         self.order = list(order)
-        self.positions = {unit: index for index, unit in enumerate(self.order)}
-        self.range_of = dict(range_of)
         self.grouping = grouping
         self.worker_count = worker_count
         self.has_history = has_history
+        self._positions = {unit: index for index, unit in enumerate(self.order)}
+        self._range_of = range_keys(self.order, range_starts, grouping)
+
+    def size(self, pending: int, *, affinity: int, typical_test_s: float | None) -> int:
+        """How many units to ask for with `pending` units left (as the last reply said), the
+        worker's `affinity` (units left of its current run) and its recent typical duration."""
+        return self.to_class_end(pending, self._within_runs(pending, affinity, typical_test_s))
+
+    def _within_runs(self, pending: int, affinity: int, typical: float | None) -> int:
+        run = affinity or self.run_at_front(pending)
+        if run <= 1:
+            return batch_size(pending, self.worker_count, typical)
+        if self.has_history:
+            return min(run, MAX_BATCH)
+        if typical is None:
+            return 1
+        return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+
+    def to_class_end(self, pending: int, want: int) -> int:
+        """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
+        class with class-scoped fixtures, tests that depend on an earlier one) run on one
+        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split."""
+        if self.grouping == "test":
+            return want
+        start = len(self.order) - pending
+        if not 0 <= start < len(self.order):
+            return want
+        end = start + want
+        while 0 < end < len(self.order) and same_class(self.order[end - 1], self.order[end]):
+            end += 1
+        return end - start
+
+    def run_after(self, unit: str) -> int:
+        """How many units follow `unit` in the serving order within its module (or class, or
+        range of a split module): the next reservation takes them all, so one worker runs
+        them in a row and sets their fixtures up once."""
+        position = self._positions.get(unit)
+        if position is None or self.grouping == "test":
+            return 0
+        scope = self.scope_key(unit)
+        run = 0
+        for following in self.order[position + 1 : position + 1 + MAX_BATCH]:
+            if self.scope_key(following) != scope:
+                break
+            run += 1
+        return run
+
+    def run_at_front(self, pending: int) -> int:
+        """The module run that the queue is about to serve: units are served in the published
+        order, so with `pending` units left the front is at position total - pending."""
+        position = len(self.order) - pending
+        if not 0 <= position < len(self.order):
+            return 0
+        return 1 + self.run_after(self.order[position])
+
+    def scope_key(self, unit: str) -> str:
+        return self._range_of.get(unit) or scope_of(unit, self.grouping)
+
+
+class BatchPolicy:
+    """One worker's use of the rule: what it has run so far and the run it is in."""
+
+    def __init__(self, rule: BatchRule) -> None:
+        self.rule = rule
         self.recent_durations: deque[float] = deque(maxlen=16)
         self.affinity = 0  # units of the last reservation's run still to come
 
@@ -61,7 +127,7 @@ class BatchPolicy:
 
     def reserved(self, last_unit: str) -> None:
         """A reservation ended with `last_unit`: the next one takes the rest of its run."""
-        self.affinity = self.scope_run_after(last_unit)
+        self.affinity = self.rule.run_after(last_unit)
 
     def ran(self, duration_s: float) -> None:
         self.recent_durations.append(duration_s)
@@ -73,18 +139,18 @@ class BatchPolicy:
 
     def batch(self, pending: int) -> int:
         """How many units the next reservation asks for, with `pending` units in the queue."""
-        return self.to_class_end(pending, self._batch_within_runs(pending))
+        return self.rule.size(pending, affinity=self.affinity, typical_test_s=self.typical_test_s())
 
     def should_give_back(self) -> bool:
         """Without history, a run of tests that turn out slow goes back to the queue: other
         workers may be idle."""
         last = self.recent_durations[-1] if self.recent_durations else 0.0
-        return not self.has_history and last > GIVE_BACK_AFTER_S
+        return not self.rule.has_history and last > GIVE_BACK_AFTER_S
 
     def rest_of_class(self, unit: str, unstarted: Sequence[str]) -> int:
         """How many of `unstarted` (in running order) belong to the class of `unit`: a
         hand-back keeps them on this worker."""
-        if self.grouping == "test":
+        if self.rule.grouping == "test":
             return 0
         count = 0
         for following in unstarted:
@@ -108,54 +174,3 @@ class BatchPolicy:
         if self.recent_durations:
             return sum(self.recent_durations) / len(self.recent_durations)
         return None
-
-    def _batch_within_runs(self, pending: int) -> int:
-        typical = self.typical_test_s()
-        run = self.affinity or self._run_at_front(pending)
-        if run <= 1:
-            return batch_size(pending, self.worker_count, typical)
-        if self.has_history:
-            return min(run, MAX_BATCH)
-        if typical is None:
-            return 1
-        return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
-
-    def to_class_end(self, pending: int, want: int) -> int:
-        """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
-        class with class-scoped fixtures, tests that depend on an earlier one) run on one
-        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split."""
-        if self.grouping == "test":
-            return want
-        start = len(self.order) - pending
-        if not 0 <= start < len(self.order):
-            return want
-        end = start + want
-        while 0 < end < len(self.order) and same_class(self.order[end - 1], self.order[end]):
-            end += 1
-        return end - start
-
-    def scope_run_after(self, unit: str) -> int:
-        """How many units follow `unit` in the serving order within its module (or class, or
-        range of a split module): the next reservation takes them all, so one worker runs
-        them in a row and sets their fixtures up once."""
-        position = self.positions.get(unit)
-        if position is None or self.grouping == "test":
-            return 0
-        scope = self._scope_key(unit)
-        run = 0
-        for following in self.order[position + 1 : position + 1 + MAX_BATCH]:
-            if self._scope_key(following) != scope:
-                break
-            run += 1
-        return run
-
-    def _scope_key(self, unit: str) -> str:
-        return self.range_of.get(unit) or scope_of(unit, self.grouping)
-
-    def _run_at_front(self, pending: int) -> int:
-        """The module run that the queue is about to serve: units are served in the published
-        order, so with `pending` units left the front is at position total - pending."""
-        position = len(self.order) - pending
-        if not 0 <= position < len(self.order):
-            return 0
-        return 1 + self.scope_run_after(self.order[position])

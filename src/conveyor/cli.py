@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from conveyor import __version__
 from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
 from conveyor.ci import detect, node_id
+from conveyor.cli_memory import FLAKY_USAGE, PLAN_USAGE, flaky, plan
 from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.controller import ControllerPlugin, ControllerSettings
@@ -26,7 +29,10 @@ from conveyor.environment import forget_outer_worker
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import DirectoryCache, history_store, read_durations_file
 from conveyor.hooks import run_shell
+from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings, process_started_at
 from conveyor.options import render_help
+from conveyor.quarantine import Entry, refuse_expired
+from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
 from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
@@ -40,6 +46,8 @@ usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_
        conveyor report               --queue URL  [--build ID] [PYTEST_REPORT_ARGS...]
        conveyor events|replay|bisect|timeline ...   (the build record; --help on each)
        conveyor history export|import ...           (timing history)
+       conveyor plan [--workers 1,2,4,8] ...        (how many workers: simulated from history)
+       conveyor flaky [--json] ...                  (the flakiest tests of earlier builds)
 
 run:    work and report on this machine. Without --queue, an embedded SQLite queue in a
         temporary directory; with --queue redis://..., the same command on every machine
@@ -56,6 +64,9 @@ CIRCLE_WORKFLOW_ID[-CIRCLE_JOB], Jenkins BUILD_TAG); a shared queue needs one of
 Every other argument goes to pytest unchanged (-k, -m, -x, -v, -p, --junitxml, paths...).
 Exit codes are pytest's: 0 passed, 1 failed, 2 interrupted, 3 internal, 4 usage, 5 no tests.
 """.replace("{options}", render_help())
+
+# The build's start-up is measured from the process start (the user waits from there).
+PROCESS_STARTED_AT = process_started_at() or time.time()
 
 
 def _error(message: str, code: int) -> int:
@@ -254,7 +265,34 @@ def _controller_exit(
         node=build.node,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
-    return int(pytest.main(options.pytest_args, plugins=[controller]))
+    memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
+    code = int(pytest.main(options.pytest_args, plugins=[controller, memory]))
+    memory.record_cost()
+    return code
+
+
+def _quarantine(options: RunOptions) -> tuple[Entry, ...]:
+    """--quarantine's entries; a malformed file or an expired entry stops the build here,
+    before any worker starts (QuarantineFileError: a usage error naming file and line)."""
+    if not options.quarantine:
+        return ()
+    entries = load_quarantine(Path(options.quarantine))
+    refuse_expired(entries, datetime.date.today())
+    return tuple(entries)
+
+
+def _memory_settings(
+    options: RunOptions, build: Build, supervisor: Supervisor | None
+) -> MemorySettings:
+    return MemorySettings(
+        build=build.id,
+        history=_history_location(options),
+        local_workers=options.workers if supervisor else 0,
+        entries=_quarantine(options),
+        auto_threshold=options.quarantine_auto,
+        release_after=options.quarantine_release,
+        started_at=PROCESS_STARTED_AT,
+    )
 
 
 def _in_run_dir(command: Callable[[RunOptions, Path], int], options: RunOptions) -> int:
@@ -275,6 +313,7 @@ def run(argv: Sequence[str]) -> int:
 
 
 def _run(options: RunOptions, run_dir: Path) -> int:
+    _quarantine(options)  # a bad quarantine file stops the build before anything starts
     build = _resolve_build(options, run_dir)
     queue = _open(options, build)
     _resume_if_stopped(queue)
@@ -587,6 +626,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "timeline": timeline,
     "replay": replay,
     "bisect": bisect_command,
+    "plan": plan,
+    "flaky": flaky,
 }
 
 
@@ -605,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         return _error(f"unknown command {command!r}; see `conveyor --help`.", 4)
     if rest and rest[0] in ("-h", "--help"):
-        usage = {"history": HISTORY_USAGE}
+        usage = {"history": HISTORY_USAGE, "plan": PLAN_USAGE, "flaky": FLAKY_USAGE}
         print(
             usage.get(command, USAGE if command in ("run", "worker", "report") else RECORD_USAGE),
             end="",

@@ -31,7 +31,7 @@ class HistoryWarning(UserWarning):
 _warned: set[str] = set()
 
 
-def warn_bad_entries(where: str, bad: int) -> None:
+def warn_bad_entries(where: str, bad: int, what: str = "not a duration in seconds") -> None:
     """One warning per history location and process: a corrupt history is worth knowing
     about, never worth failing a build over (even where the suite turns warnings into errors)."""
     if not bad or where in _warned:
@@ -41,7 +41,7 @@ def warn_bad_entries(where: str, bad: int) -> None:
         warnings.simplefilter("always", HistoryWarning)
         warnings.warn(
             f"conveyor: timing history in {where}: ignored {bad} bad "
-            f"{'entry' if bad == 1 else 'entries'} (not a duration in seconds); the rest is "
+            f"{'entry' if bad == 1 else 'entries'} ({what}); the rest is "
             "used, and the next build writes it back clean",
             HistoryWarning,
             stacklevel=2,
@@ -161,7 +161,7 @@ def read_durations_file(path: Path) -> dict[str, float]:
 T = TypeVar("T")
 
 
-def _call_redis(what: str, call: Callable[[], T]) -> T:
+def call_redis(what: str, call: Callable[[], T]) -> T:
     """A Redis call without RedisQueue's boundary: redis-py's errors still become QueueError,
     the one family every caller of a history store catches."""
     try:
@@ -185,7 +185,8 @@ class RedisHistory:
     ) -> None:
         self.client = client
         self.key = key
-        self._run = run or _call_redis
+        # Public: the build memory's keys beside this history go through the same boundary.
+        self.call = self._run = run or call_redis
 
     def load(self) -> dict[str, float]:
         stored = self._run("read the timing history", lambda: self.client.hgetall(self.key))

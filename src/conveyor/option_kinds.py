@@ -167,6 +167,10 @@ def optional_seconds(minimum: float, auto: str | None = None) -> Parser[float | 
     return parse
 
 
+def optional_number(minimum: float) -> Parser[float | None]:
+    return optional_seconds(minimum)
+
+
 def fraction(flag: str, raw: str) -> float:
     value = _number(flag, raw, float, 0)
     if value > 1:

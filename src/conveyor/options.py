@@ -26,6 +26,7 @@ from conveyor.option_kinds import (
     declared,
     fraction,
     optional_count,
+    optional_number,
     optional_seconds,
     optional_text,
     repeated,
@@ -311,6 +312,30 @@ class RunOptions(WorkerOptions):
         1800.0,
         seconds(1),
         "SECONDS",
+    )
+
+    quarantine = Option(
+        ("--quarantine",),
+        "run/report: tests whose failures do not fail the build, each with a reason and an "
+        "expiry date (TOML; see the README)",
+        None,
+        optional_text,
+        "FILE",
+    )
+    quarantine_auto = Option(
+        ("--quarantine-auto",),
+        "run/report: also quarantine the tests whose flaky score (`conveyor flaky`) reaches SCORE",
+        None,
+        optional_number(0.1),
+        "SCORE",
+    )
+    quarantine_release = Option(
+        ("--quarantine-release",),
+        "an auto-quarantined test leaves quarantine after passing this many builds in a row "
+        "(default: 10)",
+        10,
+        count(1),
+        "N",
     )
 
     def __init__(self, pytest_args: list[str] | None = None, **values: Any) -> None:

@@ -29,10 +29,13 @@ from conveyor.timeline import (
 )
 
 
-def render_html(events: Sequence[Event], *, title: str, workers: int | None = None) -> str:
-    """The self-contained timeline page for one build's events."""
+def render_html(
+    events: Sequence[Event], *, title: str, workers: int | None = None, intro: str = ""
+) -> str:
+    """The self-contained timeline page for one build's events; `intro` is HTML shown under
+    the title (`conveyor plan` puts its table of predictions there)."""
     timeline = read_timeline(events)
-    return _page(timeline, _figures(timeline, workers), title)
+    return _page(timeline, _figures(timeline, workers), title, intro)
 
 
 def write_html(
@@ -45,7 +48,7 @@ def write_html(
     return result
 
 
-def _page(timeline: Timeline, result: Figures, title: str) -> str:
+def _page(timeline: Timeline, result: Figures, title: str, intro: str = "") -> str:
     safe_title = html.escape(title)
     return "".join(
         [
@@ -57,6 +60,7 @@ def _page(timeline: Timeline, result: Figures, title: str) -> str:
             f"<title>{safe_title}</title><style>{_CSS}</style></head>",
             f"<body><script>{_ERROR_HOOK_JS}</script>",
             f"<h1>{safe_title}</h1>",
+            intro,
             _summary_html(result),
             _cards_html(result),
             _legend_html(result),

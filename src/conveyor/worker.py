@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.batch_policy import BatchPolicy
+from conveyor.batch_policy import BatchPolicy, BatchRule
 from conveyor.code_identity import identify
 from conveyor.compat import NextItem, forward_rerun_reports, silence_terminal
 from conveyor.environment import mark_worker_process, take_settings
@@ -33,7 +33,6 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox
 from conveyor.retry_policy import RetryPolicy
-from conveyor.scheduling import range_keys
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event
 from conveyor.vocabulary import EVENT_WORKER_ERROR, EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
@@ -204,16 +203,15 @@ class WorkerPlugin:
 
     def _batch_policy(self, queue: Queue, has_history: bool) -> BatchPolicy:
         manifest = queue.manifest()
-        order = queue.units()
         starts = manifest.meta.get("range_starts", []) if manifest else []
-        grouping = self.settings.grouping
-        return BatchPolicy(
-            order,
-            range_keys(order, frozenset(starts), grouping),
-            grouping,
-            self.settings.worker_count,
-            has_history,
+        rule = BatchRule(
+            queue.units(),
+            frozenset(starts),
+            grouping=self.settings.grouping,
+            worker_count=self.settings.worker_count,
+            has_history=has_history,
         )
+        return BatchPolicy(rule)
 
     def _work(
         self,

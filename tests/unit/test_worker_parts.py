@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.batch_policy import AFFINITY_TARGET_S, MAX_BATCH, BatchPolicy
+from conveyor.batch_policy import AFFINITY_TARGET_S, MAX_BATCH, BatchPolicy, BatchRule
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_REQUEUED, EVENT_RESULT
 from conveyor.result_outbox import FLUSH_MAX_RESULTS, ResultOutbox
@@ -20,7 +20,8 @@ ORDER = MODULE_A + CLASS_B + MODULE_C
 
 
 def policy(has_history: bool = False, grouping: str = "module") -> BatchPolicy:
-    return BatchPolicy(ORDER, {}, grouping, worker_count=2, has_history=has_history)
+    rule = BatchRule(ORDER, frozenset(), grouping=grouping, worker_count=2, has_history=has_history)
+    return BatchPolicy(rule)
 
 
 def test_without_anything_seen_one_unit_at_a_time() -> None:
@@ -47,8 +48,8 @@ def test_with_history_the_whole_run_up_to_the_batch_cap() -> None:
 def test_a_reservation_never_ends_inside_a_class() -> None:
     batches = policy()
     pending_at_class = len(CLASS_B) + len(MODULE_C)
-    assert batches.to_class_end(pending_at_class, 2) == len(CLASS_B)
-    assert policy(grouping="test").to_class_end(pending_at_class, 2) == 2
+    assert batches.rule.to_class_end(pending_at_class, 2) == len(CLASS_B)
+    assert policy(grouping="test").rule.to_class_end(pending_at_class, 2) == 2
 
 
 def test_a_slow_run_without_history_is_handed_back_but_keeps_its_class() -> None:

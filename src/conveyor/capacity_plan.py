@@ -1,0 +1,340 @@
+"""How long the suite would take on N workers: `conveyor plan`.
+
+The answer comes from running conveyor's own scheduling on the timing history, not from a
+formula: the leader's serving order (`scheduling.plan`), and every worker asking for batches as
+a real worker does (`batch_policy.BatchRule`), taking them from the front of one queue. Each
+test costs its smoothed duration plus the gap between tests that recorded builds measured
+(reservations, results, pytest's own per-test work); each build pays a start-up (process start
+to the first test) and a tail (the last test's end to the report), also from recorded builds.
+Everything here is pure: the caller reads the history, this module only computes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import statistics
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.batch_policy import BatchRule
+from conveyor.scheduling import estimate, plan, scope_of
+
+# Without any recorded build: a typical `conveyor run` on a small machine takes about this long
+# from the command to the first test (interpreter, pytest, collection in every worker) and from
+# the last test to its end (the report).
+DEFAULT_STARTUP_S = 2.0
+DEFAULT_TAIL_S = 0.3
+DEFAULT_GAP_S = 0.002
+RECENT_DURATIONS = 16  # a worker sizes batches by the mean of its last 16 tests
+KNEE_GAIN = 0.10  # doubling the workers gains less than this: more workers are not worth it
+DEFAULT_WORKER_COUNTS = (1, 2, 4, 8, 16, 32)
+
+
+def _by_workers(known: Mapping[int, float], workers: int, default: float) -> float:
+    """A figure at this many local workers: measured at that count, else a straight line
+    through the counts measured (start-up and per-test overhead grow with the processes a
+    machine runs), never below the least measured, else the one count measured, else the
+    default."""
+    if workers in known:
+        return known[workers]
+    if len(known) >= 2:
+        xs, ys = list(known), list(known.values())
+        mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+        spread = sum((x - mean_x) ** 2 for x in xs)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+        return max(min(ys), mean_y + slope * (workers - mean_x))
+    if known:
+        return next(iter(known.values()))
+    return default
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """What a build costs besides its tests, from recorded builds (or the defaults): the
+    start-up and the gap between tests on a worker, by local worker count (on a machine with
+    fewer cores than workers both grow with the count), and the tail."""
+
+    startup_by_workers: Mapping[int, float] = field(default_factory=dict)
+    tail_s: float = DEFAULT_TAIL_S
+    gap_by_workers: Mapping[int, float] = field(default_factory=dict)
+    recorded_builds: int = 0
+
+    def startup_s(self, workers: int) -> float:
+        return _by_workers(self.startup_by_workers, workers, DEFAULT_STARTUP_S)
+
+    def gap_s(self, workers: int) -> float:
+        return _by_workers(self.gap_by_workers, workers, DEFAULT_GAP_S)
+
+
+def overheads_from(builds: Sequence[Mapping[str, Any]]) -> Overheads:
+    """Medians over recorded builds ({"workers", "startup_s", "tail_s", "gap_s"} each); records
+    missing a figure or holding nonsense are skipped."""
+    startups: dict[int, list[float]] = {}
+    gaps: dict[int, list[float]] = {}
+    tails: list[float] = []
+    used = 0
+    for record in builds:
+        workers = record.get("workers")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            continue
+        if (startup := _seconds(record.get("startup_s"))) is not None:
+            startups.setdefault(workers, []).append(startup)
+            used += 1
+        if (gap := _seconds(record.get("gap_s"))) is not None:
+            gaps.setdefault(workers, []).append(gap)
+        if (tail := _seconds(record.get("tail_s"))) is not None:
+            tails.append(tail)
+    return Overheads(
+        startup_by_workers={w: statistics.median(v) for w, v in sorted(startups.items())},
+        tail_s=statistics.median(tails) if tails else DEFAULT_TAIL_S,
+        gap_by_workers={w: statistics.median(v) for w, v in sorted(gaps.items())},
+        recorded_builds=used,
+    )
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+# Setup phases shorter than this are noise, not a fixture worth modelling.
+MIN_SETUP_S = 0.01
+SETUP_SMOOTHING = 0.5  # as the timing history's, so that the two subtract consistently
+
+
+@dataclass(frozen=True)
+class Setups:
+    """What module setups cost: per module, the longest setup phase of its tests (a module
+    fixture, paid when a worker enters the module); per test, the setup it has carried in the
+    timing history, smoothed as the history is, so that durations minus it leave the test."""
+
+    modules: Mapping[str, float] = field(default_factory=dict)
+    tests: Mapping[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"modules": dict(self.modules), "tests": dict(self.tests)}
+
+    @classmethod
+    def from_json(cls, stored: Any) -> Setups:
+        if not isinstance(stored, Mapping):
+            return cls()
+
+        def part(name: str) -> dict[str, float]:
+            raw = stored.get(name)
+            raw = raw if isinstance(raw, Mapping) else {}
+            return {str(k): v for k, val in raw.items() if (v := _seconds(val)) is not None}
+
+        return cls(part("modules"), part("tests"))
+
+
+def merge_setups(previous: Setups, setup_by_test: Mapping[str, float]) -> Setups:
+    """`previous` updated with one build's setup phases ({test: seconds}, every test run)."""
+
+    def smooth(old: float | None, new: float) -> float:
+        return new if old is None else SETUP_SMOOTHING * new + (1 - SETUP_SMOOTHING) * old
+
+    tests = dict(previous.tests)
+    longest: dict[str, float] = {}
+    for test, seconds in setup_by_test.items():
+        module = scope_of(test, "module")
+        longest[module] = max(longest.get(module, 0.0), seconds)
+        if test in tests or seconds >= MIN_SETUP_S:
+            # A test of a known module with no entry carried no setup so far, and the history
+            # smooths its duration from there; one of a new module is seen for the first time.
+            old = tests.get(test, 0.0 if module in previous.modules else None)
+            tests[test] = round(smooth(old, seconds), 6)
+    modules = dict(previous.modules)
+    for module, seconds in longest.items():
+        if module in modules or seconds >= MIN_SETUP_S:
+            modules[module] = round(smooth(modules.get(module), seconds), 6)
+    return Setups(
+        {m: v for m, v in modules.items() if v >= MIN_SETUP_S / 10},
+        {t: v for t, v in tests.items() if v >= MIN_SETUP_S / 10},
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One test on one simulated worker, in seconds from the first test's start."""
+
+    worker: int
+    unit: str
+    start: float
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A simulated build: which worker ran what, when."""
+
+    workers: int
+    runs: tuple[Run, ...]
+
+    @property
+    def span_s(self) -> float:
+        return max((run.start + run.duration_s for run in self.runs), default=0.0)
+
+    @property
+    def busy_s(self) -> float:
+        return sum(run.duration_s for run in self.runs)
+
+
+def simulate(
+    units: Sequence[str],
+    history: Mapping[str, float],
+    *,
+    workers: int,
+    machines: int = 1,
+    order: str = "slowest",
+    grouping: str = "module",
+    seed: int = 0,
+    gap_s: float = 0.0,
+    setups: Setups | None = None,
+) -> Schedule:
+    """The schedule conveyor would run: `machines` machines of `workers` workers each share one
+    queue. The leader plans for its own worker count, as a real leader does; every worker
+    reserves when it has nothing left, the one free earliest first (ties: the lower index).
+    With `setups`, a worker pays a module's setup each time it enters the module, and each
+    test costs its duration without the setup it has paid in earlier builds."""
+    setups = setups or Setups()
+    serving = plan(units, history, order=order, grouping=grouping, workers=workers, seed=seed)
+    queue = serving.order
+    policy = BatchRule(
+        queue,
+        serving.range_starts,
+        grouping=grouping,
+        worker_count=workers,
+        has_history=any(unit in history for unit in units),
+    )
+    seconds = estimate(queue, history)
+    total = workers * machines
+    # A worker sizes each reservation by the pending count of its last reply, which other
+    # workers' reservations have made stale since; its first one by the count when it starts
+    # (a real worker reads the status then, after the workers that started earlier reserved).
+    known_pending: list[int | None] = [None] * total
+    affinity = [0] * total
+    recent: list[deque[float]] = [deque(maxlen=RECENT_DURATIONS) for _ in range(total)]
+    free_at = [(0.0, index) for index in range(total)]
+    heapq.heapify(free_at)
+    front = 0
+    runs: list[Run] = []
+    in_module: list[str | None] = [None] * total
+    while free_at and front < len(queue):
+        now, worker = heapq.heappop(free_at)
+        typical = statistics.fmean(recent[worker]) if recent[worker] else None
+        pending = known_pending[worker]
+        pending = len(queue) - front if pending is None else pending
+        want = policy.size(pending, affinity=affinity[worker], typical_test_s=typical)
+        taken = queue[front : front + max(1, want)]
+        front += len(taken)
+        known_pending[worker] = len(queue) - front
+        affinity[worker] = policy.run_after(taken[-1])
+        for unit in taken:
+            module = scope_of(unit, "module")
+            cost = max(0.0, seconds[unit] - setups.tests.get(unit, 0.0)) + gap_s
+            if module != in_module[worker]:
+                cost += setups.modules.get(module, 0.0)  # pytest sets the module up again
+                in_module[worker] = module
+            runs.append(Run(worker, unit, now, cost))
+            recent[worker].append(cost)
+            now += cost
+        heapq.heappush(free_at, (now, worker))
+    return Schedule(total, tuple(runs))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row of `conveyor plan`: `wall_s` = start-up + simulated testing + tail."""
+
+    workers: int  # on each machine
+    machines: int
+    wall_s: float
+    testing_s: float
+    lower_bound_s: float  # start-up + max(longest test, busy time / all workers) + tail
+    utilisation: float
+    startup_s: float
+    schedule: Schedule
+
+    @property
+    def total_workers(self) -> int:
+        return self.workers * self.machines
+
+
+def predict(
+    units: Sequence[str],
+    history: Mapping[str, float],
+    worker_counts: Sequence[int],
+    overheads: Overheads,
+    *,
+    machines: int = 1,
+    order: str = "slowest",
+    grouping: str = "module",
+    seed: int = 0,
+    setups: Setups | None = None,
+) -> list[Prediction]:
+    rows = []
+    for workers in sorted(set(worker_counts)):
+        schedule = simulate(
+            units,
+            history,
+            workers=workers,
+            machines=machines,
+            order=order,
+            grouping=grouping,
+            seed=seed,
+            gap_s=overheads.gap_s(workers),
+            setups=setups,
+        )
+        startup = overheads.startup_s(workers)
+        fixed = startup + overheads.tail_s
+        span = schedule.span_s
+        everyone = workers * machines
+        longest_run = max((run.duration_s for run in schedule.runs), default=0.0)
+        rows.append(
+            Prediction(
+                workers=workers,
+                machines=machines,
+                wall_s=fixed + span,
+                testing_s=span,
+                lower_bound_s=fixed + max(longest_run, schedule.busy_s / everyone),
+                utilisation=schedule.busy_s / (everyone * span) if span > 0 else 0.0,
+                startup_s=startup,
+                schedule=schedule,
+            )
+        )
+    return rows
+
+
+def knee(rows: Sequence[Prediction]) -> Prediction | None:
+    """The first worker count past which doubling the workers shortens the wall time by less
+    than KNEE_GAIN (gains between counts that are not a doubling apart are scaled to one)."""
+    for current, following in itertools.pairwise(rows):
+        if current.wall_s <= 0:
+            return current
+        doublings = math.log2(following.workers / current.workers)
+        ratio = following.wall_s / current.wall_s
+        gain = 1 - ratio ** (1 / doublings) if ratio > 0 else 1.0
+        if gain < KNEE_GAIN:
+            return current
+    return rows[-1] if rows else None
+
+
+def parse_worker_counts(text: str) -> list[int]:
+    """ "1,2,4,8" into [1, 2, 4, 8]; ValueError naming the bad part."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--workers takes positive numbers separated by commas, got {part!r}")
+        counts.append(int(part))
+    if not counts:
+        raise ValueError("--workers needs at least one worker count, e.g. --workers 2,4,8")
+    return sorted(set(counts))

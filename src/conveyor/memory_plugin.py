@@ -1,0 +1,343 @@
+"""The report side of the build memory: what a build teaches the next ones, and quarantine.
+
+A pytest plugin beside the controller's. It watches the reports the controller replays (every
+attempt, retries included), and at the end of a build it records, once per build id however
+many machines report it: the flaky events (conveyor.flaky), the outcomes of this build of its
+commit, and what the build cost besides its tests (for `conveyor plan`). It also applies the
+quarantine: a quarantined test still runs and is reported as it ran; only the exit code leaves
+its failures out, and only when nothing else failed (collection errors, unrelated tests, tests
+without a result still fail the build). Its failures get a section of their own in the summary,
+a `quarantined` property in --junitxml and a line in GitHub's step summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from conveyor import github
+from conveyor.build_memory import BuildMemory, memory_store
+from conveyor.capacity_plan import Setups, merge_setups
+from conveyor.errors import QueueError
+from conveyor.flaky import (
+    DEFAULT_RELEASE_AFTER,
+    FAILED,
+    FlakyTest,
+    TestOutcome,
+    auto_quarantined,
+    commit_record,
+    events_of_build,
+    quarantine_events,
+    summarise,
+)
+from conveyor.quarantine import Entry, Quarantine
+from conveyor.queue import Queue
+
+PROPERTY = "quarantined"
+MEMORY_ERRORS = (QueueError, OSError, ValueError)
+EMPTY_DIFF = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256(b"")
+CI_COMMIT_VARIABLES = (
+    "GITHUB_SHA",
+    "CI_COMMIT_SHA",
+    "BUILDKITE_COMMIT",
+    "CIRCLE_SHA1",
+    "GIT_COMMIT",
+)
+
+
+def process_started_at() -> float | None:
+    """When this process started (epoch seconds), from /proc on Linux; None elsewhere. The
+    build's start-up is measured from here, as a user waiting for the command measures it."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            since_boot = float(uptime.read().split()[0])
+        age = since_boot - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - max(0.0, age)
+
+
+def commit_of(code: Any, env: Mapping[str, str]) -> str | None:
+    """The commit a build tested: the workers' git commit (with a digest of local changes when
+    there are any), else the CI's commit variable, else None (no flips can be told then)."""
+    if isinstance(code, Mapping) and isinstance(code.get("commit"), str):
+        changes = code.get("changes")
+        dirty = isinstance(changes, str) and changes != EMPTY_DIFF
+        return str(code["commit"]) + (f"+{str(changes)[:12]}" if dirty else "")
+    for name in CI_COMMIT_VARIABLES:
+        if env.get(name, "").strip():
+            return env[name].strip()
+    return None
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    build: str
+    history: str  # where the timing history lives: "cache", "redis:<suite>" or "off"
+    local_workers: int  # 0: this process only reports; its timing says nothing of start-up
+    entries: tuple[Entry, ...] = ()
+    auto_threshold: float | None = None
+    release_after: int = DEFAULT_RELEASE_AFTER
+    started_at: float | None = None
+
+
+@dataclass
+class _Seen:
+    """What the replayed reports say about one test."""
+
+    failed_when: set[str] = field(default_factory=set)
+    skipped: bool = False
+    xfail: str | None = None
+    reruns: int = 0
+    message: str = ""
+    start: float | None = None
+    stop: float | None = None
+    duration_s: float = 0.0
+    setup_s: float = 0.0
+    worker: str = ""
+
+    def outcome(self) -> TestOutcome:
+        if "call" in self.failed_when:
+            word = "failed"
+        elif self.failed_when:
+            word = "error"
+        elif self.xfail:
+            word = self.xfail
+        else:
+            word = "skipped" if self.skipped else "passed"
+        return TestOutcome(word, self.reruns, self.message)
+
+
+def _first_line(report: Any) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    return (text.strip().splitlines() or [""])[0][:200]
+
+
+class BuildMemoryPlugin:
+    def __init__(self, settings: MemorySettings, queue: Queue) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.seen: dict[str, _Seen] = {}
+        self.quarantine = Quarantine(settings.entries)
+        self.released: list[str] = []
+        self.notes: list[str] = []
+        self.quarantined_reports = 0
+        self._config: pytest.Config | None = None
+        self._store: BuildMemory | None = None
+        self._summary: Mapping[str, FlakyTest] = {}
+        self._claimed = False
+
+    # -- before the build: who is quarantined ---------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config: pytest.Config) -> None:
+        self._config = config
+        self._store = memory_store(self.settings.history, config, self.queue)
+        if self.settings.auto_threshold is None:
+            return
+        if self._store is None:
+            self.notes.append("--quarantine-auto needs the timing history (it is off here).")
+            return
+        try:
+            summary = summarise(self._store.flaky_events(), time.time())
+        except MEMORY_ERRORS as exc:
+            self.notes.append(f"flaky tests could not be read, none auto-quarantined: {exc}")
+            return
+        self._summary = summary
+        auto = auto_quarantined(summary, self.settings.auto_threshold)
+        self.quarantine = Quarantine(self.settings.entries, auto)
+
+    # -- during the build: every attempt of every test ------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        seen = self.seen.setdefault(report.nodeid, _Seen())
+        if report.outcome == "rerun":  # type: ignore[comparison-overlap]
+            seen.reruns += 1
+            seen.message = seen.message or _first_line(report)
+            return
+        if report.failed:
+            seen.failed_when.add(report.when or "call")
+            seen.message = seen.message or _first_line(report)
+        elif hasattr(report, "wasxfail"):
+            seen.xfail = "xpassed" if report.passed else "xfailed"
+        elif report.skipped:
+            seen.skipped = True
+        self._note_timing(seen, report)
+        reason = self.quarantine.reason(report.nodeid)
+        if reason is None:
+            return
+        if report.failed and not hasattr(report, "wasxfail"):
+            self.quarantined_reports += 1  # what pytest's session counts as a failure
+        if report.when == "teardown":
+            # --junitxml writes the teardown report's properties into the test's <testcase>.
+            report.user_properties = [*report.user_properties, (PROPERTY, reason)]
+
+    def _note_timing(self, seen: _Seen, report: pytest.TestReport) -> None:
+        start, stop = getattr(report, "start", None), getattr(report, "stop", None)
+        if isinstance(start, (int, float)) and start > 0:
+            seen.start = start if seen.start is None else min(seen.start, start)
+        if isinstance(stop, (int, float)) and stop > 0:
+            seen.stop = stop if seen.stop is None else max(seen.stop, stop)
+        seen.duration_s += float(report.duration or 0)
+        if report.when == "setup":
+            seen.setup_s = float(report.duration or 0)  # the final attempt's
+        for name, value in report.user_properties:
+            if name == "conveyor_worker":
+                seen.worker = str(value)
+
+    # -- at the end: what to remember, and the exit code ----------------------------------
+
+    def quarantined_failures(self) -> dict[str, str]:
+        """test -> why it is quarantined, for the quarantined tests that failed."""
+        found = {}
+        for nodeid, seen in self.seen.items():
+            reason = self.quarantine.reason(nodeid)
+            if reason is not None and seen.outcome().verdict == FAILED:
+                found[nodeid] = reason
+        return found
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        result = yield
+        # pytest derives the exit code from this count of failed reports once the loop is
+        # over: leaving out the quarantined ones is all it takes, and every other failure
+        # (collection errors, other tests, crashes) still counts. Plugins that fold the exit
+        # code into their own at the session's finish (syrupy does) see the same verdict.
+        session.testsfailed = max(0, session.testsfailed - self.quarantined_reports)
+        return result
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # Before the terminal summary, which says what was recorded.
+        interrupted = session.exitstatus in (
+            pytest.ExitCode.INTERRUPTED,
+            pytest.ExitCode.INTERNAL_ERROR,
+        )
+        if not interrupted and self.seen:
+            self._remember()
+
+    def _remember(self) -> None:
+        store = self._store
+        if store is None:
+            return
+        now = time.time()
+        outcomes = {nodeid: seen.outcome() for nodeid, seen in self.seen.items()}
+        try:
+            if not store.claim(self.settings.build):
+                return  # another report of this build (another machine, a replay) recorded it
+            manifest = self.queue.manifest()
+            meta = manifest.meta if manifest is not None else {}
+            complete = manifest is not None and len(outcomes) >= manifest.total
+            digest = manifest.digest if manifest is not None and complete else ""
+            commit = commit_of(meta.get("code"), os.environ)
+            earlier = store.commit_builds(commit) if commit else []
+            build = self.settings.build
+            events = events_of_build(outcomes, earlier, build=build, digest=digest, ts=now)
+            if self.quarantine.auto:
+                more, self.released = quarantine_events(
+                    self.quarantine.auto,
+                    outcomes,
+                    self._summary,
+                    release_after=self.settings.release_after,
+                    build=build,
+                    ts=now,
+                )
+                events += more
+            store.add_flaky_events(events)
+            if commit:
+                store.add_commit_build(
+                    commit, commit_record(outcomes, build=build, digest=digest, ts=now)
+                )
+            setups = {nodeid: seen.setup_s for nodeid, seen in self.seen.items()}
+            store.save_setups(merge_setups(Setups.from_json(store.setups()), setups).as_json())
+            self._claimed = True
+        except MEMORY_ERRORS as exc:
+            self.notes.append(f"the flaky tests' record was not saved: {exc}")
+
+    def record_cost(self) -> None:
+        """Called once pytest's session is over (workers stopped, summary printed), so that the
+        tail counts all a user waits for: what the build cost besides its tests, for `conveyor
+        plan`. Only by the report that recorded the build, and only where workers ran here."""
+        cost = self._cost(time.time()) if self._claimed and self._store is not None else None
+        if cost is None or self._store is None:
+            return
+        with contextlib.suppress(*MEMORY_ERRORS):  # a plan without this build's cost still works
+            self._store.add_build(cost)
+
+    def _cost(self, now: float) -> dict[str, Any] | None:
+        """Start-up (process start to the first test), tail (last test to now) and the gap
+        between tests on a worker that the tests' own durations do not count."""
+        started = self.settings.started_at
+        timed = [s for s in self.seen.values() if s.start is not None and s.stop is not None]
+        if not self.settings.local_workers or started is None or not timed:
+            return None
+        first = min(s.start for s in timed if s.start is not None)
+        last = max(s.stop for s in timed if s.stop is not None)
+        lanes: dict[str, list[_Seen]] = {}
+        for seen in timed:
+            lanes.setdefault(seen.worker, []).append(seen)
+        idle, gaps = 0.0, 0
+        for lane in lanes.values():
+            span = max(s.stop or 0 for s in lane) - min(s.start or 0 for s in lane)
+            idle += span - sum(s.duration_s for s in lane)
+            gaps += len(lane) - 1
+        return {
+            "build": self.settings.build,
+            "ts": now,
+            "workers": self.settings.local_workers,
+            "tests": len(timed),
+            "startup_s": round(max(0.0, first - started), 4),
+            "tail_s": round(max(0.0, now - last), 4),
+            "gap_s": round(max(0.0, idle / gaps), 6) if gaps else None,
+            "testing_s": round(last - first, 4),
+        }
+
+    # -- the summary ----------------------------------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        failures = self.quarantined_failures()
+        if not (failures or self.released or self.notes or self.quarantine):
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "quarantine (these failures do not fail the build)", yellow=True)
+        passed = sum(
+            1
+            for nodeid, seen in self.seen.items()
+            if self.quarantine.reason(nodeid) is not None and nodeid not in failures
+        )
+        tr.write_line(
+            f"{len(self.quarantine.entries)} test(s) quarantined by file, "
+            f"{len(self.quarantine.auto)} automatically; {len(failures)} failed, {passed} did not."
+        )
+        for nodeid, reason in sorted(failures.items()):
+            message = self.seen[nodeid].message
+            tr.write_line(f"QUARANTINED {nodeid} - {message}", yellow=True)
+            tr.write_line(f"    {reason}")
+        for nodeid in self.released:
+            tr.write_line(
+                f"{nodeid} left quarantine: it passed {self.settings.release_after} builds in a "
+                "row; its failures fail the build again.",
+                green=True,
+            )
+        for note in self.notes:
+            tr.write_line(f"conveyor: {note}", yellow=True)
+        self._github(failures)
+
+    def _github(self, failures: Mapping[str, str]) -> None:
+        if not os.environ.get("GITHUB_STEP_SUMMARY") or not (failures or self.released):
+            return
+        lines = ["### Quarantined (their failures do not fail the build)", ""]
+        lines += [f"- `{nodeid}` failed; quarantined: {why}" for nodeid, why in failures.items()]
+        lines += [f"- `{nodeid}` left quarantine after clean builds" for nodeid in self.released]
+        github.append_step_summary("\n".join(lines) + "\n\n")
