@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from conveyor.batch_policy import BatchRule
-from conveyor.scheduling import estimate, plan, scope_of
+from conveyor.batch_policy import CLAIM_AHEAD_S, BatchRule
+from conveyor.scheduling import estimate, plan, same_class, scope_of
 
 # Without any recorded build: a typical `conveyor run` on a small machine takes about this long
 # from the command to the first test (interpreter, pytest, collection in every worker) and from
@@ -185,6 +185,71 @@ class Schedule:
         return sum(run.duration_s for run in self.runs)
 
 
+class _Workers:
+    """The simulated workers' timelines: what each runs when, and where each will be free."""
+
+    def __init__(self, total: int, seconds: Mapping[str, float], gap_s: float, setups: Setups):
+        self.seconds, self.gap_s, self.setups = seconds, gap_s, setups
+        self.runs: list[list[Run]] = [[] for _ in range(total)]
+        self.recent = [deque[float](maxlen=RECENT_DURATIONS) for _ in range(total)]
+        self.in_module: list[str | None] = [None] * total
+        self.free_at = [0.0] * total
+        self.heap = [(0.0, index) for index in range(total)]
+
+    def next_free(self) -> tuple[float, int] | None:
+        """The worker free earliest (ties: the lower index); stale entries are skipped."""
+        while self.heap:
+            now, worker = heapq.heappop(self.heap)
+            if now == self.free_at[worker]:
+                return now, worker
+        return None
+
+    def typical(self, worker: int) -> float | None:
+        recent = self.recent[worker]
+        return statistics.fmean(recent) if recent else None
+
+    def run(self, worker: int, units: Sequence[str], now: float) -> None:
+        for unit in units:
+            module = scope_of(unit, "module")
+            cost = max(0.0, self.seconds[unit] - self.setups.tests.get(unit, 0.0)) + self.gap_s
+            if module != self.in_module[worker]:
+                cost += self.setups.modules.get(module, 0.0)  # pytest sets the module up again
+                self.in_module[worker] = module
+            self.runs[worker].append(Run(worker, unit, now, cost))
+            self.recent[worker].append(cost)
+            now += cost
+        self.free_at[worker] = now
+        heapq.heappush(self.heap, (now, worker))
+
+    def steal(self, thief: int, now: float) -> list[str]:
+        """What an idle worker takes when nothing is pending (`Queue.steal`): the back half of
+        the unclaimed runs of the worker with most of them, never from inside a class.
+        Claimed: what runs now, the next test, and CLAIM_AHEAD_S of work beyond."""
+        best: tuple[int, int, int] | None = None  # (unclaimed, victim, first unclaimed index)
+        for victim, runs in enumerate(self.runs):
+            if victim == thief:
+                continue
+            later = [i for i, run in enumerate(runs) if run.start > now]
+            claimed_until = now + CLAIM_AHEAD_S
+            unclaimed = [i for i in later[1:] if runs[i].start > claimed_until]
+            if unclaimed and (best is None or len(unclaimed) > best[0]):
+                best = (len(unclaimed), victim, unclaimed[0])
+        if best is None:
+            return []
+        count, victim, first = best
+        runs = self.runs[victim]
+        cut = len(runs) - math.ceil(count / 2)
+        while cut < len(runs) and same_class(runs[cut - 1].unit, runs[cut].unit):
+            cut += 1  # a smaller steal rather than a split class
+        if cut >= len(runs) or cut < first:
+            return []
+        taken = [run.unit for run in runs[cut:]]
+        del runs[cut:]
+        self.free_at[victim] = runs[-1].start + runs[-1].duration_s
+        heapq.heappush(self.heap, (self.free_at[victim], victim))
+        return taken
+
+
 def simulate(
     units: Sequence[str],
     history: Mapping[str, float],
@@ -199,10 +264,10 @@ def simulate(
 ) -> Schedule:
     """The schedule conveyor would run: `machines` machines of `workers` workers each share one
     queue. The leader plans for its own worker count, as a real leader does; every worker
-    reserves when it has nothing left, the one free earliest first (ties: the lower index).
-    With `setups`, a worker pays a module's setup each time it enters the module, and each
-    test costs its duration without the setup it has paid in earlier builds."""
-    setups = setups or Setups()
+    reserves when it has nothing left, the one free earliest first (ties: the lower index),
+    and once nothing is pending an idle worker steals from the busiest. With `setups`, a
+    worker pays a module's setup each time it enters the module, and each test costs its
+    duration without the setup it has paid in earlier builds."""
     serving = plan(units, history, order=order, grouping=grouping, workers=workers, seed=seed)
     queue = serving.order
     policy = BatchRule(
@@ -212,40 +277,30 @@ def simulate(
         worker_count=workers,
         has_history=any(unit in history for unit in units),
     )
-    seconds = estimate(queue, history)
     total = workers * machines
+    sim = _Workers(total, estimate(queue, history), gap_s, setups or Setups())
     # A worker sizes each reservation by the pending count of its last reply, which other
     # workers' reservations have made stale since; its first one by the count when it starts
     # (a real worker reads the status then, after the workers that started earlier reserved).
     known_pending: list[int | None] = [None] * total
     affinity = [0] * total
-    recent: list[deque[float]] = [deque(maxlen=RECENT_DURATIONS) for _ in range(total)]
-    free_at = [(0.0, index) for index in range(total)]
-    heapq.heapify(free_at)
     front = 0
-    runs: list[Run] = []
-    in_module: list[str | None] = [None] * total
-    while free_at and front < len(queue):
-        now, worker = heapq.heappop(free_at)
-        typical = statistics.fmean(recent[worker]) if recent[worker] else None
+    while (free := sim.next_free()) is not None:
+        now, worker = free
+        if front >= len(queue):
+            stolen = sim.steal(worker, now)
+            if stolen:
+                sim.run(worker, stolen, now)
+            continue
         pending = known_pending[worker]
         pending = len(queue) - front if pending is None else pending
-        want = policy.size(pending, affinity=affinity[worker], typical_test_s=typical)
+        want = policy.size(pending, affinity=affinity[worker], typical_test_s=sim.typical(worker))
         taken = queue[front : front + max(1, want)]
         front += len(taken)
         known_pending[worker] = len(queue) - front
         affinity[worker] = policy.run_after(taken[-1])
-        for unit in taken:
-            module = scope_of(unit, "module")
-            cost = max(0.0, seconds[unit] - setups.tests.get(unit, 0.0)) + gap_s
-            if module != in_module[worker]:
-                cost += setups.modules.get(module, 0.0)  # pytest sets the module up again
-                in_module[worker] = module
-            runs.append(Run(worker, unit, now, cost))
-            recent[worker].append(cost)
-            now += cost
-        heapq.heappush(free_at, (now, worker))
-    return Schedule(total, tuple(runs))
+        sim.run(worker, taken, now)
+    return Schedule(total, tuple(run for runs in sim.runs for run in runs))
 
 
 @dataclass(frozen=True)

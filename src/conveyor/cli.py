@@ -27,7 +27,12 @@ from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_o
 from conveyor.controller import ControllerPlugin, ControllerSettings
 from conveyor.environment import forget_outer_worker
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
-from conveyor.history import DirectoryCache, history_store, read_durations_file
+from conveyor.history import (
+    DirectoryCache,
+    HistoryStore,
+    history_store,
+    read_durations_file,
+)
 from conveyor.hooks import run_shell
 from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings, process_started_at
 from conveyor.options import render_help
@@ -434,24 +439,32 @@ def history(argv: Sequence[str]) -> int:
         raise UsageError("timing history is kept in Redis or pytest's cache; this queue has none.")
     try:
         if args.action == "export":
-            text = json.dumps(store.load(), indent=2, sort_keys=True) + "\n"
-            if args.output:
-                Path(args.output).write_text(text, "utf-8")
-            else:
-                sys.stdout.write(text)
-            return 0
-        if not args.file:
-            raise UsageError("`conveyor history import` needs the FILE to read.")
-        try:
-            durations = read_durations_file(Path(args.file))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        store.record(durations)
-        print(f"conveyor history: imported {len(durations)} durations.")
-        return 0
+            return _export_history(store, args.output)
+        return _import_history(store, args.file)
     finally:
         if queue is not None:
             queue.close()
+
+
+def _export_history(store: HistoryStore, output: str | None) -> int:
+    text = json.dumps(store.load(), indent=2, sort_keys=True) + "\n"
+    if output:
+        Path(output).write_text(text, "utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _import_history(store: HistoryStore, path: str | None) -> int:
+    if not path:
+        raise UsageError("`conveyor history import` needs the FILE to read.")
+    try:
+        durations = read_durations_file(Path(path))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    store.record(durations)
+    print(f"conveyor history: imported {len(durations)} durations.")
+    return 0
 
 
 RECORD_USAGE = """\

@@ -172,10 +172,22 @@ class WorkerPlugin:
         if not handshake.join_or_check(units, meta, code):
             self.status.write("refused")
             return True
-        if settings.check_only:
+        if not settings.check_only:
+            self._join_and_work(session, queue, items, has_history=bool(durations))
+        if not self.state_lost:
             self.finished_normally = True
             self.status.write("done")
-            return True
+        return True
+
+    def _join_and_work(
+        self,
+        session: pytest.Session,
+        queue: Queue,
+        items: dict[str, pytest.Item],
+        has_history: bool,
+    ) -> None:
+        """Join the build and run what the queue hands out until nothing is left."""
+        settings = self.settings
         heartbeat = Heartbeat(
             queue, settings.worker_id, settings.lease_ttl_s, supervisor_pid=settings.supervisor_pid
         )
@@ -185,21 +197,18 @@ class WorkerPlugin:
             trace("%s joined build %s", settings.worker_id, settings.build)
             self.status.write("joined")
             heartbeat.start()
-            self._policy = self._batch_policy(queue, has_history=bool(durations))
+            self._policy = self._batch_policy(queue, has_history)
             self._work(session, queue, items, heartbeat)
             self._flush(force=True)
         except BuildStateLost as exc:
             self.state_lost = True
             self.status.write("lost")
             print(f"conveyor: {exc}", file=sys.stderr)
-            return True
+            return
         finally:
             heartbeat.stop()
         queue.publish(EVENT_WORKER_LEFT, settings.worker_id, {"reason": "no more work"})
         trace("%s finished: no more work", settings.worker_id)
-        self.finished_normally = True
-        self.status.write("done")
-        return True
 
     def _batch_policy(self, queue: Queue, has_history: bool) -> BatchPolicy:
         manifest = queue.manifest()

@@ -140,3 +140,22 @@ def test_a_module_setup_is_paid_each_time_a_worker_enters_the_module() -> None:
     assert again.tests == {"m.py::test_0": 0.25, "m.py::test_1": 0.25}  # smoothed as history
     assert Setups.from_json(again.as_json()) == again
     assert Setups.from_json({"modules": {"m.py": "slow"}, "tests": []}) == Setups()
+
+
+def test_an_idle_worker_steals_in_the_simulation_as_in_a_build() -> None:
+    """One module's run goes to one worker whole; the other, with nothing pending, takes the
+    back half of what is not yet claimed, as `Queue.steal` does."""
+    history = {f"m.py::test_{i}": 1.0 for i in range(10)}
+    schedule = simulate(sorted(history), history, workers=2)
+    by_worker: dict[int, list[str]] = {}
+    for run in schedule.runs:
+        by_worker.setdefault(run.worker, []).append(run.unit)
+    assert sorted(unit for units in by_worker.values() for unit in units) == sorted(history)
+    assert len(by_worker) == 2 and min(len(units) for units in by_worker.values()) >= 4
+    assert schedule.span_s <= 6.0  # not 10 s on one worker while the other idles
+
+
+def test_a_simulated_steal_never_splits_a_class() -> None:
+    history = {f"m.py::TestA::test_{i}": 1.0 for i in range(6)}
+    schedule = simulate(sorted(history), history, workers=2)
+    assert len({run.worker for run in schedule.runs}) == 1
