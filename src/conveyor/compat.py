@@ -181,24 +181,38 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
     return append
 
 
+# The standard parts of a report a stub leaves out: the heavy ones (keywords, captured output,
+# user properties) and those it holds once per test for all three phases.
+_LEFT_OUT = frozenset(
+    {"keywords", "sections", "longrepr", "user_properties", "nodeid", "location", "_id"}
+)
+
+
 class PassedStub:
     """What the terminal keeps of a passed phase once every hook has seen its report: enough
-    for the summary's counts, --durations, the order of the stats, and the search for a failed
-    test's teardown output. Relies on TerminalReporter reading only these attributes of what
-    `stats` holds for passed phases (checked against pytest 8.0 and the newest in CI)."""
+    for the summary's counts, --durations, the order of the stats and the search for a failed
+    test's teardown output, and whatever a plugin attached to the report itself
+    (hypothesis's statistics, read from `report.__dict__` at the summary). Relies on
+    TerminalReporter reading only these attributes of what `stats` holds for passed phases
+    (checked against pytest 8.0 and the newest in CI)."""
 
-    __slots__ = ("duration", "id", "location", "nodeid", "when")
     count_towards_summary = True
     outcome = "passed"
     passed, failed, skipped = True, False, False
     sections: tuple[()] = ()
     longrepr = None
+    keywords: dict[str, Any] = {}
+    user_properties: tuple[()] = ()
 
     def __init__(self, report: Any, first: Any) -> None:
+        self.__dict__.update((k, v) for k, v in vars(report).items() if k not in _LEFT_OUT)
         # The phases of one test share its id and location: one object each, not three.
         self.nodeid, self.location = first.nodeid, first.location
         self.id = getattr(first, "id", first.nodeid)  # pytest 9 files reports by `id`
-        self.when, self.duration = report.when, report.duration
+
+
+# Below this many tests nothing is slimmed: a plain run's objects, whatever a plugin reads.
+SLIM_FROM_TESTS = 1000
 
 
 def slim_passed_reports(config: pytest.Config, reports: list[Any]) -> None:

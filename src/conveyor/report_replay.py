@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conveyor.compat import (
+    SLIM_FROM_TESTS,
     junit_testcase_appender,
     replay_collection_counts,
     slim_passed_reports,
@@ -62,6 +63,7 @@ class ReportReplayer:
         self.in_manifest = in_manifest
         self.on_failure = on_failure  # --show-failures-live
         self.ledger = Ledger()
+        self.slim = False  # set for builds of SLIM_FROM_TESTS tests or more
         self._started_at = started_at  # when the controller started (for "first result after")
 
     def handlers(self) -> dict[str, Callable[[Event], None]]:
@@ -87,6 +89,7 @@ class ReportReplayer:
         replay_collection_counts(self.config, collected, meta.get("lf_status"))
         session.items = []
         session.testscollected = int(meta.get("selected", total))
+        self.slim = total >= SLIM_FROM_TESTS
         hook.pytest_collection_finish(session=session)
 
     def _replay(self, nodeid: str, location: tuple[Any, ...], reports: list[Any]) -> None:
@@ -158,7 +161,8 @@ class ReportReplayer:
         ]
         self._replay(nodeid, location, reports)
         self.on_failure(reports)
-        slim_passed_reports(self.config, reports)
+        if self.slim:
+            slim_passed_reports(self.config, reports)
 
     def _replay_cases(self, event: Event, cases: list[Any]) -> None:
         """A unit that reported individual test cases (command mode reading JUnit XML)."""

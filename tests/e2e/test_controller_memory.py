@@ -1,5 +1,6 @@
-"""The controller keeps stubs, not whole reports, of passed tests (its memory grows with the
-failures, not with the build), and nothing the summary reads of them changes."""
+"""In a large build the controller keeps stubs, not whole reports, of passed tests (its memory
+grows with the failures, not with the build), and nothing the summary or a plugin reads of
+them changes. Small builds keep pytest's own objects."""
 
 from __future__ import annotations
 
@@ -8,8 +9,15 @@ import re
 import pytest
 from helpers import assert_same_verdict, run_conveyor
 
-SUITE = """
+from conveyor.compat import SLIM_FROM_TESTS
+
+SUITE = f"""
 import time
+import pytest
+
+@pytest.mark.parametrize("i", range({SLIM_FROM_TESTS}))
+def test_many(i):
+    pass
 
 def test_quick():
     print("said by a passing test")
@@ -19,17 +27,27 @@ def test_slow():
 
 def test_fails():
     assert False
-
-class TestKept:
-    def test_a(self):
-        pass
 """
 
-# What the controller's terminal holds for passed tests, as a plugin would see it.
+# What the controller's terminal holds for passed tests, and what a plugin attached to their
+# reports in the workers (as hypothesis does with its statistics), read as hypothesis reads it.
 CONFTEST = """
+import pytest
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    report.__dict__["plugin_note"] = "noted " + item.name
+    return report
+
 def pytest_terminal_summary(terminalreporter):
-    kinds = sorted({type(r).__name__ for r in terminalreporter.stats.get("passed", [])})
+    passed = terminalreporter.stats.get("passed", [])
+    kinds = sorted({type(r).__name__ for r in passed})
+    # As hypothesis reads its statistics: every report's __dict__, no questions asked.
+    notes = {r.__dict__.get("plugin_note") for reports in terminalreporter.stats.values()
+             for r in reports}
     terminalreporter.write_line("passed held as: " + ",".join(kinds))
+    terminalreporter.write_line(f"notes kept: {'noted test_quick' in notes}")
 """
 
 
@@ -45,6 +63,7 @@ def test_passed_reports_become_stubs_with_the_same_summary(pytester: pytest.Pyte
     plain, ours = assert_same_verdict(pytester, "--durations=2", workers=2)
     assert held_as(plain.stdout.str()) == "TestReport"
     assert held_as(ours.stdout.str()) == "PassedStub"
+    ours.stdout.fnmatch_lines(["notes kept: True"])  # a plugin's data on the report stays
     # --durations reads duration, phase and id of what the terminal kept.
     ours.stdout.re_match_lines([r"0\.\d\ds call\s+test_mem.py::test_slow"])
 
@@ -58,3 +77,10 @@ def test_the_output_of_passed_tests_is_kept_when_asked_for(
     ours = run_conveyor(pytester, "-n", "2", chars)
     assert held_as(ours.stdout.str()) == "TestReport"
     ours.stdout.fnmatch_lines(["*PASSES*", "*said by a passing test*"])
+
+
+def test_a_small_build_keeps_pytests_own_reports(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_small="def test_a():\n    pass\n")
+    pytester.makeconftest(CONFTEST)
+    ours = run_conveyor(pytester, "-n", "2")
+    assert held_as(ours.stdout.str()) == "TestReport"
