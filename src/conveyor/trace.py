@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 DEBUG_ENV = "CONVEYOR_DEBUG"
@@ -65,6 +65,13 @@ class TracedQueue:
             return result
 
         return traced
+
+    def iter_events(self, after: int = 0, page: int = 1000) -> Iterator[Any]:
+        """As `Queue.iter_events`, paging through the traced `events`: each page is a line."""
+        events = self.__getattr__("events")
+        while batch := events(after, page):
+            yield from batch
+            after = batch[-1].seq
 
 
 def _gist(args: tuple[Any, ...]) -> str:
