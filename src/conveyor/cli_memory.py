@@ -102,6 +102,21 @@ def _stores(args: Any) -> Iterator[Stores]:
             queue.close()
 
 
+def _checked_plan_args(args: argparse.Namespace) -> tuple[list[int], str]:
+    """The worker counts and the grouping `conveyor plan` was asked for, or a usage error."""
+    try:
+        counts = parse_worker_counts(args.workers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.machines < 1:
+        raise UsageError(f"--machines must be 1 or more, got {args.machines}.")
+    grouping = XDIST_DIST_MODES.get(args.dist, args.dist)
+    if grouping not in GROUPINGS or args.order not in ORDERS:
+        raise UsageError(f"--dist must be one of {', '.join(GROUPINGS)} and --order one of "
+                         f"{', '.join(ORDERS)}.")  # fmt: skip
+    return list(counts), grouping
+
+
 def plan(argv: Sequence[str]) -> int:
     parser = _parser("conveyor plan")
     parser.add_argument("--workers", default=",".join(map(str, DEFAULT_WORKER_COUNTS)))
@@ -112,16 +127,7 @@ def plan(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--html")
     args = _parse(parser, argv, PLAN_USAGE)
-    try:
-        counts = parse_worker_counts(args.workers)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if args.machines < 1:
-        raise UsageError(f"--machines must be 1 or more, got {args.machines}.")
-    grouping = XDIST_DIST_MODES.get(args.dist, "module" if args.dist == "file" else args.dist)
-    if grouping not in GROUPINGS or args.order not in ORDERS:
-        raise UsageError(f"--dist must be one of {', '.join(GROUPINGS)} and --order one of "
-                         f"{', '.join(ORDERS)}.")  # fmt: skip
+    counts, grouping = _checked_plan_args(args)
     with _stores(args) as stores:
         durations = stores.history.load()
         overheads = overheads_from(stores.memory.builds())

@@ -45,7 +45,8 @@ DEFAULT_STORE = Store()
 
 class MemoryQueue(Queue):
     """One build in a `Store`; queue objects on the same store and build share it, as processes
-    share a SQLite file or a Redis."""
+    share a SQLite file or a Redis. Longer than the other classes on purpose: it is the
+    executable specification of the queue, and every verb reads best beside the others."""
 
     def __init__(
         self,
