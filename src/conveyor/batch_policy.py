@@ -15,7 +15,7 @@ timing history exists, and the durations this worker has measured so far.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from conveyor.scheduling import range_keys, same_class, scope_of
 
@@ -51,8 +51,11 @@ class BatchRule:
         grouping: str,
         worker_count: int,
         has_history: bool,
+        expected_s: Mapping[str, float] | None = None,
     ) -> None:
+        """`expected_s`: each test's expected duration (timing history's estimate), if any."""
         self.order = list(order)
+        self.expected_s = dict(expected_s or {})
         self.grouping = grouping
         self.worker_count = worker_count
         self.has_history = has_history
@@ -66,6 +69,8 @@ class BatchRule:
 
     def _within_runs(self, pending: int, affinity: int, typical: float | None) -> int:
         run = affinity or self.run_at_front(pending)
+        if run <= 1 and self.expected_s:
+            return self._by_expected_work(pending)
         if run <= 1:
             return batch_size(pending, self.worker_count, typical)
         if self.has_history:
@@ -73,6 +78,21 @@ class BatchRule:
         if typical is None:
             return 1
         return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+
+    def _by_expected_work(self, pending: int) -> int:
+        """With timing history, a batch holds about BATCH_TARGET_S of expected work from the
+        front of the queue as this worker last saw it: the front has moved on since, to tests
+        no slower (the queue serves the slowest first), so the batch errs on the small side,
+        and a batch never holds a slow test behind another one."""
+        start = max(0, len(self.order) - pending)
+        count, work = 0, 0.0
+        for unit in self.order[start : start + MAX_BATCH]:
+            count += 1
+            work += self.expected_s.get(unit, 0.0)
+            if work >= BATCH_TARGET_S:
+                break
+        tail_share = pending // max(1, 4 * self.worker_count)  # small batches near the end
+        return max(1, min(count, tail_share or 1))
 
     def to_class_end(self, pending: int, want: int) -> int:
         """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
@@ -159,14 +179,21 @@ class BatchPolicy:
             count += 1
         return count
 
-    def claim_ahead(self) -> int:
-        """How many leases to claim at once: the running test, the one pytest is promised
-        next, and about CLAIM_AHEAD_S of work beyond, so that tiny tests share a round trip
-        and slow ones leave the rest of a run to be stolen by idle workers."""
+    def claim_ahead(self, upcoming: Sequence[str]) -> int:
+        """How many of the `upcoming` leases (in running order) to claim at once: the one
+        about to run, the one pytest is promised next, and tests beyond while their expected
+        work stays within CLAIM_AHEAD_S. Tiny tests so share a round trip, and the rest of a
+        run of slow ones is left for idle workers to steal. A test's expected duration comes
+        from timing history, else from what this worker ran lately."""
         typical = self.typical_test_s()
-        if typical is None:
-            return 2
-        return max(2, min(MAX_CLAIM, int(CLAIM_AHEAD_S / max(typical, 1e-6))))
+        ahead = 0.0
+        count = min(2, len(upcoming))
+        for unit in upcoming[2:MAX_CLAIM]:
+            ahead += self.rule.expected_s.get(unit, typical if typical is not None else 1.0)
+            if ahead > CLAIM_AHEAD_S:
+                break
+            count += 1
+        return max(1, count)
 
     def typical_test_s(self) -> float | None:
         """How long this worker's recent tests took. The queue serves the slowest first, so

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from conveyor.queue import Queue
@@ -49,13 +49,14 @@ class LeaseStream:
         stopped: Callable[[], bool] = lambda: False,
         idle: Callable[[], None] = lambda: None,
         poll_s: float = WAIT_POLL_S,
-        claim_ahead: Callable[[], int] = lambda: 1,
+        claim_ahead: Callable[[Sequence[str]], int] = lambda upcoming: 1,
         steal: bool = True,
     ) -> None:
         """`batch(pending)` says how many units to ask for; `on_reserved` sees every
         reservation; `check` raises when the worker must not go on (a failed heartbeat);
         `stopped` says the build was stopped; `idle` runs while the queue says wait (to flush
-        results others may be waiting on); `claim_ahead()` says how many leases to claim at
+        results others may be waiting on); `claim_ahead(upcoming)` says how many of the leases
+        in hand, in running order, to claim
         once; `steal` lets a worker with nothing left take work from the busiest one."""
         self._queue = queue
         self._worker = worker
@@ -172,7 +173,8 @@ class LeaseStream:
     def _claim_front(self) -> None:
         """Claim the first leases in hand; drop those the queue no longer gives this worker
         (stolen by an idle worker, or expired and taken by another)."""
-        wanted = [lease.unit for lease in list(self._hand)[: max(1, self._claim_ahead())]]
+        upcoming = [lease.unit for lease in self._hand]
+        wanted = upcoming[: max(1, self._claim_ahead(upcoming))]
         held = set(self._queue.claim(self._worker, wanted))
         self._claimed.update(held)
         lost = [unit for unit in wanted if unit not in held]

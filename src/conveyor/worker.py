@@ -33,6 +33,7 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox
 from conveyor.retry_policy import RetryPolicy
+from conveyor.scheduling import estimate
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event
 from conveyor.vocabulary import EVENT_WORKER_ERROR, EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
@@ -173,7 +174,7 @@ class WorkerPlugin:
             self.status.write("refused")
             return True
         if not settings.check_only:
-            self._join_and_work(session, queue, items, has_history=bool(durations))
+            self._join_and_work(session, queue, items, durations)
         if not self.state_lost:
             self.finished_normally = True
             self.status.write("done")
@@ -184,7 +185,7 @@ class WorkerPlugin:
         session: pytest.Session,
         queue: Queue,
         items: dict[str, pytest.Item],
-        has_history: bool,
+        durations: dict[str, float],
     ) -> None:
         """Join the build and run what the queue hands out until nothing is left."""
         settings = self.settings
@@ -197,7 +198,7 @@ class WorkerPlugin:
             trace("%s joined build %s", settings.worker_id, settings.build)
             self.status.write("joined")
             heartbeat.start()
-            self._policy = self._batch_policy(queue, has_history)
+            self._policy = self._batch_policy(queue, durations)
             self._work(session, queue, items, heartbeat)
             self._flush(force=True)
         except BuildStateLost as exc:
@@ -210,15 +211,17 @@ class WorkerPlugin:
         queue.publish(EVENT_WORKER_LEFT, settings.worker_id, {"reason": "no more work"})
         trace("%s finished: no more work", settings.worker_id)
 
-    def _batch_policy(self, queue: Queue, has_history: bool) -> BatchPolicy:
+    def _batch_policy(self, queue: Queue, durations: dict[str, float]) -> BatchPolicy:
         manifest = queue.manifest()
         starts = manifest.meta.get("range_starts", []) if manifest else []
+        order = queue.units()
         rule = BatchRule(
-            queue.units(),
+            order,
             frozenset(starts),
             grouping=self.settings.grouping,
             worker_count=self.settings.worker_count,
-            has_history=has_history,
+            has_history=bool(durations),
+            expected_s=estimate(order, durations) if durations else None,
         )
         return BatchPolicy(rule)
 

@@ -157,7 +157,9 @@ def test_an_idle_worker_steals_the_unstarted_tail_and_nothing_runs_twice(queue: 
     """gw0 holds all six units and has claimed the running one and the next; gw1, with
     nothing pending, takes the back half of the rest. gw0 drops what it lost when it comes
     to claim it, and every unit runs exactly once."""
-    busy = LeaseStream(queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda: 2)
+    busy = LeaseStream(
+        queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda upcoming: 2
+    )
     mine = iter(busy)
     ran = {"gw0": [next(mine).unit]}
     promised = busy.peek()
@@ -178,7 +180,9 @@ def test_an_idle_worker_steals_the_unstarted_tail_and_nothing_runs_twice(queue: 
 
 
 def test_claimed_leases_are_never_stolen(queue: Queue) -> None:
-    busy = LeaseStream(queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda: 6)
+    busy = LeaseStream(
+        queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda upcoming: 6
+    )
     mine = iter(busy)
     next(mine)
     thief = queue.steal("gw1", 10)

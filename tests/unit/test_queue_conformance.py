@@ -774,6 +774,19 @@ def test_steal_takes_the_tail_half_of_the_busiest_workers_unclaimed_leases(
     assert (status.pending, status.leased, status.done) == (0, 12, 0)
 
 
+def test_what_a_thief_runs_first_is_never_stolen_back(make_queue: QueueFactory) -> None:
+    """Idle workers would otherwise pass a last unstarted test between them, each stealing it
+    from the other before it could claim it."""
+    queue = make_queue()
+    queue.populate("gw0", units(3), {})
+    held = unit_ids(queue.reserve("gw0", 3))
+    queue.claim("gw0", held[:2])
+    assert unit_ids(queue.steal("gw1", 10)) == held[2:]
+    again = queue.steal("gw2", 10)
+    assert (again.state, again.leases) == (WAIT, ())
+    assert queue.claim("gw1", held[2:]) == held[2:]
+
+
 def test_steal_takes_at_most_max_units_and_never_a_claimed_lease(
     make_queue: QueueFactory,
 ) -> None:

@@ -207,6 +207,7 @@ class MemoryQueue(Queue):
         victim, taken = planned
         deadline = self._clock() + self.lease_ttl_s
         leases = tuple(build.grant(unit, thief, deadline, new_attempt=False) for unit in taken)
+        build.units[taken[0]].claimed = True  # the thief runs it at once: no one steals it back
         for lease in leases:
             build.reservations[victim].remove(lease)  # the victim never started it
         self._emit(EventKind.STOLEN, thief, data={"units": taken, "from": victim})

@@ -310,11 +310,12 @@ class Queue(Protocol):
         leases in the victim's reservation order, about half of them (rounded up) and at most
         `max_units`, cut where no class is split (see `queue.stealing.cut`); a victim whose
         every cut would split a class is passed over for the next. The leases keep their
-        attempt (a steal is no new attempt), get a fresh deadline, and move from the victim's
-        `reservations` to the end of the thief's. One EVENT_STOLEN event names them and the
-        victim, who learns of it only through `claim` and `heartbeat`; its later `complete`
-        of a stolen unit is a late duplicate. With nothing to steal: WAIT while leases are
-        out, else EXHAUSTED."""
+        attempt (a steal is no new attempt) and get a fresh deadline; the first is claimed for
+        the thief, which runs it at once, so that no idle worker steals it back. They move
+        from the victim's `reservations` to the end of the thief's. One EVENT_STOLEN event
+        names them and the victim, who learns of it only through `claim` and `heartbeat`; its
+        later `complete` of a stolen unit is a late duplicate. With nothing to steal: WAIT
+        while leases are out, else EXHAUSTED."""
         ...
 
     def complete(self, worker: str, results: Sequence[tuple[str, JSON]]) -> list[bool]:

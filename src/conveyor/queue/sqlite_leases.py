@@ -136,6 +136,9 @@ class Leases:
             return []
         victim, taken = planned
         leases = self.grant(thief, taken, deadline, new=False)
+        self.tx.conn.execute(  # the thief runs the first at once: no one steals it back
+            "UPDATE units SET claimed = 1 WHERE build = ? AND unit = ?", (self.tx.build, taken[0])
+        )
         self.tx.conn.executemany(  # the victim never started them: they leave its order
             "DELETE FROM reservations WHERE rowid = (SELECT MIN(rowid) FROM reservations "
             "WHERE build = ? AND worker = ? AND unit = ? AND attempt = ?)",

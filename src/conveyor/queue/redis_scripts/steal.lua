@@ -172,6 +172,7 @@ else
     reply[#reply + 1] = unit
     reply[#reply + 1] = attempt
   end
+  redis.call('SADD', CLAIMED, taken[1])  -- the thief runs it at once: no one steals it back
   emit('stolen', thief, false,
     '{"units":' .. json_list(taken) .. ',"from":' .. cjson.encode(victim) .. '}')
 end
