@@ -55,8 +55,7 @@ class TerminalView:
         """While the build runs on a terminal, a live status line stands in for pytest's row
         of progress letters (see conveyor.progress)."""
         reporter = self.reporter
-        writer = getattr(reporter, "_tw", None)
-        if not progress.wanted(self.config, self.no_progress) or writer is None:
+        if reporter is None or not progress.wanted(self.config, self.no_progress):
             yield
             return
         try:
