@@ -671,6 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc), 4)
     except QueueError as exc:  # a queue that cannot be used, a build lost or unusable
         return _error(str(exc), 3)
+    except BrokenPipeError:
+        # The reader went away (`conveyor events --json | head`): not an error of ours.
+        # Python would complain again at exit while flushing stdout; point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConveyorError, OSError) as exc:
         return _error(str(exc), 3)
     except KeyboardInterrupt:

@@ -183,7 +183,13 @@ def _print_plan(
             f"{row.startup_s:>7.1f} s  {overheads.gap_s(row.workers) * 1000:>5.1f} ms"
             + ("  <- knee" if row is best else "")
         )
-    if best is not None:
+    if best is not None and len(rows) > 1 and best is rows[-1]:
+        print(
+            f"knee: not reached up to {best.total_workers} workers: doubling still shortened "
+            "the build by 10 % or more at the last step; plan with more workers "
+            f"(e.g. --workers {rows[-1].workers},{rows[-1].workers * 2},{rows[-1].workers * 4})."
+        )
+    elif best is not None:
         print(
             f"knee: {best.total_workers} workers (start-up {best.startup_s:.1f} s); past it, "
             "doubling the workers shortens the build by less than 10 %."

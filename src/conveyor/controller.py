@@ -79,7 +79,7 @@ class ControllerPlugin:
         self.settings = settings
         self.queue = queue
         self.supervisor = supervisor
-        self.problems = BuildProblems()
+        self.problems = BuildProblems(resumable=settings.shared)
         self.manifest: ManifestView | None = None
         self.nodes: ControllerNodes | None = None
         self._started_at = time.monotonic()
@@ -293,7 +293,7 @@ class ControllerPlugin:
             terminalreporter,
             timeline=self.settings.timeline,
             estimate_s=self._require(self._view).estimate_s,
-            finished=follower.finished,
+            finished=follower.finished and not self._finished_at_start,
             started_at=self._started_at,
             supervisor=self.supervisor,
         )

@@ -311,15 +311,20 @@ class BuildMemoryPlugin:
             return
         tr = terminalreporter
         tr.write_sep("=", "quarantine (these failures do not fail the build)", yellow=True)
-        passed = sum(
-            1
-            for nodeid, seen in self.seen.items()
-            if self.quarantine.reason(nodeid) is not None and nodeid not in failures
-        )
+        covered = [nodeid for nodeid in self.seen if self.quarantine.reason(nodeid) is not None]
+        by_file = sum(1 for nodeid in covered if self.quarantine.entry_of(nodeid) is not None)
+        passed = sum(1 for nodeid in covered if nodeid not in failures)
         tr.write_line(
-            f"{len(self.quarantine.entries)} test(s) quarantined by file, "
-            f"{len(self.quarantine.auto)} automatically; {len(failures)} failed, {passed} did not."
+            f"{by_file} test(s) quarantined by file, {len(covered) - by_file} automatically; "
+            f"{len(failures)} failed, {passed} did not."
         )
+        for entry in self.quarantine.entries:
+            if self.seen and not any(entry.covers(nodeid) for nodeid in self.seen):
+                tr.write_line(
+                    f"conveyor: {entry.where}: {entry.test} matches no test that ran in this build "
+                    "(renamed or removed? a typo?); the entry quarantines nothing.",
+                    yellow=True,
+                )
         for nodeid, reason in sorted(failures.items()):
             message = self.seen[nodeid].message
             tr.write_line(f"QUARANTINED {nodeid} - {message}", yellow=True)

@@ -105,7 +105,7 @@ class WorkerOptions(OptionSet):
     max_requeues = Option(
         ("--max-requeues",),
         "retry a failed test up to N times, "
-        "preferably elsewhere; one that passes on a retry counts as passed and is listed as "
+        "from the back of the queue; one that passes on a retry counts as passed and is listed as "
         "flaky (default: 0)",
         0,
         count(0),

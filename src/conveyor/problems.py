@@ -22,6 +22,7 @@ class BuildProblems:
     duplicates: list[str] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
     left_shared_build: bool = False  # this machine was interrupted; the build goes on
+    resumable: bool = True  # the queue outlives this command (an explicit --queue)
 
     @property
     def fail_the_build(self) -> bool:
@@ -64,9 +65,14 @@ class BuildProblems:
             )
             _list(tr, self.not_run)
         elif self.not_run:
+            how = (
+                "the same command again resumes it and runs them"
+                if self.resumable
+                else "the embedded queue was temporary: to resume a stopped build, run it with "
+                "--queue sqlite:///path/queue.db --build ID"
+            )
             tr.write_line(
-                f"{len(self.not_run)} test(s) did not run because the build was stopped "
-                "(the same command again resumes it and runs them):",
+                f"{len(self.not_run)} test(s) did not run because the build was stopped ({how}):",
                 yellow=True,
             )
             _list(tr, self.not_run)

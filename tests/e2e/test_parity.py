@@ -421,3 +421,15 @@ def test_subtests_are_counted_as_plain_pytest_counts_them(
         return sorted(line for line in result.outlines if line.startswith("SUBFAILED"))
 
     assert subfailed(ours) == subfailed(plain) and len(subfailed(plain)) == 2
+
+
+def test_a_stopped_build_on_the_temporary_queue_says_how_to_make_it_resumable(
+    pytester: pytest.Pytester,
+) -> None:
+    """The embedded default queue is removed with the command: running it again starts a new
+    build, so the report must not promise a resume."""
+    body = "\n".join(f"def test_{i}():\n    import time; time.sleep(0.02)" for i in range(60))
+    pytester.makepyfile(test_first="def test_boom():\n    assert False", test_many=body)
+    result = run_conveyor(pytester, "-n", "2", "-x")
+    result.stdout.fnmatch_lines(["*the embedded queue was temporary*--queue sqlite:///*"])
+    assert "the same command again resumes it" not in result.stdout.str()

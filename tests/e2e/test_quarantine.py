@@ -92,3 +92,16 @@ def test_a_malformed_file_is_a_usage_error_naming_its_line(suite: Path) -> None:
     done = conveyor(suite, "run", "-n", "1", "--quarantine", "q.toml")
     assert done.returncode == 4, output(done)
     assert "q.toml:4: 'expires' must be a date such as 2026-03-01, got 'soon'." in done.stderr
+
+
+def test_the_summary_counts_tests_and_names_entries_that_match_nothing(suite: Path) -> None:
+    """Two entries, one of them a typo: one test is quarantined, and the typo is named."""
+    typo = QUARANTINE.replace("test_q.py::test_broken", "test_q.py::test_brokn")
+    (suite / "q.toml").write_text(
+        QUARANTINE.format(expires="2099-01-01") + typo.format(expires="2099-01-01")
+    )
+    done = conveyor(suite, "run", "-n", "1", "--quarantine", "q.toml", env=clean_env())
+    text = output(done)
+    assert done.returncode == 0, text
+    assert "1 test(s) quarantined by file, 0 automatically; 1 failed, 0 did not." in text
+    assert "q.toml:7: test_q.py::test_brokn matches no test that ran in this build" in text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +224,27 @@ def test_timeline_from_run_and_from_the_recorded_build(pytester: pytest.Pytester
         text = html.read_text()
         assert "test_t.py::test_a" in text and "<canvas" in text
         assert "https://" not in text.split("<body", 1)[0] or "Content-Security-Policy" in text
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
+    """`conveyor events --json | head -1`: the pipe closes early; nothing is said about it."""
+    from conveyor.queue import open_queue
+
+    url = f"sqlite://{tmp_path / 'q.db'}"
+    queue = open_queue(url, "b1")
+    queue.populate("w1", [f"t.py::test_{i}" for i in range(3000)], {})
+    for index in range(3000):
+        queue.publish("note", "w1", {"index": index})
+    queue.close()
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "events", "--queue", url, "--build", "b1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.readline()
+    reader.stdout.close()
+    error = reader.stderr.read().decode()
+    reader.stderr.close()
+    assert reader.wait(timeout=60) == 0, error
+    assert "Broken pipe" not in error

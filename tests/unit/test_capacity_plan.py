@@ -159,3 +159,19 @@ def test_a_simulated_steal_never_splits_a_class() -> None:
     history = {f"m.py::TestA::test_{i}": 1.0 for i in range(6)}
     schedule = simulate(sorted(history), history, workers=2)
     assert len({run.worker for run in schedule.runs}) == 1
+
+
+def test_a_knee_past_the_counts_simulated_is_not_claimed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With 1,2,4 workers on a suite that keeps gaining, the plan says the knee lies beyond
+    what it simulated instead of calling 4 the knee."""
+    from conveyor.cli_memory import _print_plan
+
+    history = {f"m{i}.py::test_a": 1.0 for i in range(64)}
+    rows = predict(sorted(history), history, [1, 2, 4], Overheads({1: 0.1}, 0.0, {1: 0.0}))
+    best = knee(rows)
+    _print_plan(rows, best, Overheads(), sorted(history), 64.0, "history")
+    printed = capsys.readouterr().out
+    assert "knee: not reached up to 4 workers" in printed
+    assert "<- knee" in printed  # still marks the last row, the best it knows
