@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from conveyor.scheduling import range_keys, same_class, scope_of
+from conveyor.queue import Queue
+from conveyor.scheduling import estimate, range_keys, same_class, scope_of
+from conveyor.worker_settings import WorkerSettings
 
 MAX_BATCH = 32
 BATCH_TARGET_S = 0.25  # work a batch should hold, by the durations seen so far
@@ -201,3 +203,20 @@ class BatchPolicy:
         if self.recent_durations:
             return sum(self.recent_durations) / len(self.recent_durations)
         return None
+
+
+def policy_for(queue: Queue, settings: WorkerSettings, durations: dict[str, float]) -> BatchPolicy:
+    """A pytest worker's policy for the build it joined: the published order and ranges, and
+    the expected duration of each test from timing history (if any)."""
+    manifest = queue.manifest()
+    starts = manifest.meta.get("range_starts", []) if manifest else []
+    order = queue.units()
+    rule = BatchRule(
+        order,
+        frozenset(starts),
+        grouping=settings.grouping,
+        worker_count=settings.worker_count,
+        has_history=bool(durations),
+        expected_s=estimate(order, durations) if durations else None,
+    )
+    return BatchPolicy(rule)

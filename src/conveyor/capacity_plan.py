@@ -250,6 +250,32 @@ class _Workers:
         return taken
 
 
+class _Front:
+    """The shared queue's front, and what each simulated worker knows of it."""
+
+    def __init__(self, queue: Sequence[str], policy: BatchRule, total: int) -> None:
+        self.queue, self.policy, self.position = queue, policy, 0
+        # A worker sizes each reservation by the pending count of its last reply, which other
+        # workers' reservations have made stale since; its first one by the count when it
+        # starts (a real worker reads the status then, after those that started earlier).
+        self.known_pending: list[int | None] = [None] * total
+        self.affinity = [0] * total
+
+    @property
+    def empty(self) -> bool:
+        return self.position >= len(self.queue)
+
+    def take(self, worker: int, typical: float | None) -> list[str]:
+        known = self.known_pending[worker]
+        pending = len(self.queue) - self.position if known is None else known
+        want = self.policy.size(pending, affinity=self.affinity[worker], typical_test_s=typical)
+        taken = list(self.queue[self.position : self.position + max(1, want)])
+        self.position += len(taken)
+        self.known_pending[worker] = len(self.queue) - self.position
+        self.affinity[worker] = self.policy.run_after(taken[-1])
+        return taken
+
+
 def simulate(
     units: Sequence[str],
     history: Mapping[str, float],
@@ -279,27 +305,15 @@ def simulate(
     )
     total = workers * machines
     sim = _Workers(total, estimate(queue, history), gap_s, setups or Setups())
-    # A worker sizes each reservation by the pending count of its last reply, which other
-    # workers' reservations have made stale since; its first one by the count when it starts
-    # (a real worker reads the status then, after the workers that started earlier reserved).
-    known_pending: list[int | None] = [None] * total
-    affinity = [0] * total
-    front = 0
+    front = _Front(queue, policy, total)
     while (free := sim.next_free()) is not None:
         now, worker = free
-        if front >= len(queue):
+        if front.empty:
             stolen = sim.steal(worker, now)
             if stolen:
                 sim.run(worker, stolen, now)
             continue
-        pending = known_pending[worker]
-        pending = len(queue) - front if pending is None else pending
-        want = policy.size(pending, affinity=affinity[worker], typical_test_s=sim.typical(worker))
-        taken = queue[front : front + max(1, want)]
-        front += len(taken)
-        known_pending[worker] = len(queue) - front
-        affinity[worker] = policy.run_after(taken[-1])
-        sim.run(worker, taken, now)
+        sim.run(worker, front.take(worker, sim.typical(worker)), now)
     return Schedule(total, tuple(run for runs in sim.runs for run in runs))
 
 

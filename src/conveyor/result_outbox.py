@@ -3,11 +3,13 @@ FLUSH_INTERVAL_S), so tiny tests cost one queue round trip per batch, not per te
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
 from conveyor.queue import Queue
-from conveyor.queue.protocol import JSON
+from conveyor.queue.protocol import JSON, Lease
+from conveyor.vocabulary import EVENT_WORKER_ERROR
 
 FLUSH_MAX_RESULTS = 64
 FLUSH_INTERVAL_S = 0.1
@@ -45,3 +47,19 @@ class ResultOutbox:
         self._last_flush = time.monotonic()
         if self.queue.status().stop_reason is not None:
             self.on_stopped()
+
+
+def refuse_uncollected(queue: Queue, worker_id: str, lease: Lease, outbox: ResultOutbox) -> None:
+    """A unit this worker did not collect came out of the queue: something other than a
+    worker of this build wrote it there. It is not run; it is logged, reported as an error
+    of the build, and completed (the controller rejects the result) so the build ends."""
+    message = (
+        f"worker {worker_id} was handed {lease.unit!r}, which it did not collect; it was not "
+        "run. A worker runs only tests it collected itself: something other than a conveyor "
+        "worker of this build wrote this one into the queue."
+    )
+    print(f"conveyor: {message}", file=sys.stderr, flush=True)
+    queue.publish(EVENT_WORKER_ERROR, worker_id, {"message": message})
+    payload = {"nodeid": lease.unit, "location": [lease.unit, None, lease.unit]}
+    outbox.add(lease.unit, {**payload, "reports": [], "attempt": lease.attempt})
+    outbox.flush(force=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.batch_policy import BatchPolicy, BatchRule
+from conveyor.batch_policy import BatchPolicy, policy_for
 from conveyor.code_identity import identify
 from conveyor.compat import NextItem, forward_rerun_reports, silence_terminal
 from conveyor.environment import mark_worker_process, take_settings
@@ -31,12 +31,11 @@ from conveyor.outcome_record import OutcomeRecord
 from conveyor.payload import bounded_payload
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
-from conveyor.result_outbox import ResultOutbox
+from conveyor.result_outbox import ResultOutbox, refuse_uncollected
 from conveyor.retry_policy import RetryPolicy
-from conveyor.scheduling import estimate
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event
-from conveyor.vocabulary import EVENT_WORKER_ERROR, EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
+from conveyor.vocabulary import EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
 from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
 from conveyor.xdist_compat import (
     adopt_protocol,
@@ -198,7 +197,7 @@ class WorkerPlugin:
             trace("%s joined build %s", settings.worker_id, settings.build)
             self.status.write("joined")
             heartbeat.start()
-            self._policy = self._batch_policy(queue, durations)
+            self._policy = policy_for(queue, self.settings, durations)
             self._work(session, queue, items, heartbeat)
             self._flush(force=True)
         except BuildStateLost as exc:
@@ -210,20 +209,6 @@ class WorkerPlugin:
             heartbeat.stop()
         queue.publish(EVENT_WORKER_LEFT, settings.worker_id, {"reason": "no more work"})
         trace("%s finished: no more work", settings.worker_id)
-
-    def _batch_policy(self, queue: Queue, durations: dict[str, float]) -> BatchPolicy:
-        manifest = queue.manifest()
-        starts = manifest.meta.get("range_starts", []) if manifest else []
-        order = queue.units()
-        rule = BatchRule(
-            order,
-            frozenset(starts),
-            grouping=self.settings.grouping,
-            worker_count=self.settings.worker_count,
-            has_history=bool(durations),
-            expected_s=estimate(order, durations) if durations else None,
-        )
-        return BatchPolicy(rule)
 
     def _work(
         self,
@@ -313,20 +298,8 @@ class WorkerPlugin:
             self._flush()
 
     def _refuse_uncollected(self, queue: Queue, lease: Lease) -> None:
-        """A unit this worker did not collect came out of the queue: something other than a
-        worker of this build wrote it there. It is not run; it is logged, reported as an error
-        of the build, and completed (the controller rejects the result) so the build ends."""
         assert self._outbox is not None
-        message = (
-            f"worker {self.settings.worker_id} was handed {lease.unit!r}, which it did not "
-            "collect; it was not run. A worker runs only tests it collected itself: something "
-            "other than a conveyor worker of this build wrote this one into the queue."
-        )
-        print(f"conveyor: {message}", file=sys.stderr, flush=True)
-        queue.publish(EVENT_WORKER_ERROR, self.settings.worker_id, {"message": message})
-        payload = {"nodeid": lease.unit, "location": [lease.unit, None, lease.unit]}
-        self._outbox.add(lease.unit, {**payload, "reports": [], "attempt": lease.attempt})
-        self._flush(force=True)
+        refuse_uncollected(queue, self.settings.worker_id, lease, self._outbox)
 
     def _flush(self, force: bool = False) -> None:
         if self._outbox is not None:
