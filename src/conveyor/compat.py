@@ -181,11 +181,11 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
     return append
 
 
-# The standard parts of a report a stub leaves out: the heavy ones (keywords, captured output,
-# user properties) and those it holds once per test for all three phases.
-_LEFT_OUT = frozenset(
-    {"keywords", "sections", "longrepr", "user_properties", "nodeid", "location", "_id"}
-)
+# The standard parts of a report: a stub leaves out the heavy ones (keywords, captured
+# output, user properties), holds the others in slots, and keeps anything else a plugin
+# attached to the report in its __dict__, which exists only for such reports.
+_LEFT_OUT = frozenset({"keywords", "sections", "longrepr", "user_properties", "outcome", "_id"})
+_SLOTS = ("duration", "id", "location", "nodeid", "start", "stop", "when")
 
 
 class PassedStub:
@@ -196,6 +196,7 @@ class PassedStub:
     TerminalReporter reading only these attributes of what `stats` holds for passed phases
     (checked against pytest 8.0 and the newest in CI)."""
 
+    __slots__ = (*_SLOTS, "__dict__")
     count_towards_summary = True
     outcome = "passed"
     passed, failed, skipped = True, False, False
@@ -205,10 +206,15 @@ class PassedStub:
     user_properties: tuple[()] = ()
 
     def __init__(self, report: Any, first: Any) -> None:
-        self.__dict__.update((k, v) for k, v in vars(report).items() if k not in _LEFT_OUT)
+        fields = vars(report)
+        self.when, self.duration = report.when, report.duration
+        self.start, self.stop = fields.get("start", 0.0), fields.get("stop", 0.0)
         # The phases of one test share its id and location: one object each, not three.
         self.nodeid, self.location = first.nodeid, first.location
         self.id = getattr(first, "id", first.nodeid)  # pytest 9 files reports by `id`
+        extra = {k: v for k, v in fields.items() if k not in _LEFT_OUT and k not in _SLOTS}
+        if extra:
+            self.__dict__.update(extra)
 
 
 # Below this many tests nothing is slimmed: a plain run's objects, whatever a plugin reads.

@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -89,11 +89,12 @@ class MemorySettings:
     started_at: float | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
-    """What the replayed reports say about one test."""
+    """What the replayed reports say about one test (one per test of the build: slotted,
+    the phases that failed a tuple, so that a large build costs little)."""
 
-    failed_when: set[str] = field(default_factory=set)
+    failed_when: tuple[str, ...] = ()
     skipped: bool = False
     xfail: str | None = None
     reruns: int = 0
@@ -166,7 +167,7 @@ class BuildMemoryPlugin:
             seen.message = seen.message or _first_line(report)
             return
         if report.failed:
-            seen.failed_when.add(report.when or "call")
+            seen.failed_when += (report.when or "call",)
             seen.message = seen.message or _first_line(report)
         elif hasattr(report, "wasxfail"):
             seen.xfail = "xpassed" if report.passed else "xfailed"
