@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench import queue_micro, runner
 from bench.contenders import contenders
-from bench.machine import facts
+from bench.machine import append_record
 from bench.redis_server import redis_server_binary, throwaway_redis
 from bench.report import mismatches, suite_table
 from bench.suites import BUILDERS, SHAPES
@@ -135,16 +135,6 @@ def _run_suites(
     return tables, problems
 
 
-def _markdown(command: str, tables: list[Table], notes: list[str]) -> str:
-    machine = facts()
-    lines = ["", f"### Benchmark run {machine['date']}", "", "```", command, "```", ""]
-    lines += [f"- {name}: {value}" for name, value in machine.items()]
-    lines += [f"- {note}" for note in notes]
-    for table in tables:
-        lines += ["", table.markdown()]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
@@ -158,9 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
     if options.markdown is not None:
-        with options.markdown.open("a", encoding="utf-8") as out:
-            out.write(_markdown(command, tables, notes))
-        print(f"results appended to {options.markdown}")
+        append_record(options.markdown, "Benchmark run", command, notes, tables)
     if problems:
         banner = "!" * 78
         print(

@@ -7,8 +7,11 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+
+from bench.table import Table
 
 
 def _version(distribution: str) -> str:
@@ -70,3 +73,18 @@ def facts() -> dict[str, str]:
         "redis-server": redis_server_version(),
         "redis (Python client)": _version("redis"),
     }
+
+
+def append_record(
+    path: Path, title: str, command: str, notes: Sequence[str], tables: Sequence[Table]
+) -> None:
+    """One run's record for docs/benchmarks.md: its command, the machine, notes and tables."""
+    machine = facts()
+    lines = ["", f"### {title} {machine['date']}", "", "```", command, "```", ""]
+    lines += [f"- {name}: {value}" for name, value in machine.items()]
+    lines += [f"- {note}" for note in notes]
+    for table in tables:
+        lines += ["", table.markdown()]
+    with path.open("a", encoding="utf-8") as out:
+        out.write("\n".join(lines) + "\n")
+    print(f"results appended to {path}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import redis
 
 from bench.fleet import FleetRun, run_fleet
-from bench.machine import facts
+from bench.machine import append_record
 from bench.machines_suite import (
     DURATIONS_FILE,
     MACHINES,
@@ -353,13 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     if options.markdown is not None:
         command = shlex.join(["python", "-m", "bench.machines", *args])
-        text = ["", f"### Machines run {facts()['date']}", "", "```", command, "```", ""]
-        text += [f"- {name}: {value}" for name, value in facts().items()]
-        text += [f"- {line}" for line in lines]
-        text += ["", *(table.markdown() + "\n" for table in tables)]
-        with options.markdown.open("a", encoding="utf-8") as out:
-            out.write("\n".join(text))
-        print(f"results appended to {options.markdown}")
+        append_record(options.markdown, "Machines run", command, lines, tables)
     conveyor_complete = all(
         fleet_ok(conveyor, fleet, result.total)
         for result in results

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from bench.machine import facts
+from bench.machine import append_record
 from bench.redis_server import redis_server_binary, throwaway_redis
 from bench.scale_sim import VERBS, Recorder, SimResult, Simulation
 from bench.scale_workload import Workload, build_workload, lower_bound_s
@@ -387,13 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(lines))
     if options.markdown is not None:
         command = shlex.join(["python", "-m", "bench.scale", *args])
-        text = ["", f"### Scale run {facts()['date']}", "", "```", command, "```", ""]
-        text += [f"- {name}: {value}" for name, value in facts().items()]
-        text += [f"- {line}" for line in lines]
-        text += ["", *(table.markdown() + "\n" for table in tables)]
-        with options.markdown.open("a", encoding="utf-8") as out:
-            out.write("\n".join(text))
-        print(f"results appended to {options.markdown}")
+        append_record(options.markdown, "Scale run", command, lines, tables)
     complete = measured.done_units == options.units and measured.result.finished
     if not complete:
         print(
