@@ -1,6 +1,6 @@
 """`python -m bench.plan_accuracy`: how close `conveyor plan` comes to the wall time measured.
 
-For each bench suite: one uncounted warm-up `conveyor run -n W` per worker count (it records
+For each bench suite: `--warmups` uncounted `conveyor run -n W` per worker count (they record
 the timing history and each build's start-up, tail and gap between tests, as any build does),
 then `conveyor plan --workers 2,4,8 --json` predicts, and only then are the counted runs timed
 (process start to exit, as `python -m bench` times them). The error is predicted / measured - 1
@@ -42,8 +42,20 @@ class Row:
     measured_s: tuple[float, ...]
     predicted_startup_s: float
     predicted_testing_s: float
+    predicted_tail_s: float
     startup_s: tuple[float, ...]
     testing_s: tuple[float, ...]
+
+    @property
+    def tail_s(self) -> tuple[float, ...]:
+        """What each run cost after its last test: the wall time less the two parts it
+        recorded (the report, stopping the workers, the interpreter's exit)."""
+        return tuple(
+            max(0.0, wall - start - testing)
+            for wall, start, testing in zip(
+                self.measured_s, self.startup_s, self.testing_s, strict=True
+            )
+        )
 
     @property
     def median_s(self) -> float:
@@ -120,6 +132,7 @@ def measure_suite(
             tuple(wall for wall, _ in measured[count]),
             predicted[count]["startup_s"],
             predicted[count]["testing_s"],
+            predicted[count]["tail_s"],
             tuple(record["startup_s"] for _, record in measured[count]),
             tuple(record["testing_s"] for _, record in measured[count]),
         )
@@ -140,6 +153,7 @@ def table(rows: Sequence[Row], titles: dict[str, str]) -> Table:
             "<= 15 %",
             "start-up pred / meas",
             "testing pred / meas",
+            "tail pred / meas",
         ],
     )
     for row in rows:
@@ -154,6 +168,7 @@ def table(rows: Sequence[Row], titles: dict[str, str]) -> Table:
                 "yes" if abs(row.error) <= TARGET else "no",
                 f"{row.predicted_startup_s:.2f} / {statistics.median(row.startup_s):.2f}",
                 f"{row.predicted_testing_s:.2f} / {statistics.median(row.testing_s):.2f}",
+                f"{row.predicted_tail_s:.2f} / {statistics.median(row.tail_s):.2f}",
             ]
         )
     errors = [abs(row.error) for row in rows]
@@ -171,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suite", default=",".join(DEFAULT_SUITES))
     parser.add_argument("--workers", default=",".join(map(str, DEFAULT_WORKERS)))
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--warmups", type=int, default=1, help="uncounted runs per worker count")
+    parser.add_argument(
+        "--warmups", type=int, default=3, help="uncounted runs per worker count (>= 3: a median)"
+    )
     parser.add_argument("--full", action="store_true", help="full-size suites (default: quick)")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)

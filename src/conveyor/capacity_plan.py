@@ -29,6 +29,9 @@ from conveyor.scheduling import estimate, plan, same_class, scope_of
 DEFAULT_STARTUP_S = 2.0
 DEFAULT_TAIL_S = 0.3
 DEFAULT_GAP_S = 0.002
+# Overheads follow the machine and the code as they are now: only the most recent builds at each
+# worker count are used (the median of them, so one slow build does not move the plan).
+RECENT_BUILDS = 7
 RECENT_DURATIONS = 16  # a worker sizes batches by the mean of its last 16 tests
 KNEE_GAIN = 0.10  # doubling the workers gains less than this: more workers are not worth it
 DEFAULT_WORKER_COUNTS = (1, 2, 4, 8, 16, 32)
@@ -55,44 +58,52 @@ def _by_workers(known: Mapping[int, float], workers: int, default: float) -> flo
 @dataclass(frozen=True)
 class Overheads:
     """What a build costs besides its tests, from recorded builds (or the defaults): the
-    start-up and the gap between tests on a worker, by local worker count (on a machine with
-    fewer cores than workers both grow with the count), and the tail."""
+    start-up, the gap between tests on a worker and the tail, by local worker count (on a
+    machine with fewer cores than workers, each grows with the count: every worker imports and
+    collects at the start, and stops, reports and exits at the end)."""
 
     startup_by_workers: Mapping[int, float] = field(default_factory=dict)
-    tail_s: float = DEFAULT_TAIL_S
+    tail_by_workers: Mapping[int, float] = field(default_factory=dict)
     gap_by_workers: Mapping[int, float] = field(default_factory=dict)
     recorded_builds: int = 0
 
     def startup_s(self, workers: int) -> float:
         return _by_workers(self.startup_by_workers, workers, DEFAULT_STARTUP_S)
 
+    def tail_s(self, workers: int) -> float:
+        return _by_workers(self.tail_by_workers, workers, DEFAULT_TAIL_S)
+
     def gap_s(self, workers: int) -> float:
         return _by_workers(self.gap_by_workers, workers, DEFAULT_GAP_S)
 
 
 def overheads_from(builds: Sequence[Mapping[str, Any]]) -> Overheads:
-    """Medians over recorded builds ({"workers", "startup_s", "tail_s", "gap_s"} each); records
-    missing a figure or holding nonsense are skipped."""
-    startups: dict[int, list[float]] = {}
-    gaps: dict[int, list[float]] = {}
-    tails: list[float] = []
-    used = 0
+    """Per worker count, medians over the RECENT_BUILDS newest recorded builds ({"workers",
+    "startup_s", "tail_s", "gap_s"} each, oldest first); records missing a figure or holding
+    nonsense are skipped."""
+    by_count: dict[int, list[Mapping[str, Any]]] = {}
     for record in builds:
         workers = record.get("workers")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             continue
-        if (startup := _seconds(record.get("startup_s"))) is not None:
-            startups.setdefault(workers, []).append(startup)
-            used += 1
-        if (gap := _seconds(record.get("gap_s"))) is not None:
-            gaps.setdefault(workers, []).append(gap)
-        if (tail := _seconds(record.get("tail_s"))) is not None:
-            tails.append(tail)
+        if _seconds(record.get("startup_s")) is not None:
+            by_count.setdefault(workers, []).append(record)
+
+    def medians(name: str) -> dict[int, float]:
+        found = {}
+        for workers, records in sorted(by_count.items()):
+            values = [
+                v for r in records[-RECENT_BUILDS:] if (v := _seconds(r.get(name))) is not None
+            ]
+            if values:
+                found[workers] = statistics.median(values)
+        return found
+
     return Overheads(
-        startup_by_workers={w: statistics.median(v) for w, v in sorted(startups.items())},
-        tail_s=statistics.median(tails) if tails else DEFAULT_TAIL_S,
-        gap_by_workers={w: statistics.median(v) for w, v in sorted(gaps.items())},
-        recorded_builds=used,
+        startup_by_workers=medians("startup_s"),
+        tail_by_workers=medians("tail_s"),
+        gap_by_workers=medians("gap_s"),
+        recorded_builds=sum(len(records) for records in by_count.values()),
     )
 
 
@@ -328,6 +339,7 @@ class Prediction:
     lower_bound_s: float  # start-up + max(longest test, busy time / all workers) + tail
     utilisation: float
     startup_s: float
+    tail_s: float
     schedule: Schedule
 
     @property
@@ -360,8 +372,8 @@ def predict(
             gap_s=overheads.gap_s(workers),
             setups=setups,
         )
-        startup = overheads.startup_s(workers)
-        fixed = startup + overheads.tail_s
+        startup, tail = overheads.startup_s(workers), overheads.tail_s(workers)
+        fixed = startup + tail
         span = schedule.span_s
         everyone = workers * machines
         longest_run = max((run.duration_s for run in schedule.runs), default=0.0)
@@ -374,6 +386,7 @@ def predict(
                 lower_bound_s=fixed + max(longest_run, schedule.busy_s / everyone),
                 utilisation=schedule.busy_s / (everyone * span) if span > 0 else 0.0,
                 startup_s=startup,
+                tail_s=tail,
                 schedule=schedule,
             )
         )

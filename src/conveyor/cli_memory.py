@@ -169,18 +169,19 @@ def _print_plan(
     print(
         f"conveyor plan: {len(units)} tests, {total:.1f} s of tests in the timing history "
         f"({where}); {overheads.recorded_builds} recorded build(s) (start-up measured at "
-        f"{measured} worker(s)); tail {overheads.tail_s:.2f} s"
+        f"{measured} worker(s))"
     )
     print(
         f"{'workers':>9}  {'predicted':>10}  {'testing':>9}  {'bound':>9}  {'utilisation':>11}"
-        f"  {'start-up':>9}  {'gap':>8}"
+        f"  {'start-up':>9}  {'tail':>7}  {'gap':>8}"
     )
     for row in rows:
         label = f"{row.machines}x{row.workers}" if row.machines > 1 else str(row.workers)
         print(
             f"{label:>9}  {row.wall_s:>8.1f} s  {row.testing_s:>7.1f} s  "
             f"{row.lower_bound_s:>7.1f} s  {row.utilisation * 100:>10.1f}%  "
-            f"{row.startup_s:>7.1f} s  {overheads.gap_s(row.workers) * 1000:>5.1f} ms"
+            f"{row.startup_s:>7.1f} s  {row.tail_s:>5.1f} s  "
+            f"{overheads.gap_s(row.workers) * 1000:>5.1f} ms"
             + ("  <- knee" if row is best else "")
         )
     if best is not None and len(rows) > 1 and best is rows[-1]:
@@ -200,7 +201,6 @@ def _print_plan_json(rows: Sequence[Any], best: Any, overheads: Any, tests: int)
     data = {
         "tests": tests,
         "recorded_builds": overheads.recorded_builds,
-        "tail_s": overheads.tail_s,
         "knee": best.total_workers if best is not None else None,
         "rows": [
             {
@@ -211,6 +211,7 @@ def _print_plan_json(rows: Sequence[Any], best: Any, overheads: Any, tests: int)
                 "lower_bound_s": round(row.lower_bound_s, 4),
                 "utilisation": round(row.utilisation, 4),
                 "startup_s": round(row.startup_s, 4),
+                "tail_s": round(row.tail_s, 4),
                 "gap_s": round(overheads.gap_s(row.workers), 6),
             }
             for row in rows

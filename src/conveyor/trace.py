@@ -34,7 +34,9 @@ def configure() -> None:
     stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8")
     handler = logging.StreamHandler(stream)
     handler.conveyor = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("conveyor-trace pid=%(process)d %(name)s %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("conveyor-trace t=%(created).3f pid=%(process)d %(name)s %(message)s")
+    )
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
     log.propagate = False

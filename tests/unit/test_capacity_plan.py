@@ -7,6 +7,7 @@ import pytest
 from conveyor.batch_policy import BatchRule
 from conveyor.capacity_plan import (
     DEFAULT_STARTUP_S,
+    RECENT_BUILDS,
     Overheads,
     Setups,
     knee,
@@ -64,7 +65,7 @@ def test_gap_between_tests_counts_per_test() -> None:
 
 def test_prediction_adds_start_up_and_tail_and_finds_the_knee() -> None:
     history = {f"t{i:02d}.py::test": 1.0 for i in range(16)}
-    overheads = Overheads({1: 1.0, 4: 2.5}, tail_s=0.5, gap_by_workers={1: 0.0})
+    overheads = Overheads({1: 1.0, 4: 2.5}, tail_by_workers={1: 0.5}, gap_by_workers={1: 0.0})
     rows = predict(sorted(history), history, [1, 2, 4, 8, 16, 32], overheads)
     by_workers = {row.workers: row for row in rows}
     assert by_workers[1].wall_s == pytest.approx(1.0 + 16 + 0.5)
@@ -89,10 +90,26 @@ def test_overheads_come_from_recorded_builds_and_fall_back_to_defaults() -> None
     ]
     overheads = overheads_from(records)
     assert overheads.startup_s(2) == overheads.startup_s(16) == pytest.approx(2.0)
-    assert (overheads.tail_s, overheads.gap_s(2)) == (pytest.approx(0.3), pytest.approx(0.02))
-    by_count = overheads_from([{"workers": 2, "gap_s": 0.01}, {"workers": 8, "gap_s": 0.04}])
+    assert (overheads.tail_s(2), overheads.gap_s(2)) == (pytest.approx(0.3), pytest.approx(0.02))
+    by_count = overheads_from(
+        [
+            {"workers": 2, "startup_s": 1.0, "gap_s": 0.01, "tail_s": 0.2},
+            {"workers": 8, "startup_s": 3.0, "gap_s": 0.04, "tail_s": 0.8},
+        ]
+    )
     assert by_count.gap_s(4) == pytest.approx(0.02)  # on the line through 2 and 8 workers
+    assert by_count.tail_s(4) == pytest.approx(0.4)  # more workers to stop at the end
     assert overheads.recorded_builds == 2
+
+
+def test_overheads_follow_the_recent_builds_at_each_count() -> None:
+    """A machine or a suite that changed: old builds' costs no longer count."""
+    old = [{"workers": 2, "startup_s": 5.0, "tail_s": 2.0, "gap_s": 0.1}] * 20
+    new = [{"workers": 2, "startup_s": 1.0, "tail_s": 0.2, "gap_s": 0.01}] * RECENT_BUILDS
+    overheads = overheads_from([*old, *new])
+    assert overheads.startup_s(2) == pytest.approx(1.0)
+    assert overheads.tail_s(2) == pytest.approx(0.2)
+    assert overheads.gap_s(2) == pytest.approx(0.01)
 
 
 def test_worker_counts_are_checked() -> None:
@@ -104,7 +121,7 @@ def test_worker_counts_are_checked() -> None:
 
 def test_the_page_draws_the_simulated_build_like_a_real_one() -> None:
     history = {f"t{i}.py::test": 1.0 for i in range(6)}
-    rows = predict(sorted(history), history, [1, 3], Overheads({1: 2.0, 3: 2.0}, 0.1, {1: 0.0}))
+    rows = predict(sorted(history), history, [1, 3], Overheads({1: 2.0, 3: 2.0}, {1: 0.1}, {1: 0.0}))
     chosen = rows[1]
     found = figures(schedule_events(chosen))
     assert found.workers == 3
@@ -169,7 +186,7 @@ def test_a_knee_past_the_counts_simulated_is_not_claimed(
     from conveyor.cli_memory import _print_plan
 
     history = {f"m{i}.py::test_a": 1.0 for i in range(64)}
-    rows = predict(sorted(history), history, [1, 2, 4], Overheads({1: 0.1}, 0.0, {1: 0.0}))
+    rows = predict(sorted(history), history, [1, 2, 4], Overheads({1: 0.1}, {1: 0.0}, {1: 0.0}))
     best = knee(rows)
     _print_plan(rows, best, Overheads(), sorted(history), 64.0, "history")
     printed = capsys.readouterr().out
