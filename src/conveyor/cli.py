@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import json
 import os
@@ -271,9 +272,10 @@ def _controller_exit(
     )
     controller = ControllerPlugin(settings, queue, supervisor)
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
-    code = int(pytest.main(options.pytest_args, plugins=[controller, memory]))
-    memory.record_cost()
-    return code
+    # The build's cost is recorded at the process's exit, so that its tail counts all a user
+    # waits for after the last test: the report, the workers' exit, the run directory's removal.
+    atexit.register(memory.record_cost)
+    return int(pytest.main(options.pytest_args, plugins=[controller, memory]))
 
 
 def _quarantine(options: RunOptions) -> tuple[Entry, ...]:

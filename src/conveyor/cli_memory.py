@@ -181,8 +181,7 @@ def _print_plan(
             f"{label:>9}  {row.wall_s:>8.1f} s  {row.testing_s:>7.1f} s  "
             f"{row.lower_bound_s:>7.1f} s  {row.utilisation * 100:>10.1f}%  "
             f"{row.startup_s:>7.1f} s  {row.tail_s:>5.1f} s  "
-            f"{overheads.gap_s(row.workers) * 1000:>5.1f} ms"
-            + ("  <- knee" if row is best else "")
+            f"{overheads.gap_s(row.workers) * 1000:>5.1f} ms" + ("  <- knee" if row is best else "")
         )
     if best is not None and len(rows) > 1 and best is rows[-1]:
         print(

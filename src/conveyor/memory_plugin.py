@@ -266,9 +266,9 @@ class BuildMemoryPlugin:
             self.notes.append(f"the flaky tests' record was not saved: {exc}")
 
     def record_cost(self) -> None:
-        """Called once pytest's session is over (workers stopped, summary printed), so that the
-        tail counts all a user waits for: what the build cost besides its tests, for `conveyor
-        plan`. Only by the report that recorded the build, and only where workers ran here."""
+        """Called as the process exits (workers stopped, summary printed, run directory gone),
+        so that the tail counts all a user waits for: what the build cost besides its tests, for
+        `conveyor plan`. Only by the report that recorded the build, and only where workers ran here."""
         cost = self._cost(time.time()) if self._claimed and self._store is not None else None
         if cost is None or self._store is None:
             return

@@ -1,10 +1,13 @@
 """The automatic per-test timeout's watchdog: one Python thread for the worker's whole life.
 
-Arming it per test costs a lock and a notify, where faulthandler's own watchdog starts and
-joins an OS thread every time (measurable on suites of thousands of tiny tests). A Python thread
-runs whenever the test waits in a call that releases the GIL (sleep, sockets, locks, pause,
-subprocesses): nearly every hang. An explicit --test-timeout still uses faulthandler's C-level
-watchdog, which also stops code that holds the GIL forever.
+Arming it per test is one attribute assignment: no lock, and no wake-up of the thread, which
+looks at the deadline on its own at least every CHECK_EVERY_S (automatic timeouts are 10 s or
+more, so one fires at most that late). faulthandler's own watchdog starts and joins an OS thread
+every time, and a condition variable notified per test costs a thread switch per test: both are
+measurable on suites of thousands of tiny tests. A Python thread runs whenever the test waits in
+a call that releases the GIL (sleep, sockets, locks, pause, subprocesses): nearly every hang. An
+explicit --test-timeout still uses faulthandler's C-level watchdog, which also stops code that
+holds the GIL forever.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ import faulthandler
 import os
 import threading
 import time
-from typing import IO
+from typing import IO, NamedTuple
+
+CHECK_EVERY_S = 0.5
+
+
+class _Armed(NamedTuple):
+    deadline: float  # time.monotonic()
+    seconds: float
+    header: str
 
 
 class Watchdog(threading.Thread):
@@ -22,39 +33,32 @@ class Watchdog(threading.Thread):
         super().__init__(name="conveyor-watchdog", daemon=True)
         self._file = dump_file
         self._exit_code = exit_code
-        self._wakeup = threading.Condition()
-        self._deadline: float | None = None
-        self._seconds = 0.0
-        self._header = ""
+        self._armed: _Armed | None = None  # replaced whole, so the thread reads one test's
 
     def arm(self, seconds: float, header: str) -> None:
-        with self._wakeup:
-            self._deadline = time.monotonic() + seconds
-            self._seconds, self._header = seconds, header
-            self._wakeup.notify()
+        self._armed = _Armed(time.monotonic() + seconds, seconds, header)
 
     def disarm(self) -> None:
-        with self._wakeup:
-            self._deadline = None
+        self._armed = None
 
     def run(self) -> None:
-        with self._wakeup:
-            while True:
-                if self._deadline is None:
-                    self._wakeup.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    self._fire()
-                self._wakeup.wait(remaining)
+        while True:
+            armed = self._armed
+            if armed is None:
+                time.sleep(CHECK_EVERY_S)
+                continue
+            remaining = armed.deadline - time.monotonic()
+            if remaining <= 0 and self._armed is armed:  # still the same test
+                self._fire(armed)
+            time.sleep(min(max(remaining, 0.001), CHECK_EVERY_S))
 
-    def _fire(self) -> None:
+    def _fire(self, armed: _Armed) -> None:
         """Write what faulthandler's watchdog writes, then end the process like it does."""
         handle = self._file
         handle.seek(0)
         handle.truncate()
-        handle.write(f"{self._header}\n")
-        handle.write(f"Timeout ({datetime.timedelta(seconds=self._seconds)})!\n")
+        handle.write(f"{armed.header}\n")
+        handle.write(f"Timeout ({datetime.timedelta(seconds=armed.seconds)})!\n")
         handle.flush()
         faulthandler.dump_traceback(file=handle, all_threads=True)
         handle.flush()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from conveyor.queue.protocol import CrashCause
 from conveyor.vocabulary import EXIT_REFUSED, EXIT_SETUP_FAILED, EXIT_STATE_LOST, TIMEOUT_HEADER
+from conveyor.worker_settings import StatusFile
 
 STDERR_TAIL_LINES = 30
 
@@ -32,7 +33,7 @@ class WorkerProcess:
 
     def status(self) -> str:
         try:
-            return self.status_path.read_text("utf-8") if self.status_path else ""
+            return StatusFile.read(self.status_path) if self.status_path else ""
         except OSError:
             return ""
 

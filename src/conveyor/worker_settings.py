@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from conveyor.hooks import run_shell
@@ -70,16 +71,26 @@ class WorkerSettings(WorkerOptions):
 
 
 class StatusFile:
-    """A tiny file the supervisor reads after a crash to learn which test was running."""
+    """A tiny file the supervisor reads after a crash to learn which test was running.
+
+    Written twice per test, so one write is one system call: a shorter state is padded with
+    NULs over the longer one before it (the reader strips them) instead of truncating first."""
+
+    PAD = b"\0"
 
     def __init__(self, path: str | None) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else None
+        self._written = 0
 
     def write(self, state: str) -> None:
         if self._fd is not None:
             data = state.encode("utf-8", "surrogatepass")
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, data, 0)
+            os.pwrite(self._fd, data.ljust(self._written, self.PAD), 0)
+            self._written = max(self._written, len(data))
+
+    @classmethod
+    def read(cls, path: Path) -> str:
+        return path.read_bytes().rstrip(cls.PAD).decode("utf-8", "replace")
 
 
 def run_worker_setup(settings: WorkerSettings) -> int | None:

@@ -3,6 +3,8 @@ outbox and the retry policy on a real SQLite queue."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_REQUEUED, EVENT_RESULT
 from conveyor.result_outbox import FLUSH_MAX_RESULTS, ResultOutbox
 from conveyor.retry_policy import RetryPolicy, exception_names
+from conveyor.worker_settings import StatusFile
 
 MODULE_A = [f"test_a.py::test_{i}" for i in range(10)]
 CLASS_B = [f"test_b.py::TestB::test_{i}" for i in range(5)]
@@ -113,3 +116,41 @@ def test_retries_only_failures_and_only_the_named_exceptions(queue: Queue) -> No
     assert unit in [lease.unit for lease in again]
     assert not once.requeue(queue, "w2", unit, payload)  # budget spent: this result is final
     assert results(queue, EVENT_REQUEUED) == [unit]
+
+
+def test_the_status_file_reads_the_last_state_whatever_its_length(tmp_path: Path) -> None:
+    path = tmp_path / "gw0.status"
+    status = StatusFile(str(path))
+    status.write("running test_a.py::test_with_a_long_name[case-1]")
+    status.write("between tests")
+    assert StatusFile.read(path) == "between tests"
+    status.write("running test_b.py::t")
+    assert StatusFile.read(path) == "running test_b.py::t"
+
+
+WATCHDOG_SCRIPT = """
+import sys, time
+from conveyor.watchdog import Watchdog
+
+dog = Watchdog(open(sys.argv[1], "w"), exit_code=7)
+dog.start()
+for _ in range(50):  # many short tests, each well within its timeout
+    dog.arm(0.3, "header: a finished test")
+    dog.disarm()
+dog.arm(5.0, "header: a test that finishes in time")
+time.sleep(0.2)
+dog.arm(0.2, "header: the hung test")
+time.sleep(30)
+"""
+
+
+def test_the_watchdog_ends_the_process_on_the_hung_test_only(tmp_path: Path) -> None:
+    dump = tmp_path / "timeout.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", WATCHDOG_SCRIPT, str(dump)], timeout=60, check=False
+    )
+    assert done.returncode == 7
+    text = dump.read_text()
+    assert text.startswith("header: the hung test\nTimeout (0:00:00.200000)!")
+    hung_line = WATCHDOG_SCRIPT.splitlines().index("time.sleep(30)") + 1
+    assert f'File "<string>", line {hung_line} in <module>' in text  # the hung test's stack
