@@ -267,8 +267,9 @@ class BuildMemoryPlugin:
 
     def record_cost(self) -> None:
         """Called as the process exits (workers stopped, summary printed, run directory gone),
-        so that the tail counts all a user waits for: what the build cost besides its tests, for
-        `conveyor plan`. Only by the report that recorded the build, and only where workers ran here."""
+        so that the tail counts all a user waits for: what the build cost besides its tests,
+        for `conveyor plan`. Only by the report that recorded the build, and only where workers
+        ran here."""
         cost = self._cost(time.time()) if self._claimed and self._store is not None else None
         if cost is None or self._store is None:
             return

@@ -121,7 +121,9 @@ def test_worker_counts_are_checked() -> None:
 
 def test_the_page_draws_the_simulated_build_like_a_real_one() -> None:
     history = {f"t{i}.py::test": 1.0 for i in range(6)}
-    rows = predict(sorted(history), history, [1, 3], Overheads({1: 2.0, 3: 2.0}, {1: 0.1}, {1: 0.0}))
+    rows = predict(
+        sorted(history), history, [1, 3], Overheads({1: 2.0, 3: 2.0}, {1: 0.1}, {1: 0.0})
+    )
     chosen = rows[1]
     found = figures(schedule_events(chosen))
     assert found.workers == 3
