@@ -180,31 +180,32 @@ def _ratio(wall: float | None, reference: float | None) -> str:
 
 def results_table(results: list[ProjectResult], modes: tuple[str, ...]) -> Table:
     headers = ["project", "tests", *(MODE_TITLES[mode] for mode in modes)]
-    headers += ["plain s", "xdist s", "conveyor s", "vs plain", "vs xdist"]
+    headers += ["plain s", "xdist s", "1st s", "2nd s", "2nd/1st", "vs plain", "vs xdist"]
     table = Table("Per-test outcomes identical to plain pytest's?", headers)
     for result in results:
         if result.error:
-            table.rows.append([result.project, "-", *(["-"] * len(modes)), *(["-"] * 5)])
+            table.rows.append([result.project, "-", *(["-"] * len(modes)), *(["-"] * 7)])
             continue
         cells = [_identical(result, result.modes.get(mode)) for mode in modes]
-        xdist_run, ours = result.modes.get("xdist"), result.modes.get("history")
-        xdist_s = xdist_run.wall_s if xdist_run else None
-        ours_s = ours.wall_s if ours else None
+        xdist_s, first_s, ours_s = (
+            run.wall_s if (run := result.modes.get(mode)) else None
+            for mode in ("xdist", "first", "history")
+        )
         table.rows.append(
             [
                 result.project,
                 str(result.tests),
                 *cells,
                 f"{result.plain_wall_s:.1f}",
-                f"{xdist_s:.1f}" if xdist_s else "-",
-                f"{ours_s:.1f}" if ours_s else "-",
+                *(f"{s:.1f}" if s else "-" for s in (xdist_s, first_s, ours_s)),
+                _ratio(ours_s, first_s),
                 _ratio(ours_s, result.plain_wall_s),
                 _ratio(ours_s, xdist_s),
             ]
         )
     table.notes.append(
-        "conveyor s: the 2nd run (-n 4, SQLite, with timing history); vs = its wall time "
-        "divided by plain pytest's / pytest-xdist -n 4's."
+        "1st s / 2nd s: conveyor -n 4 on SQLite without, then with timing history (the "
+        "1st run's); vs = the 2nd run's wall time divided by plain pytest's / pytest-xdist -n 4's."
     )
     return table
 

@@ -79,10 +79,13 @@ class Overheads:
 
 def overheads_from(builds: Sequence[Mapping[str, Any]]) -> Overheads:
     """Per worker count, medians over the RECENT_BUILDS newest recorded builds ({"workers",
-    "startup_s", "tail_s", "gap_s"} each, oldest first); records missing a figure or holding
-    nonsense are skipped."""
+    "startup_s", "tail_s", "gap_s", "with_history"} each, oldest first); records missing a
+    figure or holding nonsense are skipped. A plan simulates a build that timing history
+    orders, so builds without history (a first run reserves one test at a time: its gap between
+    tests is another) are left out, unless no other build was recorded."""
+    planned = [record for record in builds if record.get("with_history") is not False]
     by_count: dict[int, list[Mapping[str, Any]]] = {}
-    for record in builds:
+    for record in planned or builds:
         workers = record.get("workers")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             continue

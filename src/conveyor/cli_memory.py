@@ -168,8 +168,8 @@ def _print_plan(
     measured = ", ".join(str(w) for w in overheads.startup_by_workers) or "none"
     print(
         f"conveyor plan: {len(units)} tests, {total:.1f} s of tests in the timing history "
-        f"({where}); {overheads.recorded_builds} recorded build(s) (start-up measured at "
-        f"{measured} worker(s))"
+        f"({where}); overheads from {overheads.recorded_builds} recorded build(s) (start-up "
+        f"measured at {measured} worker(s))"
     )
     print(
         f"{'workers':>9}  {'predicted':>10}  {'testing':>9}  {'bound':>9}  {'utilisation':>11}"

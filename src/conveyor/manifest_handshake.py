@@ -131,6 +131,9 @@ def serving_plan(
         max_unit_crashes=settings.max_unit_crashes,
         code=code,
         range_starts=sorted(range_starts),
+        # Whether timing history planned this build: what it cost is told apart by it (see
+        # conveyor.capacity_plan.overheads_from).
+        with_history=any(unit in durations for unit in collected),
     )
     if units != collected:
         # The controller reports in collection order, whatever the serving order.

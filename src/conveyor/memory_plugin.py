@@ -136,6 +136,7 @@ class BuildMemoryPlugin:
         self._store: BuildMemory | None = None
         self._summary: Mapping[str, FlakyTest] = {}
         self._claimed = False
+        self._with_history: bool | None = None  # whether timing history planned the build
 
     # -- before the build: who is quarantined ---------------------------------------------
 
@@ -238,6 +239,7 @@ class BuildMemoryPlugin:
                 return  # another report of this build (another machine, a replay) recorded it
             manifest = self.queue.manifest()
             meta = manifest.meta if manifest is not None else {}
+            self._with_history = meta.get("with_history")
             complete = manifest is not None and len(outcomes) >= manifest.total
             digest = manifest.digest if manifest is not None and complete else ""
             commit = commit_of(meta.get("code"), os.environ)
@@ -302,6 +304,7 @@ class BuildMemoryPlugin:
             "tail_s": round(max(0.0, now - last), 4),
             "gap_s": round(max(0.0, idle / gaps), 6) if gaps else None,
             "testing_s": round(last - first, 4),
+            "with_history": self._with_history,
         }
 
     # -- the summary ----------------------------------------------------------------------

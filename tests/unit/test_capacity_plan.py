@@ -194,3 +194,13 @@ def test_a_knee_past_the_counts_simulated_is_not_claimed(
     printed = capsys.readouterr().out
     assert "knee: not reached up to 4 workers" in printed
     assert "<- knee" in printed  # still marks the last row, the best it knows
+
+
+def test_builds_without_timing_history_do_not_set_the_overheads() -> None:
+    """A first run reserves one test at a time: its gap between tests is not a planned build's."""
+    first = {"workers": 2, "startup_s": 1.0, "tail_s": 0.2, "gap_s": 0.05, "with_history": False}
+    later = {"workers": 2, "startup_s": 1.0, "tail_s": 0.2, "gap_s": 0.01, "with_history": True}
+    assert overheads_from([first, later, later]).gap_s(2) == pytest.approx(0.01)
+    assert overheads_from([first]).gap_s(2) == pytest.approx(0.05)  # nothing better known
+    unknown = {"workers": 2, "startup_s": 1.0, "gap_s": 0.02}  # recorded before the flag existed
+    assert overheads_from([first, unknown]).gap_s(2) == pytest.approx(0.02)
