@@ -36,6 +36,7 @@ class BenchOptions:
     quick: bool
     markdown: Path | None
     no_redis: bool
+    fork_probe: bool = False
 
 
 def _suite_list(value: str) -> tuple[str, ...]:
@@ -84,9 +85,16 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
     parser.add_argument(
         "--no-redis", action="store_true", help="skip the Redis contenders even if available"
     )
+    parser.add_argument(
+        "--fork-probe",
+        action="store_true",
+        help="also time bench/fork_probe.py: one collection, forked workers, no queue (a floor)",
+    )
     args = parser.parse_args(argv)
     runs = args.runs if args.runs is not None else (1 if args.quick else DEFAULT_RUNS)
-    return BenchOptions(args.suite, args.workers, runs, args.quick, args.markdown, args.no_redis)
+    return BenchOptions(
+        args.suite, args.workers, runs, args.quick, args.markdown, args.no_redis, args.fork_probe
+    )
 
 
 @contextmanager
@@ -125,7 +133,7 @@ def _run_suites(
         workers = options.workers or suite.default_workers
         measurements = runner.measure(
             suite,
-            contenders(workers, redis_url),
+            contenders(workers, redis_url, fork_probe=options.fork_probe),
             workers=workers,
             runs=options.runs,
             scratch=scratch,

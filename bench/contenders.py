@@ -6,6 +6,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 # Every contender gets these: no .pytest_cache side effects, quiet output. conveyor keeps its
 # cache: on the embedded queue its timing history lives there (the warm-up run writes it).
@@ -56,11 +57,23 @@ def _conveyor_redis(workers: int, url: str) -> Contender:
     return Contender("conveyor-redis", argv, is_conveyor=True)
 
 
-def contenders(workers: int, redis_url: str | None) -> list[Contender]:
+def _fork_probe(workers: int) -> Contender:
+    script = str(Path(__file__).with_name("fork_probe.py"))
+    return Contender(
+        "fork-probe", lambda: [sys.executable, script, "-n", str(workers), *COMMON_ARGS, "."]
+    )
+
+
+def contenders(workers: int, redis_url: str | None, *, fork_probe: bool = False) -> list[Contender]:
     """Plain pytest first: it is the reference for exit codes and ratios."""
     lineup = [Contender("pytest", _pytest)]
     lineup += [_xdist(workers, mode) for mode in XDIST_MODES]
     lineup.append(Contender("conveyor-sqlite", lambda: _conveyor(workers), is_conveyor=True))
+    # A first run: without pytest's cache the embedded queue has no timing history to read
+    # (and writes none), so every run is what a new project's first build is.
+    lineup.append(Contender("conveyor-first", lambda: _conveyor(workers, "-p", "no:cacheprovider")))
     if redis_url is not None:
         lineup.append(_conveyor_redis(workers, redis_url))
+    if fork_probe:
+        lineup.append(_fork_probe(workers))
     return lineup
