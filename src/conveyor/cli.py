@@ -1,4 +1,9 @@
-"""The `conveyor` command: parses its own few options and delegates."""
+"""The `conveyor` command: parses its own few options and delegates.
+
+pytest, and conveyor's modules that need it, are imported where they are used, not here:
+`conveyor run` starts its workers first, so that the controller's own import of pytest and its
+plugins runs while the workers start, instead of before they do.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-
-import pytest
+from typing import TYPE_CHECKING
 
 from conveyor import __version__
-from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
 from conveyor.ci import detect, node_id
-from conveyor.cli_memory import FLAKY_USAGE, PLAN_USAGE, flaky, plan
 from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
-from conveyor.controller import ControllerPlugin, ControllerSettings
-from conveyor.environment import forget_outer_worker
+from conveyor.environment import forget_outer_worker, process_started_at
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.history import (
     DirectoryCache,
@@ -35,16 +36,16 @@ from conveyor.history import (
     read_durations_file,
 )
 from conveyor.hooks import run_shell
-from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings, process_started_at
 from conveyor.options import render_help
 from conveyor.quarantine import Entry, refuse_expired
 from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
-from conveyor.replay import read_order_file, run_in_process, worker_order
 from conveyor.supervisor import Supervisor
-from conveyor.timeline_page import write_html
 from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from conveyor.memory_plugin import MemorySettings
 
 USAGE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
@@ -251,6 +252,11 @@ def _interrupt_on_sigterm() -> None:
 def _controller_exit(
     options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
 ) -> int:
+    import pytest
+
+    from conveyor.controller import ControllerPlugin, ControllerSettings
+    from conveyor.memory_plugin import BuildMemoryPlugin
+
     workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
     header = (
         f"conveyor: {workers if supervisor else 'report only'}, queue {queue.display_url}, "
@@ -291,6 +297,8 @@ def _quarantine(options: RunOptions) -> tuple[Entry, ...]:
 def _memory_settings(
     options: RunOptions, build: Build, supervisor: Supervisor | None
 ) -> MemorySettings:
+    from conveyor.memory_plugin import MemorySettings
+
     return MemorySettings(
         build=build.id,
         history=_history_location(options),
@@ -315,6 +323,8 @@ def run(argv: Sequence[str]) -> int:
     _interrupt_on_sigterm()  # first: a SIGTERM during start-up must not orphan anything
     options = parse_run_options(argv, "run")
     if options.in_process:
+        import pytest
+
         return int(pytest.main(options.pytest_args))
     return _in_run_dir(_run, options)
 
@@ -544,6 +554,8 @@ def events(argv: Sequence[str]) -> int:
 
 
 def _order(args: argparse.Namespace, failing: str | None = None) -> list[str]:
+    from conveyor.replay import read_order_file, worker_order
+
     if args.from_file:
         return read_order_file(Path(args.from_file))
     queue = _recorded_build(args)
@@ -583,6 +595,8 @@ def timeline(argv: Sequence[str]) -> int:
             cursor = page[-1].seq
     finally:
         queue.close()
+    from conveyor.timeline_page import write_html
+
     found = write_html(args.output, recorded, title=f"conveyor build {args.build}")
     print(
         f"conveyor: timeline of build {args.build} written to {args.output}: wall "
@@ -602,11 +616,15 @@ def replay(argv: Sequence[str]) -> int:
     if args.command:
         return replay_commands(order, args.command, args.shell)
     outcomes = Path(args.outcomes) if args.outcomes else None
+    from conveyor.replay import run_in_process
+
     return run_in_process(order, pytest_args, outcomes)
 
 
 def bisect_command(argv: Sequence[str]) -> int:
     """Find the test that makes --failing fail when it runs earlier on the same worker."""
+    from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
+
     parser = _record_parser("conveyor bisect")
     parser.add_argument("--failing", required=False)
     args, pytest_args = _parse_record_args(parser, argv)
@@ -630,6 +648,18 @@ def bisect_command(argv: Sequence[str]) -> int:
         return 1
     print(f"conveyor bisect: inconclusive after {result.runs} runs.")
     return 1
+
+
+def plan(argv: Sequence[str]) -> int:
+    from conveyor.cli_memory import plan as plan_command
+
+    return plan_command(argv)
+
+
+def flaky(argv: Sequence[str]) -> int:
+    from conveyor.cli_memory import flaky as flaky_command
+
+    return flaky_command(argv)
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
@@ -661,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         return _error(f"unknown command {command!r}; see `conveyor --help`.", 4)
     if rest and rest[0] in ("-h", "--help"):
+        from conveyor.cli_memory import FLAKY_USAGE, PLAN_USAGE
+
         usage = {"history": HISTORY_USAGE, "plan": PLAN_USAGE, "flaky": FLAKY_USAGE}
         print(
             usage.get(command, USAGE if command in ("run", "worker", "report") else RECORD_USAGE),

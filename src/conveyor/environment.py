@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
@@ -71,3 +72,17 @@ def take_settings(environ: MutableMapping[str, str] = os.environ) -> str | None:
     with contextlib.suppress(OSError):
         os.unlink(path)
     return text
+
+
+def process_started_at() -> float | None:
+    """When this process started (epoch seconds), from /proc on Linux; None elsewhere. The
+    build's start-up is measured from here, as a user waiting for the command measures it."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            since_boot = float(uptime.read().split()[0])
+        age = since_boot - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - max(0.0, age)

@@ -51,20 +51,6 @@ CI_COMMIT_VARIABLES = (
 )
 
 
-def process_started_at() -> float | None:
-    """When this process started (epoch seconds), from /proc on Linux; None elsewhere. The
-    build's start-up is measured from here, as a user waiting for the command measures it."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as stat:
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as uptime:
-            since_boot = float(uptime.read().split()[0])
-        age = since_boot - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-    return time.time() - max(0.0, age)
-
-
 def commit_of(code: Any, env: Mapping[str, str]) -> str | None:
     """The commit a build tested: the workers' git commit (with a digest of local changes when
     there are any), else the CI's commit variable, else None (no flips can be told then)."""

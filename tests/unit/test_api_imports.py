@@ -18,3 +18,19 @@ def test_the_api_imports_and_builds_results_without_pytest() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_conveyor_run_starts_its_workers_before_importing_pytest() -> None:
+    """`conveyor run` spawns the workers and only then imports pytest for its own report, so
+    the two start-ups overlap: everything up to the spawn must import without pytest."""
+    script = (
+        "import sys\n"
+        "sys.modules['pytest'] = None\n"
+        "sys.modules['_pytest'] = None\n"
+        "import conveyor.cli\n"
+        "from conveyor.cli import _open, _resolve_build, _supervisor\n"
+        "from conveyor.config import parse_run_options\n"
+        "parse_run_options(['-n', '2', '-q'], 'run')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
