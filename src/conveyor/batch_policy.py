@@ -6,7 +6,8 @@ timing history exists, and the durations this worker has measured so far.
 - A module's run of tests goes to one worker whole, so its fixtures are set up once. With
   timing history the leader has already split the modules too long for balance into ranges
   (each held together); without it the run is cut to about AFFINITY_TARGET_S of work by the
-  durations seen so far (nothing seen yet: one unit).
+  durations seen so far (nothing seen yet: one unit), and to this worker's share of the units
+  left (pending / workers), so that a run's unknown slow tail is spread over the workers.
 - A reservation never ends inside a class (unless --dist test allows it).
 - Outside such runs, tiny tests travel in batches and slow ones alone, and batches shrink near
   the end so that the tail stays balanced.
@@ -79,7 +80,13 @@ class BatchRule:
             return min(run, MAX_BATCH)
         if typical is None:
             return 1
-        return max(1, min(run, MAX_BATCH, int(AFFINITY_TARGET_S / max(typical, 1e-6))))
+        # Without history nothing says a run's later tests are as quick as its first ones: a
+        # run of slow tests behind quick ones (the slow tests last in a module) must not go
+        # to one worker whole while the others run dry, so a reservation takes no more than
+        # its share of what is left.
+        fair_share = -(-pending // max(1, self.worker_count))
+        by_work = int(AFFINITY_TARGET_S / max(typical, 1e-6))
+        return max(1, min(run, MAX_BATCH, fair_share, by_work))
 
     def _by_expected_work(self, pending: int) -> int:
         """With timing history, a batch holds about BATCH_TARGET_S of expected work from the
@@ -186,10 +193,14 @@ class BatchPolicy:
         about to run, the one pytest is promised next, and tests beyond while their expected
         work stays within CLAIM_AHEAD_S. Tiny tests so share a round trip, and the rest of a
         run of slow ones is left for idle workers to steal. A test's expected duration comes
-        from timing history, else from what this worker ran lately."""
-        typical = self.typical_test_s()
-        ahead = 0.0
+        from timing history; without history nothing is claimed beyond the promise: the
+        quick tests this worker ran lately say nothing of the next ones (slow tests after
+        quick ones in a module), and what is claimed cannot be stolen."""
         count = min(2, len(upcoming))
+        if not self.rule.expected_s:
+            return max(1, count)
+        ahead = 0.0
+        typical = self.typical_test_s()
         for unit in upcoming[2:MAX_CLAIM]:
             ahead += self.rule.expected_s.get(unit, typical if typical is not None else 1.0)
             if ahead > CLAIM_AHEAD_S:

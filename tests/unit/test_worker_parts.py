@@ -43,6 +43,40 @@ def test_a_module_run_is_reserved_together_by_the_durations_seen() -> None:
     assert slow.batch(len(ORDER) - 1) == 3
 
 
+def test_without_history_a_run_near_the_end_is_shared_among_the_workers() -> None:
+    """The slow tests last in a module, after quick ones: a worker that has seen only quick
+    tests must not reserve the whole slow tail while seven others run dry (it then claimed
+    all of it, out of reach of stealing, and handed it back one test at a time)."""
+    module = [f"test_z.py::test_{i}" for i in range(20)]
+    rule = BatchRule(module, frozenset(), grouping="module", worker_count=8, has_history=False)
+    batches = BatchPolicy(rule)
+    batches.reserved(module[5])
+    batches.ran(0.03)
+    assert batches.affinity == 14
+    assert batches.batch(14) == 2  # its share of the 14 left, not all 14
+    assert batches.batch(3) == 1
+    early = BatchPolicy(
+        BatchRule(ORDER, frozenset(), grouping="module", worker_count=2, has_history=False)
+    )
+    early.reserved(MODULE_A[0])
+    early.ran(0.01)
+    assert early.batch(len(ORDER) - 1) == len(MODULE_A) - 1  # early on, the module's whole run
+
+
+def test_without_history_nothing_is_claimed_beyond_the_promise() -> None:
+    """Claimed leases cannot be stolen: a worker that ran quick tests must not claim the slow
+    ones behind them, or idle workers watch it run them one by one."""
+    batches = policy()
+    batches.ran(0.01)  # quick so far: by its recent tests, 50 would fit in CLAIM_AHEAD_S
+    assert batches.claim_ahead(MODULE_A) == 2  # the one to run and the one promised next
+    assert batches.claim_ahead(MODULE_A[:1]) == 1
+    expected = dict.fromkeys(ORDER, 0.01)
+    rule = BatchRule(
+        ORDER, frozenset(), grouping="module", worker_count=2, has_history=True, expected_s=expected
+    )
+    assert BatchPolicy(rule).claim_ahead(MODULE_A) == len(MODULE_A)  # history says: tiny
+
+
 def test_with_history_the_whole_run_up_to_the_batch_cap() -> None:
     batches = policy(has_history=True)
     assert batches.batch(len(ORDER)) == min(len(MODULE_A), MAX_BATCH)
