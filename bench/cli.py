@@ -13,7 +13,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from bench import queue_micro, runner
-from bench.contenders import contenders
+from bench.contenders import Contender, contenders
 from bench.machine import append_record
 from bench.redis_server import redis_server_binary, throwaway_redis
 from bench.report import mismatches, suite_table
@@ -37,6 +37,7 @@ class BenchOptions:
     markdown: Path | None
     no_redis: bool
     fork_probe: bool = False
+    only: tuple[str, ...] = ()  # contender names to keep (plain pytest always runs)
 
 
 def _suite_list(value: str) -> tuple[str, ...]:
@@ -90,11 +91,38 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
         action="store_true",
         help="also time bench/fork_probe.py: one collection, forked workers, no queue (a floor)",
     )
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated contender names to run (plain pytest, the reference, always "
+        "runs), e.g. xdist-load,xdist-worksteal,conveyor-sqlite,conveyor-first",
+    )
     args = parser.parse_args(argv)
     runs = args.runs if args.runs is not None else (1 if args.quick else DEFAULT_RUNS)
+    only = tuple(name.strip() for name in args.contenders.split(",") if name.strip())
     return BenchOptions(
-        args.suite, args.workers, runs, args.quick, args.markdown, args.no_redis, args.fork_probe
+        args.suite,
+        args.workers,
+        runs,
+        args.quick,
+        args.markdown,
+        args.no_redis,
+        args.fork_probe,
+        only,
     )
+
+
+def _chosen(lineup: list[Contender], only: tuple[str, ...]) -> list[Contender]:
+    """The contenders asked for, plain pytest always first; an unknown name is an error."""
+    if not only:
+        return lineup
+    unknown = sorted(set(only) - {contender.name for contender in lineup})
+    if unknown:
+        names = ", ".join(contender.name for contender in lineup)
+        raise SystemExit(
+            f"python -m bench: unknown contender(s) {', '.join(unknown)}; choose from {names}"
+        )
+    return [c for c in lineup if c.name == "pytest" or c.name in only]
 
 
 @contextmanager
@@ -133,7 +161,7 @@ def _run_suites(
         workers = options.workers or suite.default_workers
         measurements = runner.measure(
             suite,
-            contenders(workers, redis_url, fork_probe=options.fork_probe),
+            _chosen(contenders(workers, redis_url, fork_probe=options.fork_probe), options.only),
             workers=workers,
             runs=options.runs,
             scratch=scratch,

@@ -15,6 +15,8 @@ import pytest
 from conftest import RedisServer
 
 from bench import machines_suite, scale_workload, suites
+from bench.cli import _chosen
+from bench.contenders import contenders
 from bench.fleet import FleetRun, MachineRun, descendants, kill_machine, passed_count
 from bench.machines import Contender, reported
 from bench.scale_sim import Simulation, SimWorker, result_payload
@@ -204,3 +206,12 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_contenders_can_be_chosen_and_plain_pytest_always_runs() -> None:
+    lineup = contenders(2, None, fork_probe=True)
+    names = [c.name for c in _chosen(lineup, ("conveyor-first", "fork-probe"))]
+    assert names == ["pytest", "conveyor-first", "fork-probe"]
+    assert _chosen(lineup, ()) == lineup
+    with pytest.raises(SystemExit, match="unknown contender.*xdist-lod"):
+        _chosen(lineup, ("xdist-lod",))
