@@ -213,5 +213,5 @@ def test_contenders_can_be_chosen_and_plain_pytest_always_runs() -> None:
     names = [c.name for c in _chosen(lineup, ("conveyor-first", "fork-probe"))]
     assert names == ["pytest", "conveyor-first", "fork-probe"]
     assert _chosen(lineup, ()) == lineup
-    with pytest.raises(SystemExit, match="unknown contender.*xdist-lod"):
+    with pytest.raises(SystemExit, match=r"unknown contender.*xdist-lod"):
         _chosen(lineup, ("xdist-lod",))
