@@ -8,7 +8,6 @@ plugins runs while the workers start, instead of before they do.
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import json
 import os
@@ -45,7 +44,7 @@ from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from conveyor.memory_plugin import MemorySettings
+    from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings
 
 USAGE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
@@ -251,7 +250,9 @@ def _interrupt_on_sigterm() -> None:
 
 def _controller_exit(
     options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
-) -> int:
+) -> tuple[int, BuildMemoryPlugin]:
+    """Report the build through pytest; the exit code, and the build memory, whose
+    `record_cost` the caller runs once the workers are gone and before the queue closes."""
     import pytest
 
     from conveyor.controller import ControllerPlugin, ControllerSettings
@@ -278,10 +279,7 @@ def _controller_exit(
     )
     controller = ControllerPlugin(settings, queue, supervisor)
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
-    # The build's cost is recorded at the process's exit, so that its tail counts all a user
-    # waits for after the last test: the report, the workers' exit, the run directory's removal.
-    atexit.register(memory.record_cost)
-    return int(pytest.main(options.pytest_args, plugins=[controller, memory]))
+    return int(pytest.main(options.pytest_args, plugins=[controller, memory])), memory
 
 
 def _quarantine(options: RunOptions) -> tuple[Entry, ...]:
@@ -339,17 +337,28 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         queue.close()
         return refused
     supervisor = None if replaying else _supervisor(options, build, run_dir)
+    memory: BuildMemoryPlugin | None = None
     try:
         if supervisor is not None:
             _node_setup(options)
         # Workers start before the controller's own pytest start-up, which runs meanwhile.
         if supervisor is not None:
             supervisor.start()
-        return _controller_exit(options, build, queue, supervisor)
+        code, memory = _controller_exit(options, build, queue, supervisor)
+        return code
     finally:
         if supervisor is not None:
             supervisor.shutdown(terminate=True)
+        _record_cost(memory)
         queue.close()
+
+
+def _record_cost(memory: BuildMemoryPlugin | None) -> None:
+    """What the build cost besides its tests, for `conveyor plan`: recorded once the workers
+    are gone, so that its tail counts the report and their exit, and before the queue (where
+    a shared build keeps its memory) closes."""
+    if memory is not None:
+        memory.record_cost()
 
 
 def worker(argv: Sequence[str]) -> int:
@@ -407,9 +416,12 @@ def report(argv: Sequence[str]) -> int:
     run_dir = Path(tempfile.gettempdir())
     build = _resolve_build(options, run_dir, joining=True)
     queue = _open(options, build)
+    memory: BuildMemoryPlugin | None = None
     try:
-        return _controller_exit(options, build, queue, None)
+        code, memory = _controller_exit(options, build, queue, None)
+        return code
     finally:
+        _record_cost(memory)
         queue.close()
 
 

@@ -254,10 +254,10 @@ class BuildMemoryPlugin:
             self.notes.append(f"the flaky tests' record was not saved: {exc}")
 
     def record_cost(self) -> None:
-        """Called as the process exits (workers stopped, summary printed, run directory gone),
-        so that the tail counts all a user waits for: what the build cost besides its tests,
-        for `conveyor plan`. Only by the report that recorded the build, and only where workers
-        ran here."""
+        """Called once the session is over and the workers are gone, just before the queue
+        closes, so that the tail counts the report and the workers' exit: what the build cost
+        besides its tests, for `conveyor plan`. Only by the report that recorded the build,
+        and only where workers ran here."""
         cost = self._cost(time.time()) if self._claimed and self._store is not None else None
         if cost is None or self._store is None:
             return

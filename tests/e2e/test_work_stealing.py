@@ -11,10 +11,12 @@ from helpers import run_conveyor
 from conveyor.queue import open_queue
 from conveyor.queue.protocol import EVENT_RESULT, EventKind
 
-# One module: a worker keeps a module's run together, so one worker takes most of it at
-# once and the other runs dry.
+# One module, slow tests first: without history a worker takes its share of the module's run
+# at once (the slow half, in collection order) and, claiming only the test it runs and the one
+# promised next, leaves the rest stealable; the other worker gets the quick half, runs dry and
+# takes part of the slow run.
 ONE_MODULE = "import time\n\n" + "\n".join(
-    f"def test_{i}():\n    time.sleep(0.2)\n" for i in range(10)
+    f"def test_{i}():\n    time.sleep({0.3 if i < 10 else 0.0})\n" for i in range(20)
 )
 
 
@@ -25,7 +27,7 @@ def test_an_idle_worker_takes_part_of_a_run_another_holds(
     url = f"sqlite://{tmp_path / 'queue.db'}"
     result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=20)
     queue = open_queue(url, "b1")
     events = list(queue.iter_events())
     stolen = [event for event in events if event.kind == EventKind.STOLEN]
@@ -35,7 +37,7 @@ def test_an_idle_worker_takes_part_of_a_run_another_holds(
         if event.kind == EVENT_RESULT and event.unit:
             ran_by.setdefault(event.worker or "", set()).add(event.unit)
     assert len(ran_by) == 2  # both workers ran part of the module
-    assert sum(len(units) for units in ran_by.values()) == 10  # each test once
+    assert sum(len(units) for units in ran_by.values()) == 20  # each test once
     for event in stolen:  # what was stolen was run by the thief
         assert set(event.data["units"]) <= ran_by[event.worker or ""]
 
