@@ -215,3 +215,28 @@ def test_contenders_can_be_chosen_and_plain_pytest_always_runs() -> None:
     assert _chosen(lineup, ()) == lineup
     with pytest.raises(SystemExit, match=r"unknown contender.*xdist-lod"):
         _chosen(lineup, ("xdist-lod",))
+
+
+def test_the_fork_probe_runs_every_test_once_and_counts_them(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/fork_probe.py splits the collected tests over forked children: every test runs
+    once, the parent prints the children's sum, and a failure sets the exit code."""
+    pytester.makepyfile(
+        test_probe="""
+        import os
+        def test_ok(): pass
+        def test_also(): pass
+        def test_third(): pass
+        def test_fails(): assert os.environ.get("PROBE_PASS")
+        """
+    )
+    script = str(Path(__file__).parents[2] / "bench" / "fork_probe.py")
+    argv = [sys.executable, script, "-n", "2", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    failing = pytester.run(*argv)
+    assert failing.ret == 1
+    assert failing.outlines[-1] == "fork probe: 3 passed, 1 failed"
+    monkeypatch.setenv("PROBE_PASS", "1")
+    passing = pytester.run(*argv)
+    assert passing.ret == 0
+    assert passing.outlines[-1] == "fork probe: 4 passed, 0 failed"
