@@ -410,6 +410,12 @@ def knee(rows: Sequence[Prediction]) -> Prediction | None:
     return rows[-1] if rows else None
 
 
+def knee_reached(rows: Sequence[Prediction], found: Prediction | None) -> bool:
+    """Whether `found` (what `knee` returned) is a knee, not merely the last count simulated
+    while doubling still paid."""
+    return found is not None and (len(rows) == 1 or found is not rows[-1])
+
+
 def parse_worker_counts(text: str) -> list[int]:
     """ "1,2,4,8" into [1, 2, 4, 8]; ValueError naming the bad part."""
     counts = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,7 @@ from conveyor.capacity_plan import (
     DEFAULT_WORKER_COUNTS,
     Setups,
     knee,
+    knee_reached,
     overheads_from,
     parse_worker_counts,
     predict,
@@ -157,8 +159,9 @@ def plan(argv: Sequence[str]) -> int:
     if args.html and best is not None:
         from conveyor.plan_page import write_plan_html
 
-        write_plan_html(args.html, rows, best, "conveyor plan")
-        print(f"conveyor plan: the knee's simulated build drawn in {args.html}")
+        write_plan_html(args.html, rows, best, "conveyor plan", reached=knee_reached(rows, best))
+        drawn = "the knee's" if knee_reached(rows, best) else f"the {best.total_workers} workers'"
+        print(f"conveyor plan: {drawn} simulated build drawn in {args.html}")
     return 0
 
 
@@ -166,6 +169,8 @@ def _print_plan(
     rows: Sequence[Any], best: Any, overheads: Any, units: Sequence[str], total: float, where: str
 ) -> None:
     measured = ", ".join(str(w) for w in overheads.startup_by_workers) or "none"
+    reached = knee_reached(rows, best)
+    mark = "  <- knee" if reached else "  <- fastest simulated"
     print(
         f"conveyor plan: {len(units)} tests, {total:.1f} s of tests in the timing history "
         f"({where}); overheads from {overheads.recorded_builds} recorded build(s) (start-up "
@@ -181,9 +186,10 @@ def _print_plan(
             f"{label:>9}  {row.wall_s:>8.1f} s  {row.testing_s:>7.1f} s  "
             f"{row.lower_bound_s:>7.1f} s  {row.utilisation * 100:>10.1f}%  "
             f"{row.startup_s:>7.1f} s  {row.tail_s:>5.1f} s  "
-            f"{overheads.gap_s(row.workers) * 1000:>5.1f} ms" + ("  <- knee" if row is best else "")
+            f"{overheads.gap_s(row.workers) * 1000:>5.1f} ms" + (mark if row is best else "")
         )
-    if best is not None and len(rows) > 1 and best is rows[-1]:
+    _note_cores(rows)
+    if not reached and best is not None:
         print(
             f"knee: not reached up to {best.total_workers} workers: doubling still shortened "
             "the build by 10 % or more at the last step; plan with more workers "
@@ -196,11 +202,26 @@ def _print_plan(
         )
 
 
+def _note_cores(rows: Sequence[Any]) -> None:
+    """Rows with more workers than this machine has cores: a plan drawn from builds run here
+    says what this machine would do, where tests run slower once workers outnumber cores."""
+    cores = os.cpu_count() or 1
+    crowded = [row.workers for row in rows if row.workers > cores]
+    if crowded:
+        print(
+            f"note: this machine has {cores} cores; at {', '.join(map(str, crowded))} workers "
+            "they are shared, and the tests recorded by builds that ran like that were slower "
+            "for it (their durations are in the timing history). Plan larger counts from the "
+            "history of a machine that has the cores."
+        )
+
+
 def _print_plan_json(rows: Sequence[Any], best: Any, overheads: Any, tests: int) -> None:
     data = {
         "tests": tests,
         "recorded_builds": overheads.recorded_builds,
         "knee": best.total_workers if best is not None else None,
+        "knee_reached": knee_reached(rows, best),
         "rows": [
             {
                 "workers": row.workers,
@@ -230,7 +251,12 @@ def flaky(argv: Sequence[str]) -> int:
         sys.stdout.write(json.dumps([t.as_json() for t in ranked], indent=2) + "\n")
         return 0
     if not ranked:
-        print(f"conveyor flaky: no flaky test recorded in {stores.where}.")
+        print(
+            f"conveyor flaky: no flaky test recorded in {stores.where}. Counted are a test "
+            "that failed, then passed on a retry (--max-requeues, pytest-rerunfailures), and "
+            "one whose outcome changed between builds of the same commit (known from git or "
+            "the CI's variables: builds of an unknown commit are never compared)."
+        )
         return 0
     print(f"{'score':>6} {'count':>5} {'retry':>5} {'flip':>4}  {'last seen (UTC)':<16}  test")
     for test in ranked:

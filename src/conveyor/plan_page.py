@@ -47,7 +47,7 @@ def schedule_events(prediction: Prediction) -> list[Event]:
     return events
 
 
-def table_html(rows: Sequence[Prediction], knee: Prediction | None) -> str:
+def table_html(rows: Sequence[Prediction], knee: Prediction | None, reached: bool = True) -> str:
     body = []
     for row in rows:
         mark = " class='knee'" if row is knee else ""
@@ -59,15 +59,24 @@ def table_html(rows: Sequence[Prediction], knee: Prediction | None) -> str:
             f"<td class='num'>{format_seconds(row.lower_bound_s)}</td>"
             f"<td class='num'>{row.utilisation * 100:.1f}%</td></tr>"
         )
-    knee_text = (
-        f"The knee is at {knee.total_workers} workers: doubling them gains less than 10 %."
-        if knee is not None
-        else ""
-    )
+    if knee is None:
+        knee_text = ""
+    elif reached:
+        knee_text = (
+            f"The knee is at {knee.total_workers} workers: doubling them gains less than 10 %. "
+            "The lanes below are the simulated build at the knee."
+        )
+    else:
+        knee_text = (
+            f"The knee is not reached up to {knee.total_workers} workers: doubling still gains "
+            f"10 % or more. The lanes below are the simulated build at {knee.total_workers}."
+        )
     return (
         "<section><h2>Predictions</h2><p class='summary'>Simulated with conveyor's own "
-        f"scheduling on the timing history. {html.escape(knee_text)} The lanes below are the "
-        "simulated build at the knee.</p><div class='scroll'><table id='plan'><thead><tr>"
+        f"scheduling on the timing history. {html.escape(knee_text)} The figures under the "
+        "chart measure the drawn build as the timeline page measures a real one, from its "
+        "first test to its last; the table's predicted wall adds the start-up and the tail."
+        "</p><div class='scroll'><table id='plan'><thead><tr>"
         "<th>workers</th><th>predicted wall</th><th>testing</th><th>lower bound</th>"
         f"<th>utilisation</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
         "</section>"
@@ -79,11 +88,13 @@ def write_plan_html(
     rows: Sequence[Prediction],
     chosen: Prediction,
     title: str,
+    *,
+    reached: bool = True,
 ) -> None:
     page = render_html(
         schedule_events(chosen),
         title=title,
         workers=chosen.total_workers,
-        intro=table_html(rows, chosen),
+        intro=table_html(rows, chosen, reached),
     )
     Path(path).write_text(page, encoding="utf-8")

@@ -72,6 +72,16 @@ def _entry_lines(text: str) -> list[tuple[int, dict[str, int]]]:
     return found
 
 
+def _date_hint(text: str, line: int) -> str:
+    """What TOML's own message leaves out when the bad value is a date (2026-13-45, 31.12.2026):
+    that `expires` takes a real date, written year-month-day."""
+    lines = text.splitlines()
+    bad = lines[line - 1] if 0 < line <= len(lines) else ""
+    if bad.split("=", 1)[0].strip() != "expires":
+        return ""
+    return " 'expires' takes a real date written year-month-day, unquoted: expires = 2026-03-01."
+
+
 def load(path: Path) -> list[Entry]:
     """The entries of a quarantine file, or QuarantineFileError saying file:line: what."""
     try:
@@ -82,8 +92,9 @@ def load(path: Path) -> list[Entry]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         where = _TOML_LINE.search(str(exc))
+        line = int(where.group(1)) if where else 1
         raise QuarantineFileError(
-            f"{path}:{where.group(1) if where else 1}: not valid TOML ({exc}). An entry looks "
+            f"{path}:{line}: not valid TOML ({exc}).{_date_hint(text, line)} An entry looks "
             f"like:\n{EXAMPLE}"
         ) from None
     return parse(data, str(path), _entry_lines(text))

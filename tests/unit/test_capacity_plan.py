@@ -11,6 +11,7 @@ from conveyor.capacity_plan import (
     Overheads,
     Setups,
     knee,
+    knee_reached,
     merge_setups,
     overheads_from,
     parse_worker_counts,
@@ -193,7 +194,27 @@ def test_a_knee_past_the_counts_simulated_is_not_claimed(
     _print_plan(rows, best, Overheads(), sorted(history), 64.0, "history")
     printed = capsys.readouterr().out
     assert "knee: not reached up to 4 workers" in printed
-    assert "<- knee" in printed  # still marks the last row, the best it knows
+    # The last row is the fastest simulated, not a knee: the table must not say otherwise.
+    assert "<- knee" not in printed
+    assert printed.count("<- fastest simulated") == 1
+    assert not knee_reached(rows, best)
+    page = table_html(rows, best, knee_reached(rows, best))
+    assert "not reached up to 4 workers" in page and "The knee is at" not in page
+
+
+def test_more_workers_than_cores_are_noted(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predictions at counts past this machine's cores rest on builds whose tests ran slower
+    for sharing them: the plan says so."""
+    from conveyor.cli_memory import _print_plan
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    history = {f"m{i}.py::test_a": 1.0 for i in range(8)}
+    rows = predict(sorted(history), history, [1, 2, 4, 8], Overheads({1: 0.1}, {1: 0.0}, {1: 0.0}))
+    _print_plan(rows, knee(rows), Overheads(), sorted(history), 8.0, "history")
+    printed = capsys.readouterr().out
+    assert "note: this machine has 2 cores; at 4, 8 workers they are shared" in printed
 
 
 def test_builds_without_timing_history_do_not_set_the_overheads() -> None:

@@ -52,6 +52,8 @@ def test_entries_with_reasons_expiry_and_lines(tmp_path: Path) -> None:
         ('[[quarantine]]\ntest = "a"\nreason = "r"\nexpire = 2026-01-01\n', 4, "unknown key"),
         ('\n[[quarantine]]\ntest = "a"\nexpires = 2026-01-01\n', 2, "no 'reason'"),
         ('[[quarantine]]\ntest = "a"\nreason = "r"\nexpires = "soon"\n', 4, "must be a date"),
+        ('[[quarantine]]\ntest = "a"\nreason = "r"\nexpires = 2026-13-45\n', 4, "a real date"),
+        ('[[quarantine]]\ntest = "a"\nreason = "r"\nexpires = 31.12.2026\n', 4, "a real date"),
         ('[[quarantine]]\ntest = ""\nreason = "r"\nexpires = 2026-01-01\n', 2, "a test id"),
         ('[[quarantine]]\ntest = "a"\nreason = " "\nexpires = 2026-01-01\n', 3, "say why"),
         ('tests = ["a"]\n', 1, "unknown key 'tests'"),
