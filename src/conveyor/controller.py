@@ -188,8 +188,15 @@ class ControllerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
         replayer, follower, view = self._parts()
-        with self._exit_on_abort():
-            self.manifest = manifest = ManifestView(self.queue, follower.wait_for_manifest())
+        try:
+            with self._exit_on_abort():
+                manifest = ManifestView(self.queue, follower.wait_for_manifest())
+        except KeyboardInterrupt:
+            # The workers started first and may be running tests already: an interrupt now
+            # leaves a shared build, or stops this one, as it would during the build.
+            self._interrupted(session)
+            raise
+        self.manifest = manifest
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)

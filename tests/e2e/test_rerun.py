@@ -152,3 +152,53 @@ def test_a_machine_whose_workers_are_refused_still_reports_the_whole_build(
     assert "every worker stopped" not in output, output
     assert "collected a different set of tests" in output
     assert "15 passed" in output.splitlines()[-1], output
+
+
+# The controller is slow to start (as on a loaded CI machine): its conftest import waits for a
+# file, while the workers, which start first, already run tests.
+SLOW_CONTROLLER_CONFTEST = """
+import os, pathlib, time
+
+if not os.environ.get("CONVEYOR_WORKER"):
+    pathlib.Path({configuring!r}).write_text("yes")
+    deadline = time.monotonic() + 60
+    while not pathlib.Path({go_on!r}).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_an_interrupt_while_the_controller_starts_stops_or_leaves_the_build(
+    pytester: pytest.Pytester, slow_suite: Path, shared: bool
+) -> None:
+    """The workers start before the controller's own pytest session: an interrupt that comes
+    while it is still starting is handled as one during the build, never as a bare error."""
+    configuring, go_on = pytester.path / "configuring", pytester.path / "go-on"
+    pytester.makeconftest(
+        SLOW_CONTROLLER_CONFTEST.format(configuring=str(configuring), go_on=str(go_on))
+    )
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "--queue", queue, "--build", "B5")
+    first = conveyor(pytester.path, *run, "--node-id", "a")
+    wait_for(slow_suite)  # a worker runs tests; the controller is still in its conftest
+    wait_for(configuring)
+    first.send_signal(signal.SIGTERM)
+    if shared:
+        go_on.write_text("yes")  # the other machine's controller starts normally
+        other = conveyor(pytester.path, *run, "--node-id", "b", "--junitxml=other.xml")
+    code, output = finish(first)
+    assert code == 2, output
+    if shared:
+        assert "interrupted while starting" in output and "goes on on the other machines" in (
+            output
+        ), output
+        code, output = finish(other)
+        assert code == 0, output
+        outcomes = junit_outcomes(pytester.path / "other.xml")
+        assert len(outcomes) == 31 and set(map(tuple, outcomes.values())) == {(("passed",),)}
+    else:
+        assert "did not run because the build was stopped" in output, output
+        go_on.write_text("yes")
+        code, output = finish(conveyor(pytester.path, *run, "--junitxml=again.xml"))
+        assert code == 0, output
+        assert "resuming it" in output and "31 passed" in output.splitlines()[-1], output
