@@ -7,6 +7,7 @@ on raises `BuildAborted` with a message for the person at the terminal.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -245,3 +246,38 @@ class BuildFollower:
                 supervisor.shutdown(terminate=True)
         self.drain()
         return False
+
+
+def interrupted_while_starting(
+    queue: Queue, supervisor: Supervisor, build: str, *, shared: bool
+) -> None:
+    """Ctrl-C, or CI cancelling the job, before the controller had wired its report (its
+    pytest session not started or not configured yet): the workers, started first, may already
+    be running tests. As during the build, a machine on a shared queue leaves and hands its
+    tests back; alone, the build is stopped once running tests have finished. Says so on
+    stderr, there being no report to say it in."""
+    follower = BuildFollower(
+        queue, supervisor, FollowSettings(build, shared=shared), BuildProblems(), {}, ()
+    )
+    left = follower.interrupted(lambda line: print(line, file=sys.stderr))
+    status = queue.status()
+    without_result = max(0, status.total - status.done)
+    if left:
+        print(
+            f"conveyor: interrupted while starting: {without_result} test(s) have no result "
+            "yet: this machine handed its tests back; the build goes on on the other machines "
+            "(run the same command again to rejoin it).",
+            file=sys.stderr,
+        )
+        return
+    how = (
+        "the same command again resumes it and runs them"
+        if shared
+        else "the embedded queue was temporary: to resume a stopped build, run it with "
+        "--queue sqlite:///path/queue.db --build ID"
+    )
+    print(
+        f"conveyor: interrupted while starting: {without_result} test(s) did not run because "
+        f"the build was stopped ({how}).",
+        file=sys.stderr,
+    )

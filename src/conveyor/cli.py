@@ -1,8 +1,8 @@
 """The `conveyor` command: parses its own few options and delegates.
 
-pytest, and conveyor's modules that need it, are imported where they are used, not here:
-`conveyor run` starts its workers first, so that the controller's own import of pytest and its
-plugins runs while the workers start, instead of before they do.
+pytest, and conveyor's modules that need it, are imported where they are used, not here: the
+commands that need no pytest (`conveyor worker`, `plan`, `flaky`, `history`, `events`) start
+without importing it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from conveyor import __version__
-from conveyor.build_follower import BuildFollower, FollowSettings
+from conveyor.build_follower import interrupted_while_starting
 from conveyor.ci import detect, node_id
 from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
@@ -37,7 +37,6 @@ from conveyor.history import (
 )
 from conveyor.hooks import run_shell
 from conveyor.options import render_help
-from conveyor.problems import BuildProblems
 from conveyor.quarantine import Entry, refuse_expired
 from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
@@ -250,6 +249,12 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _import_controller() -> None:
+    """What `_controller_exit` imports, imported now (see `_run`)."""
+    import conveyor.controller
+    import conveyor.memory_plugin  # noqa: F401
+
+
 def _controller_exit(
     options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
 ) -> tuple[int, BuildMemoryPlugin]:
@@ -343,7 +348,12 @@ def _run(options: RunOptions, run_dir: Path) -> int:
     try:
         if supervisor is not None:
             _node_setup(options)
-        # Workers start before the controller's own pytest start-up, which runs meanwhile.
+        # The controller imports pytest and its own modules before the workers start, so
+        # that it is following the build by the time they run tests. Spawned first, the
+        # workers ran tests 0.3 s sooner, but on a loaded machine the controller then lagged
+        # them into windows it did not handle: an interrupt, or a queue destroyed, while it was
+        # still configuring.
+        _import_controller()
         if supervisor is not None:
             supervisor.start()
         code, memory = _controller_exit(options, build, queue, supervisor)
@@ -351,52 +361,13 @@ def _run(options: RunOptions, run_dir: Path) -> int:
     except KeyboardInterrupt:
         if supervisor is None:
             raise
-        return _interrupted_while_starting(options, build, queue, supervisor)
+        interrupted_while_starting(queue, supervisor, build.id, shared=options.shared_queue)
+        return 2
     finally:
         if supervisor is not None:
             supervisor.shutdown(terminate=True)
         _record_cost(memory)
         queue.close()
-
-
-def _interrupted_while_starting(
-    options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor
-) -> int:
-    """Ctrl-C, or CI cancelling the job, before the controller's pytest session took over
-    (pytest's session handles it from there): the workers, started first, may already be
-    running tests. As during the build, a machine on a shared queue leaves and hands its tests
-    back; alone, the build is stopped once running tests have finished."""
-    follower = BuildFollower(
-        queue,
-        supervisor,
-        FollowSettings(build.id, shared=options.shared_queue),
-        BuildProblems(),
-        handlers={},
-        reported=(),
-    )
-    left = follower.interrupted(lambda line: print(line, file=sys.stderr))
-    status = queue.status()
-    without_result = max(0, status.total - status.done)
-    if left:
-        print(
-            f"conveyor: interrupted while starting: {without_result} test(s) have no result "
-            "yet: this machine handed its tests back; the build goes on on the other machines "
-            "(run the same command again to rejoin it).",
-            file=sys.stderr,
-        )
-    else:
-        how = (
-            "the same command again resumes it and runs them"
-            if options.shared_queue
-            else "the embedded queue was temporary: to resume a stopped build, run it with "
-            "--queue sqlite:///path/queue.db --build ID"
-        )
-        print(
-            f"conveyor: interrupted while starting: {without_result} test(s) did not run "
-            f"because the build was stopped ({how}).",
-            file=sys.stderr,
-        )
-    return 2
 
 
 def _record_cost(memory: BuildMemoryPlugin | None) -> None:

@@ -248,3 +248,16 @@ def slim_passed_reports(config: pytest.Config, reports: list[Any]) -> None:
             report = filed[index]
             filed[index] = PassedStub(report, reports[0])
             index -= 1
+
+
+@contextlib.contextmanager
+def uncaptured(config: pytest.Config | None) -> Iterator[None]:
+    """Output that must reach the terminal while pytest's capture is on: an interrupt before
+    the session's report, which would otherwise vanish into the capture. Relies on pytest's
+    capture manager (plugin "capturemanager") and its global_and_fixture_disabled()."""
+    capman: Any = config.pluginmanager.get_plugin("capturemanager") if config else None
+    if capman is None or not hasattr(capman, "global_and_fixture_disabled"):
+        yield
+        return
+    with capman.global_and_fixture_disabled():
+        yield

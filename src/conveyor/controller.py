@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conveyor.build_follower import BuildFollower, FollowSettings
+from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
+from conveyor.compat import uncaptured
 from conveyor.errors import BuildAborted, QueueError
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
@@ -91,6 +92,9 @@ class ControllerPlugin:
         self._view: TerminalView | None = None
         self._summary: BuildSummary | None = None
         self._workers: WorkerEvents | None = None
+        self._interrupt_handled = False
+        self._config: pytest.Config | None = None
+        self._reporting = False  # the session reached collection: its finish prints the report
 
     # -- session setup --------------------------------------------------------------------
 
@@ -108,6 +112,7 @@ class ControllerPlugin:
         # -n/--dist from the project's addopts are conveyor's to honour, never a cue for
         # pytest-xdist to start a session of its own inside this one.
         keep_xdist_out(config)
+        self._config = config
         return (yield)
 
     @pytest.hookimpl(trylast=True)
@@ -187,16 +192,10 @@ class ControllerPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
+        self._reporting = True
         replayer, follower, view = self._parts()
-        try:
-            with self._exit_on_abort():
-                manifest = ManifestView(self.queue, follower.wait_for_manifest())
-        except KeyboardInterrupt:
-            # The workers started first and may be running tests already: an interrupt now
-            # leaves a shared build, or stops this one, as it would during the build.
-            self._interrupted(session)
-            raise
-        self.manifest = manifest
+        with self._exit_on_abort():
+            self.manifest = manifest = ManifestView(self.queue, follower.wait_for_manifest())
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
@@ -226,7 +225,7 @@ class ControllerPlugin:
             with self._exit_on_abort(), view.live_progress(session.testscollected):
                 follower.follow(show_progress, stop_reason)
         except KeyboardInterrupt:
-            self._interrupted(session)
+            self._interrupted(session.config)
             raise
         if self.supervisor is not None and self.supervisor.wait_for_stragglers():
             # What a late worker says (a refusal, a rejected late result) belongs in this
@@ -247,8 +246,29 @@ class ControllerPlugin:
             raise session.Interrupted(session.shouldstop)
         return True
 
-    def _interrupted(self, session: pytest.Session) -> None:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        """Ctrl-C, or CI cancelling the job, anywhere in the session: the workers started
+        first and may be running tests before this controller has even collected, so an
+        interrupt is always handled as one during the build is (the build loop's own handling
+        has run by then, and this does nothing)."""
+        if self._reporting and self._config is not None:
+            self._interrupted(self._config)  # the session's finish reports what happened
+        elif self.supervisor is not None and not self._interrupt_handled:
+            # Before the session got as far as collecting, it ends without a report: say it
+            # here, past pytest's capture.
+            self._interrupt_handled = True
+            with uncaptured(self._config):
+                interrupted_while_starting(
+                    self.queue, self.supervisor, self.settings.build, shared=self.settings.shared
+                )
+
+    def _interrupted(self, config: pytest.Config) -> None:
+        """A shared build is left to the other machines, this machine's tests handed back; a
+        build of this machine alone is stopped once running tests finish. Once."""
+        if self._interrupt_handled:
+            return
+        self._interrupt_handled = True
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
 
         def say(line: str) -> None:
             if reporter is not None:
@@ -256,6 +276,8 @@ class ControllerPlugin:
 
         if self._require(self._follower).interrupted(say):
             self.problems.left_shared_build = True
+        if self.manifest is None and (published := self.queue.manifest()) is not None:
+            self.manifest = ManifestView(self.queue, published)  # interrupted while collecting
         self._require(self._summary).note_not_run(self.manifest)
 
     @contextlib.contextmanager
@@ -295,7 +317,9 @@ class ControllerPlugin:
         return None
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        summary, follower = self._require(self._summary), self._require(self._follower)
+        if self._summary is None:
+            return  # interrupted before pytest_configure: nothing was wired to report
+        summary, follower = self._summary, self._require(self._follower)
         summary.write(
             terminalreporter,
             timeline=self.settings.timeline,

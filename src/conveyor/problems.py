@@ -56,11 +56,12 @@ class BuildProblems:
         self._write_without_result(tr)
 
     def _write_without_result(self, tr: Any) -> None:
-        if self.not_run and self.left_shared_build:
+        if self.left_shared_build:
+            # Without a manifest yet (interrupted while starting) there is no count to give.
+            count = f"{len(self.not_run)} test(s) have no result yet: " if self.not_run else ""
             tr.write_line(
-                f"{len(self.not_run)} test(s) have no result yet: this machine was interrupted "
-                "and handed its tests back; the build goes on on the other machines (run the "
-                "same command again to rejoin it).",
+                f"{count}this machine was interrupted and handed its tests back; the build "
+                "goes on on the other machines (run the same command again to rejoin it).",
                 yellow=True,
             )
             _list(tr, self.not_run)

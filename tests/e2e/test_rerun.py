@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import junit_outcomes
 
+from conveyor.queue import open_queue
+
 SLOW_SUITE = """
 import pathlib, time
 
@@ -154,51 +156,80 @@ def test_a_machine_whose_workers_are_refused_still_reports_the_whole_build(
     assert "15 passed" in output.splitlines()[-1], output
 
 
-# The controller is slow to start (as on a loaded CI machine): its conftest import waits for a
-# file, while the workers, which start first, already run tests.
+# The controller is slow to start (as on a loaded CI machine): importing its conftest, or in
+# pytest_configure before conveyor's own, it waits for a file, while the workers, which start
+# first, already run tests.
 SLOW_CONTROLLER_CONFTEST = """
 import os, pathlib, time
 
-if not os.environ.get("CONVEYOR_WORKER"):
+def hold():
+    if os.environ.get("CONVEYOR_WORKER"):
+        return
     pathlib.Path({configuring!r}).write_text("yes")
     deadline = time.monotonic() + 60
     while not pathlib.Path({go_on!r}).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+if {where!r} == "import":
+    hold()
+
+def pytest_configure(config):
+    if {where!r} == "configure":
+        hold()
 """
 
 
 @pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("where", ["import", "configure"])
 def test_an_interrupt_while_the_controller_starts_stops_or_leaves_the_build(
-    pytester: pytest.Pytester, slow_suite: Path, shared: bool
+    pytester: pytest.Pytester, slow_suite: Path, shared: bool, where: str
 ) -> None:
     """The workers start before the controller's own pytest session: an interrupt that comes
-    while it is still starting is handled as one during the build, never as a bare error."""
+    while it is still starting is handled as one during the build, never as a bare error.
+    Shared: another machine's worker holds a test at that moment, so the build goes on there;
+    alone, the build is stopped and the same command resumes it."""
     configuring, go_on = pytester.path / "configuring", pytester.path / "go-on"
     pytester.makeconftest(
-        SLOW_CONTROLLER_CONFTEST.format(configuring=str(configuring), go_on=str(go_on))
+        SLOW_CONTROLLER_CONFTEST.format(configuring=str(configuring), go_on=str(go_on), where=where)
+    )
+    # Enough work left at the interrupt, however slow the machine: the build is not over.
+    pytester.makepyfile(
+        test_later="import time\n"
+        + "".join(f"def test_{i}():\n    time.sleep(0.5)\n" for i in range(10))
     )
     queue = f"sqlite://{pytester.path / 'q.db'}"
     run = ("run", "-n", "1", "--queue", queue, "--build", "B5")
     first = conveyor(pytester.path, *run, "--node-id", "a")
-    wait_for(slow_suite)  # a worker runs tests; the controller is still in its conftest
-    wait_for(configuring)
-    first.send_signal(signal.SIGTERM)
     if shared:
-        go_on.write_text("yes")  # the other machine's controller starts normally
         other = conveyor(pytester.path, *run, "--node-id", "b", "--junitxml=other.xml")
+    wait_for(slow_suite)  # a worker runs tests; the controllers are still in their conftest
+    wait_for(configuring)
+    if shared:
+        wait_for_leases(queue, "B5", 2)  # both machines' workers hold a test
+    first.send_signal(signal.SIGTERM)
     code, output = finish(first)
+    go_on.write_text("yes")  # from here controllers start normally
     assert code == 2, output
     if shared:
-        assert "interrupted while starting" in output and "goes on on the other machines" in (
-            output
-        ), output
+        assert "interrupted while starting" in output, output
+        assert "goes on on the other machines" in output, output
         code, output = finish(other)
         assert code == 0, output
         outcomes = junit_outcomes(pytester.path / "other.xml")
-        assert len(outcomes) == 31 and set(map(tuple, outcomes.values())) == {(("passed",),)}
+        assert len(outcomes) == 41 and set(map(tuple, outcomes.values())) == {(("passed",),)}
     else:
         assert "did not run because the build was stopped" in output, output
-        go_on.write_text("yes")
         code, output = finish(conveyor(pytester.path, *run, "--junitxml=again.xml"))
         assert code == 0, output
-        assert "resuming it" in output and "31 passed" in output.splitlines()[-1], output
+        assert "resuming it" in output and "41 passed" in output.splitlines()[-1], output
+
+
+def wait_for_leases(url: str, build: str, count: int) -> None:
+    queue = open_queue(url, build)
+    try:
+        deadline = time.monotonic() + 60
+        while queue.status().leased < count:
+            assert time.monotonic() < deadline, f"never {count} leases held at once"
+            time.sleep(0.02)
+    finally:
+        queue.close()

@@ -20,9 +20,9 @@ def test_the_api_imports_and_builds_results_without_pytest() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_conveyor_run_starts_its_workers_before_importing_pytest() -> None:
-    """`conveyor run` spawns the workers and only then imports pytest for its own report, so
-    the two start-ups overlap: everything up to the spawn must import without pytest."""
+def test_the_command_imports_pytest_only_where_it_is_needed() -> None:
+    """`conveyor worker`, `plan` and the other commands that need no pytest start without
+    importing it: everything up to the spawn of workers imports without pytest."""
     script = (
         "import sys\n"
         "sys.modules['pytest'] = None\n"
