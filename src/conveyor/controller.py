@@ -251,6 +251,8 @@ class ControllerPlugin:
         first and may be running tests before this controller has even collected, so an
         interrupt is always handled as one during the build is (the build loop's own handling
         has run by then, and this does nothing)."""
+        if not isinstance(excinfo.value, KeyboardInterrupt):
+            return  # pytest.exit() (an aborted build) comes here too: not an interrupt
         if self._reporting and self._config is not None:
             self._interrupted(self._config)  # the session's finish reports what happened
         elif self.supervisor is not None and not self._interrupt_handled:
