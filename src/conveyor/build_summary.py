@@ -56,7 +56,7 @@ class BuildSummary:
         if self.queue.status().stop_reason is not None:
             self.note_not_run(manifest)
             return
-        self.problems.missing = sorted(manifest.unit_set - self.ledger.reported)
+        self.problems.missing = sorted(manifest.unit_ids.keys() - self.ledger.reported)
 
     def note_not_run(self, manifest: ManifestView | None) -> None:
         if manifest is not None:

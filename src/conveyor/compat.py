@@ -12,6 +12,11 @@ from typing import Any
 import pytest
 from _pytest import junitxml
 
+try:
+    from _pytest.nodeid import NodeId
+except ImportError:  # pytest < 9: a report's nodeid is a plain string
+    NodeId = None  # type: ignore[assignment,misc,unused-ignore]
+
 SUBTEST_REPORT_TYPE = "SubTestReport"  # _pytest.subtests.SubtestReport._to_json's marker
 
 
@@ -222,6 +227,21 @@ class PassedStub:
         extra = {k: v for k, v in fields.items() if k not in _LEFT_OUT and k not in _SLOTS}
         if extra:
             self.__dict__.update(extra)
+
+
+def shared_node_id(nodeid: str) -> Any:
+    """What the rebuilt reports of one test are given as their nodeid, so that its phases
+    share one parsed id: pytest 9 parses the string into a NodeId per report, and keeps the
+    call's for the session (its subtests ledger), the setup's (the terminal's progress set)
+    and the stubs' (`stats`). The path, the same for every test of a file, is one string.
+    On older pytest the string itself, which the reports then share. Relies on pytest 9's
+    TestReport taking a NodeId as `nodeid` (coerce_node_id) and NodeId being a frozen
+    dataclass with `path` among its fields."""
+    if NodeId is None:
+        return nodeid
+    parsed = NodeId.parse(nodeid)
+    object.__setattr__(parsed, "path", sys.intern(parsed.path))
+    return parsed
 
 
 # Below this many tests nothing is slimmed: a plain run's objects, whatever a plugin reads.

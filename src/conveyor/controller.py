@@ -150,8 +150,8 @@ class ControllerPlugin:
         self._replayer = ReportReplayer(
             config,
             self.problems,
-            in_manifest=lambda nodeid: (
-                self.manifest is not None and nodeid in self.manifest.unit_set
+            known_test=lambda nodeid: (
+                None if self.manifest is None else self.manifest.unit_ids.get(nodeid)
             ),
             on_failure=self._view.announce_failure,
             started_at=self._started_at,

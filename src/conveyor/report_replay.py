@@ -6,6 +6,7 @@ Every replayed test goes through one path (`_replay`): logstart, each report, lo
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from conveyor.compat import (
     SLIM_FROM_TESTS,
     junit_testcase_appender,
     replay_collection_counts,
+    shared_node_id,
     slim_passed_reports,
 )
 from conveyor.problems import BuildProblems
@@ -54,13 +56,13 @@ class ReportReplayer:
         self,
         config: pytest.Config,
         problems: BuildProblems,
-        in_manifest: Callable[[str], bool],
+        known_test: Callable[[str], str | None],
         on_failure: Callable[[list[Any]], None],
         started_at: float,
     ) -> None:
         self.config = config
         self.problems = problems
-        self.in_manifest = in_manifest
+        self.known_test = known_test  # the manifest's own string for a test id, or None
         self.on_failure = on_failure  # --show-failures-live
         self.ledger = Ledger()
         self.slim = False  # set for builds of SLIM_FROM_TESTS tests or more
@@ -106,12 +108,27 @@ class ReportReplayer:
     def _reports(self, raws: list[Any]) -> list[Any]:
         return [self.report(raw) for raw in raws]
 
+    def _test_reports(self, nodeid: str, location: tuple[Any, ...], raws: list[Any]) -> list[Any]:
+        """A test's reports, sharing one nodeid and one location between its phases (each
+        decoded from JSON separately, they would hold copies: about a kilobyte a test that
+        the controller keeps for the session)."""
+        node_id = shared_node_id(nodeid)
+        reports = []
+        for raw in raws:
+            if isinstance(raw, dict) and raw.get("nodeid") == nodeid:
+                raw = {**raw, "nodeid": node_id}
+            report = self.report(raw)
+            if getattr(report, "location", None) == location:
+                report.location = location
+            reports.append(report)
+        return reports
+
     def _accept(self, nodeid: str, event: Event) -> bool:
         """Accounting is by set: a result for a test nobody collected must not stand in for one
         that has no result, and only the first result of a test counts."""
         if nodeid in self.ledger.reported:
             return False
-        if not self.in_manifest(nodeid) or (event.unit is not None and event.unit != nodeid):
+        if self.known_test(nodeid) is None or (event.unit is not None and event.unit != nodeid):
             self.problems.errors.append(
                 f"a result for {nodeid!r} from worker {event.worker} was rejected: no worker "
                 "of this build collected that test."
@@ -126,8 +143,12 @@ class ReportReplayer:
         data = event.data
         try:
             nodeid = str(data["nodeid"])
-            location = tuple(data["location"])
-            reports = self._reports(data["reports"])
+            nodeid = self.known_test(nodeid) or nodeid
+            location = _location(data["location"])
+            if "cases" in data:
+                reports = self._reports(data["reports"])
+            else:
+                reports = self._test_reports(nodeid, location, data["reports"])
         except UNREADABLE as exc:
             self.problems.errors.append(
                 f"a result for {event.unit!r} from worker {event.worker} could not be read "
@@ -228,6 +249,14 @@ class ReportReplayer:
                 "location": None,
             }
         )
+
+
+def _location(value: Any) -> tuple[Any, ...]:
+    """A result's (path, line, name), its path one string for all the tests of a file."""
+    location = tuple(value)
+    if location and isinstance(location[0], str):
+        location = (sys.intern(location[0]), *location[1:])
+    return location
 
 
 def _list(value: object) -> list[Any]:

@@ -32,6 +32,7 @@ def test_fails():
 # What the controller's terminal holds for passed tests, and what a plugin attached to their
 # reports in the workers (as hypothesis does with its statistics), read as hypothesis reads it.
 CONFTEST = """
+import gc
 import pytest
 
 @pytest.hookimpl(wrapper=True)
@@ -48,6 +49,9 @@ def pytest_terminal_summary(terminalreporter):
              for r in reports}
     terminalreporter.write_line("passed held as: " + ",".join(kinds))
     terminalreporter.write_line(f"notes kept: {'noted test_quick' in notes}")
+    # pytest 9 parses each report's id into a NodeId, and keeps some for the session.
+    node_ids = sum(type(o).__name__ == "NodeId" for o in gc.get_objects())
+    terminalreporter.write_line(f"node ids held: {node_ids} for {len(passed)} passed")
 """
 
 
@@ -66,6 +70,23 @@ def test_passed_reports_become_stubs_with_the_same_summary(pytester: pytest.Pyte
     ours.stdout.fnmatch_lines(["notes kept: True"])  # a plugin's data on the report stays
     # --durations reads duration, phase and id of what the terminal kept.
     ours.stdout.re_match_lines([r"0\.\d\ds call\s+test_mem.py::test_slow"])
+
+
+@pytest.mark.skipif(
+    not hasattr(pytest.TestReport, "id"), reason="pytest < 9 has no structured node ids"
+)
+def test_the_phases_of_a_test_share_one_parsed_id(pytester: pytest.Pytester) -> None:
+    """Each report rebuilt from JSON parsed its own id, and pytest keeps the setup's (its
+    progress set) and the call's (its subtests ledger) for the session: two a test, about a
+    quarter of a kilobyte each, where one does."""
+    pytester.makepyfile(test_mem=SUITE)
+    pytester.makeconftest(CONFTEST)
+    ours = run_conveyor(pytester, "-n", "2")
+    found = re.search(r"node ids held: (\d+) for (\d+) passed", ours.stdout.str())
+    assert found, ours.stdout.str()
+    held, passed = int(found.group(1)), int(found.group(2))
+    assert passed > SLIM_FROM_TESTS
+    assert held < passed * 1.1, f"{held} node ids for {passed} tests"
 
 
 @pytest.mark.parametrize("chars", ["-rA", "-rP"])
