@@ -127,12 +127,13 @@ class ControllerPlugin:
             build=settings.build,
         )
         self._wire(config)
-        self._finished_at_start = self.queue.status().finished
-        if not self._finished_at_start:
-            # Plugins' part of each worker's input (a random seed, where coverage goes),
-            # published before the workers configure; they wait for it.
-            data = self.nodes.worker_input(shared=settings.shared)
-            self.queue.publish(EVENT_WORKER_INPUT, self.nodes.source, {"input": data})
+        with self._exit_on_abort():  # the queue gone before the session began: exit 3, say why
+            self._finished_at_start = self.queue.status().finished
+            if not self._finished_at_start:
+                # Plugins' part of each worker's input (a random seed, where coverage goes),
+                # published before the workers configure; they wait for it.
+                data = self.nodes.worker_input(shared=settings.shared)
+                self.queue.publish(EVENT_WORKER_INPUT, self.nodes.source, {"input": data})
         if config.getoption("usepdb", False):
             raise pytest.UsageError(
                 "--pdb cannot debug tests that run in other processes; run the failing test "

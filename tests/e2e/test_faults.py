@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import RedisServer, require_redis_server
 from helpers import assert_same_verdict, junit_outcomes, run_conveyor
 
 
@@ -320,6 +321,39 @@ def test_a_queue_file_destroyed_mid_build_is_a_clear_error_not_an_internal_one(
     assert process.returncode == 3, output
     assert "INTERNALERROR" not in output and "Traceback" not in output, output
     assert "conveyor:" in output
+
+
+# In the controller's pytest_configure, before conveyor's own: the Redis server goes away.
+REDIS_GONE_CONFTEST = """
+import os, signal
+
+def pytest_configure(config):
+    if not os.environ.get("CONVEYOR_WORKER"):
+        os.kill({pid}, signal.SIGKILL)
+"""
+
+
+def test_a_queue_gone_while_the_controller_configures_is_a_clear_error(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The controller reads the build's state and publishes the workers' input in its
+    pytest_configure: a queue lost there was an INTERNALERROR with a traceback, and the
+    workers already started were left to find out for themselves."""
+    require_redis_server()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        assert server.process is not None
+        pytester.makeconftest(REDIS_GONE_CONFTEST.format(pid=server.process.pid))
+        pytester.makepyfile(test_ok="def test_fine(): pass")
+        result = run_conveyor(pytester, "-n", "1", "--queue", server.url, "--build", "GONE")
+    finally:
+        server.stop()
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 3, output
+    assert "INTERNALERROR" not in output and "Traceback" not in output, output
+    assert "cannot reach the Redis queue" in output, output
+    assert "1 passed" not in output, output
 
 
 def test_conveyor_debug_traces_queue_operations_and_worker_lives(
