@@ -2,7 +2,7 @@
 
 pytest, and conveyor's modules that need it, are imported where they are used, not here: the
 commands that need no pytest (`conveyor worker`, `plan`, `flaky`, `history`, `events`) start
-without importing it.
+without importing it, and `conveyor run` spawns its workers before it imports pytest.
 """
 
 from __future__ import annotations
@@ -249,12 +249,6 @@ def _interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def _import_controller() -> None:
-    """What `_controller_exit` imports, imported now (see `_run`)."""
-    import conveyor.controller
-    import conveyor.memory_plugin  # noqa: F401
-
-
 def _controller_exit(
     options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
 ) -> tuple[int, BuildMemoryPlugin]:
@@ -348,12 +342,11 @@ def _run(options: RunOptions, run_dir: Path) -> int:
     try:
         if supervisor is not None:
             _node_setup(options)
-        # The controller imports pytest and its own modules before the workers start, so
-        # that it is following the build by the time they run tests. Spawned first, the
-        # workers ran tests 0.3 s sooner, but on a loaded machine the controller then lagged
-        # them into windows it did not handle: an interrupt, or a queue destroyed, while it was
-        # still configuring.
-        _import_controller()
+        # The workers start before the controller imports pytest and its plugins, so that
+        # those imports run while the workers start rather than before they do (the first
+        # result comes about 0.3 s sooner at -n 2). The controller may then still be starting
+        # while they run tests: an interrupt there, or the queue lost while it configures, is
+        # handled as during the build (see `interrupted_while_starting`, ControllerPlugin).
         if supervisor is not None:
             supervisor.start()
         code, memory = _controller_exit(options, build, queue, supervisor)

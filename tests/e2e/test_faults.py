@@ -215,11 +215,19 @@ def test_os_exit_0_in_a_test_is_a_crash_of_that_test(pytester: pytest.Pytester) 
 
 
 def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Pytester) -> None:
-    started = pytester.path / "started"
+    """An interrupt during the build, once the controller replays results (an interrupt
+    while it is still starting is tests/e2e/test_rerun.py's)."""
+    started, following = pytester.path / "started", pytester.path / "following"
     sleepers = "".join(f"def test_sleep_{i}():\n    time.sleep(0.5)\n\n" for i in range(40))
     pytester.makepyfile(
         test_slow="import pathlib, time\n\n"
         f"def test_first():\n    pathlib.Path({str(started)!r}).write_text('yes')\n\n" + sleepers
+    )
+    pytester.makeconftest(
+        "import os, pathlib\n\n"
+        "def pytest_runtest_logreport(report):\n"
+        "    if not os.environ.get('CONVEYOR_WORKER'):\n"
+        f"        pathlib.Path({str(following)!r}).write_text('yes')\n"
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:cacheprovider"],
@@ -229,7 +237,7 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Py
         text=True,
     )
     deadline = time.monotonic() + 60
-    while not started.exists() and time.monotonic() < deadline:
+    while not (started.exists() and following.exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
