@@ -722,6 +722,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     try:
+        return _run_command(handler, rest)
+    finally:
+        _forget_handled_interrupt()
+
+
+def _forget_handled_interrupt() -> None:
+    """CPython marks a KeyboardInterrupt that leaves an exec() of source text as unhandled,
+    even when code further up handles it, and then ends the process by killing it with
+    SIGINT, whatever exit code it chose: -2 where conveyor said 2. An interrupt while modules
+    import lands there often (dataclasses and named tuples exec their methods). Any exec()
+    of source text that succeeds clears the mark: the exit code is conveyor's own."""
+    exec("")
+
+
+def _run_command(handler: Callable[[Sequence[str]], int], rest: Sequence[str]) -> int:
+    try:
         return handler(rest)
     except UsageError as exc:  # a wrong queue URL included (QueueURLError)
         return _error(str(exc), 4)
