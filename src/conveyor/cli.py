@@ -277,6 +277,7 @@ def _controller_exit(
         header=header,
         shared=options.shared_queue,
         node=build.node,
+        started_at=PROCESS_STARTED_AT,
     )
     controller = ControllerPlugin(settings, queue, supervisor)
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)

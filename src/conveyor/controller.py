@@ -50,6 +50,12 @@ from conveyor.xdist_compat import (
 _Part = TypeVar("_Part")
 
 
+def _monotonic_at(epoch: float | None) -> float:
+    """The monotonic clock's reading at an earlier wall-clock time (now, without one)."""
+    now = time.monotonic()
+    return now if epoch is None else now - max(0.0, time.time() - epoch)
+
+
 @dataclass
 class ControllerSettings:
     """What the controller needs besides pytest's own config."""
@@ -66,6 +72,9 @@ class ControllerSettings:
     header: str = ""
     shared: bool = False  # other processes may work on this build (an explicit --queue)
     node: str = ""  # this machine's prefix of worker ids ("host-pid/") on a shared queue
+    # When the command started (epoch seconds): the build's start-up and its first result
+    # are measured from there, the workers' spawn and the controller's imports included.
+    started_at: float | None = None
 
 
 class ControllerPlugin:
@@ -83,7 +92,7 @@ class ControllerPlugin:
         self.problems = BuildProblems(resumable=settings.shared)
         self.manifest: ManifestView | None = None
         self.nodes: ControllerNodes | None = None
-        self._started_at = time.monotonic()
+        self._started_at = _monotonic_at(settings.started_at)
         self._benchmark_note: str | None = None
         self._finished_at_start = False
         # Made in pytest_configure, once pytest's config exists.
@@ -128,7 +137,11 @@ class ControllerPlugin:
         )
         self._wire(config)
         with self._exit_on_abort():  # the queue gone before the session began: exit 3, say why
-            self._finished_at_start = self.queue.status().finished
+            # Finished before this controller began: a replay, or a report of a build run
+            # elsewhere. Not a build this command started workers for, however quickly they
+            # finished it (they may before the controller configures): their output and the
+            # summary's timings still come.
+            self._finished_at_start = self.queue.status().finished and self.supervisor is None
             if not self._finished_at_start:
                 # Plugins' part of each worker's input (a random seed, where coverage goes),
                 # published before the workers configure; they wait for it.

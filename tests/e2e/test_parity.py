@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 
@@ -309,6 +310,64 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
         ]
     )
     assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()
+
+
+def test_the_build_time_counts_from_the_commands_start(pytester: pytest.Pytester) -> None:
+    """What the summary calls the build's start-up and first result is measured from the
+    command's start, as the person waiting for it measures: the machine's set-up, the
+    workers' spawn and the controller's imports included, not from the controller's plugin."""
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass")
+    run = (sys.executable, "-m", "conveyor", "run", "-n", "1", "--node-setup", "sleep 1.5")
+    assert pytester.run(*run, timeout=120).ret == 0  # records the timing history
+    second = pytester.run(*run, timeout=120)
+    assert second.ret == 0
+    found = re.search(
+        r"the build took ([\d.]+) s .*first result after ([\d.]+) s", str(second.stdout)
+    )
+    assert found, second.stdout.str()
+    took, first = float(found.group(1)), float(found.group(2))
+    assert first >= 1.5 and took >= first, (took, first)
+
+
+# The controller configures only once its workers have finished the whole build.
+LATE_CONTROLLER_CONFTEST = """
+import os, time
+from conveyor.queue import open_queue
+
+def pytest_configure(config):
+    if os.environ.get("CONVEYOR_WORKER"):
+        return
+    queue = open_queue({url!r}, "LATE")
+    deadline = time.monotonic() + 60
+    while not queue.status().finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    queue.close()
+"""
+
+
+def test_a_build_its_workers_finish_before_the_controller_configures_is_reported_whole(
+    pytester: pytest.Pytester,
+) -> None:
+    """The workers start first and need nothing from the controller unless a plugin asks:
+    on a loaded machine they can finish a small build before it configures. That is this
+    run's build, not a finished one it replays: its timings are reported, and the workers'
+    output is waited for."""
+    url = f"sqlite://{pytester.path / 'q.db'}"
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass")
+    first = pytester.run(
+        sys.executable, "-m", "conveyor", "run", "-n", "1", "--queue", url, "--build", "EARLY",
+        timeout=120,
+    )  # fmt: skip
+    assert first.ret == 0  # records the timing history
+    pytester.makeconftest(LATE_CONTROLLER_CONFTEST.format(url=url))
+    result = pytester.run(
+        sys.executable, "-m", "conveyor", "run", "-n", "1", "--queue", url, "--build", "LATE",
+        timeout=120,
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*the build took * s (start-up included; first result after*"])
+    assert "report only" not in result.stdout.str()
+    assert "sent no output" not in result.stdout.str()
 
 
 def test_history_export_and_import_round_trip(pytester: pytest.Pytester) -> None:
