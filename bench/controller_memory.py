@@ -2,7 +2,8 @@
 
 Generates 100,000 trivial tests in 100 files, runs `conveyor run -n 2` on them and samples the
 controller process's peak resident set (VmHWM in /proc) just before it exits. Run with
-`python -m bench.controller_memory [--tests N]`.
+`python -m bench.controller_memory [--tests N] [-- PYTEST ARGS]`; the arguments after `--` go
+to `conveyor run`, e.g. `-- -p no:syrupy` to leave out a plugin's own memory.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def peak_rss_mb(pid: int) -> float | None:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.controller_memory")
     parser.add_argument("--tests", type=int, default=100_000)
+    parser.add_argument("pytest_args", nargs="*", help="after --: passed to `conveyor run`")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conveyor-memory-") as folder:
         suite = Path(folder) / "suite"
@@ -58,6 +60,7 @@ def main() -> int:
                     "-q",
                     "-p",
                     "no:cacheprovider",
+                    *args.pytest_args,
                 ],
                 cwd=suite,
                 stdout=log,
@@ -70,7 +73,11 @@ def main() -> int:
         output = log_path.read_text()
         wall = time.perf_counter() - started
     summary = output.strip().splitlines()[-1] if output.strip() else "(no output)"
-    print(f"{args.tests} tests, 2 workers: wall {wall:.1f} s, controller peak RSS {peak:.0f} MB")
+    extra = f" ({' '.join(args.pytest_args)})" if args.pytest_args else ""
+    print(
+        f"{args.tests} tests, 2 workers{extra}: wall {wall:.1f} s, "
+        f"controller peak RSS {peak:.0f} MB"
+    )
     print(f"  {summary}")
     return process.returncode
 

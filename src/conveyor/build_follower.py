@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from conveyor.errors import BuildAborted, BuildStateLost
-from conveyor.problems import BuildProblems
+from conveyor.problems import BuildProblems, how_to_resume
 from conveyor.queue import Queue
 from conveyor.queue.protocol import Event, Manifest
 from conveyor.supervisor import Supervisor
@@ -270,12 +270,7 @@ def interrupted_while_starting(
             file=sys.stderr,
         )
         return
-    how = (
-        "the same command again resumes it and runs them"
-        if shared
-        else "the embedded queue was temporary: to resume a stopped build, run it with "
-        "--queue sqlite:///path/queue.db --build ID"
-    )
+    how = how_to_resume(shared)
     print(
         f"conveyor: interrupted while starting: {without_result} test(s) did not run because "
         f"the build was stopped ({how}).",

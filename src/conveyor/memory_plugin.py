@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ class BuildMemoryPlugin:
             seen.setup_s = float(report.duration or 0)  # the final attempt's
         for name, value in report.user_properties:
             if name == "conveyor_worker":
-                seen.worker = str(value)
+                seen.worker = sys.intern(str(value))  # one string per worker, not per test
 
     # -- at the end: what to remember, and the exit code ----------------------------------
 

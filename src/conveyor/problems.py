@@ -66,12 +66,7 @@ class BuildProblems:
             )
             _list(tr, self.not_run)
         elif self.not_run:
-            how = (
-                "the same command again resumes it and runs them"
-                if self.resumable
-                else "the embedded queue was temporary: to resume a stopped build, run it with "
-                "--queue sqlite:///path/queue.db --build ID"
-            )
+            how = how_to_resume(self.resumable)
             tr.write_line(
                 f"{len(self.not_run)} test(s) did not run because the build was stopped ({how}):",
                 yellow=True,
@@ -91,3 +86,13 @@ def _list(tr: Any, nodeids: Sequence[str]) -> None:
         tr.write_line(f"  {nodeid}")
     if len(nodeids) > SHOWN:
         tr.write_line(f"  ... and {len(nodeids) - SHOWN} more")
+
+
+def how_to_resume(resumable: bool) -> str:
+    """How to run what a stopped build left: the same command, where its queue outlives it."""
+    if resumable:
+        return "the same command again resumes it and runs them"
+    return (
+        "the embedded queue was temporary: to resume a stopped build, run it with "
+        "--queue sqlite:///path/queue.db --build ID"
+    )
