@@ -123,12 +123,12 @@ class ReportReplayer:
             reports.append(report)
         return reports
 
-    def _accept(self, nodeid: str, event: Event) -> bool:
+    def _accept(self, nodeid: str, collected: bool, event: Event) -> bool:
         """Accounting is by set: a result for a test nobody collected must not stand in for one
         that has no result, and only the first result of a test counts."""
         if nodeid in self.ledger.reported:
             return False
-        if self.known_test(nodeid) is None or (event.unit is not None and event.unit != nodeid):
+        if not collected or (event.unit is not None and event.unit != nodeid):
             self.problems.errors.append(
                 f"a result for {nodeid!r} from worker {event.worker} was rejected: no worker "
                 "of this build collected that test."
@@ -142,8 +142,9 @@ class ReportReplayer:
     def on_result(self, event: Event) -> None:
         data = event.data
         try:
-            nodeid = str(data["nodeid"])
-            nodeid = self.known_test(nodeid) or nodeid
+            sent = str(data["nodeid"])
+            known = self.known_test(sent)  # the manifest's own string: one copy of each id
+            nodeid = known or sent
             location = _location(data["location"])
             if "cases" in data:
                 reports = self._reports(data["reports"])
@@ -155,7 +156,7 @@ class ReportReplayer:
                 f"({type(exc).__name__}: {exc}); the test is counted as not run."
             )
             return
-        if not self._accept(nodeid, event):
+        if not self._accept(nodeid, known is not None, event):
             return
         if "cases" in data:  # command mode: the cases of a unit, not the unit
             self.ledger.durations[nodeid] = float(data.get("duration") or 0)
