@@ -15,13 +15,22 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.realsuites_junit import Difference, counts, differences
-from bench.realsuites_modes import COMPARED, MODES, Context, ModeRun, execute
+from bench.realsuites_modes import (
+    COMPARED,
+    MODES,
+    Context,
+    ModeRun,
+    execute,
+    project_env,
+    recorded_build,
+)
 from bench.realsuites_pins import Pin, select
-from bench.realsuites_setup import cache_root, prepare
+from bench.realsuites_setup import Prepared, cache_root, prepare
+from bench.realsuites_verify import Verdict, explain, plain_replayer
 from bench.redis_server import redis_server_binary, throwaway_redis
 from bench.table import Table
 
@@ -55,6 +64,7 @@ class Compared:
     logs: list[str]
     summary: str = ""  # pytest's closing counts, as this runner printed them
     machines_agree: bool = True  # redis: both processes gave the same verdict
+    verdicts: list[Verdict] = field(default_factory=list)  # whose each failure is
 
 
 @dataclass
@@ -151,6 +161,7 @@ def run_project(
     )
     for mode in modes:
         compared = _compare(execute(MODES[mode](ctx), project), reference)
+        compared.verdicts = _verify(ctx, project, compared)
         result.modes[mode] = compared
         _progress(
             f"[{pin.key}] {mode}: {compared.wall_s:.1f}s rc={compared.exit_codes} "
@@ -159,10 +170,34 @@ def run_project(
     return result
 
 
+def _verify(ctx: Context, project: Prepared, compared: Compared) -> list[Verdict]:
+    """Tests conveyor failed and plain pytest passed, run again by plain pytest in the order
+    their worker ran them: the suite's own order dependence, or conveyor's doing."""
+    recorded = recorded_build(ctx, compared.mode)
+    if recorded is None or not compared.differences:
+        return []
+    _progress(f"[{project.pin.key}] {compared.mode}: replaying the failed tests' worker orders")
+    url, build = recorded
+    try:
+        return explain(
+            compared.differences,
+            url,
+            build,
+            plain_replayer(project.python, project.source, project.pin.args, project_env(project)),
+        )
+    except Exception as exc:  # the check must not lose the comparison it explains
+        return [
+            Verdict(diff.test, None, f"the check broke: {exc}") for diff in compared.differences
+        ]
+
+
 def _identical(result: ProjectResult, compared: Compared | None) -> str:
     if compared is None:
         return "-"
     cell = "yes" if not compared.differences else f"{len(compared.differences)} differ"
+    suites_own = sum(1 for verdict in compared.verdicts if verdict.reproduced)
+    if suites_own:
+        cell += f" ({suites_own} the suite's own)"
     if any(code != result.plain_exit for code in compared.exit_codes):
         cell += f", rc {'/'.join(map(str, compared.exit_codes))}"
     if compared.mode != "xdist" and compared.summary != result.plain_summary:
@@ -241,12 +276,17 @@ def difference_lines(results: list[ProjectResult]) -> list[str]:
         if result.error:
             lines.append(f"{result.project}: not run: {result.error}")
         for compared in result.modes.values():
+            verdicts = {verdict.test: verdict for verdict in compared.verdicts}
             for diff in compared.differences:
                 lines.append(
                     f"{result.project} [{compared.mode}] {diff.test}: plain={diff.plain} "
                     f"{compared.mode}={diff.other}"
                     + (f" -- {diff.message}" if diff.message else "")
                 )
+                if diff.test in verdicts:
+                    lines.append(
+                        f"    plain pytest in the worker's order: {verdicts[diff.test].line()}"
+                    )
             lines += _run_lines(result.project, result, compared)
     return lines
 

@@ -21,6 +21,7 @@ RUN_TIMEOUT_S = 1800.0
 TIMED_OUT = -1
 WORKERS = 4
 PLAIN_ARGS = ("-p", "no:cacheprovider")
+SQLITE_MODES = ("first", "history", "n1")  # their queue files stay for `conveyor replay`
 SUMMARY = re.compile(r"^=+ (.*?) in [0-9.]+s(?: \(.*\))? =+$")
 
 
@@ -54,7 +55,7 @@ class Context:
     redis_url: str | None
 
 
-def _env(project: Prepared) -> dict[str, str]:
+def project_env(project: Prepared) -> dict[str, str]:
     env = run_env()
     env.update(project.pin.env)
     env["VIRTUAL_ENV"] = str(project.bindir.parent)
@@ -68,7 +69,7 @@ def _start(process: Process, project: Prepared) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             process.argv,
             cwd=project.source,
-            env=_env(project),
+            env=project_env(project),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -134,9 +135,17 @@ def xdist(ctx: Context) -> ModeRun:
     return ModeRun("xdist", [_process(ctx, "xdist", _pytest(ctx), extra)])
 
 
+def recorded_build(ctx: Context, mode: str) -> tuple[str, str] | None:
+    """The queue URL and build id a SQLite mode's run leaves behind, for `conveyor replay`."""
+    if mode not in SQLITE_MODES:
+        return None
+    return f"sqlite:///{ctx.workdir / mode}.db", f"realsuites-{mode}"
+
+
 def _sqlite(ctx: Context, name: str, cache: str, workers: int) -> Process:
     # a known build id, so that `conveyor replay`/`bisect` can read a kept queue file
-    queue = ["--queue", f"sqlite:///{ctx.workdir / name}.db", "--build", f"realsuites-{name}"]
+    url, build = recorded_build(ctx, name) or ("", "")
+    queue = ["--queue", url, "--build", build]
     return _process(ctx, name, _conveyor(ctx, workers), [*queue, *_cache(ctx, cache)])
 
 
