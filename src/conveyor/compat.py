@@ -16,6 +16,10 @@ try:
     from _pytest.nodeid import NodeId
 except ImportError:  # pytest < 9: a report's nodeid is a plain string
     NodeId = None  # type: ignore[assignment,misc,unused-ignore]
+try:
+    from _pytest.subtests import failed_subtests_key
+except ImportError:  # pytest < 9: no subtests of its own
+    failed_subtests_key = None  # type: ignore[assignment,misc,unused-ignore]
 
 SUBTEST_REPORT_TYPE = "SubTestReport"  # _pytest.subtests.SubtestReport._to_json's marker
 
@@ -187,25 +191,36 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
 
 
 # The standard parts of a report: a stub leaves out the heavy ones (keywords, captured
-# output, user properties), holds the others in slots, and keeps anything else a plugin
-# attached to the report in its __dict__, which exists only for such reports.
-# "$report_type" is the serialisation's own marker, which pytest 9 leaves on the report: kept,
-# it gave every stub a __dict__ of its own (about 0.6 KB a test at 100,000 tests).
+# output, user properties) and the start and stop times nothing reads once the hooks have seen
+# them, holds the others in slots, and keeps anything else a plugin attached to the report in
+# its __dict__, which exists only for such reports. "$report_type" is the serialisation's own
+# marker, which pytest 9 leaves on the report: kept, it gave every stub a __dict__ of its own.
 _LEFT_OUT = frozenset(
-    {"keywords", "sections", "longrepr", "user_properties", "outcome", "_id", "$report_type"}
+    {
+        "keywords",
+        "sections",
+        "longrepr",
+        "user_properties",
+        "outcome",
+        "_id",
+        "nodeid",
+        "start",
+        "stop",
+        "$report_type",
+    }
 )
-_SLOTS = ("duration", "id", "location", "nodeid", "start", "stop", "when")
+_SLOTS = ("duration", "id", "location", "when")
 
 
 class PassedStub:
     """What the terminal keeps of a passed phase once every hook has seen its report: enough
     for the summary's counts, --durations, the order of the stats and the search for a failed
-    test's teardown output, and whatever a plugin attached to the report itself
-    (hypothesis's statistics, read from `report.__dict__` at the summary). Relies on
-    TerminalReporter reading only these attributes of what `stats` holds for passed phases
-    (checked against pytest 8.0 and the newest in CI)."""
+    test's teardown output. Relies on TerminalReporter reading only these attributes of what
+    `stats` holds for passed phases (checked against pytest 8.0 and the newest in CI). Four
+    slots and the duration's float, three a test: at a million tests every slot is 24 MB, so a
+    stub has no __dict__ unless a plugin attached something to the report (PassedStubWithExtras)."""
 
-    __slots__ = (*_SLOTS, "__dict__")
+    __slots__ = _SLOTS
     count_towards_summary = True
     outcome = "passed"
     passed, failed, skipped = True, False, False
@@ -215,18 +230,37 @@ class PassedStub:
     user_properties: tuple[()] = ()
 
     def __init__(self, report: Any, first: Any) -> None:
-        fields = vars(report)
         # One string object for each phase name, not one per report decoded from JSON.
         when = report.when
         self.when = sys.intern(when) if isinstance(when, str) else when
         self.duration = report.duration
-        self.start, self.stop = fields.get("start", 0.0), fields.get("stop", 0.0)
         # The phases of one test share its id and location: one object each, not three.
-        self.nodeid, self.location = first.nodeid, first.location
+        self.location = first.location
         self.id = getattr(first, "id", first.nodeid)  # pytest 9 files reports by `id`
-        extra = {k: v for k, v in fields.items() if k not in _LEFT_OUT and k not in _SLOTS}
-        if extra:
-            self.__dict__.update(extra)
+
+    @property
+    def nodeid(self) -> str:
+        """The test's id as a string: pytest 9's NodeId keeps the string it was parsed from,
+        and on older pytest `id` is that string."""
+        return str(self.id)
+
+    @staticmethod
+    def of(report: Any, first: Any) -> PassedStub:
+        """The stub of `report`, whose test's first report is `first`; with what a plugin
+        attached to the report (hypothesis's statistics, read from `report.__dict__` at the
+        summary) kept in its __dict__."""
+        extra = {k: v for k, v in vars(report).items() if k not in _LEFT_OUT and k not in _SLOTS}
+        if not extra:
+            return PassedStub(report, first)
+        stub = PassedStubWithExtras(report, first)
+        stub.__dict__.update(extra)
+        return stub
+
+
+class PassedStubWithExtras(PassedStub):
+    """A stub of a report a plugin attached attributes of its own to."""
+
+    __slots__ = ("__dict__",)
 
 
 def shared_node_id(nodeid: str) -> Any:
@@ -242,6 +276,23 @@ def shared_node_id(nodeid: str) -> Any:
     parsed = NodeId.parse(nodeid)
     object.__setattr__(parsed, "path", sys.intern(parsed.path))
     return parsed
+
+
+def forget_subtest_lookups(config: pytest.Config, reports: list[Any]) -> None:
+    """pytest 9 keeps, per process, a count of each test's failed subtests in a defaultdict
+    that every call report's status lookup adds the test to. In the controller nothing counts
+    there (the worker that ran the subtests already failed the test, `settle_outcome`), so
+    every entry is a zero that lasts the session: about 60 bytes a test. Relies on
+    _pytest.subtests.failed_subtests_key holding a defaultdict(int) keyed by report.id."""
+    if failed_subtests_key is None:
+        return
+    counts = config.stash.get(failed_subtests_key, None)
+    if not isinstance(counts, dict):
+        return
+    for report in reports:
+        key = getattr(report, "id", None)
+        if key is not None and counts.get(key) == 0:
+            del counts[key]
 
 
 # Below this many tests nothing is slimmed: a plain run's objects, whatever a plugin reads.
@@ -266,7 +317,7 @@ def slim_passed_reports(config: pytest.Config, reports: list[Any]) -> None:
         index = len(filed) - 1
         while index >= 0 and id(filed[index]) in mine:
             report = filed[index]
-            filed[index] = PassedStub(report, reports[0])
+            filed[index] = PassedStub.of(report, reports[0])
             index -= 1
 
 

@@ -3,6 +3,7 @@ manifest never changes; at 100,000 tests the end of a build needs them several t
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from functools import cached_property
 from typing import Any
 
@@ -38,6 +39,6 @@ class ManifestView:
             ranks = list(range(len(self.units)))
         return dict(zip(self.units, ranks, strict=True))
 
-    def without_result(self, reported: set[str]) -> list[str]:
+    def without_result(self, reported: AbstractSet[str]) -> list[str]:
         """Units with no final result, in serving order."""
         return [unit for unit in self.units if unit not in reported]

@@ -16,7 +16,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Generator, Mapping
+from collections import ChainMap
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from conveyor.errors import QueueError
 from conveyor.flaky import (
     DEFAULT_RELEASE_AFTER,
     FAILED,
+    PASSED,
     FlakyTest,
     TestOutcome,
     auto_quarantined,
@@ -78,19 +80,17 @@ class MemorySettings:
 
 @dataclass(slots=True)
 class _Seen:
-    """What the replayed reports say about one test (one per test of the build: slotted,
-    the phases that failed a tuple, so that a large build costs little)."""
+    """What the replayed reports say about one test that did anything but pass cleanly: failed
+    a phase, was skipped or xfailed, or was retried. A test that passed at once is held only as
+    its setup time (`BuildMemoryPlugin.passed`): at a million tests a record each would cost
+    the controller hundreds of megabytes for nothing the summary needs."""
 
     failed_when: tuple[str, ...] = ()
     skipped: bool = False
     xfail: str | None = None
     reruns: int = 0
     message: str = ""
-    start: float | None = None
-    stop: float | None = None
-    duration_s: float = 0.0
     setup_s: float = 0.0
-    worker: str = ""
 
     def outcome(self) -> TestOutcome:
         if "call" in self.failed_when:
@@ -103,6 +103,54 @@ class _Seen:
             word = "skipped" if self.skipped else "passed"
         return TestOutcome(word, self.reruns, self.message)
 
+    def passed_cleanly(self) -> bool:
+        return not (self.failed_when or self.skipped or self.xfail or self.reruns)
+
+
+PASSED_OUTCOME = TestOutcome(PASSED)
+
+
+class _Outcomes(Mapping[str, TestOutcome]):
+    """Every test's outcome, read from the two records without copying them into a dict of a
+    million entries at the build's end."""
+
+    def __init__(self, seen: Mapping[str, _Seen], passed: Mapping[str, float]) -> None:
+        self._seen, self._passed = seen, passed
+
+    def __getitem__(self, test: str) -> TestOutcome:
+        if test in self._seen:
+            return self._seen[test].outcome()
+        if test in self._passed:
+            return PASSED_OUTCOME
+        raise KeyError(test)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._seen
+        yield from (test for test in self._passed if test not in self._seen)
+
+    def __len__(self) -> int:
+        return len(self._seen) + sum(1 for test in self._passed if test not in self._seen)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One worker's span and busy time, summed attempt by attempt as results are replayed."""
+
+    start: float
+    stop: float
+    busy_s: float = 0.0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """The timing of the attempt being replayed (logstart to logfinish)."""
+
+    start: float | None = None
+    stop: float | None = None
+    duration_s: float = 0.0
+    worker: str = ""
+
 
 def _first_line(report: Any) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
@@ -114,7 +162,10 @@ class BuildMemoryPlugin:
     def __init__(self, settings: MemorySettings, queue: Queue) -> None:
         self.settings = settings
         self.queue = queue
-        self.seen: dict[str, _Seen] = {}
+        self.seen: dict[str, _Seen] = {}  # tests that did more than pass at once
+        self.passed: dict[str, float] = {}  # tests that passed at once -> their setup time
+        self._lanes: dict[str, _Lane] = {}
+        self._attempt = _Attempt()
         self.quarantine = Quarantine(settings.entries)
         self.released: list[str] = []
         self.notes: list[str] = []
@@ -147,9 +198,14 @@ class BuildMemoryPlugin:
 
     # -- during the build: every attempt of every test ------------------------------------
 
+    def pytest_runtest_logstart(self) -> None:
+        self._attempt = _Attempt()
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        seen = self.seen.setdefault(report.nodeid, _Seen())
+        seen = self.seen.get(report.nodeid)
+        if seen is None:
+            seen = self.seen[report.nodeid] = _Seen()
         if report.outcome == "rerun":  # type: ignore[comparison-overlap]
             seen.reruns += 1
             seen.message = seen.message or _first_line(report)
@@ -172,17 +228,34 @@ class BuildMemoryPlugin:
             report.user_properties = [*report.user_properties, (PROPERTY, reason)]
 
     def _note_timing(self, seen: _Seen, report: pytest.TestReport) -> None:
+        attempt = self._attempt
         start, stop = getattr(report, "start", None), getattr(report, "stop", None)
         if isinstance(start, (int, float)) and start > 0:
-            seen.start = start if seen.start is None else min(seen.start, start)
+            attempt.start = start if attempt.start is None else min(attempt.start, start)
         if isinstance(stop, (int, float)) and stop > 0:
-            seen.stop = stop if seen.stop is None else max(seen.stop, stop)
-        seen.duration_s += float(report.duration or 0)
+            attempt.stop = stop if attempt.stop is None else max(attempt.stop, stop)
+        attempt.duration_s += float(report.duration or 0)
         if report.when == "setup":
             seen.setup_s = float(report.duration or 0)  # the final attempt's
         for name, value in report.user_properties:
             if name == "conveyor_worker":
-                seen.worker = sys.intern(str(value))  # one string per worker, not per test
+                attempt.worker = sys.intern(str(value))  # one string per worker, not per test
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        """The attempt's timing goes into its worker's lane; a test that passed at once
+        keeps only its setup time."""
+        attempt, self._attempt = self._attempt, _Attempt()
+        if attempt.start is not None and attempt.stop is not None:
+            lane = self._lanes.get(attempt.worker)
+            if lane is None:
+                lane = self._lanes[attempt.worker] = _Lane(attempt.start, attempt.stop)
+            lane.start, lane.stop = min(lane.start, attempt.start), max(lane.stop, attempt.stop)
+            lane.busy_s += attempt.duration_s
+            lane.attempts += 1
+        seen = self.seen.get(nodeid)
+        if seen is not None and seen.passed_cleanly():
+            del self.seen[nodeid]
+            self.passed[nodeid] = seen.setup_s
 
     # -- at the end: what to remember, and the exit code ----------------------------------
 
@@ -212,7 +285,7 @@ class BuildMemoryPlugin:
             pytest.ExitCode.INTERRUPTED,
             pytest.ExitCode.INTERNAL_ERROR,
         )
-        if not interrupted and self.seen:
+        if not interrupted and (self.seen or self.passed):
             self._remember()
 
     def _remember(self) -> None:
@@ -220,7 +293,7 @@ class BuildMemoryPlugin:
         if store is None:
             return
         now = time.time()
-        outcomes = {nodeid: seen.outcome() for nodeid, seen in self.seen.items()}
+        outcomes = _Outcomes(self.seen, self.passed)
         try:
             if not store.claim(self.settings.build):
                 return  # another report of this build (another machine, a replay) recorded it
@@ -248,7 +321,9 @@ class BuildMemoryPlugin:
                 store.add_commit_build(
                     commit, commit_record(outcomes, build=build, digest=digest, ts=now)
                 )
-            setups = {nodeid: seen.setup_s for nodeid, seen in self.seen.items()}
+            setups = ChainMap(
+                {nodeid: seen.setup_s for nodeid, seen in self.seen.items()}, self.passed
+            )
             store.save_setups(merge_setups(Setups.from_json(store.setups()), setups).as_json())
             self._claimed = True
         except MEMORY_ERRORS as exc:
@@ -269,24 +344,18 @@ class BuildMemoryPlugin:
         """Start-up (process start to the first test), tail (last test to now) and the gap
         between tests on a worker that the tests' own durations do not count."""
         started = self.settings.started_at
-        timed = [s for s in self.seen.values() if s.start is not None and s.stop is not None]
-        if not self.settings.local_workers or started is None or not timed:
+        lanes = self._lanes.values()
+        if not self.settings.local_workers or started is None or not lanes:
             return None
-        first = min(s.start for s in timed if s.start is not None)
-        last = max(s.stop for s in timed if s.stop is not None)
-        lanes: dict[str, list[_Seen]] = {}
-        for seen in timed:
-            lanes.setdefault(seen.worker, []).append(seen)
-        idle, gaps = 0.0, 0
-        for lane in lanes.values():
-            span = max(s.stop or 0 for s in lane) - min(s.start or 0 for s in lane)
-            idle += span - sum(s.duration_s for s in lane)
-            gaps += len(lane) - 1
+        first = min(lane.start for lane in lanes)
+        last = max(lane.stop for lane in lanes)
+        idle = sum(lane.stop - lane.start - lane.busy_s for lane in lanes)
+        gaps = sum(lane.attempts - 1 for lane in lanes)
         return {
             "build": self.settings.build,
             "ts": now,
             "workers": self.settings.local_workers,
-            "tests": len(timed),
+            "tests": sum(lane.attempts for lane in lanes),
             "startup_s": round(max(0.0, first - started), 4),
             "tail_s": round(max(0.0, now - last), 4),
             "gap_s": round(max(0.0, idle / gaps), 6) if gaps else None,
@@ -303,7 +372,8 @@ class BuildMemoryPlugin:
             return
         tr = terminalreporter
         tr.write_sep("=", "quarantine (these failures do not fail the build)", yellow=True)
-        covered = [nodeid for nodeid in self.seen if self.quarantine.reason(nodeid) is not None]
+        tests = _Outcomes(self.seen, self.passed)
+        covered = [nodeid for nodeid in tests if self.quarantine.reason(nodeid) is not None]
         by_file = sum(1 for nodeid in covered if self.quarantine.entry_of(nodeid) is not None)
         passed = sum(1 for nodeid in covered if nodeid not in failures)
         tr.write_line(
@@ -311,7 +381,7 @@ class BuildMemoryPlugin:
             f"{len(failures)} failed, {passed} did not."
         )
         for entry in self.quarantine.entries:
-            if self.seen and not any(entry.covers(nodeid) for nodeid in self.seen):
+            if tests and not any(entry.covers(nodeid) for nodeid in tests):
                 tr.write_line(
                     f"conveyor: {entry.where}: {entry.test} matches no test that ran in this build "
                     "(renamed or removed? a typo?); the entry quarantines nothing.",

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from conveyor.compat import (
     SLIM_FROM_TESTS,
+    forget_subtest_lookups,
     junit_testcase_appender,
     replay_collection_counts,
     shared_node_id,
@@ -41,14 +43,36 @@ from conveyor.reports import (
 UNREADABLE = (KeyError, TypeError, ValueError, AssertionError)
 
 
+class ReportedTests(AbstractSet[str]):
+    """The tests with a final result: those with a duration, and those reported failed for
+    taking their workers down. A live view, not a set of its own: at a million tests a set
+    beside the durations costs the controller 32 MB."""
+
+    def __init__(self, durations: Mapping[str, float], crashed: AbstractSet[str]) -> None:
+        self._durations, self._crashed = durations, crashed
+
+    def __contains__(self, test: object) -> bool:
+        return test in self._durations or test in self._crashed
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._durations
+        yield from (test for test in self._crashed if test not in self._durations)
+
+    def __len__(self) -> int:
+        return len(self._durations) + sum(1 for t in self._crashed if t not in self._durations)
+
+
 @dataclass
 class Ledger:
     """What has been replayed: each test's final result once, its duration, its reruns."""
 
-    reported: set[str] = field(default_factory=set)
-    durations: dict[str, float] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)  # every test with a result
+    crashed: set[str] = field(default_factory=set)  # failed for crashing, with no duration
     reruns: dict[str, list[Any]] = field(default_factory=dict)  # failed attempts retried
     first_result_s: float | None = None
+
+    def __post_init__(self) -> None:
+        self.reported = ReportedTests(self.durations, self.crashed)
 
 
 class ReportReplayer:
@@ -108,11 +132,12 @@ class ReportReplayer:
     def _reports(self, raws: list[Any]) -> list[Any]:
         return [self.report(raw) for raw in raws]
 
-    def _test_reports(self, nodeid: str, location: tuple[Any, ...], raws: list[Any]) -> list[Any]:
+    def _test_reports(
+        self, nodeid: str, node_id: Any, location: tuple[Any, ...], raws: list[Any]
+    ) -> list[Any]:
         """A test's reports, sharing one nodeid and one location between its phases (each
         decoded from JSON separately, they would hold copies: about a kilobyte a test that
         the controller keeps for the session)."""
-        node_id = shared_node_id(nodeid)
         reports = []
         for raw in raws:
             if isinstance(raw, dict) and raw.get("nodeid") == nodeid:
@@ -134,7 +159,7 @@ class ReportReplayer:
                 "of this build collected that test."
             )
             return False
-        self.ledger.reported.add(nodeid)
+        self.ledger.durations[nodeid] = 0.0  # until its reports are replayed
         if self.ledger.first_result_s is None:
             self.ledger.first_result_s = time.monotonic() - self._started_at
         return True
@@ -145,11 +170,13 @@ class ReportReplayer:
             sent = str(data["nodeid"])
             known = self.known_test(sent)  # the manifest's own string: one copy of each id
             nodeid = known or sent
-            location = _location(data["location"])
             if "cases" in data:
+                location = _location(data["location"], None)
                 reports = self._reports(data["reports"])
             else:
-                reports = self._test_reports(nodeid, location, data["reports"])
+                node_id = shared_node_id(nodeid)
+                location = _location(data["location"], node_id)
+                reports = self._test_reports(nodeid, node_id, location, data["reports"])
         except UNREADABLE as exc:
             self.problems.errors.append(
                 f"a result for {event.unit!r} from worker {event.worker} could not be read "
@@ -183,6 +210,7 @@ class ReportReplayer:
         ]
         self._replay(nodeid, location, reports)
         self.on_failure(reports)
+        forget_subtest_lookups(self.config, reports)
         if self.slim:
             slim_passed_reports(self.config, reports)
 
@@ -231,7 +259,7 @@ class ReportReplayer:
         unit = event.unit or "?"
         if unit in self.ledger.reported:
             return
-        self.ledger.reported.add(unit)
+        self.ledger.crashed.add(unit)
         report = crash_report(unit, event.worker, event.data)
         self._replay(unit, report.location, [report])
 
@@ -252,12 +280,27 @@ class ReportReplayer:
         )
 
 
-def _location(value: Any) -> tuple[Any, ...]:
-    """A result's (path, line, name), its path one string for all the tests of a file."""
+# Line numbers above 256 are an int object each: one per distinct value instead.
+_LINE_NUMBERS: dict[int, int] = {}
+
+
+def _location(value: Any, node_id: Any) -> tuple[Any, ...]:
+    """A result's (path, line, name) as the controller keeps it for the session: its path one
+    string for all the tests of a file, its line number one object per value, and its name,
+    when it is the test's own (a function outside a class, not parametrized), the string the
+    parsed id (pytest 9's NodeId) already holds. About 90 bytes a test."""
     location = tuple(value)
-    if location and isinstance(location[0], str):
-        location = (sys.intern(location[0]), *location[1:])
-    return location
+    if len(location) != 3:
+        return location
+    path, line, name = location
+    if isinstance(path, str):
+        path = sys.intern(path)
+    if type(line) is int:
+        line = _LINE_NUMBERS.setdefault(line, line)
+    names = getattr(node_id, "names", ())
+    if names and names[-1] == name and getattr(node_id, "params", None) is None:
+        name = names[-1]
+    return (path, line, name)
 
 
 def _list(value: object) -> list[Any]:

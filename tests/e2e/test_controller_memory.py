@@ -52,6 +52,14 @@ def pytest_terminal_summary(terminalreporter):
     # pytest 9 parses each report's id into a NodeId, and keeps some for the session.
     node_ids = sum(type(o).__name__ == "NodeId" for o in gc.get_objects())
     terminalreporter.write_line(f"node ids held: {node_ids} for {len(passed)} passed")
+    records = sum(type(o).__name__ == "_Seen" for o in gc.get_objects())
+    terminalreporter.write_line(f"build memory records: {records}")
+    try:
+        from _pytest.subtests import failed_subtests_key
+    except ImportError:
+        return
+    ledger = terminalreporter.config.stash[failed_subtests_key]
+    terminalreporter.write_line(f"subtest ledger entries: {len(ledger)}")
 """
 
 
@@ -66,7 +74,8 @@ def test_passed_reports_become_stubs_with_the_same_summary(pytester: pytest.Pyte
     pytester.makeconftest(CONFTEST)
     plain, ours = assert_same_verdict(pytester, "--durations=2", workers=2)
     assert held_as(plain.stdout.str()) == "TestReport"
-    assert held_as(ours.stdout.str()) == "PassedStub"
+    # The conftest attaches a note to every report: the stubs keep it in a __dict__.
+    assert held_as(ours.stdout.str()) == "PassedStubWithExtras"
     ours.stdout.fnmatch_lines(["notes kept: True"])  # a plugin's data on the report stays
     # --durations reads duration, phase and id of what the terminal kept.
     ours.stdout.re_match_lines([r"0\.\d\ds call\s+test_mem.py::test_slow"])
@@ -87,6 +96,32 @@ def test_the_phases_of_a_test_share_one_parsed_id(pytester: pytest.Pytester) -> 
     held, passed = int(found.group(1)), int(found.group(2))
     assert passed > SLIM_FROM_TESTS
     assert held < passed * 1.1, f"{held} node ids for {passed} tests"
+
+
+@pytest.mark.skipif(
+    not hasattr(pytest.TestReport, "id"), reason="pytest < 9 has no subtests of its own"
+)
+def test_the_subtests_ledger_does_not_grow_with_the_build(pytester: pytest.Pytester) -> None:
+    """pytest 9 adds every test whose call report's status it looks up to a count of failed
+    subtests, a zero in the controller that lasts the session."""
+    pytester.makepyfile(test_mem=SUITE)
+    pytester.makeconftest(CONFTEST)
+    ours = run_conveyor(pytester, "-n", "2")
+    ours.stdout.fnmatch_lines(["subtest ledger entries: 0"])
+
+
+def test_the_build_memory_keeps_a_record_only_of_tests_that_did_not_pass_cleanly(
+    pytester: pytest.Pytester,
+) -> None:
+    """The build memory (flaky tests, quarantine, setup times, the build's cost) kept a
+    record of ten fields for every test: at a million tests, over 150 MB. A test that passed
+    at once is now its setup time in a dict; the cost is summed per worker as results come."""
+    pytester.makepyfile(test_mem=SUITE)
+    pytester.makeconftest(CONFTEST)
+    ours = run_conveyor(pytester, "-n", "2")
+    found = re.search(r"build memory records: (\d+)", ours.stdout.str())
+    assert found, ours.stdout.str()
+    assert int(found.group(1)) == 1  # test_fails
 
 
 @pytest.mark.parametrize("chars", ["-rA", "-rP"])
