@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from bench.fleet import descendants
 
 OUTCOME_TAGS = ("failure", "error", "skipped")
 
@@ -82,3 +87,50 @@ def conveyor_process(
         text=True,
         timeout=300,
     )
+
+
+def communicate_or_dump_stacks(process: subprocess.Popen[str], timeout: float) -> str:
+    """The output of a conveyor process started with stdout=PIPE (stderr folded in), once it
+    ends. One still running after `timeout` seconds is hung: the test fails with what every
+    process of it waits in (the kernel's wait channel) and the controller's Python stacks,
+    printed by pytest's faulthandler on SIGABRT, so that a hang seen once says where it was.
+    Its workers are stopped first (a dead one would be replaced) and killed at the end."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return str(output)
+    except subprocess.TimeoutExpired:
+        pass
+    workers = descendants(process.pid)
+    states = "\n".join(_process_state(pid) for pid in [process.pid, *workers])
+    _signal_all(workers, signal.SIGSTOP)
+    _signal_all([process.pid], signal.SIGABRT)
+    try:
+        output, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        _signal_all([process.pid], signal.SIGKILL)
+        output, _ = process.communicate()
+    finally:
+        _signal_all(workers, signal.SIGKILL)
+    pytest.fail(
+        f"hung for {timeout} s; its processes then:\n{states}\nand its output, with the "
+        f"controller's stacks:\n{output}",
+        pytrace=False,
+    )
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _process_state(pid: int) -> str:
+    """pid, state, what the kernel says it waits in, and its command line."""
+    proc = Path("/proc", str(pid))
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = (proc / "wchan").read_text().strip() or "-"
+        argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid} {state} waiting in {wchan}: {argv[:200]}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RedisCluster, RedisServer, TlsRedis, require_redis_server
-from helpers import junit_outcomes, junit_totals
+from helpers import communicate_or_dump_stacks, junit_outcomes, junit_totals
 
 SUITE = {
     "conftest.py": """
@@ -92,7 +92,7 @@ def conveyor(cwd: Path, *args: str, markers: Path | None = None) -> subprocess.P
 
 
 def finish(process: subprocess.Popen[str], timeout_s: float = 180) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=timeout_s)
+    output = communicate_or_dump_stacks(process, timeout_s)
     return process.returncode, output
 
 

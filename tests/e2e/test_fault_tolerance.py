@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import junit_outcomes, run_conveyor, run_plain
+from helpers import communicate_or_dump_stacks, junit_outcomes, run_conveyor, run_plain
 
 RERUN_ELEMENT = "rerunFailure"
 
@@ -248,7 +248,7 @@ def test_chaos_random_worker_kills_lose_and_duplicate_nothing(pytester: pytest.P
         if alive:
             os.kill(rng.choice(alive), signal.SIGKILL)
             kills += 1
-    output, _ = process.communicate(timeout=300)
+    output = communicate_or_dump_stacks(process, 300)
     assert kills >= 3, output
     assert process.returncode == plain.ret, output
     assert junit_outcomes(pytester.path / "chaos.xml") == junit_outcomes(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RedisServer, require_redis_server
-from helpers import assert_same_verdict, junit_outcomes, run_conveyor
+from helpers import assert_same_verdict, communicate_or_dump_stacks, junit_outcomes, run_conveyor
 
 
 def test_worker_killed_mid_test_has_its_test_rerun_and_reported_once(
@@ -241,7 +241,7 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Py
         time.sleep(0.05)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    output = communicate_or_dump_stacks(process, 60)
     assert process.returncode == 2, output
     assert "KeyboardInterrupt" in output
     assert "passed" in output.splitlines()[-1]
@@ -325,7 +325,7 @@ def test_a_queue_file_destroyed_mid_build_is_a_clear_error_not_an_internal_one(
     for suffix in ("", "-wal"):
         with Path(f"{queue}{suffix}").open("r+b") as handle:
             handle.write(b"not a database at all" * 100)
-    output, _ = process.communicate(timeout=120)
+    output = communicate_or_dump_stacks(process, 120)
     assert process.returncode == 3, output
     assert "INTERNALERROR" not in output and "Traceback" not in output, output
     assert "conveyor:" in output

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import junit_outcomes
+from helpers import communicate_or_dump_stacks, junit_outcomes
 
 from conveyor.queue import open_queue
 
@@ -35,7 +35,7 @@ def conveyor(cwd: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=300)
+    output = communicate_or_dump_stacks(process, 300)
     return process.returncode, output
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import communicate_or_dump_stacks
 
 from conveyor.queue import open_queue
 
@@ -62,7 +63,7 @@ def test_sigterm_to_conveyor_worker_stops_its_workers_and_returns_their_tests(
     wait_until(lambda: queue.status().leased == 1, "the worker never took its test")
     workers = [int(p.name) for p in pids.iterdir()]
     process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
+    output = communicate_or_dump_stacks(process, 60)
     assert process.returncode == 2, output
     assert "went back to the queue" in output
     assert workers and not any(alive(pid) for pid in workers)
