@@ -2,8 +2,10 @@
 
 Generates 100,000 trivial tests in 100 files, runs `conveyor run -n 2` on them and samples the
 controller process's peak resident set (VmHWM in /proc) just before it exits. Run with
-`python -m bench.controller_memory [--tests N] [-- PYTEST ARGS]`; the arguments after `--` go
-to `conveyor run`, e.g. `-- -p no:syrupy` to leave out a plugin's own memory.
+`python -m bench.controller_memory [--tests N] [--history] [-- PYTEST ARGS]`; the arguments
+after `--` go to `conveyor run`, e.g. `-- -p no:syrupy` to leave out a plugin's own memory.
+Without --history the pytest cache is off, so no timing history is read or written; with it,
+a first run records the history and the second, measured, reads it and merges its own in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -36,50 +39,61 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+@dataclass
+class Measured:
+    peak_mb: float
+    wall_s: float
+    summary: str
+    exit_code: int
+
+
+def measure(suite: Path, pytest_args: list[str], log_path: Path) -> Measured:
+    """One `conveyor run -n 2` on the suite, the controller's peak RSS sampled every 0.2 s."""
+    started = time.perf_counter()
+    # Output to a file, not a pipe: 100,000 progress letters would fill a pipe nobody
+    # reads until the end, and the controller would wait forever to write.
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "run", "-n", "2", "-q", *pytest_args],
+            cwd=suite,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, peak_rss_mb(process.pid) or 0.0)
+            time.sleep(0.2)
+    output = log_path.read_text().strip()
+    summary = output.splitlines()[-1] if output else "(no output)"
+    return Measured(peak, time.perf_counter() - started, summary, process.returncode)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.controller_memory")
     parser.add_argument("--tests", type=int, default=100_000)
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="measure a second run, which reads and merges the first run's timing history",
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to `conveyor run`")
     args = parser.parse_args()
+    cache = [] if args.history else ["-p", "no:cacheprovider"]
     with tempfile.TemporaryDirectory(prefix="conveyor-memory-") as folder:
         suite = Path(folder) / "suite"
         write_suite(suite, args.tests)
-        started = time.perf_counter()
-        log_path = Path(folder) / "output.txt"
-        # Output to a file, not a pipe: 100,000 progress letters would fill a pipe nobody
-        # reads until the end, and the controller would wait forever to write.
-        with log_path.open("w") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "conveyor",
-                    "run",
-                    "-n",
-                    "2",
-                    "-q",
-                    "-p",
-                    "no:cacheprovider",
-                    *args.pytest_args,
-                ],
-                cwd=suite,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            peak = 0.0
-            while process.poll() is None:
-                peak = max(peak, peak_rss_mb(process.pid) or 0.0)
-                time.sleep(0.2)
-        output = log_path.read_text()
-        wall = time.perf_counter() - started
-    summary = output.strip().splitlines()[-1] if output.strip() else "(no output)"
+        if args.history:
+            first = measure(suite, [*cache, *args.pytest_args], Path(folder) / "first.txt")
+            print(f"first run (records the history): controller peak RSS {first.peak_mb:.0f} MB")
+        found = measure(suite, [*cache, *args.pytest_args], Path(folder) / "output.txt")
     extra = f" ({' '.join(args.pytest_args)})" if args.pytest_args else ""
+    history = ", with timing history" if args.history else ""
     print(
-        f"{args.tests} tests, 2 workers{extra}: wall {wall:.1f} s, "
-        f"controller peak RSS {peak:.0f} MB"
+        f"{args.tests} tests, 2 workers{extra}{history}: wall {found.wall_s:.1f} s, "
+        f"controller peak RSS {found.peak_mb:.0f} MB"
     )
-    print(f"  {summary}")
-    return process.returncode
+    print(f"  {found.summary}")
+    return found.exit_code
 
 
 if __name__ == "__main__":
