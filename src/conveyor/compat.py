@@ -7,6 +7,7 @@ import contextlib
 import io
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,6 +294,27 @@ def forget_subtest_lookups(config: pytest.Config, reports: list[Any]) -> None:
         key = getattr(report, "id", None)
         if key is not None and counts.get(key) == 0:
             del counts[key]
+
+
+def cache_value_path(cache: Any, key: str) -> Path | None:
+    """Where pytest's cache keeps the value of `key` (the file `cache.set` writes and
+    `cache.get` reads), its folder created, so that a large value can be written as a stream
+    rather than as the one indented string `cache.set` builds; None where that cannot be done
+    as pytest would (then use `cache.set`). Relies on Cache._getvaluepath, and on Cache._mkdir
+    (newer pytest) creating the folder with the cache's supporting files; on older pytest
+    only a folder that already exists is used."""
+    value_path = getattr(cache, "_getvaluepath", None)
+    if value_path is None:
+        return None
+    path = value_path(key)
+    if not isinstance(path, Path):
+        return None
+    make_folder = getattr(cache, "_mkdir", None)
+    if make_folder is not None:
+        make_folder(path.parent)
+    elif not path.parent.is_dir():
+        return None
+    return path
 
 
 # Below this many tests nothing is slimmed: a plain run's objects, whatever a plugin reads.

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from conveyor.compat import cache_value_path
 from conveyor.errors import QueueError
 
 # Weight of the newest measurement: recent builds matter most, one slow outlier does not rule.
@@ -75,7 +77,11 @@ def clean(stored: Any) -> tuple[dict[str, Any], int]:
         if isinstance(entry, list) and len(entry) == 2:
             seconds, last = seconds_or_none(entry[0]), entry[1]
             if seconds is not None and isinstance(last, int) and not isinstance(last, bool):
-                tests[str(nodeid)] = [seconds, last]
+                # The stored entry itself when it is already in shape: at a million tests a
+                # copy of each is a hundred megabytes more at the end of the build.
+                if entry[0] is not seconds:
+                    entry = [seconds, last]
+                tests[str(nodeid)] = entry
                 continue
         bad += 1
     return {"build": build, "tests": tests}, bad
@@ -91,11 +97,9 @@ def merge(stored: Any, durations: Mapping[str, float]) -> dict[str, Any]:
     dropped."""
     valid, _bad = clean(stored)
     build = valid["build"] + 1
-    tests: dict[str, list[Any]] = {
-        nodeid: entry
-        for nodeid, entry in valid["tests"].items()
-        if build - entry[1] <= FORGET_AFTER_BUILDS
-    }
+    tests: dict[str, list[Any]] = valid["tests"]  # updated in place: it is ours, not a copy
+    for nodeid in [n for n, entry in tests.items() if build - entry[1] > FORGET_AFTER_BUILDS]:
+        del tests[nodeid]
     for nodeid, seconds in durations.items():
         latest = seconds_or_none(seconds)
         if latest is None:
@@ -133,7 +137,12 @@ class CacheHistory:
         return durations_of(self.raw())
 
     def record(self, durations: Mapping[str, float]) -> None:
-        self.cache.set(CACHE_KEY, merge(self.raw(), durations))
+        merged = merge(self.raw(), durations)
+        path = cache_value_path(self.cache, CACHE_KEY)
+        if path is None:
+            self.cache.set(CACHE_KEY, merged)
+        else:
+            write_json(path, merged)
 
 
 def read_durations_file(path: Path) -> dict[str, float]:
@@ -253,4 +262,17 @@ class DirectoryCache:
     def set(self, key: str, value: Any) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(value, indent=2, sort_keys=True), "utf-8")
+        write_json(path, value)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as compact JSON, streamed to a temporary file beside `path` and moved over it:
+    a reader never sees half a file, and a history of a million tests is not first built as
+    one string (pytest's cache.set indents it, about 450 bytes a test while it is written)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            json.dump(value, handle, ensure_ascii=False, separators=(",", ":"))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

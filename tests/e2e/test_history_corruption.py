@@ -154,3 +154,28 @@ def test_redis_history_errors_are_queue_errors(tmp_path: Path) -> None:
     with pytest.raises(QueueError, match="cannot reach the Redis queue"):
         history.record({"a": 2.0})
     queue.close()
+
+
+def test_the_history_is_written_whole_as_compact_json_that_pytests_cache_reads(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest's cache.set builds the whole indented text first: about 450 bytes a test in the
+    controller at the end of the build. The history is streamed to a temporary file instead,
+    and moved into place (a reader never sees half of it)."""
+    pytester.makepyfile(**{name[:-3]: text for name, text in SUITE.items()})
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:randomly"],
+            cwd=pytester.path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    folder = pytester.path / ".pytest_cache" / "v" / "conveyor"
+    text = (folder / "durations").read_text()
+    assert "\n" not in text and ": " not in text  # compact
+    assert json.loads(text)["build"] == 2
+    assert sorted(path.name for path in folder.iterdir() if path.name.startswith(".")) == []
+    shown = pytester.runpytest("--cache-show", "conveyor/durations")
+    shown.stdout.fnmatch_lines(["conveyor/durations contains:", "*test_one.py::test_a*"])
