@@ -8,6 +8,7 @@ import io
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -245,6 +246,13 @@ class PassedStub:
         and on older pytest `id` is that string."""
         return str(self.id)
 
+    @property
+    def __dict__(self) -> Mapping[str, Any]:  # type: ignore[override]
+        """Nothing a plugin attached: one shared empty mapping. Plugins read every report's
+        __dict__ at the summary (hypothesis looks for its statistics there); a stub without
+        one broke them, and a real one each would be a dict a stub once read."""
+        return _NOTHING_ATTACHED
+
     @staticmethod
     def of(report: Any, first: Any) -> PassedStub:
         """The stub of `report`, whose test's first report is `first`; with what a plugin
@@ -254,12 +262,15 @@ class PassedStub:
         if not extra:
             return PassedStub(report, first)
         stub = PassedStubWithExtras(report, first)
-        stub.__dict__.update(extra)
+        vars(stub).update(extra)
         return stub
 
 
+_NOTHING_ATTACHED: Mapping[str, Any] = MappingProxyType({})
+
+
 class PassedStubWithExtras(PassedStub):
-    """A stub of a report a plugin attached attributes of its own to."""
+    """A stub of a report a plugin attached attributes of its own to, kept in its __dict__."""
 
     __slots__ = ("__dict__",)
 

@@ -38,7 +38,8 @@ import pytest
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    report.__dict__["plugin_note"] = "noted " + item.name
+    if not item.name.startswith("test_many"):  # most reports have nothing attached
+        report.__dict__["plugin_note"] = "noted " + item.name
     return report
 
 def pytest_terminal_summary(terminalreporter):
@@ -74,8 +75,8 @@ def test_passed_reports_become_stubs_with_the_same_summary(pytester: pytest.Pyte
     pytester.makeconftest(CONFTEST)
     plain, ours = assert_same_verdict(pytester, "--durations=2", workers=2)
     assert held_as(plain.stdout.str()) == "TestReport"
-    # The conftest attaches a note to every report: the stubs keep it in a __dict__.
-    assert held_as(ours.stdout.str()) == "PassedStubWithExtras"
+    # The conftest attaches a note to some reports: their stubs keep it in a __dict__.
+    assert held_as(ours.stdout.str()) == "PassedStub,PassedStubWithExtras"
     ours.stdout.fnmatch_lines(["notes kept: True"])  # a plugin's data on the report stays
     # --durations reads duration, phase and id of what the terminal kept.
     ours.stdout.re_match_lines([r"0\.\d\ds call\s+test_mem.py::test_slow"])
