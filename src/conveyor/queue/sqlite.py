@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from conveyor.queue import stealing
 from conveyor.queue.messages import NOT_JSON, invalid_manifest, malformed
 from conveyor.queue.protocol import (
     EVENTS_PAGE,
@@ -50,6 +51,15 @@ EVENTS_SQL = (
 )
 STATUS_SQL = "SELECT total, pending, leased, done, stop_reason FROM builds WHERE build = ?"
 WORKERS_SQL = "SELECT worker FROM workers WHERE build = ? ORDER BY joined_at, worker"
+# Unclaimed leases of other workers: without one there is nothing to steal.
+STEALABLE_SQL = (
+    "SELECT COUNT(*) FROM units INDEXED BY units_by_state WHERE build = ? AND state = 'leased' "
+    "AND claimed = 0 AND worker != ?"
+)
+HELD_SQL = (
+    "SELECT unit, worker, claimed FROM units INDEXED BY units_by_state "
+    "WHERE build = ? AND state = 'leased' ORDER BY lease_seq"
+)
 RESERVATIONS_SQL = (
     "SELECT unit, attempt FROM reservations WHERE build = ? AND worker = ? ORDER BY rowid"
 )
@@ -146,6 +156,8 @@ class SQLiteQueue(Queue):
         self, worker: str, max_units: int, request_id: str | None, *, steal: bool
     ) -> Reservation:
         """reserve and steal: see MemoryQueue, which they follow step by step."""
+        if self._nothing_to_lease(worker, request_id, steal=steal, max_units=max_units):
+            return Reservation(ReservationState.WAIT)
         with self._tx() as tx:
             again = tx.recall(worker, request_id)
             if again is not None:
@@ -163,6 +175,42 @@ class SQLiteQueue(Queue):
             if tx.counters().leased:
                 return Reservation(ReservationState.WAIT)
             return Reservation(ReservationState.EXHAUSTED)
+
+    def _nothing_to_lease(
+        self, worker: str, request_id: str | None, *, steal: bool, max_units: int
+    ) -> bool:
+        """Whether a reserve (or steal) would certainly answer WAIT, told from one read
+        snapshot, without the write lock. Idle workers ask every 50 ms; each write transaction
+        (and a steal's look at every lease held) kept the lock from the busy worker's claims,
+        which then waited tens of milliseconds each: a first run of idna's suite, its 6,000
+        tests of one class on one worker, took 74 s instead of 18. Anything the write path
+        would act on (a pending unit, an expired lease, a stop, a retried request, something
+        to steal) sends the request there."""
+        found = self._file.read(
+            ("SELECT pending, leased, stop_reason FROM builds WHERE build = ?", (self.build,)),
+            (
+                "SELECT 1 FROM units INDEXED BY units_by_state WHERE build = ? "
+                "AND state = 'leased' AND deadline < ? LIMIT 1",
+                (self.build, self._clock()),
+            ),
+            (
+                "SELECT 1 FROM reserve_requests WHERE build = ? AND worker = ? AND request_id = ?",
+                (self.build, worker, request_id or ""),
+            ),
+            (STEALABLE_SQL if steal else "SELECT 0", (self.build, worker) if steal else ()),
+        )
+        counters, expired, retried, stealable = found
+        if not counters or expired or retried:
+            return False
+        pending, leased, stop_reason = counters[0]
+        if stop_reason is not None or pending or not leased:
+            return False
+        if not steal or not stealable[0][0]:
+            return True
+        held_by: dict[str, list[stealing.Held]] = {}
+        for unit, holder, claimed in self._file.read((HELD_SQL, (self.build,)))[0]:
+            held_by.setdefault(holder, []).append(stealing.Held(unit, bool(claimed)))
+        return stealing.plan(held_by, worker, max_units) is None
 
     def heartbeat(self, worker: str, units: Sequence[str]) -> int:
         return len(self._renew(worker, units, claim=False))
