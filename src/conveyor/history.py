@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from conveyor.compat import cache_value_path
 from conveyor.errors import QueueError
 
 # Weight of the newest measurement: recent builds matter most, one slow outlier does not rule.
@@ -137,6 +136,10 @@ class CacheHistory:
         return durations_of(self.raw())
 
     def record(self, durations: Mapping[str, float]) -> None:
+        # Here, not at the top: the command imports this module before the workers start,
+        # and conveyor.compat imports pytest.
+        from conveyor.compat import cache_value_path
+
         merged = merge(self.raw(), durations)
         path = cache_value_path(self.cache, CACHE_KEY)
         if path is None:
