@@ -19,7 +19,21 @@ from helpers import communicate_or_dump_stacks, junit_outcomes, junit_totals
 
 SUITE = {
     "conftest.py": """
-import os, pathlib, pytest
+import os, pathlib, time, pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def both_machines_joined():
+    # Where a test asks for it: no test runs before a worker of each machine is up, so that
+    # a machine slow to start on a loaded host still gets work (its tests take 2 s in all).
+    folder = os.environ.get("JOINED_DIR")
+    if folder:
+        machine = pathlib.Path.cwd().name
+        (pathlib.Path(folder) / f"{machine}-{os.getpid()}").write_text("")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(
+            {p.name.split("-")[1] for p in pathlib.Path(folder).iterdir()}
+        ) < 2:
+            time.sleep(0.05)
 
 @pytest.fixture(autouse=True)
 def mark_machine(request):
@@ -78,8 +92,12 @@ def machines(tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
     yield first, second, markers
 
 
-def conveyor(cwd: Path, *args: str, markers: Path | None = None) -> subprocess.Popen[str]:
+def conveyor(
+    cwd: Path, *args: str, markers: Path | None = None, joined: Path | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "MARKER_DIR": str(markers or cwd)}
+    if joined is not None:
+        env["JOINED_DIR"] = str(joined)  # its tests wait for a worker of each machine
     return subprocess.Popen(
         [sys.executable, "-m", "conveyor", *args, "-p", "no:cacheprovider"],
         cwd=cwd,
@@ -120,9 +138,15 @@ def test_two_machines_and_a_separate_report_agree_with_plain_pytest(
 ) -> None:
     first, second, markers = machines
     queue = ["--queue", redis_server.url, "--build", build]
+    joined = markers.parent / "joined"
+    joined.mkdir()
     report = conveyor(first, "report", *queue, "--junitxml=report.xml")
-    a = conveyor(first, "run", "-n", "2", *queue, "--junitxml=a.xml", markers=markers)
-    b = conveyor(second, "run", "-n", "2", *queue, "--junitxml=b.xml", markers=markers)
+    a = conveyor(
+        first, "run", "-n", "2", *queue, "--junitxml=a.xml", markers=markers, joined=joined
+    )
+    b = conveyor(
+        second, "run", "-n", "2", *queue, "--junitxml=b.xml", markers=markers, joined=joined
+    )
     results = [finish(process) for process in (a, b, report)]
     ran_on = {marker.name.split("-gw", 1)[0] for marker in markers.iterdir()}
     assert ran_on == {"machine-a", "machine-b"}, "both machines should have run tests"
