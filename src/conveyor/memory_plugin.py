@@ -131,6 +131,9 @@ class _Outcomes(Mapping[str, TestOutcome]):
     def __len__(self) -> int:
         return len(self._seen) + sum(1 for test in self._passed if test not in self._seen)
 
+    def __bool__(self) -> bool:  # without it, truth would count every test
+        return bool(self._seen or self._passed)
+
 
 @dataclass(slots=True)
 class _Lane:

@@ -51,6 +51,13 @@ EVENTS_SQL = (
 )
 STATUS_SQL = "SELECT total, pending, leased, done, stop_reason FROM builds WHERE build = ?"
 WORKERS_SQL = "SELECT worker FROM workers WHERE build = ? ORDER BY joined_at, worker"
+# What an idle worker's reserve or steal reads before it takes the write lock.
+IDLE_COUNTERS_SQL = "SELECT pending, leased, stop_reason FROM builds WHERE build = ?"
+EXPIRED_SQL = (
+    "SELECT 1 FROM units INDEXED BY units_by_state WHERE build = ? AND state = 'leased' "
+    "AND deadline < ? LIMIT 1"
+)
+RETRIED_SQL = "SELECT 1 FROM reserve_requests WHERE build = ? AND worker = ? AND request_id = ?"
 # Unclaimed leases of other workers: without one there is nothing to steal.
 STEALABLE_SQL = (
     "SELECT COUNT(*) FROM units INDEXED BY units_by_state WHERE build = ? AND state = 'leased' "
@@ -179,31 +186,27 @@ class SQLiteQueue(Queue):
     def _nothing_to_lease(
         self, worker: str, request_id: str | None, *, steal: bool, max_units: int
     ) -> bool:
-        """Whether a reserve (or steal) would certainly answer WAIT, told from one read
-        snapshot, without the write lock. Idle workers ask every 50 ms; each write transaction
+        """Whether a reserve (or steal) would certainly answer WAIT, told from reads alone,
+        without the write lock. Idle workers ask every 50 ms; each write transaction
         (and a steal's look at every lease held) kept the lock from the busy worker's claims,
         which then waited tens of milliseconds each: a first run of idna's suite, its 6,000
         tests of one class on one worker, took 74 s instead of 18. Anything the write path
         would act on (a pending unit, an expired lease, a stop, a retried request, something
         to steal) sends the request there."""
-        found = self._file.read(
-            ("SELECT pending, leased, stop_reason FROM builds WHERE build = ?", (self.build,)),
-            (
-                "SELECT 1 FROM units INDEXED BY units_by_state WHERE build = ? "
-                "AND state = 'leased' AND deadline < ? LIMIT 1",
-                (self.build, self._clock()),
-            ),
-            (
-                "SELECT 1 FROM reserve_requests WHERE build = ? AND worker = ? AND request_id = ?",
-                (self.build, worker, request_id or ""),
-            ),
-            (STEALABLE_SQL if steal else "SELECT 0", (self.build, worker) if steal else ()),
-        )
-        counters, expired, retried, stealable = found
-        if not counters or expired or retried:
+        # The counters alone first: while units are pending (most of a build) that one row
+        # is all a reserve pays for the check.
+        counters = self._file.read((IDLE_COUNTERS_SQL, (self.build,)))[0]
+        if not counters:
             return False
         pending, leased, stop_reason = counters[0]
         if stop_reason is not None or pending or not leased:
+            return False
+        expired, retried, stealable = self._file.read(
+            (EXPIRED_SQL, (self.build, self._clock())),
+            (RETRIED_SQL, (self.build, worker, request_id or "")),
+            (STEALABLE_SQL if steal else "SELECT 0", (self.build, worker) if steal else ()),
+        )
+        if expired or retried:
             return False
         if not steal or not stealable[0][0]:
             return True
