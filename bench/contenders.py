@@ -72,6 +72,16 @@ def contenders(workers: int, redis_url: str | None, *, fork_probe: bool = False)
     # A first run: without pytest's cache the embedded queue has no timing history to read
     # (and writes none), so every run is what a new project's first build is.
     lineup.append(Contender("conveyor-first", lambda: _conveyor(workers, "-p", "no:cacheprovider")))
+    # --fork-workers: the suite is collected once and the workers forked from that process.
+    lineup.append(
+        Contender("conveyor-fork", lambda: _conveyor(workers, "--fork-workers"), is_conveyor=True)
+    )
+    lineup.append(
+        Contender(
+            "conveyor-fork-first",
+            lambda: _conveyor(workers, "--fork-workers", "-p", "no:cacheprovider"),
+        )
+    )
     if redis_url is not None:
         lineup.append(_conveyor_redis(workers, redis_url))
     if fork_probe:

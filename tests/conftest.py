@@ -34,6 +34,16 @@ def with_plugins(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> 
     return pytester
 
 
+@pytest.fixture(params=["spawn", "fork"])
+def start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the workers start: spawned (each imports and collects), or forked from one process
+    that collected (--fork-workers, set through its environment variable). The verdict must
+    not depend on it."""
+    if request.param == "fork":
+        monkeypatch.setenv("CONVEYOR_FORK_WORKERS", "1")
+    return str(request.param)
+
+
 class FakeClock:
     """An injectable clock, so lease expiry is tested without sleeping."""
 

@@ -149,6 +149,7 @@ def _supervisor(
         max_worker_failures=options.max_worker_failures,
         log_dir=Path(options.worker_logs).resolve() if options.worker_logs else None,
         command=_command_settings(options, run_dir),
+        fork=options.fork_workers,
     )
 
 

@@ -365,3 +365,35 @@ def uncaptured(config: pytest.Config | None) -> Iterator[None]:
         return
     with capman.global_and_fixture_disabled():
         yield
+
+
+def redirect_output(config: pytest.Config, log_path: str) -> None:
+    """Point a forked worker's descriptors 1 and 2 at its own log, as a spawned worker's are.
+
+    The fork happened inside a pytest session, so pytest's global capture has 1 and 2 on
+    temporary files the fork server owns, and its faulthandler writes to a copy of the
+    server's stderr. Relies on the capture manager's stop/start/suspend_global_capturing
+    (plugin "capturemanager"; capture is suspended between collection and the run loop) and
+    on faulthandler's stashed descriptor (`fault_handler_stderr_fd_key`), which is pointed at
+    the new log in place so that faulthandler and pytest's unconfigure keep working on it."""
+    import os
+
+    capman: Any = config.pluginmanager.get_plugin("capturemanager")
+    capturing = capman is not None and getattr(capman, "_global_capturing", None) is not None
+    if capturing:
+        capman.stop_global_capturing()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+    except ImportError:  # pragma: no cover - a pytest without it
+        pass
+    else:
+        copy = config.stash.get(fault_handler_stderr_fd_key, None)
+        if copy is not None:
+            os.dup2(2, copy)
+    if capturing:
+        capman.start_global_capturing()
+        capman.suspend_global_capture()

@@ -85,6 +85,13 @@ def _check_together(command: str, options: RunOptions) -> None:
             )
         if options.workers == 0:
             raise UsageError("--command needs at least one worker process (-n 1 or more).")
+    if options.fork_workers and options.command is not None:
+        raise UsageError(
+            "--fork-workers forks pytest workers after collection; --command runs no pytest. "
+            "Drop one of them."
+        )
+    if options.fork_workers and not hasattr(os, "fork"):
+        raise UsageError("--fork-workers needs os.fork(), which this platform lacks; drop it.")
     if options.retry_on and options.max_requeues == 0:
         raise UsageError("--retry-on only narrows retries; also pass --max-requeues N.")
     if command in ("worker", "report") and options.queue is None:

@@ -240,6 +240,14 @@ class RunOptions(WorkerOptions):
         optional_text,
         "FILE.html",
     )
+    fork_workers = Option(
+        ("--fork-workers",),
+        "collect the suite once and fork the workers from that process (POSIX): faster "
+        "start-up; plugins that read the worker id while they configure see gw0's",
+        False,
+        switch,
+        kind=FLAG,
+    )
     worker_logs = Option(
         ("--worker-logs",),
         "keep each worker's own output in DIR/gwN.log",

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 from conveyor import environment
 from conveyor.environment import worker_environment, write_settings_file
 from conveyor.errors import QueueError
+from conveyor.fork_client import ForkedProcess, ForkServerProcess
+from conveyor.fork_server import ForkRequest
 from conveyor.queue import Queue
 
 if TYPE_CHECKING:
@@ -43,9 +45,11 @@ TERMINATE_GRACE_S = 5.0
 STRAGGLER_WAIT_S = 30.0
 
 
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+def _signal_group(process: subprocess.Popen[bytes] | ForkedProcess, signum: int) -> None:
     """A worker leads a process group of its own (it was started in a new session): the
     signal reaches what its tests started too, not only the worker."""
+    if process.pid is None:  # a worker the fork server has not forked yet
+        return
     try:
         os.killpg(process.pid, signum)
     except (ProcessLookupError, PermissionError):
@@ -70,6 +74,7 @@ class Supervisor:
         max_worker_failures: int | None = None,
         log_dir: Path | None = None,
         command: CommandSettings | None = None,
+        fork: bool = False,
     ) -> None:
         self.queue = queue
         self.count = count
@@ -81,6 +86,9 @@ class Supervisor:
         self.max_worker_failures = max_worker_failures
         self.log_dir = log_dir
         self.command = command
+        self.fork = fork
+        self.fork_server: ForkServerProcess | None = None
+        self._server_env: dict[str, str] = {}
         self.restarts = 0
         self.node = node
         self.failures: list[WorkerFailure] = []
@@ -94,6 +102,8 @@ class Supervisor:
     def start(self) -> None:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.fork:
+            self.fork_server = self._start_fork_server()
         for slot in self.slots:
             self._spawn(slot)
         self._thread.start()
@@ -117,17 +127,19 @@ class Supervisor:
         write_settings_file(
             settings_path, self.command.to_env(settings) if self.command else settings.to_env()
         )
-        env = worker_environment(
-            {
-                **self.env,
-                environment.SETTINGS_FILE: str(settings_path),
-                environment.XDIST_WORKER: slot.name,
-                environment.XDIST_WORKER_COUNT: str(self.count),
-                environment.WORKER: slot.name,
-                environment.WORKER_COUNT: str(self.count),
-            },
-            os.environ,
-        )
+        env = self._environment(slot.name, settings_path)
+        if self.fork_server is not None:
+            # Only what makes this worker differ from the server travels with the request.
+            request = ForkRequest(
+                slot.name,
+                slot.incarnation,
+                str(slot.log_path),
+                {name: value for name, value in env.items() if self._server_env.get(name) != value},
+            )
+            slot.process = self.fork_server.fork(request)
+            slot.state = "running"
+            trace("asked for %s (incarnation %d) from the fork server", slot.name, slot.incarnation)
+            return
         with slot.log_path.open("wb") as log:
             # A session of its own: Ctrl-C in the terminal reaches the controller only, which
             # then stops the build in order instead of every process dying mid-write.
@@ -141,6 +153,40 @@ class Supervisor:
             )
         slot.state = "running"
         trace("spawned %s (incarnation %d) pid=%d", slot.name, slot.incarnation, slot.process.pid)
+
+    def _environment(self, name: str, settings_path: Path) -> dict[str, str]:
+        return worker_environment(
+            {
+                **self.env,
+                environment.SETTINGS_FILE: str(settings_path),
+                environment.XDIST_WORKER: name,
+                environment.XDIST_WORKER_COUNT: str(self.count),
+                environment.WORKER: name,
+                environment.WORKER_COUNT: str(self.count),
+            },
+            os.environ,
+        )
+
+    def _start_fork_server(self) -> ForkServerProcess:
+        """--fork-workers: one process imports and collects the suite; the workers are forked
+        from it (conveyor.fork_server). It configures as gw0 would: plugins that look at the
+        worker id while they configure see gw0's in every worker."""
+        first = self.slots[0].name
+        settings = self.template.replace(
+            worker_id=f"{self.node}{first}",
+            status_file=str(self.run_dir / "fork-server.status"),
+            timeout_file=None,
+            supervisor_pid=os.getpid(),
+            fork_server=True,
+        )
+        settings_path = self.run_dir / "fork-server.settings"
+        write_settings_file(settings_path, settings.to_env())
+        self._server_env = self._environment(first, settings_path)
+        return ForkServerProcess(
+            [sys.executable, "-m", self._worker_module(), *self._worker_args()],
+            self._server_env,
+            (self.log_dir or self.run_dir) / "fork-server.log",
+        )
 
     def _worker_args(self) -> list[str]:
         """A pytest worker runs without pytest-xdist's plugin: it is no xdist worker, and plugins
@@ -160,8 +206,11 @@ class Supervisor:
         while not self._stop.wait(POLL_INTERVAL_S):
             with self._lock:
                 for slot in self.slots:
-                    if slot.state == "running" and slot.process and slot.process.poll() is not None:
-                        self._on_exit(slot, slot.process.returncode)
+                    if slot.state != "running" or slot.process is None:
+                        continue
+                    returncode = slot.process.poll()
+                    if returncode is not None:
+                        self._on_exit(slot, returncode)
 
     def _on_exit(self, slot: WorkerProcess, returncode: int) -> None:
         trace("%s exited with %d, status %r", slot.name, returncode, slot.status())
@@ -260,10 +309,16 @@ class Supervisor:
             for process in processes:
                 if process.poll() is None:
                     _signal_group(process, signal.SIGTERM)
+            if self.fork_server is not None:
+                self.fork_server.terminate()
         deadline = time.monotonic() + timeout_s
         for process in processes:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
-                process.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(TERMINATE_GRACE_S)
+        if self.fork_server is not None:
+            self.fork_server.close()
+            self.fork_server.wait(max(0.0, deadline - time.monotonic()) + TERMINATE_GRACE_S)

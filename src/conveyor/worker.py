@@ -19,9 +19,10 @@ import pytest
 
 from conveyor.batch_policy import BatchPolicy, policy_for
 from conveyor.code_identity import identify
-from conveyor.compat import NextItem, forward_rerun_reports, silence_terminal
+from conveyor.compat import NextItem, forward_rerun_reports, redirect_output, silence_terminal
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
+from conveyor.fork_server import ForkServer, channel_from_environment
 from conveyor.hard_timeout import HardTimeout
 from conveyor.heartbeat import Heartbeat
 from conveyor.history import history_store
@@ -62,23 +63,30 @@ class WorkerPlugin:
     running order and pytest's nextitem promise), `HardTimeout`, `RetryPolicy`, `ResultOutbox`
     and `Heartbeat`. This class wires them to pytest's hooks."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
-        self.settings = settings
+    def __init__(
+        self, settings: WorkerSettings, fork_channel: tuple[int, int] | None = None
+    ) -> None:
         self.queue: Queue | None = None
-        self.status = StatusFile(settings.status_file)
         self.finished_normally = False
         self.joined = False
         self.state_lost = False
         self.collection = CollectionRecord()
-        self.timeout = HardTimeout(settings.timeout_file, settings.test_timeout_s)
-        self.retry = RetryPolicy(
-            settings.max_requeues, settings.retry_on, settings.requeue_tolerance
-        )
+        self._adopt(settings)
+        self._fork_channel = fork_channel
         self._handshake: ManifestHandshake | None = None
         self._outbox: ResultOutbox | None = None
         self._policy: BatchPolicy | None = None
         self.record = OutcomeRecord()
         self._stopped = False
+
+    def _adopt(self, settings: WorkerSettings) -> None:
+        """Become the worker `settings` describe (once at start; again in a forked worker)."""
+        self.settings = settings
+        self.status = StatusFile(settings.status_file)
+        self.timeout = HardTimeout(settings.timeout_file, settings.test_timeout_s)
+        self.retry = RetryPolicy(
+            settings.max_requeues, settings.retry_on, settings.requeue_tolerance
+        )
 
     @property
     def refused(self) -> bool:
@@ -93,6 +101,11 @@ class WorkerPlugin:
     def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, object, object]:
         # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker.
         keep_xdist_out(config)
+        self._connect(config)
+        return (yield)
+
+    def _connect(self, config: pytest.Config) -> None:
+        """Open this worker's queue and what talks to it through this worker's id."""
         settings = self.settings
         self.queue = queue = open_queue(
             settings.queue_url,
@@ -113,7 +126,6 @@ class WorkerPlugin:
             own_controller=settings.own_controller,
             start_timeout_s=settings.start_timeout_s,
         )
-        return (yield)
 
     def _stop(self) -> None:
         self._stopped = True
@@ -154,6 +166,8 @@ class WorkerPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        if self.settings.fork_server:
+            self._serve_forks(session.config)
         settings = self.settings
         queue, handshake = self.queue, self._handshake
         assert queue is not None and handshake is not None  # opened in pytest_cmdline_main
@@ -178,6 +192,34 @@ class WorkerPlugin:
             self.finished_normally = True
             self.status.write("done")
         return True
+
+    def _serve_forks(self, config: pytest.Config) -> None:
+        """--fork-workers: this process collected the suite for every worker. From here it
+        forks them (conveyor.fork_server) and never returns; a forked child returns as the
+        worker it was asked for, collected and about to join, like a spawned worker here."""
+        if self._fork_channel is None:
+            raise pytest.UsageError("a fork server needs the channel its supervisor opens.")
+        if self.queue is not None:
+            self.queue.close()  # no queue connection may cross a fork
+        self.timeout.close()
+        request = ForkServer(*self._fork_channel).serve()
+        os.setsid()  # a process group of its own, as a spawned worker has
+        os.environ.update(request.env)
+        redirect_output(config, request.log_path)
+        mark_worker_process()
+        raw = take_settings()
+        if raw is None:
+            print("conveyor: the fork server lost this worker's settings.", file=sys.stderr)
+            os._exit(3)
+        # Its parent is the fork server, which leaves when the supervisor does.
+        settings = WorkerSettings.from_env(raw).replace(supervisor_pid=os.getppid())
+        setup_failure = run_worker_setup(settings)
+        if setup_failure is not None:
+            os._exit(setup_failure)
+        self._adopt(settings)
+        self._connect(config)
+        self.status.write("collecting")
+        trace("%s forked from the fork server", settings.worker_id)
 
     def _join_and_work(
         self,
@@ -335,7 +377,7 @@ def main() -> int:
     setup_failure = run_worker_setup(settings)
     if setup_failure is not None:
         return setup_failure
-    plugin = WorkerPlugin(settings)
+    plugin = WorkerPlugin(settings, channel_from_environment())
     code = pytest.main(sys.argv[1:], plugins=[plugin])
     if plugin.refused:
         return EXIT_REFUSED

@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conveyor.fork_client import ForkedProcess
 from conveyor.queue.protocol import CrashCause
 from conveyor.vocabulary import EXIT_REFUSED, EXIT_SETUP_FAILED, EXIT_STATE_LOST, TIMEOUT_HEADER
 from conveyor.worker_settings import StatusFile
@@ -23,7 +24,7 @@ class WorkerProcess:
 
     name: str
     index: int
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
     log_path: Path | None = None
     status_path: Path | None = None
     timeout_path: Path | None = None

@@ -33,6 +33,7 @@ class WorkerSettings(WorkerOptions):
         history: str = "cache",  # "cache", "redis:<suite>" or "off"
         check_only: bool = False,  # compare collection and code with the build's, then leave
         own_controller: bool = True,  # a controller on this machine publishes plugins' input
+        fork_server: bool = False,  # collect, then fork the workers (conveyor.fork_server)
         **options: Any,
     ) -> None:
         self.queue_url = queue_url
@@ -45,6 +46,7 @@ class WorkerSettings(WorkerOptions):
         self.history = history
         self.check_only = check_only
         self.own_controller = own_controller
+        self.fork_server = fork_server
         super().__init__(**options)
 
     @classmethod

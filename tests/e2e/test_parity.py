@@ -126,7 +126,9 @@ def mixed_suite(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def test_mixed_suite_same_outcomes_and_exit_code_1(mixed_suite: pytest.Pytester) -> None:
+def test_mixed_suite_same_outcomes_and_exit_code_1(
+    mixed_suite: pytest.Pytester, start: str
+) -> None:
     plain, ours = assert_same_verdict(mixed_suite, "-rA")
     assert plain.ret == 1
     ours.stdout.fnmatch_lines(
@@ -166,7 +168,9 @@ def test_all_passing_suite_exit_code_0(pytester: pytest.Pytester) -> None:
     assert plain.ret == 0
 
 
-def test_collection_error_exit_code_2_and_nothing_runs(pytester: pytest.Pytester) -> None:
+def test_collection_error_exit_code_2_and_nothing_runs(
+    pytester: pytest.Pytester, start: str
+) -> None:
     pytester.makepyfile(
         test_ok="def test_fine(): pass",
         test_broken="import no_such_module_anywhere\n\ndef test_never(): pass",
@@ -182,7 +186,7 @@ def test_collection_error_exit_code_2_and_nothing_runs(pytester: pytest.Pytester
     )
 
 
-def test_continue_on_collection_errors_runs_the_rest(pytester: pytest.Pytester) -> None:
+def test_continue_on_collection_errors_runs_the_rest(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(
         test_ok="def test_fine(): pass\ndef test_bad(): assert 0",
         test_broken="raise ImportError('nope')",
@@ -191,7 +195,7 @@ def test_continue_on_collection_errors_runs_the_rest(pytester: pytest.Pytester) 
     assert plain.ret == 1
 
 
-def test_module_level_skip_is_reported_as_skipped(pytester: pytest.Pytester) -> None:
+def test_module_level_skip_is_reported_as_skipped(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(
         test_skipmod="import pytest\npytest.skip('whole module', allow_module_level=True)",
         test_ok="def test_fine(): pass",
@@ -200,14 +204,14 @@ def test_module_level_skip_is_reported_as_skipped(pytester: pytest.Pytester) -> 
     assert plain.ret == 0
 
 
-def test_usage_error_exit_code_4(pytester: pytest.Pytester) -> None:
+def test_usage_error_exit_code_4(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, ours = assert_same_verdict(pytester, "--no-such-option")
     assert plain.ret == 4
     ours.stderr.fnmatch_lines(["*unrecognized arguments: --no-such-option*"])
 
 
-def test_no_tests_exit_code_5(pytester: pytest.Pytester) -> None:
+def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
     assert plain.ret == 5
@@ -237,7 +241,7 @@ def test_deselection_by_marker_counts_like_pytest(pytester: pytest.Pytester) -> 
     ours.stdout.fnmatch_lines(["collected 3 items / 1 deselected / 2 selected"])
 
 
-def test_conftest_that_raises_fails_like_pytest(pytester: pytest.Pytester) -> None:
+def test_conftest_that_raises_fails_like_pytest(pytester: pytest.Pytester, start: str) -> None:
     pytester.makeconftest("raise RuntimeError('conftest is broken')")
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, ours = assert_same_verdict(pytester)
@@ -263,7 +267,7 @@ def test_fixture_in_conftest_and_durations(pytester: pytest.Pytester) -> None:
     ours.stdout.fnmatch_lines(["*slowest 1 durations*", "*call*test_b.py::test_b*"])
 
 
-def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester) -> None:
+def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester, start: str) -> None:
     body = "\n".join(f"def test_{i}():\n    import time; time.sleep(0.02)" for i in range(60))
     pytester.makepyfile(test_first="def test_boom():\n    assert False", test_many=body)
     result = run_conveyor(pytester, "-n", "2", "-x")

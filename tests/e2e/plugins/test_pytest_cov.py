@@ -57,7 +57,9 @@ def coverage_table(output: str) -> list[str]:
     return [line for line in lines[start : end + 1] if not line.startswith("---")]
 
 
-def test_coverage_reports_what_plain_pytest_reports(with_plugins: pytest.Pytester) -> None:
+def test_coverage_reports_what_plain_pytest_reports(
+    with_plugins: pytest.Pytester, start: str
+) -> None:
     write(with_plugins.path, COVERED)
     args = ["--cov=pkg", "--cov-report=term-missing", "--cov-report=xml:cov.xml"]
     plain = run_plain(with_plugins, *args)

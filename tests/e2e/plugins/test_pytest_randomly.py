@@ -31,7 +31,7 @@ def worker_logs(path: Path) -> str:
 
 
 def test_randomly_merely_installed_uses_one_seed_and_plain_values(
-    with_plugins: pytest.Pytester,
+    with_plugins: pytest.Pytester, start: str
 ) -> None:
     with_plugins.makepyfile(test_values=RANDOM_VALUES)
     plain = run_plain(with_plugins, "-s", "-p", "randomly", "--randomly-seed=4321")
