@@ -40,6 +40,7 @@ MODE_TITLES = {
     "history": "2nd run",
     "redis": "redis 2x2",
     "n1": "-n 1",
+    "fork": "fork, 1st",
 }
 
 

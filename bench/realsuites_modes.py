@@ -21,7 +21,7 @@ RUN_TIMEOUT_S = 1800.0
 TIMED_OUT = -1
 WORKERS = 4
 PLAIN_ARGS = ("-p", "no:cacheprovider")
-SQLITE_MODES = ("first", "history", "n1")  # their queue files stay for `conveyor replay`
+SQLITE_MODES = ("first", "history", "n1", "fork")  # their queue files stay for `conveyor replay`
 SUMMARY = re.compile(r"^=+ (.*?) in [0-9.]+s(?: \(.*\))? =+$")
 
 
@@ -142,10 +142,10 @@ def recorded_build(ctx: Context, mode: str) -> tuple[str, str] | None:
     return f"sqlite:///{ctx.workdir / mode}.db", f"realsuites-{mode}"
 
 
-def _sqlite(ctx: Context, name: str, cache: str, workers: int) -> Process:
+def _sqlite(ctx: Context, name: str, cache: str, workers: int, *extra: str) -> Process:
     # a known build id, so that `conveyor replay`/`bisect` can read a kept queue file
     url, build = recorded_build(ctx, name) or ("", "")
-    queue = ["--queue", url, "--build", build]
+    queue = ["--queue", url, "--build", build, *extra]
     return _process(ctx, name, _conveyor(ctx, workers), [*queue, *_cache(ctx, cache)])
 
 
@@ -162,6 +162,11 @@ def history(ctx: Context) -> ModeRun:
 def single(ctx: Context) -> ModeRun:
     """One worker and no history: the protocol alone, without any parallelism."""
     return ModeRun("n1", [_sqlite(ctx, "n1", "cache-n1", 1)])
+
+
+def forked(ctx: Context) -> ModeRun:
+    """A first run with --fork-workers: collected once, every worker forked from there."""
+    return ModeRun("fork", [_sqlite(ctx, "fork", "cache-fork", WORKERS, "--fork-workers")])
 
 
 def redis(ctx: Context) -> ModeRun:
@@ -184,5 +189,6 @@ MODES: dict[str, Callable[[Context], ModeRun]] = {
     "history": history,
     "redis": redis,
     "n1": single,
+    "fork": forked,
 }
 COMPARED = tuple(mode for mode in MODES if mode != "plain")

@@ -243,7 +243,7 @@ class RunOptions(WorkerOptions):
     fork_workers = Option(
         ("--fork-workers",),
         "collect the suite once and fork the workers from that process (POSIX): faster "
-        "start-up; plugins that read the worker id while they configure see gw0's",
+        "start-up; a plugin that copies the worker id while it configures keeps gw0's",
         False,
         switch,
         kind=FLAG,

@@ -166,18 +166,19 @@ class WorkerPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
-        if self.settings.fork_server:
-            self._serve_forks(session.config)
-        settings = self.settings
-        queue, handshake = self.queue, self._handshake
-        assert queue is not None and handshake is not None  # opened in pytest_cmdline_main
+        assert self.queue is not None  # opened in pytest_cmdline_main
         items = {item.nodeid: item for item in session.items}
         collection_failed = (
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
         )
         collected = [] if collection_failed else list(items)
         code = identify(session.config.rootpath, {item.path for item in session.items})
-        durations = history_for(settings.history, session.config, queue)
+        durations = history_for(self.settings.history, session.config, self.queue)
+        if self.settings.fork_server:  # what is above is done once, for every forked worker
+            self._serve_forks(session.config)
+        settings = self.settings
+        queue, handshake = self.queue, self._handshake
+        assert queue is not None and handshake is not None
         self.timeout.learn(durations)
         leading = queue.manifest() is None  # likely the leader: its order is the one served
         units, meta = serving_plan(

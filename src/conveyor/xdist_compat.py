@@ -386,6 +386,13 @@ class WorkerInput(dict[str, Any]):
         super().__init__(own)
         self._fetch: Callable[[], Mapping[str, Any] | None] | None = fetch
 
+    def rebind(self, own: Mapping[str, Any], fetch: Callable[[], Mapping[str, Any] | None]) -> None:
+        """Another worker's now (a forked one): its own keys, and a fetch through its own
+        queue connection if the plugins' input was not fetched yet."""
+        self.update(own)
+        if self._fetch is not None:
+            self._fetch = fetch
+
     def merge_available(self, found: Mapping[str, Any] | None) -> None:
         """Take the plugins' input now, if a controller published it already."""
         if found is not None:
@@ -433,15 +440,19 @@ def attach_worker_input(
             )
         return found
 
-    workerinput = WorkerInput(
-        {
-            "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
-            "workercount": worker_count,
-            "testrunuid": build,
-            "mainargv": list(sys.argv),
-        },
-        fetch=wait,
-    )
+    own = {
+        "workerid": os.environ.get("PYTEST_XDIST_WORKER", "gw0"),
+        "workercount": worker_count,
+        "testrunuid": build,
+        "mainargv": list(sys.argv),
+    }
+    existing = getattr(config, "workerinput", None)
+    if isinstance(existing, WorkerInput):
+        # A worker forked from the process that configured (--fork-workers): plugins may
+        # hold this very object, so it becomes the new worker's in place.
+        existing.rebind(own, fetch=wait)
+        return
+    workerinput = WorkerInput(own, fetch=wait)
     workerinput.merge_available(
         wait_for_input(queue, worker_id, own_controller=own_controller, timeout_s=0.0)
     )

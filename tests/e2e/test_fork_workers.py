@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import RedisServer
 from helpers import junit_outcomes, run_conveyor, run_plain
 
 COUNT_COLLECTIONS = """
@@ -21,16 +22,30 @@ def pytest_collection_finish(session):
             log.write(f"{{os.getpid()}}\\n")
 """
 
+HOLD_INPUT = """
+import pytest
+
+HELD = {}
+
+def pytest_configure(config):
+    HELD["input"] = getattr(config, "workerinput", None)  # as plugins keep it
+
+@pytest.fixture
+def held_input():
+    return HELD["input"]
+"""
+
 RECORD_WHO = """
 import json, os, time
 import pytest
 
 @pytest.mark.parametrize("i", range(12))
-def test_who(i, worker_id):
+def test_who(i, worker_id, held_input):
     time.sleep(0.05)
     with open({log!r}, "a") as log:
         log.write(json.dumps({{
             "fixture": worker_id,
+            "held": held_input["workerid"],
             "env": os.environ["PYTEST_XDIST_WORKER"],
             "pid": os.getpid(),
             "parent": os.getppid(),
@@ -60,6 +75,7 @@ def test_the_workers_collect_once_when_forked(
 
 def test_each_forked_worker_is_a_worker_of_its_own(pytester: pytest.Pytester) -> None:
     log = pytester.path / "who.log"
+    pytester.makeconftest(HOLD_INPUT)
     pytester.makepyfile(test_who=RECORD_WHO.format(log=str(log)))
     result = run_conveyor(pytester, "-n", "3", "--fork-workers", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
@@ -67,6 +83,7 @@ def test_each_forked_worker_is_a_worker_of_its_own(pytester: pytest.Pytester) ->
     assert len(records) == 12
     for record in records:
         assert record["fixture"] == record["env"]  # the worker id plugins see is its own
+        assert record["held"] == record["env"]  # also in the workerinput kept at configure
         assert record["group"] == record["pid"]  # its own process group, as when spawned
     by_worker = {record["env"]: record["pid"] for record in records}
     assert len(set(by_worker.values())) == len(by_worker)  # one process per worker id
@@ -194,3 +211,37 @@ def test_the_fork_server_leaves_no_process_behind(pytester: pytest.Pytester) -> 
     for pid in (worker, server):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.redis
+def test_forked_workers_on_a_redis_queue_agree_with_plain_pytest(
+    pytester: pytest.Pytester, redis_server: RedisServer
+) -> None:
+    """Each forked worker opens its own connection: none crosses the fork."""
+    pytester.makepyfile(
+        test_mix="""
+        import pytest
+
+        @pytest.mark.parametrize("i", range(15))
+        def test_pass(i): pass
+
+        def test_fail(): assert 0
+
+        @pytest.mark.skip(reason="no")
+        def test_skip(): pass
+        """
+    )
+    plain = run_plain(pytester, "--junitxml=plain.xml")
+    ours = run_conveyor(
+        pytester,
+        "-n",
+        "3",
+        "--fork-workers",
+        "--queue",
+        redis_server.url,
+        "--build",
+        "fork-redis",
+        "--junitxml=ours.xml",
+    )
+    assert ours.ret == plain.ret == 1, ours.stdout.str() + ours.stderr.str()
+    assert junit_outcomes(pytester.path / "ours.xml") == junit_outcomes(pytester.path / "plain.xml")
