@@ -216,16 +216,17 @@ def _ratio(wall: float | None, reference: float | None) -> str:
 
 def results_table(results: list[ProjectResult], modes: tuple[str, ...]) -> Table:
     headers = ["project", "tests", *(MODE_TITLES[mode] for mode in modes)]
-    headers += ["plain s", "xdist s", "1st s", "2nd s", "2nd/1st", "vs plain", "vs xdist"]
+    headers += ["plain s", "xdist s", "1st s", "2nd s", "fork s"]
+    headers += ["2nd/1st", "vs plain", "vs xdist"]
     table = Table("Per-test outcomes identical to plain pytest's?", headers)
     for result in results:
         if result.error:
-            table.rows.append([result.project, "-", *(["-"] * len(modes)), *(["-"] * 7)])
+            table.rows.append([result.project, "-", *(["-"] * len(modes)), *(["-"] * 8)])
             continue
         cells = [_identical(result, result.modes.get(mode)) for mode in modes]
-        xdist_s, first_s, ours_s = (
+        xdist_s, first_s, ours_s, fork_s = (
             run.wall_s if (run := result.modes.get(mode)) else None
-            for mode in ("xdist", "first", "history")
+            for mode in ("xdist", "first", "history", "fork")
         )
         table.rows.append(
             [
@@ -233,7 +234,7 @@ def results_table(results: list[ProjectResult], modes: tuple[str, ...]) -> Table
                 str(result.tests),
                 *cells,
                 f"{result.plain_wall_s:.1f}",
-                *(f"{s:.1f}" if s else "-" for s in (xdist_s, first_s, ours_s)),
+                *(f"{s:.1f}" if s else "-" for s in (xdist_s, first_s, ours_s, fork_s)),
                 _ratio(ours_s, first_s),
                 _ratio(ours_s, result.plain_wall_s),
                 _ratio(ours_s, xdist_s),
@@ -241,7 +242,8 @@ def results_table(results: list[ProjectResult], modes: tuple[str, ...]) -> Table
         )
     table.notes.append(
         "1st s / 2nd s: conveyor -n 4 on SQLite without, then with timing history (the "
-        "1st run's); vs = the 2nd run's wall time divided by plain pytest's / pytest-xdist -n 4's."
+        "1st run's); fork s: a first run with --fork-workers; vs = the 2nd run's wall time "
+        "divided by plain pytest's / pytest-xdist -n 4's."
     )
     return table
 

@@ -368,32 +368,53 @@ def uncaptured(config: pytest.Config | None) -> Iterator[None]:
 
 
 def redirect_output(config: pytest.Config, log_path: str) -> None:
-    """Point a forked worker's descriptors 1 and 2 at its own log, as a spawned worker's are.
+    """Point a forked worker's descriptors 1 and 2 at its own log, as a spawned worker's are,
+    and give its output capture files of its own.
 
-    The fork happened inside a pytest session, so pytest's global capture has 1 and 2 on
-    temporary files the fork server owns, and its faulthandler writes to a copy of the
-    server's stderr. Relies on the capture manager's stop/start/suspend_global_capturing
-    (plugin "capturemanager"; capture is suspended between collection and the run loop) and
-    on faulthandler's stashed descriptor (`fault_handler_stderr_fd_key`), which is pointed at
-    the new log in place so that faulthandler and pytest's unconfigure keep working on it."""
+    The fork happened inside a pytest session: the capture objects are the fork server's, and
+    a test module may have kept one (`orig_stdout = sys.stdout` at import, while collection
+    was captured), so they stay the same objects; only what their descriptors refer to
+    changes. Relies on the capture manager's `_global_capturing` (a MultiCapture, suspended
+    between collection and the run loop) whose `out`/`err` FDCaptures keep `targetfd_save`
+    (where a suspended capture sends the descriptor back) and `tmpfile` (where a running one
+    sends it; shared with every other forked worker if left as it is), and on faulthandler's
+    stashed copy of stderr (`fault_handler_stderr_fd_key`)."""
     import os
+    import tempfile
 
     capman: Any = config.pluginmanager.get_plugin("capturemanager")
-    capturing = capman is not None and getattr(capman, "_global_capturing", None) is not None
-    if capturing:
-        capman.stop_global_capturing()
+    if capman is not None:
+        capman.suspend_global_capture()
+    multi = getattr(capman, "_global_capturing", None)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    for capture in (getattr(multi, "out", None), getattr(multi, "err", None)):
+        saved, tmpfile = getattr(capture, "targetfd_save", None), getattr(capture, "tmpfile", None)
+        if not isinstance(saved, int) or tmpfile is None:
+            continue  # capturing at the sys level only (or not at all): nothing shared
+        os.dup2(log, saved)
+        tmpfile.flush()
+        with tempfile.TemporaryFile(buffering=0) as own:
+            os.dup2(own.fileno(), tmpfile.fileno())
     os.close(log)
     try:
         from _pytest.faulthandler import fault_handler_stderr_fd_key
     except ImportError:  # pragma: no cover - a pytest without it
-        pass
-    else:
-        copy = config.stash.get(fault_handler_stderr_fd_key, None)
-        if copy is not None:
-            os.dup2(2, copy)
-    if capturing:
-        capman.start_global_capturing()
-        capman.suspend_global_capture()
+        return
+    copy = config.stash.get(fault_handler_stderr_fd_key, None)
+    if copy is not None:
+        os.dup2(2, copy)
+
+
+def fresh_basetemp(config: pytest.Config) -> None:
+    """A forked worker's own temporary base directory. Had anything asked for it while the
+    fork server collected, every worker would share one, and the first to end would remove
+    it under the others. Relies on the config's `_tmp_path_factory` and its `_basetemp` and
+    `_given_basetemp` (pytest's tmpdir plugin); a --basetemp the user gave is kept."""
+    factory: Any = getattr(config, "_tmp_path_factory", None)
+    if factory is not None and getattr(factory, "_given_basetemp", None) is None:
+        factory._basetemp = None

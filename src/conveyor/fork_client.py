@@ -16,14 +16,16 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from conveyor.fork_server import CHANNEL_ENV, ForkRequest
+from conveyor.fork_server import CHANNEL_ENV, STOP, ForkRequest
 from conveyor.trace import event
 from conveyor.vocabulary import EXIT_ORPHANED
 
 trace = event("fork")
+ORPHAN_POLL_S = 0.05
 
 
 class ForkedProcess:
@@ -38,26 +40,31 @@ class ForkedProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None and self._orphaned and self.pid is not None:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                self.mark_ended(EXIT_ORPHANED)
-            except PermissionError:
-                pass
+            ended = _orphan_ended(self.pid)
+            if ended is not None:
+                self.mark_ended(ended)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self._orphaned:
-            while self.poll() is None and not self._ended.wait(0.05):
-                pass
-        if not self._ended.wait(timeout) or self.returncode is None:
-            raise subprocess.TimeoutExpired(f"forked worker {self.request.slot}", timeout or 0.0)
-        return self.returncode
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (returncode := self.poll()) is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"forked worker {self.request.slot}", timeout or 0)
+            self._ended.wait(ORPHAN_POLL_S if left is None else min(left, ORPHAN_POLL_S))
+        return returncode
+
+    @property
+    def orphaned(self) -> bool:
+        """Its fork server ended first: its exit status is lost, and nothing replaces it."""
+        return self._orphaned
 
     def send_signal(self, signum: int) -> None:
         if self.pid is not None and self.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, signum)
+
+    # The fork server's replies, as the reader thread receives them.
 
     def mark_forked(self, pid: int) -> None:
         self.pid = pid
@@ -68,6 +75,28 @@ class ForkedProcess:
     def mark_ended(self, returncode: int) -> None:
         self.returncode = returncode
         self._ended.set()
+
+
+def _orphan_ended(pid: int) -> int | None:
+    """How a worker whose fork server is gone ended: None while it runs. It was adopted by
+    init, or by this process if it is the container's first: then it is reaped here and its
+    status is real; else a zombie or a missing process counts as having left as an orphan."""
+    with contextlib.suppress(ChildProcessError):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return EXIT_ORPHANED
+        except PermissionError:  # somebody else's process now: ours is gone
+            return EXIT_ORPHANED
+        return None
+    return EXIT_ORPHANED if state in ("Z", "X") else None
 
 
 class ForkServerProcess:
@@ -95,6 +124,7 @@ class ForkServerProcess:
         self._waiting: dict[tuple[str, int], ForkedProcess] = {}
         self._forked: dict[int, ForkedProcess] = {}
         self._gone = False
+        self.forked_any = False  # once it has, it got past collection
         self._reader = threading.Thread(
             target=self._read, name="conveyor-fork-replies", daemon=True
         )
@@ -106,6 +136,8 @@ class ForkServerProcess:
         return self.process.pid
 
     def fork(self, request: ForkRequest) -> ForkedProcess:
+        """The worker `request` asks for, forked when the server gets to it (after it has
+        collected). Already ended if the server is gone."""
         forked = ForkedProcess(request)
         with self._lock:
             if self._gone or self._requests is None:
@@ -117,6 +149,23 @@ class ForkServerProcess:
                 os.write(self._requests, request.encode())
         return forked
 
+    def stop_forking(self) -> None:
+        """Shutting down: what was asked for and not forked yet never will be (the server
+        drops the requests still in the pipe), so nobody waits for those workers."""
+        with self._lock:
+            if self._requests is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._requests, STOP)
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        for process in waiting:
+            process.mark_ended(EXIT_ORPHANED)
+
+    @property
+    def gone(self) -> bool:
+        """The server has ended: no worker can be forked any more."""
+        return self._gone
+
     def close(self) -> None:
         """No more workers: the server ends once it has seen the channel close."""
         with self._lock:
@@ -124,12 +173,6 @@ class ForkServerProcess:
                 with contextlib.suppress(OSError):
                     os.close(self._requests)
                 self._requests = None
-
-    def terminate(self) -> None:
-        self.close()
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGTERM)
 
     def wait(self, timeout: float) -> None:
         try:
@@ -143,9 +186,15 @@ class ForkServerProcess:
     # -- the reply pipe ---------------------------------------------------------------------
 
     def _read(self) -> None:
-        with os.fdopen(self._replies, "rb") as replies:
-            for line in replies:
-                self._on_reply(line.decode(errors="replace").split())
+        try:
+            with os.fdopen(self._replies, "rb") as replies:
+                for line in replies:
+                    self._on_reply(line.decode(errors="replace").split())
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        """The server has ended: settle every worker still waiting on it."""
         returncode = self.process.wait()
         trace("fork server ended with %d", returncode)
         with self._lock:
@@ -153,6 +202,7 @@ class ForkServerProcess:
             waiting = list(self._waiting.values())
             self._waiting.clear()
             forked = list(self._forked.values())
+            self._forked.clear()
         for process in waiting:
             self._never_forked(process)
         for process in forked:
@@ -161,14 +211,27 @@ class ForkServerProcess:
             process.mark_orphaned()
 
     def _on_reply(self, words: list[str]) -> None:
+        if len(words) < 3 or not all(word.lstrip("-").isdigit() for word in words[2:]):
+            trace("ignored a malformed reply from the fork server: %r", words)
+            return
         with self._lock:
-            if len(words) == 4 and words[0] == "forked":
+            if words[0] == "forked" and len(words) == 4:
                 process = self._waiting.pop((words[1], int(words[2])), None)
                 if process is not None:
                     process.mark_forked(int(words[3]))
+                    self.forked_any = True
                     self._forked[int(words[3])] = process
                     trace("forked %s pid=%s", words[1], words[3])
-            elif len(words) == 3 and words[0] == "exited":
+            elif words[0] == "failed" and len(words) == 4:
+                process = self._waiting.pop((words[1], int(words[2])), None)
+                if process is not None:
+                    _append(
+                        process.request.log_path,
+                        f"conveyor: the fork server could not fork this worker: "
+                        f"{os.strerror(int(words[3]))}\n",
+                    )
+                    process.mark_ended(EXIT_ORPHANED)
+            elif words[0] == "exited" and len(words) == 3:
                 ended = self._forked.pop(int(words[1]), None)
                 if ended is not None:
                     ended.mark_ended(int(words[2]))
@@ -180,3 +243,8 @@ class ForkServerProcess:
         with contextlib.suppress(OSError):
             shutil.copyfile(self.log_path, process.request.log_path)
         process.mark_ended(code if code else EXIT_ORPHANED)
+
+
+def _append(path: str, text: str) -> None:
+    with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as log:
+        log.write(text)

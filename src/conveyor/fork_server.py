@@ -19,9 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
+import selectors
+import signal
 import sys
+import time
 from dataclasses import dataclass
+
+from conveyor.vocabulary import EXIT_ORPHANED
 
 CHANNEL_ENV = "CONVEYOR_FORK_SERVER"  # "<requests fd>,<replies fd>", inherited from the supervisor
 REAP_INTERVAL_S = 0.05
@@ -51,12 +55,20 @@ class ForkRequest:
 
 
 def channel_from_environment() -> tuple[int, int] | None:
-    """The pipes this process serves fork requests on, if the supervisor made it a fork server."""
+    """The pipes this process serves fork requests on, if the supervisor made it a fork server.
+    They are made non-inheritable here: a process that a conftest starts must not hold the
+    reply pipe open, or the supervisor would never see the server end."""
     raw = os.environ.pop(CHANNEL_ENV, None)
     if not raw:
         return None
     requests, _, replies = raw.partition(",")
-    return int(requests), int(replies)
+    channel = int(requests), int(replies)
+    for fd in channel:
+        os.set_inheritable(fd, False)
+    return channel
+
+
+STOP = b'{"stop": true}\n'  # no more forks: the supervisor is shutting down
 
 
 class ForkServer:
@@ -66,60 +78,90 @@ class ForkServer:
         self.requests_fd = requests_fd
         self.replies_fd = replies_fd
         self.children: set[int] = set()
+        self.pid = os.getpid()  # a forked worker's parent, which it watches
 
-    def serve(self) -> ForkRequest:
-        """Serve until the supervisor closes the channel, then end this process (without
-        pytest's session end: the server ran no tests and must write nothing). In a forked
-        child this returns the request that made it."""
+    def serve(self, supervisor_pid: int | None) -> ForkRequest:
+        """Serve until the supervisor closes the channel, then end this process once its
+        workers have ended (without pytest's session end: the server ran no tests and must
+        write nothing); end at once if the supervisor goes away. In a forked child this
+        returns the request that made it."""
+        # A conftest that ignores SIGCHLD would have the kernel reap the workers unseen.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         pending = b""
-        while True:
-            ready, _, _ = select.select([self.requests_fd], [], [], REAP_INTERVAL_S)
-            self._reap()
-            if not ready:
-                continue
-            try:
-                chunk = os.read(self.requests_fd, 65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                request = ForkRequest.decode(line)
-                pid = self._fork()
-                if pid == 0:
-                    return request
-                self._say(f"forked {request.slot} {request.incarnation} {pid}")
-        self._reap()
+        stopped = False
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.requests_fd, selectors.EVENT_READ)
+            while True:
+                ready = selector.select(REAP_INTERVAL_S)
+                self._reap()
+                self._leave_if_orphaned(supervisor_pid)
+                if not ready:
+                    continue
+                try:
+                    chunk = os.read(self.requests_fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                pending += chunk
+                while b"\n" in pending and not stopped:
+                    line, pending = pending.split(b"\n", 1)
+                    if line + b"\n" == STOP:
+                        stopped = True
+                        break
+                    request = ForkRequest.decode(line)
+                    if self._fork(request) == 0:
+                        return request
+        self._wait_for_children(supervisor_pid)
         os._exit(0)
 
-    def _fork(self) -> int:
+    def _leave_if_orphaned(self, supervisor_pid: int | None) -> None:
+        """The supervisor is gone (its channel closes as it dies, before this process is
+        handed to another parent): so is this process, and with it, at their next heartbeat,
+        the workers it forked (they watch their parent)."""
+        if supervisor_pid and os.getppid() != supervisor_pid:
+            os._exit(0)
+
+    def _fork(self, request: ForkRequest) -> int:
         """Fork; 0 in the child. Buffered output is flushed first, or both would write it."""
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: this worker only fails
+            self._reply(f"failed {request.slot} {request.incarnation} {exc.errno or 0}")
+            return -1
         if pid == 0:
             for fd in (self.requests_fd, self.replies_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             return 0
         self.children.add(pid)
+        self._reply(f"forked {request.slot} {request.incarnation} {pid}")
         return pid
 
     def _reap(self) -> None:
         for pid in list(self.children):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
+            except ChildProcessError:  # reaped by someone else: its status is lost
                 self.children.discard(pid)
+                self._reply(f"exited {pid} {EXIT_ORPHANED}")
                 continue
             if done:
                 self.children.discard(pid)
-                self._say(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
+                self._reply(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
 
-    def _say(self, line: str) -> None:
+    def _wait_for_children(self, supervisor_pid: int | None) -> None:
+        """The supervisor learns how each worker ended only from here; it kills this process
+        if a worker outstays its shutdown."""
+        while self.children:
+            self._leave_if_orphaned(supervisor_pid)
+            self._reap()
+            time.sleep(REAP_INTERVAL_S)
+
+    def _reply(self, line: str) -> None:
         try:
             os.write(self.replies_fd, line.encode() + b"\n")
         except OSError:

@@ -33,9 +33,11 @@ from conveyor.vocabulary import EXIT_DONE
 from conveyor.worker_exit import (
     WorkerFailure,
     WorkerProcess,
+    describe_exit,
     diagnose_crash,
     ended_for_good,
     may_still_report,
+    tail,
 )
 from conveyor.worker_settings import WorkerSettings
 
@@ -178,6 +180,7 @@ class Supervisor:
             timeout_file=None,
             supervisor_pid=os.getpid(),
             fork_server=True,
+            worker_setup=None,  # each forked worker runs it, with its own id
         )
         settings_path = self.run_dir / "fork-server.settings"
         write_settings_file(settings_path, settings.to_env())
@@ -219,6 +222,8 @@ class Supervisor:
         if returncode == EXIT_DONE and slot.status() == "done":
             slot.state = "done"
             return
+        if isinstance(slot.process, ForkedProcess) and self._fork_server_lost(slot):
+            return
         ended = ended_for_good(slot, returncode)
         if ended is not None:  # refused, or the build is gone: restarting would not help
             slot.state, failure = ended
@@ -232,12 +237,43 @@ class Supervisor:
                 self.queue.release(self.worker_id(slot), crash.cause(self.log_dir is not None))
         # A worker that failed while starting would fail the same way again, unless something
         # killed it from outside (a signal: the OOM killer, a chaos test).
-        worth_restarting = crash.started or returncode < 0
+        worth_restarting = (crash.started or returncode < 0) and not (
+            self.fork_server is not None and self.fork_server.gone
+        )
         if worth_restarting and not self._stop.is_set() and self.restarts < self.max_restarts:
             self.restarts += 1
             self._spawn(slot)
         else:
             slot.state = "failed"
+
+    def _fork_server_lost(self, slot: WorkerProcess) -> bool:
+        """A forked worker that ended because its fork server did (killed from outside, out of
+        memory) is no crash of the test it was running, and cannot be replaced: its tests go
+        back to the queue, and the failure names the server. True when that is the case."""
+        process, server = slot.process, self.fork_server
+        assert isinstance(process, ForkedProcess)
+        if server is None:
+            return False
+        # A server that ended before forking anything failed to start: reported as a worker
+        # that failed to start, with the server's output, as a spawned one would be.
+        if not (process.orphaned or (process.pid is None and server.gone and server.forked_any)):
+            return False
+        code = server.process.returncode
+        cause = f"the fork server ({describe_exit(code) if code is not None else 'gone'})"
+        self.failures.append(
+            WorkerFailure(
+                worker=self.worker_id(slot),
+                cause=f"stopped: {cause} ended, so this worker could not go on or be replaced",
+                culprit=None,
+                output_tail=tail(server.log_path),
+                during_startup=process.pid is None,
+            )
+        )
+        slot.state = "failed"
+        if process.pid is not None:
+            with contextlib.suppress(QueueError):
+                self.queue.release(self.worker_id(slot), {"reason": f"{cause} ended"})
+        return True
 
     # -- queries for the controller -------------------------------------------------------
 
@@ -304,13 +340,14 @@ class Supervisor:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self.fork_server is not None:
+            self.fork_server.stop_forking()
         processes = [slot.process for slot in self.slots if slot.process is not None]
         if terminate:
+            # Not the fork server: it reports how its workers end, then ends itself.
             for process in processes:
                 if process.poll() is None:
                     _signal_group(process, signal.SIGTERM)
-            if self.fork_server is not None:
-                self.fork_server.terminate()
         deadline = time.monotonic() + timeout_s
         for process in processes:
             try:

@@ -42,6 +42,16 @@ def configure() -> None:
     log.propagate = False
 
 
+def follow_stderr() -> None:
+    """Point the trace at what descriptor 2 is now: a forked worker's own log, not the log of
+    the fork server it was forked from."""
+    for handler in log.handlers:
+        stream = getattr(handler, "stream", None)
+        if getattr(handler, "conveyor", False) and stream is not None:
+            stream.flush()
+            os.dup2(2, stream.fileno())
+
+
 class TracedQueue:
     """Any queue backend, each operation logged with its arguments' gist and its duration."""
 

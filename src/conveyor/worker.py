@@ -19,7 +19,13 @@ import pytest
 
 from conveyor.batch_policy import BatchPolicy, policy_for
 from conveyor.code_identity import identify
-from conveyor.compat import NextItem, forward_rerun_reports, redirect_output, silence_terminal
+from conveyor.compat import (
+    NextItem,
+    forward_rerun_reports,
+    fresh_basetemp,
+    redirect_output,
+    silence_terminal,
+)
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.fork_server import ForkServer, channel_from_environment
@@ -35,7 +41,7 @@ from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayloa
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
 from conveyor.retry_policy import RetryPolicy
 from conveyor.trace import configure as trace_configure
-from conveyor.trace import event
+from conveyor.trace import event, follow_stderr
 from conveyor.vocabulary import EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
 from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
 from conveyor.xdist_compat import (
@@ -196,14 +202,16 @@ class WorkerPlugin:
 
     def _serve_forks(self, config: pytest.Config) -> None:
         """--fork-workers: this process collected the suite for every worker. From here it
-        forks them (conveyor.fork_server) and never returns; a forked child returns as the
-        worker it was asked for, collected and about to join, like a spawned worker here."""
+        forks them (conveyor.fork_server) and never returns in the server; a forked child
+        returns as the worker it was asked for, collected and about to join, as a spawned
+        worker comes here. --worker-setup runs in the child, after collection."""
         if self._fork_channel is None:
             raise pytest.UsageError("a fork server needs the channel its supervisor opens.")
         if self.queue is not None:
             self.queue.close()  # no queue connection may cross a fork
         self.timeout.close()
-        request = ForkServer(*self._fork_channel).serve()
+        server = ForkServer(*self._fork_channel)
+        request = server.serve(self.settings.supervisor_pid)
         os.setsid()  # a process group of its own, as a spawned worker has
         os.environ.update(request.env)
         redirect_output(config, request.log_path)
@@ -211,14 +219,17 @@ class WorkerPlugin:
         raw = take_settings()
         if raw is None:
             print("conveyor: the fork server lost this worker's settings.", file=sys.stderr)
-            os._exit(3)
+            os._exit(int(pytest.ExitCode.INTERNAL_ERROR))
         # Its parent is the fork server, which leaves when the supervisor does.
-        settings = WorkerSettings.from_env(raw).replace(supervisor_pid=os.getppid())
+        settings = WorkerSettings.from_env(raw).replace(supervisor_pid=server.pid)
         setup_failure = run_worker_setup(settings)
         if setup_failure is not None:
             os._exit(setup_failure)
+        self.status.close()
         self._adopt(settings)
         self._connect(config)
+        fresh_basetemp(config)
+        follow_stderr()  # a trace goes to this worker's log too
         self.status.write("collecting")
         trace("%s forked from the fork server", settings.worker_id)
 

@@ -90,6 +90,11 @@ class StatusFile:
             os.pwrite(self._fd, data.ljust(self._written, self.PAD), 0)
             self._written = max(self._written, len(data))
 
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     @classmethod
     def read(cls, path: Path) -> str:
         return path.read_bytes().rstrip(cls.PAD).decode("utf-8", "replace")

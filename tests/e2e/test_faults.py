@@ -214,7 +214,9 @@ def test_os_exit_0_in_a_test_is_a_crash_of_that_test(pytester: pytest.Pytester) 
     )
 
 
-def test_ctrl_c_stops_workers_and_prints_the_partial_summary(pytester: pytest.Pytester) -> None:
+def test_ctrl_c_stops_workers_and_prints_the_partial_summary(
+    pytester: pytest.Pytester, start: str
+) -> None:
     """An interrupt during the build, once the controller replays results (an interrupt
     while it is still starting is tests/e2e/test_rerun.py's)."""
     started, following = pytester.path / "started", pytester.path / "following"

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import RedisServer
-from helpers import junit_outcomes, run_conveyor, run_plain
+from helpers import communicate_or_dump_stacks, junit_outcomes, run_conveyor, run_plain
+
+from conveyor.queue import open_queue
 
 COUNT_COLLECTIONS = """
 import os
@@ -245,3 +253,196 @@ def test_forked_workers_on_a_redis_queue_agree_with_plain_pytest(
     )
     assert ours.ret == plain.ret == 1, ours.stdout.str() + ours.stderr.str()
     assert junit_outcomes(pytester.path / "ours.xml") == junit_outcomes(pytester.path / "plain.xml")
+
+
+def test_worker_setup_runs_once_in_each_forked_worker_with_its_id(
+    pytester: pytest.Pytester,
+) -> None:
+    """Not in the fork server: a setup per worker id (a database each) must run once per
+    worker, or gw0's would run twice."""
+    ran = pytester.path / "setups.log"
+    pytester.makepyfile(test_many="\n".join(f"def test_{i}(): pass" for i in range(12)))
+    setup = f'echo "$CONVEYOR_WORKER" >> {ran}'
+    result = run_conveyor(pytester, "-n", "3", "--fork-workers", "--worker-setup", setup)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    assert sorted(ran.read_text().split()) == ["gw0", "gw1", "gw2"]
+
+
+def test_a_fork_server_killed_mid_build_fails_the_build_naming_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """Its workers cannot go on (they watch their parent) nor be replaced: the build ends
+    non-zero, says why, and charges no test with a crash it did not cause."""
+    pytester.makepyfile(
+        test_kill="""
+        import os, signal, time
+        import pytest
+
+        def test_kills_the_fork_server():
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(0.5)
+
+        @pytest.mark.parametrize("i", range(10))
+        def test_slow(i):
+            time.sleep(1.5)
+        """
+    )
+    result = run_conveyor(
+        pytester, "-n", "2", "--fork-workers", "--lease-ttl", "3", "-p", "no:randomly"
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 3, output
+    assert "the fork server (killed by signal SIGKILL (9)) ended" in output
+    assert "crashed while running" not in output
+    assert "10 passed" not in output
+
+
+def test_a_conftest_that_ignores_sigchld_does_not_hang_the_build(
+    pytester: pytest.Pytester,
+) -> None:
+    """With SIGCHLD ignored the kernel would reap the workers before the fork server could
+    learn how they ended; the server restores the default before it forks."""
+    pytester.makeconftest("import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)")
+    pytester.makepyfile(test_many="\n".join(f"def test_{i}(): pass" for i in range(6)))
+    result = run_conveyor(pytester, "-n", "2", "--fork-workers")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*6 passed*"])
+
+
+SLEEPERS_RECORDING_PIDS = """
+import os, pathlib, time
+import pytest
+
+@pytest.mark.parametrize("i", range(2))
+def test_sleep(i):
+    pathlib.Path({pids!r}, f"{{os.getpid()}}-{{os.getppid()}}").write_text("")
+    time.sleep(60)
+"""
+
+
+def _start_worker(cwd: Path, url: str, build: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "conveyor", "worker", "-n", "2", "--fork-workers"),
+            *("--queue", url, "--build", build, "--lease-ttl", "3", "-p", "no:randomly"),
+        ],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _running(pids: Path) -> set[int]:
+    """The forked workers running a test, and their fork server."""
+    found: set[int] = set()
+    for path in pids.iterdir():
+        found.update(int(pid) for pid in path.name.split("-"))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_the_forked_workers_and_returns_their_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    pids = pytester.mkdir("pids")
+    pytester.makepyfile(test_slow=SLEEPERS_RECORDING_PIDS.format(pids=str(pids)))
+    url = f"sqlite://{pytester.path / 'q.db'}"
+    process = _start_worker(pytester.path, url, "F1")
+    queue = open_queue(url, "F1")
+    _wait_until(lambda: len(list(pids.iterdir())) == 2, "the workers never started their tests")
+    running = _running(pids)
+    assert len(running) == 3  # two workers and the server they were forked from
+    process.send_signal(signal.SIGTERM)
+    output = communicate_or_dump_stacks(process, 60)
+    assert process.returncode == 2, output
+    assert "went back to the queue" in output
+    assert not any(_alive(pid) for pid in running)
+    status = queue.status()
+    assert status.leased == 0 and status.pending == 2  # back at once, not after the lease
+    queue.close()
+
+
+def test_a_killed_supervisor_leaves_no_forked_process_behind(pytester: pytest.Pytester) -> None:
+    """The fork server watches the supervisor; the workers watch the server."""
+    pids = pytester.mkdir("pids")
+    pytester.makepyfile(test_slow=SLEEPERS_RECORDING_PIDS.format(pids=str(pids)))
+    url = f"sqlite://{pytester.path / 'q.db'}"
+    process = _start_worker(pytester.path, url, "F2")
+    try:
+        _wait_until(lambda: len(list(pids.iterdir())) == 2, "the workers never started")
+        running = _running(pids)
+    finally:
+        process.kill()
+        process.communicate()
+    _wait_until(
+        lambda: not any(_alive(pid) for pid in running),
+        "a forked worker or its server outlived the supervisor",
+        timeout_s=30,
+    )
+
+
+def test_a_stream_kept_at_import_is_still_sys_stdout_in_a_forked_worker(
+    pytester: pytest.Pytester,
+) -> None:
+    """A test module that keeps `sys.stdout` at import (colorama's tests do) keeps pytest's
+    capture object, as in a plain run: the forked worker's capture is the same object."""
+    pytester.makepyfile(
+        test_kept="""
+        import sys
+
+        orig_stdout, orig_stderr = sys.stdout, sys.stderr
+
+        def test_same_streams():
+            assert sys.stdout is orig_stdout
+            assert sys.stderr is orig_stderr
+        """,
+        test_other="\n".join(f"def test_{i}(): pass" for i in range(4)),
+    )
+    plain = run_plain(pytester)
+    ours = run_conveyor(pytester, "-n", "2", "--fork-workers")
+    assert plain.ret == ours.ret == 0, ours.stdout.str()
+
+
+def test_each_forked_worker_captures_only_its_own_output(pytester: pytest.Pytester) -> None:
+    """Each worker's capture files are its own: the server's, shared, would mix what two
+    workers' tests print at the same time."""
+    pytester.makepyfile(
+        test_talk="""
+        import os, sys, time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_talk(i):
+            for _ in range(40):
+                print(f"out-{i}")
+                os.write(2, f"err-{i}\\n".encode())
+                time.sleep(0.005)
+            assert False
+        """
+    )
+    result = run_conveyor(
+        pytester, "-n", "3", "--fork-workers", "--junitxml=out.xml", "-o", "junit_logging=all"
+    )
+    assert result.ret == 1
+    for case in ET.parse(pytester.path / "out.xml").getroot().iter("testcase"):
+        i = case.get("name", "")[len("test_talk[") : -1]
+        for tag, kind in (("system-out", "out"), ("system-err", "err")):
+            text = case.findtext(tag) or ""
+            printed = [word for word in text.split() if word.startswith(("out-", "err-"))]
+            assert printed == [f"{kind}-{i}"] * 40, (i, text)
