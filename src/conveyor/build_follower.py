@@ -237,6 +237,14 @@ class BuildFollower:
                 self.queue.stop("interrupted")
             self.drain()
             return left
+        if supervisor is not None and not self.queue.status().populated:
+            # No test is queued yet, so none is running: the workers stop now, before they
+            # queue the suite and run all of it (a stop needs a build to mark).
+            say("conveyor: stopping; no test had been queued yet, so none will run")
+            supervisor.shutdown(terminate=True)
+            self.queue.stop("interrupted")  # one may have queued the tests meanwhile
+            self.drain()
+            return False
         self.queue.stop("interrupted")
         say("conveyor: stopping; running tests finish first (interrupt again to stop now)")
         try:
@@ -261,6 +269,12 @@ def interrupted_while_starting(
     )
     left = follower.interrupted(lambda line: print(line, file=sys.stderr))
     status = queue.status()
+    if not status.populated:
+        print(
+            "conveyor: interrupted while starting, before any test was queued: no test ran.",
+            file=sys.stderr,
+        )
+        return
     without_result = max(0, status.total - status.done)
     if left:
         print(

@@ -125,6 +125,7 @@ class ForkServerProcess:
         self._forked: dict[int, ForkedProcess] = {}
         self._gone = False
         self.forked_any = False  # once it has, it got past collection
+        self._cancelled: set[tuple[str, int]] = set()  # requests nobody waits for any more
         self._reader = threading.Thread(
             target=self._read, name="conveyor-fork-replies", daemon=True
         )
@@ -157,6 +158,7 @@ class ForkServerProcess:
                 with contextlib.suppress(OSError):
                     os.write(self._requests, STOP)
             waiting = list(self._waiting.values())
+            self._cancelled.update(self._waiting)
             self._waiting.clear()
         for process in waiting:
             process.mark_ended(EXIT_ORPHANED)
@@ -216,6 +218,11 @@ class ForkServerProcess:
             return
         with self._lock:
             if words[0] == "forked" and len(words) == 4:
+                if (words[1], int(words[2])) in self._cancelled:
+                    # Forked as the stop was on its way: it must not run anything.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(int(words[3]), signal.SIGKILL)
+                    return
                 process = self._waiting.pop((words[1], int(words[2])), None)
                 if process is not None:
                     process.mark_forked(int(words[3]))

@@ -104,11 +104,11 @@ class ForkServer:
                 if not chunk:
                     break
                 pending += chunk
+                # A stop cancels the requests before it as well: they were sent while this
+                # process collected, for a build that is over by now.
+                stopped = stopped or STOP in pending
                 while b"\n" in pending and not stopped:
                     line, pending = pending.split(b"\n", 1)
-                    if line + b"\n" == STOP:
-                        stopped = True
-                        break
                     request = ForkRequest.decode(line)
                     if self._fork(request) == 0:
                         return request

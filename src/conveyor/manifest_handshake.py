@@ -45,7 +45,8 @@ def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[
         parts.append(f"{len(extra)} extra here ({sample(extra)});")
     parts.append(
         "this worker will not run any test. Make every machine run the same code with the same "
-        "arguments, and make collection deterministic (no random or time-based parametrize)."
+        "arguments, and make collection deterministic (no random or time-based parametrize); "
+        "on one machine, --fork-workers collects once for every worker."
     )
     return " ".join(parts)
 

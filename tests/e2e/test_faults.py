@@ -250,6 +250,48 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(
     assert "did not run because the build was stopped" in output
 
 
+def test_ctrl_c_while_the_workers_collect_stops_them_before_any_test_runs(
+    pytester: pytest.Pytester, start: str
+) -> None:
+    """An interrupt before any worker has queued the suite cannot mark a build that does not
+    exist yet: the workers are stopped instead, or they would queue and run all of it."""
+    collecting, ran = pytester.path / "collecting", pytester.mkdir("ran")
+    pytester.makeconftest(
+        f"""
+        import os, pathlib, time
+
+        def pytest_collection_finish(session):
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                pathlib.Path({str(collecting)!r}).write_text("yes")
+                time.sleep(3)
+        """
+    )
+    pytester.makepyfile(
+        test_many=f"""
+        import os, pathlib, pytest
+
+        @pytest.mark.parametrize("i", range(20))
+        def test_one(i):
+            pathlib.Path({str(ran)!r}, str(i)).write_text("")
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not collecting.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    output = communicate_or_dump_stacks(process, 60)
+    assert process.returncode == 2, output
+    assert list(ran.iterdir()) == [], output  # the suite did not run behind the interrupt
+    assert "conveyor: stopping; no test had been queued yet, so none will run" in output
+
+
 @pytest.mark.parametrize("command", ["worker", "report"])
 def test_joining_a_build_needs_its_id(pytester: pytest.Pytester, command: str) -> None:
     result = pytester.run(

@@ -446,3 +446,26 @@ def test_each_forked_worker_captures_only_its_own_output(pytester: pytest.Pytest
             text = case.findtext(tag) or ""
             printed = [word for word in text.split() if word.startswith(("out-", "err-"))]
             assert printed == [f"{kind}-{i}"] * 40, (i, text)
+
+
+def test_a_collection_that_differs_per_process_is_one_collection_when_forked(
+    pytester: pytest.Pytester,
+) -> None:
+    """Test ids made from the process (a pid, the time) differ between spawned workers,
+    which are then refused, with a pointer to --fork-workers; forked, there is one."""
+    pytester.makepyfile(
+        test_pid="""
+        import os, pytest
+
+        @pytest.mark.parametrize("pid", [os.getpid()])
+        def test_pid(pid): pass
+
+        def test_other(): pass
+        """
+    )
+    spawned = run_conveyor(pytester, "-n", "2")
+    assert spawned.ret == 3, spawned.stdout.str()
+    spawned.stdout.fnmatch_lines(["*collected a different set of tests*--fork-workers*"])
+    forked = run_conveyor(pytester, "-n", "2", "--fork-workers")
+    assert forked.ret == 0, forked.stdout.str()
+    forked.stdout.fnmatch_lines(["*2 passed*"])
