@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,36 @@ def conveyor_process(
         text=True,
         timeout=300,
     )
+
+
+def conveyor_popen(cwd: Path, *args: str, new_session: bool = False) -> subprocess.Popen[str]:
+    """`python -m conveyor ARGS` in `cwd`, started and left running: stdout piped, stderr
+    folded in (read it with communicate_or_dump_stacks). A new session keeps a signal sent to
+    the test's process group away from it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "conveyor", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def process_alive(pid: int) -> bool:
+    """Running: a zombie (ended, not yet reaped) or a vanished process is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def communicate_or_dump_stacks(process: subprocess.Popen[str], timeout: float) -> str:

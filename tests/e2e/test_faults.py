@@ -11,13 +11,30 @@ from pathlib import Path
 
 import pytest
 from conftest import RedisServer, require_redis_server
-from helpers import assert_same_verdict, communicate_or_dump_stacks, junit_outcomes, run_conveyor
+from helpers import (
+    assert_same_verdict,
+    communicate_or_dump_stacks,
+    conveyor_popen,
+    junit_outcomes,
+    run_conveyor,
+)
 
 
 def test_worker_killed_mid_test_has_its_test_rerun_and_reported_once(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, start: str
 ) -> None:
     marker = pytester.path / "killed-once"
+    collections = pytester.path / "collections.log"
+    pytester.makeconftest(
+        f"""
+        import os
+
+        def pytest_collection_finish(session):
+            if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker, not the controller
+                with open({str(collections)!r}, "a") as log:
+                    log.write("collected\\n")
+        """
+    )
     pytester.makepyfile(
         test_kill=f"""
         import os, pathlib, signal
@@ -43,11 +60,14 @@ def test_worker_killed_mid_test_has_its_test_rerun_and_reported_once(
             "*21 passed*",
         ]
     )
+    # Spawned, the replacement collects again; forked, it starts from the one collection.
+    assert len(collections.read_text().split()) == (1 if start == "fork" else 3)
 
 
 def test_test_that_segfaults_every_time_fails_naming_the_signal(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, start: str
 ) -> None:
+    """Forked too: faulthandler writes to the worker's own log, whose tail the report shows."""
     pytester.makepyfile(
         test_crash="""
         import ctypes
@@ -231,13 +251,7 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(
         "    if not os.environ.get('CONVEYOR_WORKER'):\n"
         f"        pathlib.Path({str(following)!r}).write_text('yes')\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = conveyor_popen(pytester.path, "run", "-n", "2", "-p", "no:cacheprovider")
     deadline = time.monotonic() + 60
     while not (started.exists() and following.exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -275,13 +289,7 @@ def test_ctrl_c_while_the_workers_collect_stops_them_before_any_test_runs(
             pathlib.Path({str(ran)!r}, str(i)).write_text("")
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:cacheprovider"],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = conveyor_popen(pytester.path, "run", "-n", "2", "-p", "no:cacheprovider")
     deadline = time.monotonic() + 60
     while not collecting.exists() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -9,15 +9,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import RedisServer
-from helpers import communicate_or_dump_stacks, junit_outcomes, run_conveyor, run_plain
+from helpers import (
+    communicate_or_dump_stacks,
+    conveyor_popen,
+    junit_outcomes,
+    process_alive,
+    run_conveyor,
+    run_plain,
+    wait_until,
+)
 
 from conveyor.queue import open_queue
 
@@ -98,66 +103,6 @@ def test_each_forked_worker_is_a_worker_of_its_own(pytester: pytest.Pytester) ->
     servers = {record["parent"] for record in records}
     assert len(servers) == 1  # all forked from the one process that collected
     assert servers.isdisjoint(record["pid"] for record in records)
-
-
-def test_a_forked_worker_killed_mid_test_is_replaced_by_a_new_fork(
-    pytester: pytest.Pytester,
-) -> None:
-    marker = pytester.path / "killed-once"
-    log = pytester.path / "collections.log"
-    pytester.makeconftest(COUNT_COLLECTIONS.format(log=str(log)))
-    pytester.makepyfile(
-        test_kill=f"""
-        import os, pathlib, signal
-
-        def test_dies_once():
-            marker = pathlib.Path({str(marker)!r})
-            if not marker.exists():
-                marker.write_text("killed")
-                os.kill(os.getpid(), signal.SIGKILL)
-        """,
-        test_rest="\n".join(f"def test_{i}(): pass" for i in range(20)),
-    )
-    result = run_conveyor(pytester, "-n", "2", "--fork-workers", "--junitxml=out.xml")
-    assert marker.exists()
-    assert result.ret == 0, result.stdout.str()
-    outcomes = junit_outcomes(pytester.path / "out.xml")
-    assert outcomes[("test_kill", "test_dies_once")] == [("passed",)]
-    assert len(outcomes) == 21
-    result.stdout.fnmatch_lines(
-        [
-            "worker gw? killed by signal SIGKILL (9) while running test_kill.py::test_dies_once*",
-            "*21 passed*",
-        ]
-    )
-    assert _collections(log) == 1  # the replacement was forked, not started afresh
-
-
-def test_a_forked_worker_that_segfaults_shows_its_own_stack(pytester: pytest.Pytester) -> None:
-    """faulthandler writes to the worker's own log after the fork, so the report shows the
-    crash's stack as it does for a spawned worker."""
-    pytester.makepyfile(
-        test_crash="""
-        import ctypes
-
-        def test_segfault():
-            ctypes.string_at(0)
-        """,
-        test_fine="\n".join(f"def test_{i}(): pass" for i in range(10)),
-    )
-    result = run_conveyor(pytester, "-n", "2", "--fork-workers", "--junitxml=out.xml")
-    assert result.ret == 1
-    outcomes = junit_outcomes(pytester.path / "out.xml")
-    assert outcomes.pop(("test_crash", "test_segfault")) == [("failure",)]
-    assert all(value == [("passed",)] for value in outcomes.values())
-    result.stdout.fnmatch_lines(
-        [
-            "*crashed while running this test: worker gw? killed by signal SIGSEGV (11)*",
-            "*Segmentation fault*",
-            "*test_crash.py*test_segfault*",
-            "*1 failed, 10 passed*",
-        ]
-    )
 
 
 def test_a_suite_that_fails_to_load_fails_as_it_does_without_forking(
@@ -321,16 +266,11 @@ def test_sleep(i):
 
 
 def _start_worker(cwd: Path, url: str, build: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "conveyor", "worker", "-n", "2", "--fork-workers"),
-            *("--queue", url, "--build", build, "--lease-ttl", "3", "-p", "no:randomly"),
-        ],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    return conveyor_popen(
+        cwd,
+        *("worker", "-n", "2", "--fork-workers", "--queue", url, "--build", build),
+        *("--lease-ttl", "3", "-p", "no:randomly"),
+        new_session=True,
     )
 
 
@@ -342,21 +282,6 @@ def _running(pids: Path) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_sigterm_stops_the_forked_workers_and_returns_their_tests(
     pytester: pytest.Pytester,
 ) -> None:
@@ -365,14 +290,14 @@ def test_sigterm_stops_the_forked_workers_and_returns_their_tests(
     url = f"sqlite://{pytester.path / 'q.db'}"
     process = _start_worker(pytester.path, url, "F1")
     queue = open_queue(url, "F1")
-    _wait_until(lambda: len(list(pids.iterdir())) == 2, "the workers never started their tests")
+    wait_until(lambda: len(list(pids.iterdir())) == 2, "the workers never started their tests")
     running = _running(pids)
     assert len(running) == 3  # two workers and the server they were forked from
     process.send_signal(signal.SIGTERM)
     output = communicate_or_dump_stacks(process, 60)
     assert process.returncode == 2, output
     assert "went back to the queue" in output
-    assert not any(_alive(pid) for pid in running)
+    assert not any(process_alive(pid) for pid in running)
     status = queue.status()
     assert status.leased == 0 and status.pending == 2  # back at once, not after the lease
     queue.close()
@@ -385,13 +310,13 @@ def test_a_killed_supervisor_leaves_no_forked_process_behind(pytester: pytest.Py
     url = f"sqlite://{pytester.path / 'q.db'}"
     process = _start_worker(pytester.path, url, "F2")
     try:
-        _wait_until(lambda: len(list(pids.iterdir())) == 2, "the workers never started")
+        wait_until(lambda: len(list(pids.iterdir())) == 2, "the workers never started")
         running = _running(pids)
     finally:
         process.kill()
         process.communicate()
-    _wait_until(
-        lambda: not any(_alive(pid) for pid in running),
+    wait_until(
+        lambda: not any(process_alive(pid) for pid in running),
         "a forked worker or its server outlived the supervisor",
         timeout_s=30,
     )

@@ -5,42 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers import communicate_or_dump_stacks
+from helpers import communicate_or_dump_stacks, conveyor_popen, process_alive, wait_until
 
 from conveyor.queue import open_queue
-
-
-def spawn(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "conveyor", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def wait_until(condition: object, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
 
 
 def test_sigterm_to_conveyor_worker_stops_its_workers_and_returns_their_tests(
@@ -58,7 +29,9 @@ def test_sigterm_to_conveyor_worker_stops_its_workers_and_returns_their_tests(
     )
     pytester.makepyfile(test_slow="import time\n\ndef test_a():\n    time.sleep(60)\n")
     url = f"sqlite://{pytester.path / 'q.db'}"
-    process = spawn(pytester.path, "worker", "-n", "1", "--queue", url, "--build", "W1")
+    process = conveyor_popen(
+        pytester.path, "worker", "-n", "1", "--queue", url, "--build", "W1", new_session=True
+    )
     queue = open_queue(url, "W1")
     wait_until(lambda: queue.status().leased == 1, "the worker never took its test")
     workers = [int(p.name) for p in pids.iterdir()]
@@ -66,7 +39,7 @@ def test_sigterm_to_conveyor_worker_stops_its_workers_and_returns_their_tests(
     output = communicate_or_dump_stacks(process, 60)
     assert process.returncode == 2, output
     assert "went back to the queue" in output
-    assert workers and not any(alive(pid) for pid in workers)
+    assert workers and not any(process_alive(pid) for pid in workers)
     status = queue.status()
     assert status.leased == 0 and status.pending == 1  # back at once, not after the lease
     queue.close()
@@ -84,9 +57,9 @@ def test_a_command_worker_whose_controller_is_killed_stops_at_once(
     )
     units = "\n".join(f"u{i}" for i in range(20)) + "\n"
     (pytester.path / "units.txt").write_text(units)
-    controller = spawn(
+    controller = conveyor_popen(
         pytester.path, "run", "-n", "1", "--command", f"{sys.executable} {script} {{unit}}",
-        "--units-from", "units.txt",
+        "--units-from", "units.txt", new_session=True,
     )  # fmt: skip
     wait_until(lambda: any(ran.iterdir()), "no unit started")
     os.killpg(controller.pid, 0)  # still there
@@ -95,6 +68,6 @@ def test_a_command_worker_whose_controller_is_killed_stops_at_once(
     time.sleep(1.5)
     started = sorted(p.name for p in ran.iterdir())
     unit_pids = [int(p.read_text()) for p in ran.iterdir() if p.read_text()]
-    assert not any(alive(pid) for pid in unit_pids), started
+    assert not any(process_alive(pid) for pid in unit_pids), started
     time.sleep(2.5)
     assert sorted(p.name for p in ran.iterdir()) == started  # nothing ran after the kill
