@@ -263,7 +263,11 @@ class Supervisor:
         self.failures.append(
             WorkerFailure(
                 worker=self.worker_id(slot),
-                cause=f"stopped: {cause} ended, so this worker could not go on or be replaced",
+                cause=(
+                    f"stopped: {cause} ended, so this worker could not go on or be replaced "
+                    "(run the build again; if the fork server keeps ending, run without "
+                    "--fork-workers)"
+                ),
                 culprit=None,
                 output_tail=tail(server.log_path),
                 during_startup=process.pid is None,

@@ -6,7 +6,9 @@ import pytest
 from helpers import junit_outcomes, run_conveyor, run_plain, summary_line
 
 
-def test_rerunfailures_reruns_show_as_in_plain_pytest(with_plugins: pytest.Pytester) -> None:
+def test_rerunfailures_reruns_show_as_in_plain_pytest(
+    with_plugins: pytest.Pytester, start: str
+) -> None:
     marker = with_plugins.path / "failed-once"
     with_plugins.makepyfile(
         test_flaky=f"""
