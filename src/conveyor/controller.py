@@ -290,10 +290,16 @@ class ControllerPlugin:
             if reporter is not None:
                 reporter.write_line(line, yellow=True)
 
-        if self._require(self._follower).interrupted(say):
-            self.problems.left_shared_build = True
-        if self.manifest is None and (published := self.queue.manifest()) is not None:
-            self.manifest = ManifestView(self.queue, published)  # interrupted while collecting
+        try:
+            if self._require(self._follower).interrupted(say):
+                self.problems.left_shared_build = True
+            if self.manifest is None and (published := self.queue.manifest()) is not None:
+                self.manifest = ManifestView(self.queue, published)  # interrupted while collecting
+        except QueueError as exc:
+            # The session still ends as interrupted (exit 2); the workers must not run on.
+            say(f"conveyor: could not stop the build through its queue: {exc}")
+            say("conveyor: this machine's workers are stopped; run the build again to finish it")
+            self._stop_local_workers()
         self._require(self._summary).note_not_run(self.manifest)
 
     @contextlib.contextmanager

@@ -264,6 +264,48 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(
     assert "did not run because the build was stopped" in output
 
 
+def test_ctrl_c_with_the_queue_unusable_stops_the_workers_and_says_so(
+    pytester: pytest.Pytester,
+) -> None:
+    """Stopping an interrupted build goes through the queue. Where the queue fails just then,
+    the session still ends as interrupted, with what happened said plainly, no INTERNALERROR
+    and no worker left running the suite."""
+    queue = pytester.path / "q.db"
+    ran = pytester.mkdir("ran")
+    pytester.makepyfile(
+        test_slow="import os, pathlib, time\n\n"
+        + "".join(
+            f"def test_{i}():\n"
+            f"    pathlib.Path({str(ran)!r}, '{i}').touch()\n"
+            "    time.sleep(0.2)\n\n"
+            for i in range(40)
+        )
+    )
+    pytester.makeconftest(
+        f"""
+        import os, sqlite3
+
+        def pytest_runtest_logreport(report):
+            if os.environ.get("CONVEYOR_WORKER") or report.when != "call":
+                return
+            with sqlite3.connect({str(queue)!r}, timeout=30) as conn:
+                for table in ("builds", "units", "events", "workers", "reservations"):
+                    conn.execute(f"DROP TABLE {{table}}")
+                    conn.execute(f"CREATE TABLE {{table}} (something_else TEXT)")
+            raise KeyboardInterrupt  # Ctrl-C, as the controller replays its first result
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2", "--queue", f"sqlite://{queue}")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 2, output
+    assert "INTERNALERROR" not in output, output
+    assert "could not stop the build through its queue" in output, output
+    assert "workers are stopped" in output, output
+    settled = len(list(ran.iterdir()))
+    time.sleep(1.0)
+    assert len(list(ran.iterdir())) == settled < 40, "a worker ran on after the interrupt"
+
+
 def test_ctrl_c_while_the_workers_collect_stops_them_before_any_test_runs(
     pytester: pytest.Pytester, start: str
 ) -> None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import signal
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -992,3 +995,65 @@ def test_every_backend_runs_a_build_exactly_like_the_reference(
     for step, (want, got) in enumerate(zip(expected, observed, strict=True)):
         assert got == want, f"step {step}"
     assert _stream(queue) == _stream(reference)
+
+
+# redis-py leaves the socket of a connect that an interrupt cut short for the collector to close.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_between_two_statements_leaves_the_queue_usable(queue_url: str) -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is. On SQLite, one that came
+    right after BEGIN returned left the transaction open, and the controller's next look at the
+    queue (to stop the build) failed with "cannot start a transaction within a transaction" and
+    an INTERNALERROR; one right after flock() would have kept every worker waiting. Interrupts
+    are fired here into reads and writes until hundreds have landed; the queue must stay
+    usable for this connection and for another one."""
+    queue = connect(queue_url, "b")
+    queue.populate("leader", [f"t{i}" for i in range(50)], {})
+    main = threading.get_ident()
+    armed = False
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if armed:  # only inside the loop below, never in pytest's own code
+            raise KeyboardInterrupt
+
+    stop = threading.Event()
+
+    def pester() -> None:
+        while not stop.wait(0.0003):
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    pesterer = threading.Thread(target=pester, daemon=True)
+    interrupted = 0
+    pesterer.start()
+    try:
+        deadline = time.monotonic() + 20
+        while interrupted < 500 and time.monotonic() < deadline:
+            try:
+                armed = True
+                queue.status()
+                queue.publish("note", None, {})
+                armed = False
+            except KeyboardInterrupt:
+                armed = False
+                interrupted += 1
+    finally:
+        armed = False
+        stop.set()
+        pesterer.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert interrupted >= 100
+    assert queue.status().populated
+    queue.publish("note", None, {"after": True})
+    writes: list[object] = []
+
+    def write_elsewhere() -> None:
+        other = connect(queue_url, "b")
+        other.publish("note", None, {"elsewhere": True})
+        writes.append(other.status().populated)
+        other.close()
+
+    elsewhere = threading.Thread(target=write_elsewhere, daemon=True)
+    elsewhere.start()
+    elsewhere.join(timeout=30)
+    assert writes == [True], "another connection could not write: a lock was left held"
+    queue.close()

@@ -8,6 +8,7 @@ QueueUnavailable that says the file is not a usable conveyor queue.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
@@ -153,6 +154,15 @@ def _prepare(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+def _end_transaction(conn: sqlite3.Connection) -> None:
+    """Roll back whatever transaction is open: a read has nothing to keep, and a write that
+    did not reach COMMIT must leave nothing behind."""
+    if conn.in_transaction:
+        # Should this fail too, the error that brought us here is the one worth reporting.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 class SQLiteFile:
     """One queue file: a connection shared by this process's threads under a lock, and a lock
     file that hands the write lock from process to process the moment it is free."""
@@ -222,34 +232,40 @@ class SQLiteFile:
         has to be upgraded (and fail) halfway through."""
         conn = self._conn
         with self._lock:
-            # SQLite's own busy handler polls with growing sleeps (up to 100 ms) while another
-            # process writes; a blocking file lock hands over the moment it is free.
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            # Every step sits inside the try: a Ctrl-C lands between any two bytecodes, and one
+            # that came just after BEGIN or flock() returned must not leave the transaction open
+            # (the next BEGIN would fail) or the file lock held (every worker would wait on it).
             try:
+                # SQLite's own busy handler polls with growing sleeps (up to 100 ms) while
+                # another process writes; a blocking file lock hands over the moment it is free.
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                _end_transaction(conn)
                 conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                yield conn
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                _end_transaction(conn)
                 # The one boundary for writes: no sqlite3 error leaves this backend.
                 raise self.unusable(exc) from None
+            except BaseException:
+                _end_transaction(conn)
+                raise
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)  # a no-op where it was never taken
 
     def read(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Any]]:
         """The rows of each query, read together in one snapshot."""
+        conn = self._conn
         with self._lock:
             try:
+                _end_transaction(conn)
                 if len(queries) == 1:
-                    return [self._conn.execute(*queries[0]).fetchall()]
-                self._conn.execute("BEGIN")
+                    return [conn.execute(*queries[0]).fetchall()]
                 try:
-                    return [self._conn.execute(*query).fetchall() for query in queries]
+                    conn.execute("BEGIN")
+                    return [conn.execute(*query).fetchall() for query in queries]
                 finally:
-                    self._conn.execute("COMMIT")
+                    _end_transaction(conn)
             except sqlite3.Error as exc:
                 raise self.unusable(exc) from None
 
