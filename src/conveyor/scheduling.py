@@ -8,6 +8,14 @@ keeping it whole would itself unbalance the build (the Knapsack rule: a group ta
 more of one worker's share is split). A group is split only at class boundaries, into
 contiguous ranges served in collection order: tests inside a class, and classes that depend on
 an earlier class, run as they would in a plain run.
+
+Serving collection order between ranges costs time where a long module's slowest test comes
+late in it: on bench suite b (8 workers) the range holding it waits for a free worker, and the
+build ends 1.5 s later than with `--dist test` (medians of 6: 7.2 s against 5.6 s). Serving
+each range by its own length was measured and not kept: a worker then ran a later range of
+pyparsing's test_unit.py before an earlier one, and three tests that pass in plain order
+failed. Slowest-first between ranges would need each worker to go forward through a module's
+ranges, never back.
 """
 
 from __future__ import annotations
