@@ -7,6 +7,8 @@ import fcntl
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -163,3 +165,54 @@ def test_an_idle_worker_is_told_to_wait_without_taking_the_write_lock(tmp_path: 
     assert idle.reserve("idle", 4).state is ReservationState.LEASED
     busy.close()
     idle.close()
+
+
+ABANDONED_WRITE = """
+import contextlib, sys
+from conveyor.queue.sqlite import SQLiteQueue
+
+queue = SQLiteQueue(sys.argv[1], "b")
+queue.populate("leader", ["t1", "t2"], {})
+# Where CPython may raise a Ctrl-C: as contextlib's __enter__ returns (the generator already
+# holds the lock), or as its __exit__ is entered (before the generator is resumed).
+manager = contextlib._GeneratorContextManager
+target = {"enter": manager.__enter__, "exit": manager.__exit__}[sys.argv[2]].__code__
+event = {"enter": "return", "exit": "call"}[sys.argv[2]]
+
+def tracer(frame, what, arg):
+    if frame.f_code is target and what == event:
+        sys.settrace(None)
+        raise KeyboardInterrupt
+    return tracer if frame.f_code is target else None
+
+sys.settrace(tracer)
+try:
+    queue.publish("note", None, {})
+except KeyboardInterrupt:
+    sys.settrace(None)
+    # What the controller does while it handles the interrupt: stop the build.
+    assert queue.status().populated
+    queue.stop("interrupted")
+    print("stopped while the interrupt was handled")
+"""
+
+
+@pytest.mark.parametrize("where", ["enter", "exit"])
+def test_a_ctrl_c_inside_contextlib_does_not_hang_the_next_queue_call(
+    tmp_path: Path, where: str
+) -> None:
+    """An interrupt that lands in contextlib's own frames leaves the write's generator paused
+    with the lock, the file lock and the transaction held, for as long as the exception
+    lives; the controller's next queue call, made while it handles that exception, waited on
+    the lock forever."""
+    script = tmp_path / "abandon.py"
+    script.write_text(ABANDONED_WRITE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q.db"), where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stopped while the interrupt was handled" in done.stdout
+    assert SQLiteQueue(tmp_path / "q.db", "b").status().stop_reason == "interrupted"

@@ -1022,7 +1022,11 @@ def test_a_ctrl_c_between_two_statements_leaves_the_queue_usable(queue_url: str)
         while not stop.wait(0.0003):
             signal.pthread_kill(main, signal.SIGUSR1)
 
+    def stuck(signum: int, frame: FrameType | None) -> None:
+        raise AssertionError("the queue hung while an interrupt was handled: a lock was held")
+
     previous = signal.signal(signal.SIGUSR1, interrupt)
+    previous_alarm = signal.signal(signal.SIGALRM, stuck)
     pesterer = threading.Thread(target=pester, daemon=True)
     interrupted = 0
     # Finalisers of earlier tests' garbage run wherever a collection starts, and an interrupt
@@ -1041,12 +1045,19 @@ def test_a_ctrl_c_between_two_statements_leaves_the_queue_usable(queue_url: str)
             except KeyboardInterrupt:
                 armed = False
                 interrupted += 1
+                # As the controller does: look at the queue while the interrupt is handled.
+                signal.setitimer(signal.ITIMER_REAL, 20)
+                try:
+                    queue.status()
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         armed = False
         stop.set()
         pesterer.join()
         gc.enable()
         signal.signal(signal.SIGUSR1, previous)
+        signal.signal(signal.SIGALRM, previous_alarm)
     assert interrupted >= 100
     assert queue.status().populated
     queue.publish("note", None, {"after": True})

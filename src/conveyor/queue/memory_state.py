@@ -123,7 +123,10 @@ class Store:
     """Every build of one in-memory "server"; queue objects made on one store share it."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: a Ctrl-C inside contextlib can leave an operation's generator paused
+        # with the lock held while the exception is handled, and the thread that handles
+        # it must still get in (tests/unit/test_queue_conformance.py).
+        self.lock = threading.RLock()
         self.builds: dict[str, Build] = {}
         self.streams: dict[str, list[Event]] = {}
         self.workers: dict[str, dict[str, float]] = {}  # build -> worker -> joined at

@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import inspect
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -171,6 +173,8 @@ class SQLiteFile:
         self.path = path
         self.display_url = display_url
         self._lock = threading.Lock()
+        # Each thread's latest write transaction, to finish if an interrupt abandoned it.
+        self._writes: dict[int, weakref.ref[Generator[Any, None, None]]] = {}
         self._conn = self._connect()
         try:
             self._lock_fd = os.open(f"{path}.lock", PRIVATE_FILE, 0o600)
@@ -226,10 +230,27 @@ class SQLiteFile:
             "conveyor). Use a fresh queue path (--queue sqlite:///<new file>)."
         )
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One short write transaction; BEGIN IMMEDIATE takes the lock up front, so it never
         has to be upgraded (and fail) halfway through."""
+        self._finish_abandoned_write()
+        transaction = self._write_transaction()
+        self._writes[threading.get_ident()] = weakref.ref(transaction.gen)
+        return transaction
+
+    def _finish_abandoned_write(self) -> None:
+        """A Ctrl-C that lands inside contextlib, between `with` and the generator below,
+        leaves the generator paused at its yield, holding the lock, the file lock and the
+        transaction for as long as the exception lives, and the controller uses the queue
+        while it handles that very exception. This thread's next call closes it first, which
+        runs its own cleanup (a thread's earlier write is always over by its next call)."""
+        abandoned = self._writes.pop(threading.get_ident(), None)
+        generator = abandoned() if abandoned is not None else None
+        if generator is not None and inspect.getgeneratorstate(generator) == inspect.GEN_SUSPENDED:
+            generator.close()
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn
         with self._lock:
             # Every step sits inside the try: a Ctrl-C lands between any two bytecodes, and one
@@ -255,6 +276,7 @@ class SQLiteFile:
 
     def read(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Any]]:
         """The rows of each query, read together in one snapshot."""
+        self._finish_abandoned_write()
         conn = self._conn
         with self._lock:
             try:
