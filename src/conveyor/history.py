@@ -9,6 +9,7 @@ a while are forgotten.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -53,7 +54,10 @@ def seconds_or_none(value: Any) -> float | None:
     """A duration in seconds: a finite, non-negative number (not a bool, not a string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
     return value if math.isfinite(value) and value >= 0 else None
 
 
@@ -73,17 +77,25 @@ def clean(stored: Any) -> tuple[dict[str, Any], int]:
         bad, entries = bad + 1, {}
     tests: dict[str, list[Any]] = {}
     for nodeid, entry in entries.items():
-        if isinstance(entry, list) and len(entry) == 2:
-            seconds, last = seconds_or_none(entry[0]), entry[1]
-            if seconds is not None and isinstance(last, int) and not isinstance(last, bool):
-                # The stored entry itself when it is already in shape: at a million tests a
-                # copy of each is a hundred megabytes more at the end of the build.
-                if entry[0] is not seconds:
-                    entry = [seconds, last]
-                tests[str(nodeid)] = entry
-                continue
-        bad += 1
+        valid = valid_entry(entry)
+        if valid is None:
+            bad += 1
+            continue
+        # The stored entry itself when it is already in shape: at a million tests a copy of
+        # each is a hundred megabytes more at the end of the build.
+        if entry[0] is not valid[0]:
+            entry = list(valid)
+        tests[str(nodeid)] = entry
     return {"build": build, "tests": tests}, bad
+
+
+def valid_entry(entry: Any) -> tuple[float, int] | None:
+    """A stored entry's (seconds, last build), or None where it is not one."""
+    if isinstance(entry, list) and len(entry) == 2:
+        seconds, last = seconds_or_none(entry[0]), entry[1]
+        if seconds is not None and isinstance(last, int) and not isinstance(last, bool):
+            return seconds, last
+    return None
 
 
 def smooth(previous: float | None, latest: float) -> float:
@@ -128,9 +140,12 @@ class CacheHistory:
     def raw(self) -> dict[str, Any]:
         """The stored history without its bad entries (warned about once)."""
         valid, bad = clean(self.cache.get(CACHE_KEY, {}))
+        self._warn(bad)
+        return valid
+
+    def _warn(self, bad: int) -> None:
         where = getattr(self.cache, "_cachedir", None) or getattr(self.cache, "cache_dir", "")
         warn_bad_entries(f"{where or 'the pytest cache'} ({CACHE_KEY})", bad)
-        return valid
 
     def load(self) -> dict[str, float]:
         return durations_of(self.raw())
@@ -139,9 +154,15 @@ class CacheHistory:
         # Here, not at the top: the command imports this module before the workers start,
         # and conveyor.compat imports pytest.
         from conveyor.compat import cache_value_path
+        from conveyor.history_stream import merge_file
 
-        merged = merge(self.raw(), durations)
         path = cache_value_path(self.cache, CACHE_KEY)
+        if path is not None:
+            bad = merge_file(path, durations)  # entry by entry, in conveyor's own shape
+            if bad is not None:
+                self._warn(bad)
+                return
+        merged = merge(self.raw(), durations)  # any other shape: whole
         if path is None:
             self.cache.set(CACHE_KEY, merged)
         else:
@@ -205,10 +226,7 @@ class RedisHistory:
         stored = stored or {}
         durations, bad = {}, 0
         for nodeid, text in stored.items():
-            try:
-                seconds = seconds_or_none(float(text))
-            except (TypeError, ValueError):
-                seconds = None
+            seconds = _stored_seconds(text)
             if seconds is None:
                 bad += 1  # not a duration; ignored rather than failing the build
             else:
@@ -217,13 +235,24 @@ class RedisHistory:
         return durations
 
     def record(self, durations: Mapping[str, float]) -> None:
-        if not durations:
+        """Merged in batches: the build's own tests are read back and written, never the
+        whole hash (at a million tests, a third of a gigabyte at the end of the build)."""
+        entries = iter(durations.items())
+        while batch := list(itertools.islice(entries, self.RECORD_BATCH)):
+            self._record_batch(batch)
+
+    RECORD_BATCH = 10_000
+
+    def _record_batch(self, batch: list[tuple[str, float]]) -> None:
+        ids = [nodeid for nodeid, _ in batch]
+        stored = self._run("read the timing history", lambda: self.client.hmget(self.key, ids))
+        merged = {}
+        for (nodeid, seconds), text in zip(batch, stored, strict=True):
+            latest = seconds_or_none(seconds)
+            if latest is not None:
+                merged[nodeid] = repr(round(smooth(_stored_seconds(text), latest), 6))
+        if not merged:
             return
-        previous = self.load()
-        merged = {
-            nodeid: repr(round(smooth(previous.get(nodeid), seconds), 6))
-            for nodeid, seconds in durations.items()
-        }
 
         def save() -> Any:
             pipe = self.client.pipeline()
@@ -232,6 +261,14 @@ class RedisHistory:
             return pipe.execute()
 
         self._run("save the timing history", save)
+
+
+def _stored_seconds(text: Any) -> float | None:
+    """A Redis history value as seconds; None where it is absent or not a duration."""
+    try:
+        return seconds_or_none(float(text))
+    except (TypeError, ValueError):
+        return None
 
 
 def history_store(where: str, config: Any, queue: Any) -> HistoryStore | None:
@@ -275,7 +312,9 @@ def write_json(path: Path, value: Any) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with temporary.open("w", encoding="utf-8") as handle:
-            json.dump(value, handle, ensure_ascii=False, separators=(",", ":"))
+            # ASCII escapes, as pytest's cache.set writes: a test id that is not valid UTF-8
+            # (a file name Python decoded with surrogate escapes) cannot be written otherwise.
+            json.dump(value, handle, separators=(",", ":"))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
