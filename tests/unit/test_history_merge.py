@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import RedisServer
 
-from conveyor.history import FORGET_AFTER_BUILDS, CacheHistory, merge
+from conveyor.history import FORGET_AFTER_BUILDS, CacheHistory, merge, write_json
 from conveyor.history_stream import merge_file
 from conveyor.queue import open_queue
 
@@ -167,3 +167,12 @@ def test_a_duration_beyond_any_float_is_a_bad_entry(tmp_path: Path) -> None:
     path.write_text('{"build":1,"tests":{"a":[1' + "0" * 400 + ',1],"b":[1.0,1]}}')
     assert merge_file(path, {}) == 1
     assert json.loads(path.read_text()) == {"build": 2, "tests": {"b": [1.0, 1]}}
+
+
+def test_a_history_with_an_id_that_is_not_utf8_is_saved_whole_too(tmp_path: Path) -> None:
+    """The whole merge (a file of another shape) writes with write_json, which wrote UTF-8
+    text and failed on such an id: "timing history was not saved"."""
+    nodeid = "test_\udcff.py::test_a"
+    path = tmp_path / "durations"
+    write_json(path, {"build": 1, "tests": {nodeid: [1.0, 1]}})
+    assert json.loads(path.read_text("utf-8"))["tests"] == {nodeid: [1.0, 1]}
