@@ -82,6 +82,15 @@ def contenders(workers: int, redis_url: str | None, *, fork_probe: bool = False)
             lambda: _conveyor(workers, "--fork-workers", "-p", "no:cacheprovider"),
         )
     )
+    # Slowest first without module grouping: what module order costs on a suite (it keeps
+    # order-dependent suites passing; see conveyor.scheduling).
+    lineup.append(
+        Contender(
+            "conveyor-fork-by-test",
+            lambda: _conveyor(workers, "--fork-workers", "--dist", "test"),
+            is_conveyor=True,
+        )
+    )
     if redis_url is not None:
         lineup.append(_conveyor_redis(workers, redis_url))
     if fork_probe:
