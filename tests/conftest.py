@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +26,15 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     """pytest's own, with the quiet plugins (pytest's pytester clears PYTEST_ADDOPTS)."""
     monkeypatch.setenv("PYTEST_ADDOPTS", QUIET_PLUGINS)
     return pytester
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a shell without job control (`cmd &` in a
+    script, as some CI steps do) inherits SIGINT ignored, and so would every conveyor the tests
+    start: the Ctrl-C tests would send a signal that nobody hears, and see the build pass. A
+    Python handler here is reset to the default in every process the tests start."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
