@@ -264,6 +264,17 @@ def interrupted_while_starting(
     be running tests. As during the build, a machine on a shared queue leaves and hands its
     tests back; alone, the build is stopped once running tests have finished. Says so on
     stderr, there being no report to say it in."""
+    finished = queue.status()
+    if finished.populated and finished.done >= finished.total:
+        # As the session ended (its report being written, the workers leaving): nothing is
+        # left to stop or hand back, only the workers' own teardown.
+        supervisor.shutdown(terminate=True)
+        print(
+            f"\nconveyor: interrupted as the session ended: all {finished.total} test(s) had "
+            "a result, but the report was cut short; run the build again for its report.",
+            file=sys.stderr,
+        )
+        return
     follower = BuildFollower(
         queue, supervisor, FollowSettings(build, shared=shared), BuildProblems(), {}, ()
     )

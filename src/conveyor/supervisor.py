@@ -208,12 +208,16 @@ class Supervisor:
     def _watch(self) -> None:
         while not self._stop.wait(POLL_INTERVAL_S):
             with self._lock:
-                for slot in self.slots:
-                    if slot.state != "running" or slot.process is None:
-                        continue
-                    returncode = slot.process.poll()
-                    if returncode is not None:
-                        self._on_exit(slot, returncode)
+                self._see_exits()
+
+    def _see_exits(self) -> None:
+        """Settle the slots whose worker has ended (under the lock)."""
+        for slot in self.slots:
+            if slot.state != "running" or slot.process is None:
+                continue
+            returncode = slot.process.poll()
+            if returncode is not None:
+                self._on_exit(slot, returncode)
 
     def _on_exit(self, slot: WorkerProcess, returncode: int) -> None:
         trace("%s exited with %d, status %r", slot.name, returncode, slot.status())
@@ -282,7 +286,12 @@ class Supervisor:
     # -- queries for the controller -------------------------------------------------------
 
     def alive(self) -> int:
+        """Workers still running. The watch thread keeps the slots current until shutdown
+        stops it; a Ctrl-C can still come after that (as the session ends), and whoever then
+        waits for the workers to leave must see them leave: the slots are looked at here."""
         with self._lock:
+            if not self._thread.is_alive():
+                self._see_exits()
             return sum(1 for slot in self.slots if slot.state == "running")
 
     def wait(self) -> None:

@@ -17,6 +17,7 @@ from helpers import (
     conveyor_popen,
     junit_outcomes,
     run_conveyor,
+    wait_until,
 )
 
 
@@ -304,6 +305,37 @@ def test_ctrl_c_with_the_queue_unusable_stops_the_workers_and_says_so(
     settled = len(list(ran.iterdir()))
     time.sleep(1.0)
     assert len(list(ran.iterdir())) == settled < 40, "a worker ran on after the interrupt"
+
+
+def test_ctrl_c_as_the_session_ends_does_not_hang(pytester: pytest.Pytester, start: str) -> None:
+    """An interrupt while the controller waits for its workers to leave, every result already
+    in: it escaped the session, and the wait that followed counted the workers as running
+    forever (the watch thread had been stopped). It must end, exit 2, and say what happened."""
+    finishing, leaving = pytester.path / "finishing", pytester.path / "leaving"
+    pytester.makepyfile(test_quick="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    pytester.makeconftest(
+        f"""
+        import os, pathlib, time
+
+        def pytest_sessionfinish(session):
+            if not os.environ.get("CONVEYOR_WORKER"):
+                pathlib.Path({str(finishing)!r}).write_text("yes")
+
+        def pytest_unconfigure(config):
+            if os.environ.get("CONVEYOR_WORKER"):
+                pathlib.Path({str(leaving)!r}).write_text("yes")
+                time.sleep(4)  # a slow teardown: the controller waits for it
+        """
+    )
+    process = conveyor_popen(pytester.path, "run", "-n", "1", "-p", "no:cacheprovider")
+    wait_until(lambda: finishing.exists() and leaving.exists(), "the session's end", 120)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    output = communicate_or_dump_stacks(process, 60)
+    assert process.returncode == 2, output
+    assert "INTERNALERROR" not in output, output
+    assert "interrupted as the session ended: all 2 test(s) had a result" in output, output
+    assert "running tests finish first" not in output, output  # none was running
 
 
 def test_ctrl_c_while_the_workers_collect_stops_them_before_any_test_runs(
