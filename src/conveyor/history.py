@@ -109,15 +109,25 @@ def merge(stored: Any, durations: Mapping[str, float]) -> dict[str, Any]:
     valid, _bad = clean(stored)
     build = valid["build"] + 1
     tests: dict[str, list[Any]] = valid["tests"]  # updated in place: it is ours, not a copy
-    for nodeid in [n for n, entry in tests.items() if build - entry[1] > FORGET_AFTER_BUILDS]:
+    for nodeid in [n for n, entry in tests.items() if forgotten(entry[1], build)]:
         del tests[nodeid]
     for nodeid, seconds in durations.items():
         latest = seconds_or_none(seconds)
         if latest is None:
             continue
         previous = tests.get(nodeid, [None])[0]
-        tests[nodeid] = [round(smooth(previous, latest), 6), build]
+        tests[nodeid] = list(updated(previous, latest, build))
     return {"build": build, "tests": tests}
+
+
+def forgotten(last_build: int, build: int) -> bool:
+    """An entry not seen for FORGET_AFTER_BUILDS builds is dropped (its test is likely gone)."""
+    return build - last_build > FORGET_AFTER_BUILDS
+
+
+def updated(previous: float | None, latest: float, build: int) -> tuple[float, int]:
+    """A test's entry after `build` ran it in `latest` seconds."""
+    return round(smooth(previous, latest), 6), build
 
 
 def durations_of(stored: Any) -> dict[str, float]:
@@ -212,6 +222,7 @@ class RedisHistory:
     translated into QueueError), so a history failure never fails a build."""
 
     HISTORY_TTL_S = 30 * 24 * 60 * 60
+    RECORD_BATCH = 10_000  # test ids read back and written per round trip
 
     def __init__(
         self, client: Any, key: str, run: Callable[[str, Callable[[], Any]], Any] | None = None
@@ -240,8 +251,6 @@ class RedisHistory:
         entries = iter(durations.items())
         while batch := list(itertools.islice(entries, self.RECORD_BATCH)):
             self._record_batch(batch)
-
-    RECORD_BATCH = 10_000
 
     def _record_batch(self, batch: list[tuple[str, float]]) -> None:
         ids = [nodeid for nodeid, _ in batch]

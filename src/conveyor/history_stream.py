@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from conveyor.history import FORGET_AFTER_BUILDS, seconds_or_none, smooth, valid_entry
+from conveyor.history import forgotten, seconds_or_none, updated, valid_entry
 
 CHUNK_CHARS = 1 << 20
 # JSON's own whitespace and integers only: \s and \d also match what json.loads refuses.
@@ -161,12 +161,12 @@ def merge_file(
                     continue
                 previous: float | None
                 previous, last = stored
-                if build - last > FORGET_AFTER_BUILDS:
-                    previous = None  # forgotten: kept only if this build ran it again
+                if forgotten(last, build):
+                    previous = None  # kept only if this build ran it again
                 latest = seconds_or_none(durations.get(nodeid))
                 if latest is not None:
                     merged.add(nodeid)
-                    text = _entry_text(nodeid, round(smooth(previous, latest), 6), build)
+                    text = _entry_text(nodeid, *updated(previous, latest, build))
                 elif previous is not None:
                     text = _entry_text(nodeid, previous, last)
                 else:
@@ -176,7 +176,7 @@ def merge_file(
             for nodeid, seconds in durations.items():
                 latest = seconds_or_none(seconds)
                 if latest is not None and nodeid not in merged:
-                    out.write(separator + _entry_text(nodeid, round(latest, 6), build))
+                    out.write(separator + _entry_text(nodeid, *updated(None, latest, build)))
                     separator = ","
             out.write("}}")
         os.replace(temporary, path)
