@@ -168,9 +168,14 @@ class WorkerSession:
         self._held: dict[str, None] = {}
         self._held_lock = threading.Lock()
         self._heartbeat = Heartbeat(queue, worker_id, lease_ttl_s, held=self._held_units)
-        # The same reserve loop as a pytest worker's, one unit at a time.
+        # The same reserve loop as a pytest worker's, one unit at a time: units are the
+        # caller's own names (files, suites), so the queue reads no class into them.
         self._stream = LeaseStream(
-            queue, worker_id, batch=lambda pending: 1, check=self._heartbeat.check
+            queue,
+            worker_id,
+            batch=lambda pending: 1,
+            check=self._heartbeat.check,
+            whole_classes=False,
         )
         self._started: dict[str, float] = {}
 

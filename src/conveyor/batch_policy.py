@@ -8,7 +8,8 @@ timing history exists, and the durations this worker has measured so far.
   (each held together); without it the run is cut to about AFFINITY_TARGET_S of work by the
   durations seen so far (nothing seen yet: one unit), and to this worker's share of the units
   left (pending / workers), so that a run's unknown slow tail is spread over the workers.
-- A reservation never ends inside a class (unless --dist test allows it).
+- A reservation never ends inside a class (unless --dist test allows it); the queue enforces
+  it, since the worker's view of the queue's front is as old as its last reply.
 - Outside such runs, tiny tests travel in batches and slow ones alone, and batches shrink near
   the end so that the tail stays balanced.
 """
@@ -106,7 +107,11 @@ class BatchRule:
     def to_class_end(self, pending: int, want: int) -> int:
         """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
         class with class-scoped fixtures, tests that depend on an earlier one) run on one
-        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split."""
+        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split.
+
+        The queue itself extends a reservation to its class's end (`Queue.reserve`), since
+        `pending` is as old as the last reply; here the size says what the reservation will
+        hold, for the run that follows and for `conveyor plan`'s simulation."""
         if self.grouping == "test":
             return want
         start = len(self.order) - pending

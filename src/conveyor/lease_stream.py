@@ -51,13 +51,15 @@ class LeaseStream:
         poll_s: float = WAIT_POLL_S,
         claim_ahead: Callable[[Sequence[str]], int] = lambda upcoming: 1,
         steal: bool = True,
+        whole_classes: bool = True,
     ) -> None:
         """`batch(pending)` says how many units to ask for; `on_reserved` sees every
         reservation; `check` raises when the worker must not go on (a failed heartbeat);
         `stopped` says the build was stopped; `idle` runs while the queue says wait (to flush
         results others may be waiting on); `claim_ahead(upcoming)` says how many of the leases
         in hand, in running order, to claim
-        once; `steal` lets a worker with nothing left take work from the busiest one."""
+        once; `steal` lets a worker with nothing left take work from the busiest one;
+        `whole_classes` asks the queue never to end a reservation inside a class."""
         self._queue = queue
         self._worker = worker
         self._batch = batch
@@ -68,6 +70,7 @@ class LeaseStream:
         self._poll_s = poll_s
         self._claim_ahead = claim_ahead
         self._steal = steal
+        self._whole_classes = whole_classes
         self._claimed: set[str] = set()  # leases in hand the queue knows as started
         self._hand: deque[Lease] = deque()
         self._running: Lease | None = None
@@ -192,11 +195,19 @@ class LeaseStream:
             if self._request_id is None:
                 self._request_id = uuid.uuid4().hex
             reservation = self._queue.reserve(
-                self._worker, self._batch(self._pending), self._request_id
+                self._worker,
+                self._batch(self._pending),
+                self._request_id,
+                whole_classes=self._whole_classes,
             )
             if reservation.state == WAIT and self._steal:
                 # Nothing pending, but others hold unstarted work: take part of it.
-                reservation = self._queue.steal(self._worker, STEAL_MAX_UNITS, self._request_id)
+                reservation = self._queue.steal(
+                    self._worker,
+                    STEAL_MAX_UNITS,
+                    self._request_id,
+                    whole_classes=self._whole_classes,
+                )
             self._request_id = None  # answered: the next reservation is a new one
             self._pending = reservation.pending
             if reservation.state == LEASED:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,18 @@ def class_of(nodeid: str) -> str | None:
 def same_class(first: str, second: str) -> bool:
     cls = class_of(first)
     return cls is not None and cls == class_of(second)
+
+
+def through_class_end(front: Iterable[str], count: int) -> list[str]:
+    """The first `count` (at least one) of `front`, and after them every unit that continues
+    the last one's class: what a queue leases at once, so that a reservation never ends
+    inside a class however stale the worker's view of the queue was when it sized it."""
+    taken: list[str] = []
+    for unit in front:
+        if len(taken) >= max(1, count) and not same_class(taken[-1], unit):
+            break
+        taken.append(unit)
+    return taken
 
 
 def estimate(units: Sequence[str], history: Mapping[str, float]) -> dict[str, float]:

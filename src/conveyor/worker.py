@@ -282,6 +282,9 @@ class WorkerPlugin:
             stopped=lambda: self._stopped,
             idle=lambda: self._flush(force=True),
             claim_ahead=policy.claim_ahead,
+            # A class's tests share its fixtures and may depend on each other: one worker runs
+            # them, in order, unless --dist test (pytest-xdist's load) lets them spread.
+            whole_classes=self.settings.grouping != "test",
         )
         # Leases this worker holds: reserved (running or not started) and finished but not
         # yet stored.

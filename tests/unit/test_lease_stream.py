@@ -134,8 +134,10 @@ def test_a_failed_reserve_is_retried_under_the_same_request_id(queue: Queue) -> 
         def __getattr__(self, name: str) -> object:
             return getattr(self.inner, name)
 
-        def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> object:
-            reservation = self.inner.reserve(worker, max_units, request_id)
+        def reserve(
+            self, worker: str, max_units: int, request_id: str | None = None, **options: bool
+        ) -> object:
+            reservation = self.inner.reserve(worker, max_units, request_id, **options)
             if not self.lost:
                 self.lost = True
                 raise QueueUnavailable("the reply was lost")

@@ -913,6 +913,46 @@ def test_steal_never_cuts_inside_a_class_when_it_can_help_it(
     assert stolen.state == (LEASED if expected else WAIT)
 
 
+def test_a_reservation_never_ends_inside_a_class(make_queue: QueueFactory) -> None:
+    """A worker sizes its reservation from an old view of the queue, so only the queue can
+    keep a class on one worker: asked for one test, it leases the rest of that test's class."""
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {})
+    assert unit_ids(queue.reserve("gw0", 2)) == CLASSY[:4]  # through TestOne's end
+    assert unit_ids(queue.reserve("gw1", 1)) == CLASSY[4:6]  # TestTwo, whole
+    assert unit_ids(queue.reserve("gw2", 1)) == CLASSY[6:7]  # outside a class: exactly one
+    assert unit_ids(queue.steal("gw3", 1)) == CLASSY[7:]
+
+
+def test_a_class_returned_to_the_queue_is_leased_whole_again(
+    make_queue: QueueFactory, clock: Any
+) -> None:
+    queue = make_queue(lease_ttl_s=5)
+    queue.populate("gw0", CLASSY, {})
+    queue.reserve("gw0", 4)
+    clock.advance(10)  # gw0 died holding TestOne: its leases come back to the front
+    # (the most recently leased first, see test_expired_leases_come_back_...), still together
+    assert sorted(unit_ids(queue.reserve("gw1", 2))) == sorted(CLASSY[1:4])
+
+
+def test_steal_leases_pending_units_through_their_class_end(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {})
+    queue.reserve("gw0", 1)
+    assert unit_ids(queue.steal("gw1", 1)) == CLASSY[1:4]
+
+
+def test_without_whole_classes_a_reservation_takes_exactly_what_was_asked(
+    make_queue: QueueFactory,
+) -> None:
+    """--dist test (pytest-xdist's load) spreads a class's tests over the workers."""
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {})
+    assert unit_ids(queue.reserve("gw0", 2, whole_classes=False)) == CLASSY[:2]
+    assert unit_ids(queue.reserve("gw1", 1, whole_classes=False)) == CLASSY[2:3]
+    assert unit_ids(queue.steal("gw2", 1, whole_classes=False)) == CLASSY[3:4]
+
+
 def test_a_victim_whose_every_cut_splits_a_class_is_passed_over(make_queue: QueueFactory) -> None:
     queue = make_queue()
     queue.populate("gw0", [*CLASSY[1:4], *CLASSY[6:]], {})

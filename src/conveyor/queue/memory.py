@@ -39,6 +39,7 @@ from conveyor.queue.protocol import (
     dumps,
     release_event_kind,
 )
+from conveyor.scheduling import through_class_end
 
 DEFAULT_STORE = Store()
 
@@ -146,18 +147,32 @@ class MemoryQueue(Queue):
             self._store.workers.setdefault(self.build, {})[worker] = self._clock()
             self._emit(EventKind.WORKER_JOINED, worker, data=info)
 
-    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
+    def reserve(
+        self,
+        worker: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
         with self._populated() as build:
             answer = self._before_leasing(build, worker, request_id)
             if answer is None:
-                answer = self._lease_pending(build, worker, max_units, request_id)
+                answer = self._lease_pending(build, worker, max_units, request_id, whole_classes)
             return answer or self._nothing_to_lease(build)
 
-    def steal(self, thief: str, max_units: int, request_id: str | None = None) -> Reservation:
+    def steal(
+        self,
+        thief: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
         with self._populated() as build:
             answer = self._before_leasing(build, thief, request_id)
             if answer is None:
-                answer = self._lease_pending(build, thief, max_units, request_id)
+                answer = self._lease_pending(build, thief, max_units, request_id, whole_classes)
             if answer is None:
                 answer = self._steal(build, thief, max_units, request_id)
             return answer or self._nothing_to_lease(build)
@@ -183,9 +198,18 @@ class MemoryQueue(Queue):
         return None
 
     def _lease_pending(
-        self, build: Build, worker: str, max_units: int, request_id: str | None
+        self,
+        build: Build,
+        worker: str,
+        max_units: int,
+        request_id: str | None,
+        whole_classes: bool,
     ) -> Reservation | None:
-        picked = build.pending()[: max(1, max_units)]
+        pending = build.pending()
+        if whole_classes:
+            picked = through_class_end(pending, max_units)
+        else:
+            picked = pending[: max(1, max_units)]
         if not picked:
             return None
         deadline = self._clock() + self.lease_ttl_s

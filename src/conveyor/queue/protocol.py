@@ -273,9 +273,23 @@ class Queue(Protocol):
         """Record that a worker is alive and what it is (host, pid)."""
         ...
 
-    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
+    def reserve(
+        self,
+        worker: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
         """Reclaim expired leases (back to the front of the queue like released ones), then
-        lease up to `max_units` units to `worker`.
+        lease up to `max_units` units to `worker` from the front of the queue.
+
+        With `whole_classes` a reservation never ends inside a class: when the last unit taken
+        is a test of a class ("path::Class::test") and the next pending unit is of that class
+        too, it is taken as well, and so on (`scheduling.through_class_end`). The worker sizes
+        its reservation from what the last reply said was pending, which other workers have
+        changed since; only the queue can keep a class on one worker. False (pytest-xdist's
+        `load`, `--dist test`): exactly up to `max_units`.
 
         Idempotent: `request_id` names one logical reservation, and a retry with the same id
         (its reply was lost: a dropped connection, a socket timeout) returns the same
@@ -299,12 +313,20 @@ class Queue(Protocol):
         must not run it. Idempotent, and one round trip: it is called about once per test."""
         ...
 
-    def steal(self, thief: str, max_units: int, request_id: str | None = None) -> Reservation:
+    def steal(
+        self,
+        thief: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
         """An idle worker takes unstarted leases from the busiest worker.
 
         Like `reserve` first (a retried `request_id` gets its reply again, a stopped build
         answers EXHAUSTED, expired leases are reclaimed) and, while anything is pending, it
-        leases pending units exactly as `reserve` would: pending units are served first. With
+        leases pending units exactly as `reserve` would (`whole_classes` too): pending units
+        are served first. With
         nothing pending, the victim is the other worker holding the most unclaimed leases
         (ties: the smallest worker id). The thief gets a suffix of the victim's unclaimed
         leases in the victim's reservation order, about half of them (rounded up) and at most

@@ -194,21 +194,35 @@ class RedisQueue(Queue):
     def join(self, worker: str, info: Mapping[str, Any]) -> None:
         self._write("join", self._must_exist(), worker, dumps(info))
 
-    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
-        return self._lease("reserve", worker, max_units, request_id)
+    def reserve(
+        self,
+        worker: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
+        return self._lease("reserve", worker, max_units, request_id, whole_classes)
 
-    def steal(self, thief: str, max_units: int, request_id: str | None = None) -> Reservation:
-        return self._lease("steal", thief, max_units, request_id)
+    def steal(
+        self,
+        thief: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
+        return self._lease("steal", thief, max_units, request_id, whole_classes)
 
     def _lease(
-        self, script: str, worker: str, max_units: int, request_id: str | None
+        self, script: str, worker: str, max_units: int, request_id: str | None, whole_classes: bool
     ) -> Reservation:
         # Made here, not per try: the boundary's retries of this call must carry the same id.
         request = request_id if request_id is not None else uuid.uuid4().hex
         extra = [self._key.reservations(worker), self._key("reserve_requests")]
         if script == "steal":
             extra.append(self._key("stolen"))
-        args = (worker, max(1, max_units), self._deadline(), request)
+        args = (worker, max(1, max_units), self._deadline(), request, int(whole_classes))
         state, pending, *flat = self._write(script, *args, extra_keys=extra)
         leases = tuple(Lease(unit, int(attempt)) for unit, attempt in redis_keys.pairs(flat))
         if state == ReservationState.LEASED:

@@ -153,14 +153,34 @@ class SQLiteQueue(Queue):
             )
             tx.emit(EventKind.WORKER_JOINED, worker, data=info)
 
-    def reserve(self, worker: str, max_units: int, request_id: str | None = None) -> Reservation:
-        return self._lease(worker, max_units, request_id, steal=False)
+    def reserve(
+        self,
+        worker: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
+        return self._lease(worker, max_units, request_id, steal=False, whole_classes=whole_classes)
 
-    def steal(self, thief: str, max_units: int, request_id: str | None = None) -> Reservation:
-        return self._lease(thief, max_units, request_id, steal=True)
+    def steal(
+        self,
+        thief: str,
+        max_units: int,
+        request_id: str | None = None,
+        *,
+        whole_classes: bool = True,
+    ) -> Reservation:
+        return self._lease(thief, max_units, request_id, steal=True, whole_classes=whole_classes)
 
     def _lease(
-        self, worker: str, max_units: int, request_id: str | None, *, steal: bool
+        self,
+        worker: str,
+        max_units: int,
+        request_id: str | None,
+        *,
+        steal: bool,
+        whole_classes: bool,
     ) -> Reservation:
         """reserve and steal: see MemoryQueue, which they follow step by step."""
         if self._nothing_to_lease(worker, request_id, steal=steal, max_units=max_units):
@@ -174,7 +194,7 @@ class SQLiteQueue(Queue):
             book = Leases(tx)
             book.reclaim_expired()
             deadline = tx.now + self.lease_ttl_s
-            leases = book.lease_pending(worker, max_units, deadline)
+            leases = book.lease_pending(worker, max_units, deadline, whole_classes)
             if not leases and steal:
                 leases = book.steal(worker, max_units, deadline)
             if leases:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from conveyor.queue import stealing
 from conveyor.queue.protocol import EventKind, Lease
 from conveyor.queue.sqlite_build import BuildTx
+from conveyor.scheduling import through_class_end
 
 
 class HeldLease(NamedTuple):
@@ -112,13 +113,19 @@ class Leases:
         self.tx.seen(worker)
         return leases
 
-    def lease_pending(self, worker: str, max_units: int, deadline: float) -> list[Lease]:
-        rows = self.tx.conn.execute(
-            "SELECT unit FROM units WHERE build = ? AND state = 'pending' "
-            "ORDER BY queue_order LIMIT ?",
-            (self.tx.build, max(1, max_units)),
-        ).fetchall()
-        picked = [unit for (unit,) in rows]
+    def lease_pending(
+        self, worker: str, max_units: int, deadline: float, whole_classes: bool
+    ) -> list[Lease]:
+        front = self.tx.conn.execute(
+            "SELECT unit FROM units WHERE build = ? AND state = 'pending' ORDER BY queue_order",
+            (self.tx.build,),
+        )
+        # The cursor walks the index lazily: only the rows taken and one more are read.
+        if whole_classes:
+            picked = through_class_end((unit for (unit,) in front), max_units)
+        else:
+            picked = [unit for (unit,) in front.fetchmany(max(1, max_units))]
+        front.close()
         if not picked:
             return []
         leases = self.grant(worker, picked, deadline, new=True)

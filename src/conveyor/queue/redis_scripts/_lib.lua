@@ -90,6 +90,41 @@ local function front_of_queue()
   return lowest - 1
 end
 
+-- "path::Class" of a test id with a second "::" part, else nil (scheduling.class_of).
+local function class_of(id)
+  local first = string.find(id, '::', 1, true)
+  if not first then
+    return nil
+  end
+  local second = string.find(id, '::', first + 2, true)
+  if not second then
+    return nil
+  end
+  return string.sub(id, 1, second - 1)
+end
+
+-- Take up to `count` (at least 1) units off the front of the queue; with `whole_classes`, then
+-- also every unit that continues the last one's class (scheduling.through_class_end).
+local function pop_front(count, whole_classes)
+  local picked = {}
+  local popped = redis.call('ZPOPMIN', PENDING, math.max(1, count))
+  for i = 1, #popped, 2 do
+    picked[#picked + 1] = popped[i]
+  end
+  if whole_classes and #picked > 0 then
+    local class = class_of(picked[#picked])
+    while class do
+      local following = redis.call('ZRANGE', PENDING, 0, 0)
+      if #following == 0 or class_of(following[1]) ~= class then
+        break
+      end
+      redis.call('ZPOPMIN', PENDING, 1)
+      picked[#picked + 1] = following[1]
+    end
+  end
+  return picked
+end
+
 -- The one way out of a lease (completed, requeued, returned, expired): every trace of it goes.
 local function drop_lease(unit)
   redis.call('ZREM', LEASES, unit)

@@ -14,6 +14,7 @@
 -- ARGV[5]  deadline    now + lease ttl: the new leases expire then unless heartbeats extend them
 -- ARGV[6]  request_id  names this reservation; a retry with the same id (its reply was lost)
 --                      gets the same reply and leases nothing more
+-- ARGV[7]  whole_classes  '1': the reservation never ends inside a class (see pop_front)
 -- Returns {state, pending, unit, attempt, unit, attempt, ...} with state 'leased', 'wait'
 -- (nothing pending, leases outstanding) or 'exhausted'. Error BUILD_LOST when the build is gone.
 
@@ -33,19 +34,16 @@ if redis.call('HEXISTS', META, 'stop_reason') == 1 then
 end
 reclaim_expired()
 
-local picked = redis.call('ZPOPMIN', PENDING, tonumber(ARGV[4]))
+local picked = pop_front(tonumber(ARGV[4]), ARGV[7] == '1')
 local reply = {'leased', 0}
-local leased = {}
-for i = 1, #picked, 2 do
-  local unit = picked[i]
+for _, unit in ipairs(picked) do
   reply[#reply + 1] = unit
   reply[#reply + 1] = grant(unit, worker, ARGV[5], true, RESERVATIONS)
-  leased[#leased + 1] = unit
 end
 
 if #picked > 0 then
   -- One "leased" event per reservation (not per unit) keeps the build record complete cheaply.
-  emit('leased', worker, false, '{"units":' .. json_list(leased) .. '}')
+  emit('leased', worker, false, '{"units":' .. json_list(picked) .. '}')
   mark_seen(worker)
   reply[2] = redis.call('ZCARD', PENDING)
   remember(REQUESTS, worker, request_id, reply)

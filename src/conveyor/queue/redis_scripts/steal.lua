@@ -21,6 +21,7 @@
 -- ARGV[4]  max_units   at least 1
 -- ARGV[5]  deadline    now + lease ttl
 -- ARGV[6]  request_id  as for reserve.lua
+-- ARGV[7]  whole_classes  as for reserve.lua (pending units only: a steal never splits a class)
 -- Returns what reserve.lua returns. Error BUILD_LOST when the build is gone.
 
 if not populated() then
@@ -29,19 +30,6 @@ end
 
 local RESERVATIONS, REQUESTS, STOLEN = KEYS[15], KEYS[16], KEYS[17]
 local thief, max_units, deadline, request_id = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
-
--- "path::Class" of a test id with a second "::" part, else nil (scheduling.class_of).
-local function class_of(id)
-  local first = string.find(id, '::', 1, true)
-  if not first then
-    return nil
-  end
-  local second = string.find(id, '::', first + 2, true)
-  if not second then
-    return nil
-  end
-  return string.sub(id, 1, second - 1)
-end
 
 local function clean_boundary(before, first)
   local class = class_of(first)
@@ -141,15 +129,13 @@ reclaim_expired()
 touch()
 
 local reply = {'leased', 0}
-local picked = redis.call('ZPOPMIN', PENDING, max_units)
+local picked = pop_front(max_units, ARGV[7] == '1')
 if #picked > 0 then  -- pending units first, exactly as reserve.lua leases them
-  local leased = {}
-  for i = 1, #picked, 2 do
-    reply[#reply + 1] = picked[i]
-    reply[#reply + 1] = grant(picked[i], thief, deadline, true, RESERVATIONS)
-    leased[#leased + 1] = picked[i]
+  for _, unit in ipairs(picked) do
+    reply[#reply + 1] = unit
+    reply[#reply + 1] = grant(unit, thief, deadline, true, RESERVATIONS)
   end
-  emit('leased', thief, false, '{"units":' .. json_list(leased) .. '}')
+  emit('leased', thief, false, '{"units":' .. json_list(picked) .. '}')
 else
   local workers, held = victims()
   local victim, taken = nil, {}
