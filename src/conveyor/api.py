@@ -175,7 +175,7 @@ class WorkerSession:
             worker_id,
             batch=lambda pending: 1,
             check=self._heartbeat.check,
-            whole_classes=False,
+            whole="none",
         )
         self._started: dict[str, float] = {}
 

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from conveyor.queue import Queue
-from conveyor.scheduling import estimate, range_keys, same_class, scope_of
+from conveyor.scheduling import WHOLE_BY_GROUPING, estimate, kept_together, range_keys, scope_of
 from conveyor.worker_settings import WorkerSettings
 
 MAX_BATCH = 32
@@ -61,6 +61,7 @@ class BatchRule:
         self.order = list(order)
         self.expected_s = dict(expected_s or {})
         self.grouping = grouping
+        self.whole = WHOLE_BY_GROUPING[grouping]  # what the queue keeps on one worker
         self.worker_count = worker_count
         self.has_history = has_history
         self._positions = {unit: index for index, unit in enumerate(self.order)}
@@ -69,7 +70,7 @@ class BatchRule:
     def size(self, pending: int, *, affinity: int, typical_test_s: float | None) -> int:
         """How many units to ask for with `pending` units left (as the last reply said), the
         worker's `affinity` (units left of its current run) and its recent typical duration."""
-        return self.to_class_end(pending, self._within_runs(pending, affinity, typical_test_s))
+        return self.to_group_end(pending, self._within_runs(pending, affinity, typical_test_s))
 
     def _within_runs(self, pending: int, affinity: int, typical: float | None) -> int:
         run = affinity or self.run_at_front(pending)
@@ -104,21 +105,22 @@ class BatchRule:
         tail_share = pending // max(1, 4 * self.worker_count)  # small batches near the end
         return max(1, min(count, tail_share or 1))
 
-    def to_class_end(self, pending: int, want: int) -> int:
+    def to_group_end(self, pending: int, want: int) -> int:
         """A reservation never ends inside a class: a class's tests (a unittest TestCase, a
         class with class-scoped fixtures, tests that depend on an earlier one) run on one
-        worker, in order. Only --dist test (pytest-xdist's load) lets a class be split.
+        worker, in order. --dist test (pytest-xdist's load) lets a class be split; --dist file
+        and scope keep a whole file or scope together (`scheduling.whole_key`).
 
-        The queue itself extends a reservation to its class's end (`Queue.reserve`), since
+        The queue itself extends a reservation to its group's end (`Queue.reserve`), since
         `pending` is as old as the last reply; here the size says what the reservation will
         hold, for the run that follows and for `conveyor plan`'s simulation."""
-        if self.grouping == "test":
-            return want
         start = len(self.order) - pending
         if not 0 <= start < len(self.order):
             return want
-        end = start + want
-        while 0 < end < len(self.order) and same_class(self.order[end - 1], self.order[end]):
+        end = start + max(1, want)
+        while 0 < end < len(self.order) and kept_together(
+            self.order[end - 1], self.order[end], self.whole
+        ):
             end += 1
         return end - start
 
@@ -181,16 +183,14 @@ class BatchPolicy:
         last = self.recent_durations[-1] if self.recent_durations else 0.0
         return not self.rule.has_history and last > GIVE_BACK_AFTER_S
 
-    def rest_of_class(self, unit: str, unstarted: Sequence[str]) -> int:
-        """How many of `unstarted` (in running order) belong to the class of `unit`: a
-        hand-back keeps them on this worker."""
-        if self.rule.grouping == "test":
-            return 0
-        count = 0
+    def rest_of_group(self, unit: str, unstarted: Sequence[str]) -> int:
+        """How many of `unstarted` (in running order) the queue keeps with `unit` (its class,
+        or its file or scope under --dist file or scope): a hand-back keeps them here."""
+        count, last = 0, unit
         for following in unstarted:
-            if not same_class(unit, following):
+            if not kept_together(last, following, self.rule.whole):
                 break
-            count += 1
+            count, last = count + 1, following
         return count
 
     def claim_ahead(self, upcoming: Sequence[str]) -> int:

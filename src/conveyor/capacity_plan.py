@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.batch_policy import CLAIM_AHEAD_S, BatchRule
-from conveyor.scheduling import estimate, plan, same_class, scope_of
+from conveyor.scheduling import estimate, kept_together, plan, scope_of, through_group_end
 
 # Without any recorded build: a typical `conveyor run` on a small machine takes about this long
 # from the command to the first test (interpreter, pytest, collection in every worker) and from
@@ -202,8 +202,10 @@ class Schedule:
 class _Workers:
     """The simulated workers' timelines: what each runs when, and where each will be free."""
 
-    def __init__(self, total: int, seconds: Mapping[str, float], gap_s: float, setups: Setups):
-        self.seconds, self.gap_s, self.setups = seconds, gap_s, setups
+    def __init__(
+        self, total: int, seconds: Mapping[str, float], gap_s: float, setups: Setups, whole: str
+    ):
+        self.seconds, self.gap_s, self.setups, self.whole = seconds, gap_s, setups, whole
         self.runs: list[list[Run]] = [[] for _ in range(total)]
         self.recent = [deque[float](maxlen=RECENT_DURATIONS) for _ in range(total)]
         self.in_module: list[str | None] = [None] * total
@@ -237,7 +239,8 @@ class _Workers:
 
     def steal(self, thief: int, now: float) -> list[str]:
         """What an idle worker takes when nothing is pending (`Queue.steal`): the back half of
-        the unclaimed runs of the worker with most of them, never from inside a class.
+        the unclaimed runs of the worker with most of them, never from inside a class (or
+        what else the grouping keeps whole).
         Claimed: what runs now, the next test, and CLAIM_AHEAD_S of work beyond."""
         best: tuple[int, int, int] | None = None  # (unclaimed, victim, first unclaimed index)
         for victim, runs in enumerate(self.runs):
@@ -253,7 +256,7 @@ class _Workers:
         count, victim, first = best
         runs = self.runs[victim]
         cut = len(runs) - math.ceil(count / 2)
-        while cut < len(runs) and same_class(runs[cut - 1].unit, runs[cut].unit):
+        while cut < len(runs) and kept_together(runs[cut - 1].unit, runs[cut].unit, self.whole):
             cut += 1  # a smaller steal rather than a split class
         if cut >= len(runs) or cut < first:
             return []
@@ -283,7 +286,10 @@ class _Front:
         known = self.known_pending[worker]
         pending = len(self.queue) - self.position if known is None else known
         want = self.policy.size(pending, affinity=self.affinity[worker], typical_test_s=typical)
-        taken = list(self.queue[self.position : self.position + max(1, want)])
+        # The queue leases through the end of the last test's class (`Queue.reserve`).
+        taken = through_group_end(
+            itertools.islice(self.queue, self.position, None), want, self.policy.whole
+        )
         self.position += len(taken)
         self.known_pending[worker] = len(self.queue) - self.position
         self.affinity[worker] = self.policy.run_after(taken[-1])
@@ -318,7 +324,7 @@ def simulate(
         has_history=any(unit in history for unit in units),
     )
     total = workers * machines
-    sim = _Workers(total, estimate(queue, history), gap_s, setups or Setups())
+    sim = _Workers(total, estimate(queue, history), gap_s, setups or Setups(), policy.whole)
     front = _Front(queue, policy, total)
     while (free := sim.next_free()) is not None:
         now, worker = free

@@ -51,7 +51,7 @@ class LeaseStream:
         poll_s: float = WAIT_POLL_S,
         claim_ahead: Callable[[Sequence[str]], int] = lambda upcoming: 1,
         steal: bool = True,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> None:
         """`batch(pending)` says how many units to ask for; `on_reserved` sees every
         reservation; `check` raises when the worker must not go on (a failed heartbeat);
@@ -59,7 +59,7 @@ class LeaseStream:
         results others may be waiting on); `claim_ahead(upcoming)` says how many of the leases
         in hand, in running order, to claim
         once; `steal` lets a worker with nothing left take work from the busiest one;
-        `whole_classes` asks the queue never to end a reservation inside a class."""
+        `whole` is what the queue keeps on one worker (`Queue.reserve`)."""
         self._queue = queue
         self._worker = worker
         self._batch = batch
@@ -70,7 +70,7 @@ class LeaseStream:
         self._poll_s = poll_s
         self._claim_ahead = claim_ahead
         self._steal = steal
-        self._whole_classes = whole_classes
+        self._whole = whole
         self._claimed: set[str] = set()  # leases in hand the queue knows as started
         self._hand: deque[Lease] = deque()
         self._running: Lease | None = None
@@ -198,7 +198,7 @@ class LeaseStream:
                 self._worker,
                 self._batch(self._pending),
                 self._request_id,
-                whole_classes=self._whole_classes,
+                whole=self._whole,
             )
             if reservation.state == WAIT and self._steal:
                 # Nothing pending, but others hold unstarted work: take part of it.
@@ -206,7 +206,7 @@ class LeaseStream:
                     self._worker,
                     STEAL_MAX_UNITS,
                     self._request_id,
-                    whole_classes=self._whole_classes,
+                    whole=self._whole,
                 )
             self._request_id = None  # answered: the next reservation is a new one
             self._pending = reservation.pending

@@ -70,9 +70,8 @@ XDIST_DIST_MODES = {
     "no": "module",  # with -n, xdist's "no" distributes as "load" does; conveyor's default
     "load": "test",
     "worksteal": "test",
-    "loadfile": "module",
-    "loadscope": "module",
-    "file": "module",
+    "loadfile": "file",  # a file is never split between workers, as under xdist
+    "loadscope": "scope",  # nor a class, nor a module's tests outside classes
 }
 
 
@@ -137,9 +136,9 @@ class WorkerOptions(OptionSet):
     seed = Option(("--seed",), "seed for --order random (default: 0)", 0, count(0), "N")
     grouping = Option(
         ("--dist",),
-        "keep the tests of a module (or class) together where that "
-        "keeps fixtures alive: module, class, test, file, or pytest-xdist's load, worksteal, "
-        "loadfile, loadscope (default: module)",
+        "keep the tests of a module (or class) together where that keeps fixtures alive: "
+        "module, class or test; file or scope never split a file or a scope between workers; "
+        "pytest-xdist's load, worksteal, loadfile, loadscope are accepted (default: module)",
         "module",
         choice(GROUPINGS, XDIST_DIST_MODES),
         "MODE",

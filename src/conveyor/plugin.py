@@ -49,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         dest="dist",
         default="no",
         help="how conveyor keeps tests together: load, worksteal, loadfile, loadscope "
-        "(pytest-xdist's names) or module, class, test, file.",
+        "(pytest-xdist's names) or module, class, test, file, scope.",
     )
     group.addoption(
         "--maxprocesses",

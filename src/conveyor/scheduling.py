@@ -16,6 +16,10 @@ each range by its own length was measured and not kept: a worker then ran a late
 pyparsing's test_unit.py before an earlier one, and three tests that pass in plain order
 failed. Slowest-first between ranges would need each worker to go forward through a module's
 ranges, never back.
+
+`--dist file` and `--dist scope` (pytest-xdist's loadfile and loadscope) never split a group:
+each file, or each scope (a class; a module's tests outside classes), is served whole and
+contiguous, and the queue leases it to one worker whole (`whole_key`).
 """
 
 from __future__ import annotations
@@ -27,17 +31,30 @@ from dataclasses import dataclass
 from typing import Any
 
 ORDERS = ("slowest", "collected", "random")
-GROUPINGS = ("module", "class", "test")
+GROUPINGS = ("module", "class", "test", "file", "scope")
+# What the queue never splits between workers, by grouping (see `whole_key`): a class for the
+# module and class groupings; a whole file for `file` (pytest-xdist's loadfile); a class, or a
+# module's tests outside classes, for `scope` (loadscope); nothing for `test` (load).
+WHOLE_BY_GROUPING = {
+    "module": "class",
+    "class": "class",
+    "test": "none",
+    "file": "file",
+    "scope": "scope",
+}
+WHOLE_MODES = ("class", "file", "scope", "none")
+UNSPLIT_GROUPINGS = ("file", "scope")  # groups the planner never cuts into ranges
 SPLIT_SHARE = 0.7
 RANGE_SHARE = 0.35  # a split group's ranges are at most this share of a worker's work
 
 
 def scope_of(nodeid: str, grouping: str) -> str:
-    """The group a test belongs to: its file, its class (or file), or itself."""
+    """The group a test belongs to: its file (module, file), its class or else its file
+    (class, scope), or itself (test)."""
     if grouping == "test":
         return nodeid
     path, _, rest = nodeid.partition("::")
-    if grouping == "class" and "::" in rest:
+    if grouping in ("class", "scope") and "::" in rest:
         return f"{path}::{rest.split('::', 1)[0]}"
     return path
 
@@ -53,13 +70,40 @@ def same_class(first: str, second: str) -> bool:
     return cls is not None and cls == class_of(second)
 
 
-def through_class_end(front: Iterable[str], count: int) -> list[str]:
-    """The first `count` (at least one) of `front`, and after them every unit that continues
-    the last one's class: what a queue leases at once, so that a reservation never ends
-    inside a class however stale the worker's view of the queue was when it sized it."""
+def whole_key(nodeid: str, whole: str) -> str | None:
+    """The part of the suite `nodeid` belongs to that one worker runs whole under the `whole`
+    mode (WHOLE_MODES), or None when nothing holds it to its neighbours."""
+    if whole == "class":
+        return class_of(nodeid)
+    if whole == "file":
+        return nodeid.partition("::")[0]
+    if whole == "scope":
+        return class_of(nodeid) or nodeid.partition("::")[0]
+    check_whole(whole)
+    return None
+
+
+def check_whole(whole: str) -> None:
+    """Refuse a mode of what is kept whole that is not one of WHOLE_MODES."""
+    if whole not in WHOLE_MODES:
+        raise ValueError(f"unknown mode {whole!r} of what is kept whole: {', '.join(WHOLE_MODES)}")
+
+
+def kept_together(first: str, second: str, whole: str) -> bool:
+    """Whether one worker must run both `first` and `second` (neighbours in the queue)."""
+    key = whole_key(first, whole)
+    return key is not None and key == whole_key(second, whole)
+
+
+def through_group_end(front: Iterable[str], count: int, whole: str) -> list[str]:
+    """The first `count` (at least one) of `front`, and after them every unit kept together
+    with the last one (`kept_together`): what a queue leases at once, so that a reservation
+    never ends inside a class (or file, or scope) however stale the worker's view of the queue
+    was when it sized it."""
+    check_whole(whole)
     taken: list[str] = []
     for unit in front:
-        if len(taken) >= max(1, count) and not same_class(taken[-1], unit):
+        if len(taken) >= max(1, count) and not kept_together(taken[-1], unit, whole):
             break
         taken.append(unit)
     return taken
@@ -132,6 +176,8 @@ def plan(
     seed: int = 0,
 ) -> Plan:
     """The units in serving order (see the module docstring)."""
+    if grouping in UNSPLIT_GROUPINGS:
+        return _unsplit_plan(units, history, order=order, grouping=grouping, seed=seed)
     if order == "collected":
         return Plan(list(units))
     if order == "random":
@@ -141,9 +187,7 @@ def plan(
     if not any(unit in history for unit in units):
         return Plan(list(units))  # nothing known: collection order keeps fixtures warm
     seconds = estimate(units, history)
-    groups: dict[str, list[str]] = {}
-    for unit in units:
-        groups.setdefault(scope_of(unit, grouping), []).append(unit)
+    groups = _groups(units, grouping)
     share = sum(seconds.values()) / max(1, workers)
     blocks: list[tuple[float, list[str]]] = []
     range_starts: set[str] = set()
@@ -162,6 +206,29 @@ def plan(
             blocks.append((total, members))
     blocks.sort(key=lambda block: -block[0])  # stable: ties keep collection order
     return Plan([unit for _, members in blocks for unit in members], frozenset(range_starts))
+
+
+def _groups(units: Sequence[str], grouping: str) -> dict[str, list[str]]:
+    """The units by group, groups in order of their first unit, each in collection order."""
+    groups: dict[str, list[str]] = {}
+    for unit in units:
+        groups.setdefault(scope_of(unit, grouping), []).append(unit)
+    return groups
+
+
+def _unsplit_plan(
+    units: Sequence[str], history: Mapping[str, float], *, order: str, grouping: str, seed: int
+) -> Plan:
+    """pytest-xdist's loadfile and loadscope: every group whole and contiguous, its tests in
+    collection order (a scope's functions around a class come together, as under xdist); the
+    groups in collection order, shuffled, or longest first."""
+    groups = list(_groups(units, grouping).values())
+    if order == "random":
+        random.Random(seed).shuffle(groups)
+    elif order == "slowest" and any(unit in history for unit in units):
+        seconds = estimate(units, history)
+        groups.sort(key=lambda members: -sum(seconds[unit] for unit in members))
+    return Plan([unit for members in groups for unit in members])
 
 
 def range_keys(

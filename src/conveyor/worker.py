@@ -40,6 +40,7 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
 from conveyor.retry_policy import RetryPolicy
+from conveyor.scheduling import WHOLE_BY_GROUPING
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
 from conveyor.vocabulary import EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
@@ -283,8 +284,9 @@ class WorkerPlugin:
             idle=lambda: self._flush(force=True),
             claim_ahead=policy.claim_ahead,
             # A class's tests share its fixtures and may depend on each other: one worker runs
-            # them, in order, unless --dist test (pytest-xdist's load) lets them spread.
-            whole_classes=self.settings.grouping != "test",
+            # them, in order, unless --dist test (pytest-xdist's load) lets them spread; --dist
+            # file and scope keep more together (pytest-xdist's loadfile and loadscope).
+            whole=WHOLE_BY_GROUPING[self.settings.grouping],
         )
         # Leases this worker holds: reserved (running or not started) and finished but not
         # yet stored.
@@ -308,7 +310,7 @@ class WorkerPlugin:
                 # workers may be idle, so the unstarted ones go back to the front of the queue,
                 # except the rest of this test's class, which stays on this worker.
                 self._flush(force=True)
-                keep = policy.rest_of_class(lease.unit, stream.unstarted())
+                keep = policy.rest_of_group(lease.unit, stream.unstarted())
                 stream.hand_back("slow run handed back", keep=keep)
                 policy.handed_back()
 

@@ -135,7 +135,7 @@ def test_a_failed_reserve_is_retried_under_the_same_request_id(queue: Queue) -> 
             return getattr(self.inner, name)
 
         def reserve(
-            self, worker: str, max_units: int, request_id: str | None = None, **options: bool
+            self, worker: str, max_units: int, request_id: str | None = None, **options: str
         ) -> object:
             reservation = self.inner.reserve(worker, max_units, request_id, **options)
             if not self.lost:

@@ -942,15 +942,44 @@ def test_steal_leases_pending_units_through_their_class_end(make_queue: QueueFac
     assert unit_ids(queue.steal("gw1", 1)) == CLASSY[1:4]
 
 
-def test_without_whole_classes_a_reservation_takes_exactly_what_was_asked(
+def test_with_nothing_kept_whole_a_reservation_takes_exactly_what_was_asked(
     make_queue: QueueFactory,
 ) -> None:
     """--dist test (pytest-xdist's load) spreads a class's tests over the workers."""
     queue = make_queue()
     queue.populate("gw0", CLASSY, {})
-    assert unit_ids(queue.reserve("gw0", 2, whole_classes=False)) == CLASSY[:2]
-    assert unit_ids(queue.reserve("gw1", 1, whole_classes=False)) == CLASSY[2:3]
-    assert unit_ids(queue.steal("gw2", 1, whole_classes=False)) == CLASSY[3:4]
+    assert unit_ids(queue.reserve("gw0", 2, whole="none")) == CLASSY[:2]
+    assert unit_ids(queue.reserve("gw1", 1, whole="none")) == CLASSY[2:3]
+    assert unit_ids(queue.steal("gw2", 1, whole="none")) == CLASSY[3:4]
+
+
+@pytest.mark.parametrize(
+    ("whole", "asked", "expected"),
+    [
+        ("file", 1, CLASSY[:6]),  # all of tests/test_a.py
+        ("scope", 1, CLASSY[:1]),  # test_plain is its module's only test outside a class
+        ("scope", 2, CLASSY[:4]),  # through TestOne's end
+        ("class", 1, CLASSY[:1]),
+    ],
+)
+def test_a_reservation_never_ends_inside_what_is_kept_whole(
+    make_queue: QueueFactory, whole: str, asked: int, expected: list[str]
+) -> None:
+    """--dist file and scope (pytest-xdist's loadfile, loadscope) keep a file or a scope on one
+    worker, whatever size the worker asked for."""
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {})
+    assert unit_ids(queue.reserve("gw0", asked, whole=whole)) == expected
+
+
+def test_a_steal_never_cuts_a_file_kept_whole(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {})
+    queue.reserve("gw0", len(CLASSY), whole="file")
+    queue.claim("gw0", CLASSY[:1])
+    assert unit_ids(queue.steal("gw1", 10, whole="file")) == CLASSY[6:]  # test_b.py, whole
+    queue.reserve("gw2", 1, whole="file")
+    assert queue.steal("gw3", 10, whole="file").state == WAIT  # test_a.py is never cut
 
 
 def test_a_victim_whose_every_cut_splits_a_class_is_passed_over(make_queue: QueueFactory) -> None:

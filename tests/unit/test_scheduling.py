@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from conveyor.history import CacheHistory, merge, read_durations_file
-from conveyor.scheduling import estimate, order_units, plan, range_keys, scope_of
+from conveyor.scheduling import (
+    estimate,
+    kept_together,
+    order_units,
+    plan,
+    range_keys,
+    scope_of,
+    through_group_end,
+    whole_key,
+)
 
 
 def test_scope_of_groups_by_file_class_or_test() -> None:
@@ -16,6 +25,38 @@ def test_scope_of_groups_by_file_class_or_test() -> None:
     assert scope_of(nodeid, "class") == "tests/test_a.py::TestX"
     assert scope_of("tests/test_a.py::test_f", "class") == "tests/test_a.py"
     assert scope_of(nodeid, "test") == nodeid
+    assert scope_of(nodeid, "file") == "tests/test_a.py"
+    assert scope_of(nodeid, "scope") == "tests/test_a.py::TestX"
+    assert scope_of("tests/test_a.py::test_f", "scope") == "tests/test_a.py"
+
+
+def test_what_is_kept_whole_by_each_mode() -> None:
+    method, function = "t/a.py::TestX::test_y[1]", "t/a.py::test_f"
+    assert [whole_key(method, mode) for mode in ("class", "file", "scope", "none")] == [
+        "t/a.py::TestX",
+        "t/a.py",
+        "t/a.py::TestX",
+        None,
+    ]
+    assert [whole_key(function, mode) for mode in ("class", "file", "scope")] == [
+        None,
+        "t/a.py",
+        "t/a.py",
+    ]
+    assert not kept_together(function, "t/a.py::test_g", "class")
+    assert kept_together(function, "t/a.py::test_g", "scope")
+    assert not kept_together(method, function, "scope")
+    with pytest.raises(ValueError, match="unknown mode 'clas'"):
+        through_group_end([method], 1, "clas")
+
+
+def test_a_lease_runs_through_the_end_of_its_group() -> None:
+    front = ["a.py::C::t1", "a.py::C::t2", "a.py::t3", "b.py::t1"]
+    assert through_group_end(iter(front), 1, "class") == front[:2]
+    assert through_group_end(iter(front), 1, "file") == front[:3]
+    assert through_group_end(iter(front), 1, "none") == front[:1]
+    assert through_group_end(iter(front), 0, "none") == front[:1]  # at least one
+    assert through_group_end(iter([]), 3, "class") == []
 
 
 def test_unknown_tests_are_estimated_from_their_module_then_the_suite() -> None:
@@ -158,3 +199,39 @@ def test_batches_hold_many_tiny_tests_few_slow_ones_and_shrink_at_the_end() -> N
     assert batch_size(3, 2, typical_test_s=0.001) == 1
     # Nothing seen yet: one at a time, since the slowest tests are served first.
     assert batch_size(10_000, 2) == 1
+
+
+SCOPED = [
+    "a.py::test_before",
+    "a.py::TestOne::test_1",
+    "a.py::TestOne::test_2",
+    "a.py::test_after",
+    "b.py::test_1",
+    "b.py::test_2",
+]
+
+
+def test_loadscope_brings_a_modules_functions_together_around_its_classes() -> None:
+    order = plan(SCOPED, {}, grouping="scope", workers=2).order
+    assert order == [SCOPED[0], SCOPED[3], SCOPED[1], SCOPED[2], SCOPED[4], SCOPED[5]]
+
+
+def test_file_and_scope_groups_are_never_split_and_go_longest_first() -> None:
+    history = {unit: 0.1 for unit in SCOPED} | {"b.py::test_2": 50.0, "a.py::test_after": 9.0}
+    for grouping in ("file", "scope"):
+        served = plan(SCOPED, history, grouping=grouping, workers=4)
+        assert served.range_starts == frozenset()
+        assert served.order[:2] == ["b.py::test_1", "b.py::test_2"]  # the longest group first
+    assert plan(SCOPED, history, grouping="scope", workers=4).order[2:4] == [
+        "a.py::test_before",
+        "a.py::test_after",
+    ]
+
+
+def test_random_order_shuffles_whole_files() -> None:
+    units = [f"m{m}.py::t{t}" for m in range(6) for t in range(4)]
+    order = plan(units, {}, order="random", grouping="file", workers=2, seed=3).order
+    assert sorted(order) == sorted(units)
+    files = [unit.split("::")[0] for unit in order]
+    assert all(files[i] == files[i - 1] for i in range(1, len(files)) if i % 4)  # contiguous
+    assert order != units  # shuffled

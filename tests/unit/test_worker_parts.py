@@ -85,8 +85,8 @@ def test_with_history_the_whole_run_up_to_the_batch_cap() -> None:
 def test_a_reservation_never_ends_inside_a_class() -> None:
     batches = policy()
     pending_at_class = len(CLASS_B) + len(MODULE_C)
-    assert batches.rule.to_class_end(pending_at_class, 2) == len(CLASS_B)
-    assert policy(grouping="test").rule.to_class_end(pending_at_class, 2) == 2
+    assert batches.rule.to_group_end(pending_at_class, 2) == len(CLASS_B)
+    assert policy(grouping="test").rule.to_group_end(pending_at_class, 2) == 2
 
 
 def test_a_slow_run_without_history_is_handed_back_but_keeps_its_class() -> None:
@@ -97,8 +97,8 @@ def test_a_slow_run_without_history_is_handed_back_but_keeps_its_class() -> None
     assert batches.should_give_back()
     assert not policy(has_history=True).should_give_back()
     rest = CLASS_B[2:] + MODULE_C
-    assert batches.rest_of_class(CLASS_B[1], rest) == len(CLASS_B) - 2
-    assert policy(grouping="test").rest_of_class(CLASS_B[1], rest) == 0
+    assert batches.rest_of_group(CLASS_B[1], rest) == len(CLASS_B) - 2
+    assert policy(grouping="test").rest_of_group(CLASS_B[1], rest) == 0
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from conveyor.queue.protocol import (
     dumps,
     release_event_kind,
 )
-from conveyor.scheduling import through_class_end
+from conveyor.scheduling import through_group_end
 
 DEFAULT_STORE = Store()
 
@@ -153,12 +153,12 @@ class MemoryQueue(Queue):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
         with self._populated() as build:
             answer = self._before_leasing(build, worker, request_id)
             if answer is None:
-                answer = self._lease_pending(build, worker, max_units, request_id, whole_classes)
+                answer = self._lease_pending(build, worker, max_units, request_id, whole)
             return answer or self._nothing_to_lease(build)
 
     def steal(
@@ -167,14 +167,14 @@ class MemoryQueue(Queue):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
         with self._populated() as build:
             answer = self._before_leasing(build, thief, request_id)
             if answer is None:
-                answer = self._lease_pending(build, thief, max_units, request_id, whole_classes)
+                answer = self._lease_pending(build, thief, max_units, request_id, whole)
             if answer is None:
-                answer = self._steal(build, thief, max_units, request_id)
+                answer = self._steal(build, thief, max_units, request_id, whole)
             return answer or self._nothing_to_lease(build)
 
     def _before_leasing(
@@ -203,13 +203,9 @@ class MemoryQueue(Queue):
         worker: str,
         max_units: int,
         request_id: str | None,
-        whole_classes: bool,
+        whole: str,
     ) -> Reservation | None:
-        pending = build.pending()
-        if whole_classes:
-            picked = through_class_end(pending, max_units)
-        else:
-            picked = pending[: max(1, max_units)]
+        picked = through_group_end(build.pending(), max_units, whole)
         if not picked:
             return None
         deadline = self._clock() + self.lease_ttl_s
@@ -218,14 +214,14 @@ class MemoryQueue(Queue):
         return build.remember(worker, request_id, leases)
 
     def _steal(
-        self, build: Build, thief: str, max_units: int, request_id: str | None
+        self, build: Build, thief: str, max_units: int, request_id: str | None, whole: str
     ) -> Reservation | None:
         held_by: dict[str, list[stealing.Held]] = {}
         for unit in build.held():
             state = build.units[unit]
             assert state.worker is not None
             held_by.setdefault(state.worker, []).append(stealing.Held(unit, state.claimed))
-        planned = stealing.plan(held_by, thief, max_units)
+        planned = stealing.plan(held_by, thief, max_units, whole)
         if planned is None:
             return None
         victim, taken = planned

@@ -279,17 +279,20 @@ class Queue(Protocol):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
         """Reclaim expired leases (back to the front of the queue like released ones), then
         lease up to `max_units` units to `worker` from the front of the queue.
 
-        With `whole_classes` a reservation never ends inside a class: when the last unit taken
-        is a test of a class ("path::Class::test") and the next pending unit is of that class
-        too, it is taken as well, and so on (`scheduling.through_class_end`). The worker sizes
-        its reservation from what the last reply said was pending, which other workers have
-        changed since; only the queue can keep a class on one worker. False (pytest-xdist's
-        `load`, `--dist test`): exactly up to `max_units`.
+        A reservation never ends inside what `whole` keeps on one worker
+        (`scheduling.whole_key`): "class" (the default) a class's tests ("path::Class::test"),
+        "file" a file's (pytest-xdist's loadfile), "scope" a class's or a module's tests
+        outside classes (loadscope); while the next pending unit belongs with the last one
+        taken, it is taken too (`scheduling.through_group_end`). The worker sizes its
+        reservation from what the last reply said was pending, which other workers have
+        changed since, so only the queue can keep a group on one worker. "none" (`--dist
+        test`, pytest-xdist's load, and units that are not pytest's): exactly up to
+        `max_units`.
 
         Idempotent: `request_id` names one logical reservation, and a retry with the same id
         (its reply was lost: a dropped connection, a socket timeout) returns the same
@@ -319,19 +322,19 @@ class Queue(Protocol):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
         """An idle worker takes unstarted leases from the busiest worker.
 
         Like `reserve` first (a retried `request_id` gets its reply again, a stopped build
         answers EXHAUSTED, expired leases are reclaimed) and, while anything is pending, it
-        leases pending units exactly as `reserve` would (`whole_classes` too): pending units
-        are served first. With
-        nothing pending, the victim is the other worker holding the most unclaimed leases
-        (ties: the smallest worker id). The thief gets a suffix of the victim's unclaimed
-        leases in the victim's reservation order, about half of them (rounded up) and at most
-        `max_units`, cut where no class is split (see `queue.stealing.cut`); a victim whose
-        every cut would split a class is passed over for the next. The leases keep their
+        leases pending units exactly as `reserve` would (`whole` too): pending units are
+        served first. With nothing pending, the victim is the other worker holding the most
+        unclaimed leases (ties: the smallest worker id). The thief gets a suffix of the
+        victim's unclaimed leases in the victim's reservation order, about half of them
+        (rounded up) and at most `max_units`, cut where nothing `whole` keeps together is
+        split (see `queue.stealing.cut`); a victim whose every cut would split one is passed
+        over for the next. The leases keep their
         attempt (a steal is no new attempt) and get a fresh deadline; the first is claimed for
         the thief, which runs it at once, so that no idle worker steals it back. They move
         from the victim's `reservations` to the end of the thief's. One EVENT_STOLEN event

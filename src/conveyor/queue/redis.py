@@ -41,6 +41,7 @@ from conveyor.queue.protocol import (
     release_event_kind,
 )
 from conveyor.queue.redis_link import DEFAULT_RETRY, Client, RedisLink, RetryPolicy, open_link
+from conveyor.scheduling import check_whole
 
 # Kept importable under their old names.
 _script_source = redis_keys.script_source
@@ -200,9 +201,9 @@ class RedisQueue(Queue):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
-        return self._lease("reserve", worker, max_units, request_id, whole_classes)
+        return self._lease("reserve", worker, max_units, request_id, whole)
 
     def steal(
         self,
@@ -210,19 +211,20 @@ class RedisQueue(Queue):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
-        return self._lease("steal", thief, max_units, request_id, whole_classes)
+        return self._lease("steal", thief, max_units, request_id, whole)
 
     def _lease(
-        self, script: str, worker: str, max_units: int, request_id: str | None, whole_classes: bool
+        self, script: str, worker: str, max_units: int, request_id: str | None, whole: str
     ) -> Reservation:
+        check_whole(whole)
         # Made here, not per try: the boundary's retries of this call must carry the same id.
         request = request_id if request_id is not None else uuid.uuid4().hex
         extra = [self._key.reservations(worker), self._key("reserve_requests")]
         if script == "steal":
             extra.append(self._key("stolen"))
-        args = (worker, max(1, max_units), self._deadline(), request, int(whole_classes))
+        args = (worker, max(1, max_units), self._deadline(), request, whole)
         state, pending, *flat = self._write(script, *args, extra_keys=extra)
         leases = tuple(Lease(unit, int(attempt)) for unit, attempt in redis_keys.pairs(flat))
         if state == ReservationState.LEASED:

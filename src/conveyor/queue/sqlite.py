@@ -159,9 +159,9 @@ class SQLiteQueue(Queue):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
-        return self._lease(worker, max_units, request_id, steal=False, whole_classes=whole_classes)
+        return self._lease(worker, max_units, request_id, steal=False, whole=whole)
 
     def steal(
         self,
@@ -169,9 +169,9 @@ class SQLiteQueue(Queue):
         max_units: int,
         request_id: str | None = None,
         *,
-        whole_classes: bool = True,
+        whole: str = "class",
     ) -> Reservation:
-        return self._lease(thief, max_units, request_id, steal=True, whole_classes=whole_classes)
+        return self._lease(thief, max_units, request_id, steal=True, whole=whole)
 
     def _lease(
         self,
@@ -180,7 +180,7 @@ class SQLiteQueue(Queue):
         request_id: str | None,
         *,
         steal: bool,
-        whole_classes: bool,
+        whole: str,
     ) -> Reservation:
         """reserve and steal: see MemoryQueue, which they follow step by step."""
         if self._nothing_to_lease(worker, request_id, steal=steal, max_units=max_units):
@@ -194,9 +194,9 @@ class SQLiteQueue(Queue):
             book = Leases(tx)
             book.reclaim_expired()
             deadline = tx.now + self.lease_ttl_s
-            leases = book.lease_pending(worker, max_units, deadline, whole_classes)
+            leases = book.lease_pending(worker, max_units, deadline, whole)
             if not leases and steal:
-                leases = book.steal(worker, max_units, deadline)
+                leases = book.steal(worker, max_units, deadline, whole)
             if leases:
                 return tx.remember(worker, request_id, leases)
             if tx.counters().leased:

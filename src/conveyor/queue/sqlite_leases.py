@@ -10,7 +10,7 @@ from typing import NamedTuple
 from conveyor.queue import stealing
 from conveyor.queue.protocol import EventKind, Lease
 from conveyor.queue.sqlite_build import BuildTx
-from conveyor.scheduling import through_class_end
+from conveyor.scheduling import through_group_end
 
 
 class HeldLease(NamedTuple):
@@ -114,17 +114,14 @@ class Leases:
         return leases
 
     def lease_pending(
-        self, worker: str, max_units: int, deadline: float, whole_classes: bool
+        self, worker: str, max_units: int, deadline: float, whole: str
     ) -> list[Lease]:
         front = self.tx.conn.execute(
             "SELECT unit FROM units WHERE build = ? AND state = 'pending' ORDER BY queue_order",
             (self.tx.build,),
         )
         # The cursor walks the index lazily: only the rows taken and one more are read.
-        if whole_classes:
-            picked = through_class_end((unit for (unit,) in front), max_units)
-        else:
-            picked = [unit for (unit,) in front.fetchmany(max(1, max_units))]
+        picked = through_group_end((unit for (unit,) in front), max_units, whole)
         front.close()
         if not picked:
             return []
@@ -134,11 +131,11 @@ class Leases:
         self.tx.emit(EventKind.LEASED, worker, data={"units": picked})
         return leases
 
-    def steal(self, thief: str, max_units: int, deadline: float) -> list[Lease]:
+    def steal(self, thief: str, max_units: int, deadline: float, whole: str) -> list[Lease]:
         held_by: dict[str, list[stealing.Held]] = {}
         for lease in self.held():
             held_by.setdefault(lease.worker, []).append(stealing.Held(lease.unit, lease.claimed))
-        planned = stealing.plan(held_by, thief, max_units)
+        planned = stealing.plan(held_by, thief, max_units, whole)
         if planned is None:
             return []
         victim, taken = planned

@@ -4,8 +4,9 @@ same rule in Lua, held to this one by the conformance suite).
 A steal happens at the end of a build, when an idle worker would otherwise wait for a busy one
 to drain its private backlog. It takes from the worker with the most unclaimed leases the tail
 of them (the ones the victim would have run last), about half, so both end near the same time.
-It never cuts inside a class when any other cut is possible, since a class's tests share
-class-scoped fixtures and run in order on one worker (see `scheduling.class_of`).
+It never cuts inside what the build keeps on one worker (a class, by default: its tests share
+class-scoped fixtures and run in order; see `scheduling.whole_key`) when any other cut is
+possible.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from conveyor.scheduling import class_of
+from conveyor.scheduling import kept_together
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,13 @@ class Held:
     claimed: bool
 
 
-def clean_boundary(before: str | None, first: str) -> bool:
+def clean_boundary(before: str | None, first: str, whole: str = "class") -> bool:
     """Whether a worker may keep `before` while another runs `first` (the next unit): true
-    unless both are tests of one class."""
-    cls = class_of(first)
-    return before is None or cls is None or cls != class_of(before)
+    unless `whole` keeps them together (both tests of one class, by default)."""
+    return before is None or not kept_together(before, first, whole)
 
 
-def cut(held: Sequence[Held], max_units: int) -> list[str]:
+def cut(held: Sequence[Held], max_units: int, whole: str = "class") -> list[str]:
     """The suffix of a victim's unclaimed leases a thief takes ([] when none may be taken).
 
     `held` is every lease of the victim in its reservation order. Of its m unclaimed leases
@@ -49,7 +49,7 @@ def cut(held: Sequence[Held], max_units: int) -> list[str]:
     for start in [*range(target, count), *range(target - 1, lowest - 1, -1)]:
         at = positions[start]
         before = held[at - 1].unit if at > 0 else None
-        if clean_boundary(before, held[at].unit):
+        if clean_boundary(before, held[at].unit, whole):
             return [held[index].unit for index in positions[start:]]
     return []
 
@@ -65,11 +65,11 @@ def victims(held_by: Mapping[str, Sequence[Held]], thief: str) -> list[str]:
 
 
 def plan(
-    held_by: Mapping[str, Sequence[Held]], thief: str, max_units: int
+    held_by: Mapping[str, Sequence[Held]], thief: str, max_units: int, whole: str = "class"
 ) -> tuple[str, list[str]] | None:
     """(victim, units to move) of a steal by `thief`, or None when nothing may be stolen."""
     for victim in victims(held_by, thief):
-        taken = cut(held_by[victim], max_units)
+        taken = cut(held_by[victim], max_units, whole)
         if taken:
             return victim, taken
     return None

@@ -103,19 +103,42 @@ local function class_of(id)
   return string.sub(id, 1, second - 1)
 end
 
--- Take up to `count` (at least 1) units off the front of the queue; with `whole_classes`, then
--- also every unit that continues the last one's class (scheduling.through_class_end).
-local function pop_front(count, whole_classes)
+-- What one worker runs whole under `mode` (scheduling.whole_key): 'class' the class, 'file'
+-- the file, 'scope' the class or else the file; nil when nothing holds the unit ('none').
+local function whole_key(id, mode)
+  if mode == 'class' then
+    return class_of(id)
+  end
+  if mode == 'file' or mode == 'scope' then
+    local key = nil
+    if mode == 'scope' then
+      key = class_of(id)
+    end
+    if key then
+      return key
+    end
+    local first = string.find(id, '::', 1, true)
+    if first then
+      return string.sub(id, 1, first - 1)
+    end
+    return id
+  end
+  return nil
+end
+
+-- Take up to `count` (at least 1) units off the front of the queue, then every unit that
+-- `mode` keeps with the last one taken (scheduling.through_group_end).
+local function pop_front(count, mode)
   local picked = {}
   local popped = redis.call('ZPOPMIN', PENDING, math.max(1, count))
   for i = 1, #popped, 2 do
     picked[#picked + 1] = popped[i]
   end
-  if whole_classes and #picked > 0 then
-    local class = class_of(picked[#picked])
-    while class do
+  if #picked > 0 then
+    local key = whole_key(picked[#picked], mode)
+    while key do
       local following = redis.call('ZRANGE', PENDING, 0, 0)
-      if #following == 0 or class_of(following[1]) ~= class then
+      if #following == 0 or whole_key(following[1], mode) ~= key then
         break
       end
       redis.call('ZPOPMIN', PENDING, 1)

@@ -14,7 +14,8 @@
 -- ARGV[5]  deadline    now + lease ttl: the new leases expire then unless heartbeats extend them
 -- ARGV[6]  request_id  names this reservation; a retry with the same id (its reply was lost)
 --                      gets the same reply and leases nothing more
--- ARGV[7]  whole_classes  '1': the reservation never ends inside a class (see pop_front)
+-- ARGV[7]  whole       what the reservation never ends inside: class, file, scope or none
+--                      (see pop_front)
 -- Returns {state, pending, unit, attempt, unit, attempt, ...} with state 'leased', 'wait'
 -- (nothing pending, leases outstanding) or 'exhausted'. Error BUILD_LOST when the build is gone.
 
@@ -34,7 +35,7 @@ if redis.call('HEXISTS', META, 'stop_reason') == 1 then
 end
 reclaim_expired()
 
-local picked = pop_front(tonumber(ARGV[4]), ARGV[7] == '1')
+local picked = pop_front(tonumber(ARGV[4]), ARGV[7])
 local reply = {'leased', 0}
 for _, unit in ipairs(picked) do
   reply[#reply + 1] = unit

@@ -4,8 +4,8 @@
 -- 'exhausted', expired leases are reclaimed, and pending units are leased as reserve would.
 -- With nothing pending, the victim is the other worker with the most unclaimed leases (ties:
 -- the smallest id, byte by byte); the thief gets the tail of them in the victim's order, about
--- half and at most max_units, cut where no class is split (a victim with no such cut is passed
--- over). The leases keep their attempt and get the thief's deadline.
+-- half and at most max_units, cut where nothing ARGV[7] keeps whole is split (a victim with no
+-- such cut is passed over). The leases keep their attempt and get the thief's deadline.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
 -- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
@@ -21,7 +21,8 @@
 -- ARGV[4]  max_units   at least 1
 -- ARGV[5]  deadline    now + lease ttl
 -- ARGV[6]  request_id  as for reserve.lua
--- ARGV[7]  whole_classes  as for reserve.lua (pending units only: a steal never splits a class)
+-- ARGV[7]  whole       as for reserve.lua: what neither a lease of pending units nor a cut of
+--                      the victim's splits
 -- Returns what reserve.lua returns. Error BUILD_LOST when the build is gone.
 
 if not populated() then
@@ -30,10 +31,14 @@ end
 
 local RESERVATIONS, REQUESTS, STOLEN = KEYS[15], KEYS[16], KEYS[17]
 local thief, max_units, deadline, request_id = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local whole = ARGV[7]
 
 local function clean_boundary(before, first)
-  local class = class_of(first)
-  return before == nil or class == nil or class ~= class_of(before)
+  if before == nil then
+    return true
+  end
+  local key = whole_key(first, whole)
+  return key == nil or key ~= whole_key(before, whole)
 end
 
 -- Byte order, as Python compares str; Lua's < on strings follows the server's locale.
@@ -129,7 +134,7 @@ reclaim_expired()
 touch()
 
 local reply = {'leased', 0}
-local picked = pop_front(max_units, ARGV[7] == '1')
+local picked = pop_front(max_units, whole)
 if #picked > 0 then  -- pending units first, exactly as reserve.lua leases them
   for _, unit in ipairs(picked) do
     reply[#reply + 1] = unit

@@ -1,0 +1,168 @@
+"""--dist file and scope (pytest-xdist's loadfile and loadscope): a file, or a scope, runs whole
+on one worker in collection order, on a first run without history and after one with it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import assert_same_verdict
+
+# Each test writes down the worker that ran it. The first test of each file is slow enough that,
+# under the default grouping, its worker hands the rest of its run back; the last one passes
+# only when every earlier test of its file ran before it in the same process, as in a plain run.
+ORDER_DEPENDENT_FILE = """
+import json
+import sys
+import os
+import time
+
+SEEN = []
+
+
+def record(name, worker_id):
+    with open(os.path.join(os.environ["RAN_DIR"], name), "w") as out:
+        json.dump(worker_id, out)
+    SEEN.append(name)
+
+
+def test_00_slow(worker_id):
+    record("{module}::test_00_slow", worker_id)
+    time.sleep(0.7)
+
+
+{middle}
+
+
+def test_99_saw_every_earlier_test(worker_id):
+    record("{module}::test_99", worker_id)
+    assert len(SEEN) == {count}, SEEN
+"""
+
+MIDDLE_TEST = """
+def test_{index:02d}(worker_id):
+    record("{module}::test_{index:02d}", worker_id)
+"""
+
+
+def order_dependent_suite(pytester: pytest.Pytester, files: int = 3, middle: int = 10) -> None:
+    for number in range(files):
+        module = f"test_file{number}"
+        tests = "".join(MIDDLE_TEST.format(index=i, module=module) for i in range(1, middle + 1))
+        source = ORDER_DEPENDENT_FILE.format(module=module, middle=tests, count=middle + 2)
+        pytester.makepyfile(**{module: source})
+
+
+def workers_by_file(ran: Path) -> dict[str, set[str]]:
+    by_file: dict[str, set[str]] = {}
+    for record in ran.iterdir():
+        by_file.setdefault(record.name.split("::")[0], set()).add(json.loads(record.read_text()))
+    return by_file
+
+
+@pytest.mark.parametrize("dist", ["loadfile", "file"])
+def test_a_file_runs_whole_on_one_worker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, dist: str
+) -> None:
+    ran = pytester.path / "ran"
+    ran.mkdir()
+    monkeypatch.setenv("RAN_DIR", str(ran))
+    order_dependent_suite(pytester)
+    plain = pytester.run(sys.executable, "-m", "pytest", "-p", "no:randomly", timeout=300)
+    plain.assert_outcomes(passed=36)
+    for record in ran.iterdir():
+        record.unlink()
+    for first in (True, False):  # a first run, then one planned from its timing history
+        ours = pytester.run(
+            sys.executable,
+            "-m",
+            "conveyor",
+            "run",
+            "-n",
+            "3",
+            "-p",
+            "no:randomly",
+            "--dist",
+            dist,
+            timeout=300,
+        )
+        assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
+        ours.assert_outcomes(passed=36)
+        assert ("timing history" in ours.stdout.str()) is not first, ours.stdout.str()
+        by_file = workers_by_file(ran)
+        assert len(by_file) == 3 and all(len(workers) == 1 for workers in by_file.values())
+        for record in ran.iterdir():
+            record.unlink()
+
+
+def test_the_default_grouping_spreads_a_slow_file_over_the_workers(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What --dist file is for: without history the default grouping hands the rest of a file
+    back once its first test turns out slow, and the file's last test sees it."""
+    ran = pytester.path / "ran"
+    ran.mkdir()
+    monkeypatch.setenv("RAN_DIR", str(ran))
+    order_dependent_suite(pytester)
+    result = pytester.run(
+        sys.executable,
+        "-m",
+        "conveyor",
+        "run",
+        "-n",
+        "3",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        timeout=300,
+    )
+    assert result.ret == 1, result.stdout.str()
+    assert any(len(workers) > 1 for workers in workers_by_file(ran).values())
+
+
+LOADSCOPE_SUITE = """
+import json
+import sys
+import os
+
+
+def record(name, worker_id):
+    with open(os.path.join(os.environ["RAN_DIR"], name), "w") as out:
+        json.dump(worker_id, out)
+
+
+def test_before(worker_id):
+    record("test_scope::functions::before", worker_id)
+
+
+class TestOne:
+    {class_tests}
+
+
+def test_after(worker_id):
+    record("test_scope::functions::after", worker_id)
+"""
+
+
+def test_loadscope_keeps_a_class_and_a_modules_functions_each_on_one_worker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = pytester.path / "ran"
+    ran.mkdir()
+    monkeypatch.setenv("RAN_DIR", str(ran))
+    class_tests = "\n    ".join(
+        f"def test_{i}(self, worker_id):\n        record('test_scope::TestOne::{i}', worker_id)\n"
+        for i in range(8)
+    )
+    pytester.makepyfile(test_scope=LOADSCOPE_SUITE.format(class_tests=class_tests))
+    plain, _ = assert_same_verdict(pytester, "-p", "no:randomly", "--dist", "loadscope")
+    assert plain.ret == 0
+    scopes: dict[str, set[str]] = {}
+    for record in ran.iterdir():
+        scope = record.name.rsplit("::", 1)[0]
+        scopes.setdefault(scope, set()).add(json.loads(record.read_text()))
+    assert sorted(scopes) == ["test_scope::TestOne", "test_scope::functions"]
+    assert all(len(workers) == 1 for workers in scopes.values()), scopes
