@@ -164,9 +164,7 @@ class ControllerPlugin:
         self._replayer = ReportReplayer(
             config,
             self.problems,
-            known_test=lambda nodeid: (
-                None if self.manifest is None else self.manifest.unit_ids.get(nodeid)
-            ),
+            known_test=self._known_test,
             on_failure=self._view.announce_failure,
             started_at=self._started_at,
         )
@@ -293,14 +291,26 @@ class ControllerPlugin:
         try:
             if self._require(self._follower).interrupted(say):
                 self.problems.left_shared_build = True
-            if self.manifest is None and (published := self.queue.manifest()) is not None:
-                self.manifest = ManifestView(self.queue, published)  # interrupted while collecting
+            self._published_manifest()  # interrupted while collecting: what did not run
         except QueueError as exc:
             # The session still ends as interrupted (exit 2); the workers must not run on.
             say(f"conveyor: could not stop the build through its queue: {exc}")
             say("conveyor: this machine's workers are stopped; run the build again to finish it")
             self._stop_local_workers()
         self._require(self._summary).note_not_run(self.manifest)
+
+    def _known_test(self, nodeid: str) -> str | None:
+        """The manifest's own string for a test id, or None for a test no worker collected."""
+        manifest = self._published_manifest()
+        return None if manifest is None else manifest.unit_ids.get(nodeid)
+
+    def _published_manifest(self) -> ManifestView | None:
+        """The build's manifest, read now if the controller has not seen it yet: an interrupt
+        while it waited for collection drains results that are this build's all the same (the
+        workers queued the suite and ran tests meanwhile)."""
+        if self.manifest is None and (published := self.queue.manifest()) is not None:
+            self.manifest = ManifestView(self.queue, published)
+        return self.manifest
 
     @contextlib.contextmanager
     def _exit_on_abort(self) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import subprocess
 import sys
@@ -263,6 +264,50 @@ def test_ctrl_c_stops_workers_and_prints_the_partial_summary(
     assert "KeyboardInterrupt" in output
     assert "passed" in output.splitlines()[-1]
     assert "did not run because the build was stopped" in output
+
+
+def test_ctrl_c_while_the_controller_waits_for_the_manifest_keeps_the_results(
+    pytester: pytest.Pytester,
+) -> None:
+    """An interrupt as the controller waits for the manifest, the workers having queued the
+    suite and run tests already: their results are this build's. They were rejected as tests
+    "no worker of this build collected", and the summary said no tests ran."""
+    ran = pytester.mkdir("ran")
+    pytester.makepyfile(
+        test_slow="import pathlib, time\n\n"
+        + "".join(
+            f"def test_{i}():\n    pathlib.Path({str(ran)!r}, '{i}').touch()\n"
+            "    time.sleep(0.2)\n\n"
+            for i in range(40)
+        )
+    )
+    # The controller is made to see Ctrl-C at that moment: while it waits for the manifest,
+    # once five tests have run.
+    pytester.makeconftest(
+        f"""
+        import os, pathlib, time
+
+        if not os.environ.get("CONVEYOR_WORKER"):
+            from conveyor.build_follower import BuildFollower
+
+            def interrupted_while_waiting(self):
+                deadline = time.monotonic() + 60
+                while len(list(pathlib.Path({str(ran)!r}).iterdir())) < 5:
+                    assert time.monotonic() < deadline, "no test ran"
+                    time.sleep(0.02)
+                raise KeyboardInterrupt
+
+            BuildFollower.wait_for_manifest = interrupted_while_waiting
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 2, output
+    assert "was rejected" not in output, output
+    assert "INTERNALERROR" not in output, output
+    passed = int(re.search(r"(\d+) passed", output.splitlines()[-1]).group(1))  # type: ignore[union-attr]
+    assert passed >= 5, output
+    assert "did not run because the build was stopped" in output, output
 
 
 def test_ctrl_c_with_the_queue_unusable_stops_the_workers_and_says_so(
