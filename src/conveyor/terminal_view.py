@@ -33,6 +33,13 @@ class TerminalView:
     def announce_estimate(self, history: str, queue: Queue, units: list[str], workers: int) -> None:
         """The expected length of the build, from timing history, when it knows enough."""
         store = history_store(history, self.config, queue)
+        quiet = self.config.get_verbosity() < 0
+        if store is None and history == "cache" and self.reporter is not None and not quiet:
+            # Else a build that never gets faster with history would give no sign why.
+            self.reporter.write_line(
+                "conveyor: no timing history: pytest's cache is off (-p no:cacheprovider), so "
+                "tests are served in collection order and their durations are not kept"
+            )
         if store is None or self.reporter is None or not units:
             return
         try:

@@ -280,6 +280,18 @@ def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester, start: str) 
     assert outcome.get("passed", 0) < 60
 
 
+def test_a_build_without_pytests_cache_says_it_has_no_timing_history(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_one="def test_one(): pass")
+    without = run_conveyor(pytester, "-n", "1")  # the helper turns the cache off
+    assert without.ret == 0
+    without.stdout.fnmatch_lines(["conveyor: no timing history: pytest's cache is off*"])
+    with_cache = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
+    assert with_cache.ret == 0
+    assert "no timing history" not in with_cache.stdout.str()
+
+
 def test_second_run_serves_the_slowest_tests_first_from_history(
     pytester: pytest.Pytester,
 ) -> None:
