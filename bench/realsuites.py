@@ -1,7 +1,7 @@
 """python -m bench.realsuites: conveyor's verdict against plain pytest's on pinned real projects.
 
 Each project's sdist is downloaded and installed into its own cached venv (outside the
-repository), then run by plain pytest, pytest-xdist -n 4 and conveyor in four modes; every
+repository), then run by plain pytest, pytest-xdist -n 4 and conveyor in several modes; every
 test's outcome is compared with plain pytest's through JUnit XML. See docs/fidelity.md.
 """
 
@@ -41,6 +41,7 @@ MODE_TITLES = {
     "redis": "redis 2x2",
     "n1": "-n 1",
     "fork": "fork, 1st",
+    "loadfile": "loadfile",
 }
 
 

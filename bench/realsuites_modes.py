@@ -1,5 +1,5 @@
 """The runs made on each real suite: plain pytest (the reference), pytest-xdist, and conveyor
-in four modes. Each run writes JUnit XML and a log into its own folder."""
+in several modes. Each run writes JUnit XML and a log into its own folder."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ RUN_TIMEOUT_S = 1800.0
 TIMED_OUT = -1
 WORKERS = 4
 PLAIN_ARGS = ("-p", "no:cacheprovider")
-SQLITE_MODES = ("first", "history", "n1", "fork")  # their queue files stay for `conveyor replay`
+SQLITE_MODES = ("first", "history", "n1", "fork", "loadfile")  # their queue files stay for `conveyor replay`
 SUMMARY = re.compile(r"^=+ (.*?) in [0-9.]+s(?: \(.*\))? =+$")
 
 
@@ -169,6 +169,12 @@ def forked(ctx: Context) -> ModeRun:
     return ModeRun("fork", [_sqlite(ctx, "fork", "cache-fork", WORKERS, "--fork-workers")])
 
 
+def loadfile(ctx: Context) -> ModeRun:
+    """A first run with --dist loadfile: every file whole on one worker, as under xdist."""
+    extra = ("--dist", "loadfile")
+    return ModeRun("loadfile", [_sqlite(ctx, "loadfile", "cache-loadfile", WORKERS, *extra)])
+
+
 def redis(ctx: Context) -> ModeRun:
     """Two 'machines' of two workers each on one Redis build; each prints the whole build."""
     if ctx.redis_url is None:
@@ -190,5 +196,6 @@ MODES: dict[str, Callable[[Context], ModeRun]] = {
     "redis": redis,
     "n1": single,
     "fork": forked,
+    "loadfile": loadfile,
 }
 COMPARED = tuple(mode for mode in MODES if mode != "plain")
