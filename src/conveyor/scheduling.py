@@ -65,11 +65,6 @@ def class_of(nodeid: str) -> str | None:
     return f"{path}::{rest.split('::', 1)[0]}" if "::" in rest else None
 
 
-def same_class(first: str, second: str) -> bool:
-    cls = class_of(first)
-    return cls is not None and cls == class_of(second)
-
-
 def whole_key(nodeid: str, whole: str) -> str | None:
     """The part of the suite `nodeid` belongs to that one worker runs whole under the `whole`
     mode (WHOLE_MODES), or None when nothing holds it to its neighbours."""
