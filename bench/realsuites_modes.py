@@ -21,7 +21,8 @@ RUN_TIMEOUT_S = 1800.0
 TIMED_OUT = -1
 WORKERS = 4
 PLAIN_ARGS = ("-p", "no:cacheprovider")
-SQLITE_MODES = ("first", "history", "n1", "fork", "loadfile")  # their queue files stay for `conveyor replay`
+# Their queue files stay for `conveyor replay`.
+SQLITE_MODES = ("first", "history", "n1", "fork", "loadfile")
 SUMMARY = re.compile(r"^=+ (.*?) in [0-9.]+s(?: \(.*\))? =+$")
 
 

@@ -136,9 +136,10 @@ class WorkerOptions(OptionSet):
     seed = Option(("--seed",), "seed for --order random (default: 0)", 0, count(0), "N")
     grouping = Option(
         ("--dist",),
-        "keep the tests of a module (or class) together where that keeps fixtures alive: "
-        "module, class or test; file or scope never split a file or a scope between workers; "
-        "pytest-xdist's load, worksteal, loadfile, loadscope are accepted (default: module)",
+        "what one worker keeps together: module (the default) or class, where that keeps "
+        "fixtures alive; test, nothing (xdist's load, worksteal); file, always a whole file "
+        "(xdist's loadfile); scope, always a whole class or a module's tests outside classes "
+        "(xdist's loadscope)",
         "module",
         choice(GROUPINGS, XDIST_DIST_MODES),
         "MODE",

@@ -48,8 +48,8 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         "--dist",
         dest="dist",
         default="no",
-        help="how conveyor keeps tests together: load, worksteal, loadfile, loadscope "
-        "(pytest-xdist's names) or module, class, test, file, scope.",
+        help="what one conveyor worker keeps together: module (default), class, test (xdist's "
+        "load, worksteal), file (loadfile) or scope (loadscope).",
     )
     group.addoption(
         "--maxprocesses",

@@ -38,7 +38,7 @@ class TerminalView:
             # Else a build that never gets faster with history would give no sign why.
             self.reporter.write_line(
                 "conveyor: no timing history: pytest's cache is off (-p no:cacheprovider), so "
-                "tests are served in collection order and their durations are not kept"
+                "this build's durations are not kept to order the next one"
             )
         if store is None or self.reporter is None or not units:
             return
@@ -48,6 +48,11 @@ class TerminalView:
             return
         known = sum(1 for unit in units if unit in known_durations)
         if not known:
+            if not quiet:
+                self.reporter.write_line(
+                    f"conveyor: timing history knows none of the {len(units)} test(s) yet; "
+                    "this build's durations are kept to order the next one"
+                )
             return
         seconds = estimate(units, known_durations)
         longest = max(seconds.values())

@@ -287,9 +287,12 @@ def test_a_build_without_pytests_cache_says_it_has_no_timing_history(
     without = run_conveyor(pytester, "-n", "1")  # the helper turns the cache off
     assert without.ret == 0
     without.stdout.fnmatch_lines(["conveyor: no timing history: pytest's cache is off*"])
-    with_cache = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
-    assert with_cache.ret == 0
-    assert "no timing history" not in with_cache.stdout.str()
+    first = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
+    assert first.ret == 0
+    first.stdout.fnmatch_lines(["conveyor: timing history knows none of the 1 test(s) yet*"])
+    second = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
+    second.stdout.fnmatch_lines(["conveyor: timing history knows 1 of 1 tests*"])
+    assert "no timing history" not in first.stdout.str() + second.stdout.str()
 
 
 def test_second_run_serves_the_slowest_tests_first_from_history(
