@@ -23,7 +23,7 @@ from conveyor.errors import QueueError
 from conveyor.outcome_record import serialize_warning
 from conveyor.queue import Queue
 from conveyor.queue.protocol import JSON, Manifest, collection_digest
-from conveyor.scheduling import plan
+from conveyor.scheduling import WHOLE_BY_GROUPING, plan
 from conveyor.vocabulary import EVENT_WORKER_REFUSED
 from conveyor.worker_settings import WorkerSettings
 
@@ -132,6 +132,9 @@ def serving_plan(
         max_unit_crashes=settings.max_unit_crashes,
         code=code,
         range_starts=sorted(range_starts),
+        # What the queue keeps on one worker, in its order, also when a gone worker's tests
+        # go back to the queue (`scheduling.back_to_front_order`).
+        whole=WHOLE_BY_GROUPING[settings.grouping],
         # Whether timing history planned this build: what it cost is told apart by it (see
         # conveyor.capacity_plan.overheads_from).
         with_history=any(unit in durations for unit in collected),

@@ -84,6 +84,27 @@ def check_whole(whole: str) -> None:
         raise ValueError(f"unknown mode {whole!r} of what is kept whole: {', '.join(WHOLE_MODES)}")
 
 
+def whole_of(meta: Mapping[str, Any]) -> str:
+    """What a build keeps whole, as its leader published it in the manifest's meta ("whole");
+    "none" for a build whose units are not pytest's (command mode, the API)."""
+    whole = meta.get("whole")
+    return whole if isinstance(whole, str) and whole in WHOLE_MODES else "none"
+
+
+def back_to_front_order(units: Sequence[str], whole: str) -> list[str]:
+    """A gone worker's leases (in the order they were granted) in the order they go back to the
+    front of the queue: the most recently leased first, since the test a worker started first
+    is the likeliest to have killed or hung it and those it never started are not; but what
+    `whole` keeps together comes back in its own order, as a plain run would run it."""
+    groups: list[list[str]] = []
+    for unit in units:
+        if groups and kept_together(groups[-1][-1], unit, whole):
+            groups[-1].append(unit)
+        else:
+            groups.append([unit])
+    return [unit for group in reversed(groups) for unit in group]
+
+
 def kept_together(first: str, second: str, whole: str) -> bool:
     """Whether one worker must run both `first` and `second` (neighbours in the queue)."""
     key = whole_key(first, whole)

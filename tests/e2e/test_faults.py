@@ -66,6 +66,46 @@ def test_worker_killed_mid_test_has_its_test_rerun_and_reported_once(
     assert len(collections.read_text().split()) == (1 if start == "fork" else 3)
 
 
+@pytest.mark.parametrize("dist", ["module", "loadfile"])
+def test_a_class_cut_short_by_a_dead_worker_goes_on_in_its_own_order(
+    pytester: pytest.Pytester, dist: str
+) -> None:
+    """The tests a dead worker held go back to the queue; those of its class must run on the
+    next worker in their order, since they may depend on the ones before them. They came back
+    backwards, so the test after the crash ran before the one that crashed."""
+    marker = pytester.path / "killed-once"
+    pytester.makepyfile(
+        test_ordered=f"""
+        import os, pathlib, signal
+
+        class TestOrdered:
+            seen = []
+
+            def test_a(self):
+                TestOrdered.seen.append("a")
+
+            def test_b(self):
+                marker = pathlib.Path({str(marker)!r})
+                if not marker.exists():
+                    marker.write_text("killed")
+                    os.kill(os.getpid(), signal.SIGKILL)
+                TestOrdered.seen.append("b")
+
+            def test_c(self):
+                assert TestOrdered.seen[-1:] == ["b"], TestOrdered.seen
+
+            def test_d(self):
+                assert TestOrdered.seen[-1:] == ["b"], TestOrdered.seen
+        """
+    )
+    result = run_conveyor(pytester, "-n", "1", "--dist", dist, "--junitxml=out.xml", "-rA")
+    assert marker.exists()
+    assert result.ret == 0, result.stdout.str()
+    outcomes = junit_outcomes(pytester.path / "out.xml")
+    assert len(outcomes) == 4, outcomes
+    assert all(value == [("passed",)] for value in outcomes.values()), outcomes
+
+
 def test_test_that_segfaults_every_time_fails_naming_the_signal(
     pytester: pytest.Pytester, start: str
 ) -> None:

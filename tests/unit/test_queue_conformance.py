@@ -924,15 +924,36 @@ def test_a_reservation_never_ends_inside_a_class(make_queue: QueueFactory) -> No
     assert unit_ids(queue.steal("gw3", 1)) == CLASSY[7:]
 
 
-def test_a_class_returned_to_the_queue_is_leased_whole_again(
-    make_queue: QueueFactory, clock: Any
+@pytest.mark.parametrize(
+    ("whole", "expected"),
+    [
+        # Without a mode in the meta (a build not of pytest's), every unit is its own group.
+        (None, [*CLASSY[6:][::-1], *CLASSY[:6][::-1]]),
+        ("none", [*CLASSY[6:][::-1], *CLASSY[:6][::-1]]),
+        # The most recent group first, each class in its own order.
+        ("class", [CLASSY[7], CLASSY[6], *CLASSY[4:6], *CLASSY[1:4], CLASSY[0]]),
+        ("file", [*CLASSY[6:], *CLASSY[:6]]),
+    ],
+)
+def test_a_gone_workers_leases_come_back_with_what_is_kept_whole_in_its_order(
+    make_queue: QueueFactory, clock: Any, whole: str | None, expected: list[str]
 ) -> None:
+    """A worker that died holding a class (or file) must not leave it to run backwards on the
+    next worker: tests of a class may depend on the ones before them."""
     queue = make_queue(lease_ttl_s=5)
-    queue.populate("gw0", CLASSY, {})
+    queue.populate("gw0", CLASSY, {} if whole is None else {"whole": whole})
+    queue.reserve("gw0", len(CLASSY), whole="none")
+    clock.advance(10)  # gw0 died: its leases come back to the front
+    assert unit_ids(queue.reserve("gw1", len(CLASSY), whole="none")) == expected
+
+
+def test_a_released_class_comes_back_in_its_own_order(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {"whole": "class"})
     queue.reserve("gw0", 4)
-    clock.advance(10)  # gw0 died holding TestOne: its leases come back to the front
-    # (the most recently leased first, see test_expired_leases_come_back_...), still together
-    assert sorted(unit_ids(queue.reserve("gw1", 2))) == sorted(CLASSY[1:4])
+    queue.claim("gw0", CLASSY[:2])
+    queue.release("gw0", {"culprit": CLASSY[1], "reason": "killed", "signal": 9})
+    assert unit_ids(queue.reserve("gw1", 1)) == CLASSY[1:4]
 
 
 def test_steal_leases_pending_units_through_their_class_end(make_queue: QueueFactory) -> None:

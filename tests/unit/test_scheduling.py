@@ -8,6 +8,7 @@ import pytest
 
 from conveyor.history import CacheHistory, merge, read_durations_file
 from conveyor.scheduling import (
+    back_to_front_order,
     estimate,
     kept_together,
     order_units,
@@ -235,3 +236,12 @@ def test_random_order_shuffles_whole_files() -> None:
     files = [unit.split("::")[0] for unit in order]
     assert all(files[i] == files[i - 1] for i in range(1, len(files)) if i % 4)  # contiguous
     assert order != units  # shuffled
+
+
+def test_a_gone_workers_tests_come_back_latest_group_first_each_group_in_order() -> None:
+    held = ["a.py::t0", "a.py::C::t1", "a.py::C::t2", "a.py::t3", "b.py::t1", "b.py::t2"]
+    assert back_to_front_order(held, "none") == held[::-1]
+    assert back_to_front_order(held, "class") == [*held[5:2:-1], *held[1:3], held[0]]
+    assert back_to_front_order(held, "file") == [*held[4:], *held[:4]]
+    assert back_to_front_order(held, "scope") == [*held[4:], held[3], *held[1:3], held[0]]
+    assert back_to_front_order([], "class") == []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.queue.protocol import JSON, Event, Lease, Manifest, Reservation, ReservationState
+from conveyor.scheduling import back_to_front_order, whole_of
 
 
 @dataclass
@@ -107,9 +108,9 @@ class Build:
 
     def to_front_of_a_gone_worker(self, names: list[str]) -> None:
         """A gone worker's leases (expired, released), given in the order they were leased,
-        back to the front, the most recently leased served first: the lease a worker started
-        first is the likeliest to have killed or hung it, the ones it never started are not."""
-        self.to_front(names[::-1])
+        back to the front in `scheduling.back_to_front_order`: the most recently leased first,
+        what the build keeps whole in its own order."""
+        self.to_front(back_to_front_order(names, whole_of(self.manifest.meta)))
 
     def to_back(self, name: str, order: float) -> None:
         self._unlease(name, "pending", order)

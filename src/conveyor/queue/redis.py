@@ -41,7 +41,7 @@ from conveyor.queue.protocol import (
     release_event_kind,
 )
 from conveyor.queue.redis_link import DEFAULT_RETRY, Client, RedisLink, RetryPolicy, open_link
-from conveyor.scheduling import check_whole
+from conveyor.scheduling import check_whole, whole_of
 
 # Kept importable under their old names.
 _script_source = redis_keys.script_source
@@ -172,7 +172,10 @@ class RedisQueue(Queue):
         unique = list(dict.fromkeys(units))
         crashes = int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES))
         digest, total = collection_digest(unique), dumps({"total": len(unique)})
-        return bool(self._write("populate", leader, digest, dumps(meta), crashes, total, *unique))
+        whole = whole_of(meta)
+        return bool(
+            self._write("populate", leader, digest, dumps(meta), crashes, total, whole, *unique)
+        )
 
     def manifest(self) -> Manifest | None:
         fields = ["leader", "digest", "total", "meta"]

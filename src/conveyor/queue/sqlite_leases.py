@@ -4,13 +4,14 @@ this is the same in SQL)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from conveyor.queue import stealing
 from conveyor.queue.protocol import EventKind, Lease
 from conveyor.queue.sqlite_build import BuildTx
-from conveyor.scheduling import through_group_end
+from conveyor.scheduling import back_to_front_order, through_group_end, whole_of
 
 
 class HeldLease(NamedTuple):
@@ -67,9 +68,20 @@ class Leases:
         self.tx.adjust(pending=len(units), leased=-len(units))
 
     def to_front_of_a_gone_worker(self, units: Sequence[str]) -> None:
-        """Leases of a worker that went away, in lease order: the most recent served first
-        (see memory_state.Build.to_front_of_a_gone_worker)."""
-        self.to_front(units[::-1])
+        """Leases of a worker that went away, in lease order, back in
+        `scheduling.back_to_front_order` (see memory_state.Build.to_front_of_a_gone_worker)."""
+        if not units:
+            return
+        whole = "none"
+        if len(units) > 1:  # one unit has no order to keep: the meta is not read for it
+            (meta,) = self.tx.conn.execute(
+                "SELECT meta FROM builds WHERE build = ?", (self.tx.build,)
+            ).fetchone()
+            try:
+                whole = whole_of(json.loads(meta))
+            except (ValueError, AttributeError):
+                whole = "none"
+        self.to_front(back_to_front_order(units, whole))
 
     def reclaim_expired(self) -> None:
         """Leases past their deadline come back first (`to_front_of_a_gone_worker`)."""

@@ -167,13 +167,27 @@ end
 
 -- A gone worker's leases (expired, released), given in lease order, back to the front with the
 -- most recently leased first: the one it started first is the likeliest to have killed or hung
--- it, the ones it never started are not.
+-- it, the ones it never started are not; but what the build keeps whole (its 'whole' in META,
+-- 'none' when absent) comes back in its own order (scheduling.back_to_front_order).
 local function to_front_of_a_gone_worker(units)
-  local reversed = {}
-  for index = #units, 1, -1 do
-    reversed[#reversed + 1] = units[index]
+  local mode = redis.call('HGET', META, 'whole') or 'none'
+  local groups = {}
+  for _, unit in ipairs(units) do
+    local last = groups[#groups]
+    local key = whole_key(unit, mode)
+    if last and key and key == whole_key(last[#last], mode) then
+      last[#last + 1] = unit
+    else
+      groups[#groups + 1] = {unit}
+    end
   end
-  to_front(reversed)
+  local ordered = {}
+  for index = #groups, 1, -1 do
+    for _, unit in ipairs(groups[index]) do
+      ordered[#ordered + 1] = unit
+    end
+  end
+  to_front(ordered)
 end
 
 -- Lease `unit` to `worker` until `deadline`, at the end of its reservation order (the list

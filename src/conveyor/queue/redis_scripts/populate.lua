@@ -11,17 +11,19 @@
 -- ARGV[5]  meta              build-wide settings, JSON
 -- ARGV[6]  max_unit_crashes  crashes after which a unit is finalised as a failure
 -- ARGV[7]  populated_data    data of the `populated` event, JSON
--- ARGV[8..] units            unique, in manifest order
+-- ARGV[8]  whole             what the build keeps on one worker (scheduling.whole_of), kept
+--                            for to_front_of_a_gone_worker
+-- ARGV[9..] units            unique, in manifest order
 -- Returns 1 when this caller became the leader, 0 when a manifest already existed.
 
 if populated() then
   return 0
 end
 
-local FIRST_UNIT = 8
+local FIRST_UNIT = 9
 local total = #ARGV - FIRST_UNIT + 1
 redis.call('HSET', META, 'leader', ARGV[3], 'digest', ARGV[4], 'meta', ARGV[5],
-  'total', total, 'max_unit_crashes', ARGV[6], 'created_at', NOW)
+  'total', total, 'max_unit_crashes', ARGV[6], 'created_at', NOW, 'whole', ARGV[8])
 
 -- unpack() is bounded by the Lua C stack, so large manifests are written in chunks.
 local CHUNK = 500
