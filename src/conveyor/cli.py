@@ -282,7 +282,34 @@ def _controller_exit(
     )
     controller = ControllerPlugin(settings, queue, supervisor)
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
-    return int(pytest.main(options.pytest_args, plugins=[controller, memory])), memory
+    try:
+        return int(pytest.main(options.pytest_args, plugins=[controller, memory])), memory
+    except Exception as failure:
+        # A plugin's own handling of Ctrl-C failed (pytest's terminal reporter itself raises
+        # TypeError for an interrupt that lands in a frame without a line number): the build
+        # is still an interrupted one, stopped as such, and no traceback of conveyor's.
+        if not _during_an_interrupt(failure):
+            raise
+        if not controller.interrupt_handled:
+            raise KeyboardInterrupt from failure  # stopped by the caller, as while starting
+        print(
+            "conveyor: pytest failed while it reported the interrupt "
+            f"({type(failure).__name__}: {failure}); the build was stopped all the same",
+            file=sys.stderr,
+        )
+        return int(pytest.ExitCode.INTERRUPTED), memory
+
+
+def _during_an_interrupt(failure: BaseException) -> bool:
+    """Whether `failure` was raised while a KeyboardInterrupt was being handled."""
+    seen: set[int] = set()
+    cause: BaseException | None = failure
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__context__
+    return False
 
 
 def _quarantine(options: RunOptions) -> tuple[Entry, ...]:

@@ -276,6 +276,11 @@ class ControllerPlugin:
                     self.queue, self.supervisor, self.settings.build, shared=self.settings.shared
                 )
 
+    @property
+    def interrupt_handled(self) -> bool:
+        """Whether this controller has handled an interrupt (stopped or left the build)."""
+        return self._interrupt_handled
+
     def _interrupted(self, config: pytest.Config) -> None:
         """A shared build is left to the other machines, this machine's tests handed back; a
         build of this machine alone is stopped once running tests finish. Once."""

@@ -350,6 +350,35 @@ def test_ctrl_c_while_the_controller_waits_for_the_manifest_keeps_the_results(
     assert "did not run because the build was stopped" in output, output
 
 
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_a_plugin_failing_while_it_reports_an_interrupt_still_ends_as_interrupted(
+    pytester: pytest.Pytester, order: str
+) -> None:
+    """pytest's own terminal reporter raises TypeError for a Ctrl-C that lands in a frame
+    without a line number; the error escaped pytest.main and conveyor ended with a traceback
+    and exit code 1. Whether the failing hook ran before conveyor's or after it, the build is
+    stopped and the session ends as interrupted (exit 2)."""
+    pytester.makepyfile(test_many="\n".join(f"def test_{i}(): pass" for i in range(20)))
+    pytester.makeconftest(
+        f"""
+        import os, pytest
+
+        if not os.environ.get("CONVEYOR_WORKER"):
+            def pytest_sessionstart(session):
+                raise KeyboardInterrupt  # Ctrl-C as the controller's session starts
+
+            @pytest.hookimpl(trylast={order == "after"})
+            def pytest_keyboard_interrupt(excinfo):
+                raise TypeError("unsupported operand type(s) for -: 'NoneType' and 'int'")
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 2, output
+    assert "Traceback" not in output, output
+    assert "interrupted" in output, output
+
+
 def test_ctrl_c_with_the_queue_unusable_stops_the_workers_and_says_so(
     pytester: pytest.Pytester,
 ) -> None:
