@@ -287,9 +287,8 @@ class _Front:
         pending = len(self.queue) - self.position if known is None else known
         want = self.policy.size(pending, affinity=self.affinity[worker], typical_test_s=typical)
         # The queue leases through the end of the last test's class (`Queue.reserve`).
-        taken = through_group_end(
-            itertools.islice(self.queue, self.position, None), want, self.policy.whole
-        )
+        front = (self.queue[index] for index in range(self.position, len(self.queue)))
+        taken = through_group_end(front, want, self.policy.whole)
         self.position += len(taken)
         self.known_pending[worker] = len(self.queue) - self.position
         self.affinity[worker] = self.policy.run_after(taken[-1])

@@ -974,6 +974,30 @@ def test_with_nothing_kept_whole_a_reservation_takes_exactly_what_was_asked(
     assert unit_ids(queue.steal("gw2", 1, whole="none")) == CLASSY[3:4]
 
 
+def test_with_nothing_kept_whole_a_steal_cuts_inside_a_class(make_queue: QueueFactory) -> None:
+    """--dist test: an idle worker takes the tail of a victim whose unstarted tests are all of
+    one class (SQLite's lock-free check for 'nothing to steal' applied the class rule)."""
+    queue = make_queue()
+    held = [f"t.py::C::t{i}" for i in range(4)]
+    queue.populate("gw0", held, {"whole": "none"})
+    queue.reserve("gw0", 4, whole="none")
+    queue.claim("gw0", held[:1])
+    assert unit_ids(queue.steal("gw1", 8, whole="none")) == held[2:]
+
+
+def test_an_unknown_mode_of_what_is_kept_whole_is_refused_and_changes_nothing(
+    make_queue: QueueFactory, clock: Any
+) -> None:
+    queue = make_queue(lease_ttl_s=5)
+    queue.populate("gw0", CLASSY, {})
+    queue.reserve("gw0", 1)
+    clock.advance(10)  # an expired lease a valid call would reclaim
+    for call in (queue.reserve, queue.steal):
+        with pytest.raises(ValueError, match="unknown mode 'clas'"):
+            call("gw1", 1, whole="clas")
+    assert queue.status().leased == 1
+
+
 @pytest.mark.parametrize(
     ("whole", "asked", "expected"),
     [

@@ -39,7 +39,7 @@ from conveyor.queue.protocol import (
     dumps,
     release_event_kind,
 )
-from conveyor.scheduling import through_group_end
+from conveyor.scheduling import check_whole, through_group_end
 
 DEFAULT_STORE = Store()
 
@@ -155,6 +155,7 @@ class MemoryQueue(Queue):
         *,
         whole: str = "class",
     ) -> Reservation:
+        check_whole(whole)  # before anything changes
         with self._populated() as build:
             answer = self._before_leasing(build, worker, request_id)
             if answer is None:
@@ -169,6 +170,7 @@ class MemoryQueue(Queue):
         *,
         whole: str = "class",
     ) -> Reservation:
+        check_whole(whole)
         with self._populated() as build:
             answer = self._before_leasing(build, thief, request_id)
             if answer is None:

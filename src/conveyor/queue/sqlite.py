@@ -40,6 +40,7 @@ from conveyor.queue.protocol import (
 from conveyor.queue.sqlite_build import BuildTx, lost
 from conveyor.queue.sqlite_file import SQLiteFile
 from conveyor.queue.sqlite_leases import Leases
+from conveyor.scheduling import check_whole
 
 # Kept importable under their old names.
 DEFAULT_MAX_UNIT_CRASHES = MAX_UNIT_CRASHES
@@ -183,7 +184,10 @@ class SQLiteQueue(Queue):
         whole: str,
     ) -> Reservation:
         """reserve and steal: see MemoryQueue, which they follow step by step."""
-        if self._nothing_to_lease(worker, request_id, steal=steal, max_units=max_units):
+        check_whole(whole)
+        if self._nothing_to_lease(
+            worker, request_id, steal=steal, max_units=max_units, whole=whole
+        ):
             return Reservation(ReservationState.WAIT)
         with self._tx() as tx:
             again = tx.recall(worker, request_id)
@@ -204,7 +208,7 @@ class SQLiteQueue(Queue):
             return Reservation(ReservationState.EXHAUSTED)
 
     def _nothing_to_lease(
-        self, worker: str, request_id: str | None, *, steal: bool, max_units: int
+        self, worker: str, request_id: str | None, *, steal: bool, max_units: int, whole: str
     ) -> bool:
         """Whether a reserve (or steal) would certainly answer WAIT, told from reads alone,
         without the write lock. Idle workers ask every 50 ms; each write transaction
@@ -233,7 +237,7 @@ class SQLiteQueue(Queue):
         held_by: dict[str, list[stealing.Held]] = {}
         for unit, holder, claimed in self._file.read((HELD_SQL, (self.build,)))[0]:
             held_by.setdefault(holder, []).append(stealing.Held(unit, bool(claimed)))
-        return stealing.plan(held_by, worker, max_units) is None
+        return stealing.plan(held_by, worker, max_units, whole) is None
 
     def heartbeat(self, worker: str, units: Sequence[str]) -> int:
         return len(self._renew(worker, units, claim=False))
