@@ -15,7 +15,6 @@ from helpers import assert_same_verdict
 # only when every earlier test of its file ran before it in the same process, as in a plain run.
 ORDER_DEPENDENT_FILE = """
 import json
-import sys
 import os
 import time
 
@@ -55,6 +54,21 @@ def order_dependent_suite(pytester: pytest.Pytester, files: int = 3, middle: int
         pytester.makepyfile(**{module: source})
 
 
+@pytest.fixture
+def ran(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The folder each test writes the worker that ran it into (RAN_DIR)."""
+    folder = pytester.mkdir("ran")
+    monkeypatch.setenv("RAN_DIR", str(folder))
+    return folder
+
+
+def conveyor_run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """`conveyor run -n 3 -p no:randomly ARGS`, pytest's cache (timing history) left on."""
+    return pytester.run(
+        sys.executable, "-m", "conveyor", "run", "-n", "3", "-p", "no:randomly", *args, timeout=300
+    )
+
+
 def workers_by_file(ran: Path) -> dict[str, set[str]]:
     by_file: dict[str, set[str]] = {}
     for record in ran.iterdir():
@@ -63,31 +77,14 @@ def workers_by_file(ran: Path) -> dict[str, set[str]]:
 
 
 @pytest.mark.parametrize("dist", ["loadfile", "file"])
-def test_a_file_runs_whole_on_one_worker(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, dist: str
-) -> None:
-    ran = pytester.path / "ran"
-    ran.mkdir()
-    monkeypatch.setenv("RAN_DIR", str(ran))
+def test_a_file_runs_whole_on_one_worker(pytester: pytest.Pytester, ran: Path, dist: str) -> None:
     order_dependent_suite(pytester)
     plain = pytester.run(sys.executable, "-m", "pytest", "-p", "no:randomly", timeout=300)
     plain.assert_outcomes(passed=36)
     for record in ran.iterdir():
         record.unlink()
     for first in (True, False):  # a first run, then one planned from its timing history
-        ours = pytester.run(
-            sys.executable,
-            "-m",
-            "conveyor",
-            "run",
-            "-n",
-            "3",
-            "-p",
-            "no:randomly",
-            "--dist",
-            dist,
-            timeout=300,
-        )
+        ours = conveyor_run(pytester, "--dist", dist)
         assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
         ours.assert_outcomes(passed=36)
         planned = "timing history knows 36 of 36" in ours.stdout.str()
@@ -99,34 +96,18 @@ def test_a_file_runs_whole_on_one_worker(
 
 
 def test_the_default_grouping_spreads_a_slow_file_over_the_workers(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, ran: Path
 ) -> None:
     """What --dist file is for: without history the default grouping hands the rest of a file
     back once its first test turns out slow, and the file's last test sees it."""
-    ran = pytester.path / "ran"
-    ran.mkdir()
-    monkeypatch.setenv("RAN_DIR", str(ran))
     order_dependent_suite(pytester)
-    result = pytester.run(
-        sys.executable,
-        "-m",
-        "conveyor",
-        "run",
-        "-n",
-        "3",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "no:randomly",
-        timeout=300,
-    )
+    result = conveyor_run(pytester, "-p", "no:cacheprovider")
     assert result.ret == 1, result.stdout.str()
     assert any(len(workers) > 1 for workers in workers_by_file(ran).values())
 
 
 LOADSCOPE_SUITE = """
 import json
-import sys
 import os
 
 
@@ -149,11 +130,8 @@ def test_after(worker_id):
 
 
 def test_loadscope_keeps_a_class_and_a_modules_functions_each_on_one_worker(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, ran: Path
 ) -> None:
-    ran = pytester.path / "ran"
-    ran.mkdir()
-    monkeypatch.setenv("RAN_DIR", str(ran))
     class_tests = "\n    ".join(
         f"def test_{i}(self, worker_id):\n        record('test_scope::TestOne::{i}', worker_id)\n"
         for i in range(8)
