@@ -84,10 +84,11 @@ def check_whole(whole: str) -> None:
         raise ValueError(f"unknown mode {whole!r} of what is kept whole: {', '.join(WHOLE_MODES)}")
 
 
-def whole_of(meta: Mapping[str, Any]) -> str:
+def whole_of(meta: object) -> str:
     """What a build keeps whole, as its leader published it in the manifest's meta ("whole");
-    "none" for a build whose units are not pytest's (command mode, the API)."""
-    whole = meta.get("whole")
+    "none" for a build whose units are not pytest's (command mode, the API) or a meta that is
+    not a JSON object."""
+    whole = meta.get("whole") if isinstance(meta, Mapping) else None
     return whole if isinstance(whole, str) and whole in WHOLE_MODES else "none"
 
 

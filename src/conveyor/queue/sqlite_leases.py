@@ -4,6 +4,7 @@ this is the same in SQL)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -71,16 +72,13 @@ class Leases:
         """Leases of a worker that went away, in lease order, back in
         `scheduling.back_to_front_order` (see memory_state.Build.to_front_of_a_gone_worker)."""
         if not units:
-            return
+            return  # nothing expired: most reserves (no query for the queue's front)
         whole = "none"
         if len(units) > 1:  # one unit has no order to keep: the meta is not read for it
-            (meta,) = self.tx.conn.execute(
-                "SELECT meta FROM builds WHERE build = ?", (self.tx.build,)
-            ).fetchone()
-            try:
+            sql = "SELECT meta FROM builds WHERE build = ?"
+            (meta,) = self.tx.conn.execute(sql, (self.tx.build,)).fetchone()
+            with contextlib.suppress(ValueError):
                 whole = whole_of(json.loads(meta))
-            except (ValueError, AttributeError):
-                whole = "none"
         self.to_front(back_to_front_order(units, whole))
 
     def reclaim_expired(self) -> None:
