@@ -6,16 +6,18 @@ few percent of the best possible finish). Tests of one module stay together, so 
 taking a run of them keeps the module's fixtures alive, unless the module is so long that
 keeping it whole would itself unbalance the build (the Knapsack rule: a group taking 70 % or
 more of one worker's share is split). A group is split only at class boundaries, into
-contiguous ranges served in collection order: tests inside a class, and classes that depend on
-an earlier class, run as they would in a plain run.
+contiguous ranges that keep collection order inside them: tests inside a class run as they
+would in a plain run.
 
-Serving collection order between ranges costs time where a long module's slowest test comes
-late in it: on bench suite b (8 workers) the range holding it waits for a free worker, and the
-build ends 1.5 s later than with `--dist test` (medians of 6: 7.2 s against 5.6 s). Serving
-each range by its own length was measured and not kept: a worker then ran a later range of
-pyparsing's test_unit.py before an earlier one, and three tests that pass in plain order
-failed. Slowest-first between ranges would need each worker to go forward through a module's
-ranges, never back.
+A split module's ranges are served in collection order at the place of their longest, except
+the ranges that would then end after the build's ideal end (a long range late in a long
+module, whose turn comes when the workers have run the ranges before it): up to half the
+workers' count of them, the longest, are served first, each by its own length (`promoted`).
+Served so, a worker could run a later range of a module and then an earlier one, which a plain
+run never does (three of pyparsing's tests failed so): the queue keeps each worker going
+forward through a split module (queue/forward.py), so the tests one worker runs of it are in
+collection order, as under `-k`. The ranges before the promoted ones are left to the workers
+that took none, which is why at most half are promoted.
 
 `--dist file` and `--dist scope` (pytest-xdist's loadfile and loadscope) never split a group:
 each file, or each scope (a class; a module's tests outside classes), is served whole and
@@ -214,15 +216,32 @@ def plan(
             pieces = ranges(members, seconds, RANGE_SHARE * share)
             if len(pieces) > 1:
                 range_starts.update(piece[0] for piece in pieces)
-            # Every range of the group takes the place of its longest one, and they stay in
-            # collection order there: a worker that runs two of them runs them as a plain
-            # run would (classes that depend on an earlier class exist).
-            longest = max(sum(seconds[unit] for unit in piece) for piece in pieces)
-            blocks.extend((longest, piece) for piece in pieces)
+            lengths = [sum(seconds[unit] for unit in piece) for piece in pieces]
+            first = promoted(lengths, share, workers)
+            blocks.extend((lengths[index], pieces[index]) for index in first)
+            rest = [index for index in range(len(pieces)) if index not in first]
+            if rest:
+                # The rest keep collection order, at the place of their longest.
+                longest = max(lengths[index] for index in rest)
+                blocks.extend((longest, pieces[index]) for index in rest)
         else:
             blocks.append((total, members))
     blocks.sort(key=lambda block: -block[0])  # stable: ties keep collection order
     return Plan([unit for _, members in blocks for unit in members], frozenset(range_starts))
+
+
+def promoted(lengths: Sequence[float], share: float, workers: int) -> set[int]:
+    """The ranges of a split module (their lengths in collection order) served first, by their
+    own length: those that would end after `share` (the build's ideal end) if the `workers`
+    ran the module's ranges in collection order from the start, at most half the workers'
+    count of them, the longest."""
+    late: list[int] = []
+    before = 0.0
+    for index, length in enumerate(lengths):
+        if before / max(1, workers) + length > share:
+            late.append(index)
+        before += length
+    return set(sorted(late, key=lambda index: -lengths[index])[: workers // 2])
 
 
 def _groups(units: Sequence[str], grouping: str) -> dict[str, list[str]]:

@@ -1188,3 +1188,121 @@ def test_a_ctrl_c_between_two_statements_leaves_the_queue_usable(queue_url: str)
     elsewhere.join(timeout=30)
     assert writes == [True], "another connection could not write: a lock was left held"
     queue.close()
+
+
+# A split module: t.py's six tests in collection order, served as three ranges slowest first
+# (the leader's meta names the range starts and ranks the served units), then u.py whole.
+SPLIT = [f"t.py::test_{i}" for i in range(6)]
+OTHER = [f"u.py::test_{i}" for i in range(4)]
+
+
+def split_build(queue: Queue, served: list[str], workers: tuple[str, ...] = ("gw0", "gw1")) -> None:
+    collected = SPLIT + OTHER
+    starts = [unit for unit in served if unit.startswith("t.py") and int(unit[-1]) % 2 == 0]
+    meta = {
+        "range_starts": starts,
+        "collection_order": [collected.index(unit) for unit in served],
+        "whole": "class",
+    }
+    queue.populate("gw0", served, meta)
+    for worker in workers:
+        queue.join(worker, {})
+
+
+def run_all(queue: Queue, worker: str, reservation: Any) -> list[str]:
+    ran = unit_ids(reservation)
+    queue.complete(worker, [(unit, result()) for unit in ran])
+    return ran
+
+
+SLOWEST_RANGE_FIRST = [*SPLIT[4:], *SPLIT[:4], *OTHER]
+
+
+def test_a_worker_passes_over_ranges_behind_one_it_ran(make_queue: QueueFactory) -> None:
+    """A split module's ranges come slowest first; a worker that ran a later range never runs
+    an earlier one while another worker can: its tests of the module stay in collection order
+    (a worker that went back failed pyparsing's tests)."""
+    queue = make_queue()
+    split_build(queue, SLOWEST_RANGE_FIRST)
+    assert run_all(queue, "gw0", queue.reserve("gw0", 2)) == SPLIT[4:]
+    assert unit_ids(queue.reserve("gw0", 2)) == OTHER[:2]  # t.py's earlier ranges passed over
+    assert unit_ids(queue.reserve("gw1", 2)) == SPLIT[:2]
+    assert unit_ids(queue.reserve("gw1", 2)) == SPLIT[2:4]  # forward: fine
+
+
+def test_a_reservation_holds_one_range_at_most(make_queue: QueueFactory) -> None:
+    """A worker sizes its reservation by the range it last saw at the front of the queue; the
+    front has moved on since, and a range must not come with the next ones (slow tests in a
+    row on one worker), nor a later range with an earlier one."""
+    queue = make_queue()
+    split_build(queue, SLOWEST_RANGE_FIRST[:6])
+    assert unit_ids(queue.reserve("gw0", 4)) == SPLIT[4:]
+    assert unit_ids(queue.reserve("gw1", 8)) == SPLIT[:2]
+    assert unit_ids(queue.reserve("gw1", 8)) == SPLIT[2:4]
+
+
+def test_a_worker_behind_everything_pending_waits_for_one_that_can_go_forward(
+    make_queue: QueueFactory,
+) -> None:
+    queue = make_queue()
+    split_build(queue, SLOWEST_RANGE_FIRST[:6])  # t.py only
+    run_all(queue, "gw0", queue.reserve("gw0", 2))
+    assert queue.reserve("gw0", 2).state == WAIT  # not exhausted: four are pending
+    assert queue.steal("gw0", 8).state == WAIT
+    assert queue.status().pending == 4
+    assert unit_ids(queue.reserve("gw1", 4)) == SPLIT[:2]
+
+
+@pytest.mark.parametrize("why", ["alone", "others_past_it", "others_silent", "others_released"])
+def test_a_worker_behind_everything_pending_runs_it_when_no_other_could(
+    make_queue: QueueFactory, clock: Any, why: str
+) -> None:
+    """Nothing is ever stuck: with no other live worker that could run the front forward (none
+    joined, all past it too, none seen within a lease's lifetime, or released), the worker
+    behind takes it."""
+    queue = make_queue(lease_ttl_s=5)
+    served = [*SPLIT[4:], *SPLIT[2:4], *SPLIT[:2]]
+    split_build(queue, served, workers=("gw0",) if why == "alone" else ("gw0", "gw1"))
+    run_all(queue, "gw0", queue.reserve("gw0", 2))
+    if why == "others_past_it":
+        run_all(queue, "gw1", queue.reserve("gw1", 2))  # t.py's middle range
+    elif why == "others_silent":
+        clock.advance(10)
+    elif why == "others_released":
+        queue.release("gw1", {"signal": 9})
+    expected = SPLIT[:2] if why == "others_past_it" else SPLIT[2:4]
+    assert unit_ids(queue.reserve("gw0", 2)) == expected
+
+
+def test_a_steal_never_takes_what_lies_behind_the_thief(make_queue: QueueFactory) -> None:
+    queue = make_queue()
+    split_build(queue, SLOWEST_RANGE_FIRST[:6], workers=("gw0", "gw1", "gw2"))
+    run_all(queue, "gw1", queue.reserve("gw1", 2))  # t.py's last range
+    queue.reserve("gw0", 2)
+    queue.reserve("gw0", 2)
+    queue.claim("gw0", SPLIT[:1])
+    assert queue.steal("gw1", 8).state == WAIT  # gw0's tail lies behind gw1
+    assert unit_ids(queue.steal("gw2", 8)) == SPLIT[2:4]
+
+
+def test_a_worker_started_under_a_dead_ones_id_is_not_held_to_its_ranges(
+    make_queue: QueueFactory,
+) -> None:
+    """The supervisor starts a new process under a dead worker's id: it has run nothing."""
+    queue = make_queue()
+    split_build(queue, SLOWEST_RANGE_FIRST)
+    run_all(queue, "gw0", queue.reserve("gw0", 2))
+    queue.release("gw0", {"signal": 9})
+    assert unit_ids(queue.reserve("gw0", 2)) == SPLIT[:2]
+
+
+def test_a_build_without_split_modules_serves_strictly_from_the_front(
+    make_queue: QueueFactory,
+) -> None:
+    """No ranges (a first run, --dist file, units that are not pytest's): no rank, no mark;
+    a returned unit is served first to whoever asks."""
+    queue = make_queue()
+    queue.populate("gw0", SPLIT, {"range_starts": "garbage", "collection_order": [1]})
+    queue.reserve("gw0", 6, whole="none")
+    queue.hand_back("gw0", SPLIT[1:], "slow")
+    assert unit_ids(queue.reserve("gw0", 1, whole="none")) == SPLIT[1:2]

@@ -65,18 +65,22 @@ def test_every_key_shares_the_build_hash_tag_and_expires(
 ) -> None:
     queue = RedisQueue.from_url(redis_server.url, build_id, clock=clock, ttl_s=600)
     queue.join("gw0", {"host": "here", "pid": 1})
-    queue.populate("gw0", units(3), {})
+    queue.join("gw1", {"host": "here", "pid": 2})  # keeps last_seen when gw0 is released
+    queue.populate("gw0", units(3), {"range_starts": units(3)[:1]})  # a split module
     queue.reserve("gw0", 3)
+    queue.reserve("gw1", 1)  # nothing for it; gw0 is not released yet: its marks remain
     queue.complete("gw0", [(units(3)[0], {"outcome": "passed"})])
     queue.requeue("gw0", units(3)[2], {"attempt": 1}, max_requeues=1, tolerance=-1)
     queue.release("gw0", {"culprit": units(3)[1]})
+    queue.reserve("gw1", 1)  # marks gw1 in the split module
     queue.publish("note", None, {})
     queue.stop("done")
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     keys = build_keys(client, build_id)
     assert {key.split(":", 2)[2] for key in keys} >= {
         "meta", "units", "attempts", "crashes", "pending", "workers", "worker_info",
-        "last_seen", "seq", "events", "reservations:gw0", "requeues",
+        "last_seen", "seq", "events", "reservations:gw0", "requeues", "forward_ranks",
+        "forward_marks",
     }  # fmt: skip
     for key in keys:
         # Redis Cluster hashes only what is between the first { and the next }.

@@ -13,6 +13,7 @@ from conveyor.scheduling import (
     kept_together,
     order_units,
     plan,
+    promoted,
     range_keys,
     scope_of,
     through_group_end,
@@ -84,14 +85,16 @@ def test_slowest_modules_first_with_their_tests_together() -> None:
     assert ordered == ["slow.py::t1", "slow.py::t2", "mid.py::t1", "fast.py::t1", "fast.py::t2"]
 
 
-def test_a_module_too_long_for_one_worker_is_split_into_ranges_in_collection_order() -> None:
+def test_a_module_too_long_for_one_worker_is_split_into_ranges_served_slowest_first() -> None:
     units = [f"big.py::t{i}" for i in range(4)] + ["small.py::t"]
     history = {f"big.py::t{i}": float(i + 1) for i in range(4)} | {"small.py::t": 0.5}
     # total 10.5 s over 4 workers: a share of 2.6 s; big.py (10 s) is split into ranges of at
-    # most 0.35 of a share where its tests allow: one test each. Slowest first orders the
-    # ranges' slots, but a module's ranges keep collection order, as do the tests in them.
+    # most 0.35 of a share where its tests allow: one test each. In collection order t2 and
+    # t3 would end after the share (t3: 1.5 s of work before it over 4 workers, then 4 s):
+    # they come first, longest first; the rest keep collection order (the queue keeps each
+    # worker going forward through the module: queue/forward.py).
     found = plan(units, history, workers=4)
-    assert found.order == ["big.py::t0", "big.py::t1", "big.py::t2", "big.py::t3", "small.py::t"]
+    assert found.order == ["big.py::t3", "big.py::t2", "big.py::t0", "big.py::t1", "small.py::t"]
     assert found.range_starts == {f"big.py::t{i}" for i in range(4)}
 
 
@@ -107,9 +110,9 @@ def test_a_split_module_is_cut_only_at_class_boundaries() -> None:
     ]
     history = dict.fromkeys(units, 1.0) | {"m.py::TestB::test_2": 5.0}
     found = plan(units, history, workers=4)
-    # TestB (6 s) is the slowest piece, yet m.py's ranges keep their order: TestA first.
+    # TestB (6 s) is the slowest range and comes first; each range keeps its own order.
     m_order = [unit for unit in found.order if unit.startswith("m.py")]
-    assert m_order == units[:6]
+    assert m_order == [*units[4:6], *units[:3], units[3]]
     assert found.range_starts == {"m.py::TestA::test_1", "m.py::test_free", "m.py::TestB::test_1"}
     keys = range_keys(found.order, found.range_starts, "module")
     assert keys["m.py::TestA::test_3"] == "m.py::TestA::test_1"
@@ -117,7 +120,7 @@ def test_a_split_module_is_cut_only_at_class_boundaries() -> None:
     assert "other.py::test_x" not in keys
 
 
-def test_split_module_ranges_stay_together_at_the_place_of_their_longest() -> None:
+def test_a_split_modules_ranges_take_their_own_places_among_the_other_groups() -> None:
     units = [f"big.py::TestC{i}::test" for i in range(3)] + ["mid.py::t", "tiny.py::t"]
     history = {
         "big.py::TestC0::test": 1.0,
@@ -127,14 +130,22 @@ def test_split_module_ranges_stay_together_at_the_place_of_their_longest() -> No
         "tiny.py::t": 0.1,
     }
     ordered = order_units(units, history, workers=4)
-    # big.py's ranges take the place of its longest (4 s), ahead of mid.py, in their order.
+    # Each of big.py's ranges is served by its own length: mid.py (3 s) between them.
     assert ordered == [
-        "big.py::TestC0::test",
         "big.py::TestC1::test",
-        "big.py::TestC2::test",
         "mid.py::t",
+        "big.py::TestC2::test",
+        "big.py::TestC0::test",
         "tiny.py::t",
     ]
+
+
+def test_at_most_half_the_workers_count_of_ranges_is_promoted() -> None:
+    """The ranges before a promoted one are left to the workers that took no promoted range."""
+    lengths = [0.1, 0.1, 5.0, 4.0, 3.0, 2.0]
+    assert promoted(lengths, share=3.0, workers=4) == {2, 3}
+    assert promoted(lengths, share=3.0, workers=1) == set()
+    assert promoted([1.0, 1.0, 1.0], share=3.0, workers=8) == set()  # each ends in time
 
 
 def test_test_grouping_is_plain_longest_first() -> None:

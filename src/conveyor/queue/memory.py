@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from conveyor.errors import BuildStateLost
-from conveyor.queue import stealing
+from conveyor.queue import forward, stealing
 from conveyor.queue.memory_state import Build, Store, Unit
 from conveyor.queue.messages import not_in_build
 from conveyor.queue.protocol import (
@@ -128,6 +128,7 @@ class MemoryQueue(Queue):
                 manifest=Manifest(leader, collection_digest(unique), len(unique), dict(meta)),
                 units={unit: Unit(order=float(i)) for i, unit in enumerate(unique)},
                 max_unit_crashes=int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES)),
+                ranks=forward.ranks(unique, meta),
             )
             self._store.builds[self.build] = build
             self._emit(EventKind.POPULATED, leader, data={"total": len(unique)})
@@ -145,6 +146,7 @@ class MemoryQueue(Queue):
     def join(self, worker: str, info: Mapping[str, Any]) -> None:
         with self._if_seen():
             self._store.workers.setdefault(self.build, {})[worker] = self._clock()
+            self._seen(worker)
             self._emit(EventKind.WORKER_JOINED, worker, data=info)
 
     def reserve(
@@ -207,13 +209,37 @@ class MemoryQueue(Queue):
         request_id: str | None,
         whole: str,
     ) -> Reservation | None:
-        picked = through_group_end(build.pending(), max_units, whole)
+        picked = self._pending_to_lease(build, worker, max_units, whole)
         if not picked:
             return None
+        self._seen(worker)
         deadline = self._clock() + self.lease_ttl_s
         leases = tuple(build.grant(unit, worker, deadline, new_attempt=True) for unit in picked)
         self._emit(EventKind.LEASED, worker, data={"units": picked})
         return build.remember(worker, request_id, leases)
+
+    def _pending_to_lease(self, build: Build, worker: str, max_units: int, whole: str) -> list[str]:
+        """The front of the queue (`through_group_end`), passing over units behind `worker`
+        in a split module; [] when it must wait for another worker to run them
+        (queue/forward.py)."""
+        front = build.pending()
+        if not build.ranks:
+            return through_group_end(front, max_units, whole)
+        marks = build.marks.get(worker, {})
+        picked = forward.choose(front, max_units, whole, build.ranks.get, marks)
+        if picked is not None:
+            return picked
+        first = front[0]
+        since = self._clock() - self.lease_ttl_s
+        seen = self._store.last_seen.get(self.build, {})
+        if forward.others_could_run(first, build.ranks[first], worker, build.marks, seen, since):
+            return []
+        return through_group_end(front, max_units, whole)
+
+    def _seen(self, worker: str) -> None:
+        """Note that `worker` (one that joined) is alive now."""
+        if worker in self._store.workers.get(self.build, {}):
+            self._store.last_seen.setdefault(self.build, {})[worker] = self._clock()
 
     def _steal(
         self, build: Build, thief: str, max_units: int, request_id: str | None, whole: str
@@ -223,7 +249,7 @@ class MemoryQueue(Queue):
             state = build.units[unit]
             assert state.worker is not None
             held_by.setdefault(state.worker, []).append(stealing.Held(unit, state.claimed))
-        planned = stealing.plan(held_by, thief, max_units, whole)
+        planned = stealing.plan(held_by, thief, max_units, whole, build.behind(thief))
         if planned is None:
             return None
         victim, taken = planned
@@ -233,12 +259,14 @@ class MemoryQueue(Queue):
         for lease in leases:
             build.reservations[victim].remove(lease)  # the victim never started it
         self._emit(EventKind.STOLEN, thief, data={"units": taken, "from": victim})
+        self._seen(thief)
         return build.remember(thief, request_id, leases)
 
     @staticmethod
     def _nothing_to_lease(build: Build) -> Reservation:
-        """Nothing pending: WAIT while a lease is out (its unit may come back), else done."""
-        if build.count("leased"):
+        """Nothing to lease: WAIT while a lease is out (its unit may come back) or units are
+        pending (behind this worker, for another to run), else done."""
+        if build.count("leased") or build.count("pending"):
             return Reservation(ReservationState.WAIT)
         return Reservation(ReservationState.EXHAUSTED)
 
@@ -251,6 +279,7 @@ class MemoryQueue(Queue):
     def _renew(self, worker: str, units: Sequence[str], *, claim: bool) -> list[str]:
         with self._populated() as build:
             held = [unit for unit in dict.fromkeys(units) if build.holds(worker, unit)]
+            self._seen(worker)
             for unit in held:
                 build.units[unit].deadline = self._clock() + self.lease_ttl_s
                 build.units[unit].claimed |= claim
@@ -317,6 +346,10 @@ class MemoryQueue(Queue):
                     requeued.append(unit)
                 released.append(Released(unit, state.attempt, state.crashes, finalised))
             build.to_front_of_a_gone_worker(requeued)
+            if not cause.get("orderly"):
+                # Gone: it runs nothing more, and a worker started under its id starts afresh.
+                build.marks.pop(worker, None)
+                self._store.last_seen.get(self.build, {}).pop(worker, None)
             data = {"cause": dict(cause), "requeued": requeued}
             self._emit(release_event_kind(cause), worker, data=data)
             self._maybe_finish(build)

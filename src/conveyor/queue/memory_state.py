@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.queue import forward
 from conveyor.queue.protocol import JSON, Event, Lease, Manifest, Reservation, ReservationState
 from conveyor.scheduling import back_to_front_order, whole_of
 
@@ -45,6 +46,10 @@ class Build:
     requeues: int = 0  # failed attempts sent back, build-wide
     leases_granted: int = 0
     reservations: dict[str, list[Lease]] = field(default_factory=dict)
+    # A split module's units -> collection rank, and each worker's highest rank leased in
+    # each such module (queue/forward.py: a worker goes forward through a split module).
+    ranks: dict[str, int] = field(default_factory=dict)
+    marks: dict[str, dict[str, int]] = field(default_factory=dict)
     # Each worker's last request that leased units: (request id, reply).
     requests: dict[str, tuple[str | None, Reservation]] = field(default_factory=dict)
 
@@ -82,7 +87,15 @@ class Build:
         unit.claimed, unit.lease_seq = False, self.leases_granted
         lease = Lease(name, unit.attempt)
         self.reservations.setdefault(worker, []).append(lease)
+        forward.marked(self.marks.setdefault(worker, {}), [name], self.ranks.get)
         return lease
+
+    def behind(self, worker: str) -> Callable[[str], bool]:
+        """Whether a unit lies behind `worker` in its split module (queue/forward.py)."""
+        marks = self.marks.get(worker, {})
+        return lambda name: forward.is_behind(
+            self.ranks.get(name), marks.get(forward.file_of(name))
+        )
 
     def remember(
         self, worker: str, request_id: str | None, leases: tuple[Lease, ...]
@@ -131,6 +144,9 @@ class Store:
         self.builds: dict[str, Build] = {}
         self.streams: dict[str, list[Event]] = {}
         self.workers: dict[str, dict[str, float]] = {}  # build -> worker -> joined at
+        # build -> worker -> when it last joined, leased, claimed or heartbeat; a released
+        # (dead) worker is dropped
+        self.last_seen: dict[str, dict[str, float]] = {}
         self._seq = itertools.count(1)
 
     def next_seq(self) -> int:
@@ -139,5 +155,5 @@ class Store:
     def forget(self, build: str) -> None:
         """Lose everything of `build`, as a flushed Redis or a replaced SQLite file would."""
         with self.lock:
-            for table in (self.builds, self.streams, self.workers):
+            for table in (self.builds, self.streams, self.workers, self.last_seen):
                 table.pop(build, None)

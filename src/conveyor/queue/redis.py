@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.history import RedisHistory
-from conveyor.queue import redis_keys
+from conveyor.queue import forward, redis_keys
 from conveyor.queue.messages import invalid_manifest, not_in_build
 from conveyor.queue.protocol import (
     EVENTS_PAGE,
@@ -172,10 +172,9 @@ class RedisQueue(Queue):
         unique = list(dict.fromkeys(units))
         crashes = int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES))
         digest, total = collection_digest(unique), dumps({"total": len(unique)})
-        whole = whole_of(meta)
-        return bool(
-            self._write("populate", leader, digest, dumps(meta), crashes, total, whole, *unique)
-        )
+        whole, ranks = whole_of(meta), dumps(forward.ranks(unique, meta))
+        args = (leader, digest, dumps(meta), crashes, total, whole, ranks)
+        return bool(self._write("populate", *args, *unique))
 
     def manifest(self) -> Manifest | None:
         fields = ["leader", "digest", "total", "meta"]

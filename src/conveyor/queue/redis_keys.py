@@ -12,7 +12,7 @@ from typing import Any
 from conveyor.queue.messages import NO_KIND, NOT_JSON, malformed
 from conveyor.queue.protocol import Event
 
-# Order matters: it is the KEYS[1..14] layout every write script expects (see _lib.lua).
+# Order matters: it is the KEYS[1..16] layout every write script expects (see _lib.lua).
 BUILD_KEYS = (
     "meta",
     "units",
@@ -28,6 +28,8 @@ BUILD_KEYS = (
     "events",
     "claimed",
     "lease_seq",
+    "forward_ranks",
+    "forward_marks",
 )
 WRITE_SCRIPTS = (
     "populate",

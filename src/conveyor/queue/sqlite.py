@@ -198,12 +198,14 @@ class SQLiteQueue(Queue):
             book = Leases(tx)
             book.reclaim_expired()
             deadline = tx.now + self.lease_ttl_s
-            leases = book.lease_pending(worker, max_units, deadline, whole)
+            since = tx.now - self.lease_ttl_s  # a worker seen since is alive
+            leases = book.lease_pending(worker, max_units, deadline, whole, since)
             if not leases and steal:
                 leases = book.steal(worker, max_units, deadline, whole)
             if leases:
                 return tx.remember(worker, request_id, leases)
-            if tx.counters().leased:
+            counters = tx.counters()
+            if counters.leased or counters.pending:  # pending: behind it, for another worker
                 return Reservation(ReservationState.WAIT)
             return Reservation(ReservationState.EXHAUSTED)
 
@@ -304,6 +306,8 @@ class SQLiteQueue(Queue):
                 tx.charge(released[-1], worker, cause)
             requeued = [r.unit for r in released if not r.finalised]
             book.to_front_of_a_gone_worker(requeued)
+            if not cause.get("orderly"):
+                tx.gone(worker)
             data = {"cause": dict(cause), "requeued": requeued}
             tx.emit(release_event_kind(cause), worker, data=data)
             tx.maybe_finish()

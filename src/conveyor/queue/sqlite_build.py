@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from conveyor.errors import BuildStateLost
+from conveyor.queue import forward
 from conveyor.queue.messages import not_in_build
 from conveyor.queue.protocol import (
     MAX_UNIT_CRASHES,
@@ -106,6 +107,10 @@ class BuildTx:
             "VALUES (?, ?, ?, 'pending', ?)",
             ((self.build, unit, i, float(i)) for i, unit in enumerate(units)),
         )
+        self.conn.executemany(
+            "INSERT INTO forward_ranks (build, unit, rank) VALUES (?, ?, ?)",
+            ((self.build, unit, rank) for unit, rank in forward.ranks(units, meta).items()),
+        )
         self.emit(EventKind.POPULATED, leader, data={"total": total})
 
     def unit(self, worker: str, verb: str, unit: str) -> tuple[str, int, int]:
@@ -167,6 +172,14 @@ class BuildTx:
             "UPDATE workers SET last_seen = ? WHERE build = ? AND worker = ?",
             (self.now, self.build, worker),
         )
+
+    def gone(self, worker: str) -> None:
+        """`worker` died: it runs nothing more (never seen since), and a process started under
+        its id starts afresh in every split module (queue/forward.py)."""
+        sql = "UPDATE workers SET last_seen = 0 WHERE build = ? AND worker = ?"
+        self.conn.execute(sql, (self.build, worker))
+        sql = "DELETE FROM forward_marks WHERE build = ? AND worker = ?"
+        self.conn.execute(sql, (self.build, worker))
 
     # -- requests that leased units ----------------------------------------------------------
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from conveyor.queue import stealing
+from conveyor.queue import forward, stealing
 from conveyor.queue.protocol import EventKind, Lease
 from conveyor.queue.sqlite_build import BuildTx
 from conveyor.scheduling import back_to_front_order, through_group_end, whole_of
@@ -121,18 +122,15 @@ class Leases:
             ((self.tx.build, worker, x.unit, x.attempt, self.tx.now) for x in leases),
         )
         self.tx.seen(worker)
+        self._mark(worker, units)
         return leases
 
     def lease_pending(
-        self, worker: str, max_units: int, deadline: float, whole: str
+        self, worker: str, max_units: int, deadline: float, whole: str, since: float
     ) -> list[Lease]:
-        front = self.tx.conn.execute(
-            "SELECT unit FROM units WHERE build = ? AND state = 'pending' ORDER BY queue_order",
-            (self.tx.build,),
-        )
-        # The cursor walks the index lazily: only the rows taken and one more are read.
-        picked = through_group_end((unit for (unit,) in front), max_units, whole)
-        front.close()
+        """Lease from the front of the queue (see MemoryQueue._pending_to_lease); `since`:
+        a worker seen since then is alive."""
+        picked = self._pending_to_lease(worker, max_units, whole, since)
         if not picked:
             return []
         leases = self.grant(worker, picked, deadline, new=True)
@@ -141,11 +139,82 @@ class Leases:
         self.tx.emit(EventKind.LEASED, worker, data={"units": picked})
         return leases
 
+    def _front(self) -> contextlib.closing[sqlite3.Cursor]:
+        """Pending units in serving order; the cursor walks the index lazily: only the rows
+        taken and one more are read."""
+        return contextlib.closing(
+            self.tx.conn.execute(
+                "SELECT unit FROM units WHERE build = ? AND state = 'pending' ORDER BY queue_order",
+                (self.tx.build,),
+            )
+        )
+
+    def _pending_to_lease(self, worker: str, max_units: int, whole: str, since: float) -> list[str]:
+        ranked = self.tx.conn.execute(
+            "SELECT 1 FROM forward_ranks WHERE build = ? LIMIT 1", (self.tx.build,)
+        ).fetchone()
+        with self._front() as front:
+            units = (unit for (unit,) in front)
+            if ranked is None:
+                return through_group_end(units, max_units, whole)
+            picked = forward.choose(units, max_units, whole, self.rank_of, self.marks(worker))
+        if picked is not None:
+            return picked
+        with self._front() as front:
+            (first,) = front.fetchone()
+        module = forward.file_of(first)
+        marks_of: dict[str, dict[str, int]] = {}
+        for other, rank in self.tx.conn.execute(
+            "SELECT worker, rank FROM forward_marks WHERE build = ? AND module = ?",
+            (self.tx.build, module),
+        ):
+            marks_of[other] = {module: rank}
+        last_seen = dict(
+            self.tx.conn.execute(
+                "SELECT worker, last_seen FROM workers WHERE build = ?", (self.tx.build,)
+            ).fetchall()
+        )
+        rank = self.rank_of(first)
+        assert rank is not None  # only a ranked unit is ever behind
+        if forward.others_could_run(first, rank, worker, marks_of, last_seen, since):
+            return []
+        with self._front() as front:
+            return through_group_end((unit for (unit,) in front), max_units, whole)
+
+    def rank_of(self, unit: str) -> int | None:
+        row = self.tx.conn.execute(
+            "SELECT rank FROM forward_ranks WHERE build = ? AND unit = ?", (self.tx.build, unit)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def marks(self, worker: str) -> dict[str, int]:
+        """`worker`'s highest rank leased in each split module."""
+        return dict(
+            self.tx.conn.execute(
+                "SELECT module, rank FROM forward_marks WHERE build = ? AND worker = ?",
+                (self.tx.build, worker),
+            ).fetchall()
+        )
+
+    def _mark(self, worker: str, units: Sequence[str]) -> None:
+        raised: dict[str, int] = {}
+        forward.marked(raised, units, self.rank_of)
+        self.tx.conn.executemany(
+            "INSERT INTO forward_marks (build, worker, module, rank) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (build, worker, module) DO UPDATE SET rank = MAX(rank, excluded.rank)",
+            ((self.tx.build, worker, module, rank) for module, rank in raised.items()),
+        )
+
     def steal(self, thief: str, max_units: int, deadline: float, whole: str) -> list[Lease]:
         held_by: dict[str, list[stealing.Held]] = {}
         for lease in self.held():
             held_by.setdefault(lease.worker, []).append(stealing.Held(lease.unit, lease.claimed))
-        planned = stealing.plan(held_by, thief, max_units, whole)
+        marks = self.marks(thief)
+
+        def behind(unit: str) -> bool:
+            return forward.is_behind(self.rank_of(unit), marks.get(forward.file_of(unit)))
+
+        planned = stealing.plan(held_by, thief, max_units, whole, behind)
         if planned is None:
             return []
         victim, taken = planned

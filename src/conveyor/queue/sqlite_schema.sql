@@ -68,6 +68,23 @@ CREATE TABLE IF NOT EXISTS workers (
     PRIMARY KEY (build, worker)
 ) WITHOUT ROWID;
 
+-- The units of a split module and their collection rank, and each worker's highest rank leased
+-- in each such module: a worker goes forward through a split module (queue/forward.py).
+CREATE TABLE IF NOT EXISTS forward_ranks (
+    build TEXT NOT NULL,
+    unit  TEXT NOT NULL,
+    rank  INTEGER NOT NULL,
+    PRIMARY KEY (build, unit)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS forward_marks (
+    build  TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    module TEXT NOT NULL,
+    rank   INTEGER NOT NULL,
+    PRIMARY KEY (build, worker, module)
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS events (
     seq    INTEGER PRIMARY KEY AUTOINCREMENT,
     build  TEXT NOT NULL,

@@ -11,7 +11,7 @@ possible.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conveyor.scheduling import kept_together
@@ -31,14 +31,25 @@ def clean_boundary(before: str | None, first: str, whole: str = "class") -> bool
     return before is None or not kept_together(before, first, whole)
 
 
-def cut(held: Sequence[Held], max_units: int, whole: str = "class") -> list[str]:
+def never(unit: str) -> bool:
+    return False
+
+
+def cut(
+    held: Sequence[Held],
+    max_units: int,
+    whole: str = "class",
+    behind: Callable[[str], bool] = never,
+) -> list[str]:
     """The suffix of a victim's unclaimed leases a thief takes ([] when none may be taken).
 
     `held` is every lease of the victim in its reservation order. Of its m unclaimed leases
     the target is the last min(ceil(m / 2), max_units). The steal starts at the first
     unclaimed lease of the suffix whose boundary with the lease before it (claimed or not) is
     clean: the target start if clean, else the nearest clean start later (a smaller steal),
-    else the nearest clean start earlier that still takes at most `max_units`, else nothing."""
+    else the nearest clean start earlier that still takes at most `max_units`, else nothing.
+    A start is not clean either when a lease it would take lies `behind` the thief in a split
+    module (queue/forward.py)."""
     positions = [index for index, lease in enumerate(held) if not lease.claimed]
     count = len(positions)
     take = min((count + 1) // 2, max(1, max_units))
@@ -49,8 +60,9 @@ def cut(held: Sequence[Held], max_units: int, whole: str = "class") -> list[str]
     for start in [*range(target, count), *range(target - 1, lowest - 1, -1)]:
         at = positions[start]
         before = held[at - 1].unit if at > 0 else None
-        if clean_boundary(before, held[at].unit, whole):
-            return [held[index].unit for index in positions[start:]]
+        taken = [held[index].unit for index in positions[start:]]
+        if clean_boundary(before, held[at].unit, whole) and not any(map(behind, taken)):
+            return taken
     return []
 
 
@@ -65,11 +77,16 @@ def victims(held_by: Mapping[str, Sequence[Held]], thief: str) -> list[str]:
 
 
 def plan(
-    held_by: Mapping[str, Sequence[Held]], thief: str, max_units: int, whole: str = "class"
+    held_by: Mapping[str, Sequence[Held]],
+    thief: str,
+    max_units: int,
+    whole: str = "class",
+    behind: Callable[[str], bool] = never,
 ) -> tuple[str, list[str]] | None:
-    """(victim, units to move) of a steal by `thief`, or None when nothing may be stolen."""
+    """(victim, units to move) of a steal by `thief`, or None when nothing may be stolen;
+    `behind` says which units lie behind the thief (queue/forward.py)."""
     for victim in victims(held_by, thief):
-        taken = cut(held_by[victim], max_units, whole)
+        taken = cut(held_by[victim], max_units, whole, behind)
         if taken:
             return victim, taken
     return None

@@ -24,13 +24,17 @@
 --   KEYS[13] claimed      set     leased units their worker has started: never stolen
 --   KEYS[14] lease_seq    hash    leased unit -> its place in the order leases were granted
 --                                 (counter: the field `leases_granted` of meta)
--- Some scripts get more keys, from KEYS[15] on, touched (expiry pushed back) only by them:
+--   KEYS[15] forward_ranks hash   unit of a split module -> its rank (queue/forward.py: twice
+--                                 its place in collection order, + 1 if it starts a range)
+--   KEYS[16] forward_marks hash   "<worker>\0<module>" -> highest rank that worker has leased there;
+--                                 a released (dead) worker's go
+-- Some scripts get more keys, from KEYS[17] on, touched (expiry pushed back) only by them:
 --   reserve.lua, steal.lua  reservations:<worker>  list  unit, attempt, unit, attempt, ...
 --                           reserve_requests       hash  worker -> JSON {id, reply} of its last
---                                                  request that leased units (KEYS[16])
+--                                                  request that leased units (KEYS[18])
 --   steal.lua               stolen                 hash  "<victim>\0<unit>\0<attempt>" -> how
 --                                                  many such entries left the victim's
---                                                  reservations (KEYS[17])
+--                                                  reservations (KEYS[19])
 --   requeue.lua             requeues               hash  unit -> times requeued (absent: 0)
 -- A unit is in exactly one of pending, leases or neither (done), so done = total - pending - leased
 -- and no counter can drift.
@@ -43,7 +47,8 @@ local META, UNITS, ATTEMPTS, CRASHES = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local PENDING, LEASES, OWNER = KEYS[5], KEYS[6], KEYS[7]
 local WORKERS, WORKER_INFO, LAST_SEEN = KEYS[8], KEYS[9], KEYS[10]
 local SEQ, EVENTS, CLAIMED, LEASE_SEQ = KEYS[11], KEYS[12], KEYS[13], KEYS[14]
-local FIRST_EXTRA_KEY = 15
+local FORWARD_RANKS, FORWARD_MARKS = KEYS[15], KEYS[16]
+local FIRST_EXTRA_KEY = 17
 local NOW, TTL_MS = ARGV[1], ARGV[2]
 
 -- The error a script returns when the build's keys are gone; RedisQueue raises BuildStateLost.
@@ -148,6 +153,140 @@ local function pop_front(count, mode)
   return picked
 end
 
+-- A worker goes forward through a split module, never back: queue/forward.py in Lua.
+local FORWARD_SCAN = 64  -- forward.SCAN
+
+-- The file of a test id (forward.file_of).
+local function file_of(id)
+  local first = string.find(id, '::', 1, true)
+  if first then
+    return string.sub(id, 1, first - 1)
+  end
+  return id
+end
+
+local function rank_of(unit)
+  return tonumber(redis.call('HGET', FORWARD_RANKS, unit))
+end
+
+local function mark_of(worker, module)
+  return tonumber(redis.call('HGET', FORWARD_MARKS, worker .. '\0' .. module))
+end
+
+local function is_behind(rank, mark)
+  return rank ~= nil and mark ~= nil and rank < mark
+end
+
+-- Raise `worker`'s mark in the module of `unit`, just leased to it (forward.marked).
+local function mark_leased(worker, unit)
+  local rank = rank_of(unit)
+  if rank then
+    local mark = mark_of(worker, file_of(unit))
+    if not mark or rank > mark then
+      redis.call('HSET', FORWARD_MARKS, worker .. '\0' .. file_of(unit), rank)
+    end
+  end
+end
+
+-- A released worker runs nothing more, and a process started under its id starts afresh.
+local function forget_marks(worker)
+  local prefix = worker .. '\0'
+  for _, key in ipairs(redis.call('HKEYS', FORWARD_MARKS)) do
+    if string.sub(key, 1, #prefix) == prefix then
+      redis.call('HDEL', FORWARD_MARKS, key)
+    end
+  end
+end
+
+-- forward.choose: the pending units a reservation of `count` by `worker` takes, or nil when
+-- every unit among the first FORWARD_SCAN lies behind it.
+local function forward_choose(worker, count, mode)
+  local marks = {}  -- module -> mark (false: none), raised by what is taken here
+  local function mark_in(module)
+    if marks[module] == nil then
+      marks[module] = mark_of(worker, module) or false
+    end
+    return marks[module] or nil
+  end
+  local taken, looked, offset = {}, 0, 0
+  while true do
+    local batch = redis.call('ZRANGE', PENDING, offset, offset + FORWARD_SCAN - 1)
+    if #batch == 0 then
+      break
+    end
+    offset = offset + #batch
+    for _, unit in ipairs(batch) do
+      local module, rank = file_of(unit), rank_of(unit)
+      local behind = is_behind(rank, mark_in(module))
+      local take = true
+      if #taken == 0 then
+        if looked >= FORWARD_SCAN then
+          return nil
+        end
+        looked = looked + 1
+        take = not behind
+      else
+        if behind or (rank and rank % 2 == 1) then  -- behind, or another range (forward.choose)
+          return taken
+        end
+        if #taken >= math.max(1, count) then
+          local key = whole_key(unit, mode)
+          if not key or key ~= whole_key(taken[#taken], mode) then
+            return taken
+          end
+        end
+      end
+      if take then
+        taken[#taken + 1] = unit
+        local mark = mark_in(module)
+        if rank and (not mark or rank > mark) then
+          marks[module] = rank
+        end
+      end
+    end
+  end
+  if #taken == 0 and looked > 0 then
+    return nil
+  end
+  return taken
+end
+
+-- forward.others_could_run: whether a worker other than `worker`, seen at `since` or later,
+-- could run `unit` forward.
+local function others_could_run(unit, worker, since)
+  local rank, module = rank_of(unit), file_of(unit)
+  local seen = redis.call('HGETALL', LAST_SEEN)
+  for i = 1, #seen, 2 do
+    local other = seen[i]
+    if other ~= worker and tonumber(seen[i + 1]) >= since
+        and not is_behind(rank, mark_of(other, module)) then
+      return true
+    end
+  end
+  return false
+end
+
+-- The pending units a reservation of `count` by `worker` leases (pop_front, passing over units
+-- behind the worker in a split module); {} when it waits for another worker to run them.
+-- `since`: a worker seen since then is alive.
+local function take_pending(worker, count, mode, since)
+  if redis.call('EXISTS', FORWARD_RANKS) == 0 then
+    return pop_front(count, mode)
+  end
+  local picked = forward_choose(worker, count, mode)
+  if picked == nil then
+    local first = redis.call('ZRANGE', PENDING, 0, 0)[1]
+    if others_could_run(first, worker, since) then
+      return {}
+    end
+    return pop_front(count, mode)
+  end
+  for _, unit in ipairs(picked) do
+    redis.call('ZREM', PENDING, unit)
+  end
+  return picked
+end
+
 -- The one way out of a lease (completed, requeued, returned, expired): every trace of it goes.
 local function drop_lease(unit)
   redis.call('ZREM', LEASES, unit)
@@ -204,6 +343,7 @@ local function grant(unit, worker, deadline, new_attempt, reservations)
   redis.call('SREM', CLAIMED, unit)
   redis.call('HSET', LEASE_SEQ, unit, redis.call('HINCRBY', META, 'leases_granted', 1))
   redis.call('RPUSH', reservations, unit, attempt)
+  mark_leased(worker, unit)
   return attempt
 end
 

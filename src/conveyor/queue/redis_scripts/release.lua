@@ -4,9 +4,9 @@
 -- with `final` (a hard timeout) the culprit is finalised at once, whatever its crash count.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
---              (each "conveyor:{<build>}:<name>")
+-- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq,
+--              forward_ranks, forward_marks (each "conveyor:{<build>}:<name>")
 -- ARGV[1]  now          caller's clock, seconds
 -- ARGV[2]  ttl_ms       key expiry after the last write
 -- ARGV[3]  worker
@@ -53,6 +53,10 @@ for _, unit in ipairs(held_by(worker)) do
 end
 
 to_front_of_a_gone_worker(requeued)
+if ARGV[8] == 'worker_lost' then  -- not a live worker's orderly hand-back
+  redis.call('HDEL', LAST_SEEN, worker)
+  forget_marks(worker)
+end
 emit(ARGV[8], worker, false,
   '{"cause":' .. cause .. ',"requeued":' .. json_list(requeued) .. '}')
 maybe_finish()

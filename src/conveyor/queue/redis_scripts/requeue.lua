@@ -3,10 +3,10 @@
 -- tolerance means no build-wide cap). Past either budget the caller completes the unit instead.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
---              (each "conveyor:{<build>}:<name>")
--- KEYS[15]     conveyor:{<build>}:requeues  hash  unit -> times it was requeued (absent: 0)
+-- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq,
+--              forward_ranks, forward_marks (each "conveyor:{<build>}:<name>")
+-- KEYS[17]     conveyor:{<build>}:requeues  hash  unit -> times it was requeued (absent: 0)
 --              The build-wide count is the field `requeues` of meta (absent: 0).
 -- ARGV[1]  now           caller's clock, seconds
 -- ARGV[2]  ttl_ms        key expiry after the last write

@@ -1,11 +1,11 @@
 -- reserve.lua: reclaim expired leases, then lease up to ARGV[4] units to one worker.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
---              (each "conveyor:{<build>}:<name>")
--- KEYS[15]     conveyor:{<build>}:reservations:<worker>  list of unit, attempt (for replay)
--- KEYS[16]     conveyor:{<build>}:reserve_requests  hash  worker -> JSON {id, reply} of its
+-- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq,
+--              forward_ranks, forward_marks (each "conveyor:{<build>}:<name>")
+-- KEYS[17]     conveyor:{<build>}:reservations:<worker>  list of unit, attempt (for replay)
+-- KEYS[18]     conveyor:{<build>}:reserve_requests  hash  worker -> JSON {id, reply} of its
 --              last request that leased units
 -- ARGV[1]  now         caller's clock, seconds
 -- ARGV[2]  ttl_ms      key expiry after the last write
@@ -35,7 +35,8 @@ if redis.call('HEXISTS', META, 'stop_reason') == 1 then
 end
 reclaim_expired()
 
-local picked = pop_front(tonumber(ARGV[4]), ARGV[7])
+local lease_ttl = tonumber(ARGV[5]) - tonumber(NOW)
+local picked = take_pending(worker, tonumber(ARGV[4]), ARGV[7], tonumber(NOW) - lease_ttl)
 local reply = {'leased', 0}
 for _, unit in ipairs(picked) do
   reply[#reply + 1] = unit
@@ -52,8 +53,9 @@ if #picked > 0 then
   return reply
 end
 touch()
--- Nothing pending. While leases are out, a unit may still come back (expiry, release).
-if redis.call('ZCARD', LEASES) == 0 then
+-- Nothing to lease. While leases are out, a unit may still come back (expiry, release); units
+-- still pending lie behind this worker, for another to run.
+if redis.call('ZCARD', LEASES) == 0 and redis.call('ZCARD', PENDING) == 0 then
   return {'exhausted', 0}
 end
 return {'wait', 0}

@@ -2,9 +2,9 @@
 -- reserve what is left; the results so far stay. A finished build (every unit done) is not
 -- resumed. Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
---              (each "conveyor:{<build>}:<name>")
+-- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq,
+--              forward_ranks, forward_marks (each "conveyor:{<build>}:<name>")
 -- ARGV[1]  now     caller's clock, seconds
 -- ARGV[2]  ttl_ms  key expiry after the last write
 -- ARGV[3]  reason  why it is resumed, copied into the event

@@ -8,12 +8,12 @@
 -- such cut is passed over). The leases keep their attempt and get the thief's deadline.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
--- KEYS[1..14]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
---              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq
---              (each "conveyor:{<build>}:<name>")
--- KEYS[15]     conveyor:{<build>}:reservations:<thief>  list of unit, attempt (for replay)
--- KEYS[16]     conveyor:{<build>}:reserve_requests  hash  worker -> JSON {id, reply}
--- KEYS[17]     conveyor:{<build>}:stolen  hash  "<victim>\0<unit>\0<attempt>" -> count: entries
+-- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
+--              leases, owner, workers, worker_info, last_seen, seq, events, claimed, lease_seq,
+--              forward_ranks, forward_marks (each "conveyor:{<build>}:<name>")
+-- KEYS[17]     conveyor:{<build>}:reservations:<thief>  list of unit, attempt (for replay)
+-- KEYS[18]     conveyor:{<build>}:reserve_requests  hash  worker -> JSON {id, reply}
+-- KEYS[19]     conveyor:{<build>}:stolen  hash  "<victim>\0<unit>\0<attempt>" -> count: entries
 --              of the victim's reservations that are the thief's now
 -- ARGV[1]  now         caller's clock, seconds
 -- ARGV[2]  ttl_ms      key expiry after the last write
@@ -29,7 +29,8 @@ if not populated() then
   return redis.error_reply(BUILD_LOST)
 end
 
-local RESERVATIONS, REQUESTS, STOLEN = KEYS[15], KEYS[16], KEYS[17]
+local RESERVATIONS = KEYS[FIRST_EXTRA_KEY]
+local REQUESTS, STOLEN = KEYS[FIRST_EXTRA_KEY + 1], KEYS[FIRST_EXTRA_KEY + 2]
 local thief, max_units, deadline, request_id = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local whole = ARGV[7]
 
@@ -52,7 +53,13 @@ local function bytes_less(a, b)
   return #a < #b
 end
 
--- stealing.cut: the tail of `held` ({unit, claimed} in the victim's order) to take, or {}.
+-- Whether `unit` lies behind the thief in a split module (queue/forward.py).
+local function behind_thief(unit)
+  return is_behind(rank_of(unit), mark_of(thief, file_of(unit)))
+end
+
+-- stealing.cut: the tail of `held` ({unit, claimed} in the victim's order) to take, or {}; a
+-- start that would take a unit behind the thief is not clean either.
 local function cut(held)
   local positions = {}
   for index, lease in ipairs(held) do
@@ -80,11 +87,14 @@ local function cut(held)
       before = held[at - 1].unit
     end
     if clean_boundary(before, held[at].unit) then
-      local taken = {}
+      local taken, forward = {}, true
       for k = start + 1, count do
         taken[#taken + 1] = held[positions[k]].unit
+        forward = forward and not behind_thief(taken[#taken])
       end
-      return taken
+      if forward then
+        return taken
+      end
     end
   end
   return {}
@@ -134,7 +144,8 @@ reclaim_expired()
 touch()
 
 local reply = {'leased', 0}
-local picked = pop_front(max_units, whole)
+local since = 2 * tonumber(NOW) - tonumber(deadline)  -- now - the lease ttl
+local picked = take_pending(thief, max_units, whole, since)
 if #picked > 0 then  -- pending units first, exactly as reserve.lua leases them
   for _, unit in ipairs(picked) do
     reply[#reply + 1] = unit
@@ -152,7 +163,7 @@ else
     end
   end
   if not victim then
-    if redis.call('ZCARD', LEASES) == 0 then
+    if redis.call('ZCARD', LEASES) == 0 and redis.call('ZCARD', PENDING) == 0 then
       return {'exhausted', 0}
     end
     return {'wait', 0}

@@ -1,0 +1,128 @@
+"""A worker goes forward through a split module, never back: the rule every backend applies
+(redis_scripts/_lib.lua's take_pending is the same rule in Lua, held to this one by the
+conformance suite).
+
+With timing history the leader splits a module too long for balance into ranges and serves
+them slowest first, so a module's ranges no longer come in collection order. A worker that ran
+a later range of a module and then an earlier one would run that module's tests out of order,
+which a plain run never does: pyparsing's suite has tests that then fail. So the queue keeps,
+for each worker and each split module, the highest collection rank it has leased there (its
+*mark*), and a unit ranked below the worker's mark is *behind* it. Each worker's tests of a
+split module are then a subsequence of collection order, as under `-k`.
+
+A reservation passes over units behind its worker (looking at most SCAN units into the queue)
+and leases from the first one that is not, and it holds at most one range: a worker sizes its
+reservation by the range it saw at the front, and the front may have moved on since. When
+every unit it looks at is behind, it waits while another live worker could run the front unit
+forward, and otherwise takes the front anyway: nothing is ever stuck, and a build whose
+workers have all gone past a range still runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from conveyor.scheduling import kept_together
+
+SCAN = 64  # pending units a reservation looks through for one its worker may run
+
+
+def file_of(unit: str) -> str:
+    return unit.partition("::")[0]
+
+
+def ranks(units: Sequence[str], meta: Mapping[str, object]) -> dict[str, int]:
+    """The rank of every unit of a split module, from the leader's meta: its range starts
+    (`range_starts`) name the split modules, `collection_order` gives each unit's place in
+    collection order (listed in serving order; absent when serving order is collection order).
+    A rank is twice that place, plus one for a range's first unit (`starts_a_range`): ranks
+    order the units as collection order does."""
+    starts = meta.get("range_starts")
+    if not isinstance(starts, list) or not starts:
+        return {}
+    first = {start for start in starts if isinstance(start, str)}
+    split = {file_of(start) for start in first}
+    order = meta.get("collection_order")
+    if not isinstance(order, list) or len(order) != len(units):
+        order = list(range(len(units)))
+    return {
+        unit: 2 * place + (unit in first)
+        for unit, place in zip(units, order, strict=True)
+        if isinstance(place, int) and file_of(unit) in split
+    }
+
+
+def starts_a_range(rank: int | None) -> bool:
+    return rank is not None and rank % 2 == 1
+
+
+def is_behind(rank: int | None, mark: int | None) -> bool:
+    """Whether a unit of `rank` lies behind a worker whose mark in its module is `mark`."""
+    return rank is not None and mark is not None and rank < mark
+
+
+def marked(
+    marks: dict[str, int], units: Iterable[str], rank_of: Callable[[str], int | None]
+) -> None:
+    """Raise `marks` (module -> highest rank leased) for newly leased `units`."""
+    for unit in units:
+        rank = rank_of(unit)
+        if rank is not None:
+            module = file_of(unit)
+            marks[module] = max(rank, marks.get(module, rank))
+
+
+def choose(
+    front: Iterable[str],
+    count: int,
+    whole: str,
+    rank_of: Callable[[str], int | None],
+    marks: Mapping[str, int],
+) -> list[str] | None:
+    """What a reservation of `count` takes from `front` (pending units in serving order) for
+    a worker with `marks`: the first unit not behind it among the first SCAN, the units after
+    it up to `count`, and every unit kept together with the last one taken
+    (`scheduling.through_group_end`), stopping at the start of another range and at a unit
+    behind the worker. [] when nothing is pending; None when every unit looked at is behind
+    (see `others_could_run`)."""
+    mark = dict(marks)
+    taken: list[str] = []
+    looked = 0
+    for unit in front:
+        rank = rank_of(unit)
+        behind = is_behind(rank, mark.get(file_of(unit)))
+        if not taken:
+            if looked >= SCAN:
+                return None
+            looked += 1
+            if behind:
+                continue
+        else:
+            full = len(taken) >= max(1, count) and not kept_together(taken[-1], unit, whole)
+            if behind or starts_a_range(rank) or full:
+                break
+        taken.append(unit)
+        marked(mark, [unit], rank_of)
+    if not taken and looked:
+        return None
+    return taken
+
+
+def others_could_run(
+    unit: str,
+    rank: int,
+    worker: str,
+    marks_of: Mapping[str, Mapping[str, int]],
+    last_seen: Mapping[str, float],
+    since: float,
+) -> bool:
+    """Whether a worker other than `worker`, seen since `since` (alive: it reserved, claimed
+    or heartbeat within a lease's lifetime), could run `unit` (of collection `rank`) forward:
+    the reservation of a worker it is behind then waits for that one."""
+    module = file_of(unit)
+    return any(
+        other != worker
+        and seen >= since
+        and not is_behind(rank, marks_of.get(other, {}).get(module))
+        for other, seen in last_seen.items()
+    )
