@@ -939,12 +939,20 @@ def test_a_gone_workers_leases_come_back_with_what_is_kept_whole_in_its_order(
     make_queue: QueueFactory, clock: Any, whole: str | None, expected: list[str]
 ) -> None:
     """A worker that died holding a class (or file) must not leave it to run backwards on the
-    next worker: tests of a class may depend on the ones before them."""
+    next worker: tests of a class may depend on the ones before them. (The queue's order is
+    read by fresh workers, one reservation each: under "class" it keeps each worker going
+    forward through a module, so one worker would pass over units behind it.)"""
     queue = make_queue(lease_ttl_s=5)
     queue.populate("gw0", CLASSY, {} if whole is None else {"whole": whole})
     queue.reserve("gw0", len(CLASSY), whole="none")
     clock.advance(10)  # gw0 died: its leases come back to the front
-    assert unit_ids(queue.reserve("gw1", len(CLASSY), whole="none")) == expected
+    served: list[str] = []
+    for fresh in itertools.count(1):
+        reservation = unit_ids(queue.reserve(f"new{fresh}", 1))
+        if not reservation:
+            break
+        served += reservation
+    assert served == expected
 
 
 def test_a_released_class_comes_back_in_its_own_order(make_queue: QueueFactory) -> None:
@@ -1306,3 +1314,19 @@ def test_a_build_without_split_modules_serves_strictly_from_the_front(
     queue.reserve("gw0", 6, whole="none")
     queue.hand_back("gw0", SPLIT[1:], "slow")
     assert unit_ids(queue.reserve("gw0", 1, whole="none")) == SPLIT[1:2]
+
+
+def test_without_history_a_steal_never_sends_the_thief_back_in_a_module(
+    make_queue: QueueFactory,
+) -> None:
+    """A first run (no ranges): a build that keeps classes whole ranks every unit, so a worker
+    done with a module's later tests does not steal its earlier ones from another's backlog."""
+    queue = make_queue()
+    queue.populate("gw0", SPLIT, {"whole": "class"})
+    for worker in ("gw0", "gw1", "gw2"):
+        queue.join(worker, {})
+    assert unit_ids(queue.reserve("gw0", 4)) == SPLIT[:4]
+    run_all(queue, "gw1", queue.reserve("gw1", 2))
+    queue.claim("gw0", SPLIT[:1])
+    assert queue.steal("gw1", 8).state == WAIT
+    assert unit_ids(queue.steal("gw2", 8)) == SPLIT[2:4]

@@ -1,21 +1,23 @@
-"""A worker goes forward through a split module, never back: the rule every backend applies
+"""A worker goes forward through a module, never back: the rule every backend applies
 (redis_scripts/_lib.lua's take_pending is the same rule in Lua, held to this one by the
 conformance suite).
 
-With timing history the leader splits a module too long for balance into ranges and serves
-them slowest first, so a module's ranges no longer come in collection order. A worker that ran
-a later range of a module and then an earlier one would run that module's tests out of order,
-which a plain run never does: pyparsing's suite has tests that then fail. So the queue keeps,
-for each worker and each split module, the highest collection rank it has leased there (its
+A plain run runs a module's tests in collection order; suites whose later tests change what
+earlier ones see exist (pyparsing's does). Several paths could send a worker back: with timing
+history the leader serves a long module's late slow ranges first; a steal takes the tail of
+another worker's backlog; a hand-back, a crash or an expiry puts units back at the front. So
+the queue keeps, for each worker and each module, the highest rank it has leased there (its
 *mark*), and a unit ranked below the worker's mark is *behind* it. Each worker's tests of a
-split module are then a subsequence of collection order, as under `-k`.
+module are then a subsequence of collection order, as under `-k`. Builds that keep a class
+whole (the default, module and class groupings) rank every unit; others rank none, except a
+split module's (`--dist test` asks for no order; a file or scope never goes to two workers).
 
 A reservation passes over units behind its worker (looking at most SCAN units into the queue)
-and leases from the first one that is not, and it holds at most one range: a worker sizes its
-reservation by the range it saw at the front, and the front may have moved on since. When
-every unit it looks at is behind, it waits while another live worker could run the front unit
-forward, and otherwise takes the front anyway: nothing is ever stuck, and a build whose
-workers have all gone past a range still runs it.
+and leases from the first one that is not, and it holds at most one range of a split module:
+a worker sizes its reservation by the range it saw at the front, and the front may have moved
+on since. When every unit it looks at is behind, it waits while another live worker could run
+the front unit forward, and otherwise takes the front anyway: nothing is ever stuck, and a
+build whose workers have all gone past a unit still runs it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from conveyor.scheduling import kept_together
 
-SCAN = 64  # pending units a reservation looks through for one its worker may run
+SCAN = 500  # pending units a reservation looks through for one its worker may run
 
 
 def file_of(unit: str) -> str:
@@ -32,15 +34,18 @@ def file_of(unit: str) -> str:
 
 
 def ranks(units: Sequence[str], meta: Mapping[str, object]) -> dict[str, int]:
-    """The rank of every unit of a split module, from the leader's meta: its range starts
-    (`range_starts`) name the split modules, `collection_order` gives each unit's place in
-    collection order (listed in serving order; absent when serving order is collection order).
-    A rank is twice that place, plus one for a range's first unit (`starts_a_range`): ranks
-    order the units as collection order does."""
+    """The rank of each unit, from the leader's meta: every unit when the build keeps classes
+    whole (`whole`), else the units of split modules (named by `range_starts`, the first unit
+    of each range). `collection_order` gives each unit's place in collection order (listed in
+    serving order; absent when the two orders are one). A rank is twice that place, plus one
+    for a range's first unit (`starts_a_range`): ranks order units as collection order does."""
     starts = meta.get("range_starts")
-    if not isinstance(starts, list) or not starts:
+    first = (
+        {start for start in starts if isinstance(start, str)} if isinstance(starts, list) else set()
+    )
+    every = meta.get("whole") == "class"
+    if not every and not first:
         return {}
-    first = {start for start in starts if isinstance(start, str)}
     split = {file_of(start) for start in first}
     order = meta.get("collection_order")
     if not isinstance(order, list) or len(order) != len(units):
@@ -48,7 +53,7 @@ def ranks(units: Sequence[str], meta: Mapping[str, object]) -> dict[str, int]:
     return {
         unit: 2 * place + (unit in first)
         for unit, place in zip(units, order, strict=True)
-        if isinstance(place, int) and file_of(unit) in split
+        if isinstance(place, int) and (every or file_of(unit) in split)
     }
 
 

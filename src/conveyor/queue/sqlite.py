@@ -39,7 +39,7 @@ from conveyor.queue.protocol import (
 )
 from conveyor.queue.sqlite_build import BuildTx, lost
 from conveyor.queue.sqlite_file import SQLiteFile
-from conveyor.queue.sqlite_leases import Leases
+from conveyor.queue.sqlite_leases import Leases, held_back
 from conveyor.scheduling import check_whole
 
 # Kept importable under their old names.
@@ -225,7 +225,15 @@ class SQLiteQueue(Queue):
         if not counters:
             return False
         pending, leased, stop_reason = counters[0]
-        if stop_reason is not None or pending or not leased:
+        if stop_reason is not None:
+            return False
+        if pending:
+            # Units pending, all behind this worker in a split module, for another worker to
+            # run (queue/forward.py): to this worker it is as if nothing were pending.
+            since = self._clock() - self.lease_ttl_s
+            if not held_back(self._read_rows, self.build, worker, since):
+                return False
+        elif not leased:
             return False
         expired, retried, stealable = self._file.read(
             (EXPIRED_SQL, (self.build, self._clock())),
@@ -240,6 +248,9 @@ class SQLiteQueue(Queue):
         for unit, holder, claimed in self._file.read((HELD_SQL, (self.build,)))[0]:
             held_by.setdefault(holder, []).append(stealing.Held(unit, bool(claimed)))
         return stealing.plan(held_by, worker, max_units, whole) is None
+
+    def _read_rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self._file.read((sql, params))[0]
 
     def heartbeat(self, worker: str, units: Sequence[str]) -> int:
         return len(self._renew(worker, units, claim=False))

@@ -6,14 +6,42 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from conveyor.queue import forward, stealing
 from conveyor.queue.protocol import EventKind, Lease
 from conveyor.queue.sqlite_build import BuildTx
 from conveyor.scheduling import back_to_front_order, through_group_end, whole_of
+
+# Pending units in serving order, each with its rank in a split module (or NULL).
+FRONT_SQL = (
+    "SELECT u.unit, r.rank FROM units AS u INDEXED BY units_by_state "
+    "LEFT JOIN forward_ranks AS r ON r.build = u.build AND r.unit = u.unit "
+    "WHERE u.build = ? AND u.state = 'pending' ORDER BY u.queue_order"
+)
+MARKS_SQL = "SELECT module, rank FROM forward_marks WHERE build = ? AND worker = ?"
+MODULE_MARKS_SQL = "SELECT worker, rank FROM forward_marks WHERE build = ? AND module = ?"
+LAST_SEEN_SQL = "SELECT worker, last_seen FROM workers WHERE build = ?"
+Rows = Callable[[str, Sequence[Any]], list[Any]]
+
+
+def held_back(rows: Rows, build: str, worker: str, since: float) -> bool:
+    """Whether `worker`'s reserve must wait (queue/forward.py): every unit among the first
+    forward.SCAN pending lies behind it, and another worker seen since `since` could run the
+    front one forward. `rows` runs a query: in a write transaction, or in a read snapshot
+    (an idle worker's check before it takes the write lock)."""
+    window = rows(FRONT_SQL + " LIMIT ?", (build, forward.SCAN))
+    if not window or all(rank is None for _, rank in window):
+        return False
+    marks = dict(rows(MARKS_SQL, (build, worker)))
+    if any(not forward.is_behind(rank, marks.get(forward.file_of(unit))) for unit, rank in window):
+        return False
+    first, rank = window[0]
+    module = forward.file_of(first)
+    marks_of = {other: {module: mark} for other, mark in rows(MODULE_MARKS_SQL, (build, module))}
+    last_seen = dict(rows(LAST_SEEN_SQL, (build,)))
+    return forward.others_could_run(first, rank, worker, marks_of, last_seen, since)
 
 
 class HeldLease(NamedTuple):
@@ -139,47 +167,26 @@ class Leases:
         self.tx.emit(EventKind.LEASED, worker, data={"units": picked})
         return leases
 
-    def _front(self) -> contextlib.closing[sqlite3.Cursor]:
-        """Pending units in serving order; the cursor walks the index lazily: only the rows
-        taken and one more are read."""
-        return contextlib.closing(
-            self.tx.conn.execute(
-                "SELECT unit FROM units WHERE build = ? AND state = 'pending' ORDER BY queue_order",
-                (self.tx.build,),
-            )
-        )
-
     def _pending_to_lease(self, worker: str, max_units: int, whole: str, since: float) -> list[str]:
-        ranked = self.tx.conn.execute(
-            "SELECT 1 FROM forward_ranks WHERE build = ? LIMIT 1", (self.tx.build,)
-        ).fetchone()
-        with self._front() as front:
-            units = (unit for (unit,) in front)
-            if ranked is None:
-                return through_group_end(units, max_units, whole)
-            picked = forward.choose(units, max_units, whole, self.rank_of, self.marks(worker))
-        if picked is not None:
-            return picked
-        with self._front() as front:
-            (first,) = front.fetchone()
-        module = forward.file_of(first)
-        marks_of: dict[str, dict[str, int]] = {}
-        for other, rank in self.tx.conn.execute(
-            "SELECT worker, rank FROM forward_marks WHERE build = ? AND module = ?",
-            (self.tx.build, module),
-        ):
-            marks_of[other] = {module: rank}
-        last_seen = dict(
-            self.tx.conn.execute(
-                "SELECT worker, last_seen FROM workers WHERE build = ?", (self.tx.build,)
-            ).fetchall()
-        )
-        rank = self.rank_of(first)
-        assert rank is not None  # only a ranked unit is ever behind
-        if forward.others_could_run(first, rank, worker, marks_of, last_seen, since):
+        """See MemoryQueue._pending_to_lease."""
+        if held_back(self._rows, self.tx.build, worker, since):
             return []
-        with self._front() as front:
-            return through_group_end((unit for (unit,) in front), max_units, whole)
+        ranks: dict[str, int | None] = {}
+
+        def front() -> Iterator[str]:
+            # The cursor walks the index lazily: only the rows looked at are read.
+            with contextlib.closing(self.tx.conn.execute(FRONT_SQL, (self.tx.build,))) as cursor:
+                for unit, rank in cursor:
+                    ranks[unit] = rank
+                    yield unit
+
+        picked = forward.choose(front(), max_units, whole, ranks.get, self.marks(worker))
+        if picked is None:  # every unit looked at lies behind it, and no one else could run them
+            return through_group_end(front(), max_units, whole)
+        return picked
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self.tx.conn.execute(sql, params).fetchall()
 
     def rank_of(self, unit: str) -> int | None:
         row = self.tx.conn.execute(
@@ -189,12 +196,7 @@ class Leases:
 
     def marks(self, worker: str) -> dict[str, int]:
         """`worker`'s highest rank leased in each split module."""
-        return dict(
-            self.tx.conn.execute(
-                "SELECT module, rank FROM forward_marks WHERE build = ? AND worker = ?",
-                (self.tx.build, worker),
-            ).fetchall()
-        )
+        return dict(self._rows(MARKS_SQL, (self.tx.build, worker)))
 
     def _mark(self, worker: str, units: Sequence[str]) -> None:
         raised: dict[str, int] = {}

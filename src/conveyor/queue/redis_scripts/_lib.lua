@@ -154,7 +154,7 @@ local function pop_front(count, mode)
 end
 
 -- A worker goes forward through a split module, never back: queue/forward.py in Lua.
-local FORWARD_SCAN = 64  -- forward.SCAN
+local FORWARD_SCAN = 500  -- forward.SCAN
 
 -- The file of a test id (forward.file_of).
 local function file_of(id)
