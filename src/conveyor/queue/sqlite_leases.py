@@ -31,11 +31,21 @@ def held_back(rows: Rows, build: str, worker: str, since: float) -> bool:
     forward.SCAN pending lies behind it, and another worker seen since `since` could run the
     front one forward. `rows` runs a query: in a write transaction, or in a read snapshot
     (an idle worker's check before it takes the write lock)."""
-    window = rows(FRONT_SQL + " LIMIT ?", (build, forward.SCAN))
-    if not window or all(rank is None for _, rank in window):
+    marks: dict[str, int] = {}
+
+    def all_behind(window: list[Any]) -> bool:
+        return bool(window) and all(
+            forward.is_behind(rank, marks.get(forward.file_of(unit))) for unit, rank in window
+        )
+
+    front = rows(FRONT_SQL + " LIMIT 1", (build,))  # most reserves: the front is not behind
+    if not front or front[0][1] is None:
         return False
-    marks = dict(rows(MARKS_SQL, (build, worker)))
-    if any(not forward.is_behind(rank, marks.get(forward.file_of(unit))) for unit, rank in window):
+    marks.update(rows(MARKS_SQL, (build, worker)))
+    if not all_behind(front):
+        return False
+    window = rows(FRONT_SQL + " LIMIT ?", (build, forward.SCAN))
+    if not all_behind(window):
         return False
     first, rank = window[0]
     module = forward.file_of(first)

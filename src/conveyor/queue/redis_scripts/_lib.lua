@@ -210,7 +210,7 @@ local function forward_choose(worker, count, mode)
   end
   local taken, looked, offset = {}, 0, 0
   while true do
-    local batch = redis.call('ZRANGE', PENDING, offset, offset + FORWARD_SCAN - 1)
+    local batch = redis.call('ZRANGE', PENDING, offset, offset + 63)  -- most take the first
     if #batch == 0 then
       break
     end
