@@ -49,6 +49,7 @@ def test_late_{index}(worker_id):
     time.sleep({sleep})
 """
 
+
 def long_module_suite(pytester: pytest.Pytester) -> list[str]:
     """The module's tests in collection order."""
     early = "".join(

@@ -1330,3 +1330,15 @@ def test_without_history_a_steal_never_sends_the_thief_back_in_a_module(
     queue.claim("gw0", SPLIT[:1])
     assert queue.steal("gw1", 8).state == WAIT
     assert unit_ids(queue.steal("gw2", 8)) == SPLIT[2:4]
+
+
+def test_a_resumed_build_holds_no_worker_to_what_ran_before_the_stop(
+    make_queue: QueueFactory,
+) -> None:
+    """New processes resume a stopped build under the old ids: they have run nothing."""
+    queue = make_queue()
+    split_build(queue, SLOWEST_RANGE_FIRST[:6])
+    run_all(queue, "gw0", queue.reserve("gw0", 2))
+    queue.stop("interrupted")
+    assert queue.resume("conveyor run --resume")
+    assert unit_ids(queue.reserve("gw0", 2)) == SPLIT[:2]

@@ -388,6 +388,7 @@ class MemoryQueue(Queue):
             if stopped is None or left == 0:
                 return False
             build.stop_reason = build.finished_at = None
+            build.marks.clear()  # new processes resume it: none has run anything yet
             data = {"reason": reason, "stopped": stopped, "left": left, "total": build.total}
             self._emit(EventKind.RESUMED, data=data)
             return True

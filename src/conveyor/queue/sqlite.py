@@ -355,6 +355,7 @@ class SQLiteQueue(Queue):
             if count.stop_reason is None or left == 0:
                 return False
             tx.set_stop(None)
+            tx.forget_marks()  # new processes resume it: none has run anything yet
             data = {"reason": reason, "stopped": count.stop_reason, "left": left}
             tx.emit(EventKind.RESUMED, data={**data, "total": count.total})
         return True

@@ -173,6 +173,10 @@ class BuildTx:
             (self.now, self.build, worker),
         )
 
+    def forget_marks(self) -> None:
+        """Every worker's marks go (queue/forward.py)."""
+        self.conn.execute("DELETE FROM forward_marks WHERE build = ?", (self.build,))
+
     def gone(self, worker: str) -> None:
         """`worker` died: it runs nothing more (never seen since), and a process started under
         its id starts afresh in every split module (queue/forward.py)."""

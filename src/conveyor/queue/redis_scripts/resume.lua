@@ -23,6 +23,7 @@ if left == 0 then
   return 0
 end
 redis.call('HDEL', META, 'stop_reason', 'finished_at')
+redis.call('DEL', FORWARD_MARKS)  -- new processes resume it: none has run anything yet
 emit('resumed', false, false,
   cjson.encode({reason = ARGV[3], stopped = stopped, left = left, total = total}))
 touch()
