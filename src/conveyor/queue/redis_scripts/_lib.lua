@@ -108,6 +108,15 @@ local function class_of(id)
   return string.sub(id, 1, second - 1)
 end
 
+-- The file of a test id (forward.file_of).
+local function file_of(id)
+  local first = string.find(id, '::', 1, true)
+  if first then
+    return string.sub(id, 1, first - 1)
+  end
+  return id
+end
+
 -- What one worker runs whole under `mode` (scheduling.whole_key): 'class' the class, 'file'
 -- the file, 'scope' the class or else the file; nil when nothing holds the unit ('none').
 local function whole_key(id, mode)
@@ -119,14 +128,7 @@ local function whole_key(id, mode)
     if mode == 'scope' then
       key = class_of(id)
     end
-    if key then
-      return key
-    end
-    local first = string.find(id, '::', 1, true)
-    if first then
-      return string.sub(id, 1, first - 1)
-    end
-    return id
+    return key or file_of(id)
   end
   return nil
 end
@@ -153,17 +155,8 @@ local function pop_front(count, mode)
   return picked
 end
 
--- A worker goes forward through a split module, never back: queue/forward.py in Lua.
+-- A worker goes forward through a module, never back: queue/forward.py in Lua.
 local FORWARD_SCAN = 500  -- forward.SCAN
-
--- The file of a test id (forward.file_of).
-local function file_of(id)
-  local first = string.find(id, '::', 1, true)
-  if first then
-    return string.sub(id, 1, first - 1)
-  end
-  return id
-end
 
 local function rank_of(unit)
   return tonumber(redis.call('HGET', FORWARD_RANKS, unit))
