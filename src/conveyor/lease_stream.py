@@ -201,7 +201,7 @@ class LeaseStream:
                 whole=self._whole,
             )
             if reservation.state == WAIT and self._steal:
-                # Nothing pending, but others hold unstarted work: take part of it.
+                # Nothing to lease, but others may hold unstarted work: take part of it.
                 reservation = self._queue.steal(
                     self._worker,
                     STEAL_MAX_UNITS,

@@ -59,7 +59,9 @@ class ReservationState(QueueEnum):
     """What `reserve` and `steal` answer."""
 
     LEASED = "leased"
-    WAIT = "wait"  # nothing pending now, but leases are outstanding and may come back
+    # nothing to lease now: leases are outstanding and may come back, or what is pending lies
+    # behind this worker in a split module, for another to run (queue/forward.py)
+    WAIT = "wait"
     EXHAUSTED = "exhausted"  # every unit has a final result, or the build was stopped
 
 

@@ -172,7 +172,10 @@ class RedisQueue(Queue):
         unique = list(dict.fromkeys(units))
         crashes = int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES))
         digest, total = collection_digest(unique), dumps({"total": len(unique)})
-        whole, ranks = whole_of(meta), dumps(forward.ranks(unique, meta))
+        # Ranks travel as digits aligned with the units ("-": none): a unit name may hold
+        # lone surrogates, which JSON would not carry byte for byte.
+        rank_of = forward.ranks(unique, meta)
+        whole, ranks = whole_of(meta), ",".join(str(rank_of.get(u, "-")) for u in unique)
         args = (leader, digest, dumps(meta), crashes, total, whole, ranks)
         return bool(self._write("populate", *args, *unique))
 

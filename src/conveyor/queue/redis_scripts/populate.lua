@@ -13,8 +13,8 @@
 -- ARGV[7]  populated_data    data of the `populated` event, JSON
 -- ARGV[8]  whole             what the build keeps on one worker (scheduling.whole_of), kept
 --                            for to_front_of_a_gone_worker
--- ARGV[9]  ranks             JSON object: unit of a split module -> collection rank
---                            (queue/forward.py)
+-- ARGV[9]  ranks             one per unit, comma-separated: its rank in a split module
+--                            (queue/forward.py), or '-' for none
 -- ARGV[10..] units           unique, in manifest order
 -- Returns 1 when this caller became the leader, 0 when a manifest already existed.
 
@@ -43,10 +43,13 @@ for start = FIRST_UNIT, #ARGV, CHUNK do
   redis.call('HSET', ATTEMPTS, unpack(attempts))
 end
 
-local ranked = {}
-for unit, rank in pairs(cjson.decode(ARGV[9])) do
-  ranked[#ranked + 1] = unit
-  ranked[#ranked + 1] = rank
+local ranked, index = {}, FIRST_UNIT
+for rank in string.gmatch(ARGV[9], '[^,]+') do
+  if rank ~= '-' then
+    ranked[#ranked + 1] = ARGV[index]
+    ranked[#ranked + 1] = rank
+  end
+  index = index + 1
   if #ranked >= 2 * CHUNK then
     redis.call('HSET', FORWARD_RANKS, unpack(ranked))
     ranked = {}

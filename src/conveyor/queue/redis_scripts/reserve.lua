@@ -17,7 +17,8 @@
 -- ARGV[7]  whole       what the reservation never ends inside: class, file, scope or none
 --                      (see pop_front)
 -- Returns {state, pending, unit, attempt, unit, attempt, ...} with state 'leased', 'wait'
--- (nothing pending, leases outstanding) or 'exhausted'. Error BUILD_LOST when the build is gone.
+-- (nothing to lease: leases outstanding, or what is pending lies behind this worker,
+-- queue/forward.py) or 'exhausted'. Error BUILD_LOST when the build is gone.
 
 if not populated() then
   return redis.error_reply(BUILD_LOST)
