@@ -67,6 +67,11 @@ def is_behind(rank: int | None, mark: int | None) -> bool:
     return rank is not None and mark is not None and rank < mark
 
 
+def behind(rank_of: Callable[[str], int | None], marks: Mapping[str, int]) -> Callable[[str], bool]:
+    """Whether a unit lies behind a worker with `marks` (module -> its mark)."""
+    return lambda unit: is_behind(rank_of(unit), marks.get(file_of(unit)))
+
+
 def marked(
     marks: dict[str, int], units: Iterable[str], rank_of: Callable[[str], int | None]
 ) -> None:
@@ -108,7 +113,8 @@ def choose(
             if behind or starts_a_range(rank) or full:
                 break
         taken.append(unit)
-        marked(mark, [unit], rank_of)
+        if rank is not None:
+            mark[file_of(unit)] = max(rank, mark.get(file_of(unit), rank))
     if not taken and looked:
         return None
     return taken

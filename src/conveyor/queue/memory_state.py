@@ -92,10 +92,7 @@ class Build:
 
     def behind(self, worker: str) -> Callable[[str], bool]:
         """Whether a unit lies behind `worker` in its split module (queue/forward.py)."""
-        marks = self.marks.get(worker, {})
-        return lambda name: forward.is_behind(
-            self.ranks.get(name), marks.get(forward.file_of(name))
-        )
+        return forward.behind(self.ranks.get, self.marks.get(worker, {}))
 
     def remember(
         self, worker: str, request_id: str | None, leases: tuple[Lease, ...]

@@ -31,21 +31,14 @@ def held_back(rows: Rows, build: str, worker: str, since: float) -> bool:
     forward.SCAN pending lies behind it, and another worker seen since `since` could run the
     front one forward. `rows` runs a query: in a write transaction, or in a read snapshot
     (an idle worker's check before it takes the write lock)."""
-    marks: dict[str, int] = {}
-
-    def all_behind(window: list[Any]) -> bool:
-        return bool(window) and all(
-            forward.is_behind(rank, marks.get(forward.file_of(unit))) for unit, rank in window
-        )
-
     front = rows(FRONT_SQL + " LIMIT 1", (build,))  # most reserves: the front is not behind
     if not front or front[0][1] is None:
         return False
-    marks.update(rows(MARKS_SQL, (build, worker)))
-    if not all_behind(front):
+    marks = dict(rows(MARKS_SQL, (build, worker)))
+    if not forward.behind(dict(front).get, marks)(front[0][0]):
         return False
     window = rows(FRONT_SQL + " LIMIT ?", (build, forward.SCAN))
-    if not all_behind(window):
+    if not window or not all(map(forward.behind(dict(window).get, marks), dict(window))):
         return False
     first, rank = window[0]
     module = forward.file_of(first)
@@ -221,11 +214,7 @@ class Leases:
         held_by: dict[str, list[stealing.Held]] = {}
         for lease in self.held():
             held_by.setdefault(lease.worker, []).append(stealing.Held(lease.unit, lease.claimed))
-        marks = self.marks(thief)
-
-        def behind(unit: str) -> bool:
-            return forward.is_behind(self.rank_of(unit), marks.get(forward.file_of(unit)))
-
+        behind = forward.behind(self.rank_of, self.marks(thief))
         planned = stealing.plan(held_by, thief, max_units, whole, behind)
         if planned is None:
             return []

@@ -174,9 +174,10 @@ end
 local function mark_leased(worker, unit)
   local rank = rank_of(unit)
   if rank then
-    local mark = mark_of(worker, file_of(unit))
+    local module = file_of(unit)
+    local mark = mark_of(worker, module)
     if not mark or rank > mark then
-      redis.call('HSET', FORWARD_MARKS, worker .. '\0' .. file_of(unit), rank)
+      redis.call('HSET', FORWARD_MARKS, worker .. '\0' .. module, rank)
     end
   end
 end
