@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from conveyor import __version__
 from conveyor.build_follower import interrupted_while_starting
@@ -37,6 +37,7 @@ from conveyor.history import (
 )
 from conveyor.hooks import run_shell
 from conveyor.options import render_help
+from conveyor.process_exit import exit_process
 from conveyor.quarantine import Entry, refuse_expired
 from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
@@ -783,5 +784,11 @@ def _run_command(handler: Callable[[Sequence[str]], int], rest: Sequence[str]) -
         return _error("interrupted.", 2)
 
 
+def console_main() -> NoReturn:
+    """The `conveyor` console script: `main`, then an exit that skips the interpreter's
+    last garbage collections (`conveyor.process_exit`)."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

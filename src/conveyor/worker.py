@@ -36,6 +36,7 @@ from conveyor.lease_stream import LeaseStream
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
 from conveyor.outcome_record import OutcomeRecord
 from conveyor.payload import bounded_payload
+from conveyor.process_exit import exit_process
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
@@ -406,4 +407,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
