@@ -167,6 +167,51 @@ def test_an_idle_worker_is_told_to_wait_without_taking_the_write_lock(tmp_path: 
     idle.close()
 
 
+def test_a_worker_behind_every_stealable_lease_is_told_to_wait_without_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """A steal never takes what lies behind the thief (queue/forward.py); the snapshot check
+    did not know that, and a worker that had run a split module's last range went for the
+    write lock every 50 ms while another worker held the module's earlier tests."""
+    path = tmp_path / "q.db"
+    module = [f"t.py::test_{i}" for i in range(6)]
+    served = [*module[4:], *module[:4]]  # the last range first, as history serves it
+    meta = {
+        "range_starts": [module[4], module[0], module[2]],
+        "collection_order": [module.index(unit) for unit in served],
+        "whole": "class",
+    }
+    ahead = SQLiteQueue(path, "b")
+    behind = SQLiteQueue(path, "b")
+    ahead.populate("gw0", served, meta)
+    for worker in ("gw0", "gw1"):
+        ahead.join(worker, {})
+    assert [lease.unit for lease in ahead.reserve("gw1", 2).leases] == module[4:]
+    ahead.complete("gw1", [(unit, {"outcome": "passed"}) for unit in module[4:]])
+    assert len(behind.reserve("gw0", 2).leases) + len(behind.reserve("gw0", 2).leases) == 4
+    behind.claim("gw0", module[:1])  # gw0 runs the module forward; gw1 would go back
+    answers: list[object] = []
+
+    def ask() -> None:
+        answers.append((ahead.reserve("gw1", 4).state, ahead.steal("gw1", 64).state))
+
+    lock = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is writing, for as long as it likes
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=30)
+        assert answers == [(ReservationState.WAIT, ReservationState.WAIT)]
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+    # A thief the leases do not lie behind still steals them, through the write path.
+    ahead.join("gw2", {})
+    assert [lease.unit for lease in ahead.steal("gw2", 64).leases] == module[2:4]
+    ahead.close()
+    behind.close()
+
+
 ABANDONED_WRITE = """
 import contextlib, sys
 from conveyor.queue.sqlite import SQLiteQueue

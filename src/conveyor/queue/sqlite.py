@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conveyor.queue import stealing
+from conveyor.queue import forward, stealing
 from conveyor.queue.messages import NOT_JSON, invalid_manifest, malformed
 from conveyor.queue.protocol import (
     EVENTS_PAGE,
@@ -39,7 +39,7 @@ from conveyor.queue.protocol import (
 )
 from conveyor.queue.sqlite_build import BuildTx, lost
 from conveyor.queue.sqlite_file import SQLiteFile
-from conveyor.queue.sqlite_leases import Leases, held_back
+from conveyor.queue.sqlite_leases import MARKS_SQL, Leases, held_back
 from conveyor.scheduling import check_whole
 
 # Kept importable under their old names.
@@ -64,9 +64,10 @@ STEALABLE_SQL = (
     "SELECT COUNT(*) FROM units INDEXED BY units_by_state WHERE build = ? AND state = 'leased' "
     "AND claimed = 0 AND worker != ?"
 )
-HELD_SQL = (
-    "SELECT unit, worker, claimed FROM units INDEXED BY units_by_state "
-    "WHERE build = ? AND state = 'leased' ORDER BY lease_seq"
+HELD_SQL = (  # every lease, in the order granted, with its rank in a split module (or NULL)
+    "SELECT u.unit, u.worker, u.claimed, r.rank FROM units AS u INDEXED BY units_by_state "
+    "LEFT JOIN forward_ranks AS r ON r.build = u.build AND r.unit = u.unit "
+    "WHERE u.build = ? AND u.state = 'leased' ORDER BY u.lease_seq"
 )
 RESERVATIONS_SQL = (
     "SELECT unit, attempt FROM reservations WHERE build = ? AND worker = ? ORDER BY rowid"
@@ -244,10 +245,15 @@ class SQLiteQueue(Queue):
             return False
         if not steal or not stealable[0][0]:
             return True
+        held, marks = self._file.read((HELD_SQL, (self.build,)), (MARKS_SQL, (self.build, worker)))
         held_by: dict[str, list[stealing.Held]] = {}
-        for unit, holder, claimed in self._file.read((HELD_SQL, (self.build,)))[0]:
+        ranks: dict[str, int] = {}
+        for unit, holder, claimed, rank in held:
             held_by.setdefault(holder, []).append(stealing.Held(unit, bool(claimed)))
-        return stealing.plan(held_by, worker, max_units, whole) is None
+            if rank is not None:
+                ranks[unit] = rank
+        behind = forward.behind(ranks.get, dict(marks))
+        return stealing.plan(held_by, worker, max_units, whole, behind) is None
 
     def _read_rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         return self._file.read((sql, params))[0]
