@@ -296,6 +296,13 @@ class Queue(Protocol):
         test`, pytest-xdist's load, and units that are not pytest's): exactly up to
         `max_units`.
 
+        A worker goes forward through a split module, never back (`queue.forward`): the
+        reservation passes over pending units ranked below the worker's mark in their module
+        (looking at most `forward.SCAN` units in), holds at most one range of a split module,
+        and stops before a unit behind the worker. When every unit it looks at is behind:
+        WAIT while another live worker could run the front one forward, else the front is
+        leased anyway. EXHAUSTED only when nothing is pending and nothing leased.
+
         Idempotent: `request_id` names one logical reservation, and a retry with the same id
         (its reply was lost: a dropped connection, a socket timeout) returns the same
         reservation instead of leasing more, so a lost reply leaks no lease. The caller makes
@@ -335,8 +342,9 @@ class Queue(Protocol):
         unclaimed leases (ties: the smallest worker id). The thief gets a suffix of the
         victim's unclaimed leases in the victim's reservation order, about half of them
         (rounded up) and at most `max_units`, cut where nothing `whole` keeps together is
-        split (see `queue.stealing.cut`); a victim whose every cut would split one is passed
-        over for the next. The leases keep their
+        split (see `queue.stealing.cut`) and never taking a unit that lies behind the thief
+        (`queue.forward`); a victim whose every cut would do either is passed over for the
+        next. The leases keep their
         attempt (a steal is no new attempt) and get a fresh deadline; the first is claimed for
         the thief, which runs it at once, so that no idle worker steals it back. They move
         from the victim's `reservations` to the end of the thief's. One EVENT_STOLEN event
