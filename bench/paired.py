@@ -7,7 +7,8 @@ checks REV out into a temporary git worktree, writes the suite once, and runs
 checkout's `src` (after), spawned and, with `--fork-workers`, forked too. The variants rotate
 each round (round r starts at variant r), so machine noise spreads over all of them; one
 uncounted round first records the timing history that the counted rounds read. It prints each
-variant's median, min and max wall time and the median "first result after" the summary gives.
+variant's median, min and max wall time, the median "first result after" the summary gives,
+and for the suites that count module fixture setups (d, h, j) their range.
 The exit status is 1 when a run did not pass.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.stats import median_or_nan
-from bench.suites import BUILDERS
+from bench.suites import BUILDERS, SETUP_LOG_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_RESULT = re.compile(r"first result after ([0-9.]+) s")
@@ -37,16 +38,23 @@ class Variant:
     extra: list[str]
     walls: list[float] = field(default_factory=list)
     first_results: list[float] = field(default_factory=list)
+    setups: list[int] = field(default_factory=list)
 
 
-def run_once(variant: Variant, suite: Path, workers: int) -> tuple[float, float | None]:
-    """One build; (wall seconds, first result seconds or None). Raises on a failed build."""
+def run_once(
+    variant: Variant, suite: Path, workers: int, setup_log: Path | None
+) -> tuple[float, float | None, int | None]:
+    """One build; (wall seconds, first result seconds or None, module fixture setups or None
+    where the suite does not count them). Raises on a failed build."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("PYTHONDONTWRITEBYTECODE", "PYTEST_ADDOPTS")
     }
     env["PYTHONPATH"] = str(variant.source)
+    if setup_log is not None:  # suites d, h and j log each module fixture's setup
+        setup_log.write_text("")
+        env[SETUP_LOG_ENV] = str(setup_log)
     command = [sys.executable, "-m", "conveyor", "run", "-n", str(workers), "-q", *variant.extra]
     started = time.perf_counter()
     done = subprocess.run([*command, "."], cwd=suite, env=env, capture_output=True, text=True)
@@ -56,7 +64,8 @@ def run_once(variant: Variant, suite: Path, workers: int) -> tuple[float, float 
             f"{variant.name}: exit {done.returncode}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
         )
     found = FIRST_RESULT.search(done.stdout)
-    return wall, float(found.group(1)) if found else None
+    setups = len(setup_log.read_text().splitlines()) if setup_log is not None else None
+    return wall, float(found.group(1)) if found else None, setups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             suite = BUILDERS[args.suite](Path(scratch) / "suite", quick=False)
             workers = args.workers or suite.default_workers
+            setup_log = Path(scratch) / "setups.log" if suite.counts_setups else None
             starts = [("spawned", [])] + (
                 [("forked", ["--fork-workers"])] if args.fork_workers else []
             )
@@ -88,23 +98,29 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.runs + 1):
                 shift = round_ % len(variants)
                 for variant in variants[shift:] + variants[:shift]:
-                    wall, first = run_once(variant, suite.path, workers)
+                    wall, first, setups = run_once(variant, suite.path, workers, setup_log)
                     if round_:  # round 0 records the history the others read
                         variant.walls.append(wall)
                         if first is not None:
                             variant.first_results.append(first)
+                        if setups is not None:
+                            variant.setups.append(setups)
                     print(f"[{round_}/{args.runs}] {variant.name}: {wall:.2f}s", file=sys.stderr)
         finally:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
             )
     print(f"suite {args.suite}, {workers} workers, {args.runs} rounds, before = {args.before}")
-    print(f"{'variant':18s} {'median s':>9s} {'min s':>6s} {'max s':>6s} {'first result':>13s}")
+    header = f"{'variant':18s} {'median s':>9s} {'min s':>6s} {'max s':>6s} {'first result':>13s}"
+    print(header + (f" {'setups':>9s}" if setup_log is not None else ""))
     for variant in variants:
-        print(
+        line = (
             f"{variant.name:18s} {median_or_nan(variant.walls):9.2f} {min(variant.walls):6.2f} "
             f"{max(variant.walls):6.2f} {median_or_nan(variant.first_results):12.2f}s"
         )
+        if variant.setups:
+            line += f" {min(variant.setups):>4d}-{max(variant.setups):<4d}"
+        print(line)
     return 0
 
 
