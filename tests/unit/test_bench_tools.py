@@ -19,6 +19,7 @@ from bench.cli import _chosen
 from bench.contenders import contenders
 from bench.fleet import FleetRun, MachineRun, descendants, kill_machine, passed_count
 from bench.machines import Contender, reported
+from bench.paired import ROOT, Variant, run_once
 from bench.scale_sim import Simulation, SimWorker, result_payload
 from bench.stats import percentile, ratio
 from conveyor.queue.protocol import dumps
@@ -240,3 +241,29 @@ def test_the_fork_probe_runs_every_test_once_and_counts_them(
     passing = pytester.run(*argv)
     assert passing.ret == 0
     assert passing.outlines[-1] == "fork probe: 4 passed, 0 failed"
+
+
+def test_paired_runs_read_the_first_result_and_the_setups_from_a_real_build(
+    tmp_path: Path,
+) -> None:
+    """bench.paired reads what a real build prints: the summary's first result (a run with
+    timing history) and the module fixture setups the suite logs."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\naddopts = -p no:randomly\n")
+    (suite / "test_m.py").write_text(
+        "import os, pytest\n\n"
+        "@pytest.fixture(scope='module', autouse=True)\n"
+        "def logged():\n"
+        "    with open(os.environ['BENCH_SETUP_LOG'], 'a') as log:\n"
+        "        log.write('setup\\n')\n\n"
+        "def test_a():\n    pass\n\n"
+        "def test_b():\n    pass\n"
+    )
+    variant = Variant("after, spawned", ROOT / "src", [])
+    log = tmp_path / "setups.log"
+    _, first_run, setups = run_once(variant, suite, 2, log)
+    assert first_run is None  # no history yet: the summary gives no estimate line
+    assert setups is not None and 1 <= setups <= 2  # one module, on one or two workers
+    wall, first_result, _ = run_once(variant, suite, 2, log)
+    assert first_result is not None and 0 < first_result <= wall
