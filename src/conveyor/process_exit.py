@@ -8,11 +8,11 @@ controller after the summary: twice, one after the other, where plain pytest pay
 
 `gc.freeze()` moves every live object to the permanent generation, which collections skip.
 One collection first finalizes what is already garbage (the `__del__` of objects in reference
-cycles runs, as it would have at exit). After that, exit runs as before: atexit
-handlers run (coverage saves its data, logging flushes its handlers), and clearing the
-modules frees by reference counting what they held. Only the finalizer of an object that is
-still reachable and in a cycle when the process ends is skipped, which Python does not
-promise to run at exit anyway.
+cycles runs, as it would have at exit). After that, exit runs as before: atexit handlers run
+(coverage saves its data, logging flushes its handlers), and clearing the modules frees by
+reference counting what they held. Only the finalizer of an object that is still reachable
+and in a cycle when the process ends is skipped, which Python does not promise to run at exit
+anyway.
 """
 
 from __future__ import annotations
