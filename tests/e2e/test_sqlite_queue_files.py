@@ -132,6 +132,28 @@ def test_every_sqlite_error_is_a_queue_error(suite: Path) -> None:
         SQLiteQueue(path, "b1")
 
 
+def answers_while_another_writes(
+    path: Path, queue: SQLiteQueue, worker: str
+) -> list[tuple[ReservationState, ReservationState]]:
+    """`worker`'s (reserve, steal) answers while another process holds the queue's write lock
+    for as long as it likes: [] when the asks waited for the lock (given up after 30 s)."""
+    answers: list[tuple[ReservationState, ReservationState]] = []
+
+    def ask() -> None:
+        answers.append((queue.reserve(worker, 4).state, queue.steal(worker, 64).state))
+
+    lock = os.open(f"{path}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=30)
+        return list(answers)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        os.close(lock)
+
+
 def test_an_idle_worker_is_told_to_wait_without_taking_the_write_lock(tmp_path: Path) -> None:
     """Idle workers ask every 50 ms. Each ask was a write transaction (and a steal's look at
     every lease), holding the lock the busy worker needs for each test it claims: a first run
@@ -145,21 +167,8 @@ def test_an_idle_worker_is_told_to_wait_without_taking_the_write_lock(tmp_path: 
     busy.populate("leader", units, {})
     assert len(busy.reserve("busy", 20).leases) == 20
     busy.claim("busy", units[:2])  # running the class: no steal may split it now
-    answers: list[object] = []
-
-    def ask() -> None:
-        answers.append((idle.reserve("idle", 4).state, idle.steal("idle", 64).state))
-
-    lock = os.open(f"{path}.lock", os.O_RDWR)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is writing, for as long as it likes
-        asking = threading.Thread(target=ask, daemon=True)
-        asking.start()
-        asking.join(timeout=30)
-        assert answers == [(ReservationState.WAIT, ReservationState.WAIT)]
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        os.close(lock)
+    answers = answers_while_another_writes(path, idle, "idle")
+    assert answers == [(ReservationState.WAIT, ReservationState.WAIT)]
     # Work to act on still goes through the write path: units handed back are leased.
     assert busy.hand_back("busy", units[10:], "test") == units[10:]
     assert idle.reserve("idle", 4).state is ReservationState.LEASED
@@ -190,21 +199,8 @@ def test_a_worker_behind_every_stealable_lease_is_told_to_wait_without_the_write
     ahead.complete("gw1", [(unit, {"outcome": "passed"}) for unit in module[4:]])
     assert len(behind.reserve("gw0", 2).leases) + len(behind.reserve("gw0", 2).leases) == 4
     behind.claim("gw0", module[:1])  # gw0 runs the module forward; gw1 would go back
-    answers: list[object] = []
-
-    def ask() -> None:
-        answers.append((ahead.reserve("gw1", 4).state, ahead.steal("gw1", 64).state))
-
-    lock = os.open(f"{path}.lock", os.O_RDWR)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is writing, for as long as it likes
-        asking = threading.Thread(target=ask, daemon=True)
-        asking.start()
-        asking.join(timeout=30)
-        assert answers == [(ReservationState.WAIT, ReservationState.WAIT)]
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        os.close(lock)
+    answers = answers_while_another_writes(path, ahead, "gw1")
+    assert answers == [(ReservationState.WAIT, ReservationState.WAIT)]
     # A thief the leases do not lie behind still steals them, through the write path.
     ahead.join("gw2", {})
     assert [lease.unit for lease in ahead.steal("gw2", 64).leases] == module[2:4]

@@ -77,10 +77,14 @@ def marked(
 ) -> None:
     """Raise `marks` (module -> highest rank leased) for newly leased `units`."""
     for unit in units:
-        rank = rank_of(unit)
-        if rank is not None:
-            module = file_of(unit)
-            marks[module] = max(rank, marks.get(module, rank))
+        raise_mark(marks, unit, rank_of(unit))
+
+
+def raise_mark(marks: dict[str, int], unit: str, rank: int | None) -> None:
+    """Raise `marks` (module -> highest rank leased) for one newly leased unit of `rank`."""
+    if rank is not None:
+        module = file_of(unit)
+        marks[module] = max(rank, marks.get(module, rank))
 
 
 def choose(
@@ -113,8 +117,7 @@ def choose(
             if behind or starts_a_range(rank) or full:
                 break
         taken.append(unit)
-        if rank is not None:
-            mark[file_of(unit)] = max(rank, mark.get(file_of(unit), rank))
+        raise_mark(mark, unit, rank)
     if not taken and looked:
         return None
     return taken

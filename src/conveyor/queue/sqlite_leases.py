@@ -35,10 +35,14 @@ def held_back(rows: Rows, build: str, worker: str, since: float) -> bool:
     if not front or front[0][1] is None:
         return False
     marks = dict(rows(MARKS_SQL, (build, worker)))
-    if not forward.behind(dict(front).get, marks)(front[0][0]):
+
+    def behind(row: Sequence[Any]) -> bool:  # a row of FRONT_SQL: (unit, rank)
+        return forward.is_behind(row[1], marks.get(forward.file_of(row[0])))
+
+    if not behind(front[0]):
         return False
     window = rows(FRONT_SQL + " LIMIT ?", (build, forward.SCAN))
-    if not window or not all(map(forward.behind(dict(window).get, marks), dict(window))):
+    if not window or not all(map(behind, window)):
         return False
     first, rank = window[0]
     module = forward.file_of(first)
