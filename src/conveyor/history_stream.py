@@ -137,11 +137,15 @@ def merge_file(
     the file is not in conveyor's shape (nothing is changed then)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.stream.tmp")
     bad = 0
-    merged: set[str] = set()
+    # This build's tests not met in the file yet: a set over the ledger's own strings, not
+    # one of the ids decoded from the file (about 250 bytes a test at the end of the build).
+    unmet = set(durations)
+    refreshed: list[str] = []  # this build's tests whose stored entry was bad
     # A test id twice in the file: json.loads keeps its last entry, and this merge would take
-    # the first. Such a file (conveyor never writes one) is merged whole; hashes suffice to
-    # notice it, since a collision only costs that slower merge.
-    read: set[int] = set()
+    # the first. Such a file (conveyor never writes one) is merged whole. For this build's
+    # tests `unmet` tells; for the others hashes suffice, since a collision only costs that
+    # slower merge.
+    others_read: set[int] = set()
     source: IO[str] | None = None
     try:
         with contextlib.suppress(FileNotFoundError):
@@ -152,20 +156,27 @@ def merge_file(
             out.write(f'{{"build":{build},"tests":{{')
             separator = ""
             for nodeid, entry in _entries(reader) if reader is not None else iter(()):
-                if hash(nodeid) in read:
+                ran = nodeid in durations
+                if ran:
+                    if nodeid not in unmet:
+                        raise NotConveyorShaped
+                    unmet.discard(nodeid)
+                elif hash(nodeid) in others_read:
                     raise NotConveyorShaped
-                read.add(hash(nodeid))
+                else:
+                    others_read.add(hash(nodeid))
                 stored = valid_entry(entry)
                 if stored is None:
                     bad += 1
+                    if ran:
+                        refreshed.append(nodeid)
                     continue
                 previous: float | None
                 previous, last = stored
                 if forgotten(last, build):
                     previous = None  # kept only if this build ran it again
-                latest = seconds_or_none(durations.get(nodeid))
+                latest = seconds_or_none(durations.get(nodeid)) if ran else None
                 if latest is not None:
-                    merged.add(nodeid)
                     text = _entry_text(nodeid, *updated(previous, latest, build))
                 elif previous is not None:
                     text = _entry_text(nodeid, previous, last)
@@ -173,9 +184,10 @@ def merge_file(
                     continue
                 out.write(separator + text)
                 separator = ","
+            unmet.update(refreshed)
             for nodeid, seconds in durations.items():
                 latest = seconds_or_none(seconds)
-                if latest is not None and nodeid not in merged:
+                if latest is not None and nodeid in unmet:
                     out.write(separator + _entry_text(nodeid, *updated(None, latest, build)))
                     separator = ","
             out.write("}}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,9 @@ def test_a_test_id_that_is_not_utf8_is_written_and_read_back(tmp_path: Path) -> 
         # A test id twice: json.loads keeps the last entry, a stream would merge the first.
         '{"build": 1, "tests": {"a": [1.0, 1], "b": [1.0, 1], "a": [3.0, 1]}}',
         '{"build": 1, "tests": {"a": "x", "\\u0061": [3.0, 1]}}',
+        # ... and so for a test this build did not run.
+        '{"build": 1, "tests": {"b": [1.0, 1], "a": [1.0, 1], "b": [3.0, 1]}}',
+        '{"build": 1, "tests": {"b": "x", "\\u0062": [3.0, 1]}}',
         "[1, 2]",
         "",
     ],
@@ -176,3 +180,23 @@ def test_a_history_with_an_id_that_is_not_utf8_is_saved_whole_too(tmp_path: Path
     path = tmp_path / "durations"
     write_json(path, {"build": 1, "tests": {nodeid: [1.0, 1]}})
     assert json.loads(path.read_text("utf-8"))["tests"] == {nodeid: [1.0, 1]}
+
+
+def test_the_merge_does_not_hold_the_ids_it_reads(tmp_path: Path) -> None:
+    """The merge runs at the end of the build, when the controller holds the most: what it
+    keeps per test while it runs must stay small next to the ids themselves (it kept every id
+    it read back, about 250 bytes a test, and so pushed a million-test build past 1 GB)."""
+    size = 20_000
+    ids = [f"tests/unit/test_module_{i // 500:03d}.py::test_something_{i}" for i in range(size)]
+    path = tmp_path / "durations"
+    write_json(path, {"build": 3, "tests": {nodeid: [0.5, 3] for nodeid in ids}})
+    durations = {nodeid: 0.25 for nodeid in ids}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert merge_file(path, durations, chunk=1 << 14) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (peak - before) / size < 150, f"{(peak - before) / size:.0f} bytes a test"
+    assert json.loads(path.read_text())["tests"][ids[-1]] == [0.375, 4]
