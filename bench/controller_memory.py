@@ -6,11 +6,14 @@ controller process's peak resident set (VmHWM in /proc) just before it exits. Ru
 after `--` go to `conveyor run`, e.g. `-- -p no:syrupy` to leave out a plugin's own memory.
 Without --history the pytest cache is off, so no timing history is read or written; with it,
 a first run records the history and the second, measured, reads it and merges its own in.
+`--seeded-history` writes that history (every test, in the shape conveyor writes) instead of
+running a first build for it: at a million tests that saves half an hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,23 @@ def write_suite(root: Path, tests: int, files: int = 100) -> None:
     for index in range(files):
         body = "".join(f"def test_{i}():\n    pass\n\n" for i in range(per_file))
         (root / f"test_f{index:03d}.py").write_text(body)
+
+
+def seed_history(root: Path, tests: int, files: int = 100) -> None:
+    """The timing history a first build of `write_suite`'s tests would leave in pytest's
+    cache: every test once, a few tenths of a millisecond each."""
+    from conveyor.history import CACHE_KEY, write_json
+
+    rng = random.Random(tests)
+    per_file = tests // files
+    entries = {
+        f"test_f{index:03d}.py::test_{i}": [round(rng.uniform(0.0001, 0.001), 6), 1]
+        for index in range(files)
+        for i in range(per_file)
+    }
+    path = root / ".pytest_cache" / "v" / CACHE_KEY
+    path.parent.mkdir(parents=True)
+    write_json(path, {"build": 1, "tests": entries})
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -76,18 +96,26 @@ def main() -> int:
         action="store_true",
         help="measure a second run, which reads and merges the first run's timing history",
     )
+    parser.add_argument(
+        "--seeded-history",
+        action="store_true",
+        help="like --history, with the first run's history written directly instead of run",
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to `conveyor run`")
     args = parser.parse_args()
-    cache = [] if args.history else ["-p", "no:cacheprovider"]
+    with_history = args.history or args.seeded_history
+    cache = [] if with_history else ["-p", "no:cacheprovider"]
     with tempfile.TemporaryDirectory(prefix="conveyor-memory-") as folder:
         suite = Path(folder) / "suite"
         write_suite(suite, args.tests)
-        if args.history:
+        if args.seeded_history:
+            seed_history(suite, args.tests)
+        elif args.history:
             first = measure(suite, [*cache, *args.pytest_args], Path(folder) / "first.txt")
             print(f"first run (records the history): controller peak RSS {first.peak_mb:.0f} MB")
         found = measure(suite, [*cache, *args.pytest_args], Path(folder) / "output.txt")
     extra = f" ({' '.join(args.pytest_args)})" if args.pytest_args else ""
-    history = ", with timing history" if args.history else ""
+    history = ", with timing history" if with_history else ""
     print(
         f"{args.tests} tests, 2 workers{extra}{history}: wall {found.wall_s:.1f} s, "
         f"controller peak RSS {found.peak_mb:.0f} MB"
