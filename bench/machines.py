@@ -11,6 +11,12 @@ is lost. Repeats are interleaved round-robin and medians compared, as in `python
     python -m bench.machines --quick            # smaller suite, 1 repeat (a few minutes)
     python -m bench.machines                    # 5 repeats of every case
     python -m bench.machines --case stale,late --repeats 7
+    python -m bench.machines --quick --machines 2   # each "machine" has a core of its own here
+
+Every "machine" is a conveyor controller and worker, or one pytest process, on this one
+computer: with more machines than cores they share them, and conveyor's two processes per
+machine pay for it where separate computers would not. `--machines` sets how many (the suite,
+and so the total work, stays the same).
 """
 
 from __future__ import annotations
@@ -42,8 +48,7 @@ from bench.runner import run_env
 from bench.table import Table, plural
 
 LATE_S = 5.0
-LATE_MACHINE = MACHINES - 1
-KILLED_MACHINE = 1
+KILLED_MACHINE = 1  # the second: never the one that starts late (the last)
 ALGORITHMS = ("least_duration", "duration_based_chunks")
 DEFAULT_REPEATS = 5
 TARGETS = {"accurate": 1.05, "stale": 0.75, "late": 0.75}
@@ -53,10 +58,13 @@ PYTEST_ARGS = ("-p", "no:cacheprovider", "-q")
 @dataclass(frozen=True)
 class Case:
     key: str
-    title: str
+    title_template: str  # {late} and {killed}: the machines' numbers, counted from 1
     stale: bool = False
     late_s: float = 0.0
     kill_at_share: float | None = None  # of the accurate lower bound
+
+    def title(self, machines: int) -> str:
+        return self.title_template.format(late=machines, killed=KILLED_MACHINE + 1)
 
     def kill_at_s(self, bound_s: float) -> float | None:
         return None if self.kill_at_share is None else bound_s * self.kill_at_share
@@ -65,8 +73,8 @@ class Case:
 CASES = (
     Case("accurate", "accurate history"),
     Case("stale", "stale history: a quarter of the tests now 3x slower", stale=True),
-    Case("late", f"machine {LATE_MACHINE + 1} starts {LATE_S:.0f} s late", late_s=LATE_S),
-    Case("killed", f"machine {KILLED_MACHINE + 1} killed midway", kill_at_share=0.5),
+    Case("late", f"machine {{late}} starts {LATE_S:.0f} s late", late_s=LATE_S),
+    Case("killed", "machine {killed} killed midway", kill_at_share=0.5),
 )
 
 
@@ -85,6 +93,7 @@ class MachinesOptions:
     quick: bool
     lease_ttl_s: float | None
     markdown: Path | None
+    machines: int = MACHINES
 
 
 def _case_list(value: str) -> tuple[Case, ...]:
@@ -114,10 +123,20 @@ def parse_options(argv: Sequence[str]) -> MachinesOptions:
         help="conveyor's --lease-ttl (default: conveyor's own): how soon a dead machine's "
         "test goes to another",
     )
+    parser.add_argument(
+        "--machines",
+        type=int,
+        default=MACHINES,
+        help=f"machines in each fleet, 2 or more (default {MACHINES}); the suite stays the same",
+    )
     parser.add_argument("--markdown", type=Path, help="append the results to this file")
     args = parser.parse_args(argv)
+    if args.machines < 2:
+        parser.error("--machines must be 2 or more (one is killed in the killed case)")
     repeats = args.repeats or (1 if args.quick else DEFAULT_REPEATS)
-    return MachinesOptions(args.case, max(1, repeats), args.quick, args.lease_ttl, args.markdown)
+    return MachinesOptions(
+        args.case, max(1, repeats), args.quick, args.lease_ttl, args.markdown, args.machines
+    )
 
 
 class HistorySnapshot:
@@ -144,22 +163,24 @@ class HistorySnapshot:
         self._client.close()
 
 
-def conveyor_contender(url: str, lease_ttl_s: float | None, snapshot: HistorySnapshot) -> Contender:
+def conveyor_contender(
+    url: str, lease_ttl_s: float | None, snapshot: HistorySnapshot, machines: int
+) -> Contender:
     def argvs() -> list[list[str]]:
         build = f"machines-{uuid.uuid4().hex[:10]}"
         extra = ["--lease-ttl", str(lease_ttl_s)] if lease_ttl_s is not None else []
         command = [sys.executable, "-m", "conveyor", "run", "-n", "1", "--queue", url]
-        return [[*command, "--build", build, *extra, "-q", "."] for _ in range(MACHINES)]
+        return [[*command, "--build", build, *extra, "-q", "."] for _ in range(machines)]
 
     return Contender("conveyor", argvs, snapshot.restore, is_conveyor=True)
 
 
-def split_contender(algorithm: str, durations: Path) -> Contender:
+def split_contender(algorithm: str, durations: Path, machines: int) -> Contender:
     def argvs() -> list[list[str]]:
-        command = [sys.executable, "-m", "pytest", *PYTEST_ARGS, "--splits", str(MACHINES)]
+        command = [sys.executable, "-m", "pytest", *PYTEST_ARGS, "--splits", str(machines)]
         options = ["--splitting-algorithm", algorithm, "--durations-path", str(durations)]
         return [
-            [*command, "--group", str(group), *options, "."] for group in range(1, MACHINES + 1)
+            [*command, "--group", str(group), *options, "."] for group in range(1, machines + 1)
         ]
 
     return Contender(f"pytest-split {algorithm}", argvs)
@@ -187,6 +208,7 @@ class CaseResult:
     bound_s: float
     total: int
     runs: dict[str, list[FleetRun]]
+    machines: int = MACHINES
 
 
 def _progress(line: str) -> None:
@@ -201,13 +223,14 @@ def measure_case(
     repeats: int,
     accurate_bound_s: float,
     logs: Path,
+    machines: int = MACHINES,
 ) -> CaseResult:
     factors = stale_factors(suite.sleeps) if case.stale else {}
     suite.slow_down(factors)
     actual = [seconds * factors.get(nodeid, 1.0) for nodeid, seconds in suite.sleeps.items()]
     kill_at = case.kill_at_s(accurate_bound_s)
-    bound = lower_bound_s(actual, MACHINES, late_s=case.late_s, dead_after_s=kill_at)
-    result = CaseResult(case, bound, suite.test_count, {c.name: [] for c in lineup})
+    bound = lower_bound_s(actual, machines, late_s=case.late_s, dead_after_s=kill_at)
+    result = CaseResult(case, bound, suite.test_count, {c.name: [] for c in lineup}, machines)
     for round_index in range(repeats):
         offset = round_index % len(lineup)
         for contender in [*lineup[offset:], *lineup[:offset]]:
@@ -217,7 +240,7 @@ def measure_case(
                 cwd=suite.path,
                 env=run_env(),
                 logs=logs / f"{case.key}-{round_index}-{contender.name.replace(' ', '-')}",
-                delays_s={LATE_MACHINE: case.late_s} if case.late_s else None,
+                delays_s={machines - 1: case.late_s} if case.late_s else None,
                 kill=(KILLED_MACHINE, kill_at) if kill_at is not None else None,
             )
             result.runs[contender.name].append(fleet)
@@ -241,7 +264,8 @@ def case_table(result: CaseResult, lineup: Sequence[Contender]) -> Table:
     best_split = min(split, key=split.__getitem__) if split else None
     count = len(next(iter(result.runs.values())))
     table = Table(
-        f"machines, {result.case.title} ({result.total} tests, {MACHINES} machines, "
+        f"machines, {result.case.title(result.machines)} ({result.total} tests, "
+        f"{result.machines} machines, "
         f"{plural(count, 'repeat')})",
         ["contender", "median s", "min s", "max s", "x best split", "x bound", "reported"],
     )
@@ -325,15 +349,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         durations = scratch / DURATIONS_FILE
         suite.write_durations(durations)
         snapshot = HistorySnapshot(url)
-        conveyor = conveyor_contender(url, options.lease_ttl_s, snapshot)
+        conveyor = conveyor_contender(url, options.lease_ttl_s, snapshot, options.machines)
         warm = run_fleet(conveyor.argvs(), cwd=suite.path, env=run_env(), logs=scratch / "warm")
         _progress(f"warm-up build (records history): {warm.wall_s:.2f}s")
         if not fleet_ok(conveyor, warm, suite.test_count):
             print(warm.machines[0].output_tail, file=sys.stderr)
             return 1
         _progress(f"history saved: {snapshot.save()} key(s)")
-        lineup = [conveyor, *(split_contender(a, durations) for a in ALGORITHMS)]
-        accurate_bound = lower_bound_s(list(suite.sleeps.values()), MACHINES)
+        lineup = [
+            conveyor,
+            *(split_contender(a, durations, options.machines) for a in ALGORITHMS),
+        ]
+        accurate_bound = lower_bound_s(list(suite.sleeps.values()), options.machines)
         results = [
             measure_case(
                 case,
@@ -342,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=options.repeats,
                 accurate_bound_s=accurate_bound,
                 logs=scratch / "logs",
+                machines=options.machines,
             )
             for case in options.cases
         ]

@@ -18,7 +18,7 @@ from bench import machines_suite, scale_workload, suites
 from bench.cli import _chosen
 from bench.contenders import contenders
 from bench.fleet import FleetRun, MachineRun, descendants, kill_machine, passed_count
-from bench.machines import Contender, reported
+from bench.machines import CASES, Contender, parse_options, reported, split_contender
 from bench.paired import ROOT, Variant, run_once
 from bench.scale_sim import Simulation, SimWorker, result_payload
 from bench.stats import percentile, ratio
@@ -174,6 +174,19 @@ def test_a_build_reports_what_its_machines_report() -> None:
     assert reported(conveyor, fleet) == 40  # every survivor prints the whole build
     assert reported(split, fleet) == 80  # groups add up; the killed one reports nothing
     assert passed_count("....\n12 passed, 1 skipped in 2.0s") == 12
+
+
+def test_a_fleet_of_any_size_splits_the_same_suite(tmp_path: Path) -> None:
+    options = parse_options(["--quick", "--machines", "2", "--case", "late,killed"])
+    assert options.machines == 2 and [case.key for case in options.cases] == ["late", "killed"]
+    groups = split_contender("least_duration", tmp_path / "d", options.machines).argvs()
+    assert [argv[argv.index("--group") + 1] for argv in groups] == ["1", "2"]
+    assert all(argv[argv.index("--splits") + 1] == "2" for argv in groups)
+    titles = {case.key: case.title(options.machines) for case in CASES}
+    assert titles["late"] == "machine 2 starts 5 s late"  # the last machine
+    assert titles["killed"] == "machine 2 killed midway"
+    with pytest.raises(SystemExit):
+        parse_options(["--machines", "1"])
 
 
 def test_kill_machine_reaches_processes_in_other_sessions() -> None:
