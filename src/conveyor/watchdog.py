@@ -12,11 +12,13 @@ holds the GIL forever.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import faulthandler
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import IO, NamedTuple
 
 CHECK_EVERY_S = 0.5
@@ -40,6 +42,18 @@ class Watchdog(threading.Thread):
 
     def disarm(self) -> None:
         self._armed = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The armed test's clock stops while conveyor's own work runs inside its protocol;
+        its deadline moves on by the time that took."""
+        armed, self._armed = self._armed, None
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            if armed is not None:
+                self._armed = armed._replace(deadline=armed.deadline + time.monotonic() - started)
 
     def run(self) -> None:
         while True:

@@ -298,7 +298,7 @@ class WorkerPlugin:
                 self._refuse_uncollected(queue, lease)
                 continue
             # Resolved when pytest first looks at it, at this test's teardown: see LeaseStream.
-            nextitem = NextItem(lambda: _item_of(items, stream.peek()))
+            nextitem = NextItem(lambda: self._next_item(items, stream))
             self._run_one(session, queue, item, nextitem, lease)
             stream.raise_deferred()
             if self._stopped or session.shouldfail or session.shouldstop:
@@ -356,6 +356,12 @@ class WorkerPlugin:
         else:
             self._outbox.add(lease.unit, bounded_payload(stored))
             self._flush()
+
+    def _next_item(self, items: dict[str, pytest.Item], stream: LeaseStream) -> Any:
+        """The test that runs next, leased now if need be; the queue's time is not the
+        running test's (its timeout stops meanwhile)."""
+        with self.timeout.paused():
+            return _item_of(items, stream.peek())
 
     def _refuse_uncollected(self, queue: Queue, lease: Lease) -> None:
         assert self._outbox is not None

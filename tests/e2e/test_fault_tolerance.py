@@ -67,6 +67,41 @@ def test_test_blocked_in_c_code_is_stopped_by_the_timeout(
     )
 
 
+def test_a_queue_slow_to_answer_at_a_teardown_is_not_the_tests_time(
+    pytester: pytest.Pytester,
+) -> None:
+    """The next test's lease is asked for at this test's teardown (pytest needs it there to
+    know which fixtures to keep), so a busy queue's wait fell inside the test's timeout: a
+    test that passes at once was stopped as hung. Here another connection holds the queue's
+    write lock for 3 s from the end of test_a, whose timeout is 2 s (the automatic timeout
+    stops its clock the same way: tests/unit/test_worker_parts.py)."""
+    queue = pytester.path / "queue.db"
+    pytester.makepyfile(
+        test_lock=f"""
+        import sqlite3, threading, time
+
+        def hold():
+            conn = sqlite3.connect({str(queue)!r}, timeout=60, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            time.sleep(3)
+            conn.execute("COMMIT")
+
+        def test_a():
+            threading.Thread(target=hold).start()
+            time.sleep(0.3)  # the lock is taken
+
+        def test_b():
+            pass
+        """
+    )
+    result = run_conveyor(
+        pytester, "-n", "1", "--queue", f"sqlite://{queue}", "--test-timeout", "2"
+    )
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*2 passed*"])
+    assert "Timeout" not in result.stdout.str()
+
+
 def test_test_slower_than_the_lease_runs_exactly_once(pytester: pytest.Pytester) -> None:
     log = pytester.path / "runs.log"
     pytester.makepyfile(

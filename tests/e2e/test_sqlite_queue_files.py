@@ -3,6 +3,7 @@ else's, and a file conveyor did not write is refused with a message (exit code 3
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -77,7 +78,15 @@ def invalid_manifest(path: Path) -> None:
     queue.populate("w1", ["test_ok.py::test_a", "test_ok.py::test_b"], {})
     queue.close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE builds SET meta = '{not json'")
+        conn.execute("UPDATE build_meta SET meta = '{not json'")
+    conn.close()
+
+
+def earlier_versions_builds_table(path: Path) -> None:
+    """The builds table as conveyor 0.1 wrote it, with the leader's meta among the counters."""
+    SQLiteQueue(path, "b0").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE builds ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
     conn.close()
 
 
@@ -85,7 +94,9 @@ def not_sqlite(path: Path) -> None:
     path.write_text("this is a text file, not a database\n" * 100)
 
 
-@pytest.mark.parametrize("make", [foreign_builds_table, invalid_manifest, not_sqlite])
+@pytest.mark.parametrize(
+    "make", [foreign_builds_table, invalid_manifest, earlier_versions_builds_table, not_sqlite]
+)
 def test_a_file_conveyor_did_not_write_is_refused_with_exit_code_3(suite: Path, make) -> None:
     path = suite / "foreign.db"
     make(path)
@@ -206,6 +217,31 @@ def test_a_worker_behind_every_stealable_lease_is_told_to_wait_without_the_write
     assert [lease.unit for lease in ahead.steal("gw2", 64).leases] == module[2:4]
     ahead.close()
     behind.close()
+
+
+def test_a_large_manifest_meta_is_kept_apart_from_the_counters(tmp_path: Path) -> None:
+    """With timing history the leader's meta holds every test's place in collection order:
+    7 MB at a million tests. It sat in the row of counters that every reserve, claim and
+    complete reads and updates, so every operation walked megabytes of overflow pages: a
+    million-test build ran 90 tests a second, and a worker waiting on the other's write
+    overran the automatic timeout of a test that passes at once. The row stays small now."""
+    path = tmp_path / "q.db"
+    units = [f"t.py::test_{i}" for i in range(50_000)]
+    queue = SQLiteQueue(path, "b")
+    queue.populate("gw0", units, {"collection_order": list(range(len(units)))[::-1]})
+    queue.join("gw0", {})
+    (lease,) = queue.reserve("gw0", 1).leases
+    queue.claim("gw0", [lease.unit])
+    queue.complete("gw0", [(lease.unit, {"outcome": "passed"})])
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(builds)")]
+        lengths = " + ".join(f"coalesce(length({column}), 0)" for column in columns)
+        (row_bytes,) = conn.execute(f"SELECT {lengths} FROM builds").fetchone()
+    assert row_bytes < 1000
+    manifest = queue.manifest()
+    assert manifest is not None and manifest.meta["collection_order"][0] == len(units) - 1
+    assert queue.status().done == 1
+    queue.close()
 
 
 ABANDONED_WRITE = """

@@ -188,3 +188,36 @@ def test_the_watchdog_ends_the_process_on_the_hung_test_only(tmp_path: Path) -> 
     assert text.startswith("header: the hung test\nTimeout (0:00:00.200000)!")
     hung_line = WATCHDOG_SCRIPT.splitlines().index("time.sleep(30)") + 1
     assert f'File "<string>", line {hung_line} in <module>' in text  # the hung test's stack
+
+
+PAUSED_WATCHDOG_SCRIPT = """
+import sys, time
+from conveyor.watchdog import Watchdog
+
+dog = Watchdog(open(sys.argv[1], "w"), exit_code=7)
+dog.start()
+dog.arm(1.0, "header: a test whose protocol waits on the queue")
+time.sleep(0.3)
+with dog.paused():  # conveyor's own work: 2 s, longer than the whole timeout
+    time.sleep(2.0)
+time.sleep(0.3)  # the test's own time: 0.6 s of 1.0
+dog.disarm()
+if sys.argv[2] == "overrun":
+    dog.arm(1.0, "header: the clock goes on after a pause")
+    with dog.paused():
+        time.sleep(0.2)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("case", ["within", "overrun"])
+def test_the_watchdog_stops_the_clock_while_paused(tmp_path: Path, case: str) -> None:
+    dump = tmp_path / "timeout.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", PAUSED_WATCHDOG_SCRIPT, str(dump), case], timeout=60, check=False
+    )
+    if case == "within":
+        assert done.returncode == 0 and dump.read_text() == ""
+    else:
+        assert done.returncode == 7
+        assert dump.read_text().startswith("header: the clock goes on after a pause\n")

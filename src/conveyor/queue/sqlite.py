@@ -129,7 +129,10 @@ class SQLiteQueue(Queue):
         return True
 
     def manifest(self) -> Manifest | None:
-        sql = "SELECT leader, digest, total, meta FROM builds WHERE build = ?"
+        sql = (
+            "SELECT leader, digest, total, meta FROM builds JOIN build_meta USING (build) "
+            "WHERE build = ?"
+        )
         rows = self._file.read((sql, (self.build,)))[0]
         if not rows:
             return None

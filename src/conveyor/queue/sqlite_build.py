@@ -98,10 +98,12 @@ class BuildTx:
         crashes = int(meta.get("max_unit_crashes", MAX_UNIT_CRASHES))
         digest, total = collection_digest(units), len(units)
         self.conn.execute(
-            "INSERT INTO builds (build, leader, digest, meta, total, pending, "
-            "max_unit_crashes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.build, leader, digest, dumps(meta), total, total, crashes, self.now),
+            "INSERT INTO builds (build, leader, digest, total, pending, "
+            "max_unit_crashes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.build, leader, digest, total, total, crashes, self.now),
         )
+        sql = "INSERT INTO build_meta (build, meta) VALUES (?, ?)"
+        self.conn.execute(sql, (self.build, dumps(meta)))
         self.conn.executemany(
             "INSERT INTO units (build, unit, position, state, queue_order) "
             "VALUES (?, ?, ?, 'pending', ?)",

@@ -111,7 +111,7 @@ class Leases:
             return  # nothing expired: most reserves (no query for the queue's front)
         whole = "none"
         if len(units) > 1:  # one unit has no order to keep: the meta is not read for it
-            sql = "SELECT meta FROM builds WHERE build = ?"
+            sql = "SELECT meta FROM build_meta WHERE build = ?"
             (meta,) = self.tx.conn.execute(sql, (self.tx.build,)).fetchone()
             with contextlib.suppress(ValueError):
                 whole = whole_of(json.loads(meta))

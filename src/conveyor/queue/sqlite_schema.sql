@@ -6,7 +6,6 @@ CREATE TABLE IF NOT EXISTS builds (
     build            TEXT PRIMARY KEY,
     leader           TEXT NOT NULL,
     digest           TEXT NOT NULL,
-    meta             TEXT NOT NULL,          -- JSON published by the leader
     total            INTEGER NOT NULL,
     pending          INTEGER NOT NULL,
     leased           INTEGER NOT NULL DEFAULT 0,
@@ -17,6 +16,14 @@ CREATE TABLE IF NOT EXISTS builds (
     stop_reason      TEXT,
     created_at       REAL NOT NULL,
     finished_at      REAL
+);
+
+-- The leader's meta (JSON), apart from the counters above: every operation rewrites the
+-- builds row, and SQLite writes a whole row when one column changes. With timing history the
+-- meta holds each test's place in collection order, megabytes at a million tests.
+CREATE TABLE IF NOT EXISTS build_meta (
+    build TEXT PRIMARY KEY,
+    meta  TEXT NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS units (
