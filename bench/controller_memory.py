@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,6 +102,9 @@ def main() -> int:
         action="store_true",
         help="like --history, with the first run's history written directly instead of run",
     )
+    parser.add_argument(
+        "--log", type=Path, help="keep the measured build's whole output here (it is long)"
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to `conveyor run`")
     args = parser.parse_args()
     with_history = args.history or args.seeded_history
@@ -114,6 +118,9 @@ def main() -> int:
             first = measure(suite, [*cache, *args.pytest_args], Path(folder) / "first.txt")
             print(f"first run (records the history): controller peak RSS {first.peak_mb:.0f} MB")
         found = measure(suite, [*cache, *args.pytest_args], Path(folder) / "output.txt")
+        if args.log is not None:
+            shutil.copyfile(Path(folder) / "output.txt", args.log)
+        problems = _problems((Path(folder) / "output.txt").read_text())
     extra = f" ({' '.join(args.pytest_args)})" if args.pytest_args else ""
     history = ", with timing history" if with_history else ""
     print(
@@ -121,7 +128,18 @@ def main() -> int:
         f"controller peak RSS {found.peak_mb:.0f} MB"
     )
     print(f"  {found.summary}")
+    if problems:
+        print("\n".join(problems))
     return found.exit_code
+
+
+def _problems(output: str, most: int = 40) -> list[str]:
+    """The lines of a build's output that say what went wrong (failures, errors, a worker
+    stopped): a million dots of progress hide them."""
+    wanted = ("FAILED", "ERROR", "Timeout", "crashed", "was stopped", "conveyor:")
+    return [line for line in output.splitlines() if line.startswith(wanted) or "Timeout" in line][
+        :most
+    ]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ measurable on suites of thousands of tiny tests. A Python thread runs whenever t
 a call that releases the GIL (sleep, sockets, locks, pause, subprocesses): nearly every hang. An
 explicit --test-timeout still uses faulthandler's C-level watchdog, which also stops code that
 holds the GIL forever.
+
+What this thread cannot see does not count: while the GIL is held throughout (a full garbage
+collection walks every object, seconds in a worker that collected a million tests) or the whole
+process is not scheduled, the deadline moves on. A stall is not a hang, and counting it turned
+a test that passes at once into a timed-out one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Iterator
 from typing import IO, NamedTuple
 
 CHECK_EVERY_S = 0.5
+# A wake-up later than this past its time means the process was stalled, not the test slow.
+STALL_SLACK_S = 0.1
 
 
 class _Armed(NamedTuple):
@@ -56,15 +63,29 @@ class Watchdog(threading.Thread):
                 self._armed = armed._replace(deadline=armed.deadline + time.monotonic() - started)
 
     def run(self) -> None:
+        credited: _Armed | None = None  # the test the stall credit below belongs to
+        credit = 0.0
+        asked = 0.0
         while True:
+            slept_from = time.monotonic()
+            time.sleep(asked)
+            woke = time.monotonic()
             armed = self._armed
             if armed is None:
-                time.sleep(CHECK_EVERY_S)
+                asked = CHECK_EVERY_S
                 continue
-            remaining = armed.deadline - time.monotonic()
+            if armed is not credited:
+                credited, credit = armed, 0.0
+            # Time this thread could not run (the GIL held throughout: a full garbage
+            # collection of a million collected tests takes seconds) is not the test's; only
+            # the part of it since the test was armed counts.
+            stall = woke - slept_from - asked - STALL_SLACK_S
+            if stall > 0:
+                credit += min(stall, max(0.0, woke - (armed.deadline - armed.seconds)))
+            remaining = armed.deadline + credit - woke
             if remaining <= 0 and self._armed is armed:  # still the same test
                 self._fire(armed)
-            time.sleep(min(max(remaining, 0.001), CHECK_EVERY_S))
+            asked = min(max(remaining, 0.001), CHECK_EVERY_S)
 
     def _fire(self, armed: _Armed) -> None:
         """Write what faulthandler's watchdog writes, then end the process like it does."""

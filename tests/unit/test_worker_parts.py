@@ -221,3 +221,35 @@ def test_the_watchdog_stops_the_clock_while_paused(tmp_path: Path, case: str) ->
     else:
         assert done.returncode == 7
         assert dump.read_text().startswith("header: the clock goes on after a pause\n")
+
+
+STALLED_WATCHDOG_SCRIPT = """
+import ctypes, sys, time
+from conveyor.watchdog import Watchdog
+
+hold_the_gil = ctypes.PyDLL(None).sleep  # libc's sleep without releasing the GIL
+dog = Watchdog(open(sys.argv[1], "w"), exit_code=7)
+dog.start()
+time.sleep(0.2)
+dog.arm(1.0, "header: a test the process stalls in")
+hold_the_gil(2)  # as a full garbage collection of a huge heap does: no thread runs
+time.sleep(0.3)  # the test's own time: 0.3 s of 1.0
+dog.disarm()
+if sys.argv[2] == "hang":
+    dog.arm(1.0, "header: a stalled test that then hangs")
+    hold_the_gil(2)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("case", ["stall", "hang"])
+def test_the_watchdog_does_not_count_a_stall_it_could_not_see(tmp_path: Path, case: str) -> None:
+    dump = tmp_path / "timeout.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", STALLED_WATCHDOG_SCRIPT, str(dump), case], timeout=60, check=False
+    )
+    if case == "stall":
+        assert done.returncode == 0 and dump.read_text() == ""
+    else:
+        assert done.returncode == 7
+        assert dump.read_text().startswith("header: a stalled test that then hangs\n")
