@@ -9,6 +9,7 @@ from collections.abc import Callable
 from conveyor.build_follower import POLL_MAX_S, BuildFollower
 from conveyor.problems import BuildProblems
 from conveyor.queue.protocol import (
+    EVENT_LEASE_EXPIRED,
     EVENT_WORKER_JOINED,
     EVENT_WORKER_LOST,
     EVENT_WORKER_OUTPUT,
@@ -19,6 +20,7 @@ from conveyor.vocabulary import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
 from conveyor.xdist_compat import ControllerNodes
 
 OUTPUT_WAIT_S = 30.0  # how long the report waits for workers' output (coverage data, ...)
+LEASE_EXPIRED_CAUSE = "its lease expired: the worker stopped renewing it (its machine died or hung)"
 
 
 class WorkerEvents:
@@ -33,6 +35,7 @@ class WorkerEvents:
             EVENT_WORKER_REFUSED: self.on_refused,
             EVENT_WORKER_ERROR: self.on_error,
             EVENT_WORKER_LOST: self.on_lost,
+            EVENT_LEASE_EXPIRED: self.on_lease_expired,
         }
 
     def on_joined(self, event: Event) -> None:
@@ -48,6 +51,13 @@ class WorkerEvents:
 
     def on_error(self, event: Event) -> None:
         self.problems.errors.append(str(event.data.get("message", "a worker failed")))
+
+    def on_lease_expired(self, event: Event) -> None:
+        """A worker that stopped renewing its lease is gone or hung, and its tests run
+        elsewhere: its output is not waited for. A machine killed outright says nothing
+        else, and the report waited OUTPUT_WAIT_S for it after the last result."""
+        if event.worker:
+            self.nodes.lost(event.worker, LEASE_EXPIRED_CAUSE)
 
     def on_lost(self, event: Event) -> None:
         cause = event.data.get("cause", {})

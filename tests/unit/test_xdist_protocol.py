@@ -6,6 +6,9 @@ from typing import Any
 
 import pytest
 
+from conveyor.problems import BuildProblems
+from conveyor.queue.protocol import EVENT_LEASE_EXPIRED, EVENT_WORKER_JOINED, Event
+from conveyor.worker_events import LEASE_EXPIRED_CAUSE, WorkerEvents
 from conveyor.xdist_compat import (
     ControllerNodes,
     WorkerInput,
@@ -82,3 +85,17 @@ def test_a_worker_fetches_the_plugins_input_only_when_a_plugin_asks() -> None:
 def test_workers_take_their_own_machines_controller_input() -> None:
     assert input_source("host-12/gw3") == "host-12/controller"
     assert input_source("gw0") == "controller"
+
+
+def test_a_worker_whose_lease_expired_is_not_waited_for(nodes: Any) -> None:
+    """A machine killed outright publishes nothing; the expiry of its worker's lease is the
+    only sign. The report waited 30 s for that worker's output after the last result."""
+    controller, recorder = nodes
+    events = WorkerEvents(controller, BuildProblems())
+    handlers = events.handlers()
+    for worker in ("a/gw0", "b/gw0"):
+        handlers[EVENT_WORKER_JOINED](Event(1, EVENT_WORKER_JOINED, worker, None, {}, 0.0))
+    expired = Event(2, EVENT_LEASE_EXPIRED, "b/gw0", "t.py::test_a", {"attempt": 1}, 0.0)
+    handlers[EVENT_LEASE_EXPIRED](expired)
+    assert controller.awaiting() == {"a/gw0"}
+    assert recorder.calls[-1] == ("down", "gw0", LEASE_EXPIRED_CAUSE)
