@@ -9,10 +9,10 @@ a call that releases the GIL (sleep, sockets, locks, pause, subprocesses): nearl
 explicit --test-timeout still uses faulthandler's C-level watchdog, which also stops code that
 holds the GIL forever.
 
-What this thread cannot see does not count: while the GIL is held throughout (a full garbage
-collection walks every object, seconds in a worker that collected a million tests) or the whole
-process is not scheduled, the deadline moves on. A stall is not a hang, and counting it turned
-a test that passes at once into a timed-out one.
+What this thread cannot see does not count, up to three timeouts: while the GIL is held
+throughout (a full garbage collection walks every object, seconds in a worker that collected a
+million tests) or the whole process is not scheduled, the deadline moves on. A stall is not a
+hang, and counting it turned a test that passes at once into a timed-out one.
 """
 
 from __future__ import annotations
@@ -29,12 +29,16 @@ from typing import IO, NamedTuple
 CHECK_EVERY_S = 0.5
 # A wake-up later than this past its time means the process was stalled, not the test slow.
 STALL_SLACK_S = 0.1
+# Stalls forgiven a test, in timeouts of its own: code that holds the GIL for long stretches is
+# a hang all the same, stopped this much later.
+STALL_CREDIT_TIMEOUTS = 3
 
 
 class _Armed(NamedTuple):
-    deadline: float  # time.monotonic()
+    deadline: float  # time.monotonic(); moved on by pauses
     seconds: float
     header: str
+    armed_at: float  # time.monotonic() when the test was armed; one test's, across pauses
 
 
 class Watchdog(threading.Thread):
@@ -45,7 +49,8 @@ class Watchdog(threading.Thread):
         self._armed: _Armed | None = None  # replaced whole, so the thread reads one test's
 
     def arm(self, seconds: float, header: str) -> None:
-        self._armed = _Armed(time.monotonic() + seconds, seconds, header)
+        now = time.monotonic()
+        self._armed = _Armed(now + seconds, seconds, header, now)
 
     def disarm(self) -> None:
         self._armed = None
@@ -63,7 +68,7 @@ class Watchdog(threading.Thread):
                 self._armed = armed._replace(deadline=armed.deadline + time.monotonic() - started)
 
     def run(self) -> None:
-        credited: _Armed | None = None  # the test the stall credit below belongs to
+        credited: float | None = None  # the test the stall credit belongs to (its armed_at)
         credit = 0.0
         asked = 0.0
         while True:
@@ -74,14 +79,15 @@ class Watchdog(threading.Thread):
             if armed is None:
                 asked = CHECK_EVERY_S
                 continue
-            if armed is not credited:
-                credited, credit = armed, 0.0
+            if armed.armed_at != credited:
+                credited, credit = armed.armed_at, 0.0
             # Time this thread could not run (the GIL held throughout: a full garbage
             # collection of a million collected tests takes seconds) is not the test's; only
-            # the part of it since the test was armed counts.
+            # the part of it since the test was armed counts, up to STALL_CREDIT_TIMEOUTS.
             stall = woke - slept_from - asked - STALL_SLACK_S
             if stall > 0:
-                credit += min(stall, max(0.0, woke - (armed.deadline - armed.seconds)))
+                credit += min(stall, max(0.0, woke - armed.armed_at))
+                credit = min(credit, STALL_CREDIT_TIMEOUTS * armed.seconds)
             remaining = armed.deadline + credit - woke
             if remaining <= 0 and self._armed is armed:  # still the same test
                 self._fire(armed)

@@ -53,11 +53,12 @@ class WorkerEvents:
         self.problems.errors.append(str(event.data.get("message", "a worker failed")))
 
     def on_lease_expired(self, event: Event) -> None:
-        """A worker that stopped renewing its lease is gone or hung, and its tests run
-        elsewhere: its output is not waited for. A machine killed outright says nothing
-        else, and the report waited OUTPUT_WAIT_S for it after the last result."""
+        """A worker that stopped renewing its lease is most likely gone (a machine killed
+        outright says nothing else, and the report waited OUTPUT_WAIT_S for it after the last
+        result): its output is not waited for. It may only have stalled, so what it sends
+        before the report is still taken."""
         if event.worker:
-            self.nodes.lost(event.worker, LEASE_EXPIRED_CAUSE)
+            self.nodes.give_up(event.worker, LEASE_EXPIRED_CAUSE)
 
     def on_lost(self, event: Event) -> None:
         cause = event.data.get("cause", {})
@@ -95,5 +96,6 @@ class WorkerEvents:
                     break  # every worker is local, and all have said what they will say
             time.sleep(POLL_MAX_S)
             follower.drain()
-        for worker in sorted(self.nodes.awaiting()):
-            self.nodes.lost(worker, "the worker sent no output before the report")
+        for worker in sorted(self.nodes.not_down()):
+            cause = self.nodes.given_up.get(worker, "the worker sent no output before the report")
+            self.nodes.lost(worker, cause)

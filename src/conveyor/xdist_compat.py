@@ -261,6 +261,9 @@ class ControllerNodes:
         self.build = build
         self.nodes: dict[str, WorkerNode] = {}
         self.down: set[str] = set()
+        # Not waited for at the report (their lease expired), though their output is still
+        # taken if it comes: worker -> why.
+        self.given_up: dict[str, str] = {}
 
     def worker_input(self, *, shared: bool) -> dict[str, Any]:
         """What plugins put into a worker's input, computed on a template node."""
@@ -284,6 +287,7 @@ class ControllerNodes:
         return self.nodes[worker]
 
     def joined(self, worker: str) -> None:
+        self.given_up.pop(worker, None)
         if worker in self.down:
             # A replacement of a worker that died under the same name: a new node.
             self.down.discard(worker)
@@ -308,7 +312,15 @@ class ControllerNodes:
         self.down.add(worker)
         self.config.hook.pytest_testnodedown(node=self.nodes[worker], error=cause)
 
+    def give_up(self, worker: str, cause: str) -> None:
+        """Do not wait for this worker's output; it is still taken if it comes."""
+        if worker in self.nodes and worker not in self.down:
+            self.given_up[worker] = cause
+
     def awaiting(self) -> set[str]:
+        return set(self.nodes) - self.down - set(self.given_up)
+
+    def not_down(self) -> set[str]:
         return set(self.nodes) - self.down
 
 

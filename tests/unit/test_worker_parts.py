@@ -227,29 +227,48 @@ STALLED_WATCHDOG_SCRIPT = """
 import ctypes, sys, time
 from conveyor.watchdog import Watchdog
 
-hold_the_gil = ctypes.PyDLL(None).sleep  # libc's sleep without releasing the GIL
+usleep = ctypes.PyDLL(None).usleep  # libc's usleep without releasing the GIL
+
+def hold_the_gil(seconds):
+    usleep(int(seconds * 1e6))
+
 dog = Watchdog(open(sys.argv[1], "w"), exit_code=7)
 dog.start()
 time.sleep(0.2)
-dog.arm(1.0, "header: a test the process stalls in")
-hold_the_gil(2)  # as a full garbage collection of a huge heap does: no thread runs
-time.sleep(0.3)  # the test's own time: 0.3 s of 1.0
-dog.disarm()
-if sys.argv[2] == "hang":
+case = sys.argv[2]
+if case in ("stall", "hang"):
+    dog.arm(1.0, "header: a test the process stalls in")
+    hold_the_gil(2)  # as a full garbage collection of a huge heap does: no thread runs
+    time.sleep(0.3)  # the test's own time: 0.3 s of 1.0
+    dog.disarm()
+if case == "hang":
     dog.arm(1.0, "header: a stalled test that then hangs")
-    hold_the_gil(2)
+    hold_the_gil(0.8)
     time.sleep(30)
+if case == "pause":  # a stall, then the next lease asked for at teardown: one test still
+    dog.arm(2.0, "header: a stalled test whose teardown waits on the queue")
+    hold_the_gil(1.0)
+    with dog.paused():
+        time.sleep(0.05)
+    time.sleep(1.3)  # 2.35 s in all, 1.3 s of its own
+    dog.disarm()
+if case == "gil-hang":  # a hang in code that holds the GIL for long stretches: still stopped
+    dog.arm(1.0, "header: a test that holds the GIL forever, in stretches")
+    for _ in range(40):
+        hold_the_gil(1.5)
 """
 
 
-@pytest.mark.parametrize("case", ["stall", "hang"])
+@pytest.mark.parametrize("case", ["stall", "hang", "pause", "gil-hang"])
 def test_the_watchdog_does_not_count_a_stall_it_could_not_see(tmp_path: Path, case: str) -> None:
+    """Up to three timeouts of its own: beyond that, the GIL held in stretches is a hang."""
     dump = tmp_path / "timeout.txt"
     done = subprocess.run(
         [sys.executable, "-c", STALLED_WATCHDOG_SCRIPT, str(dump), case], timeout=60, check=False
     )
-    if case == "stall":
+    if case in ("stall", "pause"):
         assert done.returncode == 0 and dump.read_text() == ""
     else:
         assert done.returncode == 7
-        assert dump.read_text().startswith("header: a stalled test that then hangs\n")
+        header = {"hang": "a stalled test that then hangs", "gil-hang": "a test that holds"}
+        assert dump.read_text().startswith(f"header: {header[case]}")

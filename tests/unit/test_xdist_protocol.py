@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 
 from conveyor.problems import BuildProblems
-from conveyor.queue.protocol import EVENT_LEASE_EXPIRED, EVENT_WORKER_JOINED, Event
+from conveyor.queue.protocol import (
+    EVENT_LEASE_EXPIRED,
+    EVENT_WORKER_JOINED,
+    EVENT_WORKER_OUTPUT,
+    Event,
+)
 from conveyor.worker_events import LEASE_EXPIRED_CAUSE, WorkerEvents
 from conveyor.xdist_compat import (
     ControllerNodes,
@@ -89,13 +94,25 @@ def test_workers_take_their_own_machines_controller_input() -> None:
 
 def test_a_worker_whose_lease_expired_is_not_waited_for(nodes: Any) -> None:
     """A machine killed outright publishes nothing; the expiry of its worker's lease is the
-    only sign. The report waited 30 s for that worker's output after the last result."""
+    only sign. The report waited 30 s for that worker's output after the last result. A
+    worker that only stalled may still send its output, which is then taken."""
     controller, recorder = nodes
     events = WorkerEvents(controller, BuildProblems())
     handlers = events.handlers()
-    for worker in ("a/gw0", "b/gw0"):
+    for worker in ("a/gw0", "b/gw0", "c/gw0"):
         handlers[EVENT_WORKER_JOINED](Event(1, EVENT_WORKER_JOINED, worker, None, {}, 0.0))
-    expired = Event(2, EVENT_LEASE_EXPIRED, "b/gw0", "t.py::test_a", {"attempt": 1}, 0.0)
-    handlers[EVENT_LEASE_EXPIRED](expired)
+    for worker in ("b/gw0", "c/gw0"):
+        expired = Event(2, EVENT_LEASE_EXPIRED, worker, "t.py::test_a", {"attempt": 1}, 0.0)
+        handlers[EVENT_LEASE_EXPIRED](expired)
     assert controller.awaiting() == {"a/gw0"}
-    assert recorder.calls[-1] == ("down", "gw0", LEASE_EXPIRED_CAUSE)
+    assert [call[0] for call in recorder.calls] == ["ready", "ready", "ready"]
+    # c had only stalled: its output comes, and plugins get it.
+    output = {"output": {"cov": to_json_safe(b"data")}, "platform": {}}
+    handlers[EVENT_WORKER_OUTPUT](Event(3, EVENT_WORKER_OUTPUT, "c/gw0", None, output, 0.0))
+    assert recorder.calls[-1] == ("down", "gw0", {"cov": b"data"})
+    # At the report (a build replayed: nothing more comes), b is down with the cause.
+    events.await_outputs(None, None, finished_at_start=True, all_local=False)  # type: ignore[arg-type]
+    assert recorder.calls[-2:] == [
+        ("down", "gw0", "the worker sent no output before the report"),
+        ("down", "gw0", LEASE_EXPIRED_CAUSE),
+    ]
