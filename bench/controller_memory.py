@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _file_name(index: int) -> str:
+    return f"test_f{index:03d}.py"
+
+
 def write_suite(root: Path, tests: int, files: int = 100) -> None:
     root.mkdir(parents=True)
     (root / "pytest.ini").write_text("[pytest]\n")
     per_file = tests // files
     for index in range(files):
         body = "".join(f"def test_{i}():\n    pass\n\n" for i in range(per_file))
-        (root / f"test_f{index:03d}.py").write_text(body)
+        (root / _file_name(index)).write_text(body)
 
 
 def seed_history(root: Path, tests: int, files: int = 100) -> None:
@@ -40,7 +44,7 @@ def seed_history(root: Path, tests: int, files: int = 100) -> None:
     rng = random.Random(tests)
     per_file = tests // files
     entries = {
-        f"test_f{index:03d}.py::test_{i}": [round(rng.uniform(0.0001, 0.001), 6), 1]
+        f"{_file_name(index)}::test_{i}": [round(rng.uniform(0.0001, 0.001), 6), 1]
         for index in range(files)
         for i in range(per_file)
     }
