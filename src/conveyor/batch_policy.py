@@ -226,12 +226,14 @@ def policy_for(queue: Queue, settings: WorkerSettings, durations: dict[str, floa
     the expected duration of each test from timing history (if any)."""
     manifest = queue.manifest()
     starts = manifest.meta.get("range_starts", []) if manifest else []
+    planned = manifest.meta.get("plan_workers") if manifest else None
+    workers = planned if isinstance(planned, int) and planned >= 1 else settings.worker_count
     order = queue.units()
     rule = BatchRule(
         order,
         frozenset(starts),
         grouping=settings.grouping,
-        worker_count=settings.worker_count,
+        worker_count=max(workers, settings.worker_count),
         has_history=bool(durations),
         expected_s=estimate(order, durations) if durations else None,
     )

@@ -14,9 +14,13 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from conveyor.errors import QueueError
 from conveyor.history import RedisHistory, call_redis, warn_bad_entries
 
 JSON = dict[str, Any]
+# What reading or writing the memory may raise; the memory only ever informs a build, so
+# callers note these and go on.
+MEMORY_ERRORS = (QueueError, OSError, ValueError)
 MAX_EVENTS = 5000
 MAX_BUILDS = 50
 MAX_COMMITS = 20  # cache only; Redis lets a commit's record expire

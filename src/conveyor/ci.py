@@ -70,6 +70,25 @@ def detect(env: Mapping[str, str] | None = None) -> CIIdentity | None:
     return None
 
 
+# How many parallel jobs of one CI step run the same command (a CI matrix of N machines).
+PARALLEL_JOB_COUNTS = (
+    ("GITLAB_CI", "CI_NODE_TOTAL"),
+    ("BUILDKITE", "BUILDKITE_PARALLEL_JOB_COUNT"),
+    ("CIRCLECI", "CIRCLE_NODE_TOTAL"),
+)
+
+
+def parallel_jobs(env: Mapping[str, str] | None = None) -> int | None:
+    """How many machines the CI runs this job on in parallel, where it says so (GitLab's
+    `parallel:`, Buildkite's `parallelism:`, CircleCI's `parallelism:`); None elsewhere
+    (GitHub Actions and Jenkins do not tell a job how many others run beside it)."""
+    env = os.environ if env is None else env
+    for marker, name in PARALLEL_JOB_COUNTS:
+        if env.get(marker) and (raw := env.get(name, "").strip()).isdigit() and int(raw) >= 1:
+            return int(raw)
+    return None
+
+
 def node_id(ci: CIIdentity | None, explicit: str | None = None) -> str:
     """A name for this machine's process tree that no other machine of the build uses."""
     base = explicit or (ci.node if ci and ci.node else None) or socket.gethostname()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from conveyor import __version__
 from conveyor.build_follower import interrupted_while_starting
-from conveyor.ci import detect, node_id
+from conveyor.ci import detect, node_id, parallel_jobs
 from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.environment import forget_outer_worker, process_started_at
@@ -136,6 +136,8 @@ def _supervisor(
         history=_history_location(options),
         check_only=check_only,
         own_controller=own_controller and not check_only,
+        networked_queue=options.networked_queue,
+        ci_machines=parallel_jobs() if options.networked_queue else None,
     )
     restarts = options.max_restarts if options.max_restarts is not None else 2 * options.workers
     return Supervisor(

@@ -111,10 +111,12 @@ def serving_plan(
     durations: dict[str, float],
     code: dict[str, str],
     leading: bool,
+    workers: int,
 ) -> tuple[list[str], JSON]:
     """The order a leader publishes (slowest first, modules kept together, see
-    conveyor.scheduling) and the manifest's meta. Workers that do not lead only check the
-    set, so they skip the planning."""
+    conveyor.scheduling) for `workers` in the whole build (conveyor.fleet_size), and the
+    manifest's meta. Workers that do not lead only check the set, so they skip the
+    planning."""
     units, range_starts = collected, frozenset[str]()
     if leading:
         serving = plan(
@@ -122,7 +124,7 @@ def serving_plan(
             durations,
             order=settings.order,
             grouping=settings.grouping,
-            workers=settings.worker_count,
+            workers=workers,
             seed=settings.seed,
         )
         units, range_starts = serving.order, serving.range_starts
@@ -138,6 +140,8 @@ def serving_plan(
         # Whether timing history planned this build: what it cost is told apart by it (see
         # conveyor.capacity_plan.overheads_from).
         with_history=any(unit in durations for unit in collected),
+        # Every worker's batches are sized for the build's workers, not its machine's.
+        plan_workers=workers,
     )
     if units != collected:
         # The controller reports in collection order, whatever the serving order.

@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 
 from conveyor import github
-from conveyor.build_memory import BuildMemory, memory_store
+from conveyor.build_memory import MEMORY_ERRORS, BuildMemory, memory_store
 from conveyor.capacity_plan import Setups, merge_setups
-from conveyor.errors import QueueError
 from conveyor.flaky import (
     DEFAULT_RELEASE_AFTER,
     FAILED,
@@ -43,7 +42,6 @@ from conveyor.quarantine import Entry, Quarantine
 from conveyor.queue import Queue
 
 PROPERTY = "quarantined"
-MEMORY_ERRORS = (QueueError, OSError, ValueError)
 EMPTY_DIFF = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256(b"")
 CI_COMMIT_VARIABLES = (
     "GITHUB_SHA",
@@ -358,6 +356,9 @@ class BuildMemoryPlugin:
             "build": self.settings.build,
             "ts": now,
             "workers": self.settings.local_workers,
+            # Every worker seen in the build, this machine's and others': the next build of
+            # the suite plans for the fleet (conveyor.fleet_size).
+            "fleet_workers": len(self._lanes),
             "tests": sum(lane.attempts for lane in lanes),
             "startup_s": round(max(0.0, first - started), 4),
             "tail_s": round(max(0.0, now - last), 4),

@@ -26,6 +26,7 @@ contiguous, and the queue leases it to one worker whole (`whole_key`).
 
 from __future__ import annotations
 
+import heapq
 import random
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -206,42 +207,204 @@ def plan(
     if not any(unit in history for unit in units):
         return Plan(list(units))  # nothing known: collection order keeps fixtures warm
     seconds = estimate(units, history)
-    groups = _groups(units, grouping)
     share = sum(seconds.values()) / max(1, workers)
-    blocks: list[tuple[float, list[str]]] = []
+    place = {unit: index for index, unit in enumerate(units)}
+    blocks: list[Block] = []  # in collection order: a stable sort keeps it among equals
+    split: list[list[Block]] = []
     range_starts: set[str] = set()
-    for members in groups.values():
-        total = sum(seconds[unit] for unit in members)
-        if len(members) > 1 and share > 0 and total >= SPLIT_SHARE * share:
-            pieces = ranges(members, seconds, RANGE_SHARE * share)
-            if len(pieces) > 1:
-                range_starts.update(piece[0] for piece in pieces)
-            lengths = [sum(seconds[unit] for unit in piece) for piece in pieces]
-            first = promoted(lengths, share, workers)
-            blocks.extend((lengths[index], pieces[index]) for index in first)
-            rest = [index for index in range(len(pieces)) if index not in first]
-            if rest:
-                # The rest keep collection order, at the place of their longest.
-                longest = max(lengths[index] for index in rest)
-                blocks.extend((longest, pieces[index]) for index in rest)
+    for module, members in _groups(units, grouping).items():
+        pieces = _split(members, seconds, share, workers)
+        if len(pieces) > 1:
+            range_starts.update(piece[0] for piece in pieces)
+            module_blocks = [
+                Block(module, piece, _length(piece, seconds), place[piece[0]], place[piece[-1]])
+                for piece in pieces
+            ]
+            split.append(module_blocks)
+            blocks.extend(module_blocks)
         else:
-            blocks.append((total, members))
-    blocks.sort(key=lambda block: -block[0])  # stable: ties keep collection order
-    return Plan([unit for _, members in blocks for unit in members], frozenset(range_starts))
+            total = _length(members, seconds)
+            blocks.append(Block(module, members, total, place[members[0]], -1, key=total))
+    served = promote(blocks, split, share, workers)
+    return Plan([unit for block in served for unit in block.members], frozenset(range_starts))
 
 
-def promoted(lengths: Sequence[float], share: float, workers: int) -> set[int]:
-    """The ranges of a split module (their lengths in collection order) served first, by their
-    own length: those that would end after `share` (the build's ideal end) if the `workers`
-    ran the module's ranges in collection order from the start, at most half the workers'
-    count of them, the longest."""
-    late: list[int] = []
-    before = 0.0
-    for index, length in enumerate(lengths):
-        if before / max(1, workers) + length > share:
-            late.append(index)
-        before += length
-    return set(sorted(late, key=lambda index: -lengths[index])[: workers // 2])
+def _length(members: Sequence[str], seconds: Mapping[str, float]) -> float:
+    return sum(seconds[unit] for unit in members)
+
+
+def _split(
+    members: Sequence[str], seconds: Mapping[str, float], share: float, workers: int
+) -> list[list[str]]:
+    """A group's ranges: itself whole, unless it is long against a worker's share (70 % of
+    it or more) or, with several workers, holds a class or test that alone is a third of a
+    share: a test that long must find its own place in the build, not its module's."""
+    if len(members) < 2 or share <= 0:
+        return [list(members)]
+    total = _length(members, seconds)
+    longest_piece = max(_length(piece, seconds) for piece in atoms(members))
+    if total >= SPLIT_SHARE * share or (workers > 1 and longest_piece >= RANGE_SHARE * share):
+        return ranges(members, seconds, RANGE_SHARE * share)
+    return [list(members)]
+
+
+@dataclass
+class Block:
+    """What a worker leases together: a whole group, or one range of a split group (`last`
+    is the place of its last unit in collection order; -1 for a whole group). `key` orders the
+    serving (see `promote`)."""
+
+    module: str
+    members: list[str]
+    length: float
+    first: int
+    last: int
+    key: float = 0.0
+    promoted: str = ""  # "", OWN or FRONT
+
+    @property
+    def is_range(self) -> bool:
+        return self.last >= 0
+
+
+OWN, FRONT = "own", "front"
+FRONT_KEY = 1e12  # ranges served before everything else, longest first among themselves
+MAX_TRIALS = 8  # ranges tried for promotion each round, the longest
+MAX_ROUNDS = 8  # promotions at most
+CLOSE_ENOUGH = 0.01  # a simulated end this near the lower bound is not improved on
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """A list-scheduling replay of a serving order: when each block ends and on which worker
+    (by position in the order), the build's end, and how many blocks no worker could take
+    going forward."""
+
+    ends: list[float]
+    workers: list[int]
+    makespan: float
+    backward: int
+
+
+def simulate(served: Sequence[Block], workers: int) -> Simulated:
+    """Each block, in serving order, goes to the worker free first among those the forward
+    rule lets take it (queue/forward.py: a worker never takes a range of a module behind one
+    it already took); when none may, to the worker free first, counted in `backward`."""
+    free = [(0.0, worker) for worker in range(max(1, workers))]
+    marks: list[dict[str, int]] = [{} for _ in free]
+    ends: list[float] = []
+    taken_by: list[int] = []
+    backward = 0
+    for block in served:
+        passed_over: list[tuple[float, int]] = []
+        chosen = heapq.heappop(free)
+        while block.is_range and marks[chosen[1]].get(block.module, -1) > block.first:
+            passed_over.append(chosen)
+            if not free:
+                backward += 1
+                chosen = min(passed_over)
+                passed_over.remove(chosen)
+                break
+            chosen = heapq.heappop(free)
+        for item in passed_over:
+            heapq.heappush(free, item)
+        start, worker = chosen
+        end = start + block.length
+        ends.append(end)
+        taken_by.append(worker)
+        heapq.heappush(free, (end, worker))
+        if block.is_range:
+            marks[worker][block.module] = max(marks[worker].get(block.module, -1), block.last)
+    return Simulated(ends, taken_by, max(ends, default=0.0), backward)
+
+
+def _set_keys(module_blocks: Sequence[Block]) -> None:
+    """Promoted ranges by their own length (FRONT ones before everything); the rest in
+    collection order at their longest."""
+    rest = [block for block in module_blocks if not block.promoted]
+    longest = max((block.length for block in rest), default=0.0)
+    for block in module_blocks:
+        base = FRONT_KEY if block.promoted == FRONT else 0.0
+        block.key = base + block.length if block.promoted else longest
+
+
+def _served(blocks: Sequence[Block]) -> list[Block]:
+    return sorted(blocks, key=lambda block: -block.key)  # stable: ties keep collection order
+
+
+def promote(
+    blocks: Sequence[Block], split: Sequence[Sequence[Block]], share: float, workers: int
+) -> list[Block]:
+    """The serving order. A whole group is served by its length; a split group's ranges at
+    first all at the place of its longest, in collection order. Then, round by round, the
+    build is simulated (`simulate`) and one range promoted: served by its own length, or
+    before everything else. Tried are the longest ranges; kept is the promotion that
+    ends the simulated build soonest, if it ends it sooner (a range ending late is promoted by
+    its own length also when the end stays the same: the longest first is the safer order when
+    durations vary) and sends no worker back. Once the simulated end is within 1 % of the
+    lower bound (`share`, or the longest block) only such late ranges are promoted. At most
+    MAX_ROUNDS ranges are promoted, and no more than there are workers."""
+    for module_blocks in split:
+        _set_keys(module_blocks)
+    served = _served(blocks)
+    if not split or workers < 2:
+        return served
+    current = simulate(served, workers)
+    bound = max(share, max(block.length for block in blocks))
+    for _ in range(min(workers, MAX_ROUNDS)):
+        near_bound = current.makespan <= bound * (1 + CLOSE_ENOUGH)
+        found = _best_promotion(blocks, split, served, current, share, workers, near_bound)
+        if found is None:
+            break
+        served, current = found
+    return served
+
+
+def _best_promotion(
+    blocks: Sequence[Block],
+    split: Sequence[Sequence[Block]],
+    served: Sequence[Block],
+    current: Simulated,
+    share: float,
+    workers: int,
+    late_only: bool,
+) -> tuple[list[Block], Simulated] | None:
+    """The best single promotion from `served` (see `promote`), applied; None if none helps.
+    `late_only`: the simulated end is already near the bound; only ranges ending after the
+    share are promoted, by their own length."""
+    end_of = {id(block): end for block, end in zip(served, current.ends, strict=True)}
+    candidates = sorted(
+        (
+            (block, module_blocks)
+            for module_blocks in split
+            for block in module_blocks
+            if not block.promoted and (end_of[id(block)] > share or not late_only)
+        ),
+        key=lambda found: (end_of[id(found[0])] <= share, -found[0].length),
+    )[:MAX_TRIALS]
+    best: tuple[float, list[Block], Simulated, Block, Sequence[Block], str] | None = None
+    for block, module_blocks in candidates:
+        for how in (OWN,) if late_only else (OWN, FRONT):
+            block.promoted = how
+            _set_keys(module_blocks)
+            order = _served(blocks)
+            trial = simulate(order, workers)
+            block.promoted = ""
+            _set_keys(module_blocks)
+            if trial.backward > current.backward:
+                continue
+            late_tie = how == OWN and end_of[id(block)] > share
+            better = trial.makespan < current.makespan - 1e-9 or (
+                late_tie and trial.makespan <= current.makespan + 1e-9
+            )
+            if better and (best is None or trial.makespan < best[0] - 1e-9):
+                best = (trial.makespan, order, trial, block, module_blocks, how)
+    if best is None:
+        return None
+    _, order, trial, block, module_blocks, how = best
+    block.promoted = how
+    _set_keys(module_blocks)
+    return order, trial
 
 
 def _groups(units: Sequence[str], grouping: str) -> dict[str, list[str]]:

@@ -28,6 +28,7 @@ from conveyor.compat import (
 )
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
+from conveyor.fleet_size import plan_workers
 from conveyor.fork_server import ForkServer, channel_from_environment
 from conveyor.hard_timeout import HardTimeout
 from conveyor.heartbeat import Heartbeat
@@ -189,8 +190,9 @@ class WorkerPlugin:
         assert queue is not None and handshake is not None
         self.timeout.learn(durations)
         leading = queue.manifest() is None  # likely the leader: its order is the one served
+        workers = plan_workers(settings, session.config, queue) if leading else 0
         units, meta = serving_plan(
-            self.collection, session, settings, collected, durations, code, leading
+            self.collection, session, settings, collected, durations, code, leading, workers
         )
         if not handshake.join_or_check(units, meta, code):
             self.status.write("refused")

@@ -34,6 +34,8 @@ class WorkerSettings(WorkerOptions):
         check_only: bool = False,  # compare collection and code with the build's, then leave
         own_controller: bool = True,  # a controller on this machine publishes plugins' input
         fork_server: bool = False,  # collect, then fork the workers (conveyor.fork_server)
+        networked_queue: bool = False,  # other machines may join (conveyor.fleet_size)
+        ci_machines: int | None = None,  # the CI's parallel jobs of this build, where it says
         **options: Any,
     ) -> None:
         self.queue_url = queue_url
@@ -47,6 +49,8 @@ class WorkerSettings(WorkerOptions):
         self.check_only = check_only
         self.own_controller = own_controller
         self.fork_server = fork_server
+        self.networked_queue = networked_queue
+        self.ci_machines = ci_machines
         super().__init__(**options)
 
     @classmethod

@@ -17,6 +17,8 @@ import pytest
 from conftest import RedisCluster, RedisServer, TlsRedis, require_redis_server
 from helpers import communicate_or_dump_stacks, junit_outcomes, junit_totals
 
+from conveyor.queue import open_queue
+
 SUITE = {
     "conftest.py": """
 import os, pathlib, time, pytest
@@ -159,6 +161,36 @@ def test_two_machines_and_a_separate_report_agree_with_plain_pytest(
     for xml in (first / "report.xml", first / "a.xml", second / "b.xml"):
         assert junit_outcomes(xml) == expected
         assert junit_totals(xml) == junit_totals(plain_xml)
+
+
+def test_a_fleet_of_one_worker_machines_is_planned_for_as_a_whole(
+    machines: tuple[Path, Path, Path], redis_server: RedisServer, build: str
+) -> None:
+    """Each machine runs `-n 1`: the leader's plan is made for the two workers the suite's
+    previous build had, and its batches for every worker's are sized by it too (the meta)."""
+    first, second, markers = machines
+    suite = ["--history-key", f"fleet-{build}"]
+
+    def fleet(build_id: str) -> int:
+        joined = markers.parent / f"joined-{build_id}"
+        joined.mkdir()
+        queue = ["--queue", redis_server.url, "--build", build_id, *suite]
+        runs = [
+            conveyor(cwd, "run", "-n", "1", *queue, markers=markers, joined=joined)
+            for cwd in (first, second)
+        ]
+        for process in runs:
+            code, output = finish(process)
+            assert code == 1, output
+            assert "1 failed, 61 passed, 1 skipped, 1 xfailed" in output, output
+        manifest = open_queue(redis_server.url, build_id).manifest()
+        assert manifest is not None
+        workers = manifest.meta["plan_workers"]
+        assert isinstance(workers, int)
+        return workers
+
+    assert fleet(build) == 1  # nothing known yet: this machine's own worker
+    assert fleet(f"{build}-again") == 2
 
 
 def test_report_after_the_build_replays_stored_results_and_reruns_cost_nothing(

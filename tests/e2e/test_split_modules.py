@@ -28,8 +28,8 @@ def record(name, worker_id):
 {late}
 """
 
-# Twelve classes of three: a range each, more than the workers can start at once, so a worker
-# done with a late test finds early ranges still pending.
+# Twelve classes of three: more ranges than the workers can start at once, so a worker done
+# with a late test finds early ranges still pending.
 EARLY_CLASS = """
 class TestEarly{index:02d}:
 {tests}
@@ -38,7 +38,7 @@ class TestEarly{index:02d}:
 EARLY_TEST = """
     def test_early_{index:02d}(self, worker_id):
         record("test_early_{index:02d}", worker_id)
-        time.sleep(0.1)
+        time.sleep(0.05)
         assert not LATE_RAN
 """
 
@@ -58,7 +58,9 @@ def long_module_suite(pytester: pytest.Pytester) -> list[str]:
         )
         for c in range(12)
     )
-    sleeps = {1: 0.6, 2: 0.7, 3: 0.8, 4: 0.9}
+    # The last test alone is longer than the others' share of the build: served where the
+    # module is, it would end the build late; served first, it ends with the others.
+    sleeps = {1: 0.3, 2: 0.35, 3: 0.4, 4: 1.5}
     late = "".join(LATE_TEST.format(index=i, sleep=s) for i, s in sleeps.items())
     pytester.makepyfile(test_long=LONG_MODULE.format(early=early, late=late))
     others = "".join(f"\n\ndef test_other_{i}():\n    pass\n" for i in range(10))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.ci import detect
+from conveyor.ci import detect, parallel_jobs
 
 
 def test_github_attempts_get_builds_of_their_own() -> None:
@@ -25,3 +25,13 @@ def test_gitlab_jobs_of_one_pipeline_share_a_build() -> None:
     env = {"GITLAB_CI": "true", "CI_PIPELINE_ID": "9", "CI_NODE_INDEX": "2"}
     found = detect(env)
     assert found is not None and (found.build, found.node) == ("gitlab-9", "2")
+
+
+def test_the_parallel_jobs_count_comes_from_the_cis_that_tell_it() -> None:
+    assert parallel_jobs({"GITLAB_CI": "true", "CI_NODE_TOTAL": "4"}) == 4
+    assert parallel_jobs({"BUILDKITE": "true", "BUILDKITE_PARALLEL_JOB_COUNT": "3"}) == 3
+    assert parallel_jobs({"CIRCLECI": "true", "CIRCLE_NODE_TOTAL": "6"}) == 6
+    assert parallel_jobs({"CI_NODE_TOTAL": "4"}) is None  # not inside GitLab
+    assert parallel_jobs({"GITLAB_CI": "true", "CI_NODE_TOTAL": "many"}) is None
+    assert parallel_jobs({"GITLAB_CI": "true", "CI_NODE_TOTAL": "0"}) is None
+    assert parallel_jobs({"GITHUB_ACTIONS": "true"}) is None

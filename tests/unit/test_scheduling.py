@@ -8,14 +8,15 @@ import pytest
 
 from conveyor.history import CacheHistory, merge, read_durations_file
 from conveyor.scheduling import (
+    Block,
     back_to_front_order,
     estimate,
     kept_together,
     order_units,
     plan,
-    promoted,
     range_keys,
     scope_of,
+    simulate,
     through_group_end,
     whole_key,
 )
@@ -130,22 +131,16 @@ def test_a_split_modules_ranges_take_their_own_places_among_the_other_groups() -
         "tiny.py::t": 0.1,
     }
     ordered = order_units(units, history, workers=4)
-    # Each of big.py's ranges is served by its own length: mid.py (3 s) between them.
+    # TestC1 would end after the share (10.1 s / 4) at the place of big.py's longest: it is
+    # served by its own length, first. The other two then end in time, and keep collection
+    # order at the place of their longest (2 s): mid.py (3 s) comes between.
     assert ordered == [
         "big.py::TestC1::test",
         "mid.py::t",
-        "big.py::TestC2::test",
         "big.py::TestC0::test",
+        "big.py::TestC2::test",
         "tiny.py::t",
     ]
-
-
-def test_at_most_half_the_workers_count_of_ranges_is_promoted() -> None:
-    """The ranges before a promoted one are left to the workers that took no promoted range."""
-    lengths = [0.1, 0.1, 5.0, 4.0, 3.0, 2.0]
-    assert promoted(lengths, share=3.0, workers=4) == {2, 3}
-    assert promoted(lengths, share=3.0, workers=1) == set()
-    assert promoted([1.0, 1.0, 1.0], share=3.0, workers=8) == set()  # each ends in time
 
 
 def test_test_grouping_is_plain_longest_first() -> None:
@@ -256,3 +251,41 @@ def test_a_gone_workers_tests_come_back_latest_group_first_each_group_in_order()
     assert back_to_front_order(held, "file") == [*held[4:], *held[:4]]
     assert back_to_front_order(held, "scope") == [*held[4:], held[3], *held[1:3], held[0]]
     assert back_to_front_order([], "class") == []
+
+
+def test_a_module_holding_a_test_a_third_of_a_share_long_is_split_for_several_workers() -> None:
+    units = [f"m.py::t{i}" for i in range(6)]
+    units += [f"{name}.py::t{i}" for name in ("n", "o") for i in range(30)]
+    history = dict.fromkeys(units, 0.1) | {"m.py::t3": 2.5}
+    # 9 s over 2 workers: a share of 4.5 s. m.py (3 s) is under 70 % of it, but its 2.5 s
+    # test is over a third: it is cut out, to be placed by its own length. n.py and o.py hold
+    # quick tests only. One worker has nothing to balance.
+    assert plan(units, history, workers=1).range_starts == frozenset()
+    split = plan(units, history, workers=2)
+    assert {"m.py::t0", "m.py::t3", "m.py::t4"} <= split.range_starts
+    assert all(unit.startswith("m.py") for unit in split.range_starts)
+
+
+def test_the_simulation_sends_a_worker_only_forward_through_a_split_module() -> None:
+    first, second = Block("m.py", ["m.py::a"], 1.0, 0, 0), Block("m.py", ["m.py::b"], 1.0, 1, 1)
+    other = Block("n.py", ["n.py::c"], 3.0, 2, -1)
+    # `second` goes to worker 0, free first; `first` is behind it there, so it waits for
+    # worker 1 (busy with n.py) rather than run backwards.
+    found = simulate([second, other, first], workers=2)
+    assert (found.workers, found.ends, found.backward) == ([0, 1, 1], [1.0, 3.0, 4.0], 0)
+    alone = simulate([second, first], workers=1)
+    assert (alone.ends, alone.backward) == ([1.0, 2.0], 1)  # nobody else could: counted
+
+
+def test_late_slow_ranges_of_several_modules_are_placed_by_simulating_the_build() -> None:
+    """Two machines, each module's slow tests among quick ones (bench.machines' suite): served
+    at their modules' places, the 2.2 s and 2.0 s tests end on one worker at 4.9 s; the plan
+    puts the 2.2 s test first, so that the 2.0 s one follows it on the other worker while the
+    first runs the 2.5 s test and every quick test (the best finish, 4.2 s)."""
+    m = [f"m.py::t{i:02d}" for i in range(20)]
+    n = [f"n.py::t{i:02d}" for i in range(20)]
+    history = dict.fromkeys(m + n, 0.03) | {m[6]: 2.5, m[19]: 2.2, n[13]: 2.0}
+    found = plan(m + n, history, workers=2)
+    assert found.order[0] == m[19]
+    assert found.order.index(n[13]) < found.order.index(n[0])
+    assert found.order.index(m[0]) < found.order.index(m[6]) < found.order.index(m[7])
