@@ -9,15 +9,23 @@ more of one worker's share is split). A group is split only at class boundaries,
 contiguous ranges that keep collection order inside them: tests inside a class run as they
 would in a plain run.
 
+A module is also cut when, with several workers, one of its tests alone is a third of a
+worker's share: a test that long must find its own place in the build, not its module's.
+
 A split module's ranges are served in collection order at the place of their longest, except
-the ranges that would then end after the build's ideal end (a long range late in a long
-module, whose turn comes when the workers have run the ranges before it): up to half the
-workers' count of them, the longest, are served first, each by its own length (`promoted`).
-Served so, a worker could run a later range of a module and then an earlier one, which a plain
-run never does (three of pyparsing's tests failed so): the queue keeps each worker going
-forward through a split module (queue/forward.py), so the tests one worker runs of it are in
-collection order, as under `-k`. The ranges before the promoted ones are left to the workers
-that took none, which is why at most half are promoted.
+the ranges promoted to be served by their own length, or before everything else. Which ranges
+to promote is decided by simulating the build (`simulate`: each block, in serving order, to
+the worker free first that may take it): a promotion is kept when the simulated build ends
+sooner, or, for a range that would end after the build's ideal end, no later (longest first
+is the safer order when durations vary). Served so, a worker could run a later range of a
+module and then an earlier one, which a plain run never does (three of pyparsing's tests
+failed so): the queue keeps each worker going forward through a split module
+(queue/forward.py), so the tests one worker runs of it are in collection order, as under `-k`;
+the simulation follows the same rule, and a promotion that would send a worker back is not
+kept.
+
+The workers' count is the whole build's: on a fleet of machines, the leader plans for every
+machine's workers (conveyor.fleet_size).
 
 `--dist file` and `--dist scope` (pytest-xdist's loadfile and loadscope) never split a group:
 each file, or each scope (a class; a module's tests outside classes), is served whole and
@@ -208,23 +216,24 @@ def plan(
         return Plan(list(units))  # nothing known: collection order keeps fixtures warm
     seconds = estimate(units, history)
     share = sum(seconds.values()) / max(1, workers)
-    place = {unit: index for index, unit in enumerate(units)}
     blocks: list[Block] = []  # in collection order: a stable sort keeps it among equals
     split: list[list[Block]] = []
     range_starts: set[str] = set()
     for module, members in _groups(units, grouping).items():
-        pieces = _split(members, seconds, share, workers)
-        if len(pieces) > 1:
-            range_starts.update(piece[0] for piece in pieces)
-            module_blocks = [
-                Block(module, piece, _length(piece, seconds), place[piece[0]], place[piece[-1]])
-                for piece in pieces
-            ]
-            split.append(module_blocks)
-            blocks.extend(module_blocks)
-        else:
-            total = _length(members, seconds)
-            blocks.append(Block(module, members, total, place[members[0]], -1, key=total))
+        total = _length(members, seconds)
+        pieces = _split(members, total, seconds, share, workers)
+        if len(pieces) == 1:
+            blocks.append(Block(module, members, total, 0, -1, key=total))
+            continue
+        range_starts.update(piece[0] for piece in pieces)
+        module_blocks, place = [], 0  # places within the module: the forward rule's ranks
+        for piece in pieces:
+            module_blocks.append(
+                Block(module, piece, _length(piece, seconds), place, place + len(piece) - 1)
+            )
+            place += len(piece)
+        split.append(module_blocks)
+        blocks.extend(module_blocks)
     served = promote(blocks, split, share, workers)
     return Plan([unit for block in served for unit in block.members], frozenset(range_starts))
 
@@ -234,25 +243,30 @@ def _length(members: Sequence[str], seconds: Mapping[str, float]) -> float:
 
 
 def _split(
-    members: Sequence[str], seconds: Mapping[str, float], share: float, workers: int
+    members: Sequence[str],
+    total: float,
+    seconds: Mapping[str, float],
+    share: float,
+    workers: int,
 ) -> list[list[str]]:
     """A group's ranges: itself whole, unless it is long against a worker's share (70 % of
-    it or more) or, with several workers, holds a class or test that alone is a third of a
-    share: a test that long must find its own place in the build, not its module's."""
+    it or more) or, with several workers, holds a test that alone is a third of a share: a
+    test that long must find its own place in the build, not its module's."""
     if len(members) < 2 or share <= 0:
         return [list(members)]
-    total = _length(members, seconds)
-    longest_piece = max(_length(piece, seconds) for piece in atoms(members))
-    if total >= SPLIT_SHARE * share or (workers > 1 and longest_piece >= RANGE_SHARE * share):
-        return ranges(members, seconds, RANGE_SHARE * share)
+    limit = RANGE_SHARE * share
+    if total >= SPLIT_SHARE * share or (
+        workers > 1 and total >= limit and max(seconds[unit] for unit in members) >= limit
+    ):
+        return ranges(members, seconds, limit)
     return [list(members)]
 
 
 @dataclass
 class Block:
-    """What a worker leases together: a whole group, or one range of a split group (`last`
-    is the place of its last unit in collection order; -1 for a whole group). `key` orders the
-    serving (see `promote`)."""
+    """What a worker leases together: a whole group, or one range of a split group (`first`
+    and `last`: the places of its first and last unit among its group's, in collection order;
+    `last` is -1 for a whole group). `key` orders the serving (see `promote`)."""
 
     module: str
     members: list[str]
