@@ -262,7 +262,7 @@ def _split(
     return [list(members)]
 
 
-@dataclass
+@dataclass(eq=False)  # a block is itself: found in an order by identity
 class Block:
     """What a worker leases together: a whole group, or one range of a split group (`first`
     and `last`: the places of its first and last unit among its group's, in collection order;
@@ -352,7 +352,8 @@ def promote(
     """The serving order. A whole group is served by its length; a split group's ranges at
     first all at the place of its longest, in collection order. Then, round by round, the
     build is simulated (`simulate`) and one range promoted: served by its own length, or
-    before everything else. Tried are the longest ranges; kept is the promotion that
+    before everything else, but never later than it was. Tried are the longest ranges; kept
+    is the promotion that
     ends the simulated build soonest, if it ends it sooner (a range ending late is promoted by
     its own length also when the end stays the same: the longest first is the safer order when
     durations vary) and sends no worker back. Once the simulated end is within 1 % of the
@@ -402,6 +403,10 @@ def _best_promotion(
             block.promoted = how
             _set_keys(module_blocks)
             order = _served(blocks)
+            if order.index(block) > served.index(block):
+                block.promoted = ""  # by its own length it would come later: not a promotion
+                _set_keys(module_blocks)
+                continue
             trial = simulate(order, workers)
             block.promoted = ""
             _set_keys(module_blocks)
