@@ -6,7 +6,7 @@ against one worker's share of the build. A fleet of machines running `-n 1` each
 the leader's own count (one) would never split anything, and its batches would be sized for a
 worker alone. The count comes, in this order, from the CI's own parallelism (the machines of
 a GitLab, Buildkite or CircleCI parallel job, each assumed to run as many workers as this one),
-then from the suite's previous build (the workers seen there beyond its reporter's machine,
+then from the suite's recent builds (the workers seen there beyond their reporters' machines,
 assumed to come again), and otherwise from this machine alone.
 """
 
@@ -18,19 +18,27 @@ from typing import Any
 from conveyor.build_memory import MEMORY_ERRORS, memory_store
 from conveyor.worker_settings import WorkerSettings
 
+RECENT_BUILDS = 5
+
 
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def other_machines_workers(builds: Sequence[Mapping[str, Any]]) -> int:
-    """Workers of the newest recorded build that ran on other machines than its reporter's
-    (0 for a build of one machine, or when no build recorded both counts)."""
+    """Workers that ran on other machines than the reporter's, the most in the RECENT_BUILDS
+    newest builds that recorded both counts (0 when none did). The most, because a plan for
+    too few workers splits nothing (one machine's build of the suite, run by hand against the
+    same Redis, would otherwise unplan the next fleet), while one for a few too many only cuts
+    some modules that need not have been."""
+    found: list[int] = []
     for record in reversed(builds):
         fleet, local = _count(record.get("fleet_workers")), _count(record.get("workers"))
         if fleet is not None and local is not None:
-            return max(0, fleet - local)
-    return 0
+            found.append(max(0, fleet - local))
+            if len(found) == RECENT_BUILDS:
+                break
+    return max(found, default=0)
 
 
 def planned_workers(
