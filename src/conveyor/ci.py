@@ -71,6 +71,7 @@ def detect(env: Mapping[str, str] | None = None) -> CIIdentity | None:
 
 
 # How many parallel jobs of one CI step run the same command (a CI matrix of N machines).
+MAX_PARALLEL_JOBS = 1000  # a count beyond this is taken as this: a plan, not an allocation
 PARALLEL_JOB_COUNTS = (
     ("GITLAB_CI", "CI_NODE_TOTAL"),
     ("BUILDKITE", "BUILDKITE_PARALLEL_JOB_COUNT"),
@@ -84,8 +85,9 @@ def parallel_jobs(env: Mapping[str, str] | None = None) -> int | None:
     (GitHub Actions and Jenkins do not tell a job how many others run beside it)."""
     env = os.environ if env is None else env
     for marker, name in PARALLEL_JOB_COUNTS:
-        if env.get(marker) and (raw := env.get(name, "").strip()).isdigit() and int(raw) >= 1:
-            return int(raw)
+        raw = env.get(name, "").strip()
+        if env.get(marker) and raw.isascii() and raw.isdigit() and int(raw) >= 1:
+            return min(int(raw), MAX_PARALLEL_JOBS)
     return None
 
 

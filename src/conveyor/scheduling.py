@@ -9,15 +9,17 @@ more of one worker's share is split). A group is split only at class boundaries,
 contiguous ranges that keep collection order inside them: tests inside a class run as they
 would in a plain run.
 
-A module is also cut when, with several workers, one of its tests alone is a third of a
-worker's share: a test that long must find its own place in the build, not its module's.
+A module is also cut when, with several workers, one of its tests alone is RANGE_SHARE (about
+a third) of a worker's share: a test that long must find its own place in the build, not its
+module's.
 
 A split module's ranges are served in collection order at the place of their longest, except
 the ranges promoted to be served by their own length, or before everything else. Which ranges
 to promote is decided by simulating the build (`simulate`: each block, in serving order, to
 the worker free first that may take it): a promotion is kept when the simulated build ends
 sooner, or, for a range that would end after the build's ideal end, no later (longest first
-is the safer order when durations vary). Served so, a worker could run a later range of a
+is the safer order when durations vary); at most half the workers' count of one module's
+ranges is promoted. Served so, a worker could run a later range of a
 module and then an earlier one, which a plain run never does (three of pyparsing's tests
 failed so): the queue keeps each worker going forward through a split module
 (queue/forward.py), so the tests one worker runs of it are in collection order, as under `-k`;
@@ -250,8 +252,9 @@ def _split(
     workers: int,
 ) -> list[list[str]]:
     """A group's ranges: itself whole, unless it is long against a worker's share (70 % of
-    it or more) or, with several workers, holds a test that alone is a third of a share: a
-    test that long must find its own place in the build, not its module's."""
+    it or more) or, with several workers, holds a test that alone is RANGE_SHARE of a share
+    (about a third): a test that long must find its own place in the build, not its
+    module's."""
     if len(members) < 2 or share <= 0:
         return [list(members)]
     limit = RANGE_SHARE * share
@@ -285,6 +288,7 @@ OWN, FRONT = "own", "front"
 FRONT_KEY = 1e12  # ranges served before everything else, longest first among themselves
 MAX_TRIALS = 8  # ranges tried for promotion each round, the longest
 MAX_ROUNDS = 8  # promotions at most
+SIMULATION_BUDGET = 1_000_000  # blocks simulated in all, for one plan (about a second)
 CLOSE_ENOUGH = 0.01  # a simulated end this near the lower bound is not improved on
 
 
@@ -304,7 +308,8 @@ def simulate(served: Sequence[Block], workers: int) -> Simulated:
     """Each block, in serving order, goes to the worker free first among those the forward
     rule lets take it (queue/forward.py: a worker never takes a range of a module behind one
     it already took); when none may, to the worker free first, counted in `backward`."""
-    free = [(0.0, worker) for worker in range(max(1, workers))]
+    # More workers than blocks: the extra ones would take nothing.
+    free = [(0.0, worker) for worker in range(max(1, min(workers, len(served))))]
     marks: list[dict[str, int]] = [{} for _ in free]
     ends: list[float] = []
     taken_by: list[int] = []
@@ -353,22 +358,34 @@ def promote(
     first all at the place of its longest, in collection order. Then, round by round, the
     build is simulated (`simulate`) and one range promoted: served by its own length, or
     before everything else, but never later than it was. Tried are the longest ranges; kept
-    is the promotion that
-    ends the simulated build soonest, if it ends it sooner (a range ending late is promoted by
-    its own length also when the end stays the same: the longest first is the safer order when
-    durations vary) and sends no worker back. Once the simulated end is within 1 % of the
-    lower bound (`share`, or the longest block) only such late ranges are promoted. At most
-    MAX_ROUNDS ranges are promoted, and no more than there are workers."""
+    is the promotion that ends the simulated build soonest, if it ends it sooner (a range
+    ending late is promoted by its own length also when the end stays the same: the longest
+    first is the safer order when durations vary) and sends no worker back. Once the
+    simulated end is within 1 % of the lower bound (`share`, or the longest block) only such
+    late ranges are promoted.
+
+    At most half the workers' count of one module's ranges is promoted, so that a worker that
+    took none is left for the ranges before them even when durations differ from the history
+    (the simulation, exact about durations, would allow more, and a test a little slower than
+    its history would then send a worker back). At most MAX_ROUNDS ranges are promoted in all,
+    and the simulations of one plan are bounded (SIMULATION_BUDGET blocks), so that a suite of
+    many modules is planned in about the time it takes to sort it."""
     for module_blocks in split:
         _set_keys(module_blocks)
     served = _served(blocks)
     if not split or workers < 2:
         return served
     current = simulate(served, workers)
+    simulations_left = SIMULATION_BUDGET // max(1, len(blocks)) - 1
     bound = max(share, max(block.length for block in blocks))
     for _ in range(min(workers, MAX_ROUNDS)):
+        if simulations_left <= 0:
+            break
         near_bound = current.makespan <= bound * (1 + CLOSE_ENOUGH)
-        found = _best_promotion(blocks, split, served, current, share, workers, near_bound)
+        found, used = _best_promotion(
+            blocks, split, served, current, share, workers, near_bound, simulations_left
+        )
+        simulations_left -= used
         if found is None:
             break
         served, current = found
@@ -383,23 +400,30 @@ def _best_promotion(
     share: float,
     workers: int,
     late_only: bool,
-) -> tuple[list[Block], Simulated] | None:
-    """The best single promotion from `served` (see `promote`), applied; None if none helps.
-    `late_only`: the simulated end is already near the bound; only ranges ending after the
-    share are promoted, by their own length."""
+    simulations: int,
+) -> tuple[tuple[list[Block], Simulated] | None, int]:
+    """The best single promotion from `served` (see `promote`), applied, or None if none
+    helps; and how many of the `simulations` allowed it used. `late_only`: the simulated end
+    is already near the bound; only ranges ending after the share are promoted, by their own
+    length."""
     end_of = {id(block): end for block, end in zip(served, current.ends, strict=True)}
+    per_module = max(1, workers // 2)
     candidates = sorted(
         (
             (block, module_blocks)
             for module_blocks in split
+            if sum(1 for block in module_blocks if block.promoted) < per_module
             for block in module_blocks
             if not block.promoted and (end_of[id(block)] > share or not late_only)
         ),
         key=lambda found: (end_of[id(found[0])] <= share, -found[0].length),
     )[:MAX_TRIALS]
     best: tuple[float, list[Block], Simulated, Block, Sequence[Block], str] | None = None
+    used = 0
     for block, module_blocks in candidates:
         for how in (OWN,) if late_only else (OWN, FRONT):
+            if used >= simulations:
+                break
             block.promoted = how
             _set_keys(module_blocks)
             order = _served(blocks)
@@ -408,6 +432,7 @@ def _best_promotion(
                 _set_keys(module_blocks)
                 continue
             trial = simulate(order, workers)
+            used += 1
             block.promoted = ""
             _set_keys(module_blocks)
             if trial.backward > current.backward:
@@ -419,11 +444,11 @@ def _best_promotion(
             if better and (best is None or trial.makespan < best[0] - 1e-9):
                 best = (trial.makespan, order, trial, block, module_blocks, how)
     if best is None:
-        return None
+        return None, used
     _, order, trial, block, module_blocks, how = best
     block.promoted = how
     _set_keys(module_blocks)
-    return order, trial
+    return (order, trial), used
 
 
 def _groups(units: Sequence[str], grouping: str) -> dict[str, list[str]]:

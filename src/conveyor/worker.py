@@ -190,7 +190,9 @@ class WorkerPlugin:
         assert queue is not None and handshake is not None
         self.timeout.learn(durations)
         leading = queue.manifest() is None  # likely the leader: its order is the one served
-        workers = plan_workers(settings, session.config, queue) if leading else 0
+        workers = settings.worker_count
+        if leading:  # the plan is for the whole fleet (conveyor.fleet_size)
+            workers = plan_workers(settings, session.config, queue)
         units, meta = serving_plan(
             self.collection, session, settings, collected, durations, code, leading, workers
         )

@@ -35,3 +35,5 @@ def test_the_parallel_jobs_count_comes_from_the_cis_that_tell_it() -> None:
     assert parallel_jobs({"GITLAB_CI": "true", "CI_NODE_TOTAL": "many"}) is None
     assert parallel_jobs({"GITLAB_CI": "true", "CI_NODE_TOTAL": "0"}) is None
     assert parallel_jobs({"GITHUB_ACTIONS": "true"}) is None
+    assert parallel_jobs({"GITLAB_CI": "true", "CI_NODE_TOTAL": "\u00b2"}) is None  # a digit
+    assert parallel_jobs({"CIRCLECI": "true", "CIRCLE_NODE_TOTAL": "9" * 20}) == 1000

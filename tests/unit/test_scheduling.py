@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from conveyor import scheduling
 from conveyor.history import CacheHistory, merge, read_durations_file
 from conveyor.scheduling import (
     Block,
+    Simulated,
     back_to_front_order,
     estimate,
     kept_together,
@@ -289,3 +292,53 @@ def test_late_slow_ranges_of_several_modules_are_placed_by_simulating_the_build(
     assert found.order[0] == m[19]
     assert found.order.index(n[13]) < found.order.index(n[0])
     assert found.order.index(m[0]) < found.order.index(m[6]) < found.order.index(m[7])
+
+
+def test_no_more_than_half_the_workers_count_of_one_modules_ranges_is_promoted() -> None:
+    """With exact durations the simulation would promote two of m1.py's three ranges for two
+    workers, leaving `test_7` to whichever worker has passed neither: a range 15 % slower than
+    its history and no worker has, and the queue would send one back for it."""
+    units = [
+        "m1.py::test_7",
+        "m1.py::Test8::test_8",
+        "m1.py::Test8::test_9",
+        "m1.py::Test8::test_10",
+        "m1.py::test_11",
+        "m1.py::test_12",
+        "m0.py::test_1",
+        "m2.py::test_13",
+    ]
+    history = dict(zip(units, [0.4, 2.3, 2.3, 2.3, 0.7, 0.6, 5.2, 2.4], strict=True))
+    order = plan(units, history, workers=2).order
+    before_first = {unit for unit in order[: order.index("m1.py::test_7")]}
+    later_ranges = {"m1.py::Test8::test_8", "m1.py::test_11"}
+    assert len(before_first & later_ranges) <= 1, order
+
+
+def test_the_simulations_of_one_plan_are_bounded_by_the_blocks_they_walk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A suite of many modules is planned in about the time it takes to sort it: each
+    simulation walks every block, so fewer of them are run the more blocks there are."""
+    calls: list[int] = []
+    real = scheduling.simulate
+
+    def counted(served: Sequence[Block], workers: int) -> Simulated:
+        calls.append(len(served))
+        return real(served, workers)
+
+    monkeypatch.setattr(scheduling, "simulate", counted)
+    # bench.machines' two modules for two workers (promotions help there), among 100,000
+    # modules of instant tests (unbounded, its simulations would walk 1.8 million blocks).
+    m0 = [
+        Block("m0.py", [f"m0.py::t{i}"], length, i, i)
+        for i, length in enumerate([0.2, 2.53, 0.43, 2.19])
+    ]
+    m1 = [
+        Block("m1.py", [f"m1.py::t{i}"], length, i, i)
+        for i, length in enumerate([0.36, 2.07, 0.21])
+    ]
+    fillers = [Block(f"f{i}.py", [f"f{i}.py::t"], 0.0, 0, -1) for i in range(100_000)]
+    served = scheduling.promote([*m0, *m1, *fillers], [m0, m1], share=4.0, workers=2)
+    assert sorted(id(block) for block in served) == sorted(id(b) for b in [*m0, *m1, *fillers])
+    assert len(calls) > 1 and sum(calls) <= scheduling.SIMULATION_BUDGET
