@@ -72,6 +72,17 @@ def contenders(workers: int, redis_url: str | None, *, fork_probe: bool = False)
     # A first run: without pytest's cache the embedded queue has no timing history to read
     # (and writes none), so every run is what a new project's first build is.
     lineup.append(Contender("conveyor-first", lambda: _conveyor(workers, "-p", "no:cacheprovider")))
+    # --spawn-workers: every worker a new interpreter (the default forks them, unconfigured,
+    # from one process that imported pytest; conveyor.preload_server).
+    lineup.append(
+        Contender("conveyor-spawn", lambda: _conveyor(workers, "--spawn-workers"), is_conveyor=True)
+    )
+    lineup.append(
+        Contender(
+            "conveyor-spawn-first",
+            lambda: _conveyor(workers, "--spawn-workers", "-p", "no:cacheprovider"),
+        )
+    )
     # --fork-workers: the suite is collected once and the workers forked from that process.
     lineup.append(
         Contender("conveyor-fork", lambda: _conveyor(workers, "--fork-workers"), is_conveyor=True)

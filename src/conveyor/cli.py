@@ -41,7 +41,7 @@ from conveyor.process_exit import exit_process
 from conveyor.quarantine import Entry, refuse_expired
 from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
-from conveyor.supervisor import Supervisor
+from conveyor.supervisor import Supervisor, WorkerStart
 from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
 
@@ -152,8 +152,20 @@ def _supervisor(
         max_worker_failures=options.max_worker_failures,
         log_dir=Path(options.worker_logs).resolve() if options.worker_logs else None,
         command=_command_settings(options, run_dir),
-        fork=options.fork_workers,
+        start=worker_start(options),
     )
+
+
+def worker_start(options: RunOptions) -> WorkerStart:
+    """How the workers start: forked after collection when asked; else, on Linux with two
+    or more pytest workers, forked from one process that imported pytest (the same start,
+    without each worker importing pytest on cores that have tests to run); else spawned."""
+    if options.fork_workers:
+        return "fork"
+    preloadable = sys.platform.startswith("linux") and hasattr(os, "fork")
+    if options.spawn_workers or options.command is not None or not preloadable:
+        return "spawn"
+    return "preload" if options.workers >= 2 else "spawn"
 
 
 def _command_settings(options: RunOptions, run_dir: Path) -> CommandSettings | None:

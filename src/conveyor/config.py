@@ -92,6 +92,10 @@ def _check_together(command: str, options: RunOptions) -> None:
         )
     if options.fork_workers and not hasattr(os, "fork"):
         raise UsageError("--fork-workers needs os.fork(), which this platform lacks; drop it.")
+    if options.fork_workers and options.spawn_workers:
+        raise UsageError(
+            "--fork-workers and --spawn-workers are two ways to start the workers; pick one."
+        )
     if options.retry_on and options.max_requeues == 0:
         raise UsageError("--retry-on only narrows retries; also pass --max-requeues N.")
     if command in ("worker", "report") and options.queue is None:

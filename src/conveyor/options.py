@@ -248,6 +248,14 @@ class RunOptions(WorkerOptions):
         switch,
         kind=FLAG,
     )
+    spawn_workers = Option(
+        ("--spawn-workers",),
+        "start every worker as a new interpreter; by default (Linux, 2+ workers) one process "
+        "imports pytest and the workers are forked from it before they configure",
+        False,
+        switch,
+        kind=FLAG,
+    )
     worker_logs = Option(
         ("--worker-logs",),
         "keep each worker's own output in DIR/gwN.log",

@@ -17,19 +17,20 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from conveyor import environment
 from conveyor.environment import worker_environment, write_settings_file
 from conveyor.errors import QueueError
 from conveyor.fork_client import ForkedProcess, ForkServerProcess
 from conveyor.fork_server import ForkRequest
+from conveyor.preload_server import PRELOAD_ENV
 from conveyor.queue import Queue
 
 if TYPE_CHECKING:
     from conveyor.command import CommandSettings
 from conveyor.trace import event
-from conveyor.vocabulary import EXIT_DONE
+from conveyor.vocabulary import EXIT_DONE, EXIT_ORPHANED
 from conveyor.worker_exit import (
     WorkerFailure,
     WorkerProcess,
@@ -41,6 +42,7 @@ from conveyor.worker_exit import (
 )
 from conveyor.worker_settings import WorkerSettings
 
+WorkerStart = Literal["spawn", "preload", "fork"]
 POLL_INTERVAL_S = 0.05
 trace = event("supervisor")
 TERMINATE_GRACE_S = 5.0
@@ -76,7 +78,7 @@ class Supervisor:
         max_worker_failures: int | None = None,
         log_dir: Path | None = None,
         command: CommandSettings | None = None,
-        fork: bool = False,
+        start: WorkerStart = "spawn",
     ) -> None:
         self.queue = queue
         self.count = count
@@ -88,7 +90,7 @@ class Supervisor:
         self.max_worker_failures = max_worker_failures
         self.log_dir = log_dir
         self.command = command
-        self.fork = fork
+        self.start_mode = start
         self.fork_server: ForkServerProcess | None = None
         self._server_env: dict[str, str] = {}
         self.restarts = 0
@@ -104,8 +106,10 @@ class Supervisor:
     def start(self) -> None:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.fork:
+        if self.start_mode == "fork":
             self.fork_server = self._start_fork_server()
+        elif self.start_mode == "preload":
+            self.fork_server = self._start_preload_server()
         for slot in self.slots:
             self._spawn(slot)
         self._thread.start()
@@ -130,7 +134,7 @@ class Supervisor:
             settings_path, self.command.to_env(settings) if self.command else settings.to_env()
         )
         env = self._environment(slot.name, settings_path)
-        if self.fork_server is not None:
+        if self.fork_server is not None and not self._spawning_instead():
             # Only what makes this worker differ from the server travels with the request.
             request = ForkRequest(
                 slot.name,
@@ -156,17 +160,36 @@ class Supervisor:
         slot.state = "running"
         trace("spawned %s (incarnation %d) pid=%d", slot.name, slot.incarnation, slot.process.pid)
 
-    def _environment(self, name: str, settings_path: Path) -> dict[str, str]:
-        return worker_environment(
-            {
-                **self.env,
-                environment.SETTINGS_FILE: str(settings_path),
-                environment.XDIST_WORKER: name,
-                environment.XDIST_WORKER_COUNT: str(self.count),
-                environment.WORKER: name,
-                environment.WORKER_COUNT: str(self.count),
-            },
-            os.environ,
+    def _spawning_instead(self) -> bool:
+        """The preloaded fork server is gone (it found a thread running, or something killed
+        it): from then on workers are spawned, as without it."""
+        return (
+            self.start_mode == "preload"
+            and self.fork_server is not None
+            and (self.fork_server.gone)
+        )
+
+    def _environment(self, name: str, settings_path: Path | None) -> dict[str, str]:
+        own = {
+            environment.XDIST_WORKER: name,
+            environment.XDIST_WORKER_COUNT: str(self.count),
+            environment.WORKER: name,
+            environment.WORKER_COUNT: str(self.count),
+        }
+        if settings_path is not None:
+            own[environment.SETTINGS_FILE] = str(settings_path)
+        return worker_environment({**self.env, **own}, os.environ)
+
+    def _start_preload_server(self) -> ForkServerProcess:
+        """The default on Linux: one process imports pytest and forks every worker before it
+        configures (conveyor.preload_server). It has gw0's environment but no settings; each
+        forked worker gets its own with its request. Its log stays out of --worker-logs: it
+        runs nothing of the project's (if it fails, each worker's log gets a copy)."""
+        self._server_env = self._environment(self.slots[0].name, None)
+        return ForkServerProcess(
+            [sys.executable, "-m", self._worker_module(), *self._worker_args()],
+            {**self._server_env, PRELOAD_ENV: "1"},
+            self.run_dir / "preload-server.log",
         )
 
     def _start_fork_server(self) -> ForkServerProcess:
@@ -226,7 +249,9 @@ class Supervisor:
         if returncode == EXIT_DONE and slot.status() == "done":
             slot.state = "done"
             return
-        if isinstance(slot.process, ForkedProcess) and self._fork_server_lost(slot):
+        if isinstance(slot.process, ForkedProcess) and (
+            self._preload_server_lost(slot) or self._fork_server_lost(slot)
+        ):
             return
         ended = ended_for_good(slot, returncode)
         if ended is not None:  # refused, or the build is gone: restarting would not help
@@ -242,13 +267,44 @@ class Supervisor:
         # A worker that failed while starting would fail the same way again, unless something
         # killed it from outside (a signal: the OOM killer, a chaos test).
         worth_restarting = (crash.started or returncode < 0) and not (
-            self.fork_server is not None and self.fork_server.gone
+            self.start_mode == "fork" and self.fork_server is not None and self.fork_server.gone
         )
         if worth_restarting and not self._stop.is_set() and self.restarts < self.max_restarts:
             self.restarts += 1
             self._spawn(slot)
         else:
             slot.state = "failed"
+
+    def _preload_server_lost(self, slot: WorkerProcess) -> bool:
+        """A worker that the preloaded fork server never forked, or that left because the
+        server ended under it (its parent went away), is no crash of a test: its tests go
+        back, and it is spawned afresh. True when that is the case."""
+        process, server = slot.process, self.fork_server
+        if self.start_mode != "preload" or server is None or not server.gone:
+            return False
+        assert isinstance(process, ForkedProcess)
+        if not (process.orphaned or process.pid is None):
+            return False
+        if slot.status() == "done":
+            slot.state = "done"
+            return True
+        if process.pid is not None:
+            code = server.process.returncode
+            ended = describe_exit(code) if code is not None else "gone"
+            reason = (
+                f"worker {self.worker_id(slot)} left because the process it was forked from "
+                f"(conveyor's preloaded fork server) ended ({ended}); a new worker was spawned"
+            )
+            with contextlib.suppress(QueueError):
+                self.queue.release(
+                    self.worker_id(slot), {"reason": reason, "returncode": EXIT_ORPHANED}
+                )
+        trace("%s is spawned: the preloaded fork server is gone", slot.name)
+        if self._stop.is_set():
+            slot.state = "failed"
+        else:
+            self._spawn(slot)
+        return True
 
     def _fork_server_lost(self, slot: WorkerProcess) -> bool:
         """A forked worker that ended because its fork server did (killed from outside, out of

@@ -37,6 +37,7 @@ from conveyor.lease_stream import LeaseStream
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
 from conveyor.outcome_record import OutcomeRecord
 from conveyor.payload import bounded_payload
+from conveyor.preload_server import preload_requested, serve_preloaded
 from conveyor.process_exit import exit_process
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
@@ -391,6 +392,12 @@ def main() -> int:
     # imports must resolve exactly as they would in a plain run.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
+    channel = channel_from_environment()
+    parent: int | None = None
+    if channel is not None and preload_requested():
+        # The preloaded fork server (conveyor.preload_server): from here on this is one of
+        # the workers it forks, which watches the server as its parent.
+        parent, channel = serve_preloaded(channel, supervisor_pid=os.getppid()), None
     trace_configure()  # before pytest captures descriptor 2
     raw = take_settings()
     mark_worker_process()
@@ -402,10 +409,12 @@ def main() -> int:
         )
         return 4
     settings = WorkerSettings.from_env(raw)
+    if parent is not None:
+        settings = settings.replace(supervisor_pid=parent)
     setup_failure = run_worker_setup(settings)
     if setup_failure is not None:
         return setup_failure
-    plugin = WorkerPlugin(settings, channel_from_environment())
+    plugin = WorkerPlugin(settings, channel)
     code = pytest.main(sys.argv[1:], plugins=[plugin])
     if plugin.refused:
         return EXIT_REFUSED

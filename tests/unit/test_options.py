@@ -3,10 +3,12 @@ table behind the parser, the help and the configuration sources."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from conveyor.cli import worker_start
 from conveyor.config import RunOptions, parse_run_options
 from conveyor.errors import UsageError
 from conveyor.options import OPTIONS, render_help
@@ -136,3 +138,23 @@ def test_every_settable_option_can_come_from_the_environment() -> None:
         raw = "1" if option.kind == FLAG else "x\ny" if option.kind == REPEAT else "5"
         found = from_environment({option.env: raw})
         assert (option.key in found) == option.settable, option
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["-n", "2"], {}, "preload"),
+        (["-n", "1"], {}, "spawn"),  # one worker: nothing to share
+        (["-n", "2", "--spawn-workers"], {}, "spawn"),
+        (["-n", "2"], {"CONVEYOR_SPAWN_WORKERS": "1"}, "spawn"),
+        (["-n", "2", "--fork-workers"], {}, "fork"),
+        (["-n", "2", "--command", "true {unit}", "--units", "x"], {}, "spawn"),
+    ],
+)
+def test_how_the_workers_start(
+    tmp_path: Path, argv: list[str], environ: dict[str, str], expected: str
+) -> None:
+    if not sys.platform.startswith("linux"):
+        expected = "fork" if expected == "fork" else "spawn"
+    options = parse(argv, environ, tmp_path / "pyproject.toml")
+    assert worker_start(options) == expected
