@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import RedisServer
 
-from bench import machines_suite, scale_workload, suites
+from bench import first_result, machines_suite, scale_workload, suites
 from bench.cli import _chosen
 from bench.contenders import contenders
 from bench.fleet import FleetRun, MachineRun, descendants, kill_machine, passed_count
@@ -283,3 +283,19 @@ def test_paired_runs_read_the_first_result_and_the_setups_from_a_real_build(
     assert setups is not None and 1 <= setups <= 2  # one module, on one or two workers
     wall, first_result, _ = run_once(variant, suite, 2, log)
     assert first_result is not None and 0 < first_result <= wall
+
+
+def test_first_result_is_noted_by_the_reporting_session_not_a_worker(tmp_path: Path) -> None:
+    """bench.first_result's plugin writes once per run, from plain pytest's session or
+    conveyor's controller: a worker's report would come before the user sees anything."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\naddopts = -p no:randomly\n")
+    (suite / "test_m.py").write_text("import time\n\ndef test_a():\n    time.sleep(0.3)\n")
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "bench_first_result.py").write_text(first_result.PLUGIN)
+    plain, _, conveyor, *_ = first_result.commands(2)
+    for command in (plain, conveyor):
+        first, wall = first_result.run_once(command, suite, plugin_dir)
+        assert 0.3 < first <= wall, command.name  # after the test's own 0.3 s
