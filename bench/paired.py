@@ -4,11 +4,12 @@ working tree, in one invocation.
 `python -m bench.paired --before REV [--suite b] [--workers W] [--runs N] [--fork-workers]`
 checks REV out into a temporary git worktree, writes the suite once, and runs
 `conveyor run -n W -q .` in it with `PYTHONPATH` at the worktree's `src` (before) or at this
-checkout's `src` (after), spawned and, with `--fork-workers`, forked too. The variants rotate
-each round (round r starts at variant r), so machine noise spreads over all of them; one
-uncounted round first records the timing history that the counted rounds read. It prints each
-variant's median, min and max wall time, the median "first result after" the summary gives,
-and for the suites that count module fixture setups (d, h, j) their range.
+checkout's `src` (after), started the default way and, with `--fork-workers`, also forked
+after collection. The variants rotate each round (round r starts at variant r), so machine
+noise spreads over all of them; one uncounted round first records the timing history that the
+counted rounds read. It prints each variant's median, min and max wall time, the median "first
+result after" the summary gives, and for the suites that count module fixture setups (d, h, j)
+their range.
 The exit status is 1 when a run did not pass.
 """
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             suite = BUILDERS[args.suite](Path(scratch) / "suite", quick=False)
             workers = args.workers or suite.default_workers
             setup_log = Path(scratch) / "setups.log" if suite.counts_setups else None
-            starts = [("spawned", [])] + (
+            starts = [("default", [])] + (
                 [("forked", ["--fork-workers"])] if args.fork_workers else []
             )
             variants = [
