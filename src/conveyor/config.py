@@ -15,6 +15,7 @@ from pathlib import Path
 
 from conveyor.errors import UsageError
 from conveyor.options import (
+    BY_KEY,
     IN_PROCESS_FLAGS,
     OPTIONS,
     RunOptions,
@@ -49,10 +50,33 @@ def parse_run_options(
     if pyproject is None:
         pyproject = find_pyproject(Path.cwd())
     ours, sources = layered(command_line, environ, pyproject)
+    _one_way_to_start(ours, sources)
     try:
         return _convert(command, command_line, ours, pytest_args)
     except UsageError as error:
         raise name_the_source(error, sources) from None
+
+
+START_KEYS = ("fork-workers", "spawn-workers")
+
+
+def _one_way_to_start(ours: dict[str, str], sources: Mapping[str, str]) -> None:
+    """--fork-workers and --spawn-workers set in different places: the nearer one wins (a
+    command-line switch overrides pyproject.toml's), as for any one option. Set in the same
+    place, they stay a usage error."""
+    chosen = [key for key in START_KEYS if key in ours]  # a switch set false is left out
+    if len(chosen) < 2:
+        return
+    ranks = {key: _rank(key, sources) for key in chosen}
+    if len(set(ranks.values())) == 2:
+        del ours[max(chosen, key=ranks.__getitem__)]
+
+
+def _rank(key: str, sources: Mapping[str, str]) -> int:
+    """0 the command line, 1 the environment, 2 pyproject.toml."""
+    if key not in sources:
+        return 0
+    return 1 if sources[key] == BY_KEY[key].env else 2
 
 
 def _convert(

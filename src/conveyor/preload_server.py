@@ -14,7 +14,6 @@ off.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sys
 import threading
@@ -22,7 +21,6 @@ import threading
 from conveyor.fork_server import ForkServer
 
 PRELOAD_ENV = "CONVEYOR_PRELOAD"  # beside the fork channel: fork before pytest configures
-THREADED = "conveyor: a thread was running after pytest's import; the workers are spawned instead"
 
 
 def preload_requested() -> bool:
@@ -30,26 +28,45 @@ def preload_requested() -> bool:
     return os.environ.pop(PRELOAD_ENV, None) == "1"
 
 
-def preload_pytest() -> None:
-    """Import the modules every pytest session imports anyway: pytest's built-in plugins.
-    They read nothing of the project or the environment when imported. A module that fails
-    to import here is left for the worker, which reports it as pytest would."""
-    from _pytest.config import default_plugins
+def _running_threads() -> int:
+    """Every thread of this process, those started in C included (a faulthandler watchdog, a
+    numerical library's pool), which `threading` does not know about."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
-    for name in default_plugins:
-        with contextlib.suppress(Exception):
-            importlib.import_module(f"_pytest.{name}")
+
+def _start_up_hook() -> str | None:
+    """A sitecustomize or usercustomize of the user's, not the system's: code that ran as this
+    interpreter started and would run once for every worker instead of once in each."""
+    for name in ("usercustomize", "sitecustomize"):
+        module = sys.modules.get(name)
+        where = os.path.realpath(getattr(module, "__file__", None) or "")
+        system = (os.path.realpath(sys.base_prefix), "/etc/", "/usr/lib/")
+        if module is not None and not (name == "sitecustomize" and where.startswith(system)):
+            return name
+    return None
+
+
+def why_not_fork() -> str | None:
+    """Why the workers must be spawned instead of forked from this process, if they must."""
+    if (hook := _start_up_hook()) is not None:
+        return f"a {hook} module ran at start-up, and must run in each worker"
+    if _running_threads() > 1:
+        return "a thread was running, and a forked worker could inherit a lock it holds"
+    return None
 
 
 def serve_preloaded(channel: tuple[int, int], supervisor_pid: int) -> int:
     """Serve fork requests until the supervisor stops. Returns only in a forked worker, made
     into the worker its request names (a session of its own, its environment, its log as
-    descriptors 1 and 2, as a spawned worker has them), with the server's pid: its parent."""
-    preload_pytest()
-    if threading.active_count() > 1:
-        # Something imported started a thread; a forked worker could inherit a lock it holds.
+    descriptors 1 and 2, as a spawned worker has them), with the server's pid: its parent.
+    What this process imported is only what a spawned worker imports before `worker.main`
+    (pytest, conveyor's worker code)."""
+    if (reason := why_not_fork()) is not None:
         # This server ends without forking, and the supervisor spawns the workers instead.
-        print(THREADED, file=sys.stderr, flush=True)
+        print(f"conveyor: the workers are spawned: {reason}", file=sys.stderr, flush=True)
         os._exit(0)
     server = ForkServer(*channel)
     request = server.serve(supervisor_pid)

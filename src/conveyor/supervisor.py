@@ -94,6 +94,7 @@ class Supervisor:
         self.fork_server: ForkServerProcess | None = None
         self._server_env: dict[str, str] = {}
         self.restarts = 0
+        self._stopped: set[int] = set()  # forked workers stopped because their server ended
         self.node = node
         self.failures: list[WorkerFailure] = []
         self.slots = [WorkerProcess(name=f"gw{i}", index=i) for i in range(count)]
@@ -169,23 +170,23 @@ class Supervisor:
             and (self.fork_server.gone)
         )
 
-    def _environment(self, name: str, settings_path: Path | None) -> dict[str, str]:
+    def _environment(self, name: str, settings_path: Path) -> dict[str, str]:
         own = {
+            environment.SETTINGS_FILE: str(settings_path),
             environment.XDIST_WORKER: name,
             environment.XDIST_WORKER_COUNT: str(self.count),
             environment.WORKER: name,
             environment.WORKER_COUNT: str(self.count),
         }
-        if settings_path is not None:
-            own[environment.SETTINGS_FILE] = str(settings_path)
         return worker_environment({**self.env, **own}, os.environ)
 
     def _start_preload_server(self) -> ForkServerProcess:
         """The default on Linux: one process imports pytest and forks every worker before it
-        configures (conveyor.preload_server). It has gw0's environment but no settings; each
-        forked worker gets its own with its request. Its log stays out of --worker-logs: it
+        configures (conveyor.preload_server). It has no worker's id or settings; each forked
+        worker gets its own with its request. Its log stays out of --worker-logs: it
         runs nothing of the project's (if it fails, each worker's log gets a copy)."""
-        self._server_env = self._environment(self.slots[0].name, None)
+        # No worker's id: what runs as the interpreter starts (a .pth file) runs once, here.
+        self._server_env = worker_environment(dict(self.env), os.environ)
         return ForkServerProcess(
             [sys.executable, "-m", self._worker_module(), *self._worker_args()],
             {**self._server_env, PRELOAD_ENV: "1"},
@@ -235,6 +236,7 @@ class Supervisor:
 
     def _see_exits(self) -> None:
         """Settle the slots whose worker has ended (under the lock)."""
+        self._stop_orphans()
         for slot in self.slots:
             if slot.state != "running" or slot.process is None:
                 continue
@@ -275,15 +277,32 @@ class Supervisor:
         else:
             slot.state = "failed"
 
+    def _stop_orphans(self) -> None:
+        """The preloaded fork server is gone: the workers it forked are stopped now, before
+        they start more tests (each would notice at its next heartbeat, in the middle of one),
+        and are replaced by spawned workers as they are seen to end."""
+        server = self.fork_server
+        if self.start_mode != "preload" or server is None or not server.gone:
+            return
+        for slot in self.slots:
+            process = slot.process
+            if slot.state != "running" or not isinstance(process, ForkedProcess):
+                continue
+            if process.orphaned and process.pid is not None and process.pid not in self._stopped:
+                self._stopped.add(process.pid)
+                trace("stopping %s: the preloaded fork server is gone", slot.name)
+                _signal_group(process, signal.SIGKILL)
+
     def _preload_server_lost(self, slot: WorkerProcess) -> bool:
         """A worker that the preloaded fork server never forked, or that left because the
         server ended under it (its parent went away), is no crash of a test: its tests go
         back, and it is spawned afresh. True when that is the case."""
         process, server = slot.process, self.fork_server
-        if self.start_mode != "preload" or server is None or not server.gone:
+        if self.start_mode != "preload" or server is None:
             return False
         assert isinstance(process, ForkedProcess)
-        if not (process.orphaned or process.pid is None):
+        # Never forked: the server is gone, or it could not fork (out of processes).
+        if not (process.pid is None or (server.gone and process.orphaned)):
             return False
         if slot.status() == "done":
             slot.state = "done"

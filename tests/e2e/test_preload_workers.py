@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import conveyor_popen, process_alive, run_conveyor, wait_until
+from helpers import (
+    communicate_or_dump_stacks,
+    conveyor_popen,
+    process_alive,
+    run_conveyor,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="workers are preloaded on Linux only"
@@ -93,28 +101,97 @@ def test_losing_the_preloaded_process_mid_build_loses_no_test(pytester: pytest.P
     assert "conveyor's preloaded fork server) ended (killed by signal SIGKILL" in output
 
 
-def test_a_thread_running_after_pytests_import_means_spawned_workers(
+def test_start_up_code_of_the_users_runs_in_each_worker_with_its_own_id(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fork copies no thread, and could copy a lock one holds: with a thread started at
-    interpreter start (a sitecustomize here), no worker is forked; all are spawned."""
+    """A sitecustomize runs as the interpreter starts, before anything conveyor does: forked
+    from one process it would run once, as no worker or as one, for all. With one, the workers
+    are spawned, each running it with its own id."""
     site = pytester.mkdir("site")
+    log = pytester.path / "start-up.log"
     (site / "sitecustomize.py").write_text(
-        "import threading, time\n"
-        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+        "import os\n"
+        f"with open({str(log)!r}, 'a') as log:\n"
+        "    log.write(os.environ.get('PYTEST_XDIST_WORKER', 'none') + '\\n')\n"
     )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    log = pytester.path / "imports.log"
-    pytester.makeconftest(RECORD_AT_IMPORT.format(log=str(log)))
-    pytester.makepyfile(test_many="\n".join(f"def test_{i}(): pass" for i in range(6)))
-    result = run_conveyor(pytester, "-n", "2")
+    pytester.makepyfile(
+        test_ids="""
+        import os, pytest, sitecustomize
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_start_up_saw_this_worker(i):
+            assert os.environ["PYTEST_XDIST_WORKER"]
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2", "--dist", "test")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*6 passed*"])
-    records = _records(log)
-    (controller,) = [r for r in records if r["worker"] is None]
-    workers = [r for r in records if r["worker"] is not None]
-    assert sorted(str(r["worker"]) for r in workers) == ["gw0", "gw1"]
-    assert {r["parent"] for r in workers} == {controller["pid"]}
+    started = log.read_text().split()
+    assert sorted(name for name in started if name != "none") == ["gw0", "gw1"]
+
+
+def test_a_thread_started_in_c_before_the_fork_is_seen() -> None:
+    """faulthandler's watchdog is a thread `threading` does not know about; a worker forked
+    with one would wait forever on the watchdog's lock the first time it set a timeout."""
+    script = (
+        "import faulthandler\n"
+        "faulthandler.dump_traceback_later(600)\n"
+        "from conveyor.preload_server import why_not_fork\n"
+        "print(why_not_fork())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "a thread was running" in done.stdout, done.stdout + done.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-c", script.split("\n", 2)[2]], capture_output=True, text=True
+    )
+    assert quiet.stdout.strip() == "None", quiet.stdout + quiet.stderr
+
+
+def test_workers_of_a_lost_preloaded_process_start_no_more_tests(
+    pytester: pytest.Pytester,
+) -> None:
+    """Killed while its workers collect, they are stopped at once: none goes on to start a
+    test that its own next heartbeat would then cut short and send to run again."""
+    started = pytester.path / "started.log"
+    parents = pytester.path / "parents.log"
+    pytester.makeconftest(
+        f"""
+        import os, time
+
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            with open({str(parents)!r}, "a") as log:
+                log.write(f"{{os.getppid()}}\\n")
+            time.sleep(3)
+        """
+    )
+    pytester.makepyfile(
+        test_slow=f"""
+        import os, time
+        import pytest
+
+        @pytest.mark.parametrize("i", range(8))
+        def test_slow(i):
+            with open({str(started)!r}, "a") as log:
+                log.write(f"{{i}}\\n")
+            time.sleep(0.3)
+        """
+    )
+    process = conveyor_popen(
+        pytester.path, "run", "-n", "2", "--lease-ttl", "3", "-p", "no:randomly"
+    )
+    try:
+        wait_until(lambda: parents.exists() and parents.read_text().count("\n") >= 1, "no worker")
+        server = int(parents.read_text().split()[0])
+        os.kill(server, signal.SIGKILL)
+        output = communicate_or_dump_stacks(process, 120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "8 passed" in output
+    runs = started.read_text().split()
+    assert sorted(runs) == sorted(set(runs)), f"a test started twice: {runs}"
 
 
 def test_fork_workers_and_spawn_workers_together_is_a_usage_error(

@@ -158,3 +158,18 @@ def test_how_the_workers_start(
         expected = "fork" if expected == "fork" else "spawn"
     options = parse(argv, environ, tmp_path / "pyproject.toml")
     assert worker_start(options) == expected
+
+
+def test_the_nearer_of_two_ways_to_start_wins(tmp_path: Path) -> None:
+    """`fork-workers = true` in pyproject.toml is overridden by --spawn-workers on the command
+    line (or the environment), as any one option is; both on the command line is an error."""
+    project = tmp_path / "pyproject.toml"
+    project.write_text("[tool.conveyor]\nfork-workers = true\n")
+    options = parse(["-n", "2", "--spawn-workers"], {}, project)
+    assert options.spawn_workers and not options.fork_workers
+    options = parse(["-n", "2"], {"CONVEYOR_SPAWN_WORKERS": "1"}, project)
+    assert options.spawn_workers and not options.fork_workers
+    options = parse(["-n", "2", "--fork-workers"], {"CONVEYOR_SPAWN_WORKERS": "1"}, project)
+    assert options.fork_workers and not options.spawn_workers
+    with pytest.raises(UsageError, match="pick one"):
+        parse(["-n", "2", "--fork-workers", "--spawn-workers"], {}, project)
