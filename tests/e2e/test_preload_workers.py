@@ -110,9 +110,10 @@ def test_start_up_code_of_the_users_runs_in_each_worker_with_its_own_id(
     site = pytester.mkdir("site")
     log = pytester.path / "start-up.log"
     (site / "sitecustomize.py").write_text(
-        "import os\n"
-        f"with open({str(log)!r}, 'a') as log:\n"
-        "    log.write(os.environ.get('PYTEST_XDIST_WORKER', 'none') + '\\n')\n"
+        "import os, sys\n"
+        "if 'conveyor.worker' in sys.orig_argv:  # not the controller, a worker's own env\n"
+        f"    with open({str(log)!r}, 'a') as log:\n"
+        "        log.write(os.environ.get('PYTEST_XDIST_WORKER', 'none') + '\\n')\n"
     )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     pytester.makepyfile(
