@@ -2,7 +2,7 @@
 
 A spawned worker spends about 0.2 s of CPU importing pytest before it does anything of its
 own, N times over on the cores that have tests to run. By default (Linux, two workers or more)
-the supervisor starts one process that imports pytest's and conveyor's own modules, nothing of
+the supervisor starts one process that imports pytest and conveyor's worker code, nothing of
 the project or of its plugins, and forks every worker from it (conveyor.fork_server carries the
 requests). A forked worker then starts as a spawned one does, from `worker.main` on: its own
 environment, settings and output, then pytest's configuration, the plugins, the conftests and
@@ -40,10 +40,10 @@ def _running_threads() -> int:
 def _start_up_hook() -> str | None:
     """A sitecustomize or usercustomize of the user's, not the system's: code that ran as this
     interpreter started and would run once for every worker instead of once in each."""
+    system = (os.path.realpath(sys.base_prefix), "/etc/", "/usr/lib/")
     for name in ("usercustomize", "sitecustomize"):
         module = sys.modules.get(name)
         where = os.path.realpath(getattr(module, "__file__", None) or "")
-        system = (os.path.realpath(sys.base_prefix), "/etc/", "/usr/lib/")
         if module is not None and not (name == "sitecustomize" and where.startswith(system)):
             return name
     return None

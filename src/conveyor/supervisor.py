@@ -164,11 +164,8 @@ class Supervisor:
     def _spawning_instead(self) -> bool:
         """The preloaded fork server is gone (it found a thread running, or something killed
         it): from then on workers are spawned, as without it."""
-        return (
-            self.start_mode == "preload"
-            and self.fork_server is not None
-            and (self.fork_server.gone)
-        )
+        server = self.fork_server
+        return self.start_mode == "preload" and server is not None and server.gone
 
     def _environment(self, name: str, settings_path: Path) -> dict[str, str]:
         own = {

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -147,7 +148,23 @@ def test_fork_workers_with_command_mode_is_a_usage_error(pytester: pytest.Pytest
     result.stderr.fnmatch_lines(["*--fork-workers*--command*"])
 
 
-def test_the_fork_server_leaves_no_process_behind(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    "flags",
+    [
+        pytest.param(("--fork-workers",), id="forked-after-collection"),
+        pytest.param(
+            (),
+            id="preloaded",
+            marks=pytest.mark.skipif(
+                not sys.platform.startswith("linux"), reason="preloaded on Linux only"
+            ),
+        ),
+    ],
+)
+def test_the_fork_server_leaves_no_process_behind(
+    pytester: pytest.Pytester, flags: tuple[str, ...]
+) -> None:
+    """The workers and the process they were forked from are all gone once the run ends."""
     pids = pytester.path / "pids.log"
     pytester.makepyfile(
         test_pid=f"""
@@ -158,7 +175,7 @@ def test_the_fork_server_leaves_no_process_behind(pytester: pytest.Pytester) -> 
                 log.write(f"{{os.getpid()}} {{os.getppid()}}\\n")
         """
     )
-    result = run_conveyor(pytester, "-n", "2", "--fork-workers")
+    result = run_conveyor(pytester, "-n", "2", *flags)
     assert result.ret == 0, result.stdout.str()
     worker, server = (int(pid) for pid in pids.read_text().split())
     for pid in (worker, server):

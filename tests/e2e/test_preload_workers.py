@@ -203,24 +203,6 @@ def test_fork_workers_and_spawn_workers_together_is_a_usage_error(
     result.stderr.fnmatch_lines(["*--fork-workers and --spawn-workers*"])
 
 
-def test_the_preloaded_process_leaves_nothing_behind(pytester: pytest.Pytester) -> None:
-    pids = pytester.path / "pids.log"
-    pytester.makepyfile(
-        test_pid=f"""
-        import os
-
-        def test_pid():
-            with open({str(pids)!r}, "a") as log:
-                log.write(f"{{os.getpid()}} {{os.getppid()}}\\n")
-        """
-    )
-    result = run_conveyor(pytester, "-n", "2")
-    assert result.ret == 0, result.stdout.str()
-    worker, server = (int(pid) for pid in pids.read_text().split())
-    for pid in (worker, server):
-        assert not process_alive(pid)
-
-
 def test_a_killed_supervisor_leaves_no_preloaded_process_behind(
     pytester: pytest.Pytester,
 ) -> None:
