@@ -71,6 +71,36 @@ def channel_from_environment() -> tuple[int, int] | None:
 STOP = b'{"stop": true}\n'  # no more forks: the supervisor is shutting down
 
 
+class ForkGate:
+    """Holds a forked child until its parent opens the gate, and ends the child if the parent
+    dies first: the pipe's write end then closes without the byte that opens it."""
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+
+    def wait(self) -> None:
+        """In the child: return once the gate opens; end this process if it never will."""
+        os.close(self._write_fd)
+        try:
+            opened = os.read(self._read_fd, 1) == b"1"
+        except OSError:
+            opened = False
+        os.close(self._read_fd)
+        if not opened:
+            os._exit(EXIT_ORPHANED)
+
+    def open(self) -> None:
+        """In the parent: let the child go on."""
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"1")
+        self.close()
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class ForkServer:
     """Forks a worker per request; `serve` returns only in a forked worker."""
 
@@ -123,22 +153,33 @@ class ForkServer:
             os._exit(0)
 
     def _fork(self, request: ForkRequest) -> int:
-        """Fork; 0 in the child. Buffered output is flushed first, or both would write it."""
+        """Fork; 0 in the child. Buffered output is flushed first, or both would write it.
+        The child waits at a gate until the supervisor has been told its pid: a server that
+        died in between would otherwise leave a worker nobody knows of, running tests beside
+        the replacement the supervisor starts for it."""
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
         try:
+            gate = ForkGate()
+        except OSError as exc:  # out of descriptors: this worker only fails
+            self._reply(f"failed {request.slot} {request.incarnation} {exc.errno or 0}")
+            return -1
+        try:
             pid = os.fork()
         except OSError as exc:  # out of memory or processes: this worker only fails
+            gate.close()
             self._reply(f"failed {request.slot} {request.incarnation} {exc.errno or 0}")
             return -1
         if pid == 0:
             for fd in (self.requests_fd, self.replies_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            gate.wait()
             return 0
         self.children.add(pid)
         self._reply(f"forked {request.slot} {request.incarnation} {pid}")
+        gate.open()
         return pid
 
     def _reap(self) -> None:
