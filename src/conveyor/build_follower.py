@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
+from conveyor import interrupts
 from conveyor.errors import BuildAborted, BuildStateLost
 from conveyor.problems import BuildProblems, how_to_resume
 from conveyor.queue import Queue
@@ -86,6 +87,7 @@ class BuildFollower:
         deadline = time.monotonic() + self.settings.start_timeout_s
         delay = POLL_MIN_S
         while True:
+            interrupts.raise_if_lost()
             manifest = self.queue.manifest()
             if manifest is not None:
                 self.manifest = manifest
@@ -113,6 +115,7 @@ class BuildFollower:
         stopped = False
         last_progress = last_check = time.monotonic()
         while not self.finished:
+            interrupts.raise_if_lost()
             if time.monotonic() - last_check > MANIFEST_CHECK_S:
                 self.check_same_build()
                 self.check_started()
@@ -159,6 +162,7 @@ class BuildFollower:
     def wait_for_local_workers(self) -> None:
         """Drain events while local workers finish what they run (after a first Ctrl-C)."""
         while self.supervisor is not None and self.supervisor.alive() > 0:
+            interrupts.raise_if_lost()
             self.drain()
             time.sleep(POLL_MAX_S)
 
@@ -250,6 +254,7 @@ class BuildFollower:
         try:
             self.wait_for_local_workers()
         except KeyboardInterrupt:
+            interrupts.acted_on()
             if supervisor is not None:
                 supervisor.shutdown(terminate=True)
         self.drain()
@@ -264,6 +269,7 @@ def interrupted_while_starting(
     be running tests. As during the build, a machine on a shared queue leaves and hands its
     tests back; alone, the build is stopped once running tests have finished. Says so on
     stderr, there being no report to say it in."""
+    interrupts.acted_on()
     finished = queue.status()
     if finished.populated and finished.done >= finished.total:
         # As the session ended (its report being written, the workers leaving): nothing is

@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, NoReturn
 
-from conveyor import __version__
+from conveyor import __version__, interrupts
 from conveyor.build_follower import interrupted_while_starting
 from conveyor.ci import detect, node_id, parallel_jobs
 from conveyor.command import CommandSettings, collect_units, replay_commands
@@ -256,15 +255,6 @@ def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | Non
     )
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (CI cancelling a job) stops the build like Ctrl-C: results so far are reported."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def _controller_exit(
     options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
 ) -> tuple[int, BuildMemoryPlugin]:
@@ -363,7 +353,7 @@ def _in_run_dir(command: Callable[[RunOptions, Path], int], options: RunOptions)
 
 def run(argv: Sequence[str]) -> int:
     """Work and report on this machine (`conveyor run`)."""
-    _interrupt_on_sigterm()  # first: a SIGTERM during start-up must not orphan anything
+    interrupts.install()  # first: a SIGTERM during start-up must not orphan anything
     options = parse_run_options(argv, "run")
     if options.in_process:
         import pytest
@@ -417,7 +407,7 @@ def _record_cost(memory: BuildMemoryPlugin | None) -> None:
 
 def worker(argv: Sequence[str]) -> int:
     """Only work: N local worker processes join the build (`conveyor worker`)."""
-    _interrupt_on_sigterm()
+    interrupts.install()
     options = parse_run_options(argv, "worker")
     if options.workers == 0:
         raise UsageError("`conveyor worker` needs at least one worker process (-n 1 or more).")
@@ -443,6 +433,7 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
         try:
             supervisor.wait()
         except KeyboardInterrupt:
+            interrupts.acted_on()
             supervisor.leave("this machine was interrupted; its tests go back")
             return _error("interrupted; this machine's unfinished tests went back to the queue.", 2)
         supervisor.shutdown()
@@ -466,6 +457,7 @@ def _report_worker_outcome(supervisor: Supervisor) -> int:
 
 def report(argv: Sequence[str]) -> int:
     """Only report: wait for the build and replay it (`conveyor report`)."""
+    interrupts.install()
     options = parse_run_options(argv, "report")
     run_dir = Path(tempfile.gettempdir())
     build = _resolve_build(options, run_dir, joining=True)
@@ -782,7 +774,13 @@ def _forget_handled_interrupt() -> None:
 
 def _run_command(handler: Callable[[Sequence[str]], int], rest: Sequence[str]) -> int:
     try:
-        return handler(rest)
+        code = handler(rest)
+        if interrupts.lost():
+            # It came as the command ended, where nothing could act on it (see
+            # conveyor.interrupts): still a cancelled run, never a green one.
+            interrupts.acted_on()
+            return _error("interrupted as it ended; what it reported above may be incomplete.", 2)
+        return code
     except UsageError as exc:  # a wrong queue URL included (QueueURLError)
         return _error(str(exc), 4)
     except QueueError as exc:  # a queue that cannot be used, a build lost or unusable
@@ -795,6 +793,7 @@ def _run_command(handler: Callable[[Sequence[str]], int], rest: Sequence[str]) -
     except (ConveyorError, OSError) as exc:
         return _error(str(exc), 3)
     except KeyboardInterrupt:
+        interrupts.acted_on()
         return _error("interrupted.", 2)
 
 

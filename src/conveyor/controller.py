@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
 from conveyor.compat import uncaptured
@@ -271,6 +272,7 @@ class ControllerPlugin:
             # Before the session got as far as collecting, it ends without a report: say it
             # here, past pytest's capture.
             self._interrupt_handled = True
+            interrupts.acted_on()
             with uncaptured(self._config):
                 interrupted_while_starting(
                     self.queue, self.supervisor, self.settings.build, shared=self.settings.shared
@@ -287,6 +289,7 @@ class ControllerPlugin:
         if self._interrupt_handled:
             return
         self._interrupt_handled = True
+        interrupts.acted_on()
         reporter = config.pluginmanager.get_plugin("terminalreporter")
 
         def say(line: str) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from conveyor import environment
+from conveyor import environment, interrupts
 from conveyor.environment import worker_environment, write_settings_file
 from conveyor.errors import QueueError
 from conveyor.fork_client import ForkedProcess, ForkServerProcess
@@ -369,6 +369,7 @@ class Supervisor:
     def wait(self) -> None:
         """Block until every slot has ended (done, refused, lost or failed for good)."""
         while self.alive():
+            interrupts.raise_if_lost()
             time.sleep(POLL_INTERVAL_S)
 
     def final_states(self) -> list[str]:

@@ -9,7 +9,13 @@ import sys
 import time
 
 import pytest
-from helpers import communicate_or_dump_stacks, conveyor_popen, process_alive, wait_until
+from helpers import (
+    communicate_or_dump_stacks,
+    conveyor_popen,
+    process_alive,
+    run_conveyor,
+    wait_until,
+)
 
 from conveyor.queue import open_queue
 
@@ -71,3 +77,90 @@ def test_a_command_worker_whose_controller_is_killed_stops_at_once(
     assert not any(process_alive(pid) for pid in unit_pids), started
     time.sleep(2.5)
     assert sorted(p.name for p in ran.iterdir()) == started  # nothing ran after the kill
+
+
+# Sends the controller (never a worker) a signal from inside a finalizer, where CPython prints
+# "Exception ignored" for the KeyboardInterrupt it raises and drops it: the way an interrupt
+# that lands in importlib's module-lock callback, say, is lost.
+SWALLOWED_INTERRUPT = """
+import os, signal
+
+class SendsTheSignalFromAFinalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.{signal})
+        for _ in range(100_000):
+            pass  # the handler runs here, inside __del__
+
+sent = []
+
+def _in_the_controller(config):
+    if not hasattr(config, "workerinput") and not sent:
+        sent.append(True)
+        SendsTheSignalFromAFinalizer()
+
+def pytest_configure(config):
+    if {hook!r} == "pytest_configure":
+        _in_the_controller(config)
+
+def pytest_runtest_logreport(report):
+    if {hook!r} == "pytest_runtest_logreport" and report.when == "call":
+        _in_the_controller(_config[0])
+
+def pytest_terminal_summary(config):
+    if {hook!r} == "pytest_terminal_summary":
+        _in_the_controller(config)
+
+_config = []
+
+def pytest_sessionstart(session):
+    _config.append(session.config)
+"""
+
+# SIGINT as a terminal delivers it, whatever the disposition this test run inherited (a job
+# started in the background by a shell ignores SIGINT, and so would conveyor).
+WITH_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'conveyor', *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize(
+    ("hook", "signum"),
+    [
+        ("pytest_configure", "SIGINT"),
+        ("pytest_runtest_logreport", "SIGINT"),
+        ("pytest_runtest_logreport", "SIGTERM"),
+    ],
+)
+def test_an_interrupt_swallowed_by_a_finalizer_still_stops_the_build(
+    pytester: pytest.Pytester, hook: str, signum: str
+) -> None:
+    pytester.makeconftest(SWALLOWED_INTERRUPT.format(hook=hook, signal=signum))
+    pytester.makepyfile(
+        "import time, pytest\n\n"
+        "@pytest.mark.parametrize('i', range(12))\n"
+        "def test_slow(i):\n    time.sleep(0.5)\n"
+    )
+    result = pytester.run(
+        sys.executable, "-c", WITH_DEFAULT_SIGINT, "run", "-n", "2", "-p", "no:cacheprovider",
+        timeout=300,
+    )  # fmt: skip
+    output = result.stdout.str() + result.stderr.str()
+    assert "Exception ignored" in output  # the interrupt was swallowed where it landed
+    assert result.ret == 2, output
+    assert "12 passed" not in output  # stopped, not run to the end
+    assert "stopping" in output, output
+
+
+def test_an_interrupt_swallowed_as_the_build_ends_is_not_a_green_build(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        SWALLOWED_INTERRUPT.format(hook="pytest_terminal_summary", signal="SIGTERM")
+    )
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = run_conveyor(pytester, "-n", "1")
+    output = result.stdout.str() + result.stderr.str()
+    assert "Exception ignored" in output
+    assert result.ret == 2, output
+    assert "interrupted as it ended" in output
