@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from conveyor import interrupts
-from conveyor.errors import BuildAborted, BuildStateLost
+from conveyor.errors import BuildAborted, BuildStateLost, CommandLineRefused
 from conveyor.problems import BuildProblems, how_to_resume
 from conveyor.queue import Queue
 from conveyor.queue.protocol import Event, Manifest
@@ -93,6 +93,7 @@ class BuildFollower:
                 self.manifest = manifest
                 return manifest
             self.drain()
+            self._refuse_as_pytest_did()
             if self.supervisor is not None and (
                 self.supervisor.alive() == 0 or self.supervisor.too_many_failures()
             ):
@@ -209,8 +210,21 @@ class BuildFollower:
             f"result; are any workers still running? (--stall-timeout)\n{shown}{more}"
         )
 
+    def _refuse_as_pytest_did(self) -> None:
+        """One of this machine's workers found the command line wrong while it collected,
+        before the build had a manifest: its pytest's verdict is this run's (another
+        machine's is its own: it may have another checkout)."""
+        supervisor = self.supervisor
+        if supervisor is None or self.manifest is not None:
+            return
+        for worker, messages in self.problems.usage_errors.items():
+            if supervisor.runs(worker):
+                raise CommandLineRefused(messages)
+
     def abort_without_workers(self) -> None:
         assert self.supervisor is not None
+        self.drain()  # what the last worker said before it ended
+        self._refuse_as_pytest_did()
         if self.supervisor.too_many_failures():
             lines = [
                 f"conveyor: more than {self.supervisor.max_worker_failures} worker(s) failed "

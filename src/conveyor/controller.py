@@ -25,7 +25,7 @@ from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
 from conveyor.compat import uncaptured
-from conveyor.errors import BuildAborted, QueueError
+from conveyor.errors import BuildAborted, CommandLineRefused, QueueError
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
 from conveyor.queue import Queue
@@ -208,7 +208,13 @@ class ControllerPlugin:
         self._reporting = True
         replayer, follower, view = self._parts()
         with self._exit_on_abort():
-            self.manifest = manifest = ManifestView(self.queue, follower.wait_for_manifest())
+            try:
+                published = follower.wait_for_manifest()
+            except CommandLineRefused as refused:  # as plain pytest ends: exit code 4
+                self.problems.command_line_refused = True
+                self._stop_local_workers()
+                raise pytest.UsageError(*refused.messages) from None
+            self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)

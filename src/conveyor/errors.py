@@ -36,6 +36,16 @@ class CollectionMismatch(ConveyorError):
     """This worker collected a different set of tests than the build's manifest."""
 
 
+class CommandLineRefused(UsageError):
+    """A worker's pytest refused the command line while it collected (a path that does not
+    exist, a malformed -k expression): the controller, which does not collect, ends as plain
+    pytest would, with pytest's own message and exit code 4."""
+
+    def __init__(self, messages: tuple[str, ...]) -> None:
+        super().__init__(*messages)
+        self.messages = messages
+
+
 class NodeSetupFailed(ConveyorError):
     """--node-setup failed on this machine, so it cannot take part in the build."""
 

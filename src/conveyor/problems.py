@@ -21,7 +21,9 @@ class BuildProblems:
     not_run: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
+    usage_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # worker: messages
     left_shared_build: bool = False  # this machine was interrupted; the build goes on
+    command_line_refused: bool = False  # pytest's own error says why the workers ended
     resumable: bool = True  # the queue outlives this command (an explicit --queue)
 
     @property
@@ -40,7 +42,11 @@ class BuildProblems:
             tr.write_sep("=", "flaky tests (passed on a retry)", yellow=True)
             for nodeid in self.flaky:
                 tr.write_line(f"{nodeid} passed on attempt {len(reruns.get(nodeid, [])) + 1}")
-        outside = [f for f in failures if f.culprit is None and not f.refused]
+        outside = [
+            f
+            for f in failures
+            if f.culprit is None and not f.refused and not self.command_line_refused
+        ]
         listed = (self.refused, self.errors, self.lost, self.missing, self.not_run, self.duplicates)
         if not (any(listed) or outside):
             return

@@ -118,6 +118,10 @@ class Supervisor:
     def worker_id(self, slot: WorkerProcess) -> str:
         return f"{self.node}{slot.name}"
 
+    def runs(self, worker_id: str) -> bool:
+        """Whether `worker_id` is one of this machine's workers."""
+        return any(self.worker_id(slot) == worker_id for slot in self.slots)
+
     def _spawn(self, slot: WorkerProcess) -> None:
         slot.incarnation += 1
         suffix = "" if slot.incarnation == 1 else f".{slot.incarnation}"

@@ -8,6 +8,7 @@ from conveyor.queue.protocol import EVENT_WORKER_LEFT
 
 __all__ = [
     "EVENT_SESSION_WARNING",
+    "EVENT_USAGE_ERROR",
     "EVENT_WORKER_ERROR",
     "EVENT_WORKER_LEFT",
     "EVENT_WORKER_REFUSED",
@@ -31,6 +32,7 @@ EXIT_SETUP_FAILED = 20  # --worker-setup failed; restarting would fail the same 
 EVENT_WORKER_REFUSED = "worker_refused"
 EVENT_WORKER_ERROR = "worker_error"
 EVENT_SESSION_WARNING = "session_warning"
+EVENT_USAGE_ERROR = "usage_error"  # pytest refused the command line while the worker collected
 
 # The first line of a worker's hard-timeout file: "conveyor-timeout <seconds> <how>".
 TIMEOUT_HEADER = "conveyor-timeout"

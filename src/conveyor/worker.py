@@ -46,7 +46,7 @@ from conveyor.retry_policy import RetryPolicy
 from conveyor.scheduling import WHOLE_BY_GROUPING
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
-from conveyor.vocabulary import EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
+from conveyor.vocabulary import EVENT_USAGE_ERROR, EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
 from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
 from conveyor.xdist_compat import (
     adopt_protocol,
@@ -165,6 +165,23 @@ class WorkerPlugin:
         self.timeout.close()
 
     # -- collection -----------------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection(self) -> Generator[None, object, object]:
+        """A usage error found while collecting (a path not found, a bad -k expression) ends
+        this worker as it ends plain pytest; the build is told, so that the controller, which
+        does not collect, ends with the same message and exit code instead of reporting
+        workers that died."""
+        try:
+            return (yield)
+        except pytest.UsageError as exc:
+            if self.queue is not None and not self.settings.check_only:
+                with contextlib.suppress(QueueError):
+                    messages = [str(arg) for arg in exc.args]
+                    self.queue.publish(
+                        EVENT_USAGE_ERROR, self.settings.worker_id, {"messages": messages}
+                    )
+            raise
 
     def pytest_internalerror(self, excrepr: object) -> None:
         # The terminal writes into the void in a worker; the supervisor reads stderr.

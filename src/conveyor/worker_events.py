@@ -16,7 +16,7 @@ from conveyor.queue.protocol import (
     Event,
 )
 from conveyor.supervisor import Supervisor
-from conveyor.vocabulary import EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
+from conveyor.vocabulary import EVENT_USAGE_ERROR, EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
 from conveyor.xdist_compat import ControllerNodes
 
 OUTPUT_WAIT_S = 30.0  # how long the report waits for workers' output (coverage data, ...)
@@ -34,6 +34,7 @@ class WorkerEvents:
             EVENT_WORKER_OUTPUT: self.on_output,
             EVENT_WORKER_REFUSED: self.on_refused,
             EVENT_WORKER_ERROR: self.on_error,
+            EVENT_USAGE_ERROR: self.on_usage_error,
             EVENT_WORKER_LOST: self.on_lost,
             EVENT_LEASE_EXPIRED: self.on_lease_expired,
         }
@@ -51,6 +52,11 @@ class WorkerEvents:
 
     def on_error(self, event: Event) -> None:
         self.problems.errors.append(str(event.data.get("message", "a worker failed")))
+
+    def on_usage_error(self, event: Event) -> None:
+        messages = event.data.get("messages")
+        if event.worker and isinstance(messages, list):
+            self.problems.usage_errors[event.worker] = tuple(str(m) for m in messages)
 
     def on_lease_expired(self, event: Event) -> None:
         """A worker that stopped renewing its lease is most likely gone (a machine killed

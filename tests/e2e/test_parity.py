@@ -8,7 +8,8 @@ import sys
 import textwrap
 
 import pytest
-from helpers import assert_same_verdict, run_conveyor, summary_line
+from conftest import RedisServer
+from helpers import assert_same_verdict, run_conveyor, run_plain, summary_line
 
 MIXED_SUITE = {
     "test_outcomes": """
@@ -209,6 +210,45 @@ def test_usage_error_exit_code_4(pytester: pytest.Pytester, start: str) -> None:
     plain, ours = assert_same_verdict(pytester, "--no-such-option")
     assert plain.ret == 4
     ours.stderr.fnmatch_lines(["*unrecognized arguments: --no-such-option*"])
+
+
+# Usage errors pytest finds only while it collects, which only the workers do.
+COLLECTION_USAGE_ERRORS = {
+    "missing path": ("nope.py",),
+    "missing test": ("test_ok.py::test_nope",),
+    "one path of two missing": ("test_ok.py", "nope.py"),
+    "bad -k": ("-k", "fine and"),
+    "bad -m": ("-m", "fast and"),
+    "--pyargs": ("--pyargs", "no_such_module"),
+}
+
+
+def _error_lines(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stderr.lines if line.startswith("ERROR:")]
+
+
+@pytest.mark.parametrize(
+    "args", COLLECTION_USAGE_ERRORS.values(), ids=list(COLLECTION_USAGE_ERRORS)
+)
+def test_a_usage_error_found_while_collecting_ends_the_run_as_in_pytest(
+    pytester: pytest.Pytester, start: str, args: tuple[str, ...]
+) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    plain, ours = assert_same_verdict(pytester, *args)
+    assert plain.ret == 4
+    assert _error_lines(plain) and _error_lines(ours) == _error_lines(plain)
+    assert "outside any test" not in ours.stdout.str()  # no worker reported as failed
+
+
+def test_a_usage_error_found_while_collecting_on_redis(
+    pytester: pytest.Pytester, redis_server: RedisServer
+) -> None:
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    plain = run_plain(pytester, "nope.py")
+    queue = ("--queue", redis_server.url, "--build", "usage-error")
+    ours = run_conveyor(pytester, "-n", "2", *queue, "nope.py")
+    assert plain.ret == ours.ret == 4
+    assert _error_lines(ours) == _error_lines(plain)
 
 
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
