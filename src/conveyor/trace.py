@@ -17,39 +17,57 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 DEBUG_ENV = "CONVEYOR_DEBUG"
-log = logging.getLogger("conveyor")
+OFF = logging.CRITICAL + 1  # tracing off: no record is even made
+
+_handler: logging.Handler | None = None  # where the trace goes, once `configure` turned it on
+_loggers: dict[str, logging.Logger] = {}
 
 
 def enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+def trace_logger(name: str) -> logging.Logger:
+    """A logger of conveyor's trace, kept outside `logging`'s registry: the trace is never
+    part of the project's own logging. A registered logger's records reach the handlers a test
+    or the project puts on the root logger, or, when it does not propagate, pytest's capture
+    handler (which pytest attaches to every such logger), and so a captured-log section that
+    plain pytest never shows."""
+    logger = _loggers.get(name)
+    if logger is None:
+        logger = _loggers[name] = logging.Logger(name, OFF if _handler is None else logging.DEBUG)
+        logger.propagate = False
+        if _handler is not None:
+            logger.addHandler(_handler)
+    return logger
+
+
 def configure() -> None:
-    """Send conveyor's log records to this process's stderr when tracing is on (once per
-    process). The stream is a copy of file descriptor 2 taken now, at the process's start:
-    pytest's output capture later redirects descriptor 2, and a trace line written while a
-    test runs must not land among that test's captured output."""
-    if not enabled() or any(getattr(h, "conveyor", False) for h in log.handlers):
+    """Send the trace to this process's stderr when tracing is on (once per process). The
+    stream is a copy of file descriptor 2 taken now, at the process's start: pytest's output
+    capture later redirects descriptor 2, and a trace line written while a test runs must not
+    land among that test's captured output."""
+    global _handler
+    if not enabled() or _handler is not None:
         return
     stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8")
     handler = logging.StreamHandler(stream)
-    handler.conveyor = True  # type: ignore[attr-defined]
     handler.setFormatter(
         logging.Formatter("conveyor-trace t=%(created).3f pid=%(process)d %(name)s %(message)s")
     )
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
+    _handler = handler
+    for logger in _loggers.values():
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
 
 
 def follow_stderr() -> None:
     """Point the trace at what descriptor 2 is now: a forked worker's own log, not the log of
     the fork server it was forked from."""
-    for handler in log.handlers:
-        stream = getattr(handler, "stream", None)
-        if getattr(handler, "conveyor", False) and stream is not None:
-            stream.flush()
-            os.dup2(2, stream.fileno())
+    stream = getattr(_handler, "stream", None)
+    if stream is not None:
+        stream.flush()
+        os.dup2(2, stream.fileno())
 
 
 class TracedQueue:
@@ -57,7 +75,7 @@ class TracedQueue:
 
     def __init__(self, queue: Any) -> None:
         self._queue = queue
-        self._log = log.getChild("queue")
+        self._log = trace_logger("conveyor.queue")
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._queue, name)
@@ -110,5 +128,5 @@ def traced_queue(queue: QueueT) -> QueueT:
 
 def event(logger_name: str) -> Callable[..., None]:
     """A function that logs one line of a component's life (`event("worker")("joined")`)."""
-    child = log.getChild(logger_name)
-    return lambda message, *args: child.debug(message, *args)
+    logger = trace_logger(f"conveyor.{logger_name}")
+    return lambda message, *args: logger.debug(message, *args)

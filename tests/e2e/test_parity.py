@@ -251,6 +251,44 @@ def test_a_usage_error_found_while_collecting_on_redis(
     assert _error_lines(ours) == _error_lines(plain)
 
 
+def test_conveyors_own_log_never_reaches_the_projects_logging(
+    pytester: pytest.Pytester, start: str
+) -> None:
+    """Conveyor's trace logger is not the project's: not in a captured-log section with
+    log_level=DEBUG, not at a handler a test puts on the root logger, not in caplog."""
+    pytester.makepyfile(
+        test_log="""
+        import logging
+
+        seen = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                seen.append(record.name)
+
+        def test_installs_a_root_handler():
+            logging.getLogger().setLevel(logging.DEBUG)
+            logging.getLogger().addHandler(Keep())
+
+        def test_fails_with_a_log_line():
+            logging.getLogger("app").debug("hello")
+            assert 0
+
+        def test_caplog(caplog):
+            caplog.set_level(logging.DEBUG)
+            logging.getLogger("app").debug("mine")
+            assert [r.name for r in caplog.records] == ["app"]
+
+        def test_the_root_handler_saw_only_the_project():
+            assert set(seen) <= {"app"}
+        """
+    )
+    plain, ours = assert_same_verdict(pytester, "-o", "log_level=DEBUG", workers=1)
+    assert plain.ret == 1
+    assert "DEBUG    conveyor" not in ours.stdout.str()
+    ours.stdout.fnmatch_lines(["*Captured log call*", "DEBUG    app:*hello"])
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
