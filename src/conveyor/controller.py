@@ -45,6 +45,7 @@ from conveyor.xdist_compat import (
     benchmark_note,
     ensure_hookspecs,
     keep_xdist_out,
+    one_random_seed_per_build,
     present_as_xdist_controller,
 )
 
@@ -122,6 +123,8 @@ class ControllerPlugin:
         # -n/--dist from the project's addopts are conveyor's to honour, never a cue for
         # pytest-xdist to start a session of its own inside this one.
         keep_xdist_out(config)
+        if self.settings.shared:
+            one_random_seed_per_build(config, self.settings.build)
         self._config = config
         return (yield)
 

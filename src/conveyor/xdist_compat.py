@@ -15,6 +15,7 @@ named "xdist", since plugins look for that name before they take part in the pro
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import os
 import platform
@@ -322,6 +323,17 @@ class ControllerNodes:
 
     def not_down(self) -> set[str]:
         return set(self.nodes) - self.down
+
+
+def one_random_seed_per_build(config: pytest.Config, build: str) -> None:
+    """pytest-randomly picks its seed in each process that configures it: in a build shared by
+    several machines, once per machine, and each machine's report would then give its own
+    seed for tests that ran under another's. Unless the user chose one, every machine takes
+    the same seed, derived from the build id (as PYTHONHASHSEED is). Called before pytest
+    configures, where the option is parsed and pytest-randomly has not read it yet."""
+    if getattr(config.option, "randomly_seed", None) == "default":
+        digest = hashlib.sha256(f"pytest-randomly {build}".encode()).digest()
+        config.option.randomly_seed = int.from_bytes(digest[:4], "big")
 
 
 def adapt_input(data: dict[str, Any], *, shared: bool) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import run_conveyor, run_plain
+from conftest import RedisServer
+from helpers import communicate_or_dump_stacks, conveyor_popen, run_conveyor, run_plain
 
 RANDOM_VALUES = """
 import random
@@ -60,3 +61,31 @@ def test_randomly_can_be_turned_off(with_plugins: pytest.Pytester) -> None:
     with_plugins.makepyfile(test_values=RANDOM_VALUES)
     ours = run_conveyor(with_plugins, "-n", "2", "-p", "no:randomly")
     assert ours.ret == 0 and "randomly-seed" not in ours.stdout.str()
+
+
+def test_every_machine_of_a_shared_build_uses_the_same_seed(
+    with_plugins: pytest.Pytester, redis_server: RedisServer
+) -> None:
+    """Two machines on one build, no seed given: one seed in both reports, and every test,
+    whichever machine ran it, got the values plain pytest gives with that seed."""
+    with_plugins.makepyfile(
+        test_values="import random, time\n"
+        + "".join(
+            f"\ndef test_{name}():\n    time.sleep(0.3)\n    print('VALUE {name}', random.random())"
+            for name in "abcdefghijkl"
+        )
+    )
+    queue = ("--queue", redis_server.url, "--build", "seeded")
+    machines = []
+    for node in ("ma", "mb"):
+        args = ("-n", "1", "-s", "-p", "no:cacheprovider", "--node-id", node)
+        logs = ("--worker-logs", f"logs-{node}")
+        machines.append(conveyor_popen(with_plugins.path, "run", *args, *queue, *logs))
+    outputs = [communicate_or_dump_stacks(machine, 120) for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], outputs
+    seeds = {m.group(1) for out in outputs for m in re.finditer(r"randomly-seed=(\d+)", out)}
+    assert len(seeds) == 1, outputs
+    ran = {node: values(worker_logs(with_plugins.path / f"logs-{node}")) for node in ("ma", "mb")}
+    assert all(ran.values()), ran  # both machines ran tests
+    plain = run_plain(with_plugins, "-s", f"--randomly-seed={seeds.pop()}")
+    assert {**ran["ma"], **ran["mb"]} == values(plain.stdout.str())
