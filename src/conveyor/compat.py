@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from _pytest import junitxml
+from _pytest.reports import CollectErrorRepr as CollectErrorRepr  # a collection error as kept
 
 try:
     from _pytest.nodeid import NodeId

@@ -273,8 +273,12 @@ class ControllerPlugin:
         first and may be running tests before this controller has even collected, so an
         interrupt is always handled as one during the build is (the build loop's own handling
         has run by then, and this does nothing)."""
-        if not isinstance(excinfo.value, KeyboardInterrupt):
-            return  # pytest.exit() (an aborted build) comes here too: not an interrupt
+        if not isinstance(excinfo.value, KeyboardInterrupt) or isinstance(
+            excinfo.value, pytest.Session.Interrupted
+        ):
+            # pytest.exit() (an aborted build) comes here too, and pytest's own stop (errors
+            # while collecting, a plugin's shouldstop) once the build is over: not interrupts.
+            return
         if self._reporting and self._config is not None:
             self._interrupted(self._config)  # the session's finish reports what happened
         elif self.supervisor is not None and not self._interrupt_handled:

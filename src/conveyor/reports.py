@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.compat import restore_subtest_context
+from conveyor.compat import CollectErrorRepr, restore_subtest_context
 
 
 class Deselected:
@@ -33,6 +33,11 @@ def report_from_json(config: pytest.Config, raw: Mapping[str, Any]) -> Any:
         report.location = tuple(report.location)
     if isinstance(report.longrepr, list):
         report.longrepr = tuple(report.longrepr)
+    if isinstance(report, pytest.CollectReport) and isinstance(report.longrepr, str):
+        # A collection error's text was a CollectErrorRepr before it became JSON; as a str
+        # the short summary would append it (" - ImportError while importing ...") where
+        # plain pytest shows only "ERROR test_x.py".
+        report.longrepr = CollectErrorRepr(report.longrepr)
     restore_subtest_context(report, raw)
     return report
 

@@ -185,6 +185,16 @@ def test_collection_error_exit_code_2_and_nothing_runs(
             "*Interrupted: 1 error during collection*",
         ]
     )
+    # The same short summary ("ERROR test_broken.py", no message after it), and nothing of an
+    # interrupt: pytest stopping at a collection error is not someone pressing Ctrl-C.
+    assert _short_summary(ours) == _short_summary(plain)
+    assert "conveyor: stopping" not in ours.stdout.str() + ours.stderr.str()
+
+
+def _short_summary(result: pytest.RunResult) -> list[str]:
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "short test summary info" in line)
+    return [line for line in lines[start + 1 :] if not line.startswith("!")][:-1]
 
 
 def test_continue_on_collection_errors_runs_the_rest(pytester: pytest.Pytester, start: str) -> None:
