@@ -40,5 +40,9 @@ class ManifestView:
         return dict(zip(self.units, ranks, strict=True))
 
     def without_result(self, reported: AbstractSet[str]) -> list[str]:
-        """Units with no final result, in serving order."""
-        return [unit for unit in self.units if unit not in reported]
+        """Units with no final result, in collection order (as the user reads the suite)."""
+        left = [unit for unit in self.units if unit not in reported]
+        if not left:
+            return left
+        positions = self.collection_positions()
+        return sorted(left, key=positions.__getitem__)
