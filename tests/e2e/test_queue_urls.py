@@ -141,3 +141,22 @@ def test_scheme_is_case_insensitive(suite: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
     assert path.exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/99", "has no database '99'"),
+        ("/0?bogus_option=1", "query parameter Redis does not know"),
+    ],
+)
+def test_a_url_the_redis_server_cannot_serve_is_a_usage_error(
+    suite: Path, redis_server: RedisServer, path: str, expected: str
+) -> None:
+    url = f"redis://:{SECRET}@127.0.0.1:{redis_server.port}{path}"
+    done = conveyor(suite, "run", "-n", "1", "--queue", url, "--build", "b1")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert done.stderr.startswith("conveyor: error: "), done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert SECRET not in done.stderr

@@ -171,6 +171,12 @@ class RedisLink:
                 f"another ({exc}) to {what}; write the URL as redis+cluster://host:port so "
                 "that conveyor uses the whole cluster."
             )
+        if isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):
+            return QueueURLError(
+                f"Redis at {where(url)} has no database {url.rsplit('/', 1)[-1]!r} ({exc}): "
+                "the number after the last / of the queue URL must be below the server's "
+                "`databases` setting (16 unless configured), as in redis://host:port/0."
+            )
         if isinstance(exc, redis.ResponseError):
             mine = self._translate_reply(str(exc))
             return mine or QueueError(f"the Redis queue {url} refused to {what}: {exc}")
@@ -199,7 +205,17 @@ def open_link(url: str, retry: RetryPolicy, tls: Mapping[str, str]) -> RedisLink
     cluster = scheme in CLUSTER_SCHEMES
     link = RedisLink(_client(url, cluster, retry, tls), mask_url(url), retry)
     try:
-        link.run("connect", link.client.ping)
+        try:
+            link.run("connect", link.client.ping)
+        except TypeError as exc:
+            # redis-py passes a query parameter it does not know on to the connection it
+            # makes at the first command (`?timeout_s=5`), which then refuses it.
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            raise QueueURLError(
+                f"the queue URL {link.display_url} has a query parameter Redis does not know "
+                f"({scrub(str(exc), url)}); write it as {URL_FORMS}"
+            ) from None
         if not cluster and scheme != "unix" and link.run("connect", link.in_cluster):
             # One node of a cluster holds only its own slots: every build whose slot lives on
             # another node would be answered MOVED. Serve it as the cluster it is.
