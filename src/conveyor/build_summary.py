@@ -89,10 +89,13 @@ class BuildSummary:
         first_result_s = self.ledger.first_result_s
         if estimate_s is not None and finished:
             took = time.monotonic() - started_at
-            first = f"; first result after {first_result_s:.2f} s" if first_result_s else ""
+            first = f", first result after {first_result_s:.2f} s" if first_result_s else ""
+            # pytest's own "in N s" below counts from its session's start, which comes after
+            # the workers' start: say which is which, or the two numbers look contradictory.
             terminalreporter.write_line(
-                f"conveyor: estimated {estimate_s:.1f} s of testing, the build took "
-                f"{took:.1f} s (start-up included{first})"
+                f"conveyor: estimated {estimate_s:.1f} s of testing; the build took "
+                f"{took:.1f} s from the command's start{first} (pytest's time below starts "
+                "with its session)"
             )
         failures = supervisor.failures if supervisor else []
         self.problems.write(terminalreporter, failures, self.ledger.reruns)
