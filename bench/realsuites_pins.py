@@ -142,6 +142,14 @@ PINS: tuple[Pin, ...] = (
         deps=("PyYAML",),
     ),
     Pin("colorama", "0.4.6", "unittest with mock, *_test.py files", args=("colorama/tests",)),
+    Pin("sqlparse", "0.6.1", "a parser's many small tests, xfail and xpass", args=("tests",)),
+    Pin(
+        "structlog",
+        "26.1.0",
+        "async tests (pytest-asyncio), logging handlers, pytest-randomly in its own test deps",
+        args=("tests",),
+        deps=("pytest-asyncio", "pytest-randomly", "simplejson", "time-machine", "rich", "twisted"),
+    ),
 )
 
 
@@ -170,6 +178,8 @@ BASELINES: dict[str, str] = {
     "simplejson-4.3.0": "250 passed, 32 skipped",
     "tomlkit-0.15.2": "1203 passed",
     "colorama-0.4.6": "38 passed, 14 skipped",
+    "sqlparse-0.6.1": "537 passed, 2 xfailed, 1 xpassed",
+    "structlog-26.1.0": "928 passed, 20 skipped, 2 warnings",
 }
 
 
