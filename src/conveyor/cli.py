@@ -353,12 +353,12 @@ def _in_run_dir(command: Callable[[RunOptions, Path], int], options: RunOptions)
 
 def run(argv: Sequence[str]) -> int:
     """Work and report on this machine (`conveyor run`)."""
-    interrupts.install()  # first: a SIGTERM during start-up must not orphan anything
     options = parse_run_options(argv, "run")
     if options.in_process:
         import pytest
 
-        return int(pytest.main(options.pytest_args))
+        return int(pytest.main(options.pytest_args))  # signals as under plain pytest too
+    interrupts.install()  # before anything starts: a SIGTERM then must not orphan anything
     return _in_run_dir(_run, options)
 
 

@@ -164,3 +164,28 @@ def test_an_interrupt_swallowed_as_the_build_ends_is_not_a_green_build(
     assert "Exception ignored" in output
     assert result.ret == 2, output
     assert "interrupted as it ended" in output
+
+
+def test_in_process_a_test_that_handles_its_own_interrupt_passes_as_in_pytest(
+    pytester: pytest.Pytester,
+) -> None:
+    """`-n 0` is plain pytest in conveyor's process: an interrupt a test raises and handles
+    itself is the test's business, not a cancelled run."""
+    pytester.makepyfile(
+        """
+        import os, signal, time
+
+        def test_handles_ctrl_c():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                pass
+        """
+    )
+    result = pytester.run(
+        sys.executable, "-c", WITH_DEFAULT_SIGINT, "run", "-n", "0", "-p", "no:cacheprovider",
+        timeout=120,
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["*1 passed*"])
