@@ -108,6 +108,16 @@ def test_queue_url_from_the_environment(suite: Path, password_redis: RedisServer
     assert SECRET not in refused.stdout + refused.stderr
 
 
+def _refused_as_a_usage_error(suite: Path, url: str, expected: str) -> None:
+    """Exit code 4, conveyor's one-line error with `expected` in it, no traceback, no secret."""
+    done = conveyor(suite, "run", "-n", "1", "--queue", url, "--build", "b1")
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert done.stderr.startswith("conveyor: error: "), done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    assert SECRET not in done.stderr
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -120,12 +130,7 @@ def test_queue_url_from_the_environment(suite: Path, password_redis: RedisServer
     ],
 )
 def test_a_wrong_url_is_a_usage_error_with_a_message(suite: Path, url: str, expected: str) -> None:
-    done = conveyor(suite, "run", "-n", "1", "--queue", url, "--build", "b1")
-    assert done.returncode == 4, done.stdout + done.stderr
-    assert done.stderr.startswith("conveyor: error: "), done.stderr
-    assert expected in done.stderr
-    assert "Traceback" not in done.stderr
-    assert SECRET not in done.stderr
+    _refused_as_a_usage_error(suite, url, expected)
 
 
 def test_relative_sqlite_url_names_the_absolute_form(suite: Path) -> None:
@@ -154,9 +159,4 @@ def test_a_url_the_redis_server_cannot_serve_is_a_usage_error(
     suite: Path, redis_server: RedisServer, path: str, expected: str
 ) -> None:
     url = f"redis://:{SECRET}@127.0.0.1:{redis_server.port}{path}"
-    done = conveyor(suite, "run", "-n", "1", "--queue", url, "--build", "b1")
-    assert done.returncode == 4, done.stdout + done.stderr
-    assert done.stderr.startswith("conveyor: error: "), done.stderr
-    assert expected in done.stderr
-    assert "Traceback" not in done.stderr
-    assert SECRET not in done.stderr
+    _refused_as_a_usage_error(suite, url, expected)
