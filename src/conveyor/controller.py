@@ -79,6 +79,10 @@ class ControllerSettings:
     started_at: float | None = None
 
 
+# pytest's stepwise options (--sw-skip and --sw-reset imply --sw).
+STEPWISE_OPTIONS = ("stepwise", "stepwise_skip", "stepwise_reset")
+
+
 class ControllerPlugin:
     """Runs the build's report side inside the user's pytest session."""
 
@@ -151,6 +155,14 @@ class ControllerPlugin:
                 # published before the workers configure; they wait for it.
                 data = self.nodes.worker_input(shared=settings.shared)
                 self.queue.publish(EVENT_WORKER_INPUT, self.nodes.source, {"input": data})
+        if any(config.getoption(name, False) for name in STEPWISE_OPTIONS):
+            raise pytest.UsageError(
+                "--stepwise (--sw) continues from the first failing test in collection order "
+                "and skips every test before it next time; with tests running side by side, "
+                "tests before the first failure may not have run yet, and skipping them could "
+                "make a later run pass that should not. Run it in one process: plain pytest "
+                "--sw, or `conveyor run -n 0 --sw`."
+            )
         if config.getoption("usepdb", False):
             raise pytest.UsageError(
                 "--pdb cannot debug tests that run in other processes; run the failing test "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import textwrap
 
@@ -220,6 +221,27 @@ def test_usage_error_exit_code_4(pytester: pytest.Pytester, start: str) -> None:
     plain, ours = assert_same_verdict(pytester, "--no-such-option")
     assert plain.ret == 4
     ours.stderr.fnmatch_lines(["*unrecognized arguments: --no-such-option*"])
+
+
+@pytest.mark.parametrize("option", ["--sw", "--sw-skip", "--sw-reset"])
+def test_stepwise_is_refused_where_it_could_skip_tests_that_never_ran(
+    pytester: pytest.Pytester, option: str
+) -> None:
+    """--sw skips every test before the first failure on the next run. Side by side, tests
+    before the first failure may never have run (a test failing elsewhere stops the build
+    first), so a later stepwise run could pass without them: refused, with the way out."""
+    pytester.makepyfile(
+        test_a="def test_a1():\n    assert 0\n\ndef test_a2():\n    pass\n",
+        test_b="def test_b1():\n    assert 0\n\ndef test_b2():\n    pass\n",
+    )
+    ours = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", option, timeout=120)
+    assert ours.ret == 4
+    ours.stderr.fnmatch_lines(["ERROR: --stepwise (--sw) *`conveyor run -n 0 --sw`."])
+    plain = pytester.run(sys.executable, "-m", "pytest", option)  # stepwise needs the cache
+    shutil.rmtree(pytester.path / ".pytest_cache")
+    in_process = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "0", option)
+    assert in_process.ret == plain.ret
+    assert summary_line(in_process) == summary_line(plain)
 
 
 # Usage errors pytest finds only while it collects, which only the workers do.
