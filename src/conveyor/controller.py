@@ -25,7 +25,7 @@ from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
 from conveyor.compat import uncaptured
-from conveyor.errors import BuildAborted, CommandLineRefused, QueueError
+from conveyor.errors import BuildAborted, CommandLineRefused, QueueError, SessionEnded
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
 from conveyor.queue import Queue
@@ -77,6 +77,21 @@ class ControllerSettings:
     # When the command started (epoch seconds): the build's start-up and its first result
     # are measured from there, the workers' spawn and the controller's imports included.
     started_at: float | None = None
+
+
+def end_as_the_test_did(session: pytest.Session, ended: dict[str, Any] | None) -> None:
+    """A test called pytest.exit() or raised KeyboardInterrupt in a worker: end this session as
+    that test ended plain pytest's, with its message and exit code."""
+    if ended is None:
+        return
+    unit = ended.get("unit")
+    if ended.get("kind") == "exit":
+        returncode = ended.get("returncode")
+        pytest.exit(
+            str(ended.get("message", "")),
+            returncode=returncode if isinstance(returncode, int) else None,
+        )
+    raise session.Interrupted(f"KeyboardInterrupt raised in {unit or 'a worker'}")
 
 
 # pytest's stepwise options (--sw-skip and --sw-reset imply --sw).
@@ -229,6 +244,10 @@ class ControllerPlugin:
                 self.problems.command_line_refused = True
                 self._stop_local_workers()
                 raise pytest.UsageError(*refused.messages) from None
+            except SessionEnded as ended:
+                self.problems.command_line_refused = True  # the workers ended as asked
+                self._stop_local_workers()
+                end_as_the_test_did(session, ended.ended)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
@@ -274,6 +293,7 @@ class ControllerPlugin:
         summary = self._require(self._summary)
         summary.account(session, self.manifest)
         summary.record_history(self.settings.history, session.config)
+        end_as_the_test_did(session, self.problems.session_ended)
         if session.shouldfail:
             raise session.Failed(session.shouldfail)
         if session.shouldstop:

@@ -5,6 +5,8 @@ Messages are written for the person at the terminal: what happened, which object
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConveyorError(Exception):
     """Base of every error conveyor raises on purpose."""
@@ -44,6 +46,15 @@ class CommandLineRefused(UsageError):
     def __init__(self, messages: tuple[str, ...]) -> None:
         super().__init__(*messages)
         self.messages = messages
+
+
+class SessionEnded(ConveyorError):
+    """A worker's pytest session was ended by the project's own code while it collected
+    (pytest.exit() in a hook): the controller ends its session the same way."""
+
+    def __init__(self, ended: dict[str, Any]) -> None:
+        super().__init__(str(ended.get("message", "")))
+        self.ended = ended
 
 
 class NodeSetupFailed(ConveyorError):

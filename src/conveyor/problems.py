@@ -24,6 +24,7 @@ class BuildProblems:
     usage_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # worker: messages
     left_shared_build: bool = False  # this machine was interrupted; the build goes on
     command_line_refused: bool = False  # pytest's own error says why the workers ended
+    session_ended: dict[str, Any] | None = None  # a test called pytest.exit() (the event's data)
     resumable: bool = True  # the queue outlives this command (an explicit --queue)
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 from conveyor.queue.protocol import EVENT_WORKER_LEFT
 
 __all__ = [
+    "EVENT_SESSION_ENDED",
     "EVENT_SESSION_WARNING",
     "EVENT_USAGE_ERROR",
     "EVENT_WORKER_ERROR",
@@ -32,6 +33,7 @@ EXIT_SETUP_FAILED = 20  # --worker-setup failed; restarting would fail the same 
 EVENT_WORKER_REFUSED = "worker_refused"
 EVENT_WORKER_ERROR = "worker_error"
 EVENT_SESSION_WARNING = "session_warning"
+EVENT_SESSION_ENDED = "session_ended"  # a test called pytest.exit() or raised KeyboardInterrupt
 EVENT_USAGE_ERROR = "usage_error"  # pytest refused the command line while the worker collected
 
 # The first line of a worker's hard-timeout file: "conveyor-timeout <seconds> <how>".

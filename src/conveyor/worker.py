@@ -46,7 +46,13 @@ from conveyor.retry_policy import RetryPolicy
 from conveyor.scheduling import WHOLE_BY_GROUPING
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
-from conveyor.vocabulary import EVENT_USAGE_ERROR, EXIT_DONE, EXIT_REFUSED, EXIT_STATE_LOST
+from conveyor.vocabulary import (
+    EVENT_SESSION_ENDED,
+    EVENT_USAGE_ERROR,
+    EXIT_DONE,
+    EXIT_REFUSED,
+    EXIT_STATE_LOST,
+)
 from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
 from conveyor.xdist_compat import (
     adopt_protocol,
@@ -80,6 +86,7 @@ class WorkerPlugin:
         self.finished_normally = False
         self.joined = False
         self.state_lost = False
+        self.session_ended = False  # a test ended pytest's session (pytest.exit(), Ctrl-C)
         self.collection = CollectionRecord()
         self._adopt(settings)
         self._fork_channel = fork_channel
@@ -174,6 +181,9 @@ class WorkerPlugin:
         workers that died."""
         try:
             return (yield)
+        except pytest.exit.Exception as exc:  # a plugin or conftest ended the session
+            self._publish_session_end(None, exc)
+            raise
         except pytest.UsageError as exc:
             if self.queue is not None and not self.settings.check_only:
                 with contextlib.suppress(QueueError):
@@ -321,7 +331,11 @@ class WorkerPlugin:
                 continue
             # Resolved when pytest first looks at it, at this test's teardown: see LeaseStream.
             nextitem = NextItem(lambda: self._next_item(items, stream))
-            self._run_one(session, queue, item, nextitem, lease)
+            try:
+                self._run_one(session, queue, item, nextitem, lease)
+            except (KeyboardInterrupt, pytest.exit.Exception) as ending:
+                self._end_the_build(queue, stream, lease, ending)
+                raise
             stream.raise_deferred()
             if self._stopped or session.shouldfail or session.shouldstop:
                 # -x, --maxfail or a stop of the whole build: nothing more runs here.
@@ -336,6 +350,40 @@ class WorkerPlugin:
                 keep = policy.rest_of_group(lease.unit, stream.unstarted())
                 stream.hand_back("slow run handed back", keep=keep)
                 policy.handed_back()
+
+    def _end_the_build(
+        self, queue: Queue, stream: LeaseStream, lease: Lease, ending: BaseException
+    ) -> None:
+        """A test ended pytest's session: it called pytest.exit(), or raised KeyboardInterrupt.
+        In plain pytest nothing runs after it and the run ends with its exit code, so the
+        whole build stops here: this test and this worker's unstarted ones go back uncharged
+        (to be listed as not run), and the controllers end their sessions the same way. Not a
+        crash of this worker: it ends as one that finished."""
+        with contextlib.suppress(QueueError):
+            self._flush(force=True)
+        reason = self._publish_session_end(lease.unit, ending)
+        with contextlib.suppress(QueueError):
+            queue.stop(reason)
+            stream.stop(reason)
+            queue.release(self.settings.worker_id, {"reason": reason, "orderly": True})
+
+    def _publish_session_end(self, unit: str | None, ending: BaseException) -> str:
+        """Tell the build how pytest's session ended here (EVENT_SESSION_ENDED); this worker
+        then ends as one that finished. Returns the reason, for the stop."""
+        exiting = isinstance(ending, pytest.exit.Exception)
+        message = str(getattr(ending, "msg", "")) if exiting else "KeyboardInterrupt"
+        data = {
+            "unit": unit,
+            "kind": "exit" if exiting else "interrupt",
+            "message": message,
+            "returncode": getattr(ending, "returncode", None) if exiting else None,
+        }
+        self.session_ended = True
+        self.status.write("done")
+        if self.queue is not None and not self.settings.check_only:
+            with contextlib.suppress(QueueError):
+                self.queue.publish(EVENT_SESSION_ENDED, self.settings.worker_id, data)
+        return f"{unit or 'collection'} ended the session: {message}"
 
     def _run_one(
         self,
@@ -437,7 +485,7 @@ def main() -> int:
         return EXIT_REFUSED
     if plugin.state_lost:
         return EXIT_STATE_LOST
-    if plugin.finished_normally:
+    if plugin.finished_normally or plugin.session_ended:
         return EXIT_DONE
     return int(code) or 3
 

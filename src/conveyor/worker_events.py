@@ -16,7 +16,12 @@ from conveyor.queue.protocol import (
     Event,
 )
 from conveyor.supervisor import Supervisor
-from conveyor.vocabulary import EVENT_USAGE_ERROR, EVENT_WORKER_ERROR, EVENT_WORKER_REFUSED
+from conveyor.vocabulary import (
+    EVENT_SESSION_ENDED,
+    EVENT_USAGE_ERROR,
+    EVENT_WORKER_ERROR,
+    EVENT_WORKER_REFUSED,
+)
 from conveyor.xdist_compat import ControllerNodes
 
 OUTPUT_WAIT_S = 30.0  # how long the report waits for workers' output (coverage data, ...)
@@ -35,6 +40,7 @@ class WorkerEvents:
             EVENT_WORKER_REFUSED: self.on_refused,
             EVENT_WORKER_ERROR: self.on_error,
             EVENT_USAGE_ERROR: self.on_usage_error,
+            EVENT_SESSION_ENDED: self.on_session_ended,
             EVENT_WORKER_LOST: self.on_lost,
             EVENT_LEASE_EXPIRED: self.on_lease_expired,
         }
@@ -57,6 +63,10 @@ class WorkerEvents:
         messages = event.data.get("messages")
         if event.worker and isinstance(messages, list):
             self.problems.usage_errors[event.worker] = tuple(str(m) for m in messages)
+
+    def on_session_ended(self, event: Event) -> None:
+        if self.problems.session_ended is None:  # the first ended it; later ones ran meanwhile
+            self.problems.session_ended = {**event.data, "worker": event.worker}
 
     def on_lease_expired(self, event: Event) -> None:
         """A worker that stopped renewing its lease is most likely gone (a machine killed

@@ -321,6 +321,70 @@ def test_conveyors_own_log_never_reaches_the_projects_logging(
     ours.stdout.fnmatch_lines(["*Captured log call*", "DEBUG    app:*hello"])
 
 
+ENDS_THE_SESSION = {
+    "pytest.exit": ('pytest.exit("bailing out", returncode=7)', 7),
+    "pytest.exit without a code": ('pytest.exit("bailing out")', 2),
+    "KeyboardInterrupt": ("raise KeyboardInterrupt", 2),
+}
+
+
+@pytest.mark.parametrize(
+    ("statement", "code"), ENDS_THE_SESSION.values(), ids=list(ENDS_THE_SESSION)
+)
+def test_a_test_that_ends_the_session_ends_the_build_with_its_code(
+    pytester: pytest.Pytester, start: str, statement: str, code: int
+) -> None:
+    """In plain pytest nothing runs after such a test and the run exits with its code. It
+    is not a crash of the worker, and the test is not run again elsewhere."""
+    ran = pytester.mkdir("ran")
+    pytester.makepyfile(
+        f"""
+        import pathlib, time, pytest
+
+        def test_1():
+            pass
+
+        def test_2():
+            pathlib.Path({str(ran)!r}, "test_2").touch(exist_ok=False)  # once only
+            time.sleep(0.2)
+            {statement}
+
+        def test_3():
+            time.sleep(1)
+
+        def test_4():
+            time.sleep(1)
+        """
+    )
+    plain = run_plain(pytester)
+    (ran / "test_2").unlink()
+    ours = run_conveyor(pytester, "-n", "2")
+    output = ours.stdout.str() + ours.stderr.str()
+    assert plain.ret == ours.ret == code, output
+    assert "crashed" not in output and "FAILED" not in output, output
+    if "exit" in statement:
+        ours.stdout.fnmatch_lines(["*_pytest.outcomes.Exit: bailing out*"])
+    assert list(ran.iterdir()) == [ran / "test_2"]
+
+
+def test_a_hook_that_ends_the_session_while_collecting_ends_the_run_as_in_pytest(
+    pytester: pytest.Pytester, start: str
+) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+
+        def pytest_collection_modifyitems(items):
+            pytest.exit("nothing to do here", returncode=5)
+        """
+    )
+    pytester.makepyfile(test_ok="def test_fine(): pass")
+    plain, ours = assert_same_verdict(pytester)
+    assert plain.ret == 5
+    ours.stdout.fnmatch_lines(["*_pytest.outcomes.Exit: nothing to do here*"])
+    assert "outside any test" not in ours.stdout.str()
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
