@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +23,19 @@ try:
     from _pytest.subtests import failed_subtests_key
 except ImportError:  # pytest < 9: no subtests of its own
     failed_subtests_key = None  # type: ignore[assignment,misc,unused-ignore]
+
+
+def remember_collected(config: pytest.Config, nodeids: Iterable[str]) -> None:
+    """Keep the build's test ids in what pytest's cacheprovider writes as "cache/nodeids"
+    (which `--nf` reads to tell new tests): it learns them while collecting, which the
+    controller does not do, and would otherwise write an empty list over a fresh cache, so
+    that a later `pytest --nf` took every test for a new one."""
+    plugin = config.pluginmanager.get_plugin("nfplugin")
+    known = getattr(plugin, "cached_nodeids", None)
+    if isinstance(known, set):
+        # pytest 9 keeps them as NodeId objects, earlier versions as strings.
+        known.update(NodeId.parse(n) if NodeId is not None else n for n in nodeids)
+
 
 SUBTEST_REPORT_TYPE = "SubTestReport"  # _pytest.subtests.SubtestReport._to_json's marker
 

@@ -24,7 +24,7 @@ import pytest
 from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
-from conveyor.compat import uncaptured
+from conveyor.compat import remember_collected, uncaptured
 from conveyor.errors import BuildAborted, CommandLineRefused, QueueError, SessionEnded
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
@@ -250,6 +250,7 @@ class ControllerPlugin:
                 end_as_the_test_did(session, ended.ended)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
+        remember_collected(session.config, manifest.units)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
         return True

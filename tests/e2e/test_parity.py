@@ -582,6 +582,21 @@ def test_history_export_and_import_round_trip(pytester: pytest.Pytester) -> None
     broken.stderr.fnmatch_lines(["conveyor: error: cannot read durations from missing.json*"])
 
 
+def test_the_cache_of_known_test_ids_is_written_as_by_pytest(pytester: pytest.Pytester) -> None:
+    """`cache/nodeids` (what `--nf` reads to tell new tests) holds the selected tests after a
+    run on a fresh cache, as plain pytest writes it, not an empty list."""
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass\ndef test_three(): pass")
+    nodeids = pytester.path / ".pytest_cache" / "v" / "cache" / "nodeids"
+    assert pytester.run(sys.executable, "-m", "pytest", "-k", "not three").ret == 0
+    plain = json.loads(nodeids.read_text())
+    shutil.rmtree(pytester.path / ".pytest_cache")
+    ours = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", "-k", "not three")
+    assert ours.ret == 0
+    assert (
+        json.loads(nodeids.read_text()) == plain == ["test_a.py::test_one", "test_a.py::test_two"]
+    )
+
+
 def test_last_failed_uses_the_cache_the_controller_wrote(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_lf="\n".join(f"def test_{i}():\n    assert {i} != 3\n" for i in range(8))
