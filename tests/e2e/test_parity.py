@@ -234,11 +234,13 @@ def test_stepwise_is_refused_where_it_could_skip_tests_that_never_ran(
         test_a="def test_a1():\n    assert 0\n\ndef test_a2():\n    pass\n",
         test_b="def test_b1():\n    assert 0\n\ndef test_b2():\n    pass\n",
     )
+    plain = pytester.run(sys.executable, "-m", "pytest", option)  # stepwise needs the cache
+    if "unrecognized arguments" in plain.stderr.str():
+        pytest.skip(f"this pytest has no {option}")
+    shutil.rmtree(pytester.path / ".pytest_cache")
     ours = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", option, timeout=120)
     assert ours.ret == 4
     ours.stderr.fnmatch_lines(["ERROR: --stepwise (--sw) *`conveyor run -n 0 --sw`."])
-    plain = pytester.run(sys.executable, "-m", "pytest", option)  # stepwise needs the cache
-    shutil.rmtree(pytester.path / ".pytest_cache")
     in_process = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "0", option)
     assert in_process.ret == plain.ret
     assert summary_line(in_process) == summary_line(plain)
