@@ -198,3 +198,42 @@ def test_without_stealing_an_idle_worker_waits(queue: Queue) -> None:
     idle = LeaseStream(queue, "gw1", batch=lambda pending: 1, steal=False)
     assert idle.peek() is None  # nothing pending, nothing taken from gw0
     assert queue.reservations("gw0") and not queue.reservations("gw1")
+
+
+def test_an_idle_worker_that_finds_nothing_to_steal_tries_less_often(queue: Queue) -> None:
+    """Each steal scans the others' reservations: an idle worker that found nothing to take
+    tries again after 1, 2, 4 ... polls (at most 16), while it still asks for pending work at
+    every poll. Polling both every 50 ms kept Redis busy for minutes on a real suite."""
+
+    class CountingSteals:
+        """The queue, counting the calls made to reserve and to steal."""
+
+        def __init__(self, inner: Queue) -> None:
+            self.inner, self.reserves, self.steals = inner, 0, 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+        def reserve(self, *args: object, **options: object) -> object:
+            self.reserves += 1
+            return self.inner.reserve(*args, **options)  # type: ignore[arg-type]
+
+        def steal(self, *args: object, **options: object) -> object:
+            self.steals += 1
+            return self.inner.steal(*args, **options)  # type: ignore[arg-type]
+
+    busy = LeaseStream(
+        queue, "gw0", batch=lambda pending: 6, poll_s=0.0, claim_ahead=lambda upcoming: 6
+    )
+    next(iter(busy))  # gw0 holds and has claimed everything: nothing can be stolen
+    counting = CountingSteals(queue)
+    idle = LeaseStream(
+        counting,  # type: ignore[arg-type]
+        "gw1",
+        batch=lambda pending: 1,
+        poll_s=0.0,
+        stopped=lambda: counting.reserves >= 40,  # 40 idle polls, then the stream ends
+    )
+    assert list(idle) == []
+    assert counting.reserves == 40
+    assert counting.steals == 5  # polls 1, 4, 9, 18 and 35
