@@ -178,6 +178,29 @@ def replay_collection_counts(config: pytest.Config, collected: int, lf_status: o
         lfplugin._report_status = lf_status
 
 
+def announce_collecting(config: pytest.Config) -> None:
+    """pytest's "collecting ... " (on a terminal, or with -v), which the terminal reporter
+    writes in its own pytest_collection: the controller's implementation of that hook comes
+    first and ends the hook, so it asks the reporter to write it."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    start = getattr(reporter, "pytest_collection", None)
+    if callable(start):
+        start()
+
+
+@contextlib.contextmanager
+def progress_letters_framed(reporter: Any) -> Iterator[None]:
+    """At the default verbosity plain pytest starts each file's row of letters after a blank
+    line ("test_x.py .F"), and a blank line ends the last row before the summary. Conveyor's
+    one row (files finish interleaved) gets the same blank lines (relies on TerminalReporter's
+    `currentfspath`: while it is set, `ensure_newline` ends the row with a line break)."""
+    if getattr(reporter, "verbosity", None) == 0:
+        reporter.ensure_newline()
+        reporter._tw.line()
+        reporter.currentfspath = "conveyor: a row of letters"
+    yield
+
+
 @contextlib.contextmanager
 def progress_letters_hidden(reporter: Any) -> Iterator[None]:
     """pytest's row of progress letters goes nowhere while a live status line stands in for

@@ -24,7 +24,7 @@ import pytest
 from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
-from conveyor.compat import remember_collected, uncaptured
+from conveyor.compat import announce_collecting, remember_collected, uncaptured
 from conveyor.errors import BuildAborted, CommandLineRefused, QueueError, SessionEnded
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
@@ -236,6 +236,7 @@ class ControllerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
         self._reporting = True
+        announce_collecting(session.config)
         replayer, follower, view = self._parts()
         with self._exit_on_abort():
             try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conveyor import progress
-from conveyor.compat import progress_letters_hidden
+from conveyor.compat import progress_letters_framed, progress_letters_hidden
 from conveyor.errors import QueueError
 from conveyor.history import history_store
 from conveyor.queue import Queue
@@ -67,8 +67,12 @@ class TerminalView:
         """While the build runs on a terminal, a live status line stands in for pytest's row
         of progress letters (see conveyor.progress)."""
         reporter = self.reporter
-        if reporter is None or not progress.wanted(self.config, self.no_progress):
+        if reporter is None:
             yield
+            return
+        if not progress.wanted(self.config, self.no_progress):
+            with progress_letters_framed(reporter) if total else contextlib.nullcontext():
+                yield
             return
         try:
             with (

@@ -387,6 +387,22 @@ def test_a_hook_that_ends_the_session_while_collecting_ends_the_run_as_in_pytest
     assert "outside any test" not in ours.stdout.str()
 
 
+def test_the_lines_around_the_tests_are_pytests(pytester: pytest.Pytester) -> None:
+    """A blank line before the row of progress letters and one after it, as plain pytest
+    writes them around its rows; with -v, "collecting ... collected N items"."""
+    pytester.makepyfile(test_x="def test_a(): pass\ndef test_b(): assert 0")
+    for args in ((), ("-v",)):
+        plain, ours = assert_same_verdict(pytester, *args)
+        for result in (plain, ours):
+            lines = result.stdout.lines
+            header = lines.index(next(line for line in lines if "= FAILURES =" in line))
+            assert lines[header - 1] == "" and lines[header - 2].endswith("[100%]"), lines
+            first = next(i for i, line in enumerate(lines) if line.endswith("%]"))
+            assert lines[first - 1] == "", lines
+        if args:
+            ours.stdout.fnmatch_lines(["collecting ... collected 2 items"])
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
