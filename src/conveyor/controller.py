@@ -419,7 +419,10 @@ class ControllerPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:
         passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
-        if self.problems.fail_the_build and session.exitstatus in passing:
+        ended = self.problems.session_ended
+        if ended is not None and ended.get("kind") == "exit":
+            pass  # the project's own pytest.exit() chose the exit code, as in plain pytest
+        elif self.problems.fail_the_build and session.exitstatus in passing:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
         elif self.problems.not_run and session.exitstatus in passing:
             # A build with tests that never ran is never green (a stopped build replayed, a

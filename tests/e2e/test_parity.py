@@ -326,6 +326,7 @@ def test_conveyors_own_log_never_reaches_the_projects_logging(
 ENDS_THE_SESSION = {
     "pytest.exit": ('pytest.exit("bailing out", returncode=7)', 7),
     "pytest.exit without a code": ('pytest.exit("bailing out")', 2),
+    "pytest.exit with code 0": ('pytest.exit("bailing out", returncode=0)', 0),
     "KeyboardInterrupt": ("raise KeyboardInterrupt", 2),
 }
 
