@@ -242,16 +242,15 @@ class ControllerPlugin:
             try:
                 published = follower.wait_for_manifest()
             except CommandLineRefused as refused:  # as plain pytest ends: exit code 4
-                self.problems.command_line_refused = True
+                self.problems.workers_ended_by_pytest = True
                 self._stop_local_workers()
                 raise pytest.UsageError(*refused.messages) from None
             except SessionEnded as ended:
-                self.problems.command_line_refused = True  # the workers ended as asked
+                self.problems.workers_ended_by_pytest = True
                 self._stop_local_workers()
                 end_as_the_test_did(session, ended.ended)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
-        remember_collected(session.config, manifest.units)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
         return True
@@ -418,6 +417,8 @@ class ControllerPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:
+        if self.manifest is not None:  # at the end, off the path to the first result
+            remember_collected(session.config, self.manifest.units)
         passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
         ended = self.problems.session_ended
         if ended is not None and ended.get("kind") == "exit":

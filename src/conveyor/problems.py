@@ -23,7 +23,7 @@ class BuildProblems:
     flaky: list[str] = field(default_factory=list)
     usage_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # worker: messages
     left_shared_build: bool = False  # this machine was interrupted; the build goes on
-    command_line_refused: bool = False  # pytest's own error says why the workers ended
+    workers_ended_by_pytest: bool = False  # a usage error or pytest.exit(): not failures
     session_ended: dict[str, Any] | None = None  # a test called pytest.exit() (the event's data)
     resumable: bool = True  # the queue outlives this command (an explicit --queue)
 
@@ -46,7 +46,7 @@ class BuildProblems:
         outside = [
             f
             for f in failures
-            if f.culprit is None and not f.refused and not self.command_line_refused
+            if f.culprit is None and not f.refused and not self.workers_ended_by_pytest
         ]
         listed = (self.refused, self.errors, self.lost, self.missing, self.not_run, self.duplicates)
         if not (any(listed) or outside):
