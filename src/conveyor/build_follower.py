@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from conveyor import interrupts
-from conveyor.errors import BuildAborted, BuildStateLost, CommandLineRefused, SessionEnded
+from conveyor.errors import BuildAborted, BuildStateLost, SessionEnded
 from conveyor.problems import BuildProblems, how_to_resume
 from conveyor.queue import Queue
 from conveyor.queue.protocol import Event, Manifest
@@ -217,12 +217,9 @@ class BuildFollower:
         supervisor = self.supervisor
         if supervisor is None or self.manifest is not None:
             return
-        for worker, messages in self.problems.usage_errors.items():
-            if supervisor.runs(worker):
-                raise CommandLineRefused(messages)
-        ended = self.problems.session_ended
-        if ended is not None and supervisor.runs(str(ended.get("worker"))):
-            raise SessionEnded(ended)
+        for ending in self.problems.endings.values():
+            if supervisor.runs(ending.worker):
+                raise SessionEnded(ending)
 
     def abort_without_workers(self) -> None:
         assert self.supervisor is not None

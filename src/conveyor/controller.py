@@ -25,7 +25,7 @@ from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
 from conveyor.compat import announce_collecting, remember_collected, uncaptured
-from conveyor.errors import BuildAborted, CommandLineRefused, QueueError, SessionEnded
+from conveyor.errors import BuildAborted, QueueError, SessionEnded
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
 from conveyor.queue import Queue
@@ -77,21 +77,6 @@ class ControllerSettings:
     # When the command started (epoch seconds): the build's start-up and its first result
     # are measured from there, the workers' spawn and the controller's imports included.
     started_at: float | None = None
-
-
-def end_as_the_test_did(session: pytest.Session, ended: dict[str, Any] | None) -> None:
-    """A test called pytest.exit() or raised KeyboardInterrupt in a worker: end this session as
-    that test ended plain pytest's, with its message and exit code."""
-    if ended is None:
-        return
-    unit = ended.get("unit")
-    if ended.get("kind") == "exit":
-        returncode = ended.get("returncode")
-        pytest.exit(
-            str(ended.get("message", "")),
-            returncode=returncode if isinstance(returncode, int) else None,
-        )
-    raise session.Interrupted(f"KeyboardInterrupt raised in {unit or 'a worker'}")
 
 
 # pytest's stepwise options (--sw-skip and --sw-reset imply --sw).
@@ -241,14 +226,10 @@ class ControllerPlugin:
         with self._exit_on_abort():
             try:
                 published = follower.wait_for_manifest()
-            except CommandLineRefused as refused:  # as plain pytest ends: exit code 4
+            except SessionEnded as ended:  # as plain pytest ends (a usage error: exit 4)
                 self.problems.workers_ended_by_pytest = True
                 self._stop_local_workers()
-                raise pytest.UsageError(*refused.messages) from None
-            except SessionEnded as ended:
-                self.problems.workers_ended_by_pytest = True
-                self._stop_local_workers()
-                end_as_the_test_did(session, ended.ended)
+                ended.ending.end(session)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
@@ -294,7 +275,8 @@ class ControllerPlugin:
         summary = self._require(self._summary)
         summary.account(session, self.manifest)
         summary.record_history(self.settings.history, session.config)
-        end_as_the_test_did(session, self.problems.session_ended)
+        if (ending := self.problems.session_ended) is not None:
+            ending.end(session)  # a test ended pytest's session: as it ends plain pytest's
         if session.shouldfail:
             raise session.Failed(session.shouldfail)
         if session.shouldstop:
@@ -421,7 +403,7 @@ class ControllerPlugin:
             remember_collected(session.config, self.manifest.units)
         passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
         ended = self.problems.session_ended
-        if ended is not None and ended.get("kind") == "exit":
+        if ended is not None and ended.kind == "exit":
             pass  # the project's own pytest.exit() chose the exit code, as in plain pytest
         elif self.problems.fail_the_build and session.exitstatus in passing:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

@@ -5,7 +5,10 @@ Messages are written for the person at the terminal: what happened, which object
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.session_ending import SessionEnding
 
 
 class ConveyorError(Exception):
@@ -38,23 +41,14 @@ class CollectionMismatch(ConveyorError):
     """This worker collected a different set of tests than the build's manifest."""
 
 
-class CommandLineRefused(UsageError):
-    """A worker's pytest refused the command line while it collected (a path that does not
-    exist, a malformed -k expression): the controller, which does not collect, ends as plain
-    pytest would, with pytest's own message and exit code 4."""
-
-    def __init__(self, messages: tuple[str, ...]) -> None:
-        super().__init__(*messages)
-        self.messages = messages
-
-
 class SessionEnded(ConveyorError):
-    """A worker's pytest session was ended by the project's own code while it collected
-    (pytest.exit() in a hook): the controller ends its session the same way."""
+    """A worker's pytest ended its session while it collected, before the build had a manifest
+    (the command line refused, pytest.exit() in a hook): the controller, which does not
+    collect, ends its own session the same way, with pytest's message and exit code."""
 
-    def __init__(self, ended: dict[str, Any]) -> None:
-        super().__init__(str(ended.get("message", "")))
-        self.ended = ended
+    def __init__(self, ending: SessionEnding) -> None:
+        super().__init__(ending.message)
+        self.ending = ending
 
 
 class NodeSetupFailed(ConveyorError):

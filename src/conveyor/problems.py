@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.session_ending import SessionEnding
 from conveyor.worker_exit import WorkerFailure
 
 SHOWN = 20
@@ -21,11 +22,19 @@ class BuildProblems:
     not_run: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     flaky: list[str] = field(default_factory=list)
-    usage_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)  # worker: messages
+    # How workers' pytest sessions ended (a usage error, pytest.exit(), KeyboardInterrupt), by
+    # worker, in the order the build heard of them.
+    endings: dict[str, SessionEnding] = field(default_factory=dict)
     left_shared_build: bool = False  # this machine was interrupted; the build goes on
     workers_ended_by_pytest: bool = False  # a usage error or pytest.exit(): not failures
-    session_ended: dict[str, Any] | None = None  # a test called pytest.exit() (the event's data)
     resumable: bool = True  # the queue outlives this command (an explicit --queue)
+
+    @property
+    def session_ended(self) -> SessionEnding | None:
+        """The first ending by a test or a hook (pytest.exit(), KeyboardInterrupt): it ends
+        the build. Later ones came from tests that ran meanwhile elsewhere. A usage error ends
+        only its own machine's run, before the build has a manifest."""
+        return next((e for e in self.endings.values() if e.kind != "usage_error"), None)
 
     @property
     def fail_the_build(self) -> bool:

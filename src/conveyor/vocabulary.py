@@ -9,7 +9,6 @@ from conveyor.queue.protocol import EVENT_WORKER_LEFT
 __all__ = [
     "EVENT_SESSION_ENDED",
     "EVENT_SESSION_WARNING",
-    "EVENT_USAGE_ERROR",
     "EVENT_WORKER_ERROR",
     "EVENT_WORKER_LEFT",
     "EVENT_WORKER_REFUSED",
@@ -33,8 +32,8 @@ EXIT_SETUP_FAILED = 20  # --worker-setup failed; restarting would fail the same 
 EVENT_WORKER_REFUSED = "worker_refused"
 EVENT_WORKER_ERROR = "worker_error"
 EVENT_SESSION_WARNING = "session_warning"
-EVENT_SESSION_ENDED = "session_ended"  # a test called pytest.exit() or raised KeyboardInterrupt
-EVENT_USAGE_ERROR = "usage_error"  # pytest refused the command line while the worker collected
+# a worker's pytest ended its session: a usage error, pytest.exit(), KeyboardInterrupt
+EVENT_SESSION_ENDED = "session_ended"
 
 # The first line of a worker's hard-timeout file: "conveyor-timeout <seconds> <how>".
 TIMEOUT_HEADER = "conveyor-timeout"

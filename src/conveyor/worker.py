@@ -44,11 +44,11 @@ from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayloa
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
 from conveyor.retry_policy import RetryPolicy
 from conveyor.scheduling import WHOLE_BY_GROUPING
+from conveyor.session_ending import SessionEnding
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
 from conveyor.vocabulary import (
     EVENT_SESSION_ENDED,
-    EVENT_USAGE_ERROR,
     EXIT_DONE,
     EXIT_REFUSED,
     EXIT_STATE_LOST,
@@ -181,16 +181,9 @@ class WorkerPlugin:
         workers that died."""
         try:
             return (yield)
-        except pytest.exit.Exception as exc:  # a plugin or conftest ended the session
-            self._publish_session_end(None, exc)
-            raise
-        except pytest.UsageError as exc:
-            if self.queue is not None and not self.settings.check_only:
-                with contextlib.suppress(QueueError):
-                    messages = [str(arg) for arg in exc.args]
-                    self.queue.publish(
-                        EVENT_USAGE_ERROR, self.settings.worker_id, {"messages": messages}
-                    )
+        except (pytest.exit.Exception, pytest.UsageError) as exc:
+            # A plugin or conftest ended the session, or pytest refused the command line.
+            self._publish_session_end(SessionEnding.of(self.settings.worker_id, None, exc))
             raise
 
     def pytest_internalerror(self, excrepr: object) -> None:
@@ -361,29 +354,24 @@ class WorkerPlugin:
         crash of this worker: it ends as one that finished."""
         with contextlib.suppress(QueueError):
             self._flush(force=True)
-        reason = self._publish_session_end(lease.unit, ending)
+        told = SessionEnding.of(self.settings.worker_id, lease.unit, ending)
+        self._publish_session_end(told)
+        reason = told.reason
         with contextlib.suppress(QueueError):
             queue.stop(reason)
             stream.stop(reason)
             queue.release(self.settings.worker_id, {"reason": reason, "orderly": True})
 
-    def _publish_session_end(self, unit: str | None, ending: BaseException) -> str:
-        """Tell the build how pytest's session ended here (EVENT_SESSION_ENDED); this worker
-        then ends as one that finished. Returns the reason, for the stop."""
-        exiting = isinstance(ending, pytest.exit.Exception)
-        message = str(getattr(ending, "msg", "")) if exiting else "KeyboardInterrupt"
-        data = {
-            "unit": unit,
-            "kind": "exit" if exiting else "interrupt",
-            "message": message,
-            "returncode": getattr(ending, "returncode", None) if exiting else None,
-        }
-        self.session_ended = True
-        self.status.write("done")
+    def _publish_session_end(self, ending: SessionEnding) -> None:
+        """Tell the build how pytest's session ended here (EVENT_SESSION_ENDED). A worker
+        ended by a test or a hook then ends as one that finished; one that found the command
+        line wrong ends with pytest's usage-error code, as plain pytest does."""
+        if ending.kind != "usage_error":
+            self.session_ended = True
+            self.status.write("done")
         if self.queue is not None and not self.settings.check_only:
             with contextlib.suppress(QueueError):
-                self.queue.publish(EVENT_SESSION_ENDED, self.settings.worker_id, data)
-        return f"{unit or 'collection'} ended the session: {message}"
+                self.queue.publish(EVENT_SESSION_ENDED, self.settings.worker_id, ending.data)
 
     def _run_one(
         self,

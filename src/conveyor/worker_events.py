@@ -15,10 +15,10 @@ from conveyor.queue.protocol import (
     EVENT_WORKER_OUTPUT,
     Event,
 )
+from conveyor.session_ending import SessionEnding
 from conveyor.supervisor import Supervisor
 from conveyor.vocabulary import (
     EVENT_SESSION_ENDED,
-    EVENT_USAGE_ERROR,
     EVENT_WORKER_ERROR,
     EVENT_WORKER_REFUSED,
 )
@@ -39,7 +39,6 @@ class WorkerEvents:
             EVENT_WORKER_OUTPUT: self.on_output,
             EVENT_WORKER_REFUSED: self.on_refused,
             EVENT_WORKER_ERROR: self.on_error,
-            EVENT_USAGE_ERROR: self.on_usage_error,
             EVENT_SESSION_ENDED: self.on_session_ended,
             EVENT_WORKER_LOST: self.on_lost,
             EVENT_LEASE_EXPIRED: self.on_lease_expired,
@@ -59,14 +58,10 @@ class WorkerEvents:
     def on_error(self, event: Event) -> None:
         self.problems.errors.append(str(event.data.get("message", "a worker failed")))
 
-    def on_usage_error(self, event: Event) -> None:
-        messages = event.data.get("messages")
-        if event.worker and isinstance(messages, list):
-            self.problems.usage_errors[event.worker] = tuple(str(m) for m in messages)
-
     def on_session_ended(self, event: Event) -> None:
-        if self.problems.session_ended is None:  # the first ended it; later ones ran meanwhile
-            self.problems.session_ended = {**event.data, "worker": event.worker}
+        ending = SessionEnding.from_event(event)
+        if ending is not None:
+            self.problems.endings.setdefault(ending.worker, ending)
 
     def on_lease_expired(self, event: Event) -> None:
         """A worker that stopped renewing its lease is most likely gone (a machine killed
