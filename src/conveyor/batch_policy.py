@@ -20,7 +20,14 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from conveyor.queue import Queue
-from conveyor.scheduling import WHOLE_BY_GROUPING, estimate, kept_together, range_keys, scope_of
+from conveyor.scheduling import (
+    WHOLE_BY_GROUPING,
+    estimate,
+    kept_together,
+    range_keys,
+    scope_of,
+    whole_of,
+)
 from conveyor.worker_settings import WorkerSettings
 
 MAX_BATCH = 32
@@ -56,12 +63,15 @@ class BatchRule:
         worker_count: int,
         has_history: bool,
         expected_s: Mapping[str, float] | None = None,
+        whole: str | None = None,
     ) -> None:
-        """`expected_s`: each test's expected duration (timing history's estimate), if any."""
+        """`expected_s`: each test's expected duration (timing history's estimate), if any.
+        `whole`: what the queue keeps on one worker, as the build's manifest says (by default
+        what the grouping keeps)."""
         self.order = list(order)
         self.expected_s = dict(expected_s or {})
         self.grouping = grouping
-        self.whole = WHOLE_BY_GROUPING[grouping]  # what the queue keeps on one worker
+        self.whole = whole or WHOLE_BY_GROUPING[grouping]
         self.worker_count = worker_count
         self.has_history = has_history
         self._positions = {unit: index for index, unit in enumerate(self.order)}
@@ -236,5 +246,7 @@ def policy_for(queue: Queue, settings: WorkerSettings, durations: dict[str, floa
         worker_count=max(workers, settings.worker_count),
         has_history=bool(durations),
         expected_s=estimate(order, durations) if durations else None,
+        # The leader's: one worker for an order-dependent suite (conveyor.ordered_suite).
+        whole=whole_of(manifest.meta) if manifest else None,
     )
     return BatchPolicy(rule)

@@ -232,6 +232,7 @@ class ControllerPlugin:
                 ended.ending.end(session)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
+        view.announce_in_order(manifest.meta)
         workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
         return True

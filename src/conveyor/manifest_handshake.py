@@ -20,6 +20,7 @@ import pytest
 from conveyor.code_identity import describe_difference
 from conveyor.compat import last_failed_status
 from conveyor.errors import QueueError
+from conveyor.ordered_suite import order_dependence
 from conveyor.outcome_record import serialize_warning
 from conveyor.queue import Queue
 from conveyor.queue.protocol import JSON, Manifest, collection_digest
@@ -118,7 +119,11 @@ def serving_plan(
     manifest's meta. Workers that do not lead only check the set, so they skip the
     planning."""
     units, range_starts = collected, frozenset[str]()
-    if leading:
+    whole = WHOLE_BY_GROUPING[settings.grouping]
+    in_order = order_dependence(session.items, session.config) if leading else None
+    if in_order is not None:
+        whole = "all"  # one worker, pytest's own order (conveyor.ordered_suite)
+    elif leading:
         serving = plan(
             collected,
             durations,
@@ -136,13 +141,15 @@ def serving_plan(
         range_starts=sorted(range_starts),
         # What the queue keeps on one worker, in its order, also when a gone worker's tests
         # go back to the queue (`scheduling.back_to_front_order`).
-        whole=WHOLE_BY_GROUPING[settings.grouping],
+        whole=whole,
         # Whether timing history planned this build: what it cost is told apart by it (see
         # conveyor.capacity_plan.overheads_from).
         with_history=any(unit in durations for unit in collected),
         # Every worker's batches are sized for the build's workers, not its machine's.
         plan_workers=workers,
     )
+    if in_order is not None:
+        meta["in_order"] = in_order  # the controller says why the build is not shared
     if units != collected:
         # The controller reports in collection order, whatever the serving order.
         rank = {unit: index for index, unit in enumerate(collected)}

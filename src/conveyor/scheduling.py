@@ -32,6 +32,9 @@ machine's workers (conveyor.fleet_size).
 `--dist file` and `--dist scope` (pytest-xdist's loadfile and loadscope) never split a group:
 each file, or each scope (a class; a module's tests outside classes), is served whole and
 contiguous, and the queue leases it to one worker whole (`whole_key`).
+
+A suite whose tests declare an order or dependencies between them (conveyor.ordered_suite) is
+served in collection order and kept whole ("all"): one worker runs it as plain pytest would.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ WHOLE_BY_GROUPING = {
     "file": "file",
     "scope": "scope",
 }
-WHOLE_MODES = ("class", "file", "scope", "none")
+# "all": one worker runs the whole build, in the published order (an order-dependent suite,
+# conveyor.ordered_suite); never a --dist grouping of its own.
+WHOLE_MODES = ("class", "file", "scope", "none", "all")
 UNSPLIT_GROUPINGS = ("file", "scope")  # groups the planner never cuts into ranges
 SPLIT_SHARE = 0.7
 RANGE_SHARE = 0.35  # a split group's ranges are at most this share of a worker's work
@@ -87,6 +92,8 @@ def whole_key(nodeid: str, whole: str) -> str | None:
         return nodeid.partition("::")[0]
     if whole == "scope":
         return class_of(nodeid) or nodeid.partition("::")[0]
+    if whole == "all":
+        return ""
     check_whole(whole)
     return None
 

@@ -14,7 +14,9 @@ from conveyor import progress
 from conveyor.compat import progress_letters_framed, progress_letters_hidden
 from conveyor.errors import QueueError
 from conveyor.history import history_store
+from conveyor.ordered_suite import serial_notice
 from conveyor.queue import Queue
+from conveyor.queue.protocol import JSON
 from conveyor.scheduling import estimate
 
 
@@ -29,6 +31,15 @@ class TerminalView:
     @property
     def reporter(self) -> Any:
         return self.config.pluginmanager.get_plugin("terminalreporter")
+
+    def announce_in_order(self, meta: JSON) -> None:
+        """Why one worker runs the whole build (conveyor.ordered_suite): shown but with -qq, or
+        a build slower than expected would give no sign why."""
+        reason = meta.get("in_order")
+        shown = self.reporter is not None and self.config.get_verbosity() >= -1
+        if isinstance(reason, str) and shown:
+            assert self.reporter is not None
+            self.reporter.write_line(serial_notice(reason), yellow=True)
 
     def announce_estimate(self, history: str, queue: Queue, units: list[str], workers: int) -> None:
         """The expected length of the build, from timing history, when it knows enough."""

@@ -43,7 +43,6 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
 from conveyor.retry_policy import RetryPolicy
-from conveyor.scheduling import WHOLE_BY_GROUPING
 from conveyor.session_ending import SessionEnding
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
@@ -312,7 +311,9 @@ class WorkerPlugin:
             # A class's tests share its fixtures and may depend on each other: one worker runs
             # them, in order, unless --dist test (pytest-xdist's load) lets them spread; --dist
             # file and scope keep more together (pytest-xdist's loadfile and loadscope).
-            whole=WHOLE_BY_GROUPING[self.settings.grouping],
+            # A suite whose tests declare an order runs whole on one worker (the manifest's
+            # "all", conveyor.ordered_suite).
+            whole=policy.rule.whole,
         )
         # Leases this worker holds: reserved (running or not started) and finished but not
         # yet stored.

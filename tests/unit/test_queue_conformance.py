@@ -933,6 +933,7 @@ def test_a_reservation_never_ends_inside_a_class(make_queue: QueueFactory) -> No
         # The most recent group first, each class in its own order.
         ("class", [CLASSY[7], CLASSY[6], *CLASSY[4:6], *CLASSY[1:4], CLASSY[0]]),
         ("file", [*CLASSY[6:], *CLASSY[:6]]),
+        ("all", CLASSY),  # an order-dependent suite: its order, whole
     ],
 )
 def test_a_gone_workers_leases_come_back_with_what_is_kept_whole_in_its_order(
@@ -1033,6 +1034,17 @@ def test_a_steal_never_cuts_a_file_kept_whole(make_queue: QueueFactory) -> None:
     assert unit_ids(queue.steal("gw1", 10, whole="file")) == CLASSY[6:]  # test_b.py, whole
     queue.reserve("gw2", 1, whole="file")
     assert queue.steal("gw3", 10, whole="file").state == WAIT  # test_a.py is never cut
+
+
+def test_a_build_kept_whole_goes_to_one_worker_in_its_order(make_queue: QueueFactory) -> None:
+    """An order-dependent suite (conveyor.ordered_suite): the first reservation takes every
+    test in the published order, and no other worker can take any of them."""
+    queue = make_queue()
+    queue.populate("gw0", CLASSY, {"whole": "all"})
+    assert unit_ids(queue.reserve("gw0", 1, whole="all")) == CLASSY
+    queue.claim("gw0", CLASSY[:1])
+    assert queue.steal("gw1", 10, whole="all").state == WAIT
+    assert queue.reserve("gw2", 1, whole="all").state == WAIT
 
 
 def test_a_victim_whose_every_cut_splits_a_class_is_passed_over(make_queue: QueueFactory) -> None:

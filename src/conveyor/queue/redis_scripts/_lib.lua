@@ -118,8 +118,12 @@ local function file_of(id)
 end
 
 -- What one worker runs whole under `mode` (scheduling.whole_key): 'class' the class, 'file'
--- the file, 'scope' the class or else the file; nil when nothing holds the unit ('none').
+-- the file, 'scope' the class or else the file, 'all' the whole build; nil when nothing holds
+-- the unit ('none').
 local function whole_key(id, mode)
+  if mode == 'all' then
+    return ''
+  end
   if mode == 'class' then
     return class_of(id)
   end
