@@ -461,3 +461,19 @@ def fresh_basetemp(config: pytest.Config) -> None:
     factory: Any = getattr(config, "_tmp_path_factory", None)
     if factory is not None and getattr(factory, "_given_basetemp", None) is None:
         factory._basetemp = None
+
+
+def results_folder_emptied_once(config: pytest.Config) -> None:
+    """allure-pytest's --clean-alluredir empties the results folder in pytest_configure, in
+    every process that configures. In a build each worker did, while others were already
+    writing results there (a worker runs tests as soon as the build has a manifest), and so
+    did the controller, which may configure after the first results: results were lost. A
+    worker therefore leaves the folder alone and waits for its controller's configure, which
+    empties it once and then publishes the workers' input (ControllerPlugin), before it goes
+    on. Called before the plugins' pytest_configure, with the worker's input attached."""
+    if not getattr(config.option, "clean_alluredir", False):
+        return
+    config.option.clean_alluredir = False
+    fetch_now = getattr(getattr(config, "workerinput", None), "fetch_now", None)
+    if callable(fetch_now):  # conveyor's WorkerInput (xdist_compat)
+        fetch_now()

@@ -24,6 +24,7 @@ from conveyor.compat import (
     forward_rerun_reports,
     fresh_basetemp,
     redirect_output,
+    results_folder_emptied_once,
     silence_terminal,
 )
 from conveyor.environment import mark_worker_process, take_settings
@@ -118,6 +119,7 @@ class WorkerPlugin:
         # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker.
         keep_xdist_out(config)
         self._connect(config)
+        results_folder_emptied_once(config)  # before any plugin configures
         return (yield)
 
     def _connect(self, config: pytest.Config) -> None:

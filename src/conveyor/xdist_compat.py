@@ -417,15 +417,21 @@ class WorkerInput(dict[str, Any]):
         if self._fetch is not None:
             self._fetch = fetch
 
+    def fetch_now(self) -> None:
+        """Wait for the plugins' input now, if it was not fetched yet: the controller has
+        configured once it is published."""
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None:
+            self._merge(fetch() or {})
+
     def merge_available(self, found: Mapping[str, Any] | None) -> None:
         """Take the plugins' input now, if a controller published it already."""
         if found is not None:
             self._merge(found)
 
     def __missing__(self, key: str) -> Any:
-        fetch, self._fetch = self._fetch, None
-        if fetch is not None:
-            self._merge(fetch() or {})
+        if self._fetch is not None:
+            self.fetch_now()
             if key in self:
                 return self[key]
         raise KeyError(key)
