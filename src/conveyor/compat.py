@@ -8,8 +8,8 @@ import io
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
+from types import FrameType, MappingProxyType
+from typing import IO, Any
 
 import pytest
 from _pytest import junitxml
@@ -207,18 +207,68 @@ def progress_letters_framed(reporter: Any) -> Iterator[None]:
     yield
 
 
+def _progress_code() -> frozenset[Any]:
+    """The code of the terminal reporter's methods that write the progress row at the default
+    verbosity: a test's letter, its file's name, the percentage at the row's end."""
+    from _pytest.terminal import TerminalReporter
+
+    names = (
+        "pytest_runtest_logreport",
+        "pytest_runtest_logfinish",
+        "write_fspath_result",
+        "_write_progress_information_filling_space",
+        "_write_progress_information_if_past_edge",
+    )
+    codes = (getattr(getattr(TerminalReporter, name, None), "__code__", None) for name in names)
+    return frozenset(code for code in codes if code is not None)
+
+
+class _ProgressDropped(io.TextIOBase):
+    """The terminal writer's file while a live status line stands in for the progress row:
+    what the reporter's own progress code writes is dropped (told by the caller of the
+    writer's write, a few frames up); everything else, a plugin that prints a failure as it
+    happens (pytest-instafail, pytest-sugar, also from a subclass of the reporter), goes to
+    `above`."""
+
+    CALLERS_CHECKED = 4  # the writer's write, line and sep, then whose method asked
+
+    def __init__(self, above: IO[str]) -> None:
+        self.above = above
+        self.progress_code = _progress_code()
+
+    def write(self, text: str) -> int:
+        frame: FrameType | None = sys._getframe(1)
+        for _ in range(self.CALLERS_CHECKED):
+            if frame is None:
+                break
+            if frame.f_code in self.progress_code:
+                return len(text)
+            frame = frame.f_back
+        return self.above.write(text)
+
+    def flush(self) -> None:
+        self.above.flush()
+
+    def isatty(self) -> bool:
+        return True
+
+
 @contextlib.contextmanager
-def progress_letters_hidden(reporter: Any) -> Iterator[None]:
+def progress_letters_hidden(reporter: Any, above: IO[str]) -> Iterator[None]:
     """pytest's row of progress letters goes nowhere while a live status line stands in for
-    it; the summary after the run is untouched (relies on TerminalReporter writing through
-    `_tw`, a TerminalWriter whose output file is `_file`, and on `_show_progress_info`)."""
+    it; what else is written on the terminal meanwhile is printed above that line (`above`),
+    and the summary after the run is untouched. Relies on TerminalReporter writing through
+    `_tw`, a TerminalWriter whose output file is `_file`, on `_show_progress_info`, and on
+    which of its methods write the progress row (`_progress_code`)."""
     writer = reporter._tw
     original = writer._file
-    writer._file = io.StringIO()
+    file = writer._file = _ProgressDropped(above)
     reporter._show_progress_info = False
     try:
         yield
     finally:
+        with contextlib.suppress(Exception):
+            file.flush()
         writer._file = original
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any
+from typing import IO, Any, cast
 
 import pytest
 
@@ -50,6 +50,12 @@ class LiveProgress:
         if (done, failed, alive) != (self.done, self.failed, self.alive):
             self.done, self.failed, self.alive = done, failed, alive
             self._live.update(self._render(), refresh=True)
+
+    def above(self) -> IO[str]:
+        """A file whose lines are printed above the status line, as they come."""
+        from rich.file_proxy import FileProxy
+
+        return cast(IO[str], FileProxy(self._console, sys.stdout))
 
     def note(self, line: str) -> None:
         """A line printed above the status (e.g. a failure as it happens)."""

@@ -87,8 +87,8 @@ class TerminalView:
             return
         try:
             with (
-                progress_letters_hidden(reporter),
                 progress.LiveProgress(total, self.estimate_s) as live,
+                progress_letters_hidden(reporter, live.above()),
             ):
                 self.live = live
                 yield

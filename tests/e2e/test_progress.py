@@ -87,3 +87,54 @@ def test_failures_shown_as_they_happen(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["FAILED test_live.py::test_7 - assert 7 != 7", "*= FAILURES =*", "*1 failed, 11 passed*"]
     )
+
+
+# A plugin that prints as results come (as pytest-instafail does), from its own hook and from a
+# subclass of the terminal reporter that stands in for pytest's.
+PRINTS_AS_RESULTS_COME = """
+import pytest
+from _pytest.terminal import TerminalReporter
+
+
+class InstantReporter(TerminalReporter):
+    def pytest_runtest_logreport(self, report):
+        super().pytest_runtest_logreport(report)
+        if report.failed:
+            self.write_line(f"INSTANT FAILURE {report.nodeid}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    standard = config.pluginmanager.getplugin("terminalreporter")
+    instant = InstantReporter(standard.config)
+    config.pluginmanager.unregister(standard)
+    config.pluginmanager.register(instant, "terminalreporter")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        reporter = report_config.pluginmanager.getplugin("terminalreporter")
+        reporter.write_line(f"HOOK SAW {report.nodeid}")
+
+
+def pytest_sessionstart(session):
+    global report_config
+    report_config = session.config
+"""
+
+
+def test_what_plugins_print_during_the_build_is_shown_above_the_status_line(
+    pytester: pytest.Pytester,
+) -> None:
+    """The status line stands in for pytest's row of letters only: a plugin's own lines used
+    to be dropped with the letters on a terminal (pytest-instafail and pytest-sugar showed no
+    traceback at all)."""
+    pytester.makepyfile(test_live=SUITE)
+    pytester.makeconftest(PRINTS_AS_RESULTS_COME)
+    code, output = run_on_a_terminal(pytester.path, "-n", "2", "-p", "no:cacheprovider")
+    assert code == 1
+    assert "worker(s) alive" in output
+    assert "INSTANT FAILURE test_live.py::test_7" in output
+    assert all(f"HOOK SAW test_live.py::test_{i}" in output for i in range(12))
+    assert "test_live.py ." not in output  # the row of letters is still the status line's
+    assert "1 failed, 11 passed" in output
