@@ -61,6 +61,16 @@ def _signal_group(process: subprocess.Popen[bytes] | ForkedProcess, signum: int)
             process.send_signal(signum)
 
 
+def _kill_what_it_left(process: subprocess.Popen[bytes] | ForkedProcess) -> None:
+    """A worker that ended inside a test (a crash, its hard timeout) never ran that test's
+    teardown: what the test started in the worker's process group (a server, a subprocess)
+    would outlive the build, reparented to init. The group is empty once they are gone; Linux
+    reuses no pid that is still some group's id, so this reaches only what the worker left."""
+    if process.pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 class Supervisor:
     """Starts `count` worker processes for one build and keeps the build moving when they die."""
 
@@ -252,6 +262,8 @@ class Supervisor:
         if returncode == EXIT_DONE and slot.status() == "done":
             slot.state = "done"
             return
+        if slot.process is not None:
+            _kill_what_it_left(slot.process)
         if isinstance(slot.process, ForkedProcess) and (
             self._preload_server_lost(slot) or self._fork_server_lost(slot)
         ):

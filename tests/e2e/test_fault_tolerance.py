@@ -41,6 +41,44 @@ def test_test_sleeping_for_an_hour_is_stopped_by_the_timeout(pytester: pytest.Py
     )
 
 
+@pytest.mark.parametrize("start", ["default", "--spawn-workers"])
+def test_what_a_timed_out_test_started_does_not_outlive_the_build(
+    pytester: pytest.Pytester, start: str
+) -> None:
+    """A test stopped by its hard timeout never runs its teardown: a server it started (a
+    dev server in werkzeug's suite) was left running, reparented to init, after the build."""
+    pytester.makepyfile(
+        test_server="""
+        import subprocess, sys, time
+        from pathlib import Path
+
+        def test_starts_a_server_and_hangs():
+            server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+            Path("server.pid").write_text(str(server.pid))
+            try:
+                time.sleep(3600)
+            finally:
+                server.kill()
+        """
+    )
+    extra = [] if start == "default" else [start]
+    result = run_conveyor(pytester, "-n", "2", "--test-timeout", "2", *extra)
+    assert result.ret == 1, result.stdout.str()
+    pid = int((pytester.path / "server.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the server the timed-out test started outlived the build"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
 @pytest.mark.parametrize(
     "blocking_call",
     ["signal.pause()", "PAIR[0].recv(1)"],
