@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-# Plugins installed for tests/e2e/test_plugins.py act in every pytest they can reach: runs that
-# the tests start check conveyor's behaviour without them, unless a test says otherwise.
-QUIET_PLUGINS = "-p no:randomly -p no:benchmark"
+# Plugins installed for tests/e2e/plugins act in every pytest they can reach: runs that the
+# tests start check conveyor's behaviour without them, unless a test says otherwise (allure's
+# import alone costs each of those pytest processes about 50 ms).
+QUIET_PLUGINS = "-p no:randomly -p no:benchmark -p no:allure_pytest"
 os.environ["PYTEST_ADDOPTS"] = QUIET_PLUGINS
 
 

@@ -33,8 +33,9 @@ LATE_CONFIGURE = """
 
 @pytest.mark.parametrize("start", ["default", "--fork-workers"])
 def test_clean_alluredir_empties_the_folder_once_and_keeps_every_result(
-    pytester: pytest.Pytester, start: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, start: str
 ) -> None:
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")  # allure on
     pytester.makepyfile(test_shop=TESTS)
     pytester.makeconftest(LATE_CONFIGURE)
     results = pytester.path / "allure-results"
