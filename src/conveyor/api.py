@@ -34,6 +34,7 @@ from conveyor.queue.protocol import (
     EVENT_RESULT,
     EVENT_UNIT_CRASHED,
     EVENT_WORKER_LEFT,
+    EVENT_WORKER_OUTPUT,
     JSON,
     LEASE_TTL_S,
     REQUEUED,
@@ -168,6 +169,7 @@ class WorkerSession:
         self._held: dict[str, None] = {}
         self._held_lock = threading.Lock()
         self._heartbeat = Heartbeat(queue, worker_id, lease_ttl_s, held=self._held_units)
+        self._joined = False  # joined the build: leaving, it says its last
         # The same reserve loop as a pytest worker's, one unit at a time: units are the
         # caller's own names (files, suites), so the queue reads no class into them.
         self._stream = LeaseStream(
@@ -212,6 +214,7 @@ class WorkerSession:
     def __iter__(self) -> Iterator[Unit]:
         """Units for this worker until the build is exhausted (or stopped)."""
         self.queue.join(self.worker_id, {"host": socket.gethostname(), "pid": os.getpid()})
+        self._joined = True
         if not self._heartbeat.is_alive():
             self._heartbeat.start()
         for lease in self._stream:
@@ -252,9 +255,13 @@ class WorkerSession:
 
     def close(self) -> None:
         self._heartbeat.stop()
-        if self._heartbeat.is_alive():
+        if self._joined:
+            self._joined = False
             with contextlib.suppress(QueueError):
                 self.queue.publish(EVENT_WORKER_LEFT, self.worker_id, {"reason": "closed"})
+                # Its last word, as a pytest worker's workeroutput is: a controller whose
+                # plugins read workers' output (pytest-cov) waited for it up to 30 s.
+                self.queue.publish(EVENT_WORKER_OUTPUT, self.worker_id, {"output": {}})
         self.queue.close()
 
     def __enter__(self) -> WorkerSession:

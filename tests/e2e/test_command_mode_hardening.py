@@ -158,3 +158,32 @@ def test_a_unit_the_worker_did_not_collect_is_refused_not_run(
     outcomes = junit_outcomes(tmp_path / "out.xml")
     assert outcomes[("", "u1")] == outcomes[("", "u2")] == [("passed",)]
     assert outcomes.get(("", "injected"), [("error",)]) != [("passed",)]
+
+
+# A plugin of the controller's that reads what workers send back (as pytest-cov does).
+NODES_DOWN = """
+def pytest_testnodedown(node, error):
+    with open("nodes-down.txt", "a") as log:
+        log.write(f"{node.gateway.id} {error!r}\\n")
+"""
+
+
+def test_a_command_worker_says_its_last_so_the_report_does_not_wait_for_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """On a shared queue the controller waits (up to 30 s) for each worker's output before
+    the summary; a command worker never sent any, so every such build on Redis waited the
+    whole 30 s when a plugin that reads it was installed, and then called the worker lost."""
+    (tmp_path / "unit.py").write_text("import sys\n")
+    (tmp_path / "conftest.py").write_text(NODES_DOWN)
+    done = conveyor(
+        tmp_path, "run", "-n", "2", "--queue", redis_server.url,
+        "--build", f"last-word-{uuid.uuid4().hex[:8]}",
+        "--command", f"{sys.executable} unit.py {{unit}}", "--units-from", "-",
+        stdin="u1\nu2\nu3\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = (tmp_path / "nodes-down.txt").read_text().splitlines()
+    # Each worker that joined went down having said its last, none lost (a worker that only
+    # started once the build was over may not have joined at all).
+    assert lines and all(line.endswith(" None") for line in lines), lines
