@@ -229,6 +229,7 @@ class ControllerPlugin:
             except SessionEnded as ended:  # as plain pytest ends (a usage error: exit 4)
                 self.problems.workers_ended_by_pytest = True
                 self._stop_local_workers()
+                replayer.end_collection(session, ended.ending.collected)
                 ended.ending.end(session)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)

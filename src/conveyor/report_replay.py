@@ -118,6 +118,14 @@ class ReportReplayer:
         self.slim = total >= SLIM_FROM_TESTS
         hook.pytest_collection_finish(session=session)
 
+    def end_collection(self, session: pytest.Session, collected: int | None) -> None:
+        """The workers' collection ended the session (a usage error, pytest.exit() in a hook):
+        pytest ends its collection all the same, "collected N items" included, before it
+        reports the error."""
+        replay_collection_counts(self.config, collected or 0, None)
+        session.items = []
+        self.config.hook.pytest_collection_finish(session=session)
+
     def _replay(self, nodeid: str, location: tuple[Any, ...], reports: list[Any]) -> None:
         hook = self.config.hook
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)

@@ -29,26 +29,30 @@ class SessionEnding:
     unit: str | None  # the test that ended it; None while collecting
     messages: tuple[str, ...]
     returncode: int | None = None  # pytest.exit(returncode=...)
+    collected: int | None = None  # tests collected when it ended while collecting
 
     @classmethod
-    def of(cls, worker: str, unit: str | None, ending: BaseException) -> SessionEnding:
+    def of(
+        cls, worker: str, unit: str | None, ending: BaseException, collected: int | None = None
+    ) -> SessionEnding:
         """The ending a worker's pytest raised: pytest.UsageError, pytest.exit's exception or
         KeyboardInterrupt."""
         import pytest
 
         if isinstance(ending, pytest.UsageError):
-            return cls("usage_error", worker, unit, tuple(str(arg) for arg in ending.args))
+            messages = tuple(str(arg) for arg in ending.args)
+            return cls("usage_error", worker, unit, messages, collected=collected)
         if isinstance(ending, pytest.exit.Exception):
-            return cls("exit", worker, unit, (str(ending.msg),), ending.returncode)
-        return cls("interrupt", worker, unit, ("KeyboardInterrupt",))
+            return cls("exit", worker, unit, (str(ending.msg),), ending.returncode, collected)
+        return cls("interrupt", worker, unit, ("KeyboardInterrupt",), collected=collected)
 
     @classmethod
     def from_event(cls, event: Event) -> SessionEnding | None:
         """The ending an event tells, or None where its data is not one (garbage in the queue
         is ignored rather than trusted)."""
         data = event.data
-        kind, unit, messages, code = (
-            data.get(k) for k in ("kind", "unit", "messages", "returncode")
+        kind, unit, messages, code, collected = (
+            data.get(k) for k in ("kind", "unit", "messages", "returncode", "collected")
         )
         if event.worker is None or kind not in KINDS or not isinstance(messages, list):
             return None
@@ -57,7 +61,8 @@ class SessionEnding:
             event.worker,
             unit if isinstance(unit, str) else None,
             tuple(str(m) for m in messages),
-            code if isinstance(code, int) and not isinstance(code, bool) else None,
+            _integer(code),
+            _integer(collected),
         )
 
     @property
@@ -68,6 +73,7 @@ class SessionEnding:
             "unit": self.unit,
             "messages": list(self.messages),
             "returncode": self.returncode,
+            "collected": self.collected,
         }
 
     @property
@@ -88,3 +94,7 @@ class SessionEnding:
         if self.kind == "exit":
             pytest.exit(self.message, returncode=self.returncode)
         raise session.Interrupted(f"KeyboardInterrupt raised in {self.unit or 'a worker'}")
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -184,7 +184,9 @@ class WorkerPlugin:
             return (yield)
         except (pytest.exit.Exception, pytest.UsageError) as exc:
             # A plugin or conftest ended the session, or pytest refused the command line.
-            self._publish_session_end(SessionEnding.of(self.settings.worker_id, None, exc))
+            collected = self.collection.collected
+            ending = SessionEnding.of(self.settings.worker_id, None, exc, collected)
+            self._publish_session_end(ending)
             raise
 
     def pytest_internalerror(self, excrepr: object) -> None:

@@ -261,6 +261,11 @@ def _error_lines(result: pytest.RunResult) -> list[str]:
     return [line for line in result.stderr.lines if line.startswith("ERROR:")]
 
 
+def _collected_lines(result: pytest.RunResult) -> list[str]:
+    """pytest's "collected N items" (it ends its collection before it reports the error)."""
+    return [line.strip() for line in result.outlines if "collected" in line]
+
+
 @pytest.mark.parametrize(
     "args", COLLECTION_USAGE_ERRORS.values(), ids=list(COLLECTION_USAGE_ERRORS)
 )
@@ -271,6 +276,7 @@ def test_a_usage_error_found_while_collecting_ends_the_run_as_in_pytest(
     plain, ours = assert_same_verdict(pytester, *args)
     assert plain.ret == 4
     assert _error_lines(plain) and _error_lines(ours) == _error_lines(plain)
+    assert _collected_lines(ours) == _collected_lines(plain)
     assert "outside any test" not in ours.stdout.str()  # no worker reported as failed
 
 
@@ -384,6 +390,7 @@ def test_a_hook_that_ends_the_session_while_collecting_ends_the_run_as_in_pytest
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, ours = assert_same_verdict(pytester)
     assert plain.ret == 5
+    assert _collected_lines(plain) and _collected_lines(ours) == _collected_lines(plain)
     ours.stdout.fnmatch_lines(["*_pytest.outcomes.Exit: nothing to do here*"])
     assert "outside any test" not in ours.stdout.str()
 

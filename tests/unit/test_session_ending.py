@@ -60,3 +60,9 @@ def test_only_an_integer_is_taken_for_a_return_code() -> None:
         data = {"kind": "exit", "messages": ["x"], "returncode": code}
         ending = SessionEnding.from_event(_event("gw0", data))
         assert ending is not None and ending.returncode is None
+
+
+def test_how_many_tests_were_collected_when_it_ended_comes_back_too() -> None:
+    sent = SessionEnding.of("gw0", None, pytest.UsageError("bad -k"), collected=2000)
+    assert SessionEnding.from_event(_event("gw0", sent.data)) == sent
+    assert sent.collected == 2000
