@@ -234,9 +234,20 @@ class ControllerPlugin:
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         view.announce_in_order(manifest.meta)
-        workers = max(1, self.settings.workers or len(self.queue.status().workers) or 1)
+        workers = self._estimate_workers(manifest.meta)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
         return True
+
+    def _estimate_workers(self, meta: dict[str, Any]) -> int:
+        """The workers the build's length is estimated for: one for a build kept on one worker
+        (conveyor.ordered_suite), else the whole fleet's the leader planned for (every
+        machine's workers, not this one's), else this machine's."""
+        if meta.get("in_order"):
+            return 1
+        planned = meta.get("plan_workers")
+        if isinstance(planned, int) and not isinstance(planned, bool) and planned >= 1:
+            return planned
+        return max(1, self.settings.workers or len(self.queue.status().workers) or 1)
 
     # -- the run loop: replay the build ---------------------------------------------------
 
