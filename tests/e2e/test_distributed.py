@@ -183,7 +183,11 @@ def test_a_fleet_of_one_worker_machines_is_planned_for_as_a_whole(
             code, output = finish(process)
             assert code == 1, output
             assert "1 failed, 61 passed, 1 skipped, 1 xfailed" in output, output
-        manifest = open_queue(redis_server.url, build_id).manifest()
+        opened = open_queue(redis_server.url, build_id)
+        try:
+            manifest = opened.manifest()
+        finally:
+            opened.close()
         assert manifest is not None
         workers = manifest.meta["plan_workers"]
         assert isinstance(workers, int)
