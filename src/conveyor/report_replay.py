@@ -111,18 +111,18 @@ class ReportReplayer:
         deselected = int(meta.get("deselected", 0))
         if deselected:
             hook.pytest_deselected(items=[Deselected(i) for i in range(deselected)])
-        collected = int(meta.get("collected", total))
-        replay_collection_counts(self.config, collected, meta.get("lf_status"))
-        session.items = []
         session.testscollected = int(meta.get("selected", total))
         self.slim = total >= SLIM_FROM_TESTS
-        hook.pytest_collection_finish(session=session)
+        collected = int(meta.get("collected", total))
+        self.end_collection(session, collected, meta.get("lf_status"))
 
-    def end_collection(self, session: pytest.Session, collected: int | None) -> None:
-        """The workers' collection ended the session (a usage error, pytest.exit() in a hook):
-        pytest ends its collection all the same, "collected N items" included, before it
-        reports the error."""
-        replay_collection_counts(self.config, collected or 0, None)
+    def end_collection(
+        self, session: pytest.Session, collected: int | None, lf_status: object = None
+    ) -> None:
+        """pytest's own end of collection ("collected N items" included), for the build's
+        manifest, or for a collection that ended the session (a usage error, pytest.exit() in
+        a hook), which pytest ends all the same before it reports the error."""
+        replay_collection_counts(self.config, collected or 0, lf_status)
         session.items = []
         self.config.hook.pytest_collection_finish(session=session)
 

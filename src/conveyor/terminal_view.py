@@ -35,11 +35,9 @@ class TerminalView:
     def announce_in_order(self, meta: JSON) -> None:
         """Why one worker runs the whole build (conveyor.ordered_suite): shown but with -qq, or
         a build slower than expected would give no sign why."""
-        reason = meta.get("in_order")
-        shown = self.reporter is not None and self.config.get_verbosity() >= -1
-        if isinstance(reason, str) and shown:
-            assert self.reporter is not None
-            self.reporter.write_line(serial_notice(reason), yellow=True)
+        reason, reporter = meta.get("in_order"), self.reporter
+        if isinstance(reason, str) and reporter is not None and self.config.get_verbosity() >= -1:
+            reporter.write_line(serial_notice(reason), yellow=True)
 
     def announce_estimate(self, history: str, queue: Queue, units: list[str], workers: int) -> None:
         """The expected length of the build, from timing history, when it knows enough."""

@@ -116,6 +116,21 @@ def _conveyor_with_history(pytester: pytest.Pytester, *args: str) -> pytest.RunR
     return pytester.run(sys.executable, "-m", "conveyor", "run", *args, timeout=300)
 
 
+def _first_run_and_with_history(
+    pytester: pytest.Pytester, workers: str, summary: str
+) -> list[tuple[str, pytest.RunResult]]:
+    """Plain pytest's closing line is `summary`, and conveyor's too (exit code 1) on a first
+    run and on a second one served from its history."""
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert summary_line(plain) == summary
+    runs = []
+    for run in ("first", "with history"):
+        ours = _conveyor_with_history(pytester, "-n", workers)
+        assert (ours.ret, summary_line(ours)) == (1, summary), run
+        runs.append((run, ours))
+    return runs
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_failing_dependent_test_is_never_skipped_into_a_green_build(
     pytester: pytest.Pytester, workers: str
@@ -124,11 +139,7 @@ def test_a_failing_dependent_test_is_never_skipped_into_a_green_build(
     before its dependency and be skipped: 2 passed, 2 skipped, exit 0, where plain pytest
     fails it."""
     pytester.makepyfile(**DEPENDENT_FAILS)
-    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    assert summary_line(plain) == "1 failed, 4 passed"
-    for run in ("first", "with history"):
-        ours = _conveyor_with_history(pytester, "-n", workers)
-        assert (ours.ret, summary_line(ours)) == (1, "1 failed, 4 passed"), run
+    for _, ours in _first_run_and_with_history(pytester, workers, "1 failed, 4 passed"):
         text = ours.stdout.str()
         assert NOTICE in text and "-m 'not dependency'" in text and "-p no:dependency" in text
 
@@ -162,11 +173,7 @@ def test_pytest_orders_tests_run_in_its_order_first_run_and_with_history(
     pytester: pytest.Pytester, workers: str
 ) -> None:
     pytester.makepyfile(**ORDERED)
-    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    assert summary_line(plain) == "1 failed, 11 passed"
-    for run in ("first", "with history"):
-        ours = _conveyor_with_history(pytester, "-n", workers)
-        assert (ours.ret, summary_line(ours)) == (1, "1 failed, 11 passed"), run
+    for run, ours in _first_run_and_with_history(pytester, workers, "1 failed, 11 passed"):
         ours.stdout.fnmatch_lines(["FAILED test_a_checkout.py::test_cart_fails*"])
         assert "pytest-order's `order` marker" in ours.stdout.str()
         if run == "with history":  # estimated for the one worker that runs it
