@@ -1,15 +1,16 @@
 """Before and after, interleaved: the same suite run by conveyor at an earlier commit and at the
 working tree, in one invocation.
 
-`python -m bench.paired --before REV [--suite b] [--workers W] [--runs N] [--fork-workers]`
-checks REV out into a temporary git worktree, writes the suite once, and runs
+`python -m bench.paired --before REV [--suite b] [--workers W] [--runs N] [--fork-workers]
+[--first-run]` checks REV out into a temporary git worktree, writes the suite once, and runs
 `conveyor run -n W -q .` in it with `PYTHONPATH` at the worktree's `src` (before) or at this
 checkout's `src` (after), started the default way and, with `--fork-workers`, also forked
 after collection. The variants rotate each round (round r starts at variant r), so machine
 noise spreads over all of them; one uncounted round first records the timing history that the
-counted rounds read. It prints each variant's median, min and max wall time, the median "first
-result after" the summary gives, and for the suites that count module fixture setups (d, h, j)
-their range.
+counted rounds read (with `--first-run`, every build runs without pytest's cache, so none has
+history: a new project's first build). It prints each variant's median, min and max wall time,
+the median "first result after" the summary gives, and for the suites that count module
+fixture setups (d, h, j) their range.
 The exit status is 1 when a run did not pass.
 """
 
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, help="default: the suite's own")
     parser.add_argument("--runs", type=int, default=5, help="counted rounds (default 5)")
     parser.add_argument("--fork-workers", action="store_true", help="also both, forked")
+    parser.add_argument(
+        "--first-run", action="store_true", help="every build without timing history"
+    )
     args = parser.parse_args(argv)
+    no_history = ["-p", "no:cacheprovider"] if args.first_run else []
     with tempfile.TemporaryDirectory(prefix="bench-paired-") as scratch:
         tree = Path(scratch) / "before"
         subprocess.run(
@@ -92,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                 [("forked", ["--fork-workers"])] if args.fork_workers else []
             )
             variants = [
-                Variant(f"{when}, {start}", source, extra)
+                Variant(f"{when}, {start}", source, [*extra, *no_history])
                 for start, extra in starts
                 for when, source in (("before", tree / "src"), ("after", ROOT / "src"))
             ]
-            for round_ in range(args.runs + 1):
+            for round_ in range(int(not args.first_run), args.runs + 1):
                 shift = round_ % len(variants)
                 for variant in variants[shift:] + variants[:shift]:
                     wall, first, setups = run_once(variant, suite.path, workers, setup_log)
-                    if round_:  # round 0 records the history the others read
+                    if round_:  # round 0 records the history the others read (not first runs)
                         variant.walls.append(wall)
                         if first is not None:
                             variant.first_results.append(first)
@@ -111,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False
             )
-    print(f"suite {args.suite}, {workers} workers, {args.runs} rounds, before = {args.before}")
+    kind = "first runs" if args.first_run else "with history"
+    print(
+        f"suite {args.suite}, {workers} workers, {args.runs} rounds, {kind}, before = {args.before}"
+    )
     header = f"{'variant':18s} {'median s':>9s} {'min s':>6s} {'max s':>6s} {'first result':>13s}"
     print(header + (f" {'setups':>9s}" if setup_log is not None else ""))
     for variant in variants:

@@ -23,23 +23,62 @@ ONE_MODULE = "import time\n\n" + "\n".join(
 def test_an_idle_worker_takes_part_of_a_run_another_holds(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
+    """Three workers: two share the module (one the slow half, one the quick half), the third
+    is busy with another module meanwhile. When it runs dry it takes the tail of the slow
+    half: it has not been in the module, so it goes forward there. (The one that ran the quick
+    half has passed those tests: see the next test.)"""
+    pytester.makepyfile(test_a_first="import time\n\ndef test_hold():\n    time.sleep(1.0)\n")
     pytester.makepyfile(test_run=ONE_MODULE)
     url = f"sqlite://{tmp_path / 'queue.db'}"
-    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
+    result = run_conveyor(pytester, "-n", "3", "--queue", url, "--build", "b1", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=20)
+    result.assert_outcomes(passed=21)
     queue = open_queue(url, "b1")
     events = list(queue.iter_events())
     stolen = [event for event in events if event.kind == EventKind.STOLEN]
     assert stolen, "an idle worker should have taken part of the other's run"
-    ran_by: dict[str, set[str]] = {}
+    ran_by: dict[str, list[str]] = {}
     for event in events:
         if event.kind == EVENT_RESULT and event.unit:
-            ran_by.setdefault(event.worker or "", set()).add(event.unit)
-    assert len(ran_by) == 2  # both workers ran part of the module
-    assert sum(len(units) for units in ran_by.values()) == 20  # each test once
+            ran_by.setdefault(event.worker or "", []).append(event.unit)
+    assert len(ran_by) == 3
+    assert sum(len(units) for units in ran_by.values()) == 21  # each test once
     for event in stolen:  # what was stolen was run by the thief
-        assert set(event.data["units"]) <= ran_by[event.worker or ""]
+        assert set(event.data["units"]) <= set(ran_by[event.worker or ""])
+    for units in ran_by.values():  # and no worker went back in the module
+        numbers = [int(unit.rpartition("_")[2]) for unit in units if "test_run" in unit]
+        assert numbers == sorted(numbers), ran_by
+
+
+# The same module, each test failing when a later one ran before it in its process: state a
+# module's later tests leave behind, as a real suite's did (jsonschema's).
+IN_ORDER = "import time\n\nRAN = []\n\n" + "\n".join(
+    f"def test_{i}():\n"
+    f"    assert all(earlier < {i} for earlier in RAN), RAN\n"
+    f"    RAN.append({i})\n"
+    f"    time.sleep({0.3 if i < 10 else 0.0})\n"
+    for i in range(20)
+)
+
+
+def test_a_first_run_never_steals_back_within_a_module(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """By default every unit is ranked, first run or not: the worker that ran the quick half
+    does not take the slow half's tail, which comes earlier in the module, and every worker
+    runs its share of the module in collection order, as plain pytest would."""
+    pytester.makepyfile(test_run=IN_ORDER)
+    url = f"sqlite://{tmp_path / 'queue.db'}"
+    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=20)
+    ran_by: dict[str, list[int]] = {}
+    for event in open_queue(url, "b1").iter_events():
+        if event.kind == EVENT_RESULT and event.unit:
+            ran_by.setdefault(event.worker or "", []).append(int(event.unit.rpartition("_")[2]))
+    assert sorted(i for ran in ran_by.values() for i in ran) == list(range(20))
+    for ran in ran_by.values():
+        assert ran == sorted(ran), ran_by
 
 
 CLASSES = "import time\n\n" + "\n".join(

@@ -1328,6 +1328,37 @@ def test_a_build_without_split_modules_serves_strictly_from_the_front(
     assert unit_ids(queue.reserve("gw0", 1, whole="none")) == SPLIT[1:2]
 
 
+def test_without_history_a_steal_never_sends_the_thief_back_in_a_module(
+    make_queue: QueueFactory,
+) -> None:
+    """A first run (no ranges) of a build that keeps classes whole ranks every unit: a worker
+    done with a module's later tests does not steal its earlier ones from another's backlog
+    (a real suite's later tests left state that failed its earlier ones), while a worker that
+    has not been in the module may."""
+    queue = make_queue()
+    queue.populate("gw0", SPLIT, {"whole": "class"})
+    for worker in ("gw0", "gw1", "gw2"):
+        queue.join(worker, {})
+    assert unit_ids(queue.reserve("gw0", 4)) == SPLIT[:4]
+    run_all(queue, "gw1", queue.reserve("gw1", 2))
+    queue.claim("gw0", SPLIT[:1])
+    assert queue.steal("gw1", 8).state == WAIT
+    assert unit_ids(queue.steal("gw2", 8)) == SPLIT[2:4]
+
+
+def test_a_shuffled_build_ranks_nothing(make_queue: QueueFactory) -> None:
+    """`--order random` (every unit its own range) asks for no order: a worker past a unit
+    still steals it."""
+    queue = make_queue()
+    queue.populate("gw0", SPLIT, {"whole": "class", "range_starts": SPLIT})
+    for worker in ("gw0", "gw1"):
+        queue.join(worker, {})
+    assert unit_ids(queue.reserve("gw0", 4)) == SPLIT[:4]
+    run_all(queue, "gw1", queue.reserve("gw1", 2))
+    queue.claim("gw0", SPLIT[:1])
+    assert unit_ids(queue.steal("gw1", 8)) == SPLIT[2:4]
+
+
 def test_a_resumed_build_holds_no_worker_to_what_ran_before_the_stop(
     make_queue: QueueFactory,
 ) -> None:

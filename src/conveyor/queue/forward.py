@@ -8,10 +8,13 @@ history the leader serves a long module's late slow ranges first; a steal takes 
 another worker's backlog; a hand-back, a crash or an expiry puts units back at the front. So
 the queue keeps, for each worker and each module, the highest rank it has leased there (its
 *mark*), and a unit ranked below the worker's mark is *behind* it. Each worker's tests of a
-module are then a subsequence of collection order, as under `-k`. Only the units of split
-modules are ranked: ranking every unit also kept an idle worker on a first run from stealing
-the tail of a single-module run it had passed (tests/e2e/test_work_stealing.py), so on a
-first run a steal or a hand-back may still send a worker back within a module.
+module are then a subsequence of collection order, as under `-k`. A build that keeps
+classes whole (the default) ranks every unit, first run or not: a steal that sent its thief
+back to a module's earlier tests failed a real suite whose later tests leave state behind
+(jsonschema's). So an idle worker that has passed everything another holds of a module waits
+for it rather than run those tests out of order: a correct verdict before an even end. Other
+builds rank only the units of modules that history split (`--dist test` asks for no order;
+a file or scope never goes to two workers; `--order random` ranks nothing).
 
 A reservation passes over units behind its worker (looking at most SCAN units into the queue)
 and leases from the first one that is not, and it holds at most one range of a split module:
@@ -35,9 +38,10 @@ def file_of(unit: str) -> str:
 
 
 def ranks(units: Sequence[str], meta: Mapping[str, object]) -> dict[str, int]:
-    """The rank of each unit of a split module, from the leader's meta (`range_starts`, the
-    first unit of each range, names them; none when every unit starts a range, as under
-    `--order random`, which asks for no order). `collection_order` gives each unit's place in
+    """The rank of each unit the forward rule holds, from the leader's meta: every unit when
+    the build keeps classes whole (`whole`), else the units of split modules (`range_starts`,
+    the first unit of each range, names them); none when every unit starts a range, as under
+    `--order random`, which asks for no order. `collection_order` gives each unit's place in
     collection order (listed in serving order; absent when the two orders are one). A rank is
     twice that place, plus one for a range's first unit (`starts_a_range`): ranks order units
     as collection order does."""
@@ -45,7 +49,10 @@ def ranks(units: Sequence[str], meta: Mapping[str, object]) -> dict[str, int]:
     first = (
         {start for start in starts if isinstance(start, str)} if isinstance(starts, list) else set()
     )
-    if not first or len(first) >= len(units):
+    if len(units) > 1 and len(first) >= len(units):
+        return {}
+    every = meta.get("whole") == "class"
+    if not every and not first:
         return {}
     split = {file_of(start) for start in first}
     order = meta.get("collection_order")
@@ -54,7 +61,7 @@ def ranks(units: Sequence[str], meta: Mapping[str, object]) -> dict[str, int]:
     return {
         unit: 2 * place + (unit in first)
         for unit, place in zip(units, order, strict=True)
-        if isinstance(place, int) and file_of(unit) in split
+        if isinstance(place, int) and (every or file_of(unit) in split)
     }
 
 
