@@ -6,8 +6,9 @@ timing history exists, and the durations this worker has measured so far.
 - A module's run of tests goes to one worker whole, so its fixtures are set up once. With
   timing history the leader has already split the modules too long for balance into ranges
   (each held together); without it the run is cut to about AFFINITY_TARGET_S of work by the
-  durations seen so far (nothing seen yet: one unit), and to this worker's share of the units
-  left (pending / workers), so that a run's unknown slow tail is spread over the workers.
+  durations seen so far (nothing seen yet: one unit), and to half this worker's share of the
+  units left (pending / 2 workers), so that a run's unknown slow tail is spread over the
+  workers.
 - A reservation never ends inside a class (unless --dist test allows it); the queue enforces
   it, since the worker's view of the queue's front is as old as its last reply.
 - Outside such runs, tiny tests travel in batches and slow ones alone, and batches shrink near
@@ -95,8 +96,10 @@ class BatchRule:
         # Without history nothing says a run's later tests are as quick as its first ones: a
         # run of slow tests behind quick ones (the slow tests last in a module) must not go
         # to one worker whole while the others run dry, so a reservation takes no more than
-        # its share of what is left.
-        fair_share = -(-pending // max(1, self.worker_count))
+        # half its share of what is left: the other half stays at the queue's front, where
+        # any worker takes it going forward, whereas a steal may not send a worker that has
+        # passed it back (queue/forward.py).
+        fair_share = -(-pending // max(1, 2 * self.worker_count))
         by_work = int(AFFINITY_TARGET_S / max(typical, 1e-6))
         return max(1, min(run, MAX_BATCH, fair_share, by_work))
 

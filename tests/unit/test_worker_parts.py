@@ -31,16 +31,20 @@ def test_without_anything_seen_one_unit_at_a_time() -> None:
     assert policy().batch(len(ORDER)) == 1
 
 
+LONG_ORDER = ORDER + [f"test_d.py::test_{i}" for i in range(30)]
+
+
 def test_a_module_run_is_reserved_together_by_the_durations_seen() -> None:
-    batches = policy()
+    rule = BatchRule(LONG_ORDER, frozenset(), grouping="module", worker_count=2, has_history=False)
+    batches = BatchPolicy(rule)
     batches.reserved(MODULE_A[0])  # the first reservation took one unit of test_a.py
     batches.ran(0.01)
     assert batches.affinity == len(MODULE_A) - 1
-    assert batches.batch(len(ORDER) - 1) == len(MODULE_A) - 1  # the rest of the module
-    slow = policy()
+    assert batches.batch(len(LONG_ORDER) - 1) == len(MODULE_A) - 1  # the rest of the module
+    slow = BatchPolicy(rule)
     slow.reserved(MODULE_A[0])
     slow.ran(AFFINITY_TARGET_S / 3)  # three such tests fill the target
-    assert slow.batch(len(ORDER) - 1) == 3
+    assert slow.batch(len(LONG_ORDER) - 1) == 3
 
 
 def test_without_history_a_run_near_the_end_is_shared_among_the_workers() -> None:
@@ -53,14 +57,16 @@ def test_without_history_a_run_near_the_end_is_shared_among_the_workers() -> Non
     batches.reserved(module[5])
     batches.ran(0.03)
     assert batches.affinity == 14
-    assert batches.batch(14) == 2  # its share of the 14 left, not all 14
-    assert batches.batch(3) == 1
+    # Half its share of what is left, not all 14: steals never send a worker back within a
+    # module, so a worker that has passed this run cannot take its tail from another.
+    assert batches.batch(14) == 1
+    assert batches.batch(40) == 3
     early = BatchPolicy(
-        BatchRule(ORDER, frozenset(), grouping="module", worker_count=2, has_history=False)
+        BatchRule(LONG_ORDER, frozenset(), grouping="module", worker_count=2, has_history=False)
     )
     early.reserved(MODULE_A[0])
     early.ran(0.01)
-    assert early.batch(len(ORDER) - 1) == len(MODULE_A) - 1  # early on, the module's whole run
+    assert early.batch(len(LONG_ORDER) - 1) == len(MODULE_A) - 1  # early on, the whole run
 
 
 def test_without_history_nothing_is_claimed_beyond_the_promise() -> None:
