@@ -11,28 +11,24 @@ from helpers import run_conveyor
 from conveyor.queue import open_queue
 from conveyor.queue.protocol import EVENT_RESULT, EventKind
 
-# One module, slow tests first: without history a worker takes its share of the module's run
-# at once (the slow half, in collection order) and, claiming only the test it runs and the one
-# promised next, leaves the rest stealable; the other worker gets the quick half, runs dry and
-# takes part of the slow run.
-ONE_MODULE = "import time\n\n" + "\n".join(
-    f"def test_{i}():\n    time.sleep({0.3 if i < 10 else 0.0})\n" for i in range(20)
+# A module whose slow tests come last, behind quick ones, and more quick tests after it: the
+# worker that reserves the module's second half (its slow tail) has seen only quick tests, so
+# it holds the whole tail; the other runs the rest of the build and, idle, takes part of that
+# tail: later in the module than anything it ran there, so it goes forward.
+SLOW_TAIL = "import time\n\n" + "\n".join(
+    f"def test_{i}():\n    time.sleep({0.3 if i >= 30 else 0.0})\n" for i in range(40)
 )
+MORE = "\n".join(f"def test_{i}():\n    pass\n" for i in range(60))
 
 
 def test_an_idle_worker_takes_part_of_a_run_another_holds(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
-    """Three workers: two share the module (one the slow half, one the quick half), the third
-    is busy with another module meanwhile. When it runs dry it takes the tail of the slow
-    half: it has not been in the module, so it goes forward there. (The one that ran the quick
-    half has passed those tests: see the next test.)"""
-    pytester.makepyfile(test_a_first="import time\n\ndef test_hold():\n    time.sleep(1.0)\n")
-    pytester.makepyfile(test_run=ONE_MODULE)
+    pytester.makepyfile(test_run=SLOW_TAIL, test_z_more=MORE)
     url = f"sqlite://{tmp_path / 'queue.db'}"
-    result = run_conveyor(pytester, "-n", "3", "--queue", url, "--build", "b1", "-p", "no:randomly")
+    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=21)
+    result.assert_outcomes(passed=100)
     queue = open_queue(url, "b1")
     events = list(queue.iter_events())
     stolen = [event for event in events if event.kind == EventKind.STOLEN]
@@ -41,8 +37,8 @@ def test_an_idle_worker_takes_part_of_a_run_another_holds(
     for event in events:
         if event.kind == EVENT_RESULT and event.unit:
             ran_by.setdefault(event.worker or "", []).append(event.unit)
-    assert len(ran_by) == 3
-    assert sum(len(units) for units in ran_by.values()) == 21  # each test once
+    assert len(ran_by) == 2
+    assert sum(len(units) for units in ran_by.values()) == 100  # each test once
     for event in stolen:  # what was stolen was run by the thief
         assert set(event.data["units"]) <= set(ran_by[event.worker or ""])
     for units in ran_by.values():  # and no worker went back in the module
@@ -50,8 +46,10 @@ def test_an_idle_worker_takes_part_of_a_run_another_holds(
         assert numbers == sorted(numbers), ran_by
 
 
-# The same module, each test failing when a later one ran before it in its process: state a
-# module's later tests leave behind, as a real suite's did (jsonschema's).
+# One module, slow tests first, each test failing when a later one ran before it in its
+# process: state a module's later tests leave behind, as a real suite's did (jsonschema's).
+# Without history one worker reserves part of the slow half; the other ends up with the quick
+# half and runs dry while the first still holds slow tests it has passed.
 IN_ORDER = "import time\n\nRAN = []\n\n" + "\n".join(
     f"def test_{i}():\n"
     f"    assert all(earlier < {i} for earlier in RAN), RAN\n"
