@@ -11,36 +11,56 @@ from helpers import run_conveyor
 from conveyor.queue import open_queue
 from conveyor.queue.protocol import EVENT_RESULT, EventKind
 
-# A module whose slow tests come last, behind quick ones, and more quick tests after it: the
-# worker that reserves the module's second half (its slow tail) has seen only quick tests, so
-# it holds the whole tail; the other runs the rest of the build and, idle, takes part of that
-# tail: later in the module than anything it ran there, so it goes forward.
-SLOW_TAIL = "import time\n\n" + "\n".join(
-    f"def test_{i}():\n    time.sleep({0.3 if i >= 30 else 0.0})\n" for i in range(40)
+# A module whose slow tests come last, behind quick ones, and more quick tests after it. gw1
+# waits at its start until gw0 begins the slow tail, so gw0 alone reserves the module (each
+# run half its share of what is left): it holds the whole tail. gw1 then runs the quick tests
+# left and, idle, takes part of that tail, later in the module than anything it ran there.
+SLOW_TAIL = "import pathlib, time\n\n" + "\n".join(
+    f"def test_{i}():\n"
+    + ("    pathlib.Path(__file__).with_name('tail-started').touch()\n" if i == 30 else "")
+    + f"    time.sleep({0.3 if i >= 30 else 0.0})\n"
+    for i in range(40)
 )
 MORE = "\n".join(f"def test_{i}():\n    pass\n" for i in range(60))
+GW1_WAITS_FOR_THE_TAIL = """
+import os, pathlib, time
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gw1_waits_for_the_tail():
+    marker = pathlib.Path(__file__).with_name("tail-started")
+    deadline = time.monotonic() + 60
+    while os.environ["PYTEST_XDIST_WORKER"] == "gw1" and not marker.exists():
+        assert time.monotonic() < deadline, "gw0 never reached the slow tail"
+        time.sleep(0.01)
+"""
 
 
 def test_an_idle_worker_takes_part_of_a_run_another_holds(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     pytester.makepyfile(test_run=SLOW_TAIL, test_z_more=MORE)
+    pytester.makeconftest(GW1_WAITS_FOR_THE_TAIL)
     url = f"sqlite://{tmp_path / 'queue.db'}"
     result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=100)
-    queue = open_queue(url, "b1")
-    events = list(queue.iter_events())
+    events = list(open_queue(url, "b1").iter_events())
     stolen = [event for event in events if event.kind == EventKind.STOLEN]
-    assert stolen, "an idle worker should have taken part of the other's run"
+    leases = [(event.kind, event.worker, event.data.get("units")) for event in events]
+    assert stolen, f"an idle worker should have taken part of the other's run: {leases}"
     ran_by: dict[str, list[str]] = {}
     for event in events:
         if event.kind == EVENT_RESULT and event.unit:
             ran_by.setdefault(event.worker or "", []).append(event.unit)
     assert len(ran_by) == 2
-    assert sum(len(units) for units in ran_by.values()) == 100  # each test once
-    for event in stolen:  # what was stolen was run by the thief
-        assert set(event.data["units"]) <= set(ran_by[event.worker or ""])
+    ran = [unit for units in ran_by.values() for unit in units]
+    assert len(ran) == len(set(ran)) == 100  # each test once
+    last_thief = {unit: event.worker for event in stolen for unit in event.data["units"]}
+    for unit, thief in last_thief.items():  # a stolen test ran on the worker that last took it
+        assert unit in ran_by[thief or ""], leases
     for units in ran_by.values():  # and no worker went back in the module
         numbers = [int(unit.rpartition("_")[2]) for unit in units if "test_run" in unit]
         assert numbers == sorted(numbers), ran_by

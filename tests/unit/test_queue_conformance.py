@@ -1346,6 +1346,22 @@ def test_without_history_a_steal_never_sends_the_thief_back_in_a_module(
     assert unit_ids(queue.steal("gw2", 8)) == SPLIT[2:4]
 
 
+def test_a_steal_ends_before_a_tail_behind_the_thief(make_queue: QueueFactory) -> None:
+    """The victim's last leases are a module the thief has gone past, and before them lie
+    tests it has not reached: it takes those (a build otherwise ended with the thief idle
+    while the victim drained both), and the victim keeps the rest in its order."""
+    queue = make_queue()
+    queue.populate("gw0", SPLIT + OTHER, {"whole": "class"})
+    for worker in ("gw0", "gw1"):
+        queue.join(worker, {})
+    run_all(queue, "gw1", queue.reserve("gw1", 2))  # t.py's first two
+    assert unit_ids(queue.reserve("gw0", 6)) == [*SPLIT[2:], *OTHER[:2]]
+    queue.claim("gw0", SPLIT[2:3])
+    run_all(queue, "gw1", queue.reserve("gw1", 2))  # u.py's last two: gw1 is past OTHER[:2]
+    assert unit_ids(queue.steal("gw1", 8)) == SPLIT[3:]
+    assert queue.claim("gw0", [SPLIT[3], OTHER[0]]) == [OTHER[0]]
+
+
 def test_a_shuffled_build_ranks_nothing(make_queue: QueueFactory) -> None:
     """`--order random` (every unit its own range) asks for no order: a worker past a unit
     still steals it."""

@@ -68,3 +68,23 @@ def test_a_victim_without_a_clean_cut_is_passed_over() -> None:
     one = [f"m.py::TestOne::test_{i}" for i in range(4)]
     held_by = {"gw0": [*started(one[0]), *free(*one[1:])], "gw1": free("a", "b")}
     assert plan(held_by, "gw2", 5) == ("gw1", ["b"])
+
+
+def test_a_tail_behind_the_thief_is_left_to_the_victim() -> None:
+    """The thief has passed the victim's last leases (another module): it takes about half,
+    ending with the last lease it has not passed; the victim keeps the rest."""
+    passed = {PLAIN[5], PLAIN[6]}
+    behind = passed.__contains__
+    assert cut(free(*PLAIN), 10, behind=behind) == PLAIN[1:5]  # half of 7, rounded up
+    assert cut(free(*PLAIN[3:]), 10, behind=behind) == PLAIN[3:5]
+    assert cut(free(*PLAIN[5:]), 10, behind=behind) == []  # nothing it has not passed
+    assert cut([*started(*PLAIN[:5]), *free(*PLAIN[5:])], 10, behind=behind) == []
+
+
+def test_a_steal_never_ends_inside_a_class() -> None:
+    """The end before a tail behind the thief must be a clean boundary too."""
+    one = [f"m.py::TestOne::test_{i}" for i in range(4)]
+    behind = {one[2], one[3]}.__contains__
+    assert cut(free(*one), 10, behind=behind) == []
+    two = [f"n.py::TestTwo::test_{i}" for i in range(2)]
+    assert cut(free(*two, *one[2:]), 10, behind=behind) == two

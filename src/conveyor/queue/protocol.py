@@ -343,7 +343,8 @@ class Queue(Protocol):
         victim's unclaimed leases in the victim's reservation order, about half of them
         (rounded up) and at most `max_units`, cut where nothing `whole` keeps together is
         split (see `queue.stealing.cut`) and never taking a unit that lies behind the thief
-        (`queue.forward`); a victim whose every cut would do either is passed over for the
+        (`queue.forward`); when the suffix's last units lie behind it, the steal ends before
+        them instead. A victim whose every cut would split or go back is passed over for the
         next. The leases keep their
         attempt (a steal is no new attempt) and get a fresh deadline; the first is claimed for
         the thief, which runs it at once, so that no idle worker steals it back. They move

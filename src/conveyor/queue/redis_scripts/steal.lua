@@ -5,7 +5,8 @@
 -- With nothing pending, the victim is the other worker with the most unclaimed leases (ties:
 -- the smallest id, byte by byte); the thief gets the tail of them in the victim's order, about
 -- half and at most max_units, cut where nothing ARGV[7] keeps whole is split (a victim with no
--- such cut is passed over). The leases keep their attempt and get the thief's deadline.
+-- such cut is passed over); when that tail lies behind the thief, the run ends with the last
+-- lease that does not. The leases keep their attempt and get the thief's deadline.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
 -- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
@@ -58,23 +59,17 @@ local function behind_thief(unit)
   return is_behind(rank_of(unit), mark_of(thief, file_of(unit)))
 end
 
--- stealing.cut: the tail of `held` ({unit, claimed} in the victim's order) to take, or {}; a
--- start that would take a unit behind the thief is not clean either.
-local function cut(held)
-  local positions = {}
-  for index, lease in ipairs(held) do
-    if not lease.claimed then
-      positions[#positions + 1] = index
-    end
-  end
+-- stealing._cut_ending_at: the leases positions[start + 1 .. end] to take, or {}; a start
+-- that would take a unit behind the thief is not clean either.
+local function cut_ending_at(held, positions, end_at)
   local count = #positions
-  local take = math.min(math.floor((count + 1) / 2), max_units)
+  local take = math.min(math.floor((count + 1) / 2), max_units, end_at)
   if take == 0 then
     return {}
   end
-  local lowest, target = count - math.min(count, max_units), count - take
+  local lowest, target = end_at - math.min(end_at, max_units), end_at - take
   local starts = {}
-  for start = target, count - 1 do
+  for start = target, end_at - 1 do
     starts[#starts + 1] = start
   end
   for start = target - 1, lowest, -1 do
@@ -88,13 +83,38 @@ local function cut(held)
     end
     if clean_boundary(before, held[at].unit) then
       local taken, forward = {}, true
-      for k = start + 1, count do
+      for k = start + 1, end_at do
         taken[#taken + 1] = held[positions[k]].unit
         forward = forward and not behind_thief(taken[#taken])
       end
       if forward then
         return taken
       end
+    end
+  end
+  return {}
+end
+
+-- stealing.cut: a run of `held`'s unclaimed leases ({unit, claimed} in the victim's order) to
+-- take, or {}: ending with the last of them, else (stealing._ends) with the last one not
+-- behind the thief, where that end splits nothing kept whole.
+local function cut(held)
+  local positions = {}
+  for index, lease in ipairs(held) do
+    if not lease.claimed then
+      positions[#positions + 1] = index
+    end
+  end
+  local taken = cut_ending_at(held, positions, #positions)
+  if #taken > 0 then
+    return taken
+  end
+  for k = #positions, 1, -1 do
+    if not behind_thief(held[positions[k]].unit) then
+      if k < #positions and clean_boundary(held[positions[k]].unit, held[positions[k] + 1].unit) then
+        return cut_ending_at(held, positions, k)
+      end
+      return {}
     end
   end
   return {}
