@@ -31,6 +31,9 @@ def test_a_hung_run_fails_with_the_stacks_of_its_processes(pytester: pytest.Pyte
         stderr=subprocess.STDOUT,
         text=True,
     )
+    deadline = time.monotonic() + 60  # the test hangs from its start, however slow that is
+    while not pid_file.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     with pytest.raises(pytest.fail.Exception) as failed:
         communicate_or_dump_stacks(process, 5)
     message = str(failed.value)

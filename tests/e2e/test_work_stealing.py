@@ -1,5 +1,6 @@
 """Work stealing in real builds: a worker that runs dry takes unstarted tests from one that
-holds a run of them, and the verdict stays plain pytest's."""
+holds a run of them, tests that change hands never send a worker back in a module, and the
+verdict stays plain pytest's."""
 
 from __future__ import annotations
 
@@ -125,3 +126,57 @@ def test_a_steal_never_splits_a_class(pytester: pytest.Pytester, tmp_path: Path)
     for event in queue.iter_events():
         if event.kind == EventKind.STOLEN:
             assert event.data["units"][0].endswith("::test_0"), event.data
+
+
+# gw1 waits at its start until gw0 begins the slow test_5, which goes on until gw1 has run the
+# module's last test, and 0.6 s more: slow enough that gw0 hands back the rest of its run (a
+# slow run without history), tests gw1 has gone past. Each test fails if a later one ran
+# before it in its process.
+HANDED_BACK = (
+    "import pathlib, time\n\nRAN = []\nHERE = pathlib.Path(__file__).parent\n\n"
+    "def wait_for(name):\n"
+    "    deadline = time.monotonic() + 60\n"
+    "    while not (HERE / name).exists():\n"
+    "        assert time.monotonic() < deadline, name\n"
+    "        time.sleep(0.01)\n\n"
+    + "\n".join(
+        f"def test_{i}():\n"
+        f"    assert all(earlier < {i} for earlier in RAN), RAN\n"
+        f"    RAN.append({i})\n"
+        + (
+            "    (HERE / 'slow-started').touch()\n    wait_for('last-done')\n    time.sleep(0.6)\n"
+            if i == 5
+            else ""
+        )
+        + ("    (HERE / 'last-done').touch()\n" if i == 39 else "")
+        for i in range(40)
+    )
+)
+GW1_WAITS_FOR_THE_SLOW_TEST = """
+import os, sys
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gw1_waits_for_the_slow_test():
+    if os.environ["PYTEST_XDIST_WORKER"] == "gw1":
+        sys.modules["test_run"].wait_for("slow-started")
+"""
+
+
+def test_a_run_handed_back_goes_back_to_its_worker_not_to_one_past_it(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """gw1, past everything gw0 hands back, would run those tests after the module's last
+    one if no live worker could run them forward; gw0, which never ran them, can, and does."""
+    pytester.makepyfile(test_run=HANDED_BACK)
+    pytester.makeconftest(GW1_WAITS_FOR_THE_SLOW_TEST)
+    url = f"sqlite://{tmp_path / 'queue.db'}"
+    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=40)
+    events = list(open_queue(url, "b1").iter_events())
+    handed = [e for e in events if e.kind == EventKind.LEASES_RETURNED and e.data["requeued"]]
+    leases = [(event.kind, event.worker, event.data.get("units")) for event in events]
+    assert handed, f"gw0 should have handed back the rest of its run: {leases}"

@@ -1362,6 +1362,25 @@ def test_a_steal_ends_before_a_tail_behind_the_thief(make_queue: QueueFactory) -
     assert queue.claim("gw0", [SPLIT[3], OTHER[0]]) == [OTHER[0]]
 
 
+def test_units_handed_back_go_back_to_their_worker_not_to_one_past_them(
+    make_queue: QueueFactory,
+) -> None:
+    """A first run: gw0 hands back the rest of a run that turned out slow; gw1, already past
+    those tests, must not run them behind its own (it would if no live worker could run them
+    forward): gw0, which never ran them, still can, and takes them."""
+    queue = make_queue()
+    queue.populate("gw0", SPLIT, {"whole": "class"})
+    for worker in ("gw0", "gw1"):
+        queue.join(worker, {})
+    assert unit_ids(queue.reserve("gw0", 4)) == SPLIT[:4]
+    run_all(queue, "gw1", queue.reserve("gw1", 2))  # t.py's last two
+    queue.claim("gw0", SPLIT[:1])
+    assert queue.hand_back("gw0", SPLIT[1:4], "slow run handed back") == SPLIT[1:4]
+    assert queue.reserve("gw1", 4).state == WAIT
+    queue.complete("gw0", [(SPLIT[0], result())])
+    assert unit_ids(queue.reserve("gw0", 4)) == SPLIT[1:4]
+
+
 def test_a_shuffled_build_ranks_nothing(make_queue: QueueFactory) -> None:
     """`--order random` (every unit its own range) asks for no order: a worker past a unit
     still steals it."""

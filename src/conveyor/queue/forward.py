@@ -21,7 +21,9 @@ and leases from the first one that is not, and it holds at most one range of a s
 a worker sizes its reservation by the range it saw at the front, and the front may have moved
 on since. When every unit it looks at is behind, it waits while another live worker could run
 the front unit forward, and otherwise takes the front anyway: nothing is ever stuck, and a
-build whose workers have all gone past a unit still runs it.
+build whose workers have all gone past a unit still runs it. A worker that hands units back
+unstarted (a slow run without history) has not gone past them: its mark comes down to the
+lowest of them (`lowered`), so it may take them again, and a worker past them waits for it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ def raise_mark(marks: dict[str, int], unit: str, rank: int | None) -> None:
     if rank is not None:
         module = file_of(unit)
         marks[module] = max(rank, marks.get(module, rank))
+
+
+def lowered(
+    marks: Mapping[str, int], units: Iterable[str], rank_of: Callable[[str], int | None]
+) -> dict[str, int]:
+    """The marks a worker keeps after handing `units` back unstarted: in each module, no
+    higher than the lowest of them. A worker leases forward, so what it hands back are the
+    highest ranks it leased in a module; it ran none of them, and may take them again (else
+    a worker already past them all, finding no one who could run them forward, would run them
+    out of order). Only a worker that had to take units behind it (the last resort of
+    `choose`'s caller) can hand back lower ranks than ones it ran, in a module whose order it
+    has already left."""
+    lowest: dict[str, int] = {}
+    for unit in units:
+        rank = rank_of(unit)
+        module = file_of(unit)
+        if rank is not None and module in marks:
+            lowest[module] = min(rank, lowest.get(module, rank))
+    return {module: min(marks[module], rank) for module, rank in lowest.items()}
 
 
 def choose(

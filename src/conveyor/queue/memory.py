@@ -359,6 +359,8 @@ class MemoryQueue(Queue):
         with self._populated() as build:
             returned = [unit for unit in dict.fromkeys(units) if build.holds(worker, unit)]
             build.to_front(returned)
+            marks = build.marks.get(worker, {})
+            marks.update(forward.lowered(marks, returned, build.ranks.get))
             data = {"cause": {"reason": reason, "orderly": True}, "requeued": returned}
             self._emit(EventKind.LEASES_RETURNED, worker, data=data)
             self._maybe_finish(build)  # a stopped build ends when its last lease comes back

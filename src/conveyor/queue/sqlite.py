@@ -338,6 +338,7 @@ class SQLiteQueue(Queue):
             book = Leases(tx)
             returned = book.holds(worker, units)
             book.to_front(returned)
+            book.lower_marks(worker, returned)
             cause = {"reason": reason, "orderly": True}
             tx.emit(EventKind.LEASES_RETURNED, worker, data={"cause": cause, "requeued": returned})
             tx.maybe_finish()  # a stopped build ends when its last lease comes back

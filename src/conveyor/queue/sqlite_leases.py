@@ -205,6 +205,14 @@ class Leases:
         """`worker`'s highest rank leased in each split module."""
         return dict(self._rows(MARKS_SQL, (self.tx.build, worker)))
 
+    def lower_marks(self, worker: str, units: Sequence[str]) -> None:
+        """`worker` handed `units` back unstarted (forward.lowered)."""
+        lowered = forward.lowered(self.marks(worker), units, self.rank_of)
+        self.tx.conn.executemany(
+            "UPDATE forward_marks SET rank = ? WHERE build = ? AND worker = ? AND module = ?",
+            ((rank, self.tx.build, worker, module) for module, rank in lowered.items()),
+        )
+
     def _mark(self, worker: str, units: Sequence[str]) -> None:
         raised: dict[str, int] = {}
         forward.marked(raised, units, self.rank_of)

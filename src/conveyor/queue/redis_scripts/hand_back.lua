@@ -1,6 +1,7 @@
 -- hand_back.lua: a live worker returns units it holds but has not started, in the order it
 -- would have run them, to the front of the queue (the build stopped, or a slow run without
 -- history). Units it does not hold (any more) are skipped; every other lease stays its own.
+-- The worker's mark in each of their modules comes down to the lowest of them.
 -- Runs after _lib.lua, which names the keys and defines the helpers.
 --
 -- KEYS[1..16]  the build's keys in _lib.lua's order: meta, units, attempts, crashes, pending,
@@ -27,6 +28,18 @@ for i = 5, #ARGV do
 end
 
 to_front(returned)
+
+-- forward.lowered: the worker has not gone past what it hands back unstarted.
+for _, unit in ipairs(returned) do
+  local rank = rank_of(unit)
+  if rank then
+    local key = worker .. '\0' .. file_of(unit)
+    local mark = tonumber(redis.call('HGET', FORWARD_MARKS, key))
+    if mark and rank < mark then
+      redis.call('HSET', FORWARD_MARKS, key, rank)
+    end
+  end
+end
 
 emit('leases_returned', worker, false,
   '{"cause":' .. ARGV[4] .. ',"requeued":' .. json_list(returned) .. '}')
