@@ -17,6 +17,7 @@ The exit status is 1 when a run did not pass.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -123,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'variant':18s} {'median s':>9s} {'min s':>6s} {'max s':>6s} {'first result':>13s}"
     print(header + (f" {'setups':>9s}" if setup_log is not None else ""))
     for variant in variants:
+        first = median_or_nan(variant.first_results)  # the summary gives it with an estimate
         line = (
             f"{variant.name:18s} {median_or_nan(variant.walls):9.2f} {min(variant.walls):6.2f} "
-            f"{max(variant.walls):6.2f} {median_or_nan(variant.first_results):12.2f}s"
+            f"{max(variant.walls):6.2f} "
+            + (f"{'-':>13s}" if math.isnan(first) else f"{first:12.2f}s")
         )
         if variant.setups:
             line += f" {min(variant.setups):>4d}-{max(variant.setups):<4d}"
