@@ -10,7 +10,23 @@ import pytest
 from helpers import run_conveyor
 
 from conveyor.queue import open_queue
-from conveyor.queue.protocol import EVENT_RESULT, EventKind
+from conveyor.queue.protocol import EVENT_RESULT, Event, EventKind
+
+
+def build_events(pytester: pytest.Pytester, tmp_path: Path, passed: int) -> list[Event]:
+    """Run the build on two workers (its queue a SQLite file), check that every test passed,
+    and return the queue's events."""
+    url = f"sqlite://{tmp_path / 'queue.db'}"
+    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=passed)
+    return list(open_queue(url, "b1").iter_events())
+
+
+def story(events: list[Event]) -> list[tuple[str, str | None, object]]:
+    """Who leased, stole and handed back what: for a failing assertion's message."""
+    return [(event.kind, event.worker, event.data.get("units")) for event in events]
+
 
 # A module whose slow tests come last, behind quick ones, and more quick tests after it. gw1
 # waits at its start until gw0 begins the slow tail, so gw0 alone reserves the module (each
@@ -44,13 +60,9 @@ def test_an_idle_worker_takes_part_of_a_run_another_holds(
 ) -> None:
     pytester.makepyfile(test_run=SLOW_TAIL, test_z_more=MORE)
     pytester.makeconftest(GW1_WAITS_FOR_THE_TAIL)
-    url = f"sqlite://{tmp_path / 'queue.db'}"
-    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
-    assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=100)
-    events = list(open_queue(url, "b1").iter_events())
+    events = build_events(pytester, tmp_path, passed=100)
     stolen = [event for event in events if event.kind == EventKind.STOLEN]
-    leases = [(event.kind, event.worker, event.data.get("units")) for event in events]
+    leases = story(events)
     assert stolen, f"an idle worker should have taken part of the other's run: {leases}"
     ran_by: dict[str, list[str]] = {}
     for event in events:
@@ -87,12 +99,8 @@ def test_a_first_run_never_steals_back_within_a_module(
     does not take the slow half's tail, which comes earlier in the module, and every worker
     runs its share of the module in collection order, as plain pytest would."""
     pytester.makepyfile(test_run=IN_ORDER)
-    url = f"sqlite://{tmp_path / 'queue.db'}"
-    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
-    assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=20)
     ran_by: dict[str, list[int]] = {}
-    for event in open_queue(url, "b1").iter_events():
+    for event in build_events(pytester, tmp_path, passed=20):
         if event.kind == EVENT_RESULT and event.unit:
             ran_by.setdefault(event.worker or "", []).append(int(event.unit.rpartition("_")[2]))
     assert sorted(i for ran in ran_by.values() for i in ran) == list(range(20))
@@ -118,12 +126,7 @@ def test_a_steal_never_splits_a_class(pytester: pytest.Pytester, tmp_path: Path)
     """Each class checks that its tests ran in order in one process: a class split by a
     steal would fail there. Whatever was stolen starts at a class's first test."""
     pytester.makepyfile(test_classes=CLASSES)
-    url = f"sqlite://{tmp_path / 'queue.db'}"
-    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
-    assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=12)
-    queue = open_queue(url, "b1")
-    for event in queue.iter_events():
+    for event in build_events(pytester, tmp_path, passed=12):
         if event.kind == EventKind.STOLEN:
             assert event.data["units"][0].endswith("::test_0"), event.data
 
@@ -172,11 +175,6 @@ def test_a_run_handed_back_goes_back_to_its_worker_not_to_one_past_it(
     one if no live worker could run them forward; gw0, which never ran them, can, and does."""
     pytester.makepyfile(test_run=HANDED_BACK)
     pytester.makeconftest(GW1_WAITS_FOR_THE_SLOW_TEST)
-    url = f"sqlite://{tmp_path / 'queue.db'}"
-    result = run_conveyor(pytester, "-n", "2", "--queue", url, "--build", "b1", "-p", "no:randomly")
-    assert result.ret == 0, result.stdout.str()
-    result.assert_outcomes(passed=40)
-    events = list(open_queue(url, "b1").iter_events())
+    events = build_events(pytester, tmp_path, passed=40)
     handed = [e for e in events if e.kind == EventKind.LEASES_RETURNED and e.data["requeued"]]
-    leases = [(event.kind, event.worker, event.data.get("units")) for event in events]
-    assert handed, f"gw0 should have handed back the rest of its run: {leases}"
+    assert handed, f"gw0 should have handed back the rest of its run: {story(events)}"
