@@ -33,7 +33,7 @@ from conveyor.queue.protocol import (
 )
 from conveyor.reports import (
     Deselected,
-    crash_report,
+    crash_reports,
     report_from_json,
     rerun_failure_element,
     warning_message,
@@ -210,12 +210,7 @@ class ReportReplayer:
             if not any(report.failed for report in reports):
                 self.problems.flaky.append(nodeid)
         self.ledger.durations[nodeid] = sum(float(report.duration or 0) for report in reports)
-        # --junitxml shows where and on which attempt each test ran, as <properties>.
-        reports[-1].user_properties = [
-            *reports[-1].user_properties,
-            ("conveyor_worker", event.worker or ""),  # machine/gwN on a shared queue
-            ("conveyor_attempt", event.data.get("attempt", 1)),
-        ]
+        where_it_ran(reports[-1], event)
         self._replay(nodeid, location, reports)
         self.on_failure(reports)
         forget_subtest_lookups(self.config, reports)
@@ -268,8 +263,9 @@ class ReportReplayer:
         if unit in self.ledger.reported:
             return
         self.ledger.crashed.add(unit)
-        report = crash_report(unit, event.worker, event.data)
-        self._replay(unit, report.location, [report])
+        reports = crash_reports(unit, event.worker, event.data)
+        where_it_ran(reports[-1], event)
+        self._replay(unit, reports[0].location, reports)
 
     def on_duplicate_rejected(self, event: Event) -> None:
         self.problems.duplicates.append(
@@ -290,6 +286,16 @@ class ReportReplayer:
 
 # Line numbers above 256 are an int object each: one per distinct value instead.
 _LINE_NUMBERS: dict[int, int] = {}
+
+
+def where_it_ran(report: Any, event: Event) -> None:
+    """--junitxml shows where and on which attempt each test ran, as <properties>: a test
+    that passed or failed, and one that crashed its worker or timed out."""
+    report.user_properties = [
+        *report.user_properties,
+        ("conveyor_worker", event.worker or ""),  # machine/gwN on a shared queue
+        ("conveyor_attempt", event.data.get("attempt", 1)),
+    ]
 
 
 def _location(value: Any, node_id: Any) -> tuple[Any, ...]:

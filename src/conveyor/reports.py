@@ -71,9 +71,26 @@ def warning_message(data: Mapping[str, Any]) -> warnings.WarningMessage:
     )
 
 
-def crash_report(unit: str, worker: str | None, data: Mapping[str, Any]) -> pytest.TestReport:
-    """The failure of a test that took its worker down too often, or timed out: it names the
-    cause and shows the worker's last output (or every thread's stack at the timeout)."""
+def crash_reports(
+    unit: str, worker: str | None, data: Mapping[str, Any]
+) -> list[pytest.TestReport]:
+    """A test that took its worker down too often, or timed out, as pytest reports a failed
+    test: its call failed, naming the cause and showing the worker's last output (or every
+    thread's stack at the timeout), then its teardown, which is where --junitxml closes a
+    test case and writes its properties."""
+    failed = _crash_failure(unit, worker, data)
+    teardown = pytest.TestReport(
+        nodeid=unit,
+        location=failed.location,
+        keywords={},
+        outcome="passed",
+        longrepr=None,
+        when="teardown",
+    )
+    return [failed, teardown]
+
+
+def _crash_failure(unit: str, worker: str | None, data: Mapping[str, Any]) -> pytest.TestReport:
     cause = data.get("cause", {})
     if cause.get("timeout"):
         text = (

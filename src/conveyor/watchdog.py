@@ -1,7 +1,7 @@
 """The automatic per-test timeout's watchdog: one Python thread for the worker's whole life.
 
 Arming it per test is one attribute assignment: no lock, and no wake-up of the thread, which
-looks at the deadline on its own at least every CHECK_EVERY_S (automatic timeouts are 10 s or
+looks at the deadline on its own at least every CHECK_EVERY_S (automatic timeouts are 60 s or
 more, so one fires at most that late). faulthandler's own watchdog starts and joins an OS thread
 every time, and a condition variable notified per test costs a thread switch per test: both are
 measurable on suites of thousands of tiny tests. A Python thread runs whenever the test waits in

@@ -31,6 +31,9 @@ def test_test_sleeping_for_an_hour_is_stopped_by_the_timeout(pytester: pytest.Py
     outcomes = junit_outcomes(pytester.path / "out.xml")
     assert outcomes.pop(("test_hang", "test_sleeps_forever")) == [("failure",)]
     assert all(value == [("passed",)] for value in outcomes.values()) and len(outcomes) == 10
+    xml = (pytester.path / "out.xml").read_text()  # every test says where it ran, this one too
+    assert xml.count('name="conveyor_worker" value="') == xml.count("<testcase ") == 11
+    assert xml.count('name="conveyor_attempt" value="') == 11
     result.stdout.fnmatch_lines(
         [
             "*Timeout: worker gw? was stopped: the test ran longer than 2 s (--test-timeout)*",
@@ -383,8 +386,10 @@ def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None
 
 
 def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) -> None:
-    """10 s + 10 x the usual duration: a test that usually takes 0.1 s and now hangs is
-    stopped after about 11 s instead of holding the build forever."""
+    """60 s + 10 x the usual duration: a test that usually takes 0.1 s and now hangs is
+    stopped after about 61 s instead of holding the build forever, and the failure says how
+    to set another timeout or none. One that usually takes 0.1 s and now takes 15 s passes, as
+    under plain pytest (a 10 s base failed such a test of networkx's)."""
     hang = pytester.path / "hang-now"
     pytester.makepyfile(
         test_usually_quick=f"""
@@ -393,8 +398,8 @@ def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) 
         def test_usually_quick():
             time.sleep(3600 if os.path.exists({str(hang)!r}) else 0.1)
 
-        def test_other():
-            pass
+        def test_varies():
+            time.sleep(15 if os.path.exists({str(hang)!r}) else 0.1)
         """
     )
     learn = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", timeout=120)
@@ -404,8 +409,9 @@ def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) 
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
-            "*Timeout: worker gw? was stopped: the test ran longer than 1* s "
-            "(automatic, from timing history)*",
+            "*Timeout: worker gw? was stopped: the test ran longer than 6* s (automatic, from "
+            "timing history: 60 s + 10 x the test's usual time; --test-timeout SECONDS sets "
+            "another, --test-timeout 0 none)*",
             "*1 failed, 1 passed*",
         ]
     )
