@@ -54,6 +54,7 @@ from conveyor.vocabulary import (
     EXIT_STATE_LOST,
 )
 from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
+from conveyor.worker_tmp import OwnBasetemp, own_basetemp_once_forked
 from conveyor.xdist_compat import (
     adopt_protocol,
     attach_worker_input,
@@ -259,6 +260,7 @@ class WorkerPlugin:
         self._adopt(settings)
         self._connect(config)
         fresh_basetemp(config)
+        own_basetemp_once_forked(config)
         follow_stderr()  # a trace goes to this worker's log too
         self.status.write("collecting")
         trace("%s forked from the fork server", settings.worker_id)
@@ -473,7 +475,7 @@ def main() -> int:
     if setup_failure is not None:
         return setup_failure
     plugin = WorkerPlugin(settings, channel)
-    code = pytest.main(sys.argv[1:], plugins=[plugin])
+    code = pytest.main(sys.argv[1:], plugins=[plugin, OwnBasetemp()])
     if plugin.refused:
         return EXIT_REFUSED
     if plugin.state_lost:

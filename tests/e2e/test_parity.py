@@ -728,3 +728,27 @@ def test_a_stopped_build_on_the_temporary_queue_says_how_to_make_it_resumable(
     result = run_conveyor(pytester, "-n", "2", "-x")
     result.stdout.fnmatch_lines(["*the embedded queue was temporary*--queue sqlite:///*"])
     assert "the same command again resumes it" not in result.stdout.str()
+
+
+def test_a_basetemp_given_is_shared_out_among_the_workers(
+    pytester: pytest.Pytester, start: str
+) -> None:
+    """pytest empties a given --basetemp when a session first asks for a temporary folder:
+    workers sharing one emptied each other's, and a test whose file vanished failed where
+    plain pytest passes. Each worker has a folder of its own in it, forked workers too."""
+    pytester.makepyfile(
+        test_tmp="""
+        import time, pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_keeps_its_file(tmp_path, i):
+            (tmp_path / "file").write_text("kept")
+            time.sleep(0.5)
+            assert (tmp_path / "file").read_text() == "kept"
+        """
+    )
+    base = pytester.path / "base"
+    result = run_conveyor(pytester, "-n", "3", f"--basetemp={base}")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=6)
+    assert {path.name for path in base.iterdir()} <= {"gw0", "gw1", "gw2"}
