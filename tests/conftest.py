@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,16 +85,34 @@ class RedisServer:
     def __init__(self, workdir: Path, *extra_args: str) -> None:
         self.workdir = workdir
         self.extra_args = extra_args
+        self.choose_port: Callable[[], int] = free_port
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start it; a port another process took after it was found free (tests run many
+        servers at once) is given up for another one, except on a restart, whose URL must
+        stay the same."""
+        for _ in range(5):
+            if self._launch():
+                self.started = True
+                return
+            if self.started:
+                break
+            self.port = self.choose_port()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def _launch(self) -> bool:
+        """Whether the server this starts is the one answering on its port."""
+        import redis
+
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
@@ -113,13 +131,20 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and process.poll() is None:
+            client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.2)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
+                pid = int(client.info("server")["process_id"])
+            except (redis.RedisError, OSError, KeyError, ValueError):
                 time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+                continue
+            finally:
+                client.close()
+            if pid == process.pid:
+                return True
+            break  # another server holds the port
+        self.stop()
+        return False
 
     def stop(self) -> None:
         if self.process is not None:
@@ -196,6 +221,7 @@ class RedisCluster:
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "5000",
             )  # fmt: skip
+            node.choose_port = free_cluster_port
             node.port = free_cluster_port()
             self.nodes.append(node)
 
