@@ -130,9 +130,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        args = list(self.extra_args)
+        password = args[args.index("--requirepass") + 1] if "--requirepass" in args else None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
-            client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.2)
+            client = redis.Redis(
+                port=self.port, password=password, socket_timeout=0.5, socket_connect_timeout=0.2
+            )
             try:
                 pid = int(client.info("server")["process_id"])
             except (redis.RedisError, OSError, KeyError, ValueError):
