@@ -39,6 +39,7 @@ from conveyor.report_replay import ReportReplayer
 from conveyor.supervisor import Supervisor
 from conveyor.terminal_view import TerminalView
 from conveyor.worker_events import WorkerEvents
+from conveyor.worker_tmp import BUILD_FOLDER_KEY, build_folder, removes_build_folder
 from conveyor.xdist_compat import (
     ControllerNodes,
     adopt_protocol,
@@ -154,6 +155,8 @@ class ControllerPlugin:
                 # Plugins' part of each worker's input (a random seed, where coverage goes),
                 # published before the workers configure; they wait for it.
                 data = self.nodes.worker_input(shared=settings.shared)
+                if self.supervisor is not None and (folder := build_folder(config)) is not None:
+                    data[BUILD_FOLDER_KEY] = folder  # where this machine's workers' tmp_path go
                 self.queue.publish(EVENT_WORKER_INPUT, self.nodes.source, {"input": data})
         if any(config.getoption(name, False) for name in STEPWISE_OPTIONS):
             raise pytest.UsageError(
@@ -424,6 +427,10 @@ class ControllerPlugin:
             # A build with tests that never ran is never green (a stopped build replayed, a
             # build another machine's interrupt stopped): run it again to resume it.
             session.exitstatus = pytest.ExitCode.INTERRUPTED
+        if self.supervisor is not None and removes_build_folder(session.config):
+            # pytest's own end removes the build's temporary folder: not under a worker
+            # still ending its session in it.
+            self.supervisor.wait_for_exit()
         try:
             return (yield)
         finally:

@@ -434,6 +434,16 @@ class Supervisor:
             time.sleep(POLL_INTERVAL_S)
         return waited
 
+    def wait_for_exit(self, timeout_s: float = TERMINATE_GRACE_S) -> bool:
+        """After the build finished: wait (bounded) for the workers to end on their own, as
+        they do once their session has ended. True if none is left running."""
+        deadline = time.monotonic() + timeout_s
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL_S)
+        return True
+
     # -- shutdown -------------------------------------------------------------------------
 
     def shutdown(self, timeout_s: float = TERMINATE_GRACE_S, terminate: bool = False) -> None:

@@ -54,7 +54,7 @@ from conveyor.vocabulary import (
     EXIT_STATE_LOST,
 )
 from conveyor.worker_settings import StatusFile, WorkerSettings, run_worker_setup
-from conveyor.worker_tmp import OwnBasetemp, own_basetemp_once_forked
+from conveyor.worker_tmp import OwnBasetemp, in_build_folder, own_basetemp_once_forked
 from conveyor.xdist_compat import (
     adopt_protocol,
     attach_worker_input,
@@ -167,6 +167,8 @@ class WorkerPlugin:
         silence_terminal(config)
         config.pluginmanager.register(self.collection, "conveyor-collection-record")
         config.pluginmanager.register(self.record, "conveyor-outcome-record")
+        if self.settings.own_controller:
+            in_build_folder(config)
         self.status.write("collecting")
 
     @pytest.hookimpl(trylast=True)

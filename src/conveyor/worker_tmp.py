@@ -1,24 +1,57 @@
-"""Each worker's own `--basetemp`.
+"""Where a worker's temporary folders go: inside one folder per build, as under pytest-xdist.
 
-pytest empties a given `--basetemp` when its session first asks for a temporary directory,
-and names the directories in it from a counter of its own. Workers sharing one would empty
-each other's directories and hand two tests the same one: a test whose file vanished failed
-where plain pytest passes it. As under pytest-xdist, each worker takes a folder of its own
-inside the one given (`BASETEMP/gw0`, ...); without `--basetemp` pytest's numbered folders
-already keep the workers apart. A worker forked after collection (--fork-workers) was
-configured as the process that collected, and takes its own folder once forked.
+Plain pytest gives each session one numbered folder (`pytest-of-USER/pytest-N`, linked as
+`pytest-current`), and at its end removes the folders of sessions older than the last three
+(`tmp_path_retention_count`, `tmp_path_retention_policy`). Left to itself, each worker made
+a numbered folder of its own, and the workers, ending, removed each other's: a failed test's
+`tmp_path` was gone once the build ended, and a build used up the retention of several. The
+controller therefore makes the build's numbered folder as plain pytest makes its own, before
+the workers need it, and each of its workers takes `FOLDER/gwN` in it, the folder being
+passed on in the workers' input. It is asked for only when a test first wants a temporary
+folder, so a worker starts without waiting for its controller. Workers with no controller
+on their machine (`conveyor worker`) keep pytest's own numbered folders.
+
+A given `--basetemp` is emptied by pytest when its session first asks for a temporary
+folder, and the folders in it are named from a counter of the session's own: workers sharing
+one emptied each other's and handed two tests the same folder. Each worker takes a folder of
+its own inside it (`BASETEMP/gw0`, ...). A worker forked after collection (--fork-workers)
+was configured as the process that collected, and takes its own folder once forked.
+
+Relies on pytest's tmpdir plugin: the config's `_tmp_path_factory`, its `getbasetemp()`, and
+its `_basetemp`, `_given_basetemp` and `_retention_policy`.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor.environment import XDIST_WORKER
 
 SHARED_BASETEMP = pytest.StashKey[Path]()
+# The workers' input key that carries the build's numbered folder on this machine.
+BUILD_FOLDER_KEY = "conveyor_basetemp"
+
+
+def build_folder(config: pytest.Config) -> str | None:
+    """The controller's numbered folder for the build, made now as plain pytest makes its own
+    (the retention of earlier ones included), or None where the user gave --basetemp."""
+    factory: Any = getattr(config, "_tmp_path_factory", None)
+    if config.option.basetemp or factory is None:
+        return None
+    return str(factory.getbasetemp())
+
+
+def removes_build_folder(config: pytest.Config) -> bool:
+    """Whether the controller's end removes the build's folder (retention policy "failed" or
+    "none"): its workers must have left it first."""
+    factory: Any = getattr(config, "_tmp_path_factory", None)
+    made = factory is not None and getattr(factory, "_basetemp", None) is not None
+    return made and getattr(factory, "_retention_policy", "all") != "all"
 
 
 class OwnBasetemp:
@@ -36,10 +69,61 @@ class OwnBasetemp:
         config.option.basetemp = str(shared / name)
 
 
+def in_build_folder(config: pytest.Config) -> None:
+    """Make the worker's first request for its base folder take `FOLDER/<its name>` in the
+    folder its controller made. A worker forked after another chose already chooses again.
+    Called once pytest's tmpdir plugin configured; not where the user gave --basetemp."""
+    factory: Any = getattr(config, "_tmp_path_factory", None)
+    if factory is None or config.stash.get(SHARED_BASETEMP, None) is not None:
+        return
+    if "getbasetemp" in vars(factory):
+        return
+    pytests_own = factory.getbasetemp
+    chosen_for: list[str] = []
+
+    def getbasetemp() -> Path:
+        name = os.environ.get(XDIST_WORKER)
+        if chosen_for and chosen_for[0] != name:
+            factory._basetemp = factory._given_basetemp = None
+            chosen_for.clear()
+        if factory._basetemp is None and factory._given_basetemp is None and name:
+            folder = _controllers_folder(config)
+            if folder is not None:
+                factory._given_basetemp = _unused_folder(folder, name)
+                chosen_for.append(name)
+        result: Path = pytests_own()
+        return result
+
+    factory.getbasetemp = getbasetemp
+
+
+def _unused_folder(folder: Path, name: str) -> Path:
+    """`FOLDER/<name>`, or `<name>.2`, `<name>.3`, ... (as its log is named) when a worker of
+    that name left one: a worker replaced after a crash, whose test's files are worth a look."""
+    for incarnation in itertools.count(1):
+        candidate = folder / (name if incarnation == 1 else f"{name}.{incarnation}")
+        try:
+            candidate.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def _controllers_folder(config: pytest.Config) -> Path | None:
+    """The build's folder from the workers' input (waiting for the controller to publish it,
+    if it has not yet), or None: no controller published one in time."""
+    workerinput: Any = getattr(config, "workerinput", None)
+    try:
+        value = workerinput[BUILD_FOLDER_KEY]
+    except (KeyError, TypeError):
+        return None
+    folder = Path(str(value))
+    return folder if folder.is_dir() else None
+
+
 def own_basetemp_once_forked(config: pytest.Config) -> None:
-    """A forked worker's folder inside the --basetemp given, by its own name. Relies on the
-    config's `_tmp_path_factory` and its `_given_basetemp` (pytest's tmpdir plugin), as
-    compat.fresh_basetemp does."""
+    """A forked worker's folder inside the --basetemp given, by its own name."""
     shared = config.stash.get(SHARED_BASETEMP, None)
     factory = getattr(config, "_tmp_path_factory", None)
     name = os.environ.get(XDIST_WORKER)

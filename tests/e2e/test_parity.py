@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 import shutil
 import sys
@@ -752,3 +753,128 @@ def test_a_basetemp_given_is_shared_out_among_the_workers(
     assert result.ret == 0, result.stdout.str()
     result.assert_outcomes(passed=6)
     assert {path.name for path in base.iterdir()} <= {"gw0", "gw1", "gw2"}
+
+
+TMP_PATH_TESTS = """
+    import os, pathlib, time, pytest
+
+    def wait_for_two_workers():
+        here = pathlib.Path(os.environ["STARTED_DIR"])
+        (here / os.environ["PYTEST_XDIST_WORKER"]).touch()
+        deadline = time.monotonic() + 30
+        while len(list(here.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    @pytest.mark.parametrize("i", range(6))
+    def test_keeps_a_file(tmp_path, i):
+        wait_for_two_workers()
+        (tmp_path / "file").write_text("kept")
+        if i % 3 == 1 and not os.environ.get("ALL_PASS"):
+            with open(os.environ["FAILED_IN"], "a") as failed_in:
+                failed_in.write(str(tmp_path) + "\\n")
+            pytest.fail("failed on purpose")
+    """
+
+
+def _build_with_tmp_paths(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, run: int, *, all_pass: bool
+) -> tuple[pytest.RunResult, list[str]]:
+    started = pytester.path / f"started-{run}"
+    started.mkdir()
+    failed_in = pytester.path / f"failed-in-{run}"
+    failed_in.touch()
+    monkeypatch.setenv("STARTED_DIR", str(started))
+    monkeypatch.setenv("FAILED_IN", str(failed_in))
+    monkeypatch.setenv("ALL_PASS", "1" if all_pass else "")
+    result = run_conveyor(pytester, "-n", "2", "-p", "no:randomly")
+    return result, sorted(failed_in.read_text().split())
+
+
+def test_a_builds_temporary_folders_are_one_numbered_folder_kept_as_pytest_keeps_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    """Plain pytest keeps a session's tmp_path folders in one numbered folder and removes only
+    those of sessions before the last `tmp_path_retention_count`. Each worker made a numbered
+    folder of its own and, ending, removed the other workers' (a failed test's files were gone
+    once the build ended, and one build used up the retention of several). The build now has
+    one numbered folder, with a folder per worker in it, kept as plain pytest keeps its own."""
+    temproot = pytester.path / "temproot"
+    temproot.mkdir()
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(temproot))
+    pytester.makeini("[pytest]\ntmp_path_retention_count = 2\n")
+    pytester.makepyfile(test_tmp=TMP_PATH_TESTS)
+    numbered = next(iter(temproot.glob("pytest-of-*")), None)
+    for run in range(3):
+        result, failed_in = _build_with_tmp_paths(pytester, monkeypatch, run, all_pass=False)
+        assert result.ret == 1, result.stdout.str() + result.stderr.str()
+        result.assert_outcomes(passed=4, failed=2)
+        numbered = next(temproot.glob("pytest-of-*"))
+        assert len(failed_in) == 2
+        for folder in map(pathlib.Path, failed_in):
+            assert folder.parent.parent == numbered / f"pytest-{run}", folder
+            assert folder.parent.name in {"gw0", "gw1"}
+            assert (folder / "file").read_text() == "kept"  # still there for a look
+        assert "exited" not in result.stdout.str()
+    assert numbered is not None
+    assert sorted(path.name for path in numbered.glob("pytest-*")) == [
+        "pytest-1",
+        "pytest-2",
+        "pytest-current",
+    ]
+
+
+def test_a_passing_builds_temporary_folder_goes_under_the_failed_policy(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tmp_path_retention_policy = failed`: plain pytest removes a passing session's folder
+    at its end, and keeps only failed tests' folders otherwise. The build's controller does
+    the same with the build's folder, once its workers have left it."""
+    temproot = pytester.path / "temproot"
+    temproot.mkdir()
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(temproot))
+    pytester.makeini("[pytest]\ntmp_path_retention_policy = failed\n")
+    pytester.makepyfile(test_tmp=TMP_PATH_TESTS)
+    result, _ = _build_with_tmp_paths(pytester, monkeypatch, 0, all_pass=True)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=6)
+    numbered = next(temproot.glob("pytest-of-*"))
+    assert not (numbered / "pytest-0").exists()
+    result, failed_in = _build_with_tmp_paths(pytester, monkeypatch, 1, all_pass=False)
+    assert result.ret == 1
+    kept = sorted(
+        str(path.parent)
+        for path in numbered.glob("pytest-[0-9]*/gw*/*/file")
+        if not path.parent.is_symlink()  # pytest's `..._current` links
+    )
+    assert kept == failed_in
+
+
+def test_a_replaced_workers_temporary_folder_is_kept_for_a_look(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, start: str
+) -> None:
+    """A test that took its worker down left its files in the worker's folder; the worker's
+    replacement takes `gw0.2` beside it (as its log is named) instead of emptying it."""
+    temproot = pytester.path / "temproot"
+    temproot.mkdir()
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(temproot))
+    pytester.makepyfile(
+        test_crash="""
+        import os, pathlib
+
+        def test_crashes_once(tmp_path):
+            (tmp_path / "file").write_text("left by the crash")
+            marker = pathlib.Path(os.environ["CRASHED_ONCE"])
+            if not marker.exists():
+                marker.touch()
+                os._exit(9)
+
+        def test_after(tmp_path):
+            (tmp_path / "file").write_text("after")
+        """
+    )
+    monkeypatch.setenv("CRASHED_ONCE", str(pytester.path / "crashed-once"))
+    result = run_conveyor(pytester, "-n", "1", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    build = next(temproot.glob("pytest-of-*/pytest-0"))
+    assert (build / "gw0" / "test_crashes_once0" / "file").read_text() == "left by the crash"
+    assert {path.name for path in build.iterdir()} == {"gw0", "gw0.2"}
