@@ -447,6 +447,14 @@ def slim_passed_reports(config: pytest.Config, reports: list[Any]) -> None:
             index -= 1
 
 
+def recount_summary_line(reporter: Any) -> None:
+    """Entries added to the terminal's `stats` once the tests are over count in its last
+    line too. Relies on TerminalReporter caching that line's colour and keys in `_main_color`
+    (with `_known_types`), renewed only as the last test is reported: emptied here."""
+    if hasattr(reporter, "_main_color"):
+        reporter._main_color = None
+
+
 @contextlib.contextmanager
 def uncaptured(config: pytest.Config | None) -> Iterator[None]:
     """Output that must reach the terminal while pytest's capture is on: an interrupt before

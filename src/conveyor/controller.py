@@ -24,7 +24,12 @@ import pytest
 from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
 from conveyor.build_summary import BuildSummary
-from conveyor.compat import announce_collecting, remember_collected, uncaptured
+from conveyor.compat import (
+    announce_collecting,
+    recount_summary_line,
+    remember_collected,
+    uncaptured,
+)
 from conveyor.errors import BuildAborted, QueueError, SessionEnded
 from conveyor.manifest_view import ManifestView
 from conveyor.problems import BuildProblems
@@ -427,6 +432,8 @@ class ControllerPlugin:
             # A build with tests that never ran is never green (a stopped build replayed, a
             # build another machine's interrupt stopped): run it again to resume it.
             session.exitstatus = pytest.ExitCode.INTERRUPTED
+        if session.exitstatus not in passing and not self._interrupt_handled:
+            self._not_green(session.config)
         if self.supervisor is not None and removes_build_folder(session.config):
             # pytest's own end removes the build's temporary folder: not under a worker
             # still ending its session in it.
@@ -437,6 +444,19 @@ class ControllerPlugin:
             # Workers finish their own teardown while the summary is printed.
             if self.supervisor is not None:
                 self.supervisor.shutdown()
+
+    def _not_green(self, config: pytest.Config) -> None:
+        """A build that did not pass whose reported tests all did: its last line says what
+        else happened (`2 not run`, `1 conveyor error`) rather than read as pytest's green
+        "N passed". A build that failed on its tests already ends in red with plain pytest's
+        line, and one interrupted here ends as plain pytest's does."""
+        reporter: Any = config.pluginmanager.get_plugin("terminalreporter")
+        stats = getattr(reporter, "stats", None)
+        if not isinstance(stats, dict) or "failed" in stats or "error" in stats:
+            return
+        for key, entries in self.problems.summary_entries().items():
+            stats.setdefault(key, []).extend(entries)
+        recount_summary_line(reporter)
 
     # -- plumbing -------------------------------------------------------------------------
 

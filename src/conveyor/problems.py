@@ -13,6 +13,15 @@ from conveyor.worker_exit import WorkerFailure
 SHOWN = 20
 
 
+@dataclass(frozen=True)
+class SummaryEntry:
+    """One count of the summary's last line that is no test's outcome: a test without a
+    result, or an error of the build."""
+
+    nodeid: str
+    message: str = ""
+
+
 @dataclass
 class BuildProblems:
     refused: list[str] = field(default_factory=list)
@@ -40,6 +49,20 @@ class BuildProblems:
     def fail_the_build(self) -> bool:
         """Problems that make a build whose reported tests all passed exit non-zero."""
         return bool(self.missing or self.refused or self.errors)
+
+    def summary_entries(self) -> dict[str, list[SummaryEntry]]:
+        """What the summary's last line adds (`2 not run`, `1 conveyor error`), so that a
+        build these problems fail never ends on pytest's green "N passed" line: entries of
+        the terminal's `stats`, as plugins add theirs (pytest-rerunfailures' "rerun")."""
+        entries: dict[str, list[SummaryEntry]] = {}
+        without_result = [*self.missing, *self.not_run]
+        if without_result:
+            entries["not run"] = [SummaryEntry(nodeid) for nodeid in without_result]
+        errors = [*self.refused, *self.errors]
+        if errors:
+            noun = "conveyor error" if len(errors) == 1 else "conveyor errors"
+            entries[noun] = [SummaryEntry("", message) for message in errors]
+        return entries
 
     def write(
         self,

@@ -249,6 +249,8 @@ def test_mismatched_collection_is_refused_with_the_difference(pytester: pytest.P
             " 1 * here (test_mismatch.py::test_only_on_gw1); this worker will not run any test.*",
         ]
     )
+    # The tests that ran passed, the build did not: its last line is not pytest's green one.
+    assert re.search(r"\d passed, 1 conveyor error in ", result.outlines[-1]), result.outlines[-1]
 
 
 def test_os_exit_0_in_a_test_is_a_crash_of_that_test(pytester: pytest.Pytester) -> None:

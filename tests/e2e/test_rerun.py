@@ -4,6 +4,7 @@ refused."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def test_a_stopped_build_is_never_green_and_running_it_again_resumes_it(
 
     code, output = finish(conveyor(pytester.path, "report", "--queue", queue, "--build", "B1"))
     assert code == 2, output  # tests never ran: not green, whoever reports
+    assert re.search(r"passed, \d+ not run in ", output.splitlines()[-1]), output
 
     code, output = finish(conveyor(pytester.path, *run, "--junitxml=again.xml"))
     assert code == 0, output
