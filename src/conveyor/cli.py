@@ -22,18 +22,10 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, NoReturn
 
 from conveyor import __version__, interrupts
-from conveyor.build_follower import interrupted_while_starting
 from conveyor.ci import detect, node_id, parallel_jobs
-from conveyor.command import CommandSettings, collect_units, replay_commands
 from conveyor.config import RunOptions, hash_seed_for, new_build_id, parse_run_options
 from conveyor.environment import forget_outer_worker, process_started_at
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
-from conveyor.history import (
-    DirectoryCache,
-    HistoryStore,
-    history_store,
-    read_durations_file,
-)
 from conveyor.hooks import run_shell
 from conveyor.options import render_help
 from conveyor.process_exit import exit_process
@@ -45,9 +37,11 @@ from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from conveyor.command import CommandSettings
+    from conveyor.history import HistoryStore
     from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings
 
-USAGE = """\
+USAGE_TEMPLATE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
        conveyor worker [-n N|auto]  --queue URL  [--build ID] [options] [PYTEST_ARGS...]
        conveyor report               --queue URL  [--build ID] [PYTEST_REPORT_ARGS...]
@@ -70,7 +64,12 @@ CIRCLE_WORKFLOW_ID[-CIRCLE_JOB], Jenkins BUILD_TAG); a shared queue needs one of
 
 Every other argument goes to pytest unchanged (-k, -m, -x, -v, -p, --junitxml, paths...).
 Exit codes are pytest's: 0 passed, 1 failed, 2 interrupted, 3 internal, 4 usage, 5 no tests.
-""".replace("{options}", render_help())
+"""
+
+
+def usage() -> str:
+    """The command's help, with the options' table (built only when asked for)."""
+    return USAGE_TEMPLATE.replace("{options}", render_help())
 
 # The build's start-up is measured from the process start (the user waits from there).
 PROCESS_STARTED_AT = process_started_at() or time.time()
@@ -171,6 +170,8 @@ def _command_settings(options: RunOptions, run_dir: Path) -> CommandSettings | N
     """Command mode: the units go to a file every local worker reads the same way."""
     if options.command is None:
         return None
+    from conveyor.command import CommandSettings, collect_units
+
     units_file = run_dir / "units.txt"
     units_file.write_text("\n".join(collect_units(options.units, options.units_from)) + "\n")
     return CommandSettings(options.command, str(units_file), options.shell)
@@ -388,6 +389,8 @@ def _run(options: RunOptions, run_dir: Path) -> int:
     except KeyboardInterrupt:
         if supervisor is None:
             raise
+        from conveyor.build_follower import interrupted_while_starting
+
         interrupted_while_starting(queue, supervisor, build.id, shared=options.shared_queue)
         return 2
     finally:
@@ -502,6 +505,8 @@ def history(argv: Sequence[str]) -> int:
         location = f"redis:{args.history_key}"
     else:
         location = "cache"
+    from conveyor.history import DirectoryCache, history_store
+
     store = history_store(
         location, SimpleNamespace(cache=DirectoryCache(Path(args.cache_dir))), queue
     )
@@ -528,6 +533,8 @@ def _export_history(store: HistoryStore, output: str | None) -> int:
 def _import_history(store: HistoryStore, path: str | None) -> int:
     if not path:
         raise UsageError("`conveyor history import` needs the FILE to read.")
+    from conveyor.history import read_durations_file
+
     try:
         durations = read_durations_file(Path(path))
     except ValueError as exc:
@@ -672,6 +679,8 @@ def replay(argv: Sequence[str]) -> int:
     args, pytest_args = _parse_record_args(parser, argv)
     order = _order(args)
     if args.command:
+        from conveyor.command import replay_commands
+
         return replay_commands(order, args.command, args.shell)
     outcomes = Path(args.outcomes) if args.outcomes else None
     from conveyor.replay import run_in_process
@@ -739,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace_configure()
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
+        print(usage(), end="")
         return 0 if args else 4
     if args[0] in ("--version", "-V"):
         print(f"conveyor {__version__}")
@@ -751,9 +760,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest and rest[0] in ("-h", "--help"):
         from conveyor.cli_memory import FLAKY_USAGE, PLAN_USAGE
 
-        usage = {"history": HISTORY_USAGE, "plan": PLAN_USAGE, "flaky": FLAKY_USAGE}
+        usage_of = {"history": HISTORY_USAGE, "plan": PLAN_USAGE, "flaky": FLAKY_USAGE}
         print(
-            usage.get(command, USAGE if command in ("run", "worker", "report") else RECORD_USAGE),
+            usage_of.get(
+                command, usage() if command in ("run", "worker", "report") else RECORD_USAGE
+            ),
             end="",
         )
         return 0

@@ -34,3 +34,16 @@ def test_the_command_imports_pytest_only_where_it_is_needed() -> None:
         "from conveyor.config import parse_run_options\n"
         "parse_run_options(['-n', '2', '-q'], 'run')\n"
     )
+
+
+def test_the_run_command_imports_only_what_starting_the_workers_needs() -> None:
+    """`conveyor run` starts its workers before the controller's own modules are imported:
+    what follows the build, command mode and the history commands are imported where they
+    are used, so the workers start sooner (they wait for nothing else)."""
+    run_without_pytest(
+        "import conveyor.cli\n"
+        "from conveyor.cli import _open, _resolve_build, _supervisor\n"
+        "later = ('conveyor.build_follower', 'conveyor.problems', 'conveyor.command',\n"
+        "         'conveyor.history', 'conveyor.report_replay')\n"
+        "assert not [name for name in later if name in sys.modules], sys.modules.keys()\n"
+    )
