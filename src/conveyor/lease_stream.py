@@ -52,7 +52,7 @@ class LeaseStream:
         on_reserved: Callable[[tuple[Lease, ...]], None] = lambda leases: None,
         check: Callable[[], None] = lambda: None,
         stopped: Callable[[], bool] = lambda: False,
-        idle: Callable[[], None] = lambda: None,
+        idle: Callable[[], bool] = lambda: False,
         poll_s: float = WAIT_POLL_S,
         claim_ahead: Callable[[Sequence[str]], int] = lambda upcoming: 1,
         steal: bool = True,
@@ -61,9 +61,10 @@ class LeaseStream:
         """`batch(pending)` says how many units to ask for; `on_reserved` sees every
         reservation; `check` raises when the worker must not go on (a failed heartbeat);
         `stopped` says the build was stopped; `idle` runs while the queue says wait (to flush
-        results others may be waiting on); `claim_ahead(upcoming)` says how many of the leases
-        in hand, in running order, to claim
-        once; `steal` lets a worker with nothing left take work from the busiest one;
+        results others may be waiting on; True when it stored some, which may have finished
+        the build: the queue is then asked again at once, not after a poll);
+        `claim_ahead(upcoming)` says how many of the leases in hand, in running order, to
+        claim once; `steal` lets a worker with nothing left take work from the busiest one;
         `whole` is what the queue keeps on one worker (`Queue.reserve`)."""
         self._queue = queue
         self._worker = worker
@@ -242,5 +243,6 @@ class LeaseStream:
                 return
             if not block:
                 return
-            self._idle()
+            if self._idle():
+                continue
             time.sleep(self._poll_s)

@@ -32,12 +32,13 @@ class ResultOutbox:
         the heartbeat thread; list() copies are atomic under the GIL."""
         return [unit for unit, _ in [*list(self._waiting), *list(self._sending)]]
 
-    def flush(self, force: bool = False) -> None:
+    def flush(self, force: bool = False) -> bool:
+        """Store the waiting results when a batch is due (or `force`); True if it did."""
         if not self._waiting:
-            return
+            return False
         due = time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
         if not (force or due or len(self._waiting) >= FLUSH_MAX_RESULTS):
-            return
+            return False
         batch = self._sending = self._waiting
         self._waiting = []
         try:
@@ -47,6 +48,7 @@ class ResultOutbox:
         self._last_flush = time.monotonic()
         if self.queue.status().stop_reason is not None:
             self.on_stopped()
+        return True
 
 
 def refuse_uncollected(queue: Queue, worker_id: str, lease: Lease, outbox: ResultOutbox) -> None:

@@ -434,9 +434,8 @@ class WorkerPlugin:
         assert self._outbox is not None
         refuse_uncollected(queue, self.settings.worker_id, lease, self._outbox)
 
-    def _flush(self, force: bool = False) -> None:
-        if self._outbox is not None:
-            self._outbox.flush(force)
+    def _flush(self, force: bool = False) -> bool:
+        return self._outbox is not None and self._outbox.flush(force)
 
 
 def history_for(where: str, config: pytest.Config, queue: Queue) -> dict[str, float]:

@@ -237,3 +237,32 @@ def test_an_idle_worker_that_finds_nothing_to_steal_tries_less_often(queue: Queu
     assert list(idle) == []
     assert counting.reserves == 40
     assert counting.steals == 5  # polls 1, 4, 9, 18 and 35
+
+
+def test_results_stored_while_waiting_are_followed_by_an_immediate_ask(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker told to wait stores the results it holds; that may finish the build, and the
+    worker then learns it at once instead of after a poll (every build's end waited one)."""
+    slept: list[float] = []
+    monkeypatch.setattr("conveyor.lease_stream.time.sleep", slept.append)
+    stored: list[bool] = []
+
+    def store_results() -> bool:
+        if stored:
+            return False
+        queue.complete("gw0", [(unit, {"reports": []}) for unit in UNITS[:-1]])
+        queue.complete("gw1", [(UNITS[-1], {"reports": []})])
+        stored.append(True)
+        return True
+
+    stream = LeaseStream(
+        queue, "gw0", batch=lambda pending: 5, poll_s=30.0, idle=store_results, steal=False
+    )
+    leases = iter(stream)
+    ran = [next(leases).unit]
+    assert next(iter(stream_of(queue, "gw1"))).unit == UNITS[-1]  # gw1 holds the last one
+    ran += [lease.unit for lease in leases]
+    assert ran == UNITS[:-1]
+    assert stored == [True]
+    assert slept == []
