@@ -71,6 +71,7 @@ def usage() -> str:
     """The command's help, with the options' table (built only when asked for)."""
     return USAGE_TEMPLATE.replace("{options}", render_help())
 
+
 # The build's start-up is measured from the process start (the user waits from there).
 PROCESS_STARTED_AT = process_started_at() or time.time()
 
