@@ -43,7 +43,13 @@ def build_folder(config: pytest.Config) -> str | None:
     factory: Any = getattr(config, "_tmp_path_factory", None)
     if config.option.basetemp or factory is None:
         return None
-    return str(factory.getbasetemp())
+    try:
+        return str(factory.getbasetemp())
+    except OSError:
+        # Where the folder cannot be made (a temporary root not writable, owned by another
+        # user), each worker tries on its own, and a test asking for one fails as in plain
+        # pytest, rather than the whole build failing before it starts.
+        return None
 
 
 def removes_build_folder(config: pytest.Config) -> bool:

@@ -878,3 +878,25 @@ def test_a_replaced_workers_temporary_folder_is_kept_for_a_look(
     build = next(temproot.glob("pytest-of-*/pytest-0"))
     assert (build / "gw0" / "test_crashes_once0" / "file").read_text() == "left by the crash"
     assert {path.name for path in build.iterdir()} == {"gw0", "gw0.2"}
+
+
+def test_a_temporary_root_that_cannot_be_used_fails_only_the_tests_that_need_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain pytest makes its temporary folder when a test first asks for one; where it
+    cannot, those tests error and the others pass. The build's folder, made up front by the
+    controller, must not fail the whole build instead."""
+    not_a_folder = pytester.path / "not-a-folder"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(not_a_folder))
+    pytester.makepyfile(
+        test_tmp="""
+        def test_needs_a_folder(tmp_path):
+            pass
+
+        def test_needs_none():
+            pass
+        """
+    )
+    _, ours = assert_same_verdict(pytester, workers=2)
+    ours.assert_outcomes(passed=1, errors=1)
