@@ -333,8 +333,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = cache_root() / "runs"
         root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=root))
-        if not options.keep:
-            stack.callback(shutil.rmtree, scratch, True)
         url = stack.enter_context(_redis(options.modes, scratch))
         results = [_safe_run(pin, options, scratch, url) for pin in pins]
     table = results_table(results, options.modes)
@@ -344,15 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     moved = baseline_lines(results)
     if moved:
         print("\nPlain pytest no longer matches the pinned baseline:\n" + "\n".join(moved))
+    clean = not report and not moved and not any(result.error for result in results)
+    # The logs and XML of a run that differed are what explains it: kept, --keep or not.
+    kept = options.keep or not clean
+    if not kept:
+        shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.monotonic() - started
-    print(
-        f"\n{len(results)} projects in {elapsed / 60:.1f} min; runs kept in {scratch}"
-        if options.keep
-        else f"\n{len(results)} projects in {elapsed / 60:.1f} min"
-    )
+    where = f"; runs kept in {scratch}" if kept else ""
+    print(f"\n{len(results)} projects in {elapsed / 60:.1f} min{where}")
     if options.json:
         options.json.write_text(json.dumps([asdict(result) for result in results], indent=2))
-    clean = not report and not moved and not any(result.error for result in results)
     return 0 if clean else 1
 
 
