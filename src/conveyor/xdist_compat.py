@@ -35,6 +35,10 @@ from conveyor.queue.protocol import EVENT_WORKER_INPUT, EVENT_WORKER_OUTPUT
 OWN_INPUT_KEYS = ("workerid", "workercount", "testrunuid", "mainargv")
 BYTES_TAG = "__conveyor_bytes__"
 INPUT_PAGE = 1000
+# How often a worker waiting for its controller's input looks for it: the wait is on the way
+# to every build's first result when a plugin needs the input (pytest-rerunfailures, -cov),
+# and lasts only until the controller has configured.
+INPUT_POLL_S = 0.01
 
 
 def xdist_installed() -> bool:
@@ -346,7 +350,12 @@ def adapt_input(data: dict[str, Any], *, shared: bool) -> dict[str, Any]:
 
 
 def wait_for_input(
-    queue: Any, worker_id: str, *, own_controller: bool, timeout_s: float, poll_s: float = 0.05
+    queue: Any,
+    worker_id: str,
+    *,
+    own_controller: bool,
+    timeout_s: float,
+    poll_s: float = INPUT_POLL_S,
 ) -> dict[str, Any] | None:
     """The plugins' input a controller published for this build: from this machine's own
     controller when there is one (a coverage host, a local socket are per machine), else the
