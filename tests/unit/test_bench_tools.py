@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import RedisServer
 
-from bench import first_result, machines_suite, scale_workload, suites
+from bench import first_result, machine_phases, machines_suite, scale_workload, suites
 from bench.cli import _chosen
 from bench.contenders import contenders
 from bench.fleet import FleetRun, MachineRun, descendants, kill_machine, passed_count
@@ -299,3 +299,22 @@ def test_first_result_is_noted_by_the_reporting_session_not_a_worker(tmp_path: P
     for command in (plain, conveyor):
         first, wall = first_result.run_once(command, suite, plugin_dir)
         assert 0.3 < first <= wall, command.name  # after the test's own 0.3 s
+
+
+def test_machine_phases_are_noted_by_the_process_that_runs_the_tests(tmp_path: Path) -> None:
+    """bench.machine_phases' plugin notes the first test's start and the last test's end in
+    plain pytest and in conveyor's worker; conveyor's controller replays reports and writes
+    nothing, or the tests would seem to end when the report does."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\naddopts = -p no:randomly\n")
+    (suite / "test_m.py").write_text("import time\n\ndef test_a():\n    time.sleep(0.3)\n")
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "bench_phases.py").write_text(machine_phases.PLUGIN)
+    conveyor = [sys.executable, "-m", "conveyor", "run", "-n", "1", "-p", "bench_phases", "."]
+    plain = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "bench_phases", "."]
+    for argv, is_conveyor in ((plain, False), (conveyor, True)):
+        phases = machine_phases.measure([argv], suite, tmp_path, conveyor=is_conveyor)
+        assert phases.first_start_s == phases.last_first_start_s  # one process noted it
+        assert 0.3 <= phases.tests_s < phases.wall_s - phases.first_start_s + 1e-9
+        assert phases.end_s >= 0
