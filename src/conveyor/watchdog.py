@@ -26,6 +26,11 @@ import time
 from collections.abc import Iterator
 from typing import IO, NamedTuple
 
+# As they were at import: a test may patch `time.sleep` or `time.monotonic` while it runs (to
+# skip a retry's delay, to move a clock), and this thread runs meanwhile.
+_sleep = time.sleep
+_monotonic = time.monotonic
+
 CHECK_EVERY_S = 0.5
 # A wake-up later than this past its time means the process was stalled, not the test slow.
 STALL_SLACK_S = 0.1
@@ -49,7 +54,7 @@ class Watchdog(threading.Thread):
         self._armed: _Armed | None = None  # replaced whole, so the thread reads one test's
 
     def arm(self, seconds: float, header: str) -> None:
-        now = time.monotonic()
+        now = _monotonic()
         self._armed = _Armed(now + seconds, seconds, header, now)
 
     def disarm(self) -> None:
@@ -60,21 +65,21 @@ class Watchdog(threading.Thread):
         """The armed test's clock stops while conveyor's own work runs inside its protocol;
         its deadline moves on by the time that took."""
         armed, self._armed = self._armed, None
-        started = time.monotonic()
+        started = _monotonic()
         try:
             yield
         finally:
             if armed is not None:
-                self._armed = armed._replace(deadline=armed.deadline + time.monotonic() - started)
+                self._armed = armed._replace(deadline=armed.deadline + _monotonic() - started)
 
     def run(self) -> None:
         credited: float | None = None  # the test the stall credit belongs to (its armed_at)
         credit = 0.0
         asked = 0.0
         while True:
-            slept_from = time.monotonic()
-            time.sleep(asked)
-            woke = time.monotonic()
+            slept_from = _monotonic()
+            _sleep(asked)
+            woke = _monotonic()
             armed = self._armed
             if armed is None:
                 asked = CHECK_EVERY_S

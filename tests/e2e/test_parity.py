@@ -900,3 +900,68 @@ def test_a_temporary_root_that_cannot_be_used_fails_only_the_tests_that_need_it(
     )
     _, ours = assert_same_verdict(pytester, workers=2)
     ours.assert_outcomes(passed=1, errors=1)
+
+
+def test_a_test_that_patches_fcntl_flock_does_not_reach_the_queue(
+    pytester: pytest.Pytester,
+) -> None:
+    """filelock's own tests patch `fcntl.flock` to fail while they run; the SQLite queue's
+    write lock looked it up at each call, so a worker's next lease, asked for at the test's
+    teardown, failed with the test's mock and every worker died: the build stopped with most
+    tests never run. conveyor's own calls use the functions as they were at its import."""
+    pytester.makepyfile(
+        test_flock="""
+        import errno, fcntl, time
+        import pytest
+
+        @pytest.fixture
+        def unsupported_flock(monkeypatch):
+            def flock(*args):
+                raise OSError(errno.ENOSYS, "Function not implemented")
+            monkeypatch.setattr(fcntl, "flock", flock)
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_without_flock(unsupported_flock, i):
+            time.sleep(0.05)
+            with pytest.raises(OSError):
+                fcntl.flock(0, fcntl.LOCK_EX)
+        """
+    )
+    _, ours = assert_same_verdict(pytester, "-p", "no:randomly", workers=2)
+    ours.assert_outcomes(passed=12)
+    assert "exited" not in ours.stdout.str()
+
+
+def test_a_test_that_patches_time_is_not_joined_by_the_timeout_watchdog(
+    pytester: pytest.Pytester,
+) -> None:
+    """Tests patch `time.sleep` (to skip a retry's delay) and `time.monotonic` while they
+    run; the automatic timeout's watchdog thread called them meanwhile, and with sleep
+    patched to return at once it spun for the whole test. It uses the functions as they were
+    at its import. (The watchdog runs from the second build on: it needs timing history.)"""
+    pytester.makepyfile(
+        test_clock="""
+        import threading, time
+
+        real_sleep = time.sleep
+
+        def test_patches_the_clock(monkeypatch):
+            callers = []
+            def record(*args):
+                callers.append(threading.current_thread().name)
+                return 0.0
+            monkeypatch.setattr(time, "sleep", record)
+            monkeypatch.setattr(time, "monotonic", record)
+            real_sleep(1.2)  # the watchdog looks at least every 0.5 s
+            assert [name for name in callers if name != "MainThread"] == []
+
+        def test_other():
+            pass
+        """
+    )
+    for _ in ("recording the history", "using it"):  # kept in pytest's cache
+        result = pytester.run(
+            sys.executable, "-m", "conveyor", "run", "-n", "1", "-p", "no:randomly", timeout=120
+        )
+        assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*timing history knows 2 of 2 tests*"])

@@ -26,6 +26,12 @@ from typing import Any
 from conveyor.errors import QueueError, QueueUnavailable, QueueURLError
 
 BUSY_TIMEOUT_S = 60.0
+# The write lock's calls as they were at import: a test may patch `fcntl.flock` while it runs
+# (filelock's own tests make it fail), and the worker asks the queue for its next test at that
+# test's teardown, with the patch still in place.
+_flock = fcntl.flock
+_LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
 # How the queue's own files are opened: read-write, created if need be, never through a link.
 PRIVATE_FILE = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
 FIX = "Use a fresh queue path (--queue sqlite:///<writable path>)."
@@ -259,7 +265,7 @@ class SQLiteFile:
             try:
                 # SQLite's own busy handler polls with growing sleeps (up to 100 ms) while
                 # another process writes; a blocking file lock hands over the moment it is free.
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                _flock(self._lock_fd, _LOCK_EX)
                 _end_transaction(conn)
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
@@ -272,7 +278,7 @@ class SQLiteFile:
                 _end_transaction(conn)
                 raise
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)  # a no-op where it was never taken
+                _flock(self._lock_fd, _LOCK_UN)  # a no-op where it was never taken
 
     def read(self, *queries: tuple[str, Sequence[Any]]) -> list[list[Any]]:
         """The rows of each query, read together in one snapshot."""
