@@ -116,6 +116,8 @@ class ControllerPlugin:
         self._interrupt_handled = False
         self._config: pytest.Config | None = None
         self._reporting = False  # the session reached collection: its finish prints the report
+        self._accounted = False  # every selected test's outcome (or its absence) was noted
+        self._aborted = False  # the build could not go on (no worker left, the queue lost)
 
     # -- session setup --------------------------------------------------------------------
 
@@ -295,6 +297,7 @@ class ControllerPlugin:
         )
         summary = self._require(self._summary)
         summary.account(session, self.manifest)
+        self._accounted = True
         summary.record_history(self.settings.history, session.config)
         if (ending := self.problems.session_ended) is not None:
             ending.end(session)  # a test ended pytest's session: as it ends plain pytest's
@@ -375,9 +378,11 @@ class ControllerPlugin:
         try:
             yield
         except BuildAborted as exc:
+            self._aborted = True
             self._stop_local_workers()
             pytest.exit(str(exc), returncode=pytest.ExitCode.INTERNAL_ERROR)
         except QueueError as exc:  # the build lost, or the queue unusable mid-build
+            self._aborted = True
             self._stop_local_workers()
             pytest.exit(f"conveyor: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
 
@@ -422,6 +427,11 @@ class ControllerPlugin:
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:
         if self.manifest is not None:  # at the end, off the path to the first result
             remember_collected(session.config, self.manifest.units)
+        if self._aborted and not self._accounted and self._summary is not None:
+            # A build aborted on its way (every worker gone, the queue lost): the tests left
+            # without a result are listed and counted, as at a finished build's end.
+            with contextlib.suppress(QueueError):
+                self._summary.account(session, self.manifest)
         passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
         ended = self.problems.session_ended
         if ended is not None and ended.kind == "exit":
@@ -439,11 +449,25 @@ class ControllerPlugin:
             # still ending its session in it.
             self.supervisor.wait_for_exit()
         try:
-            return (yield)
+            result = yield
+            if self._aborted:  # after the plugins' own session finish, as pytest's summary
+                self._summary_of_an_aborted_build(session)
+            return result
         finally:
             # Workers finish their own teardown while the summary is printed.
             if self.supervisor is not None:
                 self.supervisor.shutdown()
+
+    def _summary_of_an_aborted_build(self, session: pytest.Session) -> None:
+        """pytest prints its terminal summary (failures, the short summary, the plugins'
+        sections, conveyor's) only for exit codes 0, 1, 2, 4 and 5; an aborted build's is 3,
+        and the failures of the tests that did run, with what did not, went unsaid."""
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        session.config.hook.pytest_terminal_summary(
+            terminalreporter=reporter, exitstatus=session.exitstatus, config=session.config
+        )
 
     def _not_green(self, config: pytest.Config) -> None:
         """A build that did not pass whose reported tests all did: its last line says what

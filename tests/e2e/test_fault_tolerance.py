@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -383,6 +384,10 @@ def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         ["*more than 0 worker(s) failed outside any test (--max-worker-failures)*"]
     )
+    # The tests the aborted build never ran are listed and counted, as a stopped build's are.
+    output = result.stdout.str()
+    assert re.search(r"\d+ test\(s\) did not run because the build was stopped", output), output
+    assert re.search(r"=+ (\d+ passed, )?\d+ not run in ", output), output
 
 
 def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) -> None:
