@@ -374,10 +374,27 @@ def test_a_worker_failing_at_start_is_shown_once_and_the_others_finish(
 
 
 def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(BROKEN_GW1)
+    # gw1 fails once gw0 has run a test: the build has its tests by then, and most never run.
+    ran = pytester.path / "gw0-ran-a-test"
+    pytester.makeconftest(
+        f"""
+        import os, pathlib, time
+
+        def pytest_configure(config):
+            if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+                deadline = time.monotonic() + 60
+                while not pathlib.Path({str(ran)!r}).exists() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                print("gw1 cannot start: no database for it", flush=True)
+                os._exit(3)
+        """
+    )
     pytester.makepyfile(
-        test_slow="import time\n"
-        + "\n".join(f"def test_{i}():\n    time.sleep(0.1)\n" for i in range(40))
+        test_slow="import pathlib, time\n"
+        + "\n".join(
+            f"def test_{i}():\n    pathlib.Path({str(ran)!r}).touch()\n    time.sleep(0.1)\n"
+            for i in range(40)
+        )
     )
     result = run_conveyor(pytester, "-n", "2", "--max-worker-failures", "0")
     assert result.ret == 3
