@@ -22,7 +22,7 @@ import pathlib, time
 def test_first():
     pathlib.Path({started!r}).write_text("yes")
 
-""" + "".join(f"def test_{i}():\n    time.sleep(0.1)\n\n" for i in range(30))
+""" + "".join(f"def test_{i}():\n    time.sleep({{sleep}})\n\n" for i in range(30))
 
 
 def conveyor(cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -50,7 +50,17 @@ def wait_for(path: Path) -> None:
 @pytest.fixture
 def slow_suite(pytester: pytest.Pytester) -> Path:
     started = pytester.path / "started"
-    pytester.makepyfile(test_slow=SLOW_SUITE.format(started=str(started)))
+    pytester.makepyfile(test_slow=SLOW_SUITE.format(started=str(started), sleep=0.1))
+    return started
+
+
+@pytest.fixture
+def slower_suite(pytester: pytest.Pytester) -> Path:
+    """The same 31 tests, long enough (6 s on one of two machines) that a machine cancelled
+    0.5 s after the first test started is cancelled before the other has finished the build,
+    however loaded the computer."""
+    started = pytester.path / "started"
+    pytester.makepyfile(test_slow=SLOW_SUITE.format(started=str(started), sleep=0.4))
     return started
 
 
@@ -80,13 +90,13 @@ def test_a_stopped_build_is_never_green_and_running_it_again_resumes_it(
 
 
 def test_a_machine_cancelled_in_a_shared_build_leaves_it_to_the_others(
-    pytester: pytest.Pytester, slow_suite: Path
+    pytester: pytest.Pytester, slower_suite: Path
 ) -> None:
     queue = f"sqlite://{pytester.path / 'q.db'}"
     run = ("run", "-n", "1", "--queue", queue, "--build", "B3")
     cancelled = conveyor(pytester.path, *run, "--node-id", "a")
     other = conveyor(pytester.path, *run, "--node-id", "b", "--junitxml=other.xml")
-    wait_for(slow_suite)
+    wait_for(slower_suite)
     time.sleep(0.5)
     cancelled.send_signal(signal.SIGTERM)
     code, output = finish(cancelled)
