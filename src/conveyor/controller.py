@@ -117,6 +117,7 @@ class ControllerPlugin:
         self._config: pytest.Config | None = None
         self._reporting = False  # the session reached collection: its finish prints the report
         self._accounted = False  # every selected test's outcome (or its absence) was noted
+        self._history_recorded = False
         self._aborted = False  # the build could not go on (no worker left, the queue lost)
 
     # -- session setup --------------------------------------------------------------------
@@ -298,7 +299,7 @@ class ControllerPlugin:
         summary = self._require(self._summary)
         summary.account(session, self.manifest)
         self._accounted = True
-        summary.record_history(self.settings.history, session.config)
+        self._record_history(session.config)
         if (ending := self.problems.session_ended) is not None:
             ending.end(session)  # a test ended pytest's session: as it ends plain pytest's
         if session.shouldfail:
@@ -432,6 +433,8 @@ class ControllerPlugin:
             # without a result are listed and counted, as at a finished build's end.
             with contextlib.suppress(QueueError):
                 self._summary.account(session, self.manifest)
+        if self._aborted or self._interrupt_handled:
+            self._record_history(session.config)  # what did run still orders the next build
         passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
         ended = self.problems.session_ended
         if ended is not None and ended.kind == "exit":
@@ -457,6 +460,14 @@ class ControllerPlugin:
             # Workers finish their own teardown while the summary is printed.
             if self.supervisor is not None:
                 self.supervisor.shutdown()
+
+    def _record_history(self, config: pytest.Config) -> None:
+        """The durations of the tests this build ran, once: a stopped or aborted build's
+        count too, or a build cancelled again and again would never learn its slow tests."""
+        if self._summary is None or self._history_recorded:
+            return
+        self._history_recorded = True
+        self._summary.record_history(self.settings.history, config)
 
     def _summary_of_an_aborted_build(self, session: pytest.Session) -> None:
         """pytest prints its terminal summary (failures, the short summary, the plugins'

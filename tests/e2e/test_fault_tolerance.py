@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -405,6 +406,58 @@ def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None
     output = result.stdout.str()
     assert re.search(r"\d+ test\(s\) did not run because the build was stopped", output), output
     assert re.search(r"=+ (\d+ passed, )?\d+ not run in ", output), output
+
+
+@pytest.mark.parametrize("ending", ["aborted", "interrupted"])
+def test_a_build_that_ends_early_records_the_durations_of_what_ran(
+    pytester: pytest.Pytester, ending: str
+) -> None:
+    """A build aborted (a worker failing with --max-worker-failures 0) or stopped (CI
+    cancelling the job) still records the durations of the tests it ran: a build cancelled
+    again and again must learn its slow tests as a finished one does."""
+    ran = pytester.path / "ran-a-test"
+    if ending == "aborted":
+        pytester.makeconftest(
+            f"""
+            import os, pathlib, time
+
+            def pytest_configure(config):
+                if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+                    deadline = time.monotonic() + 60
+                    while not pathlib.Path({str(ran)!r}).exists() and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    os._exit(3)
+            """
+        )
+    pytester.makepyfile(
+        test_slow="import pathlib, time\n"
+        + "\n".join(
+            f"def test_{i}():\n    pathlib.Path({str(ran)!r}).touch()\n    time.sleep(0.1)\n"
+            for i in range(40)
+        )
+    )
+    command = [sys.executable, "-m", "conveyor", "run", "-n", "2"]
+    if ending == "aborted":
+        command += ["--max-worker-failures", "0"]
+    process = subprocess.Popen(
+        command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    if ending == "interrupted":
+        deadline = time.monotonic() + 60
+        while not ran.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+    output = communicate_or_dump_stacks(process, 300)
+    assert process.returncode == (3 if ending == "aborted" else 2), output
+    passed = re.search(r"=+ (\d+) passed.* in [\d.]+s =+", output)
+    assert passed, output
+    exported = pytester.run(sys.executable, "-m", "conveyor", "history", "export")
+    assert exported.ret == 0, exported.stderr.str()
+    recorded = json.loads(exported.stdout.str())
+    assert len(recorded) == int(passed.group(1)), (recorded, output)
+    assert all(name.startswith("test_slow.py::test_") for name in recorded)
+    assert all(0.1 <= seconds < 30 for seconds in recorded.values()), recorded
 
 
 def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) -> None:
