@@ -108,9 +108,11 @@ def test_queue_url_from_the_environment(suite: Path, password_redis: RedisServer
     assert SECRET not in refused.stdout + refused.stderr
 
 
-def _refused_as_a_usage_error(suite: Path, url: str, expected: str) -> None:
+def _refused_as_a_usage_error(
+    suite: Path, url: str, expected: str, build: tuple[str, ...] = ("--build", "b1")
+) -> None:
     """Exit code 4, conveyor's one-line error with `expected` in it, no traceback, no secret."""
-    done = conveyor(suite, "run", "-n", "1", "--queue", url, "--build", "b1")
+    done = conveyor(suite, "run", "-n", "1", "--queue", url, *build)
     assert done.returncode == 4, done.stdout + done.stderr
     assert done.stderr.startswith("conveyor: error: "), done.stderr
     assert expected in done.stderr
@@ -122,6 +124,7 @@ def _refused_as_a_usage_error(suite: Path, url: str, expected: str) -> None:
     ("url", "expected"),
     [
         (f"redis://:{SECRET}@127.0.0.1:abc/0", "is not a valid Redis URL"),
+        (f"redis://:{SECRET}@127.0.0.1:65536/0", "Port out of range"),
         (f"redis://:{SECRET}@[::1/0", "is not a valid Redis URL"),
         ("sqlite://relative.db", "write it as sqlite:///"),
         ("sqlite:relative.db", "write it as sqlite:///"),
@@ -129,8 +132,12 @@ def _refused_as_a_usage_error(suite: Path, url: str, expected: str) -> None:
         ("ftp://host/q", "unknown scheme 'ftp'"),
     ],
 )
-def test_a_wrong_url_is_a_usage_error_with_a_message(suite: Path, url: str, expected: str) -> None:
-    _refused_as_a_usage_error(suite, url, expected)
+@pytest.mark.parametrize("build", [("--build", "b1"), ()], ids=["build", "no-build"])
+def test_a_wrong_url_is_a_usage_error_with_a_message(
+    suite: Path, url: str, expected: str, build: tuple[str, ...]
+) -> None:
+    """Whether or not a build id was given: the URL is what to mend first."""
+    _refused_as_a_usage_error(suite, url, expected, build)
 
 
 def test_relative_sqlite_url_names_the_absolute_form(suite: Path) -> None:

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from conveyor.errors import QueueURLError
 from conveyor.queue.protocol import LEASE_TTL_S, Queue
@@ -96,6 +96,16 @@ def check_url(url: str) -> None:
             f"the queue URL {mask_url(url)!r} has an unknown scheme {scheme or '(none)'!r}; "
             f"conveyor understands {SUPPORTED}"
         )
+    if scheme == "sqlite":
+        sqlite_path(url)
+    elif scheme != "unix":
+        try:
+            urlsplit(url).port  # noqa: B018 - parsing it is the check
+        except ValueError as exc:
+            raise QueueURLError(
+                f"the queue URL {mask_url(url)!r} is not a valid Redis URL ({exc}); write it "
+                "as redis://[user:password@]host:port/db, e.g. redis://127.0.0.1:6379/0"
+            ) from None
 
 
 def sqlite_path(url: str) -> str:
