@@ -375,6 +375,7 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         return refused
     supervisor = None if replaying else _supervisor(options, build, run_dir)
     memory: BuildMemoryPlugin | None = None
+    reported = False
     try:
         if supervisor is not None:
             _node_setup(options)
@@ -386,6 +387,7 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         if supervisor is not None:
             supervisor.start()
         code, memory = _controller_exit(options, build, queue, supervisor)
+        reported = True
         return code
     except KeyboardInterrupt:
         if supervisor is None:
@@ -396,7 +398,9 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         return 2
     finally:
         if supervisor is not None:
-            supervisor.shutdown(terminate=True)
+            # After a report, the workers are ending their sessions on their own (they were
+            # given the time the summary took); otherwise they are stopped.
+            supervisor.shutdown(terminate=not reported)
         _record_cost(memory)
         queue.close()
 

@@ -451,15 +451,12 @@ class ControllerPlugin:
             # pytest's own end removes the build's temporary folder: not under a worker
             # still ending its session in it.
             self.supervisor.wait_for_exit()
-        try:
-            result = yield
-            if self._aborted:  # after the plugins' own session finish, as pytest's summary
-                self._summary_of_an_aborted_build(session)
-            return result
-        finally:
-            # Workers finish their own teardown while the summary is printed.
-            if self.supervisor is not None:
-                self.supervisor.shutdown()
+        result = yield
+        if self._aborted:  # after the plugins' own session finish, as pytest's summary
+            self._summary_of_an_aborted_build(session)
+        # The workers end their own sessions meanwhile: `conveyor run` waits for them once
+        # this session has ended, so the summary is not held up by their teardown.
+        return result
 
     def _record_history(self, config: pytest.Config) -> None:
         """The durations of the tests this build ran, once: a stopped or aborted build's
