@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,6 +170,8 @@ class WorkerPlugin:
         config.pluginmanager.register(self.record, "conveyor-outcome-record")
         if self.settings.own_controller:
             in_build_folder(config)
+        elif self.settings.machine_folder_note:
+            in_build_folder(config, machine_note=Path(self.settings.machine_folder_note))
         self.status.write("collecting")
 
     @pytest.hookimpl(trylast=True)

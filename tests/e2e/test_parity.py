@@ -11,7 +11,14 @@ import textwrap
 
 import pytest
 from conftest import RedisServer
-from helpers import assert_same_verdict, run_conveyor, run_plain, summary_line
+from helpers import (
+    assert_same_verdict,
+    communicate_or_dump_stacks,
+    conveyor_popen,
+    run_conveyor,
+    run_plain,
+    summary_line,
+)
 
 MIXED_SUITE = {
     "test_outcomes": """
@@ -821,6 +828,48 @@ def test_a_builds_temporary_folders_are_one_numbered_folder_kept_as_pytest_keeps
         "pytest-2",
         "pytest-current",
     ]
+
+
+def test_workers_without_a_controller_share_one_numbered_folder(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine that runs only `conveyor worker` has no controller to make the build's
+    folder: each of its workers made a numbered folder of its own, and those ending first
+    were removed by the others' ends beyond the retention count, with the files of the tests
+    that failed in them (8 of 12 with 6 workers). The first worker that needs a folder now
+    makes it, and the others take theirs in it."""
+    temproot = pytester.path / "temproot"
+    temproot.mkdir()
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(temproot))
+    failed_in = pytester.path / "failed-in"
+    pytester.makepyfile(
+        test_tmp=f"""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_keeps_a_file(tmp_path, i):
+            (tmp_path / "file").write_text("kept")
+            with open({str(failed_in)!r}, "a") as failed_in:
+                failed_in.write(str(tmp_path) + "\\n")
+            time.sleep(0.1 * (i % 3))
+            pytest.fail("failed on purpose")
+        """
+    )
+    queue = ("--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "W1")
+    workers = conveyor_popen(pytester.path, "worker", "-n", "6", *queue, "-p", "no:randomly")
+    report = pytester.run(
+        sys.executable, "-m", "conveyor", "report", *queue, "-p", "no:cacheprovider", timeout=300
+    )
+    output = communicate_or_dump_stacks(workers, 300)
+    assert workers.returncode == 0, output
+    report.assert_outcomes(failed=12)
+    numbered = next(temproot.glob("pytest-of-*"))
+    assert sorted(path.name for path in numbered.iterdir()) == ["pytest-0", "pytest-current"]
+    folders = [pathlib.Path(line) for line in failed_in.read_text().split()]
+    assert len(folders) == 12
+    for folder in folders:
+        assert folder.parent.parent == numbered / "pytest-0", folder
+        assert (folder / "file").read_text() == "kept", folder
 
 
 def test_a_passing_builds_temporary_folder_goes_under_the_failed_policy(
