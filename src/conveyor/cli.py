@@ -135,8 +135,8 @@ def _supervisor(
         history=_history_location(options),
         check_only=check_only,
         own_controller=own_controller and not check_only,
-        # Workers without a controller share one numbered temporary folder all the same.
-        machine_folder_note=None if own_controller else str(run_dir / "build-folder"),
+        # Workers without a controller do once for all what a controller does (machine_lock).
+        machine_run_folder=None if own_controller or check_only else str(run_dir),
         networked_queue=options.networked_queue,
         ci_machines=parallel_jobs() if options.networked_queue else None,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import IO, Any
 import pytest
 from _pytest import junitxml
 from _pytest.reports import CollectErrorRepr as CollectErrorRepr  # a collection error as kept
+
+from conveyor.machine_lock import machine_lock
 
 try:
     from _pytest.nodeid import NodeId
@@ -521,17 +525,36 @@ def fresh_basetemp(config: pytest.Config) -> None:
         factory._basetemp = None
 
 
-def results_folder_emptied_once(config: pytest.Config) -> None:
+def results_folder_emptied_once(
+    config: pytest.Config, machine_run_folder: Path | None = None
+) -> None:
     """allure-pytest's --clean-alluredir empties the results folder in pytest_configure, in
     every process that configures. In a build each worker did, while others were already
     writing results there (a worker runs tests as soon as the build has a manifest), and so
     did the controller, which may configure after the first results: results were lost. A
     worker therefore leaves the folder alone and waits for its controller's configure, which
     empties it once and then publishes the workers' input (ControllerPlugin), before it goes
-    on. Called before the plugins' pytest_configure, with the worker's input attached."""
+    on. On a machine of workers alone, the first of them to configure empties it for all.
+    Called before the plugins' pytest_configure, with the worker's input attached."""
     if not getattr(config.option, "clean_alluredir", False):
         return
     config.option.clean_alluredir = False
+    if machine_run_folder is not None:
+        _results_folder_emptied_on_this_machine(config, machine_run_folder)
+        return
     fetch_now = getattr(getattr(config, "workerinput", None), "fetch_now", None)
     if callable(fetch_now):  # conveyor's WorkerInput (xdist_compat)
         fetch_now()
+
+
+def _results_folder_emptied_on_this_machine(config: pytest.Config, run_folder: Path) -> None:
+    """As allure-pytest's own --clean-alluredir does, once per machine: no worker of it has
+    run a test before the first of them is past this point."""
+    folder = getattr(config.option, "allure_report_dir", None)
+    if not folder or config.option.collectonly:
+        return
+    note = run_folder / "results-folder-emptied"
+    with machine_lock(run_folder):
+        if not note.exists():
+            shutil.rmtree(os.path.abspath(folder), ignore_errors=True)
+            note.touch()

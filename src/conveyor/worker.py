@@ -108,6 +108,12 @@ class WorkerPlugin:
         )
 
     @property
+    def _machine_run_folder(self) -> Path | None:
+        """On a machine of workers alone, the folder they share (conveyor.machine_lock)."""
+        folder = self.settings.machine_run_folder
+        return Path(folder) if folder else None
+
+    @property
     def refused(self) -> bool:
         return self._handshake is not None and self._handshake.refused
 
@@ -121,7 +127,7 @@ class WorkerPlugin:
         # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker.
         keep_xdist_out(config)
         self._connect(config)
-        results_folder_emptied_once(config)  # before any plugin configures
+        results_folder_emptied_once(config, self._machine_run_folder)  # before plugins configure
         return (yield)
 
     def _connect(self, config: pytest.Config) -> None:
@@ -170,8 +176,8 @@ class WorkerPlugin:
         config.pluginmanager.register(self.record, "conveyor-outcome-record")
         if self.settings.own_controller:
             in_build_folder(config)
-        elif self.settings.machine_folder_note:
-            in_build_folder(config, machine_note=Path(self.settings.machine_folder_note))
+        elif self._machine_run_folder is not None:
+            in_build_folder(config, self._machine_run_folder)
         self.status.write("collecting")
 
     @pytest.hookimpl(trylast=True)

@@ -33,7 +33,7 @@ class WorkerSettings(WorkerOptions):
         history: str = "cache",  # "cache", "redis:<suite>" or "off"
         check_only: bool = False,  # compare collection and code with the build's, then leave
         own_controller: bool = True,  # a controller on this machine publishes plugins' input
-        machine_folder_note: str | None = None,  # workers alone: where their tmp folder is noted
+        machine_run_folder: str | None = None,  # workers alone: their machine's run folder
         fork_server: bool = False,  # collect, then fork the workers (conveyor.fork_server)
         networked_queue: bool = False,  # other machines may join (conveyor.fleet_size)
         ci_machines: int | None = None,  # the CI's parallel jobs of this build, where it says
@@ -49,7 +49,7 @@ class WorkerSettings(WorkerOptions):
         self.history = history
         self.check_only = check_only
         self.own_controller = own_controller
-        self.machine_folder_note = machine_folder_note
+        self.machine_run_folder = machine_run_folder
         self.fork_server = fork_server
         self.networked_queue = networked_queue
         self.ci_machines = ci_machines

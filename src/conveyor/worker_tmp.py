@@ -10,7 +10,7 @@ the workers need it, and each of its workers takes `FOLDER/gwN` in it, the folde
 passed on in the workers' input. It is asked for only when a test first wants a temporary
 folder, so a worker starts without waiting for its controller. On a machine of workers
 alone (`conveyor worker`), the first worker that needs a folder makes the numbered folder as
-pytest would and notes it in a file of the machine's run; the others take theirs in it.
+pytest would and notes it for the others, who take theirs in it (conveyor.machine_lock).
 
 A given `--basetemp` is emptied by pytest when its session first asks for a temporary
 folder, and the folders in it are named from a counter of the session's own: workers sharing
@@ -24,7 +24,6 @@ its `_basetemp`, `_given_basetemp` and `_retention_policy`.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 from collections.abc import Callable
@@ -34,13 +33,11 @@ from typing import Any
 import pytest
 
 from conveyor.environment import XDIST_WORKER
+from conveyor.machine_lock import machine_lock
 
 SHARED_BASETEMP = pytest.StashKey[Path]()
 # The workers' input key that carries the build's numbered folder on this machine.
 BUILD_FOLDER_KEY = "conveyor_basetemp"
-# Looked up once: a test that patches fcntl.flock (filelock's do) must not reach the lock the
-# workers take to share their machine's folder.
-_flock = fcntl.flock
 
 
 def build_folder(config: pytest.Config) -> str | None:
@@ -81,10 +78,10 @@ class OwnBasetemp:
         config.option.basetemp = str(shared / name)
 
 
-def in_build_folder(config: pytest.Config, machine_note: Path | None = None) -> None:
+def in_build_folder(config: pytest.Config, machine_run_folder: Path | None = None) -> None:
     """Make the worker's first request for its base folder take `FOLDER/<its name>` in the
-    folder its controller made, or, with `machine_note`, in the one the first worker of its
-    machine made. A worker forked after another chose already chooses again. Called once
+    folder its controller made, or, on a machine of workers alone, in the one the first worker
+    of the machine made. A worker forked after another chose already chooses again. Called once
     pytest's tmpdir plugin configured; not where the user gave --basetemp."""
     factory: Any = getattr(config, "_tmp_path_factory", None)
     if factory is None or config.stash.get(SHARED_BASETEMP, None) is not None:
@@ -100,10 +97,10 @@ def in_build_folder(config: pytest.Config, machine_note: Path | None = None) -> 
             factory._basetemp = factory._given_basetemp = None
             chosen_for.clear()
         if factory._basetemp is None and factory._given_basetemp is None and name:
-            if machine_note is None:
+            if machine_run_folder is None:
                 folder = _controllers_folder(config)
             else:
-                folder = _machines_folder(machine_note, factory, pytests_own)
+                folder = _machines_folder(machine_run_folder, factory, pytests_own)
             if folder is not None:
                 factory._given_basetemp = _unused_folder(folder, name)
                 chosen_for.append(name)
@@ -126,7 +123,7 @@ def _unused_folder(folder: Path, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
-def _machines_folder(note: Path, factory: Any, make: Callable[[], Path]) -> Path | None:
+def _machines_folder(run_folder: Path, factory: Any, make: Callable[[], Path]) -> Path | None:
     """The build's numbered folder on a machine of workers alone: made by the first worker
     that needs one, as pytest makes its own (the retention of earlier ones included), and
     noted for the others. None where pytest removes every numbered folder as the session that
@@ -134,24 +131,21 @@ def _machines_folder(note: Path, factory: Any, make: Callable[[], Path]) -> Path
     it cannot be made (each worker then tries on its own, as in plain pytest)."""
     if getattr(factory, "_retention_policy", "all") == "none":
         return None
-    with open(note.with_name(note.name + ".lock"), "a") as lock:
-        _flock(lock.fileno(), fcntl.LOCK_EX)
+    note = run_folder / "build-folder"
+    with machine_lock(run_folder):
+        noted = note.read_text("utf-8") if note.exists() else ""
+        if noted and Path(noted).is_dir():
+            return Path(noted)
         try:
-            noted = note.read_text("utf-8") if note.exists() else ""
-            if noted and Path(noted).is_dir():
-                return Path(noted)
-            try:
-                folder = make()
-            except OSError:
-                return None
-            note.write_text(str(folder), "utf-8")
-            # This worker too works in FOLDER/<its name>: its session's end then leaves the
-            # folder where the others still work (pytest removes the folder it made itself
-            # when that session passed, under the "failed" policy).
-            factory._basetemp = None
-            return folder
-        finally:
-            _flock(lock.fileno(), fcntl.LOCK_UN)
+            folder = make()
+        except OSError:
+            return None
+        note.write_text(str(folder), "utf-8")
+        # This worker too works in FOLDER/<its name>: its session's end then leaves the
+        # folder where the others still work (pytest removes the folder it made itself when
+        # that session passed, under the "failed" policy).
+        factory._basetemp = None
+        return folder
 
 
 def _controllers_folder(config: pytest.Config) -> Path | None:

@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+from helpers import communicate_or_dump_stacks, conveyor_popen
 
 TESTS = """
     import pytest
@@ -31,7 +32,7 @@ LATE_CONFIGURE = """
     """
 
 
-@pytest.mark.parametrize("start", ["default", "--fork-workers"])
+@pytest.mark.parametrize("start", ["default", "--fork-workers", "worker-only"])
 def test_clean_alluredir_empties_the_folder_once_and_keeps_every_result(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, start: str
 ) -> None:
@@ -41,12 +42,25 @@ def test_clean_alluredir_empties_the_folder_once_and_keeps_every_result(
     results = pytester.path / "allure-results"
     results.mkdir()
     (results / "stale-result.json").write_text("{}")
-    extra = [] if start == "default" else [start]
-    ours = pytester.run(
-        *(sys.executable, "-m", "conveyor", "run", "-n", "3", "-p", "no:cacheprovider", *extra),
-        *("--alluredir", str(results), "--clean-alluredir"),
-        timeout=300,
-    )
+    allure = ("--alluredir", str(results), "--clean-alluredir")
+    if start == "worker-only":
+        # A machine of workers alone has no controller to empty the folder before its
+        # workers write: the first of them to configure does (it was never emptied).
+        queue = ("--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "A1")
+        workers = conveyor_popen(pytester.path, "worker", "-n", "3", *queue, *allure)
+        ours = pytester.run(
+            *(sys.executable, "-m", "conveyor", "report", *queue, "-p", "no:cacheprovider"),
+            timeout=300,
+        )
+        output = communicate_or_dump_stacks(workers, 300)
+        assert workers.returncode == 0, output
+    else:
+        extra = [] if start == "default" else [start]
+        ours = pytester.run(
+            *(sys.executable, "-m", "conveyor", "run", "-n", "3", "-p", "no:cacheprovider"),
+            *(*extra, *allure),
+            timeout=300,
+        )
     assert ours.ret == 1, ours.stdout.str()
     written = sorted(results.glob("*-result.json"))
     assert not (results / "stale-result.json").exists()
