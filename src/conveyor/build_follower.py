@@ -251,8 +251,18 @@ class BuildFollower:
         if self.settings.shared and supervisor is not None:
             supervisor.leave("this machine was interrupted; its tests go back")
             left = self.others_are_working()
-            if not left:
+            if left:
+                say(
+                    "conveyor: leaving the build: this machine's workers stopped, running "
+                    "tests included, and their tests went back to the queue for the other "
+                    "machines"
+                )
+            else:
                 self.queue.stop("interrupted")
+                say(
+                    "conveyor: stopping the build: this machine's workers stopped, running "
+                    "tests included, and no other machine was working on it"
+                )
             self.drain()
             return left
         if supervisor is not None and not self.queue.status().populated:
