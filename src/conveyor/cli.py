@@ -260,12 +260,17 @@ def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | Non
 
 
 def _controller_exit(
-    options: RunOptions, build: Build, queue: Queue, supervisor: Supervisor | None
+    options: RunOptions,
+    build: Build,
+    queue: Queue,
+    supervisor: Supervisor | None,
+    command: str = "run",
 ) -> tuple[int, BuildMemoryPlugin]:
     """Report the build through pytest; the exit code, and the build memory, whose
     `record_cost` the caller runs once the workers are gone and before the queue closes."""
     import pytest
 
+    from conveyor.compat import run_pytest
     from conveyor.controller import ControllerPlugin, ControllerSettings
     from conveyor.memory_plugin import BuildMemoryPlugin
 
@@ -292,7 +297,7 @@ def _controller_exit(
     controller = ControllerPlugin(settings, queue, supervisor)
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
     try:
-        return int(pytest.main(options.pytest_args, plugins=[controller, memory])), memory
+        return run_pytest(options.pytest_args, [controller, memory], f"conveyor {command}"), memory
     except Exception as failure:
         # A plugin's own handling of Ctrl-C failed (pytest's terminal reporter itself raises
         # TypeError for an interrupt that lands in a frame without a line number): the build
@@ -359,9 +364,9 @@ def run(argv: Sequence[str]) -> int:
     """Work and report on this machine (`conveyor run`)."""
     options = parse_run_options(argv, "run")
     if options.in_process:
-        import pytest
+        from conveyor.compat import run_pytest
 
-        return int(pytest.main(options.pytest_args))  # signals as under plain pytest too
+        return run_pytest(options.pytest_args, [], "conveyor run")  # signals as in pytest too
     interrupts.install()  # before anything starts: a SIGTERM then must not orphan anything
     return _in_run_dir(_run, options)
 
@@ -474,7 +479,7 @@ def report(argv: Sequence[str]) -> int:
     queue = _open(options, build)
     memory: BuildMemoryPlugin | None = None
     try:
-        code, memory = _controller_exit(options, build, queue, None)
+        code, memory = _controller_exit(options, build, queue, None, command="report")
         return code
     finally:
         _record_cost(memory)

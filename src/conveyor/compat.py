@@ -4,11 +4,12 @@ what it relies on, so a new pytest version has one module to check."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, MappingProxyType
 from typing import IO, Any
@@ -558,3 +559,15 @@ def _results_folder_emptied_on_this_machine(config: pytest.Config, run_folder: P
         if not note.exists():
             shutil.rmtree(os.path.abspath(folder), ignore_errors=True)
             note.touch()
+
+
+def run_pytest(args: Sequence[str], plugins: Sequence[object], prog: str) -> int:
+    """pytest.main, whose usage errors then name the command that was typed (`usage: conveyor
+    run [options] ...`): pytest 9.1 and later name the program `pytest.main()` otherwise,
+    which nobody typed. Older pytest names it from the command line."""
+    from _pytest import config as pytest_config
+
+    main = getattr(pytest_config, "_main", None)
+    if main is not None and "prog" in inspect.signature(main).parameters:
+        return int(main(args=list(args), plugins=list(plugins), prog=prog))
+    return int(pytest.main(list(args), plugins=list(plugins)))

@@ -229,6 +229,8 @@ def test_usage_error_exit_code_4(pytester: pytest.Pytester, start: str) -> None:
     plain, ours = assert_same_verdict(pytester, "--no-such-option")
     assert plain.ret == 4
     ours.stderr.fnmatch_lines(["*unrecognized arguments: --no-such-option*"])
+    # The program named is the command that was typed, never pytest's in-process entry point.
+    assert "pytest.main()" not in ours.stderr.str()
 
 
 @pytest.mark.parametrize("option", ["--sw", "--sw-skip", "--sw-reset"])
