@@ -31,6 +31,7 @@ class BuildSummary:
         all_events: Callable[[], list[Event]],
         title: str,
         workers: int,
+        node: str = "",
     ) -> None:
         self.queue = queue
         self.problems = problems
@@ -39,6 +40,7 @@ class BuildSummary:
         self._events: list[Event] | None = None
         self.title = title
         self.workers = workers
+        self.node = node  # this machine's prefix of its workers' ids on a shared queue
 
     def all_events(self) -> list[Event]:
         """The whole stream, read once at the end for the timeline and the GitHub summary."""
@@ -97,8 +99,25 @@ class BuildSummary:
                 f"{took:.1f} s from the command's start{first} (pytest's time below starts "
                 "with its session)"
             )
+        if self.node and supervisor is not None:
+            self._write_machine_share(terminalreporter)
         failures = supervisor.failures if supervisor else []
         self.problems.write(terminalreporter, failures, self.ledger.reruns)
+
+    def _write_machine_share(self, terminalreporter: Any) -> None:
+        """Every machine of a shared build reports the whole build: which part of it this one
+        ran is worth a line (a machine that ran nothing is worth knowing about)."""
+        by_machine = self.ledger.by_machine
+        total = sum(by_machine.values())
+        if not total:
+            return
+        here = by_machine.get(self.node, 0)
+        others = len([machine for machine in by_machine if machine != self.node])
+        elsewhere = f" ({others} other machine{'s' if others != 1 else ''} ran the rest)"
+        terminalreporter.write_line(
+            f"conveyor: this machine ({self.node.rstrip('/')}) ran {here} of the {total} "
+            f"test(s) with a result{elsewhere if others else ''}"
+        )
 
     def _github_summary(self, terminalreporter: Any) -> None:
         if not os.environ.get("GITHUB_STEP_SUMMARY"):

@@ -222,6 +222,7 @@ class ControllerPlugin:
             self._follower.all_events,
             title=f"conveyor build {settings.build}",
             workers=settings.workers,
+            node=settings.node,
         )
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:

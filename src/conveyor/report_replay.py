@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Ledger:
     crashed: set[str] = field(default_factory=set)  # failed for crashing, with no duration
     reruns: dict[str, list[Any]] = field(default_factory=dict)  # failed attempts retried
     first_result_s: float | None = None
+    by_machine: Counter[str] = field(default_factory=Counter)  # results by machine prefix
 
     def __post_init__(self) -> None:
         self.reported = ReportedTests(self.durations, self.crashed)
@@ -168,6 +170,7 @@ class ReportReplayer:
             )
             return False
         self.ledger.durations[nodeid] = 0.0  # until its reports are replayed
+        self.ledger.by_machine[machine_of(event.worker or "")] += 1
         if self.ledger.first_result_s is None:
             self.ledger.first_result_s = time.monotonic() - self._started_at
         return True
@@ -286,6 +289,12 @@ class ReportReplayer:
 
 # Line numbers above 256 are an int object each: one per distinct value instead.
 _LINE_NUMBERS: dict[int, int] = {}
+
+
+def machine_of(worker: str) -> str:
+    """The machine part of a worker id: `ci-3/` of `ci-3/gw0` on a shared queue, else ''."""
+    machine, slash, _ = worker.rpartition("/")
+    return machine + slash
 
 
 def where_it_ran(report: Any, event: Event) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from helpers import communicate_or_dump_stacks, junit_outcomes
@@ -108,6 +109,14 @@ def test_a_machine_cancelled_in_a_shared_build_leaves_it_to_the_others(
     assert code == 0, output
     outcomes = junit_outcomes(pytester.path / "other.xml")
     assert len(outcomes) == 31 and set(map(tuple, outcomes.values())) == {(("passed",),)}
+    # Each machine reports the whole build, and says which part of it was its own.
+    ran_here = re.search(r"this machine \(b[^)]*\) ran (\d+) of the 31 test\(s\)", output)
+    assert ran_here, output
+    where = ElementTree.parse(pytester.path / "other.xml").iter("property")
+    ran_on_a = sum(
+        1 for p in where if p.get("name") == "conveyor_worker" and p.get("value", "")[0] == "a"
+    )
+    assert int(ran_here.group(1)) == 31 - ran_on_a
 
 
 @pytest.mark.parametrize("change", ["new-test", "same-ids-other-code"])
