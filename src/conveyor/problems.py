@@ -37,6 +37,7 @@ class BuildProblems:
     left_shared_build: bool = False  # this machine was interrupted; the build goes on
     workers_ended_by_pytest: bool = False  # a usage error or pytest.exit(): not failures
     resumable: bool = True  # the queue outlives this command (an explicit --queue)
+    stop_reason: str | None = None  # why the build was stopped, as the queue keeps it
 
     @property
     def session_ended(self) -> SessionEnding | None:
@@ -94,6 +95,15 @@ class BuildProblems:
             tr.write_line(line, red=True)
         self._write_without_result(tr)
 
+    def _why_stopped(self) -> str:
+        """-x and --maxfail stop a build as they stop plain pytest: resuming it is not what the
+        user is after. Any other stop says how to resume."""
+        reason = self.stop_reason or "interrupted"
+        if reason.startswith(MAXFAIL_STOP):
+            return f": {reason} (-x, --maxfail)"
+        how = how_to_resume(self.resumable)
+        return f" ({how})" if reason == "interrupted" else f" ({reason}; {how})"
+
     def _write_without_result(self, tr: Any) -> None:
         if self.left_shared_build:
             # Without a manifest yet (interrupted while starting) there is no count to give.
@@ -105,9 +115,9 @@ class BuildProblems:
             )
             _list(tr, self.not_run)
         elif self.not_run:
-            how = how_to_resume(self.resumable)
             tr.write_line(
-                f"{len(self.not_run)} test(s) did not run because the build was stopped ({how}):",
+                f"{len(self.not_run)} test(s) did not run because the build was stopped"
+                f"{self._why_stopped()}:",
                 yellow=True,
             )
             _list(tr, self.not_run)
@@ -125,6 +135,9 @@ def _list(tr: Any, nodeids: Sequence[str]) -> None:
         tr.write_line(f"  {nodeid}")
     if len(nodeids) > SHOWN:
         tr.write_line(f"  ... and {len(nodeids) - SHOWN} more")
+
+
+MAXFAIL_STOP = "stopping after "  # pytest's own reason for -x and --maxfail
 
 
 def how_to_resume(resumable: bool) -> str:

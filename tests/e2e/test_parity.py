@@ -483,8 +483,13 @@ def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester, start: str) 
     result = run_conveyor(pytester, "-n", "2", "-x")
     assert result.ret == 1
     result.stdout.fnmatch_lines(
-        ["*test(s) did not run because the build was stopped*", "*stopping after 1 failures*"]
+        [
+            "*test(s) did not run because the build was stopped: stopping after 1 failures "
+            "(-x, --maxfail):",
+            "*stopping after 1 failures*",
+        ]
     )
+    assert "resume" not in result.stdout.str()  # not what -x is for
     outcome = result.parseoutcomes()
     assert outcome["failed"] == 1
     assert outcome.get("passed", 0) < 60
