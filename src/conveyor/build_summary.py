@@ -55,7 +55,9 @@ class BuildSummary:
         if manifest is None:
             return
         sort_stats_in_collection_order(session, manifest)
-        if self.queue.status().stop_reason is not None:
+        stop_reason = self.queue.status().stop_reason
+        if stop_reason is not None:
+            self.problems.stop_reason = stop_reason
             self.note_not_run(manifest)
             return
         self.problems.missing = sorted(manifest.unit_ids.keys() - self.ledger.reported)
@@ -103,6 +105,35 @@ class BuildSummary:
             self._write_machine_share(terminalreporter)
         failures = supervisor.failures if supervisor else []
         self.problems.write(terminalreporter, failures, self.ledger.reruns)
+
+    def hint_at_order(
+        self, terminalreporter: Any, queue_url: str, build: str, from_history: bool
+    ) -> None:
+        """Tests that failed in a build served out of collection order (slowest first) may
+        pass under plain pytest, which runs them after what comes before them in the files:
+        say so, and how to find the test one depends on, rather than leave a build that was
+        green on its first run and red on the next without a word."""
+        stats = getattr(terminalreporter, "stats", {})
+        failed = len(stats.get("failed", [])) + len(stats.get("error", []))
+        if not failed:
+            return
+        if self.problems.resumable:
+            find = (
+                f"`conveyor bisect --queue {queue_url} --build {build} --failing TEST_ID` finds "
+                "the test it depends on"
+            )
+        else:
+            find = (
+                "run the build with --queue sqlite:///path/queue.db --build ID and `conveyor "
+                "bisect` finds the test it depends on"
+            )
+        how = " (slowest first, from timing history)" if from_history else ""
+        terminalreporter.write_line(
+            f"conveyor: this build ran its tests out of collection order{how}. A test that "
+            "failed here and passes under plain pytest depends on what ran before it in its "
+            f"worker: {find}; --order collected keeps collection order.",
+            yellow=True,
+        )
 
     def _write_machine_share(self, terminalreporter: Any) -> None:
         """Every machine of a shared build reports the whole build: which part of it this one

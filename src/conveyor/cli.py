@@ -371,7 +371,17 @@ def run(argv: Sequence[str]) -> int:
     return _in_run_dir(_run, options)
 
 
+def _serving_order(options: RunOptions) -> RunOptions:
+    """One worker alone gains nothing from slowest first (its build takes as long in any
+    order), and collection order is plain pytest's: a suite whose tests depend on the order
+    they run in then passes or fails as it does there."""
+    if options.workers == 1 and not options.shared_queue and options.order == "slowest":
+        return options.replace(order="collected")
+    return options
+
+
 def _run(options: RunOptions, run_dir: Path) -> int:
+    options = _serving_order(options)
     _quarantine(options)  # a bad quarantine file stops the build before anything starts
     build = _resolve_build(options, run_dir)
     queue = _open(options, build)
@@ -382,7 +392,6 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         return refused
     supervisor = None if replaying else _supervisor(options, build, run_dir)
     memory: BuildMemoryPlugin | None = None
-    reported = False
     try:
         if supervisor is not None:
             _node_setup(options)
@@ -394,8 +403,7 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         if supervisor is not None:
             supervisor.start()
         code, memory = _controller_exit(options, build, queue, supervisor)
-        reported = True
-        return code
+        return code if supervisor is None else _after_the_report(supervisor, code)
     except KeyboardInterrupt:
         if supervisor is None:
             raise
@@ -405,11 +413,26 @@ def _run(options: RunOptions, run_dir: Path) -> int:
         return 2
     finally:
         if supervisor is not None:
-            # After a report, the workers are ending their sessions on their own (they were
-            # given the time the summary took); otherwise they are stopped.
-            supervisor.shutdown(terminate=not reported)
+            supervisor.shutdown(terminate=True)  # none is left after a report
         _record_cost(memory)
         queue.close()
+
+
+def _after_the_report(supervisor: Supervisor, code: int) -> int:
+    """The workers end their own sessions while the summary is printed; wait for them after
+    it. Interrupted meanwhile, the build (reported in full) is not a green one."""
+    try:
+        supervisor.shutdown()
+    except KeyboardInterrupt:
+        interrupts.acted_on()
+        supervisor.shutdown(terminate=True)
+        print(
+            "conveyor: interrupted while the workers ended their sessions: the report above "
+            "is complete, and the workers were stopped.",
+            file=sys.stderr,
+        )
+        return 2
+    return code
 
 
 def _record_cost(memory: BuildMemoryPlugin | None) -> None:

@@ -424,6 +424,13 @@ class ControllerPlugin:
             started_at=self._started_at,
             supervisor=self.supervisor,
         )
+        if self.manifest is not None and "collection_order" in self.manifest.meta:
+            summary.hint_at_order(
+                terminalreporter,
+                self.queue.display_url,
+                self.settings.build,
+                from_history=bool(self.manifest.meta.get("with_history")),
+            )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Any:

@@ -424,15 +424,20 @@ def test_a_build_that_ends_early_records_the_durations_of_what_ran(
             def pytest_configure(config):
                 if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
                     deadline = time.monotonic() + 60
-                    while not pathlib.Path({str(ran)!r}).exists() and time.monotonic() < deadline:
+                    ran = pathlib.Path({str(ran)!r})
+                    while time.monotonic() < deadline:
+                        if ran.exists() and len(ran.read_text().split()) >= 5:
+                            break
                         time.sleep(0.02)
+                    time.sleep(0.5)  # their results reach the controller
                     os._exit(3)
             """
         )
     pytester.makepyfile(
         test_slow="import pathlib, time\n"
         + "\n".join(
-            f"def test_{i}():\n    pathlib.Path({str(ran)!r}).touch()\n    time.sleep(0.1)\n"
+            f"def test_{i}():\n    time.sleep(0.1)\n"
+            f"    with open({str(ran)!r}, 'a') as ran:\n        ran.write('{i}\\n')\n"
             for i in range(40)
         )
     )
@@ -444,9 +449,9 @@ def test_a_build_that_ends_early_records_the_durations_of_what_ran(
     )
     if ending == "interrupted":
         deadline = time.monotonic() + 60
-        while not ran.exists() and time.monotonic() < deadline:
+        while not (ran.exists() and len(ran.read_text().split()) >= 5):
+            assert time.monotonic() < deadline, "no test ran"
             time.sleep(0.05)
-        time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
     output = communicate_or_dump_stacks(process, 300)
     assert process.returncode == (3 if ending == "aborted" else 2), output

@@ -151,3 +151,61 @@ def test_a_class_longer_than_a_batch_runs_whole_on_one_worker(
         assert result.ret == 0, result.stdout.str()
         result.stdout.fnmatch_lines(["*46 passed*"])
         assert len(log.read_text().splitlines()) == 1, (run, log.read_text())
+
+
+# test_z_polluter, slow, leaves a module behind that test_a_state must not see: collection
+# order (plain pytest's) passes; the polluter first fails test_a_state.
+POLLUTED = {
+    "test_a_state": (
+        "import sys\n\ndef test_uses_state():\n    assert 'polluted' not in sys.modules\n"
+    ),
+    "test_z_polluter": (
+        "import sys, time\n\n"
+        "def test_slow_polluter():\n    time.sleep(0.3)\n    sys.modules['polluted'] = sys\n"
+    ),
+}
+
+
+def test_one_worker_alone_runs_in_collection_order_with_history(
+    pytester: pytest.Pytester,
+) -> None:
+    """A lone worker gains nothing from slowest first: its build takes as long in any order.
+    It served the slow polluter first on the second run, which failed where plain pytest
+    (and the first run) passed."""
+    pytester.makepyfile(**POLLUTED)
+    for run in ("first", "with history"):
+        result = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "1", timeout=120)
+        assert result.ret == 0, (run, result.stdout.str())
+        result.assert_outcomes(passed=2)
+
+
+def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
+    pytester: pytest.Pytester,
+) -> None:
+    """A build served out of collection order that has failures says that a test may depend
+    on what ran before it, with the bisect command for this build's queue; one without
+    failures says nothing."""
+    pytester.makepyfile(**POLLUTED)
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "-p", "no:cacheprovider", "--order", "random")
+    failing = pytester.run(
+        sys.executable, "-m", "conveyor", *run, "--seed", "1", "--queue", queue, "--build", "O1"
+    )
+    assert failing.ret == 1, failing.stdout.str()
+    failing.stdout.fnmatch_lines(
+        [
+            "conveyor: this build ran its tests out of collection order. A test that failed "
+            "here and passes under plain pytest depends on what ran before it in its worker: "
+            f"`conveyor bisect --queue {queue} --build O1 --failing TEST_ID` finds the test it "
+            "depends on; --order collected keeps collection order."
+        ]
+    )
+    bisect = pytester.run(
+        *(sys.executable, "-m", "conveyor", "bisect", "--queue", queue, "--build", "O1"),
+        *("--failing", "test_a_state.py::test_uses_state"),
+        timeout=120,
+    )
+    bisect.stdout.fnmatch_lines(["*test_z_polluter.py::test_slow_polluter*"])
+    passing = pytester.run(sys.executable, "-m", "conveyor", *run, "--seed", "0")
+    assert passing.ret == 0, passing.stdout.str()
+    assert "out of collection order" not in passing.stdout.str()
