@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from conveyor import github
+from conveyor.compat import sort_junit_in_collection_order
 from conveyor.errors import QueueError
 from conveyor.history import history_store
 from conveyor.manifest_view import ManifestView
@@ -186,10 +187,12 @@ class BuildSummary:
 
 
 def sort_stats_in_collection_order(session: pytest.Session, manifest: ManifestView) -> None:
-    """Results arrive in completion order; the summary lists them as plain pytest does."""
+    """Results arrive in completion order; the summary and --junitxml list them as plain
+    pytest does."""
+    position = manifest.collection_positions()
+    sort_junit_in_collection_order(session.config, position)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
-    position = manifest.collection_positions()
     for reports in reporter.stats.values():
         reports.sort(key=lambda report: position.get(getattr(report, "nodeid", ""), -1))

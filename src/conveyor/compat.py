@@ -290,6 +290,40 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
     return append
 
 
+# Beyond this many tests the file keeps completion order: the sort's table of every test's
+# <testcase> name would cost the controller about 200 bytes a test.
+JUNIT_SORT_LIMIT = 200_000
+
+
+def sort_junit_in_collection_order(config: pytest.Config, position: Mapping[str, int]) -> None:
+    """--junitxml writes its <testcase> elements in the order their tests first reported,
+    which is collection order in a plain run and completion order in a build: sorted as plain
+    pytest writes them, so that two runs' files compare line by line. What has no position (a
+    collection error) keeps its place before the tests. pytest empties a node reporter once
+    its test is done, keeping only the element it wrote, so the element's classname and name
+    are matched with each test's as pytest makes them (`mangle_test_address`, `prefix`).
+    Relies on the LogXML object's `node_reporters_ordered` and `prefix`."""
+    xml = config.stash.get(junitxml.xml_key, None)
+    ordered = getattr(xml, "node_reporters_ordered", None)
+    if not isinstance(ordered, list) or not position or len(position) > JUNIT_SORT_LIMIT:
+        return
+    prefix = getattr(xml, "prefix", None)
+    rank: dict[tuple[str, str], int] = {}
+    for nodeid, place in position.items():
+        try:
+            names = junitxml.mangle_test_address(nodeid)
+        except Exception:  # an id pytest's own parser refuses: left where it is
+            continue
+        classname = ".".join(names[:-1])
+        rank[(f"{prefix}.{classname}" if prefix else classname, names[-1])] = place
+
+    def place_of(reporter: Any) -> int:
+        element = reporter.to_xml()
+        return rank.get((element.get("classname", ""), element.get("name", "")), -1)
+
+    ordered.sort(key=place_of)
+
+
 # The standard parts of a report: a stub leaves out the heavy ones (keywords, captured
 # output, user properties) and the start and stop times nothing reads once the hooks have seen
 # them, holds the others in slots, and keeps anything else a plugin attached to the report in

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from xml.etree import ElementTree
 
 import pytest
 from helpers import junit_outcomes
@@ -209,3 +210,30 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
     passing = pytester.run(sys.executable, "-m", "conveyor", *run, "--seed", "0")
     assert passing.ret == 0, passing.stdout.str()
     assert "out of collection order" not in passing.stdout.str()
+
+
+def test_junitxml_lists_testcases_in_collection_order(pytester: pytest.Pytester) -> None:
+    """Plain pytest writes <testcase> elements in collection order; a build's results arrive
+    in completion order, and the file listed them so: two runs' files did not compare line by
+    line. Served in a shuffled order, with a --junitprefix, the file keeps collection order."""
+    pytester.makepyfile(
+        test_a="def test_a1(): pass\ndef test_a2(): assert 0\n",
+        test_b="import pytest\n\n@pytest.mark.parametrize('n', range(6))\ndef test_b(n): pass\n",
+        test_c="class TestC:\n    def test_c1(self): pass\n    def test_c2(self): pass\n",
+    )
+    common = ("-p", "no:randomly", "-p", "no:cacheprovider", "--junitprefix=pre")
+    plain = pytester.run(sys.executable, "-m", "pytest", *common, "--junitxml=plain.xml")
+    assert plain.ret == 1
+    ours = pytester.run(
+        *(sys.executable, "-m", "conveyor", "run", "-n", "2", *common),
+        *("--order", "random", "--seed", "3", "--junitxml=ours.xml"),
+        timeout=120,
+    )
+    assert ours.ret == 1, ours.stdout.str()
+
+    def cases(name: str) -> list[tuple[str | None, str | None]]:
+        root = ElementTree.parse(pytester.path / name)
+        return [(case.get("classname"), case.get("name")) for case in root.iter("testcase")]
+
+    assert cases("ours.xml") == cases("plain.xml")
+    assert cases("plain.xml")[0] == ("pre.test_a", "test_a1")
