@@ -99,7 +99,7 @@ class BuildSummary:
             # the workers' start: say which is which, or the two numbers look contradictory.
             terminalreporter.write_line(
                 f"conveyor: estimated {estimate_s:.1f} s of testing; the build took "
-                f"{took:.1f} s from the command's start{first} (pytest's time below starts "
+                f"{took:.2f} s from the command's start{first} (pytest's time below starts "
                 "with its session)"
             )
         if self.node and supervisor is not None:
