@@ -144,6 +144,18 @@ PINS: tuple[Pin, ...] = (
     Pin("colorama", "0.4.6", "unittest with mock, *_test.py files", args=("colorama/tests",)),
     Pin("sqlparse", "0.6.1", "a parser's many small tests, xfail and xpass", args=("tests",)),
     Pin(
+        "arrow",
+        "1.3.0",
+        "pytest-cov with --cov-fail-under from tox.ini's addopts, pytest-mock, time zones",
+        # this one compares with the machine's own tzdata, which differs between machines
+        args=(
+            "tests",
+            "--deselect",
+            "tests/test_arrow.py::TestArrowConversion::test_anchorage_dst",
+        ),
+        deps=("pytest-cov", "pytest-mock", "pytz==2021.1", "simplejson", "dateparser==1.*"),
+    ),
+    Pin(
         "structlog",
         "26.1.0",
         "async tests (pytest-asyncio), logging handlers, pytest-randomly in its own test deps",
@@ -180,6 +192,7 @@ BASELINES: dict[str, str] = {
     "colorama-0.4.6": "38 passed, 14 skipped",
     "sqlparse-0.6.1": "537 passed, 2 xfailed, 1 xpassed",
     "structlog-26.1.0": "928 passed, 20 skipped, 2 warnings",
+    "arrow-1.3.0": "1836 passed, 1 deselected, 2 xpassed, 1 warning",
 }
 
 

@@ -8,6 +8,7 @@ import inspect
 import io
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -605,3 +606,34 @@ def run_pytest(args: Sequence[str], plugins: Sequence[object], prog: str) -> int
     if main is not None and "prog" in inspect.signature(main).parameters:
         return int(main(args=list(args), plugins=list(plugins), prog=prog))
     return int(pytest.main(list(args), plugins=list(plugins)))
+
+
+def own_coverage_data_files(config: pytest.Config, worker: str) -> None:
+    """pytest-cov's worker, when told it is not collocated with its controller (every worker
+    of a build on a shared queue: conveyor.xdist_compat.adapt_input), combines the coverage
+    data files it finds beside its own before it sends its data, and removes them. The
+    workers of one machine share a directory: one combined another's file while that one
+    was still writing it, and the other's data was lost with its output (a build failed
+    --cov-fail-under at random). Each worker's data files get a name of its own
+    (`.coverage.gw0.*`, through COVERAGE_FILE, which coverage reads over `data_file`); the
+    controller's final combine still gathers any left. Called before pytest-cov's worker
+    starts coverage (its pytest_sessionstart)."""
+    workerinput = getattr(config, "workerinput", None)
+    if not workerinput or config.pluginmanager.get_plugin("_cov") is None:
+        return
+    try:
+        host = workerinput["cov_master_host"]
+    except (KeyError, TypeError):
+        return  # pytest-cov is not measuring this build
+    if host == socket.gethostname():
+        return  # collocated: each worker only saves its own file
+    data_file = os.environ.get("COVERAGE_FILE")
+    if not data_file:
+        try:
+            import coverage
+
+            cov_config = getattr(config.option, "cov_config", ".coveragerc")
+            data_file = coverage.Coverage(config_file=cov_config).config.data_file
+        except Exception:  # coverage's own error about its configuration comes later
+            return
+    os.environ["COVERAGE_FILE"] = f"{os.path.abspath(data_file)}.{worker}"

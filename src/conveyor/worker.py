@@ -24,11 +24,12 @@ from conveyor.compat import (
     NextItem,
     forward_rerun_reports,
     fresh_basetemp,
+    own_coverage_data_files,
     redirect_output,
     results_folder_emptied_once,
     silence_terminal,
 )
-from conveyor.environment import mark_worker_process, take_settings
+from conveyor.environment import XDIST_WORKER, mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.fleet_size import plan_workers
 from conveyor.fork_server import ForkServer, channel_from_environment
@@ -179,6 +180,10 @@ class WorkerPlugin:
         elif self._machine_run_folder is not None:
             in_build_folder(config, self._machine_run_folder)
         self.status.write("collecting")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        own_coverage_data_files(session.config, os.environ.get(XDIST_WORKER, "gw0"))
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:

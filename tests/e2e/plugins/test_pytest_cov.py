@@ -87,6 +87,36 @@ def test_coverage_fail_under_fails_the_build_as_in_plain_pytest(
     ours.stdout.fnmatch_lines(["*FAIL Required test coverage of 95% not reached*"])
 
 
+def test_workers_on_a_shared_queue_combine_only_their_own_coverage_files(
+    with_plugins: pytest.Pytester,
+) -> None:
+    """On a shared queue every worker sends its data (it is told it is not collocated), and
+    pytest-cov's worker then combines the data files beside its own: the workers of one
+    machine combined each other's files while they were being written, and one worker's data
+    was lost (arrow's suite failed --cov-fail-under=99 at 89 %). Each worker's files now have
+    a name of its own, and the report is plain pytest's."""
+    write(with_plugins.path, COVERED)
+    seen = with_plugins.path / "seen"
+    (with_plugins.path / "test_where.py").write_text(
+        "import os\n\n"
+        "def test_where():\n"
+        f"    with open({str(seen)!r}, 'a') as out:\n"
+        "        out.write(os.environ.get('PYTEST_XDIST_WORKER', 'plain') + ' '\n"
+        "                  + os.environ.get('COVERAGE_FILE', '') + '\\n')\n"
+    )
+    args = ["--cov=pkg", "--cov-report=term-missing", "--cov-fail-under=80"]
+    plain = run_plain(with_plugins, *args)
+    (with_plugins.path / ".coverage").unlink()
+    seen.unlink()
+    queue = ("--queue", f"sqlite://{with_plugins.path / 'q.db'}", "--build", "C1")
+    ours = run_conveyor(with_plugins, "-n", "3", *queue, *args)
+    assert ours.ret == plain.ret == 0, ours.stdout.str() + ours.stderr.str()
+    assert coverage_table(ours.stdout.str()) == coverage_table(plain.stdout.str())
+    worker, data_file = seen.read_text().split()
+    assert data_file == f"{with_plugins.path / '.coverage'}.{worker}"
+    assert not list(with_plugins.path.glob(".coverage.*"))  # the controller gathered them
+
+
 @pytest.mark.redis
 def test_coverage_on_two_machines_is_the_whole_builds_on_each(
     with_plugins: pytest.Pytester, redis_server: object
