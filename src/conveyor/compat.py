@@ -637,3 +637,24 @@ def own_coverage_data_files(config: pytest.Config, worker: str) -> None:
         except Exception:  # coverage's own error about its configuration comes later
             return
     os.environ["COVERAGE_FILE"] = f"{os.path.abspath(data_file)}.{worker}"
+
+
+def own_coverage_data_files_once_forked(config: pytest.Config, worker: str) -> None:
+    """A worker forked after collection (--fork-workers) inherits the coverage its collecting
+    process started, with that process's data file name: its files take its own name, as a
+    spawned worker's do (own_coverage_data_files). Relies on pytest-cov's `cov_controller.cov`
+    and on coverage's `Coverage._data` and `CoverageData._basename`, which names the files
+    `combine` gathers; without them, nothing changes."""
+    named = os.environ.get("COVERAGE_FILE", "")
+    plugin = config.pluginmanager.get_plugin("_cov")
+    cov = getattr(getattr(plugin, "cov_controller", None), "cov", None)
+    data = getattr(cov, "_data", None)
+    if not named or cov is None or not hasattr(data, "_basename"):
+        return
+    base, _, previous = named.rpartition(".")
+    if not base or data._basename != named or previous == worker:  # type: ignore[union-attr]
+        return  # not a name own_coverage_data_files gave
+    own = f"{base}.{worker}"
+    os.environ["COVERAGE_FILE"] = own
+    cov.config.data_file = own
+    data._basename = own  # type: ignore[union-attr]

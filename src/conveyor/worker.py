@@ -25,6 +25,7 @@ from conveyor.compat import (
     forward_rerun_reports,
     fresh_basetemp,
     own_coverage_data_files,
+    own_coverage_data_files_once_forked,
     redirect_output,
     results_folder_emptied_once,
     silence_terminal,
@@ -277,6 +278,7 @@ class WorkerPlugin:
         self._connect(config)
         fresh_basetemp(config)
         own_basetemp_once_forked(config)
+        own_coverage_data_files_once_forked(config, os.environ.get(XDIST_WORKER, "gw0"))
         follow_stderr()  # a trace goes to this worker's log too
         self.status.write("collecting")
         trace("%s forked from the fork server", settings.worker_id)

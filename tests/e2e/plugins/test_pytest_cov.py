@@ -87,8 +87,9 @@ def test_coverage_fail_under_fails_the_build_as_in_plain_pytest(
     ours.stdout.fnmatch_lines(["*FAIL Required test coverage of 95% not reached*"])
 
 
+@pytest.mark.parametrize("start", ["default", "--fork-workers"])
 def test_workers_on_a_shared_queue_combine_only_their_own_coverage_files(
-    with_plugins: pytest.Pytester,
+    with_plugins: pytest.Pytester, start: str
 ) -> None:
     """On a shared queue every worker sends its data (it is told it is not collocated), and
     pytest-cov's worker then combines the data files beside its own: the workers of one
@@ -109,7 +110,8 @@ def test_workers_on_a_shared_queue_combine_only_their_own_coverage_files(
     (with_plugins.path / ".coverage").unlink()
     seen.unlink()
     queue = ("--queue", f"sqlite://{with_plugins.path / 'q.db'}", "--build", "C1")
-    ours = run_conveyor(with_plugins, "-n", "3", *queue, *args)
+    extra = [] if start == "default" else [start]
+    ours = run_conveyor(with_plugins, "-n", "3", *queue, *extra, *args)
     assert ours.ret == plain.ret == 0, ours.stdout.str() + ours.stderr.str()
     assert coverage_table(ours.stdout.str()) == coverage_table(plain.stdout.str())
     worker, data_file = seen.read_text().split()
