@@ -608,7 +608,7 @@ def run_pytest(args: Sequence[str], plugins: Sequence[object], prog: str) -> int
     return int(pytest.main(list(args), plugins=list(plugins)))
 
 
-def own_coverage_data_files(config: pytest.Config, worker: str) -> None:
+def own_coverage_data_files(config: pytest.Config) -> None:
     """pytest-cov's worker, when told it is not collocated with its controller (every worker
     of a build on a shared queue: conveyor.xdist_compat.adapt_input), combines the coverage
     data files it finds beside its own before it sends its data, and removes them. The
@@ -627,6 +627,7 @@ def own_coverage_data_files(config: pytest.Config, worker: str) -> None:
         return  # pytest-cov is not measuring this build
     if host == socket.gethostname():
         return  # collocated: each worker only saves its own file
+    worker = workerinput["workerid"]
     data_file = os.environ.get("COVERAGE_FILE")
     if not data_file:
         try:
@@ -639,7 +640,7 @@ def own_coverage_data_files(config: pytest.Config, worker: str) -> None:
     os.environ["COVERAGE_FILE"] = f"{os.path.abspath(data_file)}.{worker}"
 
 
-def own_coverage_data_files_once_forked(config: pytest.Config, worker: str) -> None:
+def own_coverage_data_files_once_forked(config: pytest.Config) -> None:
     """A worker forked after collection (--fork-workers) inherits the coverage its collecting
     process started, with that process's data file name: its files take its own name, as a
     spawned worker's do (own_coverage_data_files). Relies on pytest-cov's `cov_controller.cov`
@@ -651,6 +652,7 @@ def own_coverage_data_files_once_forked(config: pytest.Config, worker: str) -> N
     data = getattr(cov, "_data", None)
     if not named or cov is None or not hasattr(data, "_basename"):
         return
+    worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
     base, _, previous = named.rpartition(".")
     if not base or data._basename != named or previous == worker:  # type: ignore[union-attr]
         return  # not a name own_coverage_data_files gave

@@ -30,7 +30,7 @@ from conveyor.compat import (
     results_folder_emptied_once,
     silence_terminal,
 )
-from conveyor.environment import XDIST_WORKER, mark_worker_process, take_settings
+from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError
 from conveyor.fleet_size import plan_workers
 from conveyor.fork_server import ForkServer, channel_from_environment
@@ -176,15 +176,13 @@ class WorkerPlugin:
         silence_terminal(config)
         config.pluginmanager.register(self.collection, "conveyor-collection-record")
         config.pluginmanager.register(self.record, "conveyor-outcome-record")
-        if self.settings.own_controller:
-            in_build_folder(config)
-        elif self._machine_run_folder is not None:
+        if self.settings.own_controller or self._machine_run_folder is not None:
             in_build_folder(config, self._machine_run_folder)
         self.status.write("collecting")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        own_coverage_data_files(session.config, os.environ.get(XDIST_WORKER, "gw0"))
+        own_coverage_data_files(session.config)
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
@@ -278,7 +276,7 @@ class WorkerPlugin:
         self._connect(config)
         fresh_basetemp(config)
         own_basetemp_once_forked(config)
-        own_coverage_data_files_once_forked(config, os.environ.get(XDIST_WORKER, "gw0"))
+        own_coverage_data_files_once_forked(config)
         follow_stderr()  # a trace goes to this worker's log too
         self.status.write("collecting")
         trace("%s forked from the fork server", settings.worker_id)

@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import communicate_or_dump_stacks, junit_outcomes, run_conveyor, run_plain
+from helpers import (
+    communicate_or_dump_stacks,
+    junit_outcomes,
+    run_conveyor,
+    run_plain,
+    wait_until,
+)
 
 RERUN_ELEMENT = "rerunFailure"
 
@@ -448,10 +454,7 @@ def test_a_build_that_ends_early_records_the_durations_of_what_ran(
         command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     if ending == "interrupted":
-        deadline = time.monotonic() + 60
-        while not (ran.exists() and len(ran.read_text().split()) >= 5):
-            assert time.monotonic() < deadline, "no test ran"
-            time.sleep(0.05)
+        wait_until(lambda: ran.exists() and len(ran.read_text().split()) >= 5, "no test ran")
         process.send_signal(signal.SIGTERM)
     output = communicate_or_dump_stacks(process, 300)
     assert process.returncode == (3 if ending == "aborted" else 2), output

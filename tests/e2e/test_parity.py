@@ -9,7 +9,6 @@ import shutil
 import signal
 import sys
 import textwrap
-import time
 
 import pytest
 from conftest import RedisServer
@@ -20,6 +19,7 @@ from helpers import (
     run_conveyor,
     run_plain,
     summary_line,
+    wait_until,
 )
 
 MIXED_SUITE = {
@@ -747,10 +747,7 @@ def test_a_stopped_build_on_the_temporary_queue_says_how_to_make_it_resumable(
         test_first=f"def test_first():\n    open({str(started)!r}, 'w').close()", test_many=body
     )
     process = conveyor_popen(pytester.path, "run", "-n", "2", "-p", "no:cacheprovider")
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline, "no test started"
-        time.sleep(0.05)
+    wait_until(started.exists, "no test started")
     process.send_signal(signal.SIGTERM)
     output = communicate_or_dump_stacks(process, 120)
     assert process.returncode == 2, output
