@@ -371,17 +371,7 @@ def run(argv: Sequence[str]) -> int:
     return _in_run_dir(_run, options)
 
 
-def _serving_order(options: RunOptions) -> RunOptions:
-    """One worker alone gains nothing from slowest first (its build takes as long in any
-    order), and collection order is plain pytest's: a suite whose tests depend on the order
-    they run in then passes or fails as it does there."""
-    if options.workers == 1 and not options.shared_queue and options.order == "slowest":
-        return options.replace(order="collected")
-    return options
-
-
 def _run(options: RunOptions, run_dir: Path) -> int:
-    options = _serving_order(options)
     _quarantine(options)  # a bad quarantine file stops the build before anything starts
     build = _resolve_build(options, run_dir)
     queue = _open(options, build)

@@ -94,6 +94,11 @@ def _convert(
         options.workers = available_cpus()
     if options.maxprocesses is not None and options.workers:
         options.workers = min(options.workers, options.maxprocesses)
+    if "order" not in ours and options.workers == 1 and not options.shared_queue:
+        # One worker alone gains nothing from slowest first (its build takes as long in any
+        # order), and collection order is plain pytest's: a suite whose tests depend on the
+        # order they run in then passes or fails as it does there. --order set anywhere wins.
+        options.order = "collected"
     _check_together(command, options)
     return options
 

@@ -180,6 +180,24 @@ def test_one_worker_alone_runs_in_collection_order_with_history(
         result.assert_outcomes(passed=2)
 
 
+@pytest.mark.parametrize("where", ["command line", "environment"])
+def test_one_worker_keeps_slowest_first_when_asked_for(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--order slowest, set on the command line or in the environment, is served as asked
+    with one worker too: with history the slow polluter runs first and its victim fails."""
+    pytester.makepyfile(**POLLUTED)
+    args = ["--order", "slowest"] if where == "command line" else []
+    if where == "environment":
+        monkeypatch.setenv("CONVEYOR_ORDER", "slowest")
+    command = (sys.executable, "-m", "conveyor", "run", "-n", "1", *args)
+    first = pytester.run(*command, timeout=120)
+    first.assert_outcomes(passed=2)
+    second = pytester.run(*command, timeout=120)
+    assert second.ret == 1, second.stdout.str()
+    second.assert_outcomes(passed=1, failed=1)
+
+
 def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
     pytester: pytest.Pytester,
 ) -> None:

@@ -59,6 +59,26 @@ def test_defaults_without_any_source(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("argv", "environ", "table", "order"),
+    [
+        (["-n", "1"], {}, "", "collected"),
+        (["-n", "2"], {}, "", "slowest"),
+        (["-n", "1", "--queue", "redis://127.0.0.1:6379/0", "--build", "b"], {}, "", "slowest"),
+        (["-n", "1", "--order", "slowest"], {}, "", "slowest"),
+        (["-n", "1"], {"CONVEYOR_ORDER": "slowest"}, "", "slowest"),
+        (["-n", "1"], {}, "order = 'random'", "random"),
+    ],
+)
+def test_one_worker_alone_is_served_in_collection_order_unless_told_otherwise(
+    tmp_path: Path, argv: list[str], environ: dict[str, str], table: str, order: str
+) -> None:
+    """Slowest first buys a lone worker nothing, and collection order is plain pytest's."""
+    project = tmp_path / "pyproject.toml"
+    project.write_text(f"[tool.conveyor]\n{table}\n")
+    assert parse(argv, environ, project).order == order
+
+
+@pytest.mark.parametrize(
     ("table", "message"),
     [
         ("lease-tll = 3", "lease-tll: not an option that can be set there"),
