@@ -39,6 +39,11 @@ class ManifestView:
             ranks = list(range(len(self.units)))
         return dict(zip(self.units, ranks, strict=True))
 
+    def in_collection_order(self) -> list[str]:
+        """Every unit, in the order the workers collected them."""
+        positions = self.collection_positions()
+        return sorted(self.units, key=positions.__getitem__)
+
     def without_result(self, reported: AbstractSet[str]) -> list[str]:
         """Units with no final result, in collection order (as the user reads the suite)."""
         left = [unit for unit in self.units if unit not in reported]

@@ -269,6 +269,9 @@ class ControllerNodes:
         # Not waited for at the report (their lease expired), though their output is still
         # taken if it comes: worker -> why.
         self.given_up: dict[str, str] = {}
+        # The tests every worker collected, in collection order, once the controller has read
+        # the manifest (None before): what xdist tells plugins each node collected.
+        self._collected: Callable[[], list[str]] | None = None
 
     def worker_input(self, *, shared: bool) -> dict[str, Any]:
         """What plugins put into a worker's input, computed on a template node."""
@@ -298,6 +301,24 @@ class ControllerNodes:
             self.down.discard(worker)
             del self.nodes[worker]
         self.config.hook.pytest_testnodeready(node=self.node(worker))
+        self._tell_collected(worker)
+
+    def collection_known(self, collected: Callable[[], list[str]]) -> None:
+        """The controller has replayed the build's collection. As an xdist controller does for
+        each worker that finished collecting, plugins hear which tests a worker collected
+        (pytest-sugar counts its progress from it; conftests keep it to compare with what
+        ran): the workers that joined already now, later ones as they join. Every worker
+        collected the manifest's tests, or it was refused."""
+        self._collected = collected
+        for worker in self.nodes:
+            if worker not in self.down:
+                self._tell_collected(worker)
+
+    def _tell_collected(self, worker: str) -> None:
+        hook = self.config.hook.pytest_xdist_node_collection_finished
+        if self._collected is None or not hook.get_hookimpls():
+            return
+        hook(node=self.node(worker), ids=self._collected())  # a list of its own, as in xdist
 
     def output(self, worker: str, data: Mapping[str, Any]) -> None:
         """A worker's workeroutput arrived: it is down, and plugins read what it sent."""

@@ -82,3 +82,37 @@ def test_a_report_of_a_finished_build_with_xdist_turned_off(pytester: pytest.Pyt
     assert report.ret == 0, report.stdout.str() + report.stderr.str()
     assert "INTERNALERROR" not in report.stdout.str()
     report.stdout.fnmatch_lines(["*1 passed*"])
+
+
+NODE_COLLECTION_CONFTEST = """
+import pytest
+
+seen = {}
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    seen[node.gateway.id] = list(ids)
+    ids.reverse()  # a list of this node's own: another node's must not change
+
+def pytest_terminal_summary(terminalreporter):
+    for worker in sorted(seen):
+        terminalreporter.write_line(f"NODE {worker} collected " + " ".join(seen[worker]))
+"""
+
+
+@pytest.mark.parametrize("runner", ["xdist", "conveyor"])
+def test_plugins_hear_what_each_worker_collected(pytester: pytest.Pytester, runner: str) -> None:
+    """pytest-xdist tells the controller's plugins, for each worker, which tests it collected
+    (pytest-sugar's progress counts them; conftests compare them with what ran); the
+    controller, which collects nothing itself, told them nothing."""
+    pytester.makeconftest(NODE_COLLECTION_CONFTEST)
+    pytester.makepyfile(
+        test_b="def test_b1(): pass\ndef test_b2(): pass\ndef test_skip_me(): pass\n",
+        test_a="def test_a1(): pass\n",
+    )
+    args = ("-n", "2", "-k", "not skip_me")
+    run = run_plain if runner == "xdist" else run_conveyor
+    result = run(pytester, *args)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    ids = "test_a.py::test_a1 test_b.py::test_b1 test_b.py::test_b2"
+    result.stdout.fnmatch_lines([f"NODE gw0 collected {ids}", f"NODE gw1 collected {ids}"])
