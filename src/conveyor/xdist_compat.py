@@ -272,6 +272,7 @@ class ControllerNodes:
         # The tests every worker collected, in collection order, once the controller has read
         # the manifest (None before): what xdist tells plugins each node collected.
         self._collected: Callable[[], list[str]] | None = None
+        self._collected_ids: list[str] | None = None
 
     def worker_input(self, *, shared: bool) -> dict[str, Any]:
         """What plugins put into a worker's input, computed on a template node."""
@@ -318,7 +319,9 @@ class ControllerNodes:
         hook = self.config.hook.pytest_xdist_node_collection_finished
         if self._collected is None or not hook.get_hookimpls():
             return
-        hook(node=self.node(worker), ids=self._collected())  # a list of its own, as in xdist
+        if self._collected_ids is None:
+            self._collected_ids = self._collected()
+        hook(node=self.node(worker), ids=list(self._collected_ids))  # its own, as in xdist
 
     def output(self, worker: str, data: Mapping[str, Any]) -> None:
         """A worker's workeroutput arrived: it is down, and plugins read what it sent."""
