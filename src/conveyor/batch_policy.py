@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from conveyor.queue import Queue
 from conveyor.scheduling import (
+    DEFAULT_GROUPING,
     WHOLE_BY_GROUPING,
     estimate,
     kept_together,
@@ -245,7 +246,7 @@ def policy_for(queue: Queue, settings: WorkerSettings, durations: dict[str, floa
     rule = BatchRule(
         order,
         frozenset(starts),
-        grouping=settings.grouping,
+        grouping=settings.grouping or DEFAULT_GROUPING,
         worker_count=max(workers, settings.worker_count),
         has_history=bool(durations),
         expected_s=estimate(order, durations) if durations else None,

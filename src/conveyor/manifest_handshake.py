@@ -24,7 +24,7 @@ from conveyor.ordered_suite import order_dependence
 from conveyor.outcome_record import serialize_warning
 from conveyor.queue import Queue
 from conveyor.queue.protocol import JSON, Manifest, collection_digest
-from conveyor.scheduling import WHOLE_BY_GROUPING, plan
+from conveyor.scheduling import DEFAULT_GROUPING, WHOLE_BY_GROUPING, plan
 from conveyor.vocabulary import EVENT_WORKER_REFUSED
 from conveyor.worker_settings import WorkerSettings
 
@@ -119,7 +119,8 @@ def serving_plan(
     manifest's meta. Workers that do not lead only check the set, so they skip the
     planning."""
     units, range_starts = collected, frozenset[str]()
-    whole = WHOLE_BY_GROUPING[settings.grouping]
+    grouping = settings.grouping or DEFAULT_GROUPING  # resolved by the worker (addopts)
+    whole = WHOLE_BY_GROUPING[grouping]
     in_order = order_dependence(session.items, session.config) if leading else None
     if in_order is not None:
         whole = "all"  # one worker, pytest's own order (conveyor.ordered_suite)
@@ -128,7 +129,7 @@ def serving_plan(
             collected,
             durations,
             order=settings.order,
-            grouping=settings.grouping,
+            grouping=grouping,
             workers=workers,
             seed=settings.seed,
         )

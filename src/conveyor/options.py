@@ -34,7 +34,7 @@ from conveyor.option_kinds import (
     switch,
 )
 from conveyor.queue.protocol import LEASE_TTL_S, MAX_UNIT_CRASHES
-from conveyor.scheduling import GROUPINGS, ORDERS
+from conveyor.scheduling import DEFAULT_GROUPING, GROUPINGS, ORDERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,6 +73,39 @@ XDIST_DIST_MODES = {
     "loadfile": "file",  # a file is never split between workers, as under xdist
     "loadscope": "scope",  # nor a class, nor a module's tests outside classes
 }
+
+
+def _grouping(flag: str, raw: str) -> str:
+    if raw == "loadgroup":
+        raise UsageError(
+            f"{flag} loadgroup (pytest-xdist's xdist_group marks) is not supported: conveyor "
+            "cannot yet keep a named group of tests on one worker. Run the grouped tests on "
+            "one worker and the rest shared, e.g. `conveyor run -n 1 -m xdist_group` then "
+            "`conveyor run -m 'not xdist_group'`, or use --dist file (or scope) when each "
+            "group lies in one file (or class)."
+        )
+    return _grouping_choice(flag, raw)
+
+
+_grouping_choice = choice(GROUPINGS, XDIST_DIST_MODES)
+
+
+def grouping_of(given: str | None, pytest_dist: object) -> str:
+    """What one worker keeps together: conveyor's --dist where it was set (command line,
+    CONVEYOR_DIST, [tool.conveyor]), else pytest's own --dist (from a project's addopts or
+    PYTEST_ADDOPTS, read by pytest in the worker) taken as pytest-xdist's mode, else the
+    default. A mode conveyor cannot honour is a usage error that says where it was set."""
+    if given is not None:
+        return given
+    if not isinstance(pytest_dist, str) or pytest_dist in ("", "no"):
+        return DEFAULT_GROUPING
+    try:
+        return _grouping("--dist", pytest_dist)
+    except UsageError as error:
+        raise UsageError(
+            f"pytest's options (addopts or PYTEST_ADDOPTS): {error} To run with another "
+            "mode, give conveyor its own: `conveyor run --dist MODE`."
+        ) from None
 
 
 class WorkerOptions(OptionSet):
@@ -134,14 +167,15 @@ class WorkerOptions(OptionSet):
         "ORDER",
     )
     seed = Option(("--seed",), "seed for --order random (default: 0)", 0, count(0), "N")
-    grouping = Option(
+    grouping = Option[str | None](
         ("--dist",),
         "what one worker keeps together: module (the default) or class, where that keeps "
         "fixtures alive; test, nothing (xdist's load, worksteal); file, always a whole file "
         "(xdist's loadfile); scope, always a whole class or a module's tests outside classes "
-        "(xdist's loadscope)",
-        "module",
-        choice(GROUPINGS, XDIST_DIST_MODES),
+        "(xdist's loadscope). Without it, a --dist in pytest's addopts is taken as "
+        "pytest-xdist's mode",
+        None,
+        _grouping,
         "MODE",
     )
     build_ttl_s = Option(

@@ -48,6 +48,7 @@ from typing import Any
 
 ORDERS = ("slowest", "collected", "random")
 GROUPINGS = ("module", "class", "test", "file", "scope")
+DEFAULT_GROUPING = "module"
 # What the queue never splits between workers, by grouping (see `whole_key`): a class for the
 # module and class groupings; a whole file for `file` (pytest-xdist's loadfile); a class, or a
 # module's tests outside classes, for `scope` (loadscope); nothing for `test` (load).

@@ -31,7 +31,7 @@ from conveyor.compat import (
     silence_terminal,
 )
 from conveyor.environment import mark_worker_process, take_settings
-from conveyor.errors import BuildStateLost, QueueError
+from conveyor.errors import BuildStateLost, QueueError, UsageError
 from conveyor.fleet_size import plan_workers
 from conveyor.fork_server import ForkServer, channel_from_environment
 from conveyor.hard_timeout import HardTimeout
@@ -39,6 +39,7 @@ from conveyor.heartbeat import Heartbeat
 from conveyor.history import history_store
 from conveyor.lease_stream import LeaseStream
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
+from conveyor.options import grouping_of
 from conveyor.outcome_record import OutcomeRecord
 from conveyor.payload import bounded_payload
 from conveyor.preload_server import preload_requested, serve_preloaded
@@ -47,6 +48,7 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
 from conveyor.retry_policy import RetryPolicy
+from conveyor.scheduling import DEFAULT_GROUPING
 from conveyor.session_ending import SessionEnding
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
@@ -61,6 +63,7 @@ from conveyor.worker_tmp import OwnBasetemp, in_build_folder, own_basetemp_once_
 from conveyor.xdist_compat import (
     adopt_protocol,
     attach_worker_input,
+    declare_xdist_markers,
     ensure_hookspecs,
     keep_xdist_out,
     publish_output,
@@ -99,6 +102,8 @@ class WorkerPlugin:
         self._policy: BatchPolicy | None = None
         self.record = OutcomeRecord()
         self._stopped = False
+        self._pytest_dist: object = None  # pytest's own --dist (addopts), read as it configures
+        self._refusal: pytest.UsageError | None = None  # raised as collection starts
 
     def _adopt(self, settings: WorkerSettings) -> None:
         """Become the worker `settings` describe (once at start; again in a forked worker)."""
@@ -127,10 +132,23 @@ class WorkerPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, object, object]:
         # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker.
+        self._pytest_dist = getattr(config.option, "dist", None)
         keep_xdist_out(config)
+        self._take_grouping()
         self._connect(config)
         results_folder_emptied_once(config, self._machine_run_folder)  # before plugins configure
         return (yield)
+
+    def _take_grouping(self) -> None:
+        """What one worker keeps together, where conveyor was not told: pytest's own --dist
+        (a project's addopts, which pytest has just read) as pytest-xdist's mode. A mode
+        conveyor cannot honour ends the session at collection, as a usage error."""
+        try:
+            grouping = grouping_of(self.settings.grouping, self._pytest_dist)
+        except UsageError as error:
+            self._refusal = pytest.UsageError(str(error))
+            grouping = DEFAULT_GROUPING
+        self.settings = self.settings.replace(grouping=grouping)
 
     def _connect(self, config: pytest.Config) -> None:
         """Open this worker's queue and what talks to it through this worker's id."""
@@ -172,6 +190,7 @@ class WorkerPlugin:
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config
         ensure_hookspecs(config.pluginmanager)  # xdist is turned off in workers
+        declare_xdist_markers(config)
         forward_rerun_reports(config.pluginmanager)
         silence_terminal(config)
         config.pluginmanager.register(self.collection, "conveyor-collection-record")
@@ -197,6 +216,8 @@ class WorkerPlugin:
         does not collect, ends with the same message and exit code instead of reporting
         workers that died."""
         try:
+            if self._refusal is not None:
+                raise self._refusal
             return (yield)
         except (pytest.exit.Exception, pytest.UsageError) as exc:
             # A plugin or conftest ended the session, or pytest refused the command line.
@@ -273,6 +294,7 @@ class WorkerPlugin:
             os._exit(setup_failure)
         self.status.close()
         self._adopt(settings)
+        self._take_grouping()
         self._connect(config)
         fresh_basetemp(config)
         own_basetemp_once_forked(config)

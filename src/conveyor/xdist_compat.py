@@ -102,6 +102,22 @@ def ensure_hookspecs(pluginmanager: pytest.PytestPluginManager) -> None:
         pluginmanager.add_hookspecs(XdistHookSpecs)
 
 
+XDIST_MARKERS = (
+    "xdist_group: specify group for tests should run in same session."
+    "in relation to one another. Provided by pytest-xdist.",
+)
+
+
+def declare_xdist_markers(config: pytest.Config) -> None:
+    """A worker runs with pytest-xdist turned off (`-p no:xdist`), so xdist's `xdist_group`
+    marker went undeclared: a suite using it failed to collect under `--strict-markers` (and
+    warned otherwise) where plain pytest, with xdist installed, declares it. Declared as xdist
+    declares it, and only where xdist is installed, as in a plain run."""
+    if xdist_installed() and config.pluginmanager.get_plugin("xdist") is None:
+        for line in XDIST_MARKERS:
+            config.addinivalue_line("markers", line)
+
+
 def present_as_xdist_controller(early_config: pytest.Config) -> None:
     """Plugins decide early whether they run in xdist's controller: pytest-cov reads
     `known_args_namespace` (numprocesses, dist) in its pytest_load_initial_conftests to pick

@@ -106,6 +106,46 @@ def test_the_default_grouping_spreads_a_slow_file_over_the_workers(
     assert any(len(workers) > 1 for workers in workers_by_file(ran).values())
 
 
+@pytest.mark.parametrize("where", ["addopts", "PYTEST_ADDOPTS"])
+def test_a_dist_mode_in_pytests_own_options_is_honoured(
+    pytester: pytest.Pytester, ran: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A project that runs pytest-xdist with `--dist loadfile` in its addopts needs its files
+    whole: conveyor ignored that --dist and shared a slow file's tests, and its last test
+    failed where plain pytest and xdist pass."""
+    order_dependent_suite(pytester)
+    if where == "addopts":
+        pytester.makeini("[pytest]\naddopts = --dist loadfile\n")
+    else:
+        monkeypatch.setenv("PYTEST_ADDOPTS", "--dist=loadfile")
+    result = conveyor_run(pytester, "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=36)
+    assert all(len(workers) == 1 for workers in workers_by_file(ran).values())
+
+
+def test_conveyors_own_dist_wins_over_pytests(pytester: pytest.Pytester, ran: Path) -> None:
+    pytester.makeini("[pytest]\naddopts = --dist loadfile\n")
+    order_dependent_suite(pytester)
+    result = conveyor_run(pytester, "-p", "no:cacheprovider", "--dist", "module")
+    assert result.ret == 1, result.stdout.str()
+    assert any(len(workers) > 1 for workers in workers_by_file(ran).values())
+
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_loadgroup_in_addopts_is_refused_with_the_way_out(
+    pytester: pytest.Pytester, fork: bool
+) -> None:
+    pytester.makeini("[pytest]\naddopts = -n 2 --dist loadgroup\n")
+    pytester.makepyfile(test_one="def test_one(): pass")
+    result = conveyor_run(pytester, *(["--fork-workers"] if fork else []))
+    assert result.ret == 4, result.stdout.str() + result.stderr.str()
+    output = result.stdout.str() + result.stderr.str()
+    assert "pytest's options (addopts or PYTEST_ADDOPTS): --dist loadgroup" in output, output
+    assert "conveyor run --dist MODE" in output, output
+    assert "passed" not in output, output
+
+
 LOADSCOPE_SUITE = """
 import json
 import os

@@ -193,3 +193,10 @@ def test_the_nearer_of_two_ways_to_start_wins(tmp_path: Path) -> None:
     assert options.fork_workers and not options.spawn_workers
     with pytest.raises(UsageError, match="pick one"):
         parse(["-n", "2", "--fork-workers", "--spawn-workers"], {}, project)
+
+
+def test_loadgroup_is_refused_with_a_way_to_run_the_groups(tmp_path: Path) -> None:
+    """pytest-xdist's `--dist loadgroup` keeps each `xdist_group` on one worker, which conveyor
+    cannot yet do: the error says so and how to run such a suite instead."""
+    with pytest.raises(UsageError, match=r"--dist loadgroup .*-m xdist_group"):
+        parse(["-n", "2", "--dist", "loadgroup"], {}, tmp_path / "none.toml")

@@ -116,3 +116,24 @@ def test_plugins_hear_what_each_worker_collected(pytester: pytest.Pytester, runn
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     ids = "test_a.py::test_a1 test_b.py::test_b1 test_b.py::test_b2"
     result.stdout.fnmatch_lines([f"NODE gw0 collected {ids}", f"NODE gw1 collected {ids}"])
+
+
+def test_xdist_markers_are_declared_in_workers(pytester: pytest.Pytester) -> None:
+    """Workers run with pytest-xdist turned off, which left its `xdist_group` marker
+    undeclared: under --strict-markers every module using it failed to collect, where plain
+    pytest (xdist installed) passes."""
+    pytester.makepyfile(
+        test_grouped="""
+        import pytest
+
+        @pytest.mark.xdist_group(name="db")
+        def test_in_a_group():
+            pass
+        """
+    )
+    args = ("--strict-markers", "-W", "error::pytest.PytestUnknownMarkWarning")
+    plain = run_plain(pytester, *args)
+    assert plain.ret == 0, plain.stdout.str()
+    ours = run_conveyor(pytester, "-n", "2", *args)
+    assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
+    ours.assert_outcomes(passed=1)
