@@ -19,7 +19,7 @@ from conveyor.options import (
     IN_PROCESS_FLAGS,
     OPTIONS,
     RunOptions,
-    available_cpus,
+    auto_workers,
     find_pyproject,
     layered,
     name_the_source,
@@ -91,7 +91,7 @@ def _convert(
         if option.key in ours:
             setattr(options, option.field, option.parse(option.flags[-1], ours[option.key]))
     if "numprocesses" not in ours:
-        options.workers = available_cpus()
+        options.workers = auto_workers()
     if options.maxprocesses is not None and options.workers:
         options.workers = min(options.workers, options.maxprocesses)
     if "order" not in ours and options.workers == 1 and not options.shared_queue:

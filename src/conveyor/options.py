@@ -44,7 +44,7 @@ else:  # pragma: no cover - Python 3.10
 
 def _workers(flag: str, raw: str) -> int:
     if raw == "auto":
-        return available_cpus()
+        return auto_workers()
     try:
         number = int(raw)
     except ValueError:
@@ -53,6 +53,28 @@ def _workers(flag: str, raw: str) -> int:
         raise UsageError(
             f"-n expects a number of worker processes (0 or more) or 'auto', got {raw!r}. "
             "Use -n auto for one worker per available CPU, or -n 0 to run in this process."
+        )
+    return number
+
+
+AUTO_WORKERS_ENV = "PYTEST_XDIST_AUTO_NUM_WORKERS"
+
+
+def auto_workers() -> int:
+    """What `-n auto` means: pytest-xdist's PYTEST_XDIST_AUTO_NUM_WORKERS where a CI sets it
+    (a configuration written for xdist keeps its limit), else one worker per usable CPU."""
+    raw = os.environ.get(AUTO_WORKERS_ENV, "").strip()
+    if not raw:
+        return available_cpus()
+    try:
+        number = int(raw)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UsageError(
+            f"{AUTO_WORKERS_ENV}={raw!r}: -n auto takes its number of workers from this "
+            "variable, which must be a whole number of 1 or more; set it so, or unset it for "
+            "one worker per CPU."
         )
     return number
 
@@ -208,8 +230,9 @@ class RunOptions(WorkerOptions):
 
     workers = Option(
         ("-n", "--numprocesses"),
-        "worker processes (default: auto = one per "
-        "available CPU; 0 runs pytest in this process, like pytest-xdist's -n 0)",
+        "worker processes (default: auto = one per available CPU, or "
+        "PYTEST_XDIST_AUTO_NUM_WORKERS where set; 0 runs pytest in this process, like "
+        "pytest-xdist's -n 0)",
         0,
         _workers,
         "N|auto",

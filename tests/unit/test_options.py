@@ -200,3 +200,15 @@ def test_loadgroup_is_refused_with_a_way_to_run_the_groups(tmp_path: Path) -> No
     cannot yet do: the error says so and how to run such a suite instead."""
     with pytest.raises(UsageError, match=r"--dist loadgroup .*-m xdist_group"):
         parse(["-n", "2", "--dist", "loadgroup"], {}, tmp_path / "none.toml")
+
+
+@pytest.mark.parametrize("argv", [["-n", "auto"], []])
+def test_auto_takes_pytest_xdists_limit_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """A CI configured for pytest-xdist limits `-n auto` with PYTEST_XDIST_AUTO_NUM_WORKERS."""
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
+    assert parse(argv, {}, tmp_path / "none.toml").workers == 3
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "many")
+    with pytest.raises(UsageError, match="PYTEST_XDIST_AUTO_NUM_WORKERS='many'"):
+        parse(argv, {}, tmp_path / "none.toml")
