@@ -43,7 +43,7 @@ else:  # pragma: no cover - Python 3.10
 
 
 def _workers(flag: str, raw: str) -> int:
-    if raw == "auto":
+    if raw in ("auto", "logical"):  # pytest-xdist's "logical" counts logical CPUs, as auto does
         return auto_workers()
     try:
         number = int(raw)

@@ -202,7 +202,7 @@ def test_loadgroup_is_refused_with_a_way_to_run_the_groups(tmp_path: Path) -> No
         parse(["-n", "2", "--dist", "loadgroup"], {}, tmp_path / "none.toml")
 
 
-@pytest.mark.parametrize("argv", [["-n", "auto"], []])
+@pytest.mark.parametrize("argv", [["-n", "auto"], ["-n", "logical"], []])
 def test_auto_takes_pytest_xdists_limit_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
 ) -> None:
