@@ -131,7 +131,8 @@ class WorkerPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_cmdline_main(self, config: pytest.Config) -> Generator[None, object, object]:
-        # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker.
+        # -n/--dist from addopts are conveyor's: xdist must not start a session in a worker;
+        # a --dist there still says what the project's tests need kept together.
         self._pytest_dist = getattr(config.option, "dist", None)
         keep_xdist_out(config)
         self._take_grouping()
