@@ -245,7 +245,7 @@ class ControllerPlugin:
                 ended.ending.end(session)
             self.manifest = manifest = ManifestView(self.queue, published)
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
-        self._require(self.nodes).collection_known(manifest.in_collection_order)
+        self._require(self.nodes).collection_known(manifest.test_ids_in_collection_order)
         view.announce_in_order(manifest.meta)
         workers = self._estimate_workers(manifest.meta)
         view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)

@@ -9,6 +9,7 @@ from typing import Any
 
 from conveyor.queue import Queue
 from conveyor.queue.protocol import Manifest
+from conveyor.unit_names import nodeids_of
 
 
 class ManifestView:
@@ -39,10 +40,11 @@ class ManifestView:
             ranks = list(range(len(self.units)))
         return dict(zip(self.units, ranks, strict=True))
 
-    def in_collection_order(self) -> list[str]:
-        """Every unit, in the order the workers collected them."""
+    def test_ids_in_collection_order(self) -> list[str]:
+        """Every test's id, in the order the workers collected them (a test id collected
+        twice is there twice, as pytest collected it: conveyor.unit_names)."""
         positions = self.collection_positions()
-        return sorted(self.units, key=positions.__getitem__)
+        return nodeids_of(sorted(self.units, key=positions.__getitem__))
 
     def without_result(self, reported: AbstractSet[str]) -> list[str]:
         """Units with no final result, in collection order (as the user reads the suite)."""

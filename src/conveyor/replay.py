@@ -14,6 +14,7 @@ import pytest
 
 from conveyor.errors import UsageError
 from conveyor.queue import Queue
+from conveyor.unit_names import unit_names
 
 
 class ReplayOrder:
@@ -41,7 +42,7 @@ class ReplayOrder:
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
-        by_id = {item.nodeid: item for item in items}
+        by_id = dict(zip(unit_names(item.nodeid for item in items), items, strict=True))
         self.missing = [nodeid for nodeid in self.order if nodeid not in by_id]
         wanted = [by_id[nodeid] for nodeid in self.order if nodeid in by_id]
         kept = {id(item) for item in wanted}

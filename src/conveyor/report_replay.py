@@ -129,6 +129,9 @@ class ReportReplayer:
         self.config.hook.pytest_collection_finish(session=session)
 
     def _replay(self, nodeid: str, location: tuple[Any, ...], reports: list[Any]) -> None:
+        # The test's own id: a unit's name differs from it for a test id collected twice
+        # (conveyor.unit_names).
+        nodeid = getattr(reports[0], "nodeid", nodeid) if reports else nodeid
         hook = self.config.hook
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
         for report in reports:

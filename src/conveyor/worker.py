@@ -52,6 +52,7 @@ from conveyor.scheduling import DEFAULT_GROUPING
 from conveyor.session_ending import SessionEnding
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
+from conveyor.unit_names import unit_names
 from conveyor.vocabulary import (
     EVENT_SESSION_ENDED,
     EXIT_DONE,
@@ -238,7 +239,10 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         assert self.queue is not None  # opened in pytest_cmdline_main
-        items = {item.nodeid: item for item in session.items}
+        # By unit name: a test id collected twice is two units (conveyor.unit_names).
+        items = dict(
+            zip(unit_names(item.nodeid for item in session.items), session.items, strict=True)
+        )
         collection_failed = (
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
         )
@@ -439,7 +443,7 @@ class WorkerPlugin:
             session.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
         duration = time.time() - started
         payload: ResultPayload = {
-            "nodeid": item.nodeid,
+            "nodeid": lease.unit,  # the queue's name; the reports carry the test's own id
             "location": list(item.location),
             "reports": record.reports,
             "warnings": record.warnings,

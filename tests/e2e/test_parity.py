@@ -1031,3 +1031,42 @@ def test_a_test_that_patches_time_is_not_joined_by_the_timeout_watchdog(
         )
         assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*timing history knows 2 of 2 tests*"])
+
+
+TWO_ITEMS_ONE_ID = """
+import pytest
+
+class Check(pytest.Item):
+    def __init__(self, *, ok, **kwargs):
+        super().__init__(**kwargs)
+        self.ok = ok
+
+    def runtest(self):
+        assert self.ok, "the first of two checks named alike fails"
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+class Checks(pytest.File):
+    def collect(self):
+        # As pytest-checkdocs yields `.::project` twice: two items, one test id.
+        yield Check.from_parent(self, name="project", ok=False)
+        yield Check.from_parent(self, name="project", ok=True)
+
+def pytest_collect_file(file_path, parent):
+    if file_path.name == "checks.txt":
+        return Checks.from_parent(parent, path=file_path)
+"""
+
+
+def test_two_items_with_one_test_id_both_run(pytester: pytest.Pytester, start: str) -> None:
+    """Plain pytest runs both items of a test id collected twice. The queue held one unit per
+    id, so one of them never ran, and when it was the failing one the build was green."""
+    pytester.makeconftest(TWO_ITEMS_ONE_ID)
+    pytester.path.joinpath("checks.txt").write_text("")
+    pytester.makepyfile(test_other="def test_other(): pass")
+    plain, ours = assert_same_verdict(pytester, "-p", "no:randomly", "-rA", workers=2)
+    assert plain.ret == 1
+    ours.assert_outcomes(passed=2, failed=1)
+    ours.stdout.fnmatch_lines(["PASSED checks.txt::project", "FAILED checks.txt::project - *"])
+    assert "duplicate" not in ours.stdout.str()

@@ -128,7 +128,7 @@ class ResultPayload(TypedDict, total=False):
     """What a worker stores for one test (or one command-mode unit): its reports, serialised
     by pytest's own `pytest_report_to_serializable`, and when and where it ran."""
 
-    nodeid: str
+    nodeid: str  # the unit's name: the test's id, unless it was collected twice
     location: list[Any]
     reports: list[JSON]
     warnings: list[JSON]

@@ -1,0 +1,51 @@
+"""The queue's name for each collected test: its pytest id, made unique.
+
+Two collected items may share a test id, and plain pytest runs both: pytest-checkdocs yields
+`.::project` twice, and a path given twice with `--keep-duplicates` collects its tests twice.
+The queue holds one unit per name, so a second item of an id named like the first was never
+run, and a failure of it never reported. The second and later items of an id are named apart
+(`ID (duplicate 2)`); every worker collects the same items in the same order, so each name
+means the same item on every worker. A result carries its unit's name; its reports keep the
+test's own id, so the summary, --junitxml and --lf read as in a plain run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_DUPLICATE = re.compile(r"(?s)(.*) \(duplicate \d+\)")
+
+
+def unit_names(nodeids: Iterable[str]) -> list[str]:
+    """One name per item, in order: its id, or for a later item of the same id, that id with
+    the item's place among them."""
+    ids = list(nodeids)
+    taken = set(ids)
+    seen: dict[str, int] = {}
+    names: list[str] = []
+    for nodeid in ids:
+        count = seen.get(nodeid, 0) + 1
+        seen[nodeid] = count
+        name = nodeid
+        if count > 1:
+            name = f"{nodeid} (duplicate {count})"
+            while name in taken:  # an id that looks like a duplicate's name: keep looking
+                count += 1
+                name = f"{nodeid} (duplicate {count})"
+            seen[nodeid] = count
+            taken.add(name)
+        names.append(name)
+    return names
+
+
+def nodeids_of(names: Iterable[str]) -> list[str]:
+    """The test id of each unit name, over a whole build: the inverse of `unit_names`, except
+    for a suite whose own test ids end in " (duplicate N)" beside the same id without it."""
+    names = list(names)
+    known = set(names)
+    ids: list[str] = []
+    for name in names:
+        match = _DUPLICATE.fullmatch(name)
+        ids.append(match.group(1) if match and match.group(1) in known else name)
+    return ids
