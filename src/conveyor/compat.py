@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import io
 import os
+import re
 import shutil
 import socket
 import sys
@@ -615,9 +616,10 @@ def own_coverage_data_files(config: pytest.Config) -> None:
     workers of one machine share a directory: one combined another's file while that one
     was still writing it, and the other's data was lost with its output (a build failed
     --cov-fail-under at random). Each worker's data files get a name of its own
-    (`.coverage.gw0.*`, through COVERAGE_FILE, which coverage reads over `data_file`); the
-    controller's final combine still gathers any left. Called before pytest-cov's worker
-    starts coverage (its pytest_sessionstart)."""
+    (`.coverage.gw0-HOST-PID.*`, through COVERAGE_FILE, which coverage reads over
+    `data_file`): the worker's id alone is shared by the `gw0` of every machine, and machines
+    may share a checkout. The controller's final combine still gathers any left. Called
+    before pytest-cov's worker starts coverage (its pytest_sessionstart)."""
     workerinput = getattr(config, "workerinput", None)
     if not workerinput or config.pluginmanager.get_plugin("_cov") is None:
         return
@@ -627,7 +629,6 @@ def own_coverage_data_files(config: pytest.Config) -> None:
         return  # pytest-cov is not measuring this build
     if host == socket.gethostname():
         return  # collocated: each worker only saves its own file
-    worker = workerinput["workerid"]
     data_file = os.environ.get("COVERAGE_FILE")
     if not data_file:
         try:
@@ -637,7 +638,15 @@ def own_coverage_data_files(config: pytest.Config) -> None:
             data_file = coverage.Coverage(config_file=cov_config).config.data_file
         except Exception:  # coverage's own error about its configuration comes later
             return
-    os.environ["COVERAGE_FILE"] = f"{os.path.abspath(data_file)}.{worker}"
+    os.environ["COVERAGE_FILE"] = f"{os.path.abspath(data_file)}.{_coverage_suffix(config)}"
+
+
+def _coverage_suffix(config: pytest.Config) -> str:
+    """This worker process's part of its coverage data files' names: its id, machine and
+    process (no dot in it: `own_coverage_data_files_once_forked` finds it after the last)."""
+    worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
+    return f"{worker}-{host}-{os.getpid()}"
 
 
 def own_coverage_data_files_once_forked(config: pytest.Config) -> None:
@@ -652,11 +661,11 @@ def own_coverage_data_files_once_forked(config: pytest.Config) -> None:
     data = getattr(cov, "_data", None)
     if not named or cov is None or not hasattr(data, "_basename"):
         return
-    worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+    suffix = _coverage_suffix(config)
     base, _, previous = named.rpartition(".")
-    if not base or data._basename != named or previous == worker:  # type: ignore[union-attr]
+    if not base or data._basename != named or previous == suffix:  # type: ignore[union-attr]
         return  # not a name own_coverage_data_files gave
-    own = f"{base}.{worker}"
+    own = f"{base}.{suffix}"
     os.environ["COVERAGE_FILE"] = own
     cov.config.data_file = own
     data._basename = own  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -115,8 +116,38 @@ def test_workers_on_a_shared_queue_combine_only_their_own_coverage_files(
     assert ours.ret == plain.ret == 0, ours.stdout.str() + ours.stderr.str()
     assert coverage_table(ours.stdout.str()) == coverage_table(plain.stdout.str())
     worker, data_file = seen.read_text().split()
-    assert data_file == f"{with_plugins.path / '.coverage'}.{worker}"
+    assert data_file.startswith(f"{with_plugins.path / '.coverage'}.{worker}-")
     assert not list(with_plugins.path.glob(".coverage.*"))  # the controller gathered them
+
+
+def test_machines_sharing_a_checkout_keep_their_coverage_files_apart(
+    with_plugins: pytest.Pytester,
+) -> None:
+    """Two machines of one build in one directory (a shared checkout): each has a `gw0`, and
+    their data files were named alike, so each one's pytest-cov worker combined the other's
+    (coverage warned "Couldn't use data file ... unable to open database file")."""
+    write(with_plugins.path, COVERED)
+    seen = with_plugins.path / "seen"
+    with_plugins.makeconftest(
+        "import os\n\n"
+        "def pytest_sessionstart(session):\n"
+        "    if os.environ.get('PYTEST_XDIST_WORKER'):\n"
+        f"        with open({str(seen)!r}, 'a') as out:\n"
+        "            out.write(os.environ.get('COVERAGE_FILE', '') + '\\n')\n"
+    )
+    queue = ("--queue", f"sqlite://{with_plugins.path / 'q.db'}", "--build", "C2")
+    command = [sys.executable, "-m", "conveyor", "run", "-n", "1", *queue, "--cov=pkg"]
+    env = {**os.environ, "PYTEST_ADDOPTS": "-p no:randomly"}
+    machines = [
+        subprocess.Popen(command, cwd=with_plugins.path, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    assert [machine.returncode for machine in machines] == [0, 0], outputs
+    names = seen.read_text().split()
+    assert len(names) == 2 and len(set(names)) == 2, names
+    assert all(name.startswith(f"{with_plugins.path / '.coverage'}.gw0-") for name in names)
+    assert not any("CoverageWarning" in output for output in outputs), outputs
 
 
 @pytest.mark.redis
