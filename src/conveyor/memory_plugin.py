@@ -153,6 +153,31 @@ class _Attempt:
     worker: str = ""
 
 
+REPORT_MAX_AGE_S = 7 * 86400.0  # a build's keys expire after a day by default
+CLOCK_SLACK_S = 600.0  # other machines' clocks may run ahead of this one's
+
+
+def real_timing(report: Any) -> tuple[float, float, float] | None:
+    """A report's start, stop and duration, or None where they cannot be the real clock's.
+    A test that freezes time (freezegun, time-machine) can freeze pytest's clocks too: one
+    such report made a build's recorded cost (and `conveyor plan`'s prediction) decades
+    long. A start and stop within the last week, in order, and a duration that fits between
+    them are kept."""
+    start, stop = getattr(report, "start", None), getattr(report, "stop", None)
+    duration = getattr(report, "duration", None)
+    numbers = (int, float)
+    if not (
+        isinstance(start, numbers) and isinstance(stop, numbers) and isinstance(duration, numbers)
+    ):
+        return None
+    now = time.time()
+    if not now - REPORT_MAX_AGE_S <= start <= stop <= now + CLOCK_SLACK_S:
+        return None
+    if not 0 <= duration <= stop - start + 1.0:
+        return None
+    return float(start), float(stop), float(duration)
+
+
 def _first_line(report: Any) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     text = crash.message if crash is not None else str(report.longrepr or "")
@@ -230,14 +255,14 @@ class BuildMemoryPlugin:
 
     def _note_timing(self, seen: _Seen, report: pytest.TestReport) -> None:
         attempt = self._attempt
-        start, stop = getattr(report, "start", None), getattr(report, "stop", None)
-        if isinstance(start, (int, float)) and start > 0:
+        timing = real_timing(report)
+        if timing is not None:
+            start, stop, duration = timing
             attempt.start = start if attempt.start is None else min(attempt.start, start)
-        if isinstance(stop, (int, float)) and stop > 0:
             attempt.stop = stop if attempt.stop is None else max(attempt.stop, stop)
-        attempt.duration_s += float(report.duration or 0)
+            attempt.duration_s += duration
         if report.when == "setup":
-            seen.setup_s = float(report.duration or 0)  # the final attempt's
+            seen.setup_s = timing[2] if timing is not None else 0.0  # the final attempt's
         for name, value in report.user_properties:
             if name == "conveyor_worker":
                 attempt.worker = sys.intern(str(value))  # one string per worker, not per test

@@ -138,3 +138,44 @@ def test_flaky_memory_on_redis_counts_retries_and_flips_once_per_build(
     # The first build had no timing history: what it cost is not a planned build's.
     assert predicted["tests"] == 3 and predicted["recorded_builds"] == 2
     assert [row["workers"] for row in predicted["rows"]] == [1, 2, 4]
+
+
+FROZEN_CLOCK_SUITE = """
+import _pytest.timing
+import pytest
+
+FROZEN = 784_000_000.0  # 1994: freezegun freezes pytest's own clocks as well
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    monkeypatch.setattr(_pytest.timing, "time", lambda: FROZEN)
+    monkeypatch.setattr(_pytest.timing, "perf_counter", lambda: FROZEN)
+    yield
+
+
+def test_in_1994(frozen_clock):
+    pass
+
+
+@pytest.mark.parametrize("n", range(20))
+def test_now(n):
+    pass
+"""
+
+
+def test_a_frozen_clock_does_not_enter_the_builds_recorded_cost(pytester: pytest.Pytester) -> None:
+    """A test that froze time (freezegun) gave its setup report a start in 1994 and a stop
+    now: the build's recorded cost held 32 years of testing, and `conveyor plan` predicted
+    1.9 billion seconds for a suite of 21 trivial tests."""
+    pytester.makepyfile(test_frozen=FROZEN_CLOCK_SUITE)
+    cwd = pytester.path
+    for _ in range(2):  # the second build, planned from history, records its cost
+        done = conveyor(cwd, "run", "-n", "2", "-p", "no:randomly", env=clean_env())
+        assert done.returncode == 0, output(done)
+    plan = conveyor(cwd, "plan", "--workers", "1,2", "--json")
+    assert plan.returncode == 0, output(plan)
+    predicted = json.loads(plan.stdout)
+    assert predicted["recorded_builds"] == 1
+    for row in predicted["rows"]:
+        assert row["predicted_wall_s"] < 600 and row["gap_s"] < 60, row
