@@ -132,7 +132,8 @@ class BuildSummary:
         terminalreporter.write_line(
             f"conveyor: this build ran its tests out of collection order{how}. A test that "
             "failed here and passes under plain pytest depends on what ran before it in its "
-            f"worker: {find}; --order collected keeps collection order.",
+            f"worker ({find}; --order collected keeps collection order), or on what another "
+            "worker did meanwhile (a file, port or database they share; -n 1 rules that out).",
             yellow=True,
         )
 

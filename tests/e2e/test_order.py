@@ -214,9 +214,10 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
     failing.stdout.fnmatch_lines(
         [
             "conveyor: this build ran its tests out of collection order. A test that failed "
-            "here and passes under plain pytest depends on what ran before it in its worker: "
-            f"`conveyor bisect --queue {queue} --build O1 --failing TEST_ID` finds the test it "
-            "depends on; --order collected keeps collection order."
+            "here and passes under plain pytest depends on what ran before it in its worker "
+            f"(`conveyor bisect --queue {queue} --build O1 --failing TEST_ID` finds the test it "
+            "depends on; --order collected keeps collection order), or on what another worker "
+            "did meanwhile (a file, port or database they share; -n 1 rules that out)."
         ]
     )
     bisect = pytester.run(
