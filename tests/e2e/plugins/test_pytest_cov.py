@@ -126,7 +126,7 @@ def test_machines_sharing_a_checkout_name_their_workers_coverage_files_apart(
     """Two machines of one build in one directory each have a `gw0`, and their workers' data
     files were named alike, so each pytest-cov worker could combine the other's. Each worker
     process now names its own. (The machines' controllers still share pytest-cov's own files
-    there, as two pytest-xdist runs in one directory do: the README says what to do; so only
+    there, as two pytest-xdist runs in one directory do (the README says what to do), so only
     the workers' names are asserted.)"""
     write(with_plugins.path, COVERED)
     seen = with_plugins.path / "seen"
