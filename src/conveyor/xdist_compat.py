@@ -103,8 +103,8 @@ def ensure_hookspecs(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 XDIST_MARKERS = (
-    "xdist_group: specify group for tests should run in same session."
-    "in relation to one another. Provided by pytest-xdist.",
+    "xdist_group(name): tests of one group run in one worker under pytest-xdist's "
+    "--dist loadgroup (pytest-xdist's marker, declared by conveyor's workers).",
 )
 
 
