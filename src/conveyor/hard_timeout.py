@@ -2,8 +2,10 @@
 
 faulthandler's watchdog is a C thread: it fires even when the test holds the GIL or sleeps in
 C, dumps every thread's stack to the timeout file and ends the process; the supervisor then
-reports the test as timed out and starts a replacement. Without --test-timeout, a test with
-timing history gets an automatic one (see conveyor.watchdog, cheap per test).
+reports the test as timed out and starts a replacement. Without --test-timeout, every test gets
+an automatic one (see conveyor.watchdog, cheap per test): from its timing history, or a long
+fixed one for a test that history does not know, so a test that hangs on a first run does not
+hold the build either.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ from conveyor.watchdog import Watchdog
 # 0.1-1 s in most runs, 17 s in one; a 10 s base failed it).
 AUTO_TIMEOUT_BASE_S = 60.0
 AUTO_TIMEOUT_FACTOR = 10.0  # a loaded CI machine can run a test several times slower
+# A test that timing history does not know (a first run, a new test) may be long: it is stopped
+# only after this long, the automatic timeout of a test that usually takes 84 s. A single test
+# running longer is rare; one that does fails with this message until --test-timeout says so.
+UNKNOWN_TEST_TIMEOUT_S = 900.0
 
 
 AUTOMATIC = (
     f"automatic, from timing history: {AUTO_TIMEOUT_BASE_S:g} s + {AUTO_TIMEOUT_FACTOR:g} x the "
     "test's usual time; --test-timeout SECONDS sets another, --test-timeout 0 none"
+)
+UNKNOWN_TEST = (
+    "automatic for a test without timing history; --test-timeout SECONDS sets another, "
+    "--test-timeout 0 none"
 )
 
 
@@ -52,18 +62,28 @@ class HardTimeout:
         if self.fixed_s is None:
             self.automatic = automatic_timeouts(durations)
 
+    def limit_for(self, unit: str) -> tuple[float, str] | None:
+        """How long `unit` may run, and how its failure names that limit; None: no limit."""
+        if self.fixed_s is not None:
+            return (self.fixed_s, "--test-timeout") if self.fixed_s else None
+        known = self.automatic.get(unit)
+        if known is None:
+            return UNKNOWN_TEST_TIMEOUT_S, UNKNOWN_TEST
+        return known, AUTOMATIC
+
     @contextlib.contextmanager
     def around(self, unit: str) -> Iterator[None]:
-        timeout = self.fixed_s if self.fixed_s is not None else self.automatic.get(unit)
-        if not timeout or self._file is None:
+        limit = self.limit_for(unit)
+        if limit is None or self._file is None:
             yield
             return
+        timeout, source = limit
         seconds = f"{timeout:.1f}".rstrip("0").rstrip(".")
         if self.fixed_s is None:
             if self._watchdog is None:
                 self._watchdog = Watchdog(self._file)
                 self._watchdog.start()
-            self._watchdog.arm(timeout, f"{TIMEOUT_HEADER} {seconds} {AUTOMATIC}")
+            self._watchdog.arm(timeout, f"{TIMEOUT_HEADER} {seconds} {source}")
             try:
                 yield
             finally:

@@ -151,7 +151,8 @@ class WorkerOptions(OptionSet):
         ("--test-timeout",),
         "a test running longer is stopped (every "
         "thread's stack is dumped), reported as failed, and its worker replaced; 0 = never; "
-        "default auto: 60 s + 10 x the test's usual duration when timing history knows it",
+        "default auto: 60 s + 10 x the test's usual duration when timing history knows it, "
+        "else 900 s",
         None,
         optional_seconds(0, auto="auto"),
         "SECONDS",

@@ -468,6 +468,41 @@ def test_a_build_that_ends_early_records_the_durations_of_what_ran(
     assert all(0.1 <= seconds < 30 for seconds in recorded.values()), recorded
 
 
+def test_a_test_without_history_that_hangs_is_stopped_too(pytester: pytest.Pytester) -> None:
+    """A first run (no timing history) used to give a hung test no timeout at all: the build
+    waited on it until --stall-timeout and then aborted. Such a test now gets a long fixed
+    timeout (15 min; the project's conftest shortens it here, in each worker) and fails with
+    every thread's stack, while the rest of the build reports as usual."""
+    pytester.makeconftest(
+        """
+        import conveyor.hard_timeout
+
+        conveyor.hard_timeout.UNKNOWN_TEST_TIMEOUT_S = 2.0
+        """
+    )
+    pytester.makepyfile(
+        test_first="""
+        import time
+
+        def test_hangs():
+            time.sleep(3600)
+
+        def test_quick():
+            pass
+        """
+    )
+    result = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", timeout=120)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*Timeout: worker gw? was stopped: the test ran longer than 2 s (automatic for a test "
+            "without timing history; --test-timeout SECONDS sets another, --test-timeout 0 none)*",
+            "*in test_hangs*",
+            "*1 failed, 1 passed*",
+        ]
+    )
+
+
 def test_without_a_timeout_history_sets_one_per_test(pytester: pytest.Pytester) -> None:
     """60 s + 10 x the usual duration: a test that usually takes 0.1 s and now hangs is
     stopped after about 61 s instead of holding the build forever, and the failure says how
