@@ -327,7 +327,7 @@ def interrupted_while_starting(
         return
     how = how_to_resume(shared)
     print(
-        f"conveyor: interrupted while starting: {without_result} test(s) did not run because "
+        f"conveyor: interrupted while starting: {without_result} test(s) have no result because "
         f"the build was stopped ({how}).",
         file=sys.stderr,
     )

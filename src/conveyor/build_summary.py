@@ -115,7 +115,13 @@ class BuildSummary:
         say so, and how to find the test one depends on, rather than leave a build that was
         green on its first run and red on the next without a word."""
         stats = getattr(terminalreporter, "stats", {})
-        failed = len(stats.get("failed", [])) + len(stats.get("error", []))
+        # A module that failed to collect does not depend on what ran before it.
+        failed = [
+            report
+            for key in ("failed", "error")
+            for report in stats.get(key, [])
+            if getattr(report, "when", "collect") != "collect"
+        ]
         if not failed:
             return
         if self.problems.resumable:

@@ -116,7 +116,7 @@ class BuildProblems:
             _list(tr, self.not_run)
         elif self.not_run:
             tr.write_line(
-                f"{len(self.not_run)} test(s) did not run because the build was stopped"
+                f"{len(self.not_run)} test(s) have no result because the build was stopped"
                 f"{self._why_stopped()}:",
                 yellow=True,
             )

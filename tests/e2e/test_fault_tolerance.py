@@ -248,7 +248,7 @@ def test_exitfirst_with_four_workers_lists_what_did_not_run(pytester: pytest.Pyt
     assert not_run > 0
     result.stdout.fnmatch_lines(
         [
-            f"{not_run} test(s) did not run because the build was stopped*",
+            f"{not_run} test(s) have no result because the build was stopped*",
             "  test_many.py::test_*",
         ]
     )
@@ -410,7 +410,7 @@ def test_max_worker_failures_aborts_the_build(pytester: pytest.Pytester) -> None
     )
     # The tests the aborted build never ran are listed and counted, as a stopped build's are.
     output = result.stdout.str()
-    assert re.search(r"\d+ test\(s\) did not run because the build was stopped", output), output
+    assert re.search(r"\d+ test\(s\) have no result because the build was stopped", output), output
     assert re.search(r"=+ (\d+ passed, )?\d+ not run in ", output), output
 
 

@@ -231,6 +231,27 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
     assert "out of collection order" not in passing.stdout.str()
 
 
+@pytest.mark.parametrize("continue_on_errors", [False, True])
+def test_a_collection_error_alone_gets_no_hint_about_order(
+    pytester: pytest.Pytester, continue_on_errors: bool
+) -> None:
+    """A module that fails to import is not a test that depends on what ran before it: the
+    order hint counted collection errors as failed tests."""
+    pytester.makepyfile(
+        test_broken="import not_a_module_anywhere\n",
+        test_fine="def test_one(): pass\ndef test_two(): pass\n",
+    )
+    extra = ("--continue-on-collection-errors",) if continue_on_errors else ()
+    result = pytester.run(
+        *(sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:cacheprovider"),
+        *("--order", "random", "--seed", "1", *extra),
+        timeout=120,
+    )
+    assert result.ret in (1, 2), result.stdout.str()
+    result.stdout.fnmatch_lines(["*ModuleNotFoundError*not_a_module_anywhere*"])
+    assert "out of collection order" not in result.stdout.str()
+
+
 def test_junitxml_lists_testcases_in_collection_order(pytester: pytest.Pytester) -> None:
     """Plain pytest writes <testcase> elements in collection order; a build's results arrive
     in completion order, and the file listed them so: two runs' files did not compare line by

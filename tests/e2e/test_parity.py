@@ -486,7 +486,7 @@ def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester, start: str) 
     assert result.ret == 1
     result.stdout.fnmatch_lines(
         [
-            "*test(s) did not run because the build was stopped: stopping after 1 failures "
+            "*test(s) have no result because the build was stopped: stopping after 1 failures "
             "(-x, --maxfail):",
             "*stopping after 1 failures*",
         ]

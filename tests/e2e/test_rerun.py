@@ -76,7 +76,7 @@ def test_a_stopped_build_is_never_green_and_running_it_again_resumes_it(
     first.send_signal(signal.SIGTERM)
     code, output = finish(first)
     assert code == 2, output
-    assert "did not run because the build was stopped" in output
+    assert "have no result because the build was stopped" in output
     assert "stopping the build: this machine's workers stopped, running tests included" in output
 
     code, output = finish(conveyor(pytester.path, "report", "--queue", queue, "--build", "B1"))
@@ -243,7 +243,7 @@ def test_an_interrupt_while_the_controller_starts_stops_or_leaves_the_build(
         outcomes = junit_outcomes(pytester.path / "other.xml")
         assert len(outcomes) == 41 and set(map(tuple, outcomes.values())) == {(("passed",),)}
     else:
-        assert "did not run because the build was stopped" in output, output
+        assert "have no result because the build was stopped" in output, output
         code, output = finish(conveyor(pytester.path, *run, "--junitxml=again.xml"))
         assert code == 0, output
         assert "resuming it" in output and "41 passed" in output.splitlines()[-1], output
