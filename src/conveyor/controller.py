@@ -230,6 +230,17 @@ class ControllerPlugin:
 
     # -- collection happens in the workers ------------------------------------------------
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True, specname="pytest_collection")
+    def pytest_collection_then_its_warnings(
+        self, session: pytest.Session
+    ) -> Generator[None, object, object]:
+        """The workers' collection warnings, as pytest lists them: after the warnings of the
+        configuration, which pytest checks as its collection ends (an unknown ini key)."""
+        collected = yield
+        if self.manifest is not None:
+            self._parts()[0].replay_collection_warnings(self.manifest.meta)
+        return collected
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection(self, session: pytest.Session) -> bool:
         self._reporting = True

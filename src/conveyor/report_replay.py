@@ -103,13 +103,11 @@ class ReportReplayer:
         }
 
     def replay_collection(self, session: pytest.Session, meta: dict[str, Any], total: int) -> None:
-        """What the workers' collection reported: failed collectors, collection warnings,
-        deselected and collected counts, then pytest's own end of collection."""
+        """What the workers' collection reported: failed collectors, deselected and collected
+        counts, then pytest's own end of collection (warnings: replay_collection_warnings)."""
         hook = self.config.hook
         for data in _list(meta.get("collect_reports")):
             hook.pytest_collectreport(report=self.report(data))
-        for data in _list(meta.get("collect_warnings")):
-            self.replay_warning(data)
         deselected = int(meta.get("deselected", 0))
         if deselected:
             hook.pytest_deselected(items=[Deselected(i) for i in range(deselected)])
@@ -278,6 +276,10 @@ class ReportReplayer:
             f"a late result for {event.unit} from worker {event.worker} (attempt "
             f"{event.data.get('attempt')}) was rejected: another attempt finished first."
         )
+
+    def replay_collection_warnings(self, meta: dict[str, Any]) -> None:
+        for data in _list(meta.get("collect_warnings")):
+            self.replay_warning(data)
 
     def replay_warning(self, data: dict[str, Any]) -> None:
         self.config.hook.pytest_warning_recorded.call_historic(

@@ -423,6 +423,36 @@ def test_the_lines_around_the_tests_are_pytests(pytester: pytest.Pytester) -> No
             ours.stdout.fnmatch_lines(["collecting ... collected 2 items"])
 
 
+def test_the_warnings_summary_lists_warnings_in_pytests_order(
+    pytester: pytest.Pytester,
+) -> None:
+    """The configuration's warnings (an unknown ini key), then collection's, then the tests':
+    the workers' collection warnings were listed before the configuration's."""
+    pytester.makeini("[pytest]\nnot_an_option_of_anyone = 1\n")
+    pytester.makepyfile(
+        test_w="""
+        import warnings
+
+        class TestNotATestClass:
+            def __init__(self):
+                pass
+
+        def test_warns():
+            warnings.warn(UserWarning("while the test ran"))
+        """
+    )
+    plain, ours = assert_same_verdict(pytester)
+
+    def warnings_summary(result: pytest.RunResult) -> list[str]:
+        lines = result.stdout.lines
+        start = next(i for i, line in enumerate(lines) if "= warnings summary =" in line)
+        end = next(i for i, line in enumerate(lines) if line.startswith("-- Docs:"))
+        return lines[start:end]
+
+    assert warnings_summary(ours) == warnings_summary(plain)
+    assert "Unknown config option" in "\n".join(warnings_summary(ours))
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
