@@ -274,9 +274,17 @@ def _controller_exit(
     from conveyor.controller import ControllerPlugin, ControllerSettings
     from conveyor.memory_plugin import BuildMemoryPlugin
 
-    workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
+    if supervisor is not None:
+        role = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
+    elif command == "run":  # a finished build run again (see _already_finished)
+        role = (
+            f"build {build.id} has finished: its stored results are reported and no test runs "
+            "(another --build id runs the tests again)"
+        )
+    else:
+        role = "report only"
     header = (
-        f"conveyor: {workers if supervisor else 'report only'}, queue {queue.display_url}, "
+        f"conveyor: {role}, queue {queue.display_url}, "
         f"build {build.id}, PYTHONHASHSEED={build.hash_seed}"
     )
     settings = ControllerSettings(

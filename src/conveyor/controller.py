@@ -258,8 +258,9 @@ class ControllerPlugin:
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         self._require(self.nodes).collection_known(manifest.test_ids_in_collection_order)
         view.announce_in_order(manifest.meta)
-        workers = self._estimate_workers(manifest.meta)
-        view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
+        if not self.queue.status().finished:  # a finished build's results take no time
+            workers = self._estimate_workers(manifest.meta)
+            view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
         return True
 
     def _estimate_workers(self, meta: dict[str, Any]) -> int:

@@ -135,10 +135,13 @@ def test_a_finished_build_is_not_replayed_for_another_collection_or_code(
     assert code == 3, output
     assert "does not collect the same tests from the same code" in output
     assert "passed" not in output.splitlines()[-1]
-    # The same collection from the same code is replayed from the queue.
+    # The same collection from the same code is replayed from the queue, saying so, with no
+    # estimate of a time that nothing takes.
     pytester.makepyfile(test_one="def test_one(): pass")
     code, output = finish(conveyor(pytester.path, *run))
-    assert code == 0 and "report only" in output, output
+    assert code == 0, output
+    assert "build B2 has finished: its stored results are reported and no test runs" in output
+    assert "estimated" not in output, output
 
 
 def test_a_worker_with_other_code_is_refused(pytester: pytest.Pytester) -> None:
