@@ -128,7 +128,7 @@ def serving_plan(
         serving = plan(
             collected,
             durations,
-            order=settings.order,
+            order=_order(settings.order, session.config),
             grouping=grouping,
             workers=workers,
             seed=settings.seed,
@@ -215,3 +215,10 @@ class ManifestHandshake:
                 )
             time.sleep(WAIT_POLL_S)
         return manifest
+
+
+def _order(order: str, config: pytest.Config) -> str:
+    """pytest's --ff and --nf put the last failures or the new tests first in its collection:
+    slowest first would serve them anywhere (with -x, a failure seen last time late)."""
+    asked = config.getoption("failedfirst", False) or config.getoption("newfirst", False)
+    return "collected" if asked and order == "slowest" else order

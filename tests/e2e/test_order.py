@@ -252,6 +252,26 @@ def test_a_collection_error_alone_gets_no_hint_about_order(
     assert "out of collection order" not in result.stdout.str()
 
 
+@pytest.mark.parametrize("first", ["--ff", "--nf"])
+def test_pytests_own_first_options_are_served_first(pytester: pytest.Pytester, first: str) -> None:
+    """--ff (last failures first) and --nf (new tests first) reorder pytest's collection;
+    slowest first from timing history served that order anyway, so `-x --ff` reached the test
+    that failed last time only after every slow test."""
+    pytester.makepyfile(
+        test_a_slow="import time\n"
+        + "".join(f"def test_slow_{i}():\n    time.sleep(0.4)\n" for i in range(6)),
+    )
+    run = (sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:randomly")
+    assert pytester.run(*run, timeout=120).ret == 0  # timing history, and the known ids
+    pytester.makepyfile(test_b_quick="def test_fails():\n    assert 0\n")
+    if first == "--ff":
+        assert pytester.run(*run, "--lf", timeout=120).ret == 1  # the failure is remembered
+    result = pytester.run(*run, "-x", first, "-v", timeout=120)
+    assert result.ret == 1, result.stdout.str()
+    ran = [line for line in result.stdout.lines if " PASSED" in line or " FAILED" in line]
+    assert ran and "test_b_quick.py::test_fails" in ran[0], result.stdout.str()
+
+
 def test_junitxml_lists_testcases_in_collection_order(pytester: pytest.Pytester) -> None:
     """Plain pytest writes <testcase> elements in collection order; a build's results arrive
     in completion order, and the file listed them so: two runs' files did not compare line by
