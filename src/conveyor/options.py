@@ -94,22 +94,11 @@ XDIST_DIST_MODES = {
     "worksteal": "test",
     "loadfile": "file",  # a file is never split between workers, as under xdist
     "loadscope": "scope",  # nor a class, nor a module's tests outside classes
+    "loadgroup": "group",  # nor the tests of one xdist_group
 }
 
 
-def _grouping(flag: str, raw: str) -> str:
-    if raw == "loadgroup":
-        raise UsageError(
-            f"{flag} loadgroup (pytest-xdist's xdist_group marks) is not supported: conveyor "
-            "cannot yet keep a named group of tests on one worker. Run the grouped tests on "
-            "one worker and the rest shared, e.g. `conveyor run -n 1 -m xdist_group` then "
-            "`conveyor run -m 'not xdist_group'`, or use --dist file (or scope) when each "
-            "group lies in one file (or class)."
-        )
-    return _grouping_choice(flag, raw)
-
-
-_grouping_choice = choice(GROUPINGS, XDIST_DIST_MODES)
+_grouping = choice(GROUPINGS, XDIST_DIST_MODES)
 
 
 def grouping_of(given: str | None, pytest_dist: object) -> str:
@@ -195,7 +184,9 @@ class WorkerOptions(OptionSet):
         "what one worker keeps together: module (the default) or class, where that keeps "
         "fixtures alive; test, nothing (xdist's load, worksteal); file, always a whole file "
         "(xdist's loadfile); scope, always a whole class or a module's tests outside classes "
-        "(xdist's loadscope). Without it, a --dist in pytest's addopts is taken as "
+        "(xdist's loadscope); group, always the tests of one xdist_group mark, the others "
+        "spread as with test (xdist's loadgroup). Without it, a --dist in pytest's addopts "
+        "is taken as "
         "pytest-xdist's mode",
         None,
         _grouping,

@@ -49,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
         dest="dist",
         default="no",
         help="what one conveyor worker keeps together: module (default), class, test (xdist's "
-        "load, worksteal), file (loadfile) or scope (loadscope).",
+        "load, worksteal), file (loadfile), scope (loadscope) or group (loadgroup).",
     )
     group.addoption(
         "--maxprocesses",

@@ -15,6 +15,7 @@ import pytest
 from conveyor.errors import UsageError
 from conveyor.queue import Queue
 from conveyor.unit_names import unit_names
+from conveyor.xdist_compat import xdist_group_of
 
 
 class ReplayOrder:
@@ -42,7 +43,11 @@ class ReplayOrder:
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
-        by_id = dict(zip(unit_names(item.nodeid for item in items), items, strict=True))
+        # A build under --dist loadgroup named its grouped units by their group too.
+        ids = [item.nodeid for item in items]
+        grouped = unit_names(ids, [xdist_group_of(item) for item in items])
+        by_id = dict(zip(unit_names(ids), items, strict=True))
+        by_id.update(zip(grouped, items, strict=True))
         self.missing = [nodeid for nodeid in self.order if nodeid not in by_id]
         wanted = [by_id[nodeid] for nodeid in self.order if nodeid in by_id]
         kept = {id(item) for item in wanted}

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from conveyor.compat import CollectErrorRepr, restore_subtest_context
+from conveyor.unit_names import id_of_unit
 
 
 class Deselected:
@@ -78,9 +79,9 @@ def crash_reports(
     test: its call failed, naming the cause and showing the worker's last output (or every
     thread's stack at the timeout), then its teardown, which is where --junitxml closes a
     test case and writes its properties."""
-    failed = _crash_failure(unit, worker, data)
+    failed = _crash_failure(id_of_unit(unit), worker, data)  # the test's id, not the unit's
     teardown = pytest.TestReport(
-        nodeid=unit,
+        nodeid=failed.nodeid,
         location=failed.location,
         keywords={},
         outcome="passed",

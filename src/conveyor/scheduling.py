@@ -29,9 +29,10 @@ kept.
 The workers' count is the whole build's: on a fleet of machines, the leader plans for every
 machine's workers (conveyor.fleet_size).
 
-`--dist file` and `--dist scope` (pytest-xdist's loadfile and loadscope) never split a group:
-each file, or each scope (a class; a module's tests outside classes), is served whole and
-contiguous, and the queue leases it to one worker whole (`whole_key`).
+`--dist file`, `--dist scope` and `--dist group` (pytest-xdist's loadfile, loadscope and
+loadgroup) never split a group: each file, each scope (a class; a module's tests outside
+classes), or each xdist_group (named in its tests' unit names, conveyor.unit_names) is served
+whole and contiguous, and the queue leases it to one worker whole (`whole_key`).
 
 A suite whose tests declare an order or dependencies between them (conveyor.ordered_suite) is
 served in collection order and kept whole ("all"): one worker runs it as plain pytest would.
@@ -46,32 +47,39 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from conveyor.unit_names import GROUP_OPEN, group_of
+
 ORDERS = ("slowest", "collected", "random")
-GROUPINGS = ("module", "class", "test", "file", "scope")
+GROUPINGS = ("module", "class", "test", "file", "scope", "group")
 DEFAULT_GROUPING = "module"
 # What the queue never splits between workers, by grouping (see `whole_key`): a class for the
 # module and class groupings; a whole file for `file` (pytest-xdist's loadfile); a class, or a
-# module's tests outside classes, for `scope` (loadscope); nothing for `test` (load).
+# module's tests outside classes, for `scope` (loadscope); an xdist_group for `group`
+# (loadgroup; a test outside any group is held by nothing); nothing for `test` (load).
 WHOLE_BY_GROUPING = {
     "module": "class",
     "class": "class",
     "test": "none",
     "file": "file",
     "scope": "scope",
+    "group": "group",
 }
 # "all": one worker runs the whole build, in the published order (an order-dependent suite,
 # conveyor.ordered_suite); never a --dist grouping of its own.
-WHOLE_MODES = ("class", "file", "scope", "none", "all")
-UNSPLIT_GROUPINGS = ("file", "scope")  # groups the planner never cuts into ranges
+WHOLE_MODES = ("class", "file", "scope", "group", "none", "all")
+UNSPLIT_GROUPINGS = ("file", "scope", "group")  # groups the planner never cuts into ranges
 SPLIT_SHARE = 0.7
 RANGE_SHARE = 0.35  # a split group's ranges are at most this share of a worker's work
 
 
 def scope_of(nodeid: str, grouping: str) -> str:
     """The group a test belongs to: its file (module, file), its class or else its file
-    (class, scope), or itself (test)."""
+    (class, scope), its xdist_group or else itself (group), or itself (test)."""
     if grouping == "test":
         return nodeid
+    if grouping == "group":
+        group = group_of(nodeid)
+        return nodeid if group is None else f"{GROUP_OPEN}{group})"
     path, _, rest = nodeid.partition("::")
     if grouping in ("class", "scope") and "::" in rest:
         return f"{path}::{rest.split('::', 1)[0]}"
@@ -93,6 +101,8 @@ def whole_key(nodeid: str, whole: str) -> str | None:
         return nodeid.partition("::")[0]
     if whole == "scope":
         return class_of(nodeid) or nodeid.partition("::")[0]
+    if whole == "group":
+        return group_of(nodeid)
     if whole == "all":
         return ""
     check_whole(whole)

@@ -7,19 +7,54 @@ run, and a failure of it never reported. The second and later items of an id are
 (`ID (duplicate 2)`); every worker collects the same items in the same order, so each name
 means the same item on every worker. A result carries its unit's name; its reports keep the
 test's own id, so the summary, --junitxml and --lf read as in a plain run.
+
+Under `--dist loadgroup` a test marked `xdist_group` also carries its group in its name
+(`ID (xdist_group NAME)`, as pytest-xdist appends `@NAME` to the test id): the queue keeps a
+group on one worker by reading it there (`scheduling.whole_key`, and the Redis scripts' own).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 _DUPLICATE = re.compile(r"(?s)(.*) \(duplicate \d+\)")
+GROUP_OPEN = " (xdist_group "  # the Redis scripts' GROUP_OPEN is the same
 
 
-def unit_names(nodeids: Iterable[str]) -> list[str]:
+def unit_names(nodeids: Iterable[str], groups: Sequence[str | None] | None = None) -> list[str]:
     """One name per item, in order: its id, or for a later item of the same id, that id with
-    the item's place among them."""
+    the item's place among them; then, where `groups` names the item's group, that group."""
+    names = _unique(nodeids)
+    if groups is None:
+        return names
+    return [
+        f"{name}{GROUP_OPEN}{group})" if group is not None else name
+        for name, group in zip(names, groups, strict=True)
+    ]
+
+
+def group_of(name: str) -> str | None:
+    """The xdist_group a unit's name carries, or None."""
+    at = name.rfind(GROUP_OPEN)
+    if at < 0 or not name.endswith(")"):
+        return None
+    return name[at + len(GROUP_OPEN) : -1]
+
+
+def _without_group(name: str) -> str:
+    group = group_of(name)
+    return name if group is None else name[: -len(GROUP_OPEN) - len(group) - 1]
+
+
+def id_of_unit(name: str) -> str:
+    """The test id of one unit's name, without the rest of the build to check it against."""
+    name = _without_group(name)
+    match = _DUPLICATE.fullmatch(name)
+    return match.group(1) if match else name
+
+
+def _unique(nodeids: Iterable[str]) -> list[str]:
     ids = list(nodeids)
     taken = set(ids)
     seen: dict[str, int] = {}
@@ -42,7 +77,7 @@ def unit_names(nodeids: Iterable[str]) -> list[str]:
 def nodeids_of(names: Iterable[str]) -> list[str]:
     """The test id of each unit name, over a whole build: the inverse of `unit_names`, except
     for a suite whose own test ids end in " (duplicate N)" beside the same id without it."""
-    names = list(names)
+    names = [_without_group(name) for name in names]
     known = set(names)
     ids: list[str] = []
     for name in names:

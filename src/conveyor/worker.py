@@ -68,6 +68,7 @@ from conveyor.xdist_compat import (
     ensure_hookspecs,
     keep_xdist_out,
     publish_output,
+    xdist_group_of,
 )
 
 trace = event("worker")
@@ -236,13 +237,19 @@ class WorkerPlugin:
 
     # -- the run loop ---------------------------------------------------------------------
 
+    def _unit_names(self, items: list[pytest.Item]) -> list[str]:
+        groups = [xdist_group_of(item) for item in items] if self._by_xdist_group() else None
+        return unit_names((item.nodeid for item in items), groups)
+
+    def _by_xdist_group(self) -> bool:
+        return self.settings.grouping == "group"
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         assert self.queue is not None  # opened in pytest_cmdline_main
-        # By unit name: a test id collected twice is two units (conveyor.unit_names).
-        items = dict(
-            zip(unit_names(item.nodeid for item in session.items), session.items, strict=True)
-        )
+        # By unit name: a test id collected twice is two units, and a unit names its
+        # xdist_group under --dist loadgroup (conveyor.unit_names).
+        items = dict(zip(self._unit_names(session.items), session.items, strict=True))
         collection_failed = (
             bool(session.testsfailed) and not session.config.option.continue_on_collection_errors
         )

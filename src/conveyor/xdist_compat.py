@@ -108,6 +108,17 @@ XDIST_MARKERS = (
 )
 
 
+def xdist_group_of(item: pytest.Item) -> str | None:
+    """The group pytest-xdist's --dist loadgroup keeps `item` in, named as xdist names it:
+    every `xdist_group` mark's name (its first argument, else `name=`, else "default"),
+    sorted and joined by "_"; None for a test without the mark."""
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    return "_".join(sorted(names)) if names else None
+
+
 def declare_xdist_markers(config: pytest.Config) -> None:
     """A worker runs with pytest-xdist turned off (`-p no:xdist`), so xdist's `xdist_group`
     marker went undeclared: a suite using it failed to collect under `--strict-markers` (and

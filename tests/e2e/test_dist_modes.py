@@ -1,5 +1,6 @@
-"""--dist file and scope (pytest-xdist's loadfile and loadscope): a file, or a scope, runs whole
-on one worker in collection order, on a first run without history and after one with it."""
+"""--dist file, scope and group (pytest-xdist's loadfile, loadscope and loadgroup): a file, a
+scope or an xdist_group runs whole on one worker in collection order, on a first run without
+history and after one with it."""
 
 from __future__ import annotations
 
@@ -132,18 +133,72 @@ def test_conveyors_own_dist_wins_over_pytests(pytester: pytest.Pytester, ran: Pa
     assert any(len(workers) > 1 for workers in workers_by_file(ran).values())
 
 
-@pytest.mark.parametrize("fork", [False, True])
-def test_loadgroup_in_addopts_is_refused_with_the_way_out(
-    pytester: pytest.Pytester, fork: bool
+GROUPED_FILE = """
+import json
+import os
+import time
+
+import pytest
+
+
+def record(name, worker_id):
+    with open(os.path.join(os.environ["RAN_DIR"], name), "w") as out:
+        json.dump(worker_id, out)
+
+
+@pytest.mark.xdist_group("db")
+def test_db_slow(worker_id):
+    record("db::{module}::slow", worker_id)
+    time.sleep(0.4)
+
+
+@pytest.mark.xdist_group(name="web")
+class TestWeb:
+    @pytest.mark.parametrize("n", range(3))
+    def test_page(self, worker_id, n):
+        record(f"web::{module}::page{{n}}", worker_id)
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_free(worker_id, n):
+    record(f"free::{module}::{{n}}", worker_id)
+
+
+@pytest.mark.xdist_group("db")
+def test_db_quick(worker_id):
+    record("db::{module}::quick", worker_id)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "fork"),
+    [("--dist loadgroup", False), ("--dist group", True), ("addopts", False)],
+)
+def test_an_xdist_group_runs_whole_on_one_worker(
+    pytester: pytest.Pytester, ran: Path, how: str, fork: bool
 ) -> None:
-    pytester.makeini("[pytest]\naddopts = -n 2 --dist loadgroup\n")
-    pytester.makepyfile(test_one="def test_one(): pass")
-    result = conveyor_run(pytester, *(["--fork-workers"] if fork else []))
-    assert result.ret == 4, result.stdout.str() + result.stderr.str()
-    output = result.stdout.str() + result.stderr.str()
-    assert "pytest's options (addopts or PYTEST_ADDOPTS): --dist loadgroup" in output, output
-    assert "conveyor run --dist MODE" in output, output
-    assert "passed" not in output, output
+    """pytest-xdist's --dist loadgroup: the tests of one xdist_group mark, from any file, run
+    on one worker; the others are shared out one by one. It was refused."""
+    for number in range(3):
+        pytester.makepyfile(**{f"test_g{number}": GROUPED_FILE.format(module=number)})
+    args = ["--fork-workers"] if fork else []
+    if how == "addopts":
+        pytester.makeini("[pytest]\naddopts = -n 2 --dist loadgroup\n")
+    else:
+        args += how.split()
+    for first in (True, False):  # a first run, then one planned from its timing history
+        ours = conveyor_run(pytester, *args)
+        assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
+        ours.assert_outcomes(passed=3 * 9)
+        assert ("timing history knows 27 of 27" in ours.stdout.str()) is not first
+        by_group: dict[str, set[str]] = {}
+        for record in ran.iterdir():
+            group = record.name.split("::")[0]
+            by_group.setdefault(group, set()).add(json.loads(record.read_text()))
+            record.unlink()
+        assert len(by_group["db"]) == 1 and len(by_group["web"]) == 1, by_group
+    plain = pytester.run(sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:xdist")
+    plain.assert_outcomes(passed=3 * 9)
 
 
 LOADSCOPE_SUITE = """

@@ -195,11 +195,9 @@ def test_the_nearer_of_two_ways_to_start_wins(tmp_path: Path) -> None:
         parse(["-n", "2", "--fork-workers", "--spawn-workers"], {}, project)
 
 
-def test_loadgroup_is_refused_with_a_way_to_run_the_groups(tmp_path: Path) -> None:
-    """pytest-xdist's `--dist loadgroup` keeps each `xdist_group` on one worker, which conveyor
-    cannot yet do: the error says so and how to run such a suite instead."""
-    with pytest.raises(UsageError, match=r"--dist loadgroup .*-m xdist_group"):
-        parse(["-n", "2", "--dist", "loadgroup"], {}, tmp_path / "none.toml")
+def test_loadgroup_keeps_xdist_groups_whole(tmp_path: Path) -> None:
+    for dist in ("loadgroup", "group"):
+        assert parse(["-n", "2", "--dist", dist], {}, tmp_path / "none.toml").grouping == "group"
 
 
 @pytest.mark.parametrize("argv", [["-n", "auto"], ["-n", "logical"], []])

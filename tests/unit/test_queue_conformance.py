@@ -1036,6 +1036,34 @@ def test_a_steal_never_cuts_a_file_kept_whole(make_queue: QueueFactory) -> None:
     assert queue.steal("gw3", 10, whole="file").state == WAIT  # test_a.py is never cut
 
 
+# Units as a worker names them under --dist loadgroup (conveyor.unit_names): a group's tests
+# from two files, contiguous as the plan serves them, then tests outside any group.
+GROUPED = [
+    "tests/test_a.py::test_db (xdist_group db)",
+    "tests/test_b.py::TestQ::test_db[x (y)] (xdist_group db)",
+    "tests/test_b.py::test_db_too (xdist_group db)",
+    "tests/test_a.py::test_free",
+    "tests/test_b.py::TestQ::test_free",
+    "tests/test_c.py::test_web[a (xdist_group b)] (xdist_group web)",
+    "tests/test_c.py::test_web_too (xdist_group web)",
+]
+
+
+def test_an_xdist_group_is_reserved_and_stolen_whole(make_queue: QueueFactory) -> None:
+    """--dist group (pytest-xdist's loadgroup): a reservation takes a group's every test,
+    whatever size was asked for; a test outside any group goes alone, even beside its class;
+    and a steal never cuts a group."""
+    queue = make_queue()
+    queue.populate("gw0", GROUPED, {"whole": "group"})
+    assert unit_ids(queue.reserve("gw0", 1, whole="group")) == GROUPED[:3]
+    assert unit_ids(queue.reserve("gw1", 1, whole="group")) == GROUPED[3:4]
+    assert unit_ids(queue.reserve("gw1", 2, whole="group")) == GROUPED[4:7]
+    queue.claim("gw0", GROUPED[:1])
+    queue.claim("gw1", GROUPED[3:5])
+    assert unit_ids(queue.steal("gw2", 10, whole="group")) == GROUPED[5:]  # web, whole
+    assert queue.steal("gw3", 10, whole="group").state == WAIT  # db is never cut
+
+
 def test_a_build_kept_whole_goes_to_one_worker_in_its_order(make_queue: QueueFactory) -> None:
     """An order-dependent suite (conveyor.ordered_suite): the first reservation takes every
     test in the published order, and no other worker can take any of them."""

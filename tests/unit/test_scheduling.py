@@ -238,6 +238,33 @@ def test_file_and_scope_groups_are_never_split_and_go_longest_first() -> None:
     ]
 
 
+GROUPED = [
+    "a.py::test_db (xdist_group db)",
+    "a.py::test_free",
+    "b.py::test_web (xdist_group web)",
+    "b.py::test_db_too (xdist_group db)",
+    "c.py::test_free",
+]
+
+
+def test_loadgroup_brings_each_xdist_group_together_and_goes_longest_first() -> None:
+    """A group's tests, in whatever files, are contiguous in collection order; a test
+    outside any group is a group of its own."""
+    assert plan(GROUPED, {}, grouping="group", workers=2).order == [
+        GROUPED[0],
+        GROUPED[3],
+        GROUPED[1],
+        GROUPED[2],
+        GROUPED[4],
+    ]
+    history = {unit: 1.0 for unit in GROUPED} | {"c.py::test_free": 5.0}
+    served = plan(GROUPED, history, grouping="group", workers=2)
+    assert served.order[:3] == [GROUPED[4], GROUPED[0], GROUPED[3]]
+    assert served.range_starts == frozenset()
+    assert whole_key(GROUPED[3], "group") == "db" and whole_key(GROUPED[1], "group") is None
+    assert scope_of(GROUPED[1], "group") == GROUPED[1]
+
+
 def test_random_order_shuffles_whole_files() -> None:
     units = [f"m{m}.py::t{t}" for m in range(6) for t in range(4)]
     order = plan(units, {}, order="random", grouping="file", workers=2, seed=3).order

@@ -117,12 +117,38 @@ local function file_of(id)
   return id
 end
 
+-- The xdist_group a unit's name carries, 'ID (xdist_group NAME)' (unit_names.group_of: the
+-- last GROUP_OPEN of a name that ends in ')'), or nil.
+local GROUP_OPEN = ' (xdist_group '
+local function group_of(id)
+  if string.sub(id, -1) ~= ')' then
+    return nil
+  end
+  local at = nil
+  local from = 1
+  while true do
+    local found = string.find(id, GROUP_OPEN, from, true)
+    if not found then
+      break
+    end
+    at = found
+    from = found + 1
+  end
+  if not at then
+    return nil
+  end
+  return string.sub(id, at + #GROUP_OPEN, -2)
+end
+
 -- What one worker runs whole under `mode` (scheduling.whole_key): 'class' the class, 'file'
--- the file, 'scope' the class or else the file, 'all' the whole build; nil when nothing holds
--- the unit ('none').
+-- the file, 'scope' the class or else the file, 'group' the xdist_group, 'all' the whole
+-- build; nil when nothing holds the unit ('none').
 local function whole_key(id, mode)
   if mode == 'all' then
     return ''
+  end
+  if mode == 'group' then
+    return group_of(id)
   end
   if mode == 'class' then
     return class_of(id)
