@@ -25,6 +25,7 @@ from conveyor.outcome_record import serialize_warning
 from conveyor.queue import Queue
 from conveyor.queue.protocol import JSON, Manifest, collection_digest
 from conveyor.scheduling import DEFAULT_GROUPING, WHOLE_BY_GROUPING, plan
+from conveyor.unit_names import XDIST_GROUPS_META
 from conveyor.vocabulary import EVENT_WORKER_REFUSED
 from conveyor.worker_settings import WorkerSettings
 
@@ -148,6 +149,8 @@ def serving_plan(
         with_history=any(unit in durations for unit in collected),
         # Every worker's batches are sized for the build's workers, not its machine's.
         plan_workers=workers,
+        # Whether unit names carry xdist_groups: a worker that joins names its units so too.
+        **{XDIST_GROUPS_META: grouping == "group"},
     )
     if in_order is not None:
         meta["in_order"] = in_order  # the controller says why the build is not shared

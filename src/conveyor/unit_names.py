@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 
 _DUPLICATE = re.compile(r"(?s)(.*) \(duplicate \d+\)")
 GROUP_OPEN = " (xdist_group "  # the Redis scripts' GROUP_OPEN is the same
+XDIST_GROUPS_META = "xdist_groups"  # the manifest's meta: true where names carry groups
 
 
 def unit_names(nodeids: Iterable[str], groups: Sequence[str | None] | None = None) -> list[str]:

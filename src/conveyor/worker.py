@@ -52,7 +52,7 @@ from conveyor.scheduling import DEFAULT_GROUPING
 from conveyor.session_ending import SessionEnding
 from conveyor.trace import configure as trace_configure
 from conveyor.trace import event, follow_stderr
-from conveyor.unit_names import unit_names
+from conveyor.unit_names import XDIST_GROUPS_META, unit_names
 from conveyor.vocabulary import (
     EVENT_SESSION_ENDED,
     EXIT_DONE,
@@ -242,6 +242,12 @@ class WorkerPlugin:
         return unit_names((item.nodeid for item in items), groups)
 
     def _by_xdist_group(self) -> bool:
+        """Whether unit names carry xdist_groups: as the build's leader named them, for a
+        worker that joins a build (another machine may not have been given --dist); else as
+        this worker's --dist says."""
+        manifest = self.queue.manifest() if self.queue is not None else None
+        if manifest is not None:
+            return manifest.meta.get(XDIST_GROUPS_META) is True
         return self.settings.grouping == "group"
 
     @pytest.hookimpl(tryfirst=True)

@@ -5,11 +5,12 @@ history and after one with it."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_same_verdict
+from helpers import assert_same_verdict, communicate_or_dump_stacks, wait_until
 
 # Each test writes down the worker that ran it. The first test of each file is slow enough that,
 # under the default grouping, its worker hands the rest of its run back; the last one passes
@@ -142,8 +143,9 @@ import pytest
 
 
 def record(name, worker_id):
+    # The process: two machines' workers may both be gw0.
     with open(os.path.join(os.environ["RAN_DIR"], name), "w") as out:
-        json.dump(worker_id, out)
+        json.dump(os.getpid(), out)
 
 
 @pytest.mark.xdist_group("db")
@@ -170,6 +172,21 @@ def test_db_quick(worker_id):
 """
 
 
+def grouped_suite(pytester: pytest.Pytester) -> None:
+    for number in range(3):
+        pytester.makepyfile(**{f"test_g{number}": GROUPED_FILE.format(module=number)})
+
+
+def processes_by_group(ran: Path) -> dict[str, set[int]]:
+    """The worker processes that ran each group's tests ("free": those outside groups); the
+    records are removed."""
+    by_group: dict[str, set[int]] = {}
+    for record in ran.iterdir():
+        by_group.setdefault(record.name.split("::")[0], set()).add(json.loads(record.read_text()))
+        record.unlink()
+    return by_group
+
+
 @pytest.mark.parametrize(
     ("how", "fork"),
     [("--dist loadgroup", False), ("--dist group", True), ("addopts", False)],
@@ -179,8 +196,7 @@ def test_an_xdist_group_runs_whole_on_one_worker(
 ) -> None:
     """pytest-xdist's --dist loadgroup: the tests of one xdist_group mark, from any file, run
     on one worker; the others are shared out one by one. It was refused."""
-    for number in range(3):
-        pytester.makepyfile(**{f"test_g{number}": GROUPED_FILE.format(module=number)})
+    grouped_suite(pytester)
     args = ["--fork-workers"] if fork else []
     if how == "addopts":
         pytester.makeini("[pytest]\naddopts = -n 2 --dist loadgroup\n")
@@ -191,14 +207,41 @@ def test_an_xdist_group_runs_whole_on_one_worker(
         assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
         ours.assert_outcomes(passed=3 * 9)
         assert ("timing history knows 27 of 27" in ours.stdout.str()) is not first
-        by_group: dict[str, set[str]] = {}
-        for record in ran.iterdir():
-            group = record.name.split("::")[0]
-            by_group.setdefault(group, set()).add(json.loads(record.read_text()))
-            record.unlink()
+        by_group = processes_by_group(ran)
         assert len(by_group["db"]) == 1 and len(by_group["web"]) == 1, by_group
     plain = pytester.run(sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:xdist")
     plain.assert_outcomes(passed=3 * 9)
+
+
+def test_a_machine_joining_a_loadgroup_build_keeps_its_groups(
+    pytester: pytest.Pytester, ran: Path
+) -> None:
+    """Another machine's `conveyor worker` given no --dist follows the build's leader: its
+    units are named by their groups as the leader's are, so it joins instead of being refused
+    for a different collection, and no group is cut."""
+    grouped_suite(pytester)
+    queue = ("--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "G1")
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "conveyor", *args, "-p", "no:randomly", *queue],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    leader = start("run", "-n", "1", "--dist", "loadgroup", "-p", "no:cacheprovider")
+    wait_until(lambda: any(ran.iterdir()), "the leader ran no test")
+    joiner = start("worker", "-n", "2")
+    joined_output = communicate_or_dump_stacks(joiner, 180)
+    output = communicate_or_dump_stacks(leader, 180)
+    assert leader.returncode == 0, output
+    assert joiner.returncode == 0, joined_output
+    assert "refused" not in joined_output, joined_output
+    assert "27 passed" in output.splitlines()[-1], output
+    by_group = processes_by_group(ran)
+    assert len(by_group["db"]) == 1 and len(by_group["web"]) == 1, by_group
 
 
 LOADSCOPE_SUITE = """
