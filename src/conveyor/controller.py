@@ -174,11 +174,14 @@ class ControllerPlugin:
                 "make a later run pass that should not. Run it in one process: plain pytest "
                 "--sw, or `conveyor run -n 0 --sw`."
             )
-        if config.getoption("usepdb", False):
-            raise pytest.UsageError(
-                "--pdb cannot debug tests that run in other processes; run the failing test "
-                "with plain `pytest --pdb`, or use `conveyor run -n 0 --pdb` to run in-process."
-            )
+        for flag, name in (("--pdb", "usepdb"), ("--trace", "trace")):
+            # A worker's debugger has no terminal: it reads end of file and quits, and under
+            # --trace the tests it stopped in were reported as passed without having run.
+            if config.getoption(name, False):
+                raise pytest.UsageError(
+                    f"{flag} cannot debug tests that run in other processes; run the test with "
+                    f"plain `pytest {flag}`, or use `conveyor run -n 0 {flag}` to run in-process."
+                )
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             # Tests of different files finish interleaved; printing a file name at every

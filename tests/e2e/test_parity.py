@@ -258,6 +258,21 @@ def test_stepwise_is_refused_where_it_could_skip_tests_that_never_ran(
     assert summary_line(in_process) == summary_line(plain)
 
 
+@pytest.mark.parametrize("option", ["--pdb", "--trace"])
+def test_debugging_is_refused_where_no_terminal_reaches_the_test(
+    pytester: pytest.Pytester, option: str
+) -> None:
+    """A worker's debugger reads end of file and quits: under --trace the tests it stopped in
+    were reported as passed without their bodies having run."""
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    ours = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", option, timeout=120)
+    assert ours.ret == 4, ours.stdout.str()
+    ours.stderr.fnmatch_lines(
+        [f"ERROR: {option} cannot debug tests that run in other processes; *-n 0 {option}*"]
+    )
+    assert "passed" not in ours.stdout.str()
+
+
 # Usage errors pytest finds only while it collects, which only the workers do.
 COLLECTION_USAGE_ERRORS = {
     "missing path": ("nope.py",),
