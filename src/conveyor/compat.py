@@ -20,6 +20,7 @@ import pytest
 from _pytest import junitxml
 from _pytest.reports import CollectErrorRepr as CollectErrorRepr  # a collection error as kept
 
+from conveyor.junit_records import JunitRecords, JunitRecordsReplay
 from conveyor.machine_lock import machine_lock
 
 try:
@@ -290,6 +291,27 @@ def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None]
         xml.node_reporter(report).append(element)
 
     return append
+
+
+def stand_in_for_junitxml(config: pytest.Config, records: JunitRecords) -> bool:
+    """A worker of a build with --junitxml: `records` where pytest's fixtures look for the
+    junitxml writer, which pytest makes in the controller only (conveyor.junit_records).
+    Relies on record_testsuite_property, record_xml_attribute and the xunit2 warnings reading
+    `config.stash[junitxml.xml_key]` (`family`, `add_global_property`, `node_reporter`), and
+    on junitxml's unconfigure unregistering that object as a plugin."""
+    if not getattr(config.option, "xmlpath", None) or junitxml.xml_key in config.stash:
+        return False
+    stash: Any = config.stash  # keyed for LogXML: the fixtures need only what records has
+    stash[junitxml.xml_key] = records
+    config.pluginmanager.register(records, "conveyor-junit-records")
+    return True
+
+
+def junit_records_replay(config: pytest.Config) -> JunitRecordsReplay | None:
+    """The controller's writer of what workers' tests recorded, or None without --junitxml
+    (relies on the LogXML object's `node_reporter` and `add_global_property`)."""
+    xml = config.stash.get(junitxml.xml_key, None)
+    return JunitRecordsReplay(xml) if xml is not None else None
 
 
 # Beyond this many tests the file keeps completion order: the sort's table of every test's

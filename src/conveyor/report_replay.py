@@ -19,11 +19,13 @@ import pytest
 from conveyor.compat import (
     SLIM_FROM_TESTS,
     forget_subtest_lookups,
+    junit_records_replay,
     junit_testcase_appender,
     replay_collection_counts,
     shared_node_id,
     slim_passed_reports,
 )
+from conveyor.junit_records import JunitRecordsReplay
 from conveyor.problems import BuildProblems
 from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
@@ -93,6 +95,7 @@ class ReportReplayer:
         self.ledger = Ledger()
         self.slim = False  # set for builds of SLIM_FROM_TESTS tests or more
         self._started_at = started_at  # when the controller started (for "first result after")
+        self._junit: JunitRecordsReplay | None = None  # made at the first test that recorded
 
     def handlers(self) -> dict[str, Callable[[Event], None]]:
         return {
@@ -215,6 +218,8 @@ class ReportReplayer:
                 self.problems.flaky.append(nodeid)
         self.ledger.durations[nodeid] = sum(float(report.duration or 0) for report in reports)
         where_it_ran(reports[-1], event)
+        if recorded := event.data.get("junit"):
+            self._replay_junit_records(recorded, reports[0], event.worker or "")
         self._replay(nodeid, location, reports)
         self.on_failure(reports)
         forget_subtest_lookups(self.config, reports)
@@ -251,6 +256,14 @@ class ReportReplayer:
                 self.ledger.reruns.setdefault(nodeid, []).append(report)
                 break
         self._replay(nodeid, location, shown)
+
+    def _replay_junit_records(self, recorded: object, report: Any, worker: str) -> None:
+        """What the test recorded with record_xml_attribute and record_testsuite_property,
+        into --junitxml's file (conveyor.junit_records)."""
+        if self._junit is None:
+            self._junit = junit_records_replay(self.config)
+        if self._junit is not None:
+            self._junit.replay(recorded, report, worker)
 
     def _attach_reruns_to_junit(self, report: Any, attempts: list[Any]) -> None:
         """<rerunFailure> elements inside the test's <testcase>, the form CI dashboards read

@@ -29,6 +29,7 @@ from conveyor.compat import (
     redirect_output,
     results_folder_emptied_once,
     silence_terminal,
+    stand_in_for_junitxml,
 )
 from conveyor.environment import mark_worker_process, take_settings
 from conveyor.errors import BuildStateLost, QueueError, UsageError
@@ -37,6 +38,7 @@ from conveyor.fork_server import ForkServer, channel_from_environment
 from conveyor.hard_timeout import HardTimeout
 from conveyor.heartbeat import Heartbeat
 from conveyor.history import history_store
+from conveyor.junit_records import JunitRecords
 from conveyor.lease_stream import LeaseStream
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
 from conveyor.options import grouping_of
@@ -103,6 +105,7 @@ class WorkerPlugin:
         self._outbox: ResultOutbox | None = None
         self._policy: BatchPolicy | None = None
         self.record = OutcomeRecord()
+        self.junit = JunitRecords("")  # in use under --junitxml (conveyor.junit_records)
         self._stopped = False
         self._pytest_dist: object = None  # pytest's own --dist (addopts), read as it configures
         self._refusal: pytest.UsageError | None = None  # raised as collection starts
@@ -198,6 +201,8 @@ class WorkerPlugin:
         silence_terminal(config)
         config.pluginmanager.register(self.collection, "conveyor-collection-record")
         config.pluginmanager.register(self.record, "conveyor-outcome-record")
+        self.junit.family = str(config.getini("junit_family"))
+        stand_in_for_junitxml(config, self.junit)
         if self.settings.own_controller or self._machine_run_folder is not None:
             in_build_folder(config, self._machine_run_folder)
         self.status.write("collecting")
@@ -464,6 +469,8 @@ class WorkerPlugin:
             "started": started,
             "duration": duration,
         }
+        if (junit := self.junit.take()) is not None:
+            payload["junit"] = junit
         self._policy.ran(duration)
         self.status.write("between tests")
         stored: JSON = dict(payload)  # the queue's JSON object

@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import textwrap
+from xml.etree import ElementTree
 
 import pytest
 from conftest import RedisServer
@@ -466,6 +467,70 @@ def test_the_warnings_summary_lists_warnings_in_pytests_order(
 
     assert warnings_summary(ours) == warnings_summary(plain)
     assert "Unknown config option" in "\n".join(warnings_summary(ours))
+
+
+JUNIT_RECORDS_SUITE = """
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_facts(record_testsuite_property):
+    record_testsuite_property("ARCH", "x86")
+    record_testsuite_property("STORAGE", "ceph")
+
+
+def test_attribute(record_xml_attribute):
+    record_xml_attribute("assertions", "REQ-1234")
+
+
+def test_property(record_property):
+    record_property("example_key", 1)
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_plain(n):
+    pass
+"""
+
+
+def _junit_without_conveyors_properties(path: pathlib.Path) -> list[str]:
+    """The file's elements and attributes, without timings, host, and conveyor's own
+    per-test properties (where a test ran)."""
+    root = ElementTree.parse(path).getroot()
+    lines = []
+    for element in root.iter():
+        attributes = {
+            key: value
+            for key, value in element.attrib.items()
+            if key not in ("time", "timestamp", "hostname")
+        }
+        if element.tag == "property" and attributes.get("name", "").startswith("conveyor_"):
+            continue
+        if element.tag == "properties" and all(
+            child.get("name", "").startswith("conveyor_") for child in element
+        ):
+            continue
+        lines.append(f"{element.tag} {sorted(attributes.items())}")
+    return lines
+
+
+@pytest.mark.parametrize("family", ["xunit1", "xunit2"])
+def test_what_tests_record_for_junitxml_reaches_the_file(
+    pytester: pytest.Pytester, family: str
+) -> None:
+    """record_testsuite_property and record_xml_attribute found no junitxml writer in a
+    worker: the suite's properties and a test's attributes were missing from the file
+    (pytest-xdist loses them too), and the fixtures' xunit2 warnings were never given."""
+    pytester.makepyfile(test_records=JUNIT_RECORDS_SUITE)
+    option = f"junit_family={family}"
+    assert_same_verdict(pytester, "-o", option)  # the warnings counted in the summary too
+    assert _junit_without_conveyors_properties(
+        pytester.path / "conveyor.xml"
+    ) == _junit_without_conveyors_properties(pytester.path / "plain.xml")
+    written = (pytester.path / "conveyor.xml").read_text()
+    assert written.count('name="ARCH"') == 1, written  # once, as each worker recorded it
+    if family == "xunit1":
+        assert 'assertions="REQ-1234"' in written
 
 
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:

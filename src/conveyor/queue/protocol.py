@@ -136,6 +136,7 @@ class ResultPayload(TypedDict, total=False):
     started: float
     duration: float
     cases: list[JSON]  # command mode: one entry per JUnit test case
+    junit: JSON  # what the test recorded for --junitxml (conveyor.junit_records)
 
 
 class CrashCause(TypedDict, total=False):
