@@ -619,6 +619,66 @@ def _results_folder_emptied_on_this_machine(config: pytest.Config, run_folder: P
             note.touch()
 
 
+def _option_or_ini(config: pytest.Config, name: str) -> object:
+    """As pytest's logging plugin reads its settings: the option, else the ini value."""
+    value = getattr(config.option, name, None)
+    if value is None:
+        with contextlib.suppress(ValueError):
+            value = config.getini(name)
+    return value
+
+
+def _log_file_to_share(config: pytest.Config) -> str | None:
+    """pytest's --log-file (or `log_file` in its ini) when pytest would empty it as it opens
+    it (log_file_mode "w", the default) and can be told to append (log_file_mode exists from
+    pytest 8.1); else None."""
+    if not hasattr(config.option, "log_file_mode"):
+        return None
+    log_file = _option_or_ini(config, "log_file")
+    if not isinstance(log_file, str) or not log_file or log_file == os.devnull:
+        return None
+    if (_option_or_ini(config, "log_file_mode") or "w") != "w":
+        return None
+    return log_file
+
+
+def _emptied(log_file: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    open(log_file, "w").close()  # emptied, as pytest's mode "w" would
+
+
+def log_file_emptied_for_the_build(config: pytest.Config) -> None:
+    """pytest's logging plugin empties --log-file as it configures, in every process: each
+    worker emptied what the others had written, and so did the controller, which configures
+    after the first tests ran; a build's file kept a part of its lines. The controller empties
+    it once, before its workers may write (`log_file_shared`), and every process appends."""
+    log_file = _log_file_to_share(config)
+    if log_file is None:
+        return
+    _emptied(log_file)
+    config.option.log_file_mode = "a"
+
+
+def log_file_shared(config: pytest.Config, machine_run_folder: Path | None = None) -> None:
+    """A worker appends to --log-file, once it has been emptied for the build: by its
+    controller's configure, which it waits for, or on a machine of workers alone by the
+    first of them. Called before the plugins' pytest_configure, with the worker's input."""
+    log_file = _log_file_to_share(config)
+    if log_file is None:
+        return
+    config.option.log_file_mode = "a"
+    if machine_run_folder is not None:
+        note = machine_run_folder / "log-file-emptied"
+        with machine_lock(machine_run_folder):
+            if not note.exists():
+                _emptied(log_file)
+                note.touch()
+        return
+    fetch_now = getattr(getattr(config, "workerinput", None), "fetch_now", None)
+    if callable(fetch_now):  # conveyor's WorkerInput: the controller has configured
+        fetch_now()
+
+
 def run_pytest(args: Sequence[str], plugins: Sequence[object], prog: str) -> int:
     """pytest.main, whose usage errors then name the command that was typed (`usage: conveyor
     run [options] ...`): pytest 9.1 and later name the program `pytest.main()` otherwise,

@@ -26,6 +26,7 @@ from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_w
 from conveyor.build_summary import BuildSummary
 from conveyor.compat import (
     announce_collecting,
+    log_file_emptied_for_the_build,
     recount_summary_line,
     remember_collected,
     uncaptured,
@@ -138,6 +139,8 @@ class ControllerPlugin:
         keep_xdist_out(config)
         if self.settings.shared:
             one_random_seed_per_build(config, self.settings.build)
+        if self.supervisor is not None:  # this machine's workers append to it
+            log_file_emptied_for_the_build(config)
         self._config = config
         return (yield)
 

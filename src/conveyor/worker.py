@@ -24,6 +24,7 @@ from conveyor.compat import (
     NextItem,
     forward_rerun_reports,
     fresh_basetemp,
+    log_file_shared,
     own_coverage_data_files,
     own_coverage_data_files_once_forked,
     redirect_output,
@@ -143,6 +144,7 @@ class WorkerPlugin:
         self._take_grouping()
         self._connect(config)
         results_folder_emptied_once(config, self._machine_run_folder)  # before plugins configure
+        log_file_shared(config, self._machine_run_folder)
         return (yield)
 
     def _take_grouping(self) -> None:

@@ -533,6 +533,39 @@ def test_what_tests_record_for_junitxml_reaches_the_file(
         assert 'assertions="REQ-1234"' in written
 
 
+@pytest.mark.parametrize("machine", ["with a controller", "workers alone"])
+def test_the_log_file_keeps_every_tests_lines(pytester: pytest.Pytester, machine: str) -> None:
+    """pytest empties --log-file as it configures, in every process: each worker emptied
+    what the others had written, and so did the controller, which configures after the first
+    tests ran. The file is emptied once for the build (an earlier run's lines go, as in a
+    plain run) and every process appends."""
+    if pytest.version_tuple < (8, 1):
+        pytest.skip("pytest before 8.1 cannot append to --log-file (no log_file_mode)")
+    pytester.makepyfile(
+        test_logs="""
+        import logging, pytest
+
+        @pytest.mark.parametrize("n", range(40))
+        def test_logs(n):
+            logging.getLogger("app").warning("line %d", n)
+        """
+    )
+    log_file = pytester.path / "logs" / "build.log"
+    log_file.parent.mkdir()
+    log_file.write_text("an earlier run's line\n")
+    options = ("-p", "no:randomly", f"--log-file={log_file}")
+    if machine == "with a controller":
+        run = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "3", *options)
+        assert run.ret == 0, run.stdout.str()
+    else:
+        queue = ("--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "L1")
+        workers = conveyor_popen(pytester.path, "worker", "-n", "3", *queue, *options)
+        output = communicate_or_dump_stacks(workers, 300)
+        assert workers.returncode == 0, output
+    lines = log_file.read_text().splitlines()
+    assert sorted(line.rsplit(" ", 1)[-1] for line in lines) == sorted(map(str, range(40)))
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
