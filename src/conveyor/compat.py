@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from _pytest import junitxml
 from _pytest.reports import CollectErrorRepr as CollectErrorRepr  # a collection error as kept
 
 from conveyor.junit_records import JunitRecords, JunitRecordsReplay
+from conveyor.live_log import LiveLogRecorder, LiveLogReplay
 from conveyor.machine_lock import machine_lock
 
 try:
@@ -312,6 +314,29 @@ def junit_records_replay(config: pytest.Config) -> JunitRecordsReplay | None:
     (relies on the LogXML object's `node_reporter` and `add_global_property`)."""
     xml = config.stash.get(junitxml.xml_key, None)
     return JunitRecordsReplay(xml) if xml is not None else None
+
+
+def record_live_logs(config: pytest.Config, recorder: LiveLogRecorder) -> bool:
+    """A worker with live logging on keeps each test's records for the controller instead of
+    writing them to its log (conveyor.live_log). Relies on pytest's logging plugin (named
+    "logging-plugin") reading its live handler from `log_cli_handler` at each use, and calling
+    its `reset` and `set_when`; with live logging off that handler is a NullHandler."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_cli_handler", None)
+    if not isinstance(handler, logging.StreamHandler) or not hasattr(handler, "set_when"):
+        return False
+    setattr(plugin, "log_cli_handler", recorder)  # noqa: B010 - pytest's plugin, untyped here
+    return True
+
+
+def live_log_replay(config: pytest.Config) -> LiveLogReplay | None:
+    """The controller's writer of workers' live log records, or None with live logging off
+    (relies on the same `log_cli_handler`, pytest's live handler on the terminal)."""
+    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_cli_handler", None)
+    if not isinstance(handler, logging.StreamHandler) or not hasattr(handler, "set_when"):
+        return None
+    return LiveLogReplay(handler)
 
 
 # Beyond this many tests the file keeps completion order: the sort's table of every test's

@@ -21,11 +21,13 @@ from conveyor.compat import (
     forget_subtest_lookups,
     junit_records_replay,
     junit_testcase_appender,
+    live_log_replay,
     replay_collection_counts,
     shared_node_id,
     slim_passed_reports,
 )
 from conveyor.junit_records import JunitRecordsReplay
+from conveyor.live_log import LiveLogReplay
 from conveyor.problems import BuildProblems
 from conveyor.queue.protocol import (
     EVENT_DUPLICATE_REJECTED,
@@ -96,6 +98,7 @@ class ReportReplayer:
         self.slim = False  # set for builds of SLIM_FROM_TESTS tests or more
         self._started_at = started_at  # when the controller started (for "first result after")
         self._junit: JunitRecordsReplay | None = None  # made at the first test that recorded
+        self._live_log: LiveLogReplay | None = None  # made at the first test that logged live
 
     def handlers(self) -> dict[str, Callable[[Event], None]]:
         return {
@@ -129,15 +132,29 @@ class ReportReplayer:
         session.items = []
         self.config.hook.pytest_collection_finish(session=session)
 
-    def _replay(self, nodeid: str, location: tuple[Any, ...], reports: list[Any]) -> None:
+    def _replay(
+        self,
+        nodeid: str,
+        location: tuple[Any, ...],
+        reports: list[Any],
+        live_log: object = None,
+    ) -> None:
         # The test's own id: a unit's name differs from it for a test id collected twice
         # (conveyor.unit_names).
         nodeid = getattr(reports[0], "nodeid", nodeid) if reports else nodeid
         hook = self.config.hook
+        live = self._live_log_replay() if live_log else None
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
         for report in reports:
+            if live is not None:
+                live.before(report, live_log)
             hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
+
+    def _live_log_replay(self) -> LiveLogReplay | None:
+        if self._live_log is None:
+            self._live_log = live_log_replay(self.config)
+        return self._live_log
 
     def report(self, raw: dict[str, Any]) -> Any:
         """One serialised report (a test's or a collector's) as pytest's own object."""
@@ -220,7 +237,7 @@ class ReportReplayer:
         where_it_ran(reports[-1], event)
         if recorded := event.data.get("junit"):
             self._replay_junit_records(recorded, reports[0], event.worker or "")
-        self._replay(nodeid, location, reports)
+        self._replay(nodeid, location, reports, event.data.get("live_log"))
         self.on_failure(reports)
         forget_subtest_lookups(self.config, reports)
         if self.slim:

@@ -27,6 +27,7 @@ from conveyor.compat import (
     log_file_shared,
     own_coverage_data_files,
     own_coverage_data_files_once_forked,
+    record_live_logs,
     redirect_output,
     results_folder_emptied_once,
     silence_terminal,
@@ -41,6 +42,7 @@ from conveyor.heartbeat import Heartbeat
 from conveyor.history import history_store
 from conveyor.junit_records import JunitRecords
 from conveyor.lease_stream import LeaseStream
+from conveyor.live_log import LiveLogRecorder
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
 from conveyor.options import grouping_of
 from conveyor.outcome_record import OutcomeRecord
@@ -107,6 +109,7 @@ class WorkerPlugin:
         self._policy: BatchPolicy | None = None
         self.record = OutcomeRecord()
         self.junit = JunitRecords("")  # in use under --junitxml (conveyor.junit_records)
+        self.live_log = LiveLogRecorder()  # in use with live logging on (conveyor.live_log)
         self._stopped = False
         self._pytest_dist: object = None  # pytest's own --dist (addopts), read as it configures
         self._refusal: pytest.UsageError | None = None  # raised as collection starts
@@ -212,6 +215,7 @@ class WorkerPlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         own_coverage_data_files(session.config)
+        record_live_logs(session.config, self.live_log)
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
@@ -473,6 +477,8 @@ class WorkerPlugin:
         }
         if (junit := self.junit.take()) is not None:
             payload["junit"] = junit
+        if (live_log := self.live_log.take()) is not None:
+            payload["live_log"] = live_log
         self._policy.ran(duration)
         self.status.write("between tests")
         stored: JSON = dict(payload)  # the queue's JSON object

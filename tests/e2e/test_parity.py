@@ -566,6 +566,63 @@ def test_the_log_file_keeps_every_tests_lines(pytester: pytest.Pytester, machine
     assert sorted(line.rsplit(" ", 1)[-1] for line in lines) == sorted(map(str, range(40)))
 
 
+LIVE_LOG_SUITE = """
+import logging, pytest
+
+log = logging.getLogger("app")
+
+
+@pytest.fixture
+def resource():
+    log.info("setting up %s", "resource")
+    yield 1
+    log.info("tearing down")
+
+
+def test_with_fixture(resource):
+    log.info("in the call %d", resource)
+
+
+def test_logs_an_exception():
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("it broke")
+
+
+def test_fails(resource):
+    log.warning("about to fail")
+    assert 0
+
+
+def test_quiet():
+    pass
+"""
+
+
+def test_live_logs_of_tests_in_workers_read_as_in_a_plain_run(pytester: pytest.Pytester) -> None:
+    """log_cli: a plain run prints each test's records under its name, phase by phase. A
+    worker has no terminal: they went to its log. The controller now prints them as each
+    test's result arrives."""
+    pytester.makeini(
+        "[pytest]\nlog_cli = true\nlog_cli_level = INFO\n"
+        "log_cli_format = [%(levelname)8s] %(name)s %(funcName)s: %(message)s\n"
+    )
+    pytester.makepyfile(test_live=LIVE_LOG_SUITE)
+    plain, ours = assert_same_verdict(pytester, workers=1)
+
+    def tests_part(result: pytest.RunResult) -> list[str]:
+        lines = [line for line in result.stdout.lines if not line.startswith("conveyor:")]
+        start = next(i for i, line in enumerate(lines) if line.startswith("collected"))
+        end = next(i for i, line in enumerate(lines) if "= FAILURES =" in line)
+        return lines[start:end]
+
+    assert tests_part(ours) == tests_part(plain)
+    ours.stdout.fnmatch_lines(
+        ["*- live log setup -*", "*setting up resource", "*- live log call -*", "*in the call 1"]
+    )
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")

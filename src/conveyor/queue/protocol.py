@@ -137,6 +137,7 @@ class ResultPayload(TypedDict, total=False):
     duration: float
     cases: list[JSON]  # command mode: one entry per JUnit test case
     junit: JSON  # what the test recorded for --junitxml (conveyor.junit_records)
+    live_log: JSON  # its live log records, with live logging on (conveyor.live_log)
 
 
 class CrashCause(TypedDict, total=False):
