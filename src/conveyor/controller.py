@@ -505,15 +505,17 @@ class ControllerPlugin:
         )
 
     def _not_green(self, config: pytest.Config) -> None:
-        """A build that did not pass whose reported tests all did: its last line says what
-        else happened (`2 not run`, `1 conveyor error`) rather than read as pytest's green
-        "N passed". A build that failed on its tests already ends in red with plain pytest's
-        line, and one interrupted here ends as plain pytest's does."""
+        """A build that did not pass: its last line says what else happened (`1 conveyor
+        error`, and where its reported tests all passed `2 not run`) rather than read as
+        pytest's green "N passed", or as a red line that leaves out a refused worker. Tests a
+        stop (-x) left unrun are not counted on a red line: plain pytest's does not either.
+        One interrupted here ends as plain pytest's does."""
         reporter: Any = config.pluginmanager.get_plugin("terminalreporter")
         stats = getattr(reporter, "stats", None)
-        if not isinstance(stats, dict) or "failed" in stats or "error" in stats:
+        if not isinstance(stats, dict):
             return
-        for key, entries in self.problems.summary_entries().items():
+        red = "failed" in stats or "error" in stats
+        for key, entries in self.problems.summary_entries(with_not_run=not red).items():
             stats.setdefault(key, []).extend(entries)
         recount_summary_line(reporter)
 

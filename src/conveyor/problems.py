@@ -51,12 +51,14 @@ class BuildProblems:
         """Problems that make a build whose reported tests all passed exit non-zero."""
         return bool(self.missing or self.refused or self.errors)
 
-    def summary_entries(self) -> dict[str, list[SummaryEntry]]:
+    def summary_entries(self, with_not_run: bool = True) -> dict[str, list[SummaryEntry]]:
         """What the summary's last line adds (`2 not run`, `1 conveyor error`), so that a
         build these problems fail never ends on pytest's green "N passed" line: entries of
-        the terminal's `stats`, as plugins add theirs (pytest-rerunfailures' "rerun")."""
+        the terminal's `stats`, as plugins add theirs (pytest-rerunfailures' "rerun"). Tests
+        that a stopped build left unrun count only `with_not_run`; those that should have a
+        result and have none always do."""
         entries: dict[str, list[SummaryEntry]] = {}
-        without_result = [*self.missing, *self.not_run]
+        without_result = [*self.missing, *(self.not_run if with_not_run else [])]
         if without_result:
             entries["not run"] = [SummaryEntry(nodeid) for nodeid in without_result]
         errors = [*self.refused, *self.errors]

@@ -227,19 +227,20 @@ def test_unknown_queue_scheme_is_a_clear_error(pytester: pytest.Pytester) -> Non
     assert "secret" not in result.stderr.str()
 
 
+MISMATCHED = """
+import os
+
+def test_everywhere():
+    pass
+
+if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+    def test_only_on_gw1():
+        pass
+"""
+
+
 def test_mismatched_collection_is_refused_with_the_difference(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_mismatch="""
-        import os
-
-        def test_everywhere():
-            pass
-
-        if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
-            def test_only_on_gw1():
-                pass
-        """
-    )
+    pytester.makepyfile(test_mismatch=MISMATCHED)
     result = run_conveyor(pytester, "-n", "2")
     assert result.ret == 3, result.stdout.str()
     result.stdout.fnmatch_lines(
@@ -251,6 +252,17 @@ def test_mismatched_collection_is_refused_with_the_difference(pytester: pytest.P
     )
     # The tests that ran passed, the build did not: its last line is not pytest's green one.
     assert re.search(r"\d passed, 1 conveyor error in ", result.outlines[-1]), result.outlines[-1]
+
+
+def test_a_refused_worker_is_counted_on_a_red_last_line_too(pytester: pytest.Pytester) -> None:
+    """A build that failed on a test ended on plain pytest's red line, which left out the
+    worker refused for its different collection."""
+    pytester.makepyfile(test_mismatch=MISMATCHED + "\ndef test_fails():\n    assert 0\n")
+    result = run_conveyor(pytester, "-n", "2")
+    assert result.ret == 1, result.stdout.str()
+    assert re.search(r"1 failed, \d passed, 1 conveyor error in ", result.outlines[-1]), (
+        result.outlines[-1]
+    )
 
 
 def test_os_exit_0_in_a_test_is_a_crash_of_that_test(pytester: pytest.Pytester) -> None:
