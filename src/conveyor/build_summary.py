@@ -16,11 +16,14 @@ from conveyor.compat import sort_junit_in_collection_order
 from conveyor.errors import QueueError
 from conveyor.history import history_store
 from conveyor.manifest_view import ManifestView
+from conveyor.memory_plugin import NEWLY_FAILING
 from conveyor.problems import BuildProblems
 from conveyor.queue import Queue
 from conveyor.queue.protocol import Event
 from conveyor.report_replay import Ledger
 from conveyor.supervisor import Supervisor
+
+SHOWN_NEWLY_FAILING = 5  # named in the order hint; the rest counted
 
 
 class BuildSummary:
@@ -107,22 +110,16 @@ class BuildSummary:
         failures = supervisor.failures if supervisor else []
         self.problems.write(terminalreporter, failures, self.ledger.reruns)
 
-    def hint_at_order(
-        self, terminalreporter: Any, queue_url: str, build: str, from_history: bool
-    ) -> None:
-        """Tests that failed in a build served out of collection order (slowest first) may
-        pass under plain pytest, which runs them after what comes before them in the files:
-        say so, and how to find the test one depends on, rather than leave a build that was
-        green on its first run and red on the next without a word."""
-        stats = getattr(terminalreporter, "stats", {})
-        # A module that failed to collect does not depend on what ran before it.
-        failed = [
-            report
-            for key in ("failed", "error")
-            for report in stats.get(key, [])
-            if getattr(report, "when", "collect") != "collect"
-        ]
-        if not failed:
+    def hint_at_order(self, terminalreporter: Any, queue_url: str, build: str, how: str) -> None:
+        """A test that passed in an earlier build of the same code and fails in this one,
+        which was served out of collection order (slowest first), may pass under plain
+        pytest, which runs it after what comes before it in the files: say so, naming it,
+        and how to find the test it depends on, rather than leave a build that was green and
+        is red on the same code without a word. Failures with no such record (a new failure,
+        one that failed before too) get no hint: it would follow every red build."""
+        config = getattr(terminalreporter, "config", None)
+        newly_failing = config.stash.get(NEWLY_FAILING, []) if config is not None else []
+        if not newly_failing:
             return
         if self.problems.resumable:
             find = (
@@ -134,12 +131,15 @@ class BuildSummary:
                 "run the build with --queue sqlite:///path/queue.db --build ID and `conveyor "
                 "bisect` finds the test it depends on"
             )
-        how = " (slowest first, from timing history)" if from_history else ""
+        shown = ", ".join(sorted(newly_failing)[:SHOWN_NEWLY_FAILING])
+        more = len(newly_failing) - SHOWN_NEWLY_FAILING
         terminalreporter.write_line(
-            f"conveyor: this build ran its tests out of collection order{how}. A test that "
-            "failed here and passes under plain pytest depends on what ran before it in its "
-            f"worker ({find}; --order collected keeps collection order), or on what another "
-            "worker did meanwhile (a file, port or database they share; -n 1 rules that out).",
+            f"conveyor: {len(newly_failing)} test(s) passed in an earlier build of this same "
+            f"code and failed in this one, which ran its tests out of collection order{how}: "
+            f"{shown}{f' and {more} more' if more > 0 else ''}. Such a test depends on what ran "
+            f"before it in its worker ({find}; --order collected keeps collection order), on "
+            "what another worker did meanwhile (a file, port or database they share; -n 1 "
+            "rules that out), or is flaky (`conveyor flaky`).",
             yellow=True,
         )
 

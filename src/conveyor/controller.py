@@ -448,7 +448,7 @@ class ControllerPlugin:
                 terminalreporter,
                 self.queue.display_url,
                 self.settings.build,
-                from_history=bool(self.manifest.meta.get("with_history")),
+                how=_how_served(self.manifest.meta),
             )
 
     @pytest.hookimpl(wrapper=True)
@@ -532,3 +532,12 @@ class ControllerPlugin:
     def _require(part: _Part | None) -> _Part:
         assert part is not None, "used before pytest_configure"
         return part
+
+
+def _how_served(meta: dict[str, Any]) -> str:
+    """How a build served out of collection order was served, for the order hint."""
+    if meta.get("order") == "random":
+        return " (--order random)"
+    if meta.get("with_history"):
+        return " (slowest first, from timing history)"
+    return ""

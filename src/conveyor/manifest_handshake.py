@@ -125,11 +125,12 @@ def serving_plan(
     in_order = order_dependence(session.items, session.config) if leading else None
     if in_order is not None:
         whole = "all"  # one worker, pytest's own order (conveyor.ordered_suite)
-    elif leading:
+    order = _order(settings.order, session.config)
+    if in_order is None and leading:
         serving = plan(
             collected,
             durations,
-            order=_order(settings.order, session.config),
+            order=order,
             grouping=grouping,
             workers=workers,
             seed=settings.seed,
@@ -151,6 +152,7 @@ def serving_plan(
         plan_workers=workers,
         # Whether unit names carry xdist_groups: a worker that joins names its units so too.
         **{XDIST_GROUPS_META: grouping == "group"},
+        order=order,  # how the build was served (the order hint names it)
     )
     if in_order is not None:
         meta["in_order"] = in_order  # the controller says why the build is not shared

@@ -29,6 +29,7 @@ from conveyor.capacity_plan import Setups, merge_setups
 from conveyor.flaky import (
     DEFAULT_RELEASE_AFTER,
     FAILED,
+    KIND_FLIP,
     PASSED,
     FlakyTest,
     TestOutcome,
@@ -184,6 +185,11 @@ def _first_line(report: Any) -> str:
     return (text.strip().splitlines() or [""])[0][:200]
 
 
+# Tests that failed in this build and passed in an earlier build of the same code (a flip),
+# set at the session's finish for the summary (the order hint, BuildSummary.hint_at_order).
+NEWLY_FAILING = pytest.StashKey[list[str]]()
+
+
 class BuildMemoryPlugin:
     def __init__(self, settings: MemorySettings, queue: Queue) -> None:
         self.settings = settings
@@ -332,6 +338,12 @@ class BuildMemoryPlugin:
             earlier = store.commit_builds(commit) if commit else []
             build = self.settings.build
             events = events_of_build(outcomes, earlier, build=build, digest=digest, ts=now)
+            if self._config is not None:
+                self._config.stash[NEWLY_FAILING] = [
+                    event["test"]
+                    for event in events
+                    if event["kind"] == KIND_FLIP and outcomes[event["test"]].verdict == FAILED
+                ]
             if self.quarantine.auto:
                 more, self.released = quarantine_events(
                     self.quarantine.auto,

@@ -199,25 +199,29 @@ def test_one_worker_keeps_slowest_first_when_asked_for(
 
 
 def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A build served out of collection order that has failures says that a test may depend
-    on what ran before it, with the bisect command for this build's queue; one without
-    failures says nothing."""
+    """A test that passed in an earlier build of the same code and fails in a build served
+    out of collection order is named, with the bisect command for this build's queue: it
+    may depend on what ran before it."""
+    monkeypatch.setenv("GITHUB_SHA", "0123abc")  # the code's identity, as a CI gives it
     pytester.makepyfile(**POLLUTED)
     queue = f"sqlite://{pytester.path / 'q.db'}"
-    run = ("run", "-n", "1", "-p", "no:cacheprovider", "--order", "random")
-    failing = pytester.run(
-        sys.executable, "-m", "conveyor", *run, "--seed", "1", "--queue", queue, "--build", "O1"
-    )
+    run = ("run", "-n", "1", "--order", "random", "--queue", queue)
+    passing = pytester.run(sys.executable, "-m", "conveyor", *run, "--seed", "0", "--build", "O0")
+    assert passing.ret == 0, passing.stdout.str()
+    assert "out of collection order" not in passing.stdout.str()
+    failing = pytester.run(sys.executable, "-m", "conveyor", *run, "--seed", "1", "--build", "O1")
     assert failing.ret == 1, failing.stdout.str()
     failing.stdout.fnmatch_lines(
         [
-            "conveyor: this build ran its tests out of collection order. A test that failed "
-            "here and passes under plain pytest depends on what ran before it in its worker "
-            f"(`conveyor bisect --queue {queue} --build O1 --failing TEST_ID` finds the test it "
-            "depends on; --order collected keeps collection order), or on what another worker "
-            "did meanwhile (a file, port or database they share; -n 1 rules that out)."
+            "conveyor: 1 test(s) passed in an earlier build of this same code and failed in "
+            "this one, which ran its tests out of collection order (--order random): "
+            "test_a_state.py::test_uses_state. Such a test depends on what ran before it in "
+            f"its worker (`conveyor bisect --queue {queue} --build O1 --failing TEST_ID` finds "
+            "the test it depends on; --order collected keeps collection order), on what "
+            "another worker did meanwhile (a file, port or database they share; -n 1 rules "
+            "that out), or is flaky (`conveyor flaky`)."
         ]
     )
     bisect = pytester.run(
@@ -226,9 +230,22 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
         timeout=120,
     )
     bisect.stdout.fnmatch_lines(["*test_z_polluter.py::test_slow_polluter*"])
-    passing = pytester.run(sys.executable, "-m", "conveyor", *run, "--seed", "0")
-    assert passing.ret == 0, passing.stdout.str()
-    assert "out of collection order" not in passing.stdout.str()
+
+
+def test_a_failure_that_failed_before_too_gets_no_hint_about_order(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hint followed every red build served slowest first, real failures included: a
+    test that fails in every build of the code says nothing about order."""
+    monkeypatch.setenv("GITHUB_SHA", "0123abc")
+    pytester.makepyfile(
+        test_slow="import time\n\ndef test_slow():\n    time.sleep(0.3)\n",
+        test_broken="def test_broken():\n    assert 0\n",
+    )
+    for build in ("first", "with history"):
+        result = pytester.run(sys.executable, "-m", "conveyor", "run", "-n", "2", timeout=120)
+        assert result.ret == 1, (build, result.stdout.str())
+        assert "collection order" not in result.stdout.str(), (build, result.stdout.str())
 
 
 @pytest.mark.parametrize("continue_on_errors", [False, True])
