@@ -264,7 +264,7 @@ class ControllerPlugin:
         replayer.replay_collection(session, manifest.meta, manifest.manifest.total)
         self._require(self.nodes).collection_known(manifest.test_ids_in_collection_order)
         view.announce_in_order(manifest.meta)
-        if not self.queue.status().finished:  # a finished build's results take no time
+        if not self._finished_at_start:  # a finished build's stored results take no time
             workers = self._estimate_workers(manifest.meta)
             view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
         return True
