@@ -237,6 +237,9 @@ def _resume_if_stopped(queue: Queue) -> bool:
     return resumed
 
 
+CHECK_FAILURE_LINES = 2  # of a check that could not compare: its last lines, its error
+
+
 def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | None:
     """Before a finished build's stored results are replayed, one worker collects and compares
     the collection and the code with the build's: stale results are never reported. None when
@@ -247,14 +250,30 @@ def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | Non
         checker.wait()
     finally:
         checker.shutdown(terminate=True)
-    if checker.final_states() == ["done"]:
+    states = checker.final_states()
+    if states == ["done"]:
         return None
+    new_build = (
+        "Start a new build: pass another --build (a CI re-run attempt gets one of its own "
+        "where the CI says which attempt it is)."
+    )
     detail = "\n".join(f.output_tail for f in checker.failures if f.output_tail).strip()
+    if states != ["refused"]:
+        # Not a different collection: the check itself could not run (a plugin's error,
+        # often options the build was not started with). Its last lines say why.
+        lines = detail.splitlines()
+        said = [line for line in lines if line.startswith("conveyor:")]
+        last = "\n".join([*said, *lines[-CHECK_FAILURE_LINES:]][-CHECK_FAILURE_LINES:])
+        return _error(
+            f"build {build.id} already finished, but checking this checkout against it failed "
+            "before it could compare the tests, so its stored results are not replayed. "
+            f"{new_build}" + (f"\n{last}" if last else ""),
+            3,
+        )
     return _error(
         f"build {build.id} already finished, but this checkout does not collect the same "
-        "tests from the same code, so its stored results are not replayed. Start a new "
-        "build: pass another --build (a CI re-run attempt gets one of its own where the CI "
-        "says which attempt it is)." + (f"\n{detail}" if detail else ""),
+        f"tests from the same code, so its stored results are not replayed. {new_build}"
+        + (f"\n{detail}" if detail else ""),
         3,
     )
 

@@ -460,6 +460,18 @@ def benchmark_note(config: pytest.Config) -> str | None:
     )
 
 
+class MissingWorkerInput(KeyError):
+    """A key of a worker's input that its build's controller did not publish: a KeyError (as
+    plugins expect) that says why it may be missing."""
+
+    def __str__(self) -> str:
+        return (
+            f"{self.args[0]!r}: a plugin asked this worker for it in the input from the "
+            "build's controller, which did not publish it; was the build started with other "
+            "plugins or options (such as --cov) than this worker's?"
+        )
+
+
 class WorkerInput(dict[str, Any]):
     """A worker's `config.workerinput`. What plugins put in on the controller's side is
     fetched when a plugin first asks for a key the worker does not have, so a worker waits
@@ -494,7 +506,7 @@ class WorkerInput(dict[str, Any]):
             self.fetch_now()
             if key in self:
                 return self[key]
-        raise KeyError(key)
+        raise MissingWorkerInput(key)
 
     def _merge(self, found: Mapping[str, Any]) -> None:
         for key, value in found.items():

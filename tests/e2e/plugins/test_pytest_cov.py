@@ -200,3 +200,22 @@ def test_coverage_on_two_machines_is_the_whole_builds_on_each(
         assert process.returncode == 0, output
         found = [re.sub(r"\s+", " ", line) for line in coverage_table(output) if "pkg" in line]
         assert found == expected, output
+
+
+def test_a_finished_build_run_again_with_cov_says_why_it_cannot_be_checked(
+    pytester: pytest.Pytester,
+) -> None:
+    """Run again with --cov, a build started without it: the check of the checkout ended in
+    pytest-cov's crash (the build's controller published no coverage input), reported as a
+    collection that differs, followed by 30 lines of INTERNALERROR."""
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    run = ("run", "-n", "1", "--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "C1")
+    first = pytester.run(sys.executable, "-m", "conveyor", *run, timeout=120)
+    assert first.ret == 0, first.stdout.str()
+    again = pytester.run(sys.executable, "-m", "conveyor", *run, "--cov=.", timeout=120)
+    assert again.ret == 3, again.stdout.str()
+    output = again.stdout.str() + again.stderr.str()
+    assert "failed before it could compare the tests" in output, output
+    assert "does not collect the same tests" not in output, output
+    assert "'cov_master_host': a plugin asked this worker for it" in output, output
+    assert output.count("INTERNALERROR") <= 2, output
