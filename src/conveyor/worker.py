@@ -85,6 +85,10 @@ def _item_of(items: dict[str, pytest.Item], lease: Lease | None) -> pytest.Item 
     return items.get(lease.unit) if lease is not None else None
 
 
+# With -x or --maxfail, how often a worker asks between tests whether the build was stopped.
+STOP_POLL_S = 0.02
+
+
 class WorkerPlugin:
     """Takes over collection's outcome and the run loop of one pytest worker process.
 
@@ -111,6 +115,7 @@ class WorkerPlugin:
         self.junit = JunitRecords("")  # in use under --junitxml (conveyor.junit_records)
         self.live_log = LiveLogRecorder()  # in use with live logging on (conveyor.live_log)
         self._stopped = False
+        self._stop_polled_at = 0.0  # when -x last asked whether the build was stopped
         self._pytest_dist: object = None  # pytest's own --dist (addopts), read as it configures
         self._refusal: pytest.UsageError | None = None  # raised as collection starts
 
@@ -404,9 +409,16 @@ class WorkerPlugin:
                 self._end_the_build(queue, stream, lease, ending)
                 raise
             stream.raise_deferred()
-            if self._stopped or session.shouldfail or session.shouldstop:
+            if (
+                self._stopped
+                or session.shouldfail
+                or session.shouldstop
+                or self._stopped_by_others(session, queue)
+            ):
                 # -x, --maxfail or a stop of the whole build: nothing more runs here.
                 self._flush(force=True)
+                if session.shouldfail and not self._stopped:
+                    self._stop_the_build(queue, str(session.shouldfail))
                 stream.stop("the build was stopped; unstarted units returned")
                 return
             if policy.should_give_back():
@@ -417,6 +429,29 @@ class WorkerPlugin:
                 keep = policy.rest_of_group(lease.unit, stream.unstarted())
                 stream.hand_back("slow run handed back", keep=keep)
                 policy.handed_back()
+
+    def _stopped_by_others(self, session: pytest.Session, queue: Queue) -> bool:
+        """With -x or --maxfail, whether another worker's failure stopped the build: asked
+        between tests, at most every STOP_POLL_S, so that this worker does not go on starting
+        tests until its next batch of results is stored (every 0.1 s)."""
+        if not session.config.option.maxfail:
+            return False
+        now = time.monotonic()
+        if now - self._stop_polled_at < STOP_POLL_S:
+            return False
+        self._stop_polled_at = now
+        with contextlib.suppress(QueueError):
+            if queue.status().stop_reason is not None:
+                self._stopped = True
+        return self._stopped
+
+    def _stop_the_build(self, queue: Queue, reason: str) -> None:
+        """This worker's own failures reached -x or --maxfail, so the build's have (the
+        build counts this worker's and others'): the other workers are told now, through the
+        queue, rather than once the controller has read the failure, meanwhile starting tests
+        that plain pytest never would."""
+        with contextlib.suppress(QueueError):
+            queue.stop(reason)
 
     def _end_the_build(
         self, queue: Queue, stream: LeaseStream, lease: Lease, ending: BaseException

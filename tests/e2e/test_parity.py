@@ -23,6 +23,8 @@ from helpers import (
     wait_until,
 )
 
+from conveyor.queue import open_queue
+
 MIXED_SUITE = {
     "test_outcomes": """
         import warnings
@@ -695,6 +697,42 @@ def test_exitfirst_stops_the_whole_build(pytester: pytest.Pytester, start: str) 
     outcome = result.parseoutcomes()
     assert outcome["failed"] == 1
     assert outcome.get("passed", 0) < 60
+
+
+def test_with_exitfirst_a_worker_starts_no_test_long_after_the_build_stopped(
+    pytester: pytest.Pytester,
+) -> None:
+    """Another worker's failure stops the build in the queue; a worker went on starting
+    tests until it next stored a batch of results (every 0.1 s: a score of tiny tests that
+    plain pytest, stopped at the failure, never starts). With -x it now asks between tests."""
+    started = pytester.path / "started"
+    pytester.makepyfile(
+        test_many=f"""
+        import time, pytest
+
+        @pytest.mark.parametrize("n", range(400))
+        def test_tiny(n):
+            with open({str(started)!r}, "a") as log:
+                log.write("x")
+            time.sleep(0.004)
+        """
+    )
+    queue = f"sqlite://{pytester.path / 'q.db'}"
+    run = ("run", "-n", "1", "-x", "--queue", queue, "-p", "no:randomly")
+    # Timing history first: the worker then reserves and claims tiny tests many at a time.
+    assert pytester.run(sys.executable, "-m", "conveyor", *run, "--build", "X0").ret == 0
+    started.unlink()
+    build = conveyor_popen(pytester.path, *run, "--build", "X1")
+    wait_until(lambda: started.exists() and len(started.read_text()) >= 20, "no test started")
+    stopper = open_queue(queue, "X1")
+    try:
+        stopper.stop("stopping after 1 failures")  # as a failure on another machine does
+    finally:
+        stopper.close()
+    at_the_stop = len(started.read_text())
+    output = communicate_or_dump_stacks(build, 120)
+    assert build.returncode == 2, output  # stopped, with tests left unrun
+    assert len(started.read_text()) - at_the_stop <= 6, output
 
 
 def test_a_build_without_pytests_cache_says_it_has_no_timing_history(
