@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from conveyor.queue import Queue
 from conveyor.scheduling import (
@@ -66,12 +67,16 @@ class BatchRule:
         has_history: bool,
         expected_s: Mapping[str, float] | None = None,
         whole: str | None = None,
+        known: AbstractSet[str] | None = None,
     ) -> None:
         """`expected_s`: each test's expected duration (timing history's estimate), if any.
         `whole`: what the queue keeps on one worker, as the build's manifest says (by default
-        what the grouping keeps)."""
+        what the grouping keeps). `known`: the tests timing history has timed (None: all of
+        them); the others' estimates are guesses (their module's median), and a new module of
+        slow tests must not go to one worker on such a guess."""
         self.order = list(order)
         self.expected_s = dict(expected_s or {})
+        self._known = known
         self.grouping = grouping
         self.whole = whole or WHOLE_BY_GROUPING[grouping]
         self.worker_count = worker_count
@@ -90,7 +95,7 @@ class BatchRule:
             return self._by_expected_work(pending)
         if run <= 1:
             return batch_size(pending, self.worker_count, typical)
-        if self.has_history:
+        if self.has_history and self._all_known(pending, run):
             return min(run, MAX_BATCH)
         if typical is None:
             return 1
@@ -104,6 +109,15 @@ class BatchRule:
         by_work = int(AFFINITY_TARGET_S / max(typical, 1e-6))
         return max(1, min(run, MAX_BATCH, fair_share, by_work))
 
+    def is_known(self, unit: str) -> bool:
+        """Whether timing history has timed `unit` (its expected duration is not a guess)."""
+        return self._known is None or unit in self._known
+
+    def _all_known(self, pending: int, run: int) -> bool:
+        """Whether timing history has timed every test of the `run` at the queue's front."""
+        start = max(0, len(self.order) - pending)
+        return all(self.is_known(unit) for unit in self.order[start : start + min(run, MAX_BATCH)])
+
     def _by_expected_work(self, pending: int) -> int:
         """With timing history, a batch holds about BATCH_TARGET_S of expected work from the
         front of the queue as this worker last saw it: the front has moved on since, to tests
@@ -112,6 +126,8 @@ class BatchRule:
         start = max(0, len(self.order) - pending)
         count, work = 0, 0.0
         for unit in self.order[start : start + MAX_BATCH]:
+            if count and not self.is_known(unit):
+                break  # an untimed test may be slow: never held behind another
             count += 1
             work += self.expected_s.get(unit, 0.0)
             if work >= BATCH_TARGET_S:
@@ -172,6 +188,7 @@ class BatchPolicy:
         self.rule = rule
         self.recent_durations: deque[float] = deque(maxlen=16)
         self.affinity = 0  # units of the last reservation's run still to come
+        self._last_known = True  # whether timing history had timed the test that ran last
 
     # -- what the worker tells it -----------------------------------------------------------
 
@@ -179,8 +196,9 @@ class BatchPolicy:
         """A reservation ended with `last_unit`: the next one takes the rest of its run."""
         self.affinity = self.rule.run_after(last_unit)
 
-    def ran(self, duration_s: float) -> None:
+    def ran(self, duration_s: float, unit: str | None = None) -> None:
         self.recent_durations.append(duration_s)
+        self._last_known = unit is None or self.rule.is_known(unit)
 
     def handed_back(self) -> None:
         self.affinity = 0
@@ -192,10 +210,11 @@ class BatchPolicy:
         return self.rule.size(pending, affinity=self.affinity, typical_test_s=self.typical_test_s())
 
     def should_give_back(self) -> bool:
-        """Without history, a run of tests that turn out slow goes back to the queue: other
-        workers may be idle."""
+        """Without history (or for a test it has not timed: a new module), a run of tests
+        that turn out slow goes back to the queue: other workers may be idle."""
         last = self.recent_durations[-1] if self.recent_durations else 0.0
-        return not self.rule.has_history and last > GIVE_BACK_AFTER_S
+        untimed = not self.rule.has_history or not self._last_known
+        return untimed and last > GIVE_BACK_AFTER_S
 
     def rest_of_group(self, unit: str, unstarted: Sequence[str]) -> int:
         """How many of `unstarted` (in running order) the queue keeps with `unit` (its class,
@@ -221,6 +240,8 @@ class BatchPolicy:
         ahead = 0.0
         typical = self.typical_test_s()
         for unit in upcoming[2:MAX_CLAIM]:
+            if not self.rule.is_known(unit):
+                break  # untimed, as without history: left for idle workers to steal
             ahead += self.rule.expected_s.get(unit, typical if typical is not None else 1.0)
             if ahead > CLAIM_AHEAD_S:
                 break
@@ -252,5 +273,6 @@ def policy_for(queue: Queue, settings: WorkerSettings, durations: dict[str, floa
         expected_s=estimate(order, durations) if durations else None,
         # The leader's: one worker for an order-dependent suite (conveyor.ordered_suite).
         whole=whole_of(manifest.meta) if manifest else None,
+        known=durations.keys(),
     )
     return BatchPolicy(rule)

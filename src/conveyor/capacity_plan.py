@@ -321,6 +321,7 @@ def simulate(
         grouping=grouping,
         worker_count=workers,
         has_history=any(unit in history for unit in units),
+        known=history.keys(),
     )
     total = workers * machines
     sim = _Workers(total, estimate(queue, history), gap_s, setups or Setups(), policy.whole)

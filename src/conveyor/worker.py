@@ -514,7 +514,7 @@ class WorkerPlugin:
             payload["junit"] = junit
         if (live_log := self.live_log.take()) is not None:
             payload["live_log"] = live_log
-        self._policy.ran(duration)
+        self._policy.ran(duration, lease.unit)
         self.status.write("between tests")
         stored: JSON = dict(payload)  # the queue's JSON object
         worker = self.settings.worker_id

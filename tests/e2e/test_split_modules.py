@@ -4,6 +4,7 @@ it (queue/forward.py), so tests that depend on the module's order pass as in a p
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -95,3 +96,32 @@ def test_late_slow_ranges_come_first_and_every_worker_goes_forward(
     (latest,) = [names for names in ran.values() if "test_late_4" in names]
     assert latest[0] == "test_late_4", ran
     assert not any(name.startswith("test_early") for name in latest), ran
+
+
+def test_a_new_module_of_slow_tests_is_shared_in_a_suite_with_history(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Timing history knows every test but those of a module added since: they were guessed
+    as quick as the suite's median, and one worker reserved and claimed all of them while
+    the other sat idle (a first user's 12 tests of 1 s: 13.8 s where 8 s will do)."""
+    quick = "".join(f"def test_{i}():\n    pass\n" for i in range(20))
+    pytester.makepyfile(**{f"test_{name}": quick for name in "abcd"})
+    run = (sys.executable, "-m", "conveyor", "run", "-n", "2", "-p", "no:randomly")
+    assert pytester.run(*run, timeout=120).ret == 0  # the history of the quick tests
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    pytester.makepyfile(
+        test_zz_new=f"""
+        import os, time, pytest
+
+        @pytest.mark.parametrize("n", range(8))
+        def test_slow(n, worker_id):
+            open(os.path.join({str(ran)!r}, f"{{n}}-{{worker_id}}"), "w").close()
+            time.sleep(0.4)
+        """
+    )
+    result = pytester.run(*run, timeout=120)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["conveyor: timing history knows 80 of 88 tests*"])
+    workers = {name.split("-", 1)[1] for name in os.listdir(ran)}
+    assert workers == {"gw0", "gw1"}, sorted(os.listdir(ran))

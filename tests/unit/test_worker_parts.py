@@ -83,6 +83,36 @@ def test_without_history_nothing_is_claimed_beyond_the_promise() -> None:
     assert BatchPolicy(rule).claim_ahead(MODULE_A) == len(MODULE_A)  # history says: tiny
 
 
+def test_a_module_history_has_not_timed_is_shared_as_without_history() -> None:
+    """A new module of slow tests in a suite with history: its tests were estimated at the
+    suite's median (tiny), so one worker reserved and claimed all of them, out of reach of
+    stealing, while the others sat idle (12 tests of 1 s on one worker of two)."""
+    new_module = [f"test_zz_new.py::test_{i}" for i in range(12)]
+    order = LONG_ORDER + new_module
+    timed = dict.fromkeys(LONG_ORDER, 0.001)
+    expected = {**timed, **dict.fromkeys(new_module, 0.001)}  # the guess for untimed tests
+    rule = BatchRule(
+        order,
+        frozenset(),
+        grouping="module",
+        worker_count=2,
+        has_history=True,
+        expected_s=expected,
+        known=timed.keys(),
+    )
+    batches = BatchPolicy(rule)
+    batches.reserved(new_module[0])
+    batches.ran(0.001, new_module[0])
+    assert batches.batch(len(new_module) - 1) < len(new_module) - 1  # not the whole run
+    assert batches.claim_ahead(new_module[1:]) == 2  # the promise, nothing beyond
+    batches.ran(1.0, new_module[1])
+    assert batches.should_give_back()  # an untimed test turned out slow
+    timed_run = [f"test_d.py::test_{i}" for i in range(30)]
+    assert batches.claim_ahead(timed_run) > 2  # timed tiny tests still share a claim
+    batches.ran(1.0, timed_run[0])
+    assert not batches.should_give_back()  # a timed test's time was expected
+
+
 def test_with_history_the_whole_run_up_to_the_batch_cap() -> None:
     batches = policy(has_history=True)
     assert batches.batch(len(ORDER)) == min(len(MODULE_A), MAX_BATCH)
