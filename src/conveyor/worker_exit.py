@@ -90,10 +90,17 @@ def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     except OSError:
         return ""
     all_lines = text.splitlines()
+    window = range(len(all_lines) - 1, max(-1, len(all_lines) - 4 * lines), -1)
     # A crash dump from faulthandler starts with "Fatal Python error"; keep it whole.
-    for index in range(len(all_lines) - 1, max(-1, len(all_lines) - 4 * lines), -1):
+    for index in window:
         if all_lines[index].startswith("Fatal Python error"):
             return "\n".join(all_lines[index:])
+    # Nor is the last traceback cut in the middle (a tail starting at a "^^^^" line says
+    # little), as long as it fits in the window.
+    cut = len(all_lines) - lines
+    for index in window:
+        if all_lines[index].endswith("Traceback (most recent call last):"):
+            return "\n".join(all_lines[min(index, max(cut, 0)) :])
     return "\n".join(all_lines[-lines:])
 
 

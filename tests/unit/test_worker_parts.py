@@ -14,6 +14,7 @@ from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_REQUEUED, EVENT_RESULT
 from conveyor.result_outbox import FLUSH_MAX_RESULTS, ResultOutbox
 from conveyor.retry_policy import RetryPolicy, exception_names
+from conveyor.worker_exit import tail
 from conveyor.worker_settings import StatusFile
 
 MODULE_A = [f"test_a.py::test_{i}" for i in range(10)]
@@ -308,3 +309,15 @@ def test_the_watchdog_does_not_count_a_stall_it_could_not_see(tmp_path: Path, ca
         assert done.returncode == 7
         header = {"hang": "a stalled test that then hangs", "gil-hang": "a test that holds"}
         assert dump.read_text().startswith(f"header: {header[case]}")
+
+
+def test_a_workers_last_output_keeps_its_last_traceback_whole(tmp_path: Path) -> None:
+    """A worker that exited outside any test shows its log's tail: it began in the middle
+    of the traceback, at a "^^^^" line, where plain pytest prints the whole of it."""
+    log = tmp_path / "gw0.log"
+    frames = "".join(f'  File "x.py", line {n}, in f\n    f()\n    ^^^\n' for n in range(8))
+    log.write_text("collected\n" * 40 + "Traceback (most recent call last):\n" + frames + "E: x\n")
+    shown = tail(log, 10).splitlines()
+    assert shown[0] == "Traceback (most recent call last):" and shown[-1] == "E: x"
+    log.write_text("line\n" * 40 + "the end\n")
+    assert tail(log, 2).splitlines() == ["line", "the end"]
