@@ -303,6 +303,7 @@ def stand_in_for_junitxml(config: pytest.Config, records: JunitRecords) -> bool:
     on junitxml's unconfigure unregistering that object as a plugin."""
     if not getattr(config.option, "xmlpath", None) or junitxml.xml_key in config.stash:
         return False
+    records.family = str(config.getini("junit_family"))  # declared with --junitxml
     stash: Any = config.stash  # keyed for LogXML: the fixtures need only what records has
     stash[junitxml.xml_key] = records
     config.pluginmanager.register(records, "conveyor-junit-records")

@@ -211,7 +211,6 @@ class WorkerPlugin:
         silence_terminal(config)
         config.pluginmanager.register(self.collection, "conveyor-collection-record")
         config.pluginmanager.register(self.record, "conveyor-outcome-record")
-        self.junit.family = str(config.getini("junit_family"))
         stand_in_for_junitxml(config, self.junit)
         if self.settings.own_controller or self._machine_run_folder is not None:
             in_build_folder(config, self._machine_run_folder)

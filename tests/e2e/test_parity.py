@@ -625,6 +625,19 @@ def test_live_logs_of_tests_in_workers_read_as_in_a_plain_run(pytester: pytest.P
     )
 
 
+@pytest.mark.parametrize("plugin", ["junitxml", "logging"])
+def test_a_build_without_pytests_own_plugins_runs_as_plain_pytest(
+    pytester: pytest.Pytester, plugin: str
+) -> None:
+    """`-p no:junitxml` removes the junit_family setting a worker read for what tests
+    record (every worker ended in INTERNALERROR); `-p no:logging`, the live log handler."""
+    pytester.makepyfile(test_a="def test_a():\n    pass\n\ndef test_b():\n    assert 0\n")
+    plain = run_plain(pytester, "-p", f"no:{plugin}")
+    ours = run_conveyor(pytester, "-n", "2", "-p", f"no:{plugin}")
+    assert ours.ret == plain.ret == 1, ours.stdout.str() + ours.stderr.str()
+    assert summary_line(ours) == summary_line(plain)
+
+
 def test_no_tests_exit_code_5(pytester: pytest.Pytester, start: str) -> None:
     pytester.makepyfile(test_ok="def test_fine(): pass")
     plain, _ = assert_same_verdict(pytester, "-k", "nothing_matches_this")
