@@ -227,11 +227,14 @@ def test_unknown_queue_scheme_is_a_clear_error(pytester: pytest.Pytester) -> Non
     assert "secret" not in result.stderr.str()
 
 
+# The test both workers collect lasts long enough that the build cannot end before the second
+# worker has compared its collection: a refusal that comes after the build's end is not
+# reported (a known race between a quick build and a slow collection).
 MISMATCHED = """
-import os
+import os, time
 
 def test_everywhere():
-    pass
+    time.sleep(2)
 
 if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
     def test_only_on_gw1():
