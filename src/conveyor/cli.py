@@ -261,9 +261,7 @@ def _check_replay(options: RunOptions, build: Build, run_dir: Path) -> int | Non
     if states != ["refused"]:
         # Not a different collection: the check itself could not run (a plugin's error,
         # often options the build was not started with). Its last lines say why.
-        lines = detail.splitlines()
-        said = [line for line in lines if line.startswith("conveyor:")]
-        last = "\n".join([*said, *lines[-CHECK_FAILURE_LINES:]][-CHECK_FAILURE_LINES:])
+        last = "\n".join(detail.splitlines()[-CHECK_FAILURE_LINES:])
         return _error(
             f"build {build.id} already finished, but checking this checkout against it failed "
             "before it could compare the tests, so its stored results are not replayed. "

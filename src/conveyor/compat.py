@@ -323,8 +323,7 @@ def record_live_logs(config: pytest.Config, recorder: LiveLogRecorder) -> bool:
     "logging-plugin") reading its live handler from `log_cli_handler` at each use, and calling
     its `reset` and `set_when`; with live logging off that handler is a NullHandler."""
     plugin = config.pluginmanager.get_plugin("logging-plugin")
-    handler = getattr(plugin, "log_cli_handler", None)
-    if not isinstance(handler, logging.StreamHandler) or not hasattr(handler, "set_when"):
+    if _live_handler(plugin) is None:
         return False
     setattr(plugin, "log_cli_handler", recorder)  # noqa: B010 - pytest's plugin, untyped here
     return True
@@ -333,11 +332,16 @@ def record_live_logs(config: pytest.Config, recorder: LiveLogRecorder) -> bool:
 def live_log_replay(config: pytest.Config) -> LiveLogReplay | None:
     """The controller's writer of workers' live log records, or None with live logging off
     (relies on the same `log_cli_handler`, pytest's live handler on the terminal)."""
-    plugin = config.pluginmanager.get_plugin("logging-plugin")
+    handler = _live_handler(config.pluginmanager.get_plugin("logging-plugin"))
+    return LiveLogReplay(handler) if handler is not None else None
+
+
+def _live_handler(plugin: object) -> logging.StreamHandler[Any] | None:
+    """pytest's live log handler on the terminal, or None with live logging off."""
     handler = getattr(plugin, "log_cli_handler", None)
-    if not isinstance(handler, logging.StreamHandler) or not hasattr(handler, "set_when"):
-        return None
-    return LiveLogReplay(handler)
+    if isinstance(handler, logging.StreamHandler) and hasattr(handler, "set_when"):
+        return handler
+    return None
 
 
 # Beyond this many tests the file keeps completion order: the sort's table of every test's
