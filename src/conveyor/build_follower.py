@@ -108,15 +108,20 @@ class BuildFollower:
     # -- the run ----------------------------------------------------------------------------
 
     def follow(
-        self, on_progress: Callable[[], None], stop_reason: Callable[[], str | None]
+        self,
+        on_progress: Callable[[], None],
+        stop_reason: Callable[[], str | None],
+        before_events: Callable[[], None] = lambda: None,
     ) -> None:
         """Dispatch events until the build finishes; a stop asked for by the session (-x,
-        --maxfail) is passed on to the queue once."""
+        --maxfail) is passed on to the queue once. `before_events` runs before each look at
+        the queue (what a test printed comes before its result)."""
         delay = POLL_MIN_S
         stopped = False
         last_progress = last_check = time.monotonic()
         while not self.finished:
             interrupts.raise_if_lost()
+            before_events()
             if time.monotonic() - last_check > MANIFEST_CHECK_S:
                 self.check_same_build()
                 self.check_started()

@@ -204,6 +204,9 @@ def announce_collecting(config: pytest.Config) -> None:
         start()
 
 
+ROW_OF_LETTERS = "conveyor: a row of letters"  # what stands in for a file name in that row
+
+
 @contextlib.contextmanager
 def progress_letters_framed(reporter: Any) -> Iterator[None]:
     """At the default verbosity plain pytest starts each file's row of letters after a blank
@@ -213,7 +216,7 @@ def progress_letters_framed(reporter: Any) -> Iterator[None]:
     if getattr(reporter, "verbosity", None) == 0:
         reporter.ensure_newline()
         reporter._tw.line()
-        reporter.currentfspath = "conveyor: a row of letters"
+        reporter.currentfspath = ROW_OF_LETTERS
     yield
 
 
@@ -546,6 +549,17 @@ def recount_summary_line(reporter: Any) -> None:
     (with `_known_types`), renewed only as the last test is reported: emptied here."""
     if hasattr(reporter, "_main_color"):
         reporter._main_color = None
+
+
+def start_a_line(reporter: Any) -> None:
+    """Move the terminal to the start of a line for other output. The row of letters goes on
+    below it (its blank line before the summary kept); in a verbose listing the next test's
+    line starts afresh, as pytest's own `ensure_newline` does it. Relies on TerminalReporter's
+    `currentfspath` and `ensure_newline`, and its writer's `width_of_current_line`."""
+    if reporter.currentfspath not in (None, ROW_OF_LETTERS):
+        reporter.ensure_newline()
+    elif getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+        reporter.line("")
 
 
 @contextlib.contextmanager

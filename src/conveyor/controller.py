@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from conveyor.compat import (
 )
 from conveyor.errors import BuildAborted, QueueError, SessionEnded
 from conveyor.manifest_view import ManifestView
+from conveyor.output_relay import OutputRelay
 from conveyor.problems import BuildProblems
 from conveyor.queue import Queue
 from conveyor.queue.protocol import (
@@ -300,10 +301,12 @@ class ControllerPlugin:
             reason = session.shouldfail or session.shouldstop
             return str(reason) if reason else None
 
+        relay = self._output_relay(session.config)
         try:
             with self._exit_on_abort(), view.live_progress(session.testscollected):
-                follower.follow(show_progress, stop_reason)
+                follower.follow(show_progress, stop_reason, relay)
         except KeyboardInterrupt:
+            relay()
             self._interrupted(session.config)
             raise
         if self.supervisor is not None and self.supervisor.wait_for_stragglers():
@@ -316,6 +319,7 @@ class ControllerPlugin:
             finished_at_start=self._finished_at_start,
             all_local=self.settings.node == "",
         )
+        relay()  # what the workers printed as their sessions ended
         summary = self._require(self._summary)
         summary.account(session, self.manifest)
         self._accounted = True
@@ -327,6 +331,15 @@ class ControllerPlugin:
         if session.shouldstop:
             raise session.Interrupted(session.shouldstop)
         return True
+
+    def _output_relay(self, config: pytest.Config) -> Callable[[], None]:
+        """Under -s, what this machine's workers print is shown as it comes
+        (conveyor.output_relay); otherwise nothing is read."""
+        supervisor = self.supervisor
+        if supervisor is None:
+            return lambda: None
+        relay = OutputRelay.for_session(config, lambda: list(supervisor.logs))
+        return relay.relay if relay is not None else lambda: None
 
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
         """Ctrl-C, or CI cancelling the job, anywhere in the session: the workers started

@@ -108,6 +108,7 @@ class Supervisor:
         self.node = node
         self.failures: list[WorkerFailure] = []
         self.slots = [WorkerProcess(name=f"gw{i}", index=i) for i in range(count)]
+        self.logs: list[Path] = []  # every worker's log, a restarted one's too, in start order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="conveyor-supervisor", daemon=True)
@@ -136,6 +137,7 @@ class Supervisor:
         slot.incarnation += 1
         suffix = "" if slot.incarnation == 1 else f".{slot.incarnation}"
         slot.log_path = (self.log_dir or self.run_dir) / f"{slot.name}{suffix}.log"
+        self.logs.append(slot.log_path)
         slot.status_path = self.run_dir / f"{slot.name}{suffix}.status"
         slot.timeout_path = self.run_dir / f"{slot.name}{suffix}.timeout"
         settings = self.template.replace(

@@ -46,6 +46,7 @@ from conveyor.live_log import LiveLogRecorder
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
 from conveyor.options import grouping_of
 from conveyor.outcome_record import OutcomeRecord
+from conveyor.output_relay import mark_tests_start
 from conveyor.payload import bounded_payload
 from conveyor.preload_server import preload_requested, serve_preloaded
 from conveyor.process_exit import exit_process
@@ -294,6 +295,7 @@ class WorkerPlugin:
             self.status.write("refused")
             return True
         if not settings.check_only:
+            mark_tests_start(session.config)  # under -s, what follows is shown
             self._join_and_work(session, queue, items, durations)
         if not self.state_lost:
             self.finished_normally = True

@@ -625,6 +625,50 @@ def test_live_logs_of_tests_in_workers_read_as_in_a_plain_run(pytester: pytest.P
     )
 
 
+PRINTING_SUITE = {
+    "conftest": "print('the conftest is imported')\n",
+    "test_prints": """
+import sys, pytest
+
+print("the module is imported")
+
+@pytest.mark.parametrize("n", range(6))
+def test_prints(n):
+    print(f"out of test {n}")
+    print(f"err of test {n}", file=sys.stderr)
+""",
+}
+
+
+@pytest.mark.parametrize("start", ["default", "--fork-workers"])
+def test_what_tests_print_under_s_reaches_the_terminal(
+    pytester: pytest.Pytester, start: str
+) -> None:
+    """-s: a plain run shows what tests print as they run. A worker's output went to its log
+    file only, so `conveyor run -s` showed nothing of it (pytest-xdist shows stderr). What
+    collection prints comes once, from the controller, as under pytest-xdist: every worker
+    collects the whole suite."""
+    pytester.makepyfile(**PRINTING_SUITE)
+    extra = () if start == "default" else (start,)
+    result = run_conveyor(pytester, "-n", "2", "-s", *extra)
+    assert result.ret == 0, result.stdout.str()
+    text = result.stdout.str()
+    before_summary = text[: text.index("6 passed")]
+    for n in range(6):
+        assert before_summary.count(f"out of test {n}") == 1, text
+        assert before_summary.count(f"err of test {n}") == 1, text
+    assert text.count("the conftest is imported") == 1, text
+    assert "this worker has collected" not in text
+    assert re.search(r"^\.+$", text, re.MULTILINE), text  # the row of results goes on below
+
+
+def test_what_tests_print_stays_captured_without_s(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(**PRINTING_SUITE)
+    result = run_conveyor(pytester, "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    assert "of test" not in result.stdout.str() + result.stderr.str()
+
+
 @pytest.mark.parametrize("plugin", ["junitxml", "logging"])
 def test_a_build_without_pytests_own_plugins_runs_as_plain_pytest(
     pytester: pytest.Pytester, plugin: str
