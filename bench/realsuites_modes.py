@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -35,6 +36,7 @@ class Process:
     log: Path
     exit_code: int = TIMED_OUT
     cases: dict[str, list[Case]] = field(default_factory=dict)
+    cwd: Path | None = None  # the project's own source folder when None
     summary: str = ""  # pytest's closing line without its timing: "12 passed, 1 skipped"
 
 
@@ -69,7 +71,7 @@ def _start(process: Process, project: Prepared) -> subprocess.Popen[bytes]:
     with process.log.open("wb") as log:
         return subprocess.Popen(
             process.argv,
-            cwd=project.source,
+            cwd=process.cwd or project.source,
             env=project_env(project),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -177,7 +179,9 @@ def loadfile(ctx: Context) -> ModeRun:
 
 
 def redis(ctx: Context) -> ModeRun:
-    """Two 'machines' of two workers each on one Redis build; each prints the whole build."""
+    """Two 'machines' of two workers each on one Redis build; each prints the whole build.
+    The second runs in a checkout of its own, as a second CI machine does: what a run writes
+    beside the tests (pytest-cov's data files, a plugin's output folder) is each machine's."""
     if ctx.redis_url is None:
         raise RuntimeError("the redis mode needs redis-server on PATH")
     build = f"realsuites-{ctx.project.pin.name}-{uuid.uuid4().hex[:8]}"
@@ -185,8 +189,20 @@ def redis(ctx: Context) -> ModeRun:
     for machine in ("a", "b"):
         extra = ["--queue", ctx.redis_url, "--build", build, "--node-id", f"machine-{machine}"]
         extra += ["--history-key", build, *_cache(ctx, f"cache-redis-{machine}")]
-        processes.append(_process(ctx, f"redis-{machine}", _conveyor(ctx, 2), extra))
+        process = _process(ctx, f"redis-{machine}", _conveyor(ctx, 2), extra)
+        if machine == "b":
+            process.cwd = _own_checkout(ctx, machine)
+        processes.append(process)
     return ModeRun("redis", processes)
+
+
+def _own_checkout(ctx: Context, machine: str) -> Path:
+    """A fresh copy of the project's source for one simulated machine (the installed
+    package stays the one in the project's own folder, as an editable install points)."""
+    copy = ctx.workdir / f"checkout-{machine}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ctx.project.source, copy, symlinks=True)
+    return copy
 
 
 MODES: dict[str, Callable[[Context], ModeRun]] = {
