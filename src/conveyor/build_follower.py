@@ -253,6 +253,24 @@ class BuildFollower:
         test it is stopped, to be resumed. Alone, running tests finish and report first; a
         second interrupt stops them at once."""
         supervisor = self.supervisor
+        with interrupts.held():  # a second Ctrl-C here would leave the build half stopped
+            stopped = self._stop_or_leave(say)
+        if stopped is not None:
+            return stopped
+        try:
+            self.wait_for_local_workers()
+        except KeyboardInterrupt:
+            interrupts.acted_on()
+            if supervisor is not None:
+                supervisor.shutdown(terminate=True)
+        with interrupts.held():
+            self.drain()
+        return False
+
+    def _stop_or_leave(self, say: Callable[[str], None]) -> bool | None:
+        """What `interrupted` does before running tests are waited for: None when they are
+        to be waited for, else whether this machine left a build that goes on elsewhere."""
+        supervisor = self.supervisor
         if self.settings.shared and supervisor is not None:
             supervisor.leave("this machine was interrupted; its tests go back")
             left = self.others_are_working()
@@ -280,14 +298,7 @@ class BuildFollower:
             return False
         self.queue.stop("interrupted")
         say("conveyor: stopping; running tests finish first (interrupt again to stop now)")
-        try:
-            self.wait_for_local_workers()
-        except KeyboardInterrupt:
-            interrupts.acted_on()
-            if supervisor is not None:
-                supervisor.shutdown(terminate=True)
-        self.drain()
-        return False
+        return None
 
 
 def interrupted_while_starting(

@@ -74,6 +74,7 @@ def usage() -> str:
 
 # The build's start-up is measured from the process start (the user waits from there).
 PROCESS_STARTED_AT = process_started_at() or time.time()
+EXIT_INTERRUPTED = 2  # pytest's ExitCode.INTERRUPTED, without importing pytest to say so
 
 
 def _error(message: str, code: int) -> int:
@@ -323,6 +324,17 @@ def _controller_exit(
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
     try:
         return run_pytest(options.pytest_args, [controller, memory], f"conveyor {command}"), memory
+    except KeyboardInterrupt:
+        if not controller.reporting:
+            raise  # before the session reached the build: stopped by the caller, as while starting
+        # Once the tests are over the first interrupt waits for the report; this is another.
+        interrupts.acted_on()
+        print(
+            "\nconveyor: interrupted again while the report was written: the report above is "
+            "incomplete; the build was stopped.",
+            file=sys.stderr,
+        )
+        return int(pytest.ExitCode.INTERRUPTED), memory
     except Exception as failure:
         # A plugin's own handling of Ctrl-C failed (pytest's terminal reporter itself raises
         # TypeError for an interrupt that lands in a frame without a line number): the build
@@ -337,6 +349,8 @@ def _controller_exit(
             file=sys.stderr,
         )
         return int(pytest.ExitCode.INTERRUPTED), memory
+    finally:
+        interrupts.release()  # held by the controller while the report was written
 
 
 def _during_an_interrupt(failure: BaseException) -> bool:
@@ -837,10 +851,13 @@ def _run_command(handler: Callable[[Sequence[str]], int], rest: Sequence[str]) -
     try:
         code = handler(rest)
         if interrupts.lost():
-            # It came as the command ended, where nothing could act on it (see
-            # conveyor.interrupts): still a cancelled run, never a green one.
+            # It came as the command ended (held while the report was written, or where
+            # nothing could act on it: see conveyor.interrupts): still a cancelled run, never
+            # a green one. A build reported as interrupted already says so.
             interrupts.acted_on()
-            return _error("interrupted as it ended; what it reported above may be incomplete.", 2)
+            if code == EXIT_INTERRUPTED:
+                return code
+            return _error("interrupted as it ended, after the report above; exit 2.", 2)
         return code
     except UsageError as exc:  # a wrong queue URL included (QueueURLError)
         return _error(str(exc), 4)

@@ -308,7 +308,9 @@ class ControllerPlugin:
         except KeyboardInterrupt:
             relay()
             self._interrupted(session.config)
+            interrupts.hold()  # the report is written whole (released by the command)
             raise
+        interrupts.hold()
         if self.supervisor is not None and self.supervisor.wait_for_stragglers():
             # What a late worker says (a refusal, a rejected late result) belongs in this
             # report even though the build finished without it.
@@ -365,6 +367,11 @@ class ControllerPlugin:
                 )
 
     @property
+    def reporting(self) -> bool:
+        """Whether the session reached the build: its end writes the report."""
+        return self._reporting
+
+    @property
     def interrupt_handled(self) -> bool:
         """Whether this controller has handled an interrupt (stopped or left the build)."""
         return self._interrupt_handled
@@ -385,13 +392,17 @@ class ControllerPlugin:
         try:
             if self._require(self._follower).interrupted(say):
                 self.problems.left_shared_build = True
-            self._published_manifest()  # interrupted while collecting: what did not run
+            with interrupts.held():
+                self._published_manifest()  # interrupted while collecting: what did not run
         except QueueError as exc:
             # The session still ends as interrupted (exit 2); the workers must not run on.
             say(f"conveyor: could not stop the build through its queue: {exc}")
             say("conveyor: this machine's workers are stopped; run the build again to finish it")
             self._stop_local_workers()
-        self._require(self._summary).note_not_run(self.manifest)
+        with interrupts.held():
+            self._require(self._summary).note_not_run(self.manifest)
+        # Pressed again while the build was being stopped: it is stopped all the same.
+        interrupts.acted_on()
 
     def _known_test(self, nodeid: str) -> str | None:
         """The manifest's own string for a test id, or None for a test no worker collected."""

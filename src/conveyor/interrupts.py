@@ -10,7 +10,9 @@ wait loop, the end of a command), raising once more what a finalizer swallowed.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 _unhandled: list[int] = []  # signals received that conveyor has not yet acted on
@@ -27,7 +29,43 @@ def install() -> None:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     _unhandled.append(signum)
+    global _held
+    if _holding and _held == 0:
+        _held += 1  # recorded: lost() tells whoever looks once the held work is done
+        return
     raise KeyboardInterrupt
+
+
+_holding = False  # in `held`: the first interrupt is recorded, not raised
+_held = 0  # interrupts recorded since `held` began
+
+
+def hold() -> None:
+    """From now until `release`, work that must finish once begun (noting which tests have
+    no result, writing the report, the exit): the first interrupt that arrives is recorded,
+    not raised, so pressing Ctrl-C twice in quick succession does not cut that work in half
+    (`lost` tells afterwards). A second one is raised, so that nothing stuck there becomes
+    impossible to stop."""
+    global _holding, _held
+    if not _holding:
+        _holding, _held = True, 0
+
+
+def release() -> None:
+    global _holding
+    _holding = False
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """`hold` for the work inside (nested in a hold, it changes nothing)."""
+    outer = _holding
+    hold()
+    try:
+        yield
+    finally:
+        if not outer:
+            release()
 
 
 def acted_on() -> None:
@@ -43,5 +81,5 @@ def lost() -> bool:
 def raise_if_lost() -> None:
     """Raise, at a point where that is safe, an interrupt nothing acted on: one a finalizer
     swallowed, or one that code of the user's caught."""
-    if _unhandled:
+    if _unhandled and not _holding:
         raise KeyboardInterrupt

@@ -21,10 +21,15 @@ import gc
 import sys
 from typing import NoReturn
 
+from conveyor import interrupts
+
 
 def exit_process(code: int) -> NoReturn:
     """`sys.exit(code)`, for a process's entry point once its work is done (never in a
-    process that goes on: frozen objects are never collected)."""
+    process that goes on: frozen objects are never collected). Its code is decided: an
+    interrupt now (a second Ctrl-C just after the report) does not turn it into a
+    traceback and 130 (`conveyor.interrupts.hold`)."""
+    interrupts.hold()
     gc.collect()
     gc.freeze()
     sys.exit(code)

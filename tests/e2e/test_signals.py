@@ -161,9 +161,78 @@ def test_an_interrupt_swallowed_as_the_build_ends_is_not_a_green_build(
     pytester.makepyfile("def test_a():\n    pass\n")
     result = run_conveyor(pytester, "-n", "1")
     output = result.stdout.str() + result.stderr.str()
-    assert "Exception ignored" in output
+    # Held while the report is written (it used to be raised in the finalizer and lost
+    # there): the report is whole, and the run is still not a green one.
     assert result.ret == 2, output
-    assert "interrupted as it ended" in output
+    assert "interrupted as it ended, after the report above" in output
+
+
+INTERRUPTED_TWICE = """
+import os, signal
+
+def _controller(config):
+    return not hasattr(config, "workerinput") and "PYTEST_XDIST_WORKER" not in os.environ
+
+_sent = []
+_config = []
+
+def pytest_sessionstart(session):
+    _config.append(session.config)
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" or not _controller(_config[0]) or len(_sent) == 2:
+        return
+    # The first result replayed; then, for the build that stops, the next one: the stop
+    # replays what the workers had stored (results come in batches).
+    if not _sent or {second!r} == "while the build stops":
+        _sent.append(report.nodeid)
+        os.kill(os.getpid(), signal.SIGINT)
+
+def pytest_terminal_summary(config):
+    if {second!r}.startswith("while the report is written") and _controller(config):
+        os.kill(os.getpid(), signal.SIGINT)
+        if {second!r}.endswith("and again"):
+            os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+@pytest.mark.parametrize(
+    ("second", "queue"),
+    [
+        ("while the report is written", "embedded"),
+        ("while the report is written and again", "embedded"),
+        ("while the build stops", "shared"),
+    ],
+)
+def test_ctrl_c_pressed_twice_still_reports_what_has_no_result(
+    pytester: pytest.Pytester, second: str, queue: str
+) -> None:
+    """A second Ctrl-C just after the first cut the handling of the first short: the report
+    lost its list of tests without a result, the session's end was taken for a start-up
+    ("interrupted while starting"), or the exit's garbage collection ended in a traceback
+    and 130. Once begun, stopping the build and writing its report finish; a third press
+    would still stop them."""
+    pytester.makeconftest(INTERRUPTED_TWICE.format(second=second))
+    pytester.makepyfile(
+        "import time, pytest\n\n"
+        "@pytest.mark.parametrize('i', range(300))\n"
+        "def test_quick(i):\n    time.sleep(0.01)\n"
+    )
+    shared = ("--queue", f"sqlite://{pytester.path / 'q.db'}", "--build", "B1")
+    result = pytester.run(
+        sys.executable, "-c", WITH_DEFAULT_SIGINT, "run", "-n", "2", "-p", "no:cacheprovider",
+        *(shared if queue == "shared" else ()), timeout=300,
+    )  # fmt: skip
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == 2, output
+    assert "Traceback" not in output, output
+    assert "interrupted while starting" not in output, output
+    assert "interrupted as it ended" not in output, output
+    if second.endswith("and again"):  # pressed a third time: the report is cut short
+        assert "interrupted again while the report was written" in output, output
+    else:
+        assert "have no result because the build was stopped" in output, output
+        assert "!! KeyboardInterrupt !!" in output, output
 
 
 def test_in_process_a_test_that_handles_its_own_interrupt_passes_as_in_pytest(
