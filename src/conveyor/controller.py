@@ -267,7 +267,10 @@ class ControllerPlugin:
         view.announce_in_order(manifest.meta)
         if not self._finished_at_start:  # a finished build's stored results take no time
             workers = self._estimate_workers(manifest.meta)
-            view.announce_estimate(self.settings.history, self.queue, manifest.units, workers)
+            fleet = self.settings.shared and workers != self.settings.workers
+            view.announce_estimate(
+                self.settings.history, self.queue, manifest.units, workers, fleet=fleet
+            )
         return True
 
     def _estimate_workers(self, meta: dict[str, Any]) -> int:

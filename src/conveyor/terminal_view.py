@@ -39,8 +39,11 @@ class TerminalView:
         if isinstance(reason, str) and reporter is not None and self.config.get_verbosity() >= -1:
             reporter.write_line(serial_notice(reason), yellow=True)
 
-    def announce_estimate(self, history: str, queue: Queue, units: list[str], workers: int) -> None:
-        """The expected length of the build, from timing history, when it knows enough."""
+    def announce_estimate(
+        self, history: str, queue: Queue, units: list[str], workers: int, *, fleet: bool = False
+    ) -> None:
+        """The expected length of the build, from timing history, when it knows enough;
+        `fleet`: `workers` are every machine's, not this one's alone."""
         store = history_store(history, self.config, queue)
         quiet = self.config.get_verbosity() < 0
         if store is None and history == "cache" and self.reporter is not None and not quiet:
@@ -68,7 +71,8 @@ class TerminalView:
         self.estimate_s = max(longest, sum(seconds.values()) / workers)
         self.reporter.write_line(
             f"conveyor: timing history knows {known} of {len(units)} tests; estimated "
-            f"{self.estimate_s:.1f} s with {workers} worker(s) (the longest test: {longest:.1f} s)"
+            f"{self.estimate_s:.1f} s with {workers} worker(s)"
+            f"{' on all of its machines' if fleet else ''} (the longest test: {longest:.1f} s)"
         )
 
     @contextlib.contextmanager

@@ -844,6 +844,30 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
     assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()
 
 
+def test_an_estimate_for_the_whole_fleet_says_so(
+    pytester: pytest.Pytester, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CI that runs the build on two machines, the estimate is for both machines'
+    workers: it said "with 2 worker(s)" under a header of "1 worker"."""
+    monkeypatch.setenv("GITLAB_CI", "true")
+    monkeypatch.setenv("CI_NODE_TOTAL", "2")
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass")
+    for build in ("B1", "B2"):  # the first records the timing history the second estimates from
+        result = pytester.run(
+            sys.executable, "-m", "conveyor", "run", "-n", "1",
+            "--queue", redis_server.url, "--build", build, "--history-key", "suite",
+            timeout=120,
+        )  # fmt: skip
+        assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "conveyor: 1 worker, queue *",
+            "conveyor: timing history knows 2 of 2 tests; estimated * s with 2 worker(s) "
+            "on all of its machines (the longest test: * s)",
+        ]
+    )
+
+
 def test_the_build_time_counts_from_the_commands_start(pytester: pytest.Pytester) -> None:
     """What the summary calls the build's start-up and first result is measured from the
     command's start, as the person waiting for it measures: the machine's set-up, the
