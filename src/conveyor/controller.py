@@ -23,7 +23,7 @@ import pytest
 
 from conveyor import interrupts
 from conveyor.build_follower import BuildFollower, FollowSettings, interrupted_while_starting
-from conveyor.build_summary import BuildSummary
+from conveyor.build_summary import BuildSummary, sort_stats_in_collection_order
 from conveyor.compat import (
     announce_collecting,
     log_file_emptied_for_the_build,
@@ -487,6 +487,9 @@ class ControllerPlugin:
             # without a result are listed and counted, as at a finished build's end.
             with contextlib.suppress(QueueError):
                 self._summary.account(session, self.manifest)
+        if self._interrupt_handled and not self._accounted and self.manifest is not None:
+            # Stopped: what did run is listed as a finished build's is, in collection order.
+            sort_stats_in_collection_order(session, self.manifest)
         if self._aborted or self._interrupt_handled:
             self._record_history(session.config)  # what did run still orders the next build
         passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)

@@ -235,6 +235,44 @@ def test_ctrl_c_pressed_twice_still_reports_what_has_no_result(
         assert "!! KeyboardInterrupt !!" in output, output
 
 
+def test_a_stopped_builds_short_summary_is_in_collection_order(
+    pytester: pytest.Pytester,
+) -> None:
+    """Results arrive as they finish; a finished build's summary lists them as plain pytest
+    does, and so now does a stopped one's (its SKIPPED lines came in completion order)."""
+    pytester.makeconftest(
+        """
+        import os, signal
+
+        _skipped = []
+
+        def pytest_runtest_logreport(report):
+            if report.when == "call" and report.skipped and "PYTEST_XDIST_WORKER" not in os.environ:
+                _skipped.append(report.nodeid)
+                if len(_skipped) == 2:
+                    os.kill(os.getpid(), signal.SIGINT)
+        """
+    )
+    pytester.makepyfile(
+        test_a="import time, pytest\n\ndef test_late():\n"
+        "    time.sleep(1)\n    pytest.skip('late')\n",
+        test_b="import pytest\n\ndef test_early():\n    pytest.skip('early')\n",
+        test_c="import time, pytest\n\n@pytest.mark.parametrize('i', range(20))\n"
+        "def test_slow(i):\n    time.sleep(0.5)\n",
+    )
+    result = pytester.run(
+        sys.executable, "-c", WITH_DEFAULT_SIGINT, "run", "-n", "2", "-p", "no:cacheprovider",
+        "-p", "no:randomly", "-rs", timeout=300,
+    )  # fmt: skip
+    output = result.stdout.str()
+    assert result.ret == 2, output
+    skipped = [line for line in result.stdout.lines if line.startswith("SKIPPED")]
+    assert skipped == [
+        "SKIPPED [1] test_a.py:5: late",
+        "SKIPPED [1] test_b.py:4: early",
+    ], output
+
+
 def test_in_process_a_test_that_handles_its_own_interrupt_passes_as_in_pytest(
     pytester: pytest.Pytester,
 ) -> None:
