@@ -772,7 +772,10 @@ def bisect_command(argv: Sequence[str]) -> int:
         print(f"  {line}")
     if result.verdict == FOUND:
         print(f"conveyor bisect: {result.culprit} makes {args.failing} fail ({result.runs} runs).")
-        print(f"reproduce with: pytest -p no:randomly {result.culprit} {args.failing}")
+        print(
+            f"reproduce with: pytest -p no:randomly {result.culprit} {args.failing}"
+            " (from pytest's rootdir: test ids are relative to it)"
+        )
         return 0
     if result.verdict == FAILS_ALONE:
         print(f"conveyor bisect: {args.failing} fails on its own; the order is not the cause.")

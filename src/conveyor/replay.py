@@ -68,6 +68,15 @@ class ReplayOrder:
         )
         for nodeid in self.missing[:50]:
             terminalreporter.write_line(f"  {nodeid}")
+        if len(self.missing) == len(self.order):
+            # Test ids are relative to pytest's rootdir, which the command line decides.
+            terminalreporter.write_line(
+                f"None of them was collected here, where pytest's rootdir is "
+                f"{terminalreporter.config.rootpath}: if the build ran from another folder or "
+                "with test paths (its rootdir then elsewhere), give `conveyor replay` the same "
+                "folder and paths.",
+                yellow=True,
+            )
 
 
 def files_of(order: Sequence[str]) -> list[str]:

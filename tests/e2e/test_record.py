@@ -116,6 +116,29 @@ def test_replay_reports_tests_that_no_longer_exist(pytester: pytest.Pytester) ->
     )
 
 
+def test_replay_of_ids_from_another_rootdir_says_where_they_are_relative_to(
+    pytester: pytest.Pytester,
+) -> None:
+    """A build run with `tests/` whose pytest.ini lies there has ids relative to `tests/`;
+    replayed without that path, pytest's rootdir is the folder above and no id matched, which
+    read as if every test was gone."""
+    tests = pytester.mkdir("tests")
+    (tests / "pytest.ini").write_text("[pytest]\n")
+    (tests / "test_here.py").write_text("def test_here(): pass\n")
+    order = pytester.path / "order.txt"
+    order.write_text("test_here.py::test_here\n")
+    result = conveyor(pytester, "replay", "--from-file", str(order))
+    result.stdout.fnmatch_lines(
+        [
+            "*1 test(s) of the recorded order no longer exist:*",
+            f"None of them was collected here, where pytest's rootdir is {pytester.path}: *",
+        ]
+    )
+    with_the_builds_path = conveyor(pytester, "replay", "--from-file", str(order), "tests")
+    assert with_the_builds_path.ret == 0
+    with_the_builds_path.stdout.fnmatch_lines(["*1 passed*"])
+
+
 def test_bisect_names_the_polluting_test_in_at_most_ten_runs(
     polluted_suite: pytest.Pytester,
 ) -> None:
@@ -132,7 +155,7 @@ def test_bisect_names_the_polluting_test_in_at_most_ten_runs(
             "conveyor bisect: test_a_candidates.py::test_c137 makes "
             "test_z_victim.py::test_victim fail (* runs).",
             "reproduce with: pytest -p no:randomly test_a_candidates.py::test_c137 "
-            "test_z_victim.py::test_victim",
+            "test_z_victim.py::test_victim (from pytest's rootdir: test ids are relative to it)",
         ]
     )
     runs = int(result.stdout.str().split(" fail (")[1].split(" runs")[0])
