@@ -276,28 +276,35 @@ class BuildFollower:
             left = self.others_are_working()
             if left:
                 say(
-                    "conveyor: leaving the build: this machine's workers stopped, running "
-                    "tests included, and their tests went back to the queue for the other "
-                    "machines"
+                    f"conveyor: leaving the build{interrupts.received()}: this machine's "
+                    "workers stopped, running tests included, and their tests went back to "
+                    "the queue for the other machines"
                 )
             else:
                 self.queue.stop("interrupted")
                 say(
-                    "conveyor: stopping the build: this machine's workers stopped, running "
-                    "tests included, and no other machine was working on it"
+                    f"conveyor: stopping the build{interrupts.received()}: this machine's "
+                    "workers stopped, running tests included, and no other machine was "
+                    "working on it"
                 )
             self.drain()
             return left
         if supervisor is not None and not self.queue.status().populated:
             # No test is queued yet, so none is running: the workers stop now, before they
             # queue the suite and run all of it (a stop needs a build to mark).
-            say("conveyor: stopping; no test had been queued yet, so none will run")
+            say(
+                f"conveyor: stopping{interrupts.received()}; no test had been queued yet, so "
+                "none will run"
+            )
             supervisor.shutdown(terminate=True)
             self.queue.stop("interrupted")  # one may have queued the tests meanwhile
             self.drain()
             return False
         self.queue.stop("interrupted")
-        say("conveyor: stopping; running tests finish first (interrupt again to stop now)")
+        say(
+            f"conveyor: stopping{interrupts.received()}; running tests finish first "
+            "(interrupt again to stop now)"
+        )
         return None
 
 

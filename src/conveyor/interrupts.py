@@ -29,6 +29,7 @@ def install() -> None:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     _unhandled.append(signum)
+    _received.append(signum)
     global _held
     if _holding and _held == 0:
         _held += 1  # recorded: lost() tells whoever looks once the held work is done
@@ -66,6 +67,17 @@ def held() -> Iterator[None]:
     finally:
         if not outer:
             release()
+
+
+_received: list[int] = []  # every signal received, acted on or not
+
+
+def received() -> str:
+    """ " (SIGTERM)" for the last signal received, for a message that says why the build
+    stops (CI cancelling a job sends SIGTERM; another session's kill, too); "" if none."""
+    if not _received:
+        return ""
+    return f" ({signal.Signals(_received[-1]).name})"
 
 
 def acted_on() -> None:

@@ -77,7 +77,7 @@ def test_a_stopped_build_is_never_green_and_running_it_again_resumes_it(
     code, output = finish(first)
     assert code == 2, output
     assert "have no result because the build was stopped" in output
-    assert "stopping the build: this machine's workers stopped, running tests included" in output
+    assert "stopping the build (SIGTERM): this machine's workers stopped, running tests" in output
 
     code, output = finish(conveyor(pytester.path, "report", "--queue", queue, "--build", "B1"))
     assert code == 2, output  # tests never ran: not green, whoever reports
@@ -104,7 +104,7 @@ def test_a_machine_cancelled_in_a_shared_build_leaves_it_to_the_others(
     code, output = finish(cancelled)
     assert code == 2, output
     assert "the build goes on on the other machines" in output
-    assert "leaving the build: this machine's workers stopped" in output
+    assert "leaving the build (SIGTERM): this machine's workers stopped" in output
     code, output = finish(other)
     assert code == 0, output
     outcomes = junit_outcomes(pytester.path / "other.xml")
