@@ -101,9 +101,8 @@ class BuildSummary:
             # pytest's own "in N s" below counts from its session's start, which comes after
             # the workers' start: say which is which, or the two numbers look contradictory.
             terminalreporter.write_line(
-                f"conveyor: estimated {estimate_s:.1f} s of testing; the build took "
-                f"{took:.2f} s from the command's start{first} (pytest's time below starts "
-                "with its session)"
+                f"conveyor: the build took {took:.2f} s from the command's start (estimated "
+                f"{estimate_s:.1f} s){first}; pytest's time below starts with its session"
             )
         if self.node and supervisor is not None:
             self._write_machine_share(terminalreporter)

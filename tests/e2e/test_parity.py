@@ -837,8 +837,8 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
     second.stdout.fnmatch_lines(
         [
             "conveyor: timing history knows 5 of 5 tests; estimated * s with 2 worker(s)*",
-            "conveyor: estimated * s of testing; the build took * s from the command's start, "
-            "first result after * s (pytest's time below starts with its session)",
+            "conveyor: the build took * s from the command's start (estimated * s), "
+            "first result after * s; pytest's time below starts with its session",
         ]
     )
     assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()
@@ -922,7 +922,7 @@ def test_a_build_its_workers_finish_before_the_controller_configures_is_reported
     )  # fmt: skip
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(
-        ["*the build took * s from the command's start, first result after*"]
+        ["*the build took * s from the command's start (estimated * s), first result after*"]
     )
     assert "report only" not in result.stdout.str()
     assert "sent no output" not in result.stdout.str()
