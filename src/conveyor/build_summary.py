@@ -150,8 +150,18 @@ class BuildSummary:
         if not total:
             return
         here = by_machine.get(self.node, 0)
-        others = len([machine for machine in by_machine if machine != self.node])
-        elsewhere = f" ({others} other machine{'s' if others != 1 else ''} ran the rest)"
+        others = [machine for machine in by_machine if machine != self.node]
+        # A node is "NAME-PID/": one of this machine's name is an earlier run of it (a build
+        # resumed after Ctrl-C), not another machine.
+        name = self.node.rstrip("/").rpartition("-")[0]
+        earlier = sum(1 for machine in others if machine.rstrip("/").rpartition("-")[0] == name)
+        parts = []
+        if len(others) > earlier:
+            count = len(others) - earlier
+            parts.append(f"{count} other machine{'s' if count != 1 else ''}")
+        if earlier:
+            parts.append(f"{earlier} earlier run{'s' if earlier != 1 else ''} of this one")
+        elsewhere = f" ({' and '.join(parts)} ran the rest)"
         terminalreporter.write_line(
             f"conveyor: this machine ({self.node.rstrip('/')}) ran {here} of the {total} "
             f"test(s) with a result{elsewhere if others else ''}"
