@@ -17,7 +17,7 @@ from conveyor.errors import QueueError
 from conveyor.history import history_store
 from conveyor.manifest_view import ManifestView
 from conveyor.memory_plugin import NEWLY_FAILING
-from conveyor.problems import BuildProblems
+from conveyor.problems import BuildProblems, shown
 from conveyor.queue import Queue
 from conveyor.queue.protocol import Event
 from conveyor.report_replay import Ledger
@@ -130,12 +130,15 @@ class BuildSummary:
                 "run the build with --queue sqlite:///path/queue.db --build ID and `conveyor "
                 "bisect` finds the test it depends on"
             )
-        shown = ", ".join(sorted(newly_failing)[:SHOWN_NEWLY_FAILING])
+        named = ", ".join(
+            shown(terminalreporter, nodeid)
+            for nodeid in sorted(newly_failing)[:SHOWN_NEWLY_FAILING]
+        )
         more = len(newly_failing) - SHOWN_NEWLY_FAILING
         terminalreporter.write_line(
             f"conveyor: {len(newly_failing)} test(s) passed in an earlier build of this same "
             f"code and failed in this one, which ran its tests out of collection order{how}: "
-            f"{shown}{f' and {more} more' if more > 0 else ''}. Such a test depends on what ran "
+            f"{named}{f' and {more} more' if more > 0 else ''}. Such a test depends on what ran "
             f"before it in its worker ({find}; --order collected keeps collection order), on "
             "what another worker did meanwhile (a file, port or database they share; -n 1 "
             "rules that out), or is flaky (`conveyor flaky`).",

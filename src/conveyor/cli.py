@@ -697,6 +697,20 @@ def _order(args: argparse.Namespace, failing: str | None = None) -> list[str]:
         queue.close()
 
 
+def _as_recorded(args: argparse.Namespace, given: str) -> str:
+    """A test id as the build recorded it, given as conveyor's and pytest's summaries write
+    it (relative to the folder the command ran in)."""
+    from conveyor.replay import read_order_file, recorded_id
+
+    if args.from_file:
+        return recorded_id(given, read_order_file(Path(args.from_file)))
+    queue = _recorded_build(args)
+    try:
+        return recorded_id(given, queue.units())
+    finally:
+        queue.close()
+
+
 def _worker_that_ran(queue: Queue, unit: str) -> str | None:
     cursor, found = 0, None
     while page := queue.events(cursor, 2000):
@@ -761,6 +775,7 @@ def bisect_command(argv: Sequence[str]) -> int:
     args, pytest_args = _parse_record_args(parser, argv)
     if not args.failing:
         raise UsageError("conveyor bisect needs --failing TEST_ID.")
+    args.failing = _as_recorded(args, args.failing)
     order = _order(args, args.failing)
     if args.failing not in order:
         raise UsageError(f"{args.failing!r} is not in that worker's order.")

@@ -3,6 +3,7 @@ summary's "conveyor" section (a worker lost, a collection refused, tests without
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,8 @@ class BuildProblems:
         if self.flaky:
             tr.write_sep("=", "flaky tests (passed on a retry)", yellow=True)
             for nodeid in self.flaky:
-                tr.write_line(f"{nodeid} passed on attempt {len(reruns.get(nodeid, [])) + 1}")
+                attempt = len(reruns.get(nodeid, [])) + 1
+                tr.write_line(f"{shown(tr, nodeid)} passed on attempt {attempt}")
         outside = [
             f
             for f in failures
@@ -132,9 +134,24 @@ class BuildProblems:
             _list(tr, self.missing)
 
 
+def shown(tr: Any, nodeid: str) -> str:
+    """A test id as pytest's own summary writes it: relative to the folder the command ran
+    in (node ids are relative to pytest's rootdir, which may be another). Config's own
+    `cwd_relative_nodeid` takes a str before pytest 9.1 and a NodeId after."""
+    config = getattr(tr, "config", None)
+    if config is None:
+        return nodeid
+    here, root = config.invocation_params.dir, config.rootpath
+    if here == root:
+        return nodeid
+    path, sep, rest = nodeid.partition("::")
+    relative = os.path.relpath(root / path, here).replace(os.sep, "/")
+    return f"{relative}{sep}{rest}"
+
+
 def _list(tr: Any, nodeids: Sequence[str]) -> None:
     for nodeid in nodeids[:SHOWN]:
-        tr.write_line(f"  {nodeid}")
+        tr.write_line(f"  {shown(tr, nodeid)}")
     if len(nodeids) > SHOWN:
         tr.write_line(f"  ... and {len(nodeids) - SHOWN} more")
 

@@ -7,7 +7,7 @@ process. The queue keeps every worker's reservation order, so that process can b
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -77,6 +77,25 @@ class ReplayOrder:
                 "folder and paths.",
                 yellow=True,
             )
+
+
+def recorded_id(given: str, recorded: Iterable[str]) -> str:
+    """The build's own id for a test id given as pytest's summary writes it (relative to
+    the folder a command ran in, where node ids are relative to pytest's rootdir): the one
+    recorded id whose path ends as the given one does, or the other way round, with the same
+    name after the path; the given id itself when none or several do."""
+    path, sep, rest = given.partition("::")
+    path = "/".join(part for part in path.split("/") if part not in (".", ".."))
+    found = []
+    for unit in recorded:
+        if unit == given:
+            return unit
+        unit_path, unit_sep, unit_rest = unit.partition("::")
+        if (unit_sep, unit_rest) != (sep, rest):
+            continue
+        if unit_path.endswith("/" + path) or path.endswith("/" + unit_path) or unit_path == path:
+            found.append(unit)
+    return found[0] if len(found) == 1 else given
 
 
 def files_of(order: Sequence[str]) -> list[str]:

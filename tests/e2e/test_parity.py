@@ -625,6 +625,27 @@ def test_live_logs_of_tests_in_workers_read_as_in_a_plain_run(pytester: pytest.P
     )
 
 
+def test_test_ids_in_conveyors_lines_are_written_as_pytest_writes_them(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from a folder below pytest's rootdir, pytest's summary writes ids relative to that
+    folder; conveyor's list of tests without a result wrote them relative to the rootdir."""
+    pytester.makeini("[pytest]\n")
+    sub = pytester.mkdir("sub")
+    (sub / "test_x.py").write_text(
+        "def test_a():\n    assert 0\n\n"
+        + "".join(f"def test_{n}():\n    pass\n\n" for n in "bcdefgh")
+    )
+    monkeypatch.chdir(sub)
+    result = run_conveyor(pytester, "-n", "1", "-x", "-p", "no:randomly")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(["*have no result because the build was stopped*"])
+    result.stdout.fnmatch_lines(["FAILED test_x.py::test_a - assert 0"])
+    listed = [line.strip() for line in result.stdout.lines if line.startswith("  test_")]
+    assert listed and all(line.startswith("test_x.py::test_") for line in listed), listed
+    assert "sub/test_x.py" not in result.stdout.str()
+
+
 PRINTING_SUITE = {
     "conftest": "print('the conftest is imported')\n",
     "test_prints": """
