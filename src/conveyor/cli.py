@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -711,6 +712,19 @@ def _as_recorded(args: argparse.Namespace, given: str) -> str:
         queue.close()
 
 
+def _rootdir(args: argparse.Namespace) -> str | None:
+    """The folder the recorded build's test ids are relative to (None for --from-file)."""
+    if args.from_file:
+        return None
+    from conveyor.replay import recorded_rootdir
+
+    queue = _recorded_build(args)
+    try:
+        return recorded_rootdir(queue)
+    finally:
+        queue.close()
+
+
 def _worker_that_ran(queue: Queue, unit: str) -> str | None:
     cursor, found = 0, None
     while page := queue.events(cursor, 2000):
@@ -763,7 +777,7 @@ def replay(argv: Sequence[str]) -> int:
     outcomes = Path(args.outcomes) if args.outcomes else None
     from conveyor.replay import run_in_process
 
-    return run_in_process(order, pytest_args, outcomes)
+    return run_in_process(order, pytest_args, outcomes, _rootdir(args))
 
 
 def bisect_command(argv: Sequence[str]) -> int:
@@ -782,15 +796,21 @@ def bisect_command(argv: Sequence[str]) -> int:
     before = order[: len(order) - 1 - order[::-1].index(args.failing)]
     before = [unit for unit in before if unit != args.failing]
     print(f"conveyor bisect: {len(before)} test(s) ran before {args.failing} on that worker.")
+    rootdir = _rootdir(args)
+    if rootdir and not any(arg.startswith("--rootdir") for arg in pytest_args):
+        pytest_args = [f"--rootdir={rootdir}", *pytest_args]  # each step collects from there
     result = bisect(before, args.failing, replay_runner(pytest_args))
     for line in result.log:
         print(f"  {line}")
     if result.verdict == FOUND:
         print(f"conveyor bisect: {result.culprit} makes {args.failing} fail ({result.runs} runs).")
-        print(
-            f"reproduce with: pytest -p no:randomly {result.culprit} {args.failing}"
-            " (from pytest's rootdir: test ids are relative to it)"
+        where = (
+            f"cd {shlex.quote(rootdir)} && "
+            if rootdir and Path(rootdir).resolve() != Path.cwd().resolve()
+            else ""
         )
+        pair = " ".join(shlex.quote(str(unit)) for unit in (result.culprit, args.failing))
+        print(f"reproduce with: {where}pytest -p no:randomly {pair}")
         return 0
     if result.verdict == FAILS_ALONE:
         print(f"conveyor bisect: {args.failing} fails on its own; the order is not the cause.")

@@ -153,6 +153,8 @@ def serving_plan(
         # Whether unit names carry xdist_groups: a worker that joins names its units so too.
         **{XDIST_GROUPS_META: grouping == "group"},
         order=order,  # how the build was served (the order hint names it)
+        # What test ids are relative to: `conveyor replay` and `bisect` collect from there.
+        rootdir=str(session.config.rootpath),
     )
     if in_order is not None:
         meta["in_order"] = in_order  # the controller says why the build is not shared

@@ -104,12 +104,42 @@ def files_of(order: Sequence[str]) -> list[str]:
 
 
 def run_in_process(
-    order: Sequence[str], pytest_args: Sequence[str], outcomes_path: Path | None = None
+    order: Sequence[str],
+    pytest_args: Sequence[str],
+    outcomes_path: Path | None = None,
+    rootdir: str | None = None,
 ) -> int:
+    """Run `order` in this process. Its ids are relative to the build's rootdir: where that is
+    known (and still there) and the command line does not choose one, pytest is given it, and
+    the files are found there, whatever folder this runs in."""
     plugin = ReplayOrder(order, outcomes_path)
+    args = list(pytest_args)
+    chosen = _chosen_rootdir(args)
+    base = Path(chosen) if chosen else None
+    if base is None and rootdir and Path(rootdir).is_dir():
+        base = Path(rootdir)
+        args.append(f"--rootdir={base}")
+    files = [str(base / f) if base is not None else f for f in files_of(order)]
     # -p no:randomly: a plugin that shuffles would defeat the point of replaying an order.
-    args = ["-p", "no:randomly", *pytest_args, *[f for f in files_of(order) if Path(f).exists()]]
+    args = ["-p", "no:randomly", *args, *[f for f in files if Path(f).exists()]]
     return int(pytest.main(args, plugins=[plugin]))
+
+
+def _chosen_rootdir(args: Sequence[str]) -> str | None:
+    """The --rootdir a command line gives, if any."""
+    for index, arg in enumerate(args):
+        if arg.startswith("--rootdir="):
+            return arg.partition("=")[2]
+        if arg == "--rootdir" and index + 1 < len(args):
+            return args[index + 1]
+    return None
+
+
+def recorded_rootdir(queue: Queue) -> str | None:
+    """The folder the build's test ids are relative to, as its leader recorded it."""
+    manifest = queue.manifest()
+    rootdir = manifest.meta.get("rootdir") if manifest is not None else None
+    return rootdir if isinstance(rootdir, str) else None
 
 
 def worker_order(queue: Queue, worker: str) -> list[str]:

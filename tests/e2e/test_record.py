@@ -139,6 +139,38 @@ def test_replay_of_ids_from_another_rootdir_says_where_they_are_relative_to(
     with_the_builds_path.stdout.fnmatch_lines(["*1 passed*"])
 
 
+def test_bisect_from_another_folder_than_the_builds_rootdir(
+    polluted_suite: pytest.Pytester,
+) -> None:
+    """A build run with `tests/` whose pytest.ini lies there has ids relative to `tests/`.
+    Bisected from the project's folder without the path, no step collected the ids (every
+    run "did not run"), and the reproduce line failed from there. The build records its
+    rootdir; each step collects from it, and the reproduce line goes there."""
+    root = polluted_suite.path
+    tests = root / "tests"
+    tests.mkdir()
+    for name in ("shared_state.py", "test_a_candidates.py", "test_z_victim.py"):
+        (root / name).rename(tests / name)
+    (tests / "pytest.ini").write_text("[pytest]\n")
+    build = ["--queue", f"sqlite://{root / 'queue.db'}", "--build", "polluted"]
+    run = conveyor(polluted_suite, "run", "-n", "1", *build, "-p", "no:cacheprovider", "tests")
+    assert run.ret == 1, run.stdout.str()
+    result = conveyor(
+        polluted_suite, "bisect", *build, "--failing", "test_z_victim.py::test_victim"
+    )
+    assert result.ret == 0, result.stdout.str()
+    pair = "test_a_candidates.py::test_c137 test_z_victim.py::test_victim"
+    reproduce = f"cd {tests} && pytest -p no:randomly {pair}"
+    result.stdout.fnmatch_lines([f"reproduce with: {reproduce}"])
+    again = subprocess.run(
+        reproduce.replace(" && pytest ", f" && {sys.executable} -m pytest -p no:cacheprovider ", 1),
+        shell=True, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "1 failed, 1 passed" in again.stdout, again.stdout
+    replayed = conveyor(polluted_suite, "replay", *build, "--worker", "gw0", "-q")
+    replayed.stdout.fnmatch_lines(["*1 failed, 200 passed*"])
+
+
 def test_bisect_names_the_polluting_test_in_at_most_ten_runs(
     polluted_suite: pytest.Pytester,
 ) -> None:
@@ -155,7 +187,7 @@ def test_bisect_names_the_polluting_test_in_at_most_ten_runs(
             "conveyor bisect: test_a_candidates.py::test_c137 makes "
             "test_z_victim.py::test_victim fail (* runs).",
             "reproduce with: pytest -p no:randomly test_a_candidates.py::test_c137 "
-            "test_z_victim.py::test_victim (from pytest's rootdir: test ids are relative to it)",
+            "test_z_victim.py::test_victim",
         ]
     )
     runs = int(result.stdout.str().split(" fail (")[1].split(" runs")[0])
