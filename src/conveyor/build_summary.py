@@ -154,16 +154,17 @@ class BuildSummary:
             return
         here = by_machine.get(self.node, 0)
         others = [machine for machine in by_machine if machine != self.node]
-        # A node is "NAME-PID/": one of this machine's name is an earlier run of it (a build
-        # resumed after Ctrl-C), not another machine.
+        # A node is "NAME-PID/": one of this machine's name is another process here (an
+        # earlier run of a build resumed after Ctrl-C, or a `conveyor worker` beside this
+        # one), not another machine.
         name = self.node.rstrip("/").rpartition("-")[0]
-        earlier = sum(1 for machine in others if machine.rstrip("/").rpartition("-")[0] == name)
+        here_too = sum(1 for machine in others if machine.rstrip("/").rpartition("-")[0] == name)
         parts = []
-        if len(others) > earlier:
-            count = len(others) - earlier
+        if len(others) > here_too:
+            count = len(others) - here_too
             parts.append(f"{count} other machine{'s' if count != 1 else ''}")
-        if earlier:
-            parts.append(f"{earlier} earlier run{'s' if earlier != 1 else ''} of this one")
+        if here_too:
+            parts.append(f"{here_too} other process{'es' if here_too != 1 else ''} on this one")
         elsewhere = f" ({' and '.join(parts)} ran the rest)"
         terminalreporter.write_line(
             f"conveyor: this machine ({self.node.rstrip('/')}) ran {here} of the {total} "
