@@ -314,9 +314,12 @@ class ControllerPlugin:
             interrupts.hold()  # the report is written whole (released by the command)
             raise
         interrupts.hold()
-        if self.supervisor is not None and self.supervisor.wait_for_stragglers():
+        if self.supervisor is not None:
             # What a late worker says (a refusal, a rejected late result) belongs in this
-            # report even though the build finished without it.
+            # report even though the build finished without it. Drained whether or not
+            # anyone was waited for: a worker may have said it and stopped between the last
+            # look at the queue and this one.
+            self.supervisor.wait_for_stragglers()
             follower.drain()
         self._require(self._workers).await_outputs(
             follower,

@@ -257,6 +257,45 @@ def test_mismatched_collection_is_refused_with_the_difference(pytester: pytest.P
     assert re.search(r"\d passed, 1 conveyor error in ", result.outlines[-1]), result.outlines[-1]
 
 
+def test_a_refusal_said_just_as_the_build_ended_is_reported(pytester: pytest.Pytester) -> None:
+    """The build of one quick test ended on the leader's worker while the other was still
+    collecting; that worker refused between the controller's last look at the queue and
+    its wait for late workers, which then had none to wait for, and the refusal was never
+    read: exit 0, no word of it (seen under load in CI). The controller is made to be that
+    late here: its wait starts 3 s after the build's end."""
+    pytester.makeconftest(
+        """
+        import time
+        from conveyor import supervisor
+
+        _wait = supervisor.Supervisor.wait_for_stragglers
+
+        def _late(self, *args, **kwargs):
+            time.sleep(3)
+            return _wait(self, *args, **kwargs)
+
+        supervisor.Supervisor.wait_for_stragglers = _late
+        """
+    )
+    pytester.makepyfile(
+        test_mismatch="""
+        import os, time
+
+        def test_everywhere():
+            pass
+
+        if os.environ.get("PYTEST_XDIST_WORKER") == "gw1":
+            time.sleep(1)
+
+            def test_only_on_gw1():
+                pass
+        """
+    )
+    result = run_conveyor(pytester, "-n", "2", "-p", "no:randomly")
+    assert result.ret == 3, result.stdout.str()
+    result.stdout.fnmatch_lines(["worker gw1 collected a different set of tests than gw0*"])
+
+
 def test_a_refused_worker_is_counted_on_a_red_last_line_too(pytester: pytest.Pytester) -> None:
     """A build that failed on a test ended on plain pytest's red line, which left out the
     worker refused for its different collection."""
