@@ -873,10 +873,12 @@ def test_an_estimate_for_the_whole_fleet_says_so(
     monkeypatch.setenv("GITLAB_CI", "true")
     monkeypatch.setenv("CI_NODE_TOTAL", "2")
     pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass")
-    for build in ("B1", "B2"):  # the first records the timing history the second estimates from
+    # The Redis server is shared with other tests: ids of this test's own.
+    name = pytester.path.name
+    for build in ("first", "second"):  # the first records the history the second estimates from
         result = pytester.run(
             sys.executable, "-m", "conveyor", "run", "-n", "1",
-            "--queue", redis_server.url, "--build", build, "--history-key", "suite",
+            "--queue", redis_server.url, "--build", f"{name}-{build}", "--history-key", name,
             timeout=120,
         )  # fmt: skip
         assert result.ret == 0, result.stdout.str()
