@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from conveyor import github
+from conveyor.ci import machine_of
 from conveyor.compat import sort_junit_in_collection_order
 from conveyor.errors import QueueError
 from conveyor.history import history_store
@@ -154,11 +155,10 @@ class BuildSummary:
             return
         here = by_machine.get(self.node, 0)
         others = [machine for machine in by_machine if machine != self.node]
-        # A node is "NAME-PID/": one of this machine's name is another process here (an
-        # earlier run of a build resumed after Ctrl-C, or a `conveyor worker` beside this
-        # one), not another machine.
-        name = self.node.rstrip("/").rpartition("-")[0]
-        here_too = sum(1 for machine in others if machine.rstrip("/").rpartition("-")[0] == name)
+        # A node of this machine's name is another process here (an earlier run of a build
+        # resumed after Ctrl-C, or a `conveyor worker` beside this one), not another machine.
+        name = machine_of(self.node)
+        here_too = sum(1 for machine in others if machine_of(machine) == name)
         parts = []
         if len(others) > here_too:
             count = len(others) - here_too

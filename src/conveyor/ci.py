@@ -95,3 +95,9 @@ def node_id(ci: CIIdentity | None, explicit: str | None = None) -> str:
     """A name for this machine's process tree that no other machine of the build uses."""
     base = explicit or (ci.node if ci and ci.node else None) or socket.gethostname()
     return f"{base}-{os.getpid()}"
+
+
+def machine_of(node: str) -> str:
+    """The machine's part of a `node_id` (with or without its trailing "/"): processes of
+    one machine share it."""
+    return node.rstrip("/").rpartition("-")[0]

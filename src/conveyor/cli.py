@@ -783,6 +783,7 @@ def replay(argv: Sequence[str]) -> int:
 def bisect_command(argv: Sequence[str]) -> int:
     """Find the test that makes --failing fail when it runs earlier on the same worker."""
     from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
+    from conveyor.replay import chosen_rootdir
 
     parser = _record_parser("conveyor bisect")
     parser.add_argument("--failing", required=False)
@@ -797,7 +798,7 @@ def bisect_command(argv: Sequence[str]) -> int:
     before = [unit for unit in before if unit != args.failing]
     print(f"conveyor bisect: {len(before)} test(s) ran before {args.failing} on that worker.")
     rootdir = _rootdir(args)
-    if rootdir and not any(arg.startswith("--rootdir") for arg in pytest_args):
+    if rootdir and chosen_rootdir(pytest_args) is None:
         pytest_args = [f"--rootdir={rootdir}", *pytest_args]  # each step collects from there
     result = bisect(before, args.failing, replay_runner(pytest_args))
     for line in result.log:

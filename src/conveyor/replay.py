@@ -114,7 +114,7 @@ def run_in_process(
     the files are found there, whatever folder this runs in."""
     plugin = ReplayOrder(order, outcomes_path)
     args = list(pytest_args)
-    chosen = _chosen_rootdir(args)
+    chosen = chosen_rootdir(args)
     base = Path(chosen) if chosen else None
     if base is None and rootdir and Path(rootdir).is_dir():
         base = Path(rootdir)
@@ -125,7 +125,7 @@ def run_in_process(
     return int(pytest.main(args, plugins=[plugin]))
 
 
-def _chosen_rootdir(args: Sequence[str]) -> str | None:
+def chosen_rootdir(args: Sequence[str]) -> str | None:
     """The --rootdir a command line gives, if any."""
     for index, arg in enumerate(args):
         if arg.startswith("--rootdir="):
