@@ -4,11 +4,12 @@ import os
 import sys
 
 from conveyor.cli import main
-from conveyor.process_exit import exit_process
+from conveyor.process_exit import end_with_the_session, exit_process
 
 if __name__ == "__main__":
     # Like the console script, and like plain `pytest`, do not import from the working
     # directory just because `python -m` put it first on sys.path.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
+    end_with_the_session()
     exit_process(main())

@@ -29,7 +29,7 @@ from conveyor.environment import forget_outer_worker, process_started_at
 from conveyor.errors import ConveyorError, NodeSetupFailed, QueueError, UsageError
 from conveyor.hooks import run_shell
 from conveyor.options import render_help
-from conveyor.process_exit import exit_process
+from conveyor.process_exit import SettleGarbageAtEnd, end_with_the_session, exit_process
 from conveyor.quarantine import Entry, refuse_expired
 from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
@@ -324,7 +324,8 @@ def _controller_exit(
     controller = ControllerPlugin(settings, queue, supervisor)
     memory = BuildMemoryPlugin(_memory_settings(options, build, supervisor), queue)
     try:
-        return run_pytest(options.pytest_args, [controller, memory], f"conveyor {command}"), memory
+        plugins = [controller, memory, SettleGarbageAtEnd()]
+        return run_pytest(options.pytest_args, plugins, f"conveyor {command}"), memory
     except KeyboardInterrupt:
         if not controller.reporting:
             raise  # before the session reached the build: stopped by the caller, as while starting
@@ -462,6 +463,28 @@ def _after_the_report(supervisor: Supervisor, code: int) -> int:
             file=sys.stderr,
         )
         return 2
+    return _after_session_ends(supervisor, code)
+
+
+def _after_session_ends(supervisor: Supervisor, code: int) -> int:
+    """A worker whose pytest session failed as it ended, after its tests (an exception as
+    pytest unconfigured): plain pytest prints that error after its summary and exits 1, so
+    the build says it here, once every worker has ended, and is not green. After an
+    interrupt the workers' ends are the interrupt's doing, and the build is not green
+    anyway."""
+    failures = [] if interrupts.received() else supervisor.session_end_failures()
+    for failure in failures:
+        print(
+            f"conveyor: worker {failure.worker}'s pytest session failed as it ended, after its "
+            f"tests had run ({failure.cause}); a plain pytest run ends with this error too. "
+            + ("Its last output:" if failure.output_tail else "It left no output."),
+            file=sys.stderr,
+        )
+        for line in failure.output_tail.splitlines():
+            print(f"  {line}", file=sys.stderr)
+    if failures and code in (0, 5):
+        print("conveyor: the build fails for it: exit 1.", file=sys.stderr)
+        return 1
     return code
 
 
@@ -512,10 +535,19 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
 
 def _report_worker_outcome(supervisor: Supervisor) -> int:
     for failure in supervisor.failures:
-        print(f"conveyor worker: worker {failure.worker} {failure.cause}", file=sys.stderr)
+        when = " as its pytest session ended, after its tests" if failure.at_session_end else ""
+        print(f"conveyor worker: worker {failure.worker} {failure.cause}{when}", file=sys.stderr)
         if failure.output_tail:
             print(failure.output_tail, file=sys.stderr)
     states = supervisor.final_states()
+    if supervisor.session_end_failures():
+        # Its results are stored and the report may read green; this machine's job must not.
+        print(
+            "conveyor worker: a worker's pytest session failed as it ended (above), as a plain "
+            "pytest run would; exit 1.",
+            file=sys.stderr,
+        )
+        return 1
     if all(state == "done" for state in states):
         print("conveyor worker: done.")
         return 0
@@ -917,6 +949,7 @@ def _run_command(handler: Callable[[Sequence[str]], int], rest: Sequence[str]) -
 def console_main() -> NoReturn:
     """The `conveyor` console script: `main`, then an exit that skips the interpreter's
     last garbage collections (`conveyor.process_exit`)."""
+    end_with_the_session()
     exit_process(main())
 
 

@@ -80,10 +80,15 @@ class BuildProblems:
             for nodeid in self.flaky:
                 attempt = len(reruns.get(nodeid, [])) + 1
                 tr.write_line(f"{shown(tr, nodeid)} passed on attempt {attempt}")
+        # A session that failed as it ended is said after the report, once every worker has
+        # ended (`conveyor.cli`), as plain pytest says it after its summary.
         outside = [
             f
             for f in failures
-            if f.culprit is None and not f.refused and not self.workers_ended_by_pytest
+            if f.culprit is None
+            and not f.refused
+            and not f.at_session_end
+            and not self.workers_ended_by_pytest
         ]
         listed = (self.refused, self.errors, self.lost, self.missing, self.not_run, self.duplicates)
         if not (any(listed) or outside):

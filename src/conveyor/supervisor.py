@@ -36,6 +36,7 @@ from conveyor.worker_exit import (
     WorkerProcess,
     describe_exit,
     diagnose_crash,
+    ended_after_its_tests,
     ended_for_good,
     may_still_report,
     tail,
@@ -270,6 +271,10 @@ class Supervisor:
             self._preload_server_lost(slot) or self._fork_server_lost(slot)
         ):
             return
+        if (failed_at_end := ended_after_its_tests(slot, returncode)) is not None:
+            slot.state = "done"  # its tests are stored: nothing to restart or hand back
+            self.failures.append(failed_at_end)
+            return
         ended = ended_for_good(slot, returncode)
         if ended is not None:  # refused, or the build is gone: restarting would not help
             slot.state, failure = ended
@@ -408,7 +413,11 @@ class Supervisor:
         if self.max_worker_failures is None:
             return False
         with self._lock:
-            outside = [f for f in self.failures if f.culprit is None and not f.refused]
+            outside = [
+                f
+                for f in self.failures
+                if f.culprit is None and not f.refused and not f.at_session_end
+            ]
         return len(outside) > self.max_worker_failures
 
     def all_failed_at_startup(self) -> bool:
@@ -446,6 +455,12 @@ class Supervisor:
             time.sleep(POLL_INTERVAL_S)
         return True
 
+    def session_end_failures(self) -> list[WorkerFailure]:
+        """Workers whose pytest session failed as it ended, after their tests
+        (`ended_after_its_tests`): the build fails as plain pytest's run does."""
+        with self._lock:
+            return [failure for failure in self.failures if failure.at_session_end]
+
     # -- shutdown -------------------------------------------------------------------------
 
     def shutdown(self, timeout_s: float = TERMINATE_GRACE_S, terminate: bool = False) -> None:
@@ -457,19 +472,38 @@ class Supervisor:
         if self.fork_server is not None:
             self.fork_server.stop_forking()
         processes = [slot.process for slot in self.slots if slot.process is not None]
+        stopped_here: set[int] = set()
         if terminate:
             # Not the fork server: it reports how its workers end, then ends itself.
             for process in processes:
                 if process.poll() is None:
                     _signal_group(process, signal.SIGTERM)
+                    stopped_here.add(id(process))
         deadline = time.monotonic() + timeout_s
         for process in processes:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
+                stopped_here.add(id(process))
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(TERMINATE_GRACE_S)
+        self._see_session_ends(stopped_here)
         if self.fork_server is not None:
             self.fork_server.close()
             self.fork_server.wait(max(0.0, deadline - time.monotonic()) + TERMINATE_GRACE_S)
+
+    def _see_session_ends(self, stopped_here: set[int]) -> None:
+        """Once the watch thread has stopped, the workers that ended on their own while
+        shutdown waited for them: one whose session failed as it ended is noted as the watch
+        thread would have. One this shutdown stopped is not: its end was not its own."""
+        with self._lock:
+            for slot in self.slots:
+                process = slot.process
+                if slot.state != "running" or process is None or id(process) in stopped_here:
+                    continue
+                returncode = process.poll()
+                if returncode is None:
+                    continue
+                if (failed_at_end := ended_after_its_tests(slot, returncode)) is not None:
+                    self.failures.append(failed_at_end)

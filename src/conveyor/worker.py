@@ -49,7 +49,7 @@ from conveyor.outcome_record import OutcomeRecord
 from conveyor.output_relay import mark_tests_start
 from conveyor.payload import bounded_payload
 from conveyor.preload_server import preload_requested, serve_preloaded
-from conveyor.process_exit import exit_process
+from conveyor.process_exit import SettleGarbageAtEnd, end_with_the_session, exit_process
 from conveyor.queue import Queue, open_queue
 from conveyor.queue.protocol import EVENT_WORKER_LEFT, JSON, Lease, ResultPayload
 from conveyor.result_outbox import ResultOutbox, refuse_uncollected
@@ -581,7 +581,7 @@ def main() -> int:
     if setup_failure is not None:
         return setup_failure
     plugin = WorkerPlugin(settings, channel)
-    code = pytest.main(sys.argv[1:], plugins=[plugin, OwnBasetemp()])
+    code = pytest.main(sys.argv[1:], plugins=[plugin, OwnBasetemp(), SettleGarbageAtEnd()])
     if plugin.refused:
         return EXIT_REFUSED
     if plugin.state_lost:
@@ -592,4 +592,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    end_with_the_session()
     exit_process(main())

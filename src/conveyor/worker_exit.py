@@ -12,7 +12,13 @@ from pathlib import Path
 
 from conveyor.fork_client import ForkedProcess
 from conveyor.queue.protocol import CrashCause
-from conveyor.vocabulary import EXIT_REFUSED, EXIT_SETUP_FAILED, EXIT_STATE_LOST, TIMEOUT_HEADER
+from conveyor.vocabulary import (
+    EXIT_DONE,
+    EXIT_REFUSED,
+    EXIT_SETUP_FAILED,
+    EXIT_STATE_LOST,
+    TIMEOUT_HEADER,
+)
 from conveyor.worker_settings import StatusFile
 
 STDERR_TAIL_LINES = 30
@@ -49,6 +55,8 @@ class WorkerFailure:
     output_tail: str
     during_startup: bool
     refused: bool = False
+    # Its tests had all run and been stored when its pytest session failed as it ended.
+    at_session_end: bool = False
 
 
 def describe_exit(returncode: int) -> str:
@@ -96,12 +104,35 @@ def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
         if all_lines[index].startswith("Fatal Python error"):
             return "\n".join(all_lines[index:])
     # Nor is the last traceback cut in the middle (a tail starting at a "^^^^" line says
-    # little), as long as it fits in the window.
+    # little), nor the chain of exceptions it ends ("The above exception was the direct
+    # cause..."), whose first one says what went wrong, as long as they fit in the window.
     cut = len(all_lines) - lines
+    start = None
     for index in window:
-        if all_lines[index].endswith("Traceback (most recent call last):"):
-            return "\n".join(all_lines[min(index, max(cut, 0)) :])
+        if not all_lines[index].endswith("Traceback (most recent call last):"):
+            continue
+        if start is not None and not _chained_to(all_lines, index, start):
+            break
+        start = index
+    if start is not None:
+        return "\n".join(all_lines[min(start, max(cut, 0)) :])
     return "\n".join(all_lines[-lines:])
+
+
+CHAINED = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def _chained_to(lines: list[str], earlier: int, later: int) -> bool:
+    """Whether the traceback starting at `earlier` is one that the traceback starting at
+    `later` was chained to: the last non-blank line before `later` says so."""
+    for index in range(later - 1, earlier, -1):
+        text = lines[index].strip()
+        if text:
+            return text in CHAINED
+    return False
 
 
 def may_still_report(status: str) -> bool:
@@ -134,6 +165,19 @@ def ended_for_good(slot: WorkerProcess, returncode: int) -> tuple[str, WorkerFai
         cause = "stopped: the build's state is gone from the queue"
         return "lost", WorkerFailure(slot.name, cause, None, tail(log) if log else "", False)
     return None
+
+
+def ended_after_its_tests(slot: WorkerProcess, returncode: int) -> WorkerFailure | None:
+    """A worker that had finished its work ("done") and still exited with an error: its pytest
+    session failed as it ended, after its results were stored (an exception as pytest
+    unconfigured, such as an unraisable exception under `-W error`, or from a plugin's
+    session finish). Plain pytest ends such a run with that error, and with exit code 1,
+    after its summary; the build must not end green instead."""
+    if returncode == EXIT_DONE or slot.status() != "done":
+        return None
+    output = tail(slot.log_path) if slot.log_path else ""
+    cause = describe_exit(returncode)
+    return WorkerFailure(slot.name, cause, None, output, False, at_session_end=True)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ garbage in a reference cycle is finalized."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,133 @@ def test_what_a_test_leaves_for_the_end_still_happens(
     assert len(ran) == 1, written
     for name, text in expected.items():
         assert written.get(f"{name}.{ran[0]}") == text, written
+
+
+GARBAGE_THAT_RAISES = """
+import gc
+
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        raise RuntimeError("raised by a finalizer at the session's end")
+
+
+def test_leaves_garbage_that_raises():
+    gc.disable()  # nothing collects it before pytest does, as its session ends
+    Cycle()
+
+
+def test_other():
+    pass
+"""
+
+# Who ends first decides which part of conveyor sees the worker's failed end: the supervisor's
+# watch, during the build (the controller's summary waits), or its shutdown, after the report
+# (the workers' end waits).
+WHO_WAITS = {
+    "the summary waits": """
+import os, time
+
+def pytest_terminal_summary():
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        time.sleep(2)
+""",
+    "the workers' end waits": """
+import os, time
+
+def pytest_unconfigure():
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        time.sleep(1)
+""",
+}
+UNRAISABLE_IS_AN_ERROR = ("-W", "error::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.mark.parametrize("who_waits", sorted(WHO_WAITS))
+@pytest.mark.parametrize("start", ["default", "--fork-workers"])
+def test_a_worker_session_that_fails_as_it_ends_fails_the_build(
+    pytester: pytest.Pytester, who_waits: str, start: str
+) -> None:
+    """Under `-W error`, an exception that a finalizer raises as pytest's session ends is an
+    error of the session: plain pytest prints it after its summary and exits 1. A worker's
+    session that failed that way, after its tests had all run and been stored, ended the
+    build green (exit 0)."""
+    pytester.makepyfile(test_end=GARBAGE_THAT_RAISES)
+    pytester.makeconftest(WHO_WAITS[who_waits])
+    plain = run_plain(pytester, *UNRAISABLE_IS_AN_ERROR)
+    assert plain.ret == 1
+    assert "PytestUnraisableExceptionWarning" in plain.stderr.str()
+    fork = ["--fork-workers"] if start == "--fork-workers" else []
+    ours = run_conveyor(pytester, "-n", "2", *UNRAISABLE_IS_AN_ERROR, *fork)
+    output = ours.stdout.str() + ours.stderr.str()
+    assert ours.ret == 1, output
+    ours.assert_outcomes(passed=2)
+    assert "pytest session failed as it ended, after its tests had run" in ours.stderr.str()
+    assert "raised by a finalizer at the session's end" in ours.stderr.str(), output
+    assert "the build fails for it: exit 1." in ours.stderr.str()
+    assert "outside any test" not in output  # said once, after the report, not as a crash
+
+
+def test_garbage_that_raises_at_the_end_without_w_error_is_no_failure(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_end=GARBAGE_THAT_RAISES)
+    assert run_plain(pytester).ret == 0
+    ours = run_conveyor(pytester, "-n", "2")
+    assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
+    assert "failed as it ended" not in ours.stderr.str()
+
+
+def test_a_worker_machine_whose_session_fails_as_it_ends_exits_non_zero(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """On a shared queue the report may be another machine's: the machine whose worker's
+    session failed as it ended must fail its own job."""
+    pytester.makepyfile(test_end=GARBAGE_THAT_RAISES)
+    queue = ("--queue", f"sqlite:///{tmp_path / 'queue.db'}", "--build", "end-1")
+    worker = pytester.run(
+        sys.executable, "-m", "conveyor", "worker", "-n", "1", "-p", "no:cacheprovider",
+        *queue, *UNRAISABLE_IS_AN_ERROR, timeout=300,
+    )  # fmt: skip
+    output = worker.stdout.str() + worker.stderr.str()
+    assert worker.ret == 1, output
+    assert "as its pytest session ended, after its tests" in worker.stderr.str()
+    assert "raised by a finalizer at the session's end" in worker.stderr.str()
+
+
+FROZEN_AT_PYTESTS_OWN_COLLECTION = """
+import gc, os
+
+import pytest
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's unraisable-exception plugin collected
+def pytest_unconfigure():
+    who = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    with open(os.path.join({out!r}, who), "w") as seen:
+        seen.write(str(gc.get_freeze_count()))
+"""
+
+
+@pytest.mark.parametrize("start", ["default", "--fork-workers"])
+def test_pytests_own_collections_at_the_end_skip_what_was_settled(
+    pytester: pytest.Pytester, tmp_path: Path, start: str
+) -> None:
+    """pytest collects garbage as its session ends; in a worker that holds the whole suite's
+    objects each of those collections walked all of them, on the way from the build's last
+    result to its report. Every conveyor process now finalizes what is garbage once and
+    freezes the rest before pytest's collections (`SettleGarbageAtEnd`), which then walk
+    only what came after: pytest's collections at the end find the objects frozen."""
+    out = tmp_path / "frozen"
+    out.mkdir()
+    pytester.makeconftest(FROZEN_AT_PYTESTS_OWN_COLLECTION.format(out=str(out)))
+    pytester.makepyfile(test_many="\n".join(f"def test_{i}(): pass" for i in range(20)))
+    fork = ["--fork-workers"] if start == "--fork-workers" else []
+    ours = run_conveyor(pytester, "-n", "2", *fork)
+    assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
+    frozen = {path.name: int(path.read_text()) for path in out.iterdir()}
+    assert set(frozen) == {"controller", "gw0", "gw1"}, frozen
+    assert all(count > 1000 for count in frozen.values()), frozen

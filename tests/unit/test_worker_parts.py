@@ -321,3 +321,22 @@ def test_a_workers_last_output_keeps_its_last_traceback_whole(tmp_path: Path) ->
     assert shown[0] == "Traceback (most recent call last):" and shown[-1] == "E: x"
     log.write_text("line\n" * 40 + "the end\n")
     assert tail(log, 2).splitlines() == ["line", "the end"]
+
+
+def test_a_workers_last_output_keeps_the_chain_of_its_last_exception(tmp_path: Path) -> None:
+    """An error raised from another ("The above exception was the direct cause...") says what
+    went wrong in the first traceback of the chain: the tail keeps the whole chain, and only
+    the chain."""
+    log = tmp_path / "gw0.log"
+    frame = '  File "x.py", line 1, in f\n    f()\n'
+    unrelated = "Traceback (most recent call last):\n" + frame + "ValueError: earlier, unrelated\n"
+    cause = "Traceback (most recent call last):\n" + frame + "RuntimeError: the cause\n"
+    chained = (
+        "\nThe above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n" + frame * 3 + "Warning: what was raised\n"
+    )
+    log.write_text("collected\n" * 5 + unrelated + "ran\n" * 30 + cause + chained)
+    shown = tail(log, 5).splitlines()
+    assert shown[0] == "Traceback (most recent call last):"
+    assert "RuntimeError: the cause" in shown and shown[-1] == "Warning: what was raised"
+    assert "ValueError: earlier, unrelated" not in shown
