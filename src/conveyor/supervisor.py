@@ -106,6 +106,7 @@ class Supervisor:
         self._server_env: dict[str, str] = {}
         self.restarts = 0
         self._stopped: set[int] = set()  # forked workers stopped because their server ended
+        self._stopped_by_shutdown: set[int] = set()  # id() of processes a shutdown signalled
         self.node = node
         self.failures: list[WorkerFailure] = []
         self.slots = [WorkerProcess(name=f"gw{i}", index=i) for i in range(count)]
@@ -472,7 +473,7 @@ class Supervisor:
         if self.fork_server is not None:
             self.fork_server.stop_forking()
         processes = [slot.process for slot in self.slots if slot.process is not None]
-        stopped_here: set[int] = set()
+        stopped_here = self._stopped_by_shutdown
         if terminate:
             # Not the fork server: it reports how its workers end, then ends itself.
             for process in processes:

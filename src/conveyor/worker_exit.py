@@ -167,13 +167,19 @@ def ended_for_good(slot: WorkerProcess, returncode: int) -> tuple[str, WorkerFai
     return None
 
 
+# Signals that stop a worker from outside (conveyor stopping its workers, a CI job cancelled):
+# the end of a session they cut short is not the session's own failure.
+STOPPED = frozenset(-signum for signum in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT))
+
+
 def ended_after_its_tests(slot: WorkerProcess, returncode: int) -> WorkerFailure | None:
     """A worker that had finished its work ("done") and still exited with an error: its pytest
     session failed as it ended, after its results were stored (an exception as pytest
     unconfigured, such as an unraisable exception under `-W error`, or from a plugin's
-    session finish). Plain pytest ends such a run with that error, and with exit code 1,
-    after its summary; the build must not end green instead."""
-    if returncode == EXIT_DONE or slot.status() != "done":
+    session finish, or a crash such as SIGSEGV in its teardown). Plain pytest ends such a
+    run with that error, and with exit code 1, after its summary; the build must not end
+    green instead."""
+    if returncode == EXIT_DONE or returncode in STOPPED or slot.status() != "done":
         return None
     output = tail(slot.log_path) if slot.log_path else ""
     cause = describe_exit(returncode)
