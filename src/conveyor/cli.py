@@ -814,7 +814,7 @@ def replay(argv: Sequence[str]) -> int:
 
 def bisect_command(argv: Sequence[str]) -> int:
     """Find the test that makes --failing fail when it runs earlier on the same worker."""
-    from conveyor.bisect import FAILS_ALONE, FOUND, bisect, replay_runner
+    from conveyor.bisect import FAILS_ALONE, FOUND, FOUND_SEVERAL, bisect, replay_runner
     from conveyor.replay import chosen_rootdir
 
     parser = _record_parser("conveyor bisect")
@@ -835,15 +835,27 @@ def bisect_command(argv: Sequence[str]) -> int:
     result = bisect(before, args.failing, replay_runner(pytest_args))
     for line in result.log:
         print(f"  {line}")
-    if result.verdict == FOUND:
-        print(f"conveyor bisect: {result.culprit} makes {args.failing} fail ({result.runs} runs).")
-        where = (
-            f"cd {shlex.quote(rootdir)} && "
-            if rootdir and Path(rootdir).resolve() != Path.cwd().resolve()
-            else ""
-        )
-        pair = " ".join(shlex.quote(str(unit)) for unit in (result.culprit, args.failing))
-        print(f"reproduce with: {where}pytest -p no:randomly {pair}")
+    where = (
+        f"cd {shlex.quote(rootdir)} && "
+        if rootdir and Path(rootdir).resolve() != Path.cwd().resolve()
+        else ""
+    )
+    if result.verdict in (FOUND, FOUND_SEVERAL):
+        if result.verdict == FOUND:
+            culprits = [str(result.culprit)]
+            print(
+                f"conveyor bisect: {result.culprit} makes {args.failing} fail ({result.runs} runs)."
+            )
+        else:
+            culprits = result.culprits
+            print(
+                f"conveyor bisect: these {len(culprits)} tests, run in this order before it, "
+                f"make {args.failing} fail ({result.runs} runs):"
+            )
+            for unit in culprits:
+                print(f"  {unit}")
+        tests = " ".join(shlex.quote(unit) for unit in (*culprits, args.failing))
+        print(f"reproduce with: {where}pytest -p no:randomly {tests}")
         return 0
     if result.verdict == FAILS_ALONE:
         print(f"conveyor bisect: {args.failing} fails on its own; the order is not the cause.")

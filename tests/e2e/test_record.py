@@ -303,3 +303,41 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path: Path) -> None:
     reader.stderr.close()
     assert reader.wait(timeout=60) == 0, error
     assert "Broken pipe" not in error
+
+
+def test_bisect_finds_two_earlier_tests_that_make_a_test_fail_only_together(
+    pytester: pytest.Pytester,
+) -> None:
+    """A failure that needs two earlier tests (each sets half of what breaks the victim):
+    halving ends on one test that does not reproduce it, and bisect said only
+    "inconclusive", though one of its runs had failed with a handful of tests. It now
+    narrows the tests seen to make it fail, and prints them with a command that reproduces
+    the failure."""
+    pytester.makepyfile(shared_state="FLAGS = set()")
+    candidates = ["import shared_state\n"]
+    for i in range(24):
+        body = f"    shared_state.FLAGS.add({i})\n" if i in (5, 17) else "    pass\n"
+        candidates.append(f"def test_c{i:02d}():\n{body}")
+    pytester.makepyfile(
+        test_a_candidates="\n".join(candidates),
+        test_z_victim="import shared_state\n\n"
+        "def test_victim():\n    assert not {5, 17} <= shared_state.FLAGS\n",
+    )
+    build = ["--queue", f"sqlite://{pytester.path / 'queue.db'}", "--build", "together"]
+    assert conveyor(pytester, "run", "-n", "1", *build, "-p", "no:cacheprovider").ret == 1
+    result = conveyor(pytester, "bisect", *build, "--failing", "test_z_victim.py::test_victim")
+    assert result.ret == 0, result.stdout.str()
+    pair = "test_a_candidates.py::test_c05 test_a_candidates.py::test_c17"
+    result.stdout.fnmatch_lines(
+        [
+            "conveyor bisect: these 2 tests, run in this order before it, make "
+            "test_z_victim.py::test_victim fail (* runs):",
+            "  test_a_candidates.py::test_c05",
+            "  test_a_candidates.py::test_c17",
+            f"reproduce with: pytest -p no:randomly {pair} test_z_victim.py::test_victim",
+        ]
+    )
+    again = pytester.runpytest_subprocess(
+        "-p", "no:randomly", *pair.split(), "test_z_victim.py::test_victim"
+    )
+    again.assert_outcomes(passed=2, failed=1)
