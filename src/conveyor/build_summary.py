@@ -5,6 +5,7 @@ and write the summary parts conveyor adds (GitHub step summary, timeline, the es
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -122,9 +123,15 @@ class BuildSummary:
         if not newly_failing:
             return
         if self.problems.resumable:
+            # The one test named, or a placeholder for one of them.
+            failing = (
+                shlex.quote(shown(terminalreporter, newly_failing[0]))
+                if len(newly_failing) == 1
+                else "TEST_ID"
+            )
             find = (
-                f"`conveyor bisect --queue {queue_url} --build {build} --failing TEST_ID` finds "
-                "the test it depends on"
+                f"`conveyor bisect --queue {queue_url} --build {build} --failing {failing}` "
+                "finds the test it depends on"
             )
         else:
             find = (

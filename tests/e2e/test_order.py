@@ -203,7 +203,8 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
 ) -> None:
     """A test that passed in an earlier build of the same code and fails in a build served
     out of collection order is named, with the bisect command for this build's queue: it
-    may depend on what ran before it."""
+    may depend on what ran before it. With one test named, the command names it (it said
+    `--failing TEST_ID`)."""
     monkeypatch.setenv("GITHUB_SHA", "0123abc")  # the code's identity, as a CI gives it
     pytester.makepyfile(**POLLUTED)
     queue = f"sqlite://{pytester.path / 'q.db'}"
@@ -218,8 +219,8 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
             "conveyor: 1 test(s) passed in an earlier build of this same code and failed in "
             "this one, which ran its tests out of collection order (--order random): "
             "test_a_state.py::test_uses_state. Such a test depends on what ran before it in "
-            f"its worker (`conveyor bisect --queue {queue} --build O1 --failing TEST_ID` finds "
-            "the test it depends on; --order collected keeps collection order), on what "
+            f"its worker (`conveyor bisect --queue {queue} --build O1 --failing "
+            "test_a_state.py::test_uses_state` finds the test it depends on; --order collected keeps collection order), on what "
             "another worker did meanwhile (a file, port or database they share; -n 1 rules "
             "that out), or is flaky (`conveyor flaky`)."
         ]
