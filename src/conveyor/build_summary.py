@@ -171,7 +171,7 @@ class BuildSummary:
             count = len(others) - here_too
             parts.append(f"{count} other machine{'s' if count != 1 else ''}")
         if here_too:
-            parts.append(f"{here_too} other process{'es' if here_too != 1 else ''} on this one")
+            parts.append(f"{here_too} other process{'es' if here_too != 1 else ''} on this machine")
         elsewhere = f" ({' and '.join(parts)} ran the rest)"
         terminalreporter.write_line(
             f"conveyor: this machine ({self.node.rstrip('/')}) ran {here} of the {total} "

@@ -32,25 +32,27 @@ from conveyor.worker_settings import WorkerSettings
 WAIT_POLL_S = 0.05
 
 
-def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[str]) -> str:
-    def sample(ids: list[str]) -> str:
-        shown = ", ".join(ids[:10])
-        return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+SAMPLE = 10  # test ids listed of those missing, and of those extra
 
-    parts = [
-        f"worker {worker} collected a different set of tests than {leader}, "
-        "which published the build;"
+
+def describe_mismatch(worker: str, leader: str, missing: list[str], extra: list[str]) -> str:
+    """What differs, a test id a line (ids are long: on one line ten of them read as one)."""
+
+    def sample(what: str, ids: list[str]) -> list[str]:
+        more = f" (the first {SAMPLE})" if len(ids) > SAMPLE else ""
+        return [f"{len(ids)} {what}{more}:", *(f"  {unit}" for unit in ids[:SAMPLE])]
+
+    lines = [
+        f"worker {worker} collected a different set of tests than {leader}, which published "
+        "the build, and will not run any test. Make every machine run the same code with the "
+        "same arguments, and make collection deterministic (no random or time-based "
+        "parametrize); on one machine, --fork-workers collects once for every worker."
     ]
     if missing:
-        parts.append(f"{len(missing)} missing here ({sample(missing)});")
+        lines += sample("missing here", missing)
     if extra:
-        parts.append(f"{len(extra)} extra here ({sample(extra)});")
-    parts.append(
-        "this worker will not run any test. Make every machine run the same code with the same "
-        "arguments, and make collection deterministic (no random or time-based parametrize); "
-        "on one machine, --fork-workers collects once for every worker."
-    )
-    return " ".join(parts)
+        lines += sample("extra here", extra)
+    return "\n".join(lines)
 
 
 class CollectionRecord:

@@ -220,9 +220,10 @@ def test_a_failure_in_a_reordered_build_says_how_to_find_what_it_depends_on(
             "this one, which ran its tests out of collection order (--order random): "
             "test_a_state.py::test_uses_state. Such a test depends on what ran before it in "
             f"its worker (`conveyor bisect --queue {queue} --build O1 --failing "
-            "test_a_state.py::test_uses_state` finds the test it depends on; --order collected keeps collection order), on what "
-            "another worker did meanwhile (a file, port or database they share; -n 1 rules "
-            "that out), or is flaky (`conveyor flaky`)."
+            "test_a_state.py::test_uses_state` finds the test it depends on; --order "
+            "collected keeps collection order), on what another worker did meanwhile (a "
+            "file, port or database they share; -n 1 rules that out), or is flaky "
+            "(`conveyor flaky`)."
         ]
     )
     bisect = pytester.run(
