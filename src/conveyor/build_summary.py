@@ -96,15 +96,22 @@ class BuildSummary:
         self._github_summary(terminalreporter)
         if timeline:
             self._write_timeline(terminalreporter, timeline)
-        first_result_s = self.ledger.first_result_s
+        first, last = self.ledger.first_result_s, self.ledger.last_result_s
         if estimate_s is not None and finished:
             took = time.monotonic() - started_at
-            first = f", first result after {first_result_s:.2f} s" if first_result_s else ""
-            # pytest's own "in N s" below counts from its session's start, which comes after
-            # the workers' start: say which is which, or the two numbers look contradictory.
+            # The estimate is of the tests alone: set beside the span of the results, not
+            # beside the whole build, which adds start-up and end. pytest's own "in N s"
+            # below counts from its session's start, which comes after the workers' start:
+            # say which is which, or the numbers look contradictory.
+            results = (
+                f"; results came from {first:.2f} s to {last:.2f} s"
+                if first is not None and last is not None
+                else ""
+            )
             terminalreporter.write_line(
-                f"conveyor: the build took {took:.2f} s from the command's start (estimated "
-                f"{estimate_s:.1f} s){first}; pytest's time below starts with its session"
+                f"conveyor: the build took {took:.2f} s from the command's start{results} (the "
+                f"tests were estimated at {estimate_s:.1f} s); pytest's time below starts "
+                "with its session"
             )
         if self.node and supervisor is not None:
             self._write_machine_share(terminalreporter)

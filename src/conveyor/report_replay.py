@@ -74,7 +74,8 @@ class Ledger:
     durations: dict[str, float] = field(default_factory=dict)  # every test with a result
     crashed: set[str] = field(default_factory=set)  # failed for crashing, with no duration
     reruns: dict[str, list[Any]] = field(default_factory=dict)  # failed attempts retried
-    first_result_s: float | None = None
+    first_result_s: float | None = None  # since the controller started
+    last_result_s: float | None = None
     by_machine: Counter[str] = field(default_factory=Counter)  # results by machine prefix
 
     def __post_init__(self) -> None:
@@ -192,8 +193,9 @@ class ReportReplayer:
             return False
         self.ledger.durations[nodeid] = 0.0  # until its reports are replayed
         self.ledger.by_machine[machine_of(event.worker or "")] += 1
+        self.ledger.last_result_s = time.monotonic() - self._started_at
         if self.ledger.first_result_s is None:
-            self.ledger.first_result_s = time.monotonic() - self._started_at
+            self.ledger.first_result_s = self.ledger.last_result_s
         return True
 
     def on_result(self, event: Event) -> None:

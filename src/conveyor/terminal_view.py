@@ -70,9 +70,10 @@ class TerminalView:
         longest = max(seconds.values())
         self.estimate_s = max(longest, sum(seconds.values()) / workers)
         self.reporter.write_line(
-            f"conveyor: timing history knows {known} of {len(units)} tests; estimated "
-            f"{self.estimate_s:.1f} s with {workers} worker(s)"
-            f"{' on all of its machines' if fleet else ''} (the longest test: {longest:.1f} s)"
+            f"conveyor: timing history knows {known} of {len(units)} tests; they should take "
+            f"about {self.estimate_s:.1f} s with {workers} worker(s)"
+            f"{' on all of its machines' if fleet else ''} (the longest test: {longest:.1f} s), "
+            "start-up aside"
         )
 
     @contextlib.contextmanager

@@ -857,9 +857,10 @@ def test_second_run_serves_the_slowest_tests_first_from_history(
     assert set(log.read_text().split()[:2]) == {"test_c", "test_e"}
     second.stdout.fnmatch_lines(
         [
-            "conveyor: timing history knows 5 of 5 tests; estimated * s with 2 worker(s)*",
-            "conveyor: the build took * s from the command's start (estimated * s), "
-            "first result after * s; pytest's time below starts with its session",
+            "conveyor: timing history knows 5 of 5 tests; they should take about * s with 2 "
+            "worker(s) (the longest test: * s), start-up aside",
+            "conveyor: the build took * s from the command's start; results came from * s to "
+            "* s (the tests were estimated at * s); pytest's time below starts with its session",
         ]
     )
     assert (pytester.path / ".pytest_cache" / "v" / "conveyor" / "durations").exists()
@@ -885,8 +886,8 @@ def test_an_estimate_for_the_whole_fleet_says_so(
     result.stdout.fnmatch_lines(
         [
             "conveyor: 1 worker, queue *",
-            "conveyor: timing history knows 2 of 2 tests; estimated * s with 2 worker(s) "
-            "on all of its machines (the longest test: * s)",
+            "conveyor: timing history knows 2 of 2 tests; they should take about * s with 2 "
+            "worker(s) on all of its machines (the longest test: * s), start-up aside",
         ]
     )
 
@@ -901,11 +902,12 @@ def test_the_build_time_counts_from_the_commands_start(pytester: pytest.Pytester
     second = pytester.run(*run, timeout=120)
     assert second.ret == 0
     found = re.search(
-        r"the build took ([\d.]+) s .*first result after ([\d.]+) s", str(second.stdout)
+        r"the build took ([\d.]+) s .*results came from ([\d.]+) s to ([\d.]+) s",
+        str(second.stdout),
     )
     assert found, second.stdout.str()
-    took, first = float(found.group(1)), float(found.group(2))
-    assert first >= 1.5 and took >= first, (took, first)
+    took, first, last = (float(found.group(group)) for group in (1, 2, 3))
+    assert first >= 1.5 and took >= last >= first, (took, first, last)
 
 
 # The controller configures only once its workers have finished the whole build.
@@ -945,7 +947,7 @@ def test_a_build_its_workers_finish_before_the_controller_configures_is_reported
     )  # fmt: skip
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(
-        ["*the build took * s from the command's start (estimated * s), first result after*"]
+        ["*the build took * s from the command's start; results came from * s to * s (the tests*"]
     )
     assert "report only" not in result.stdout.str()
     assert "sent no output" not in result.stdout.str()
