@@ -511,7 +511,9 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
     try:
         _resume_if_stopped(queue)
         if _already_finished(queue):
-            print(f"conveyor worker: build {build.id} is already finished; nothing to do.")
+            stopped = _stop_reason(queue)
+            ended = f"was stopped ({stopped})" if stopped else "is already finished"
+            print(f"conveyor worker: build {build.id} {ended}; nothing to do.")
             return 0
         supervisor = _supervisor(options, build, run_dir, own_controller=False)
         _node_setup(options)
@@ -528,12 +530,22 @@ def _work_only(options: RunOptions, run_dir: Path) -> int:
             supervisor.leave("this machine was interrupted; its tests go back")
             return _error("interrupted; this machine's unfinished tests went back to the queue.", 2)
         supervisor.shutdown()
-        return _report_worker_outcome(supervisor)
+        return _report_worker_outcome(supervisor, _stop_reason(queue))
     finally:
         queue.close()
 
 
-def _report_worker_outcome(supervisor: Supervisor) -> int:
+def _stop_reason(queue: Queue) -> str | None:
+    """Why the build was stopped before it finished (-x elsewhere, another machine's
+    Ctrl-C), if it was."""
+    try:
+        status = queue.status()
+    except QueueError:
+        return None
+    return status.stop_reason if status.done < status.total else None
+
+
+def _report_worker_outcome(supervisor: Supervisor, stop_reason: str | None = None) -> int:
     for failure in supervisor.failures:
         when = " as its pytest session ended, after its tests" if failure.at_session_end else ""
         print(f"conveyor worker: worker {failure.worker} {failure.cause}{when}", file=sys.stderr)
@@ -549,6 +561,11 @@ def _report_worker_outcome(supervisor: Supervisor) -> int:
         )
         return 1
     if all(state == "done" for state in states):
+        if stop_reason is not None:
+            # Not finished: what this machine did not run has no result, and the report
+            # says so; this machine's own part ended as it should.
+            print(f"conveyor worker: the build was stopped before it finished ({stop_reason}).")
+            return 0
         print("conveyor worker: done.")
         return 0
     print(f"conveyor worker: finished with worker states {', '.join(states)}.", file=sys.stderr)

@@ -296,3 +296,23 @@ def test_in_process_a_test_that_handles_its_own_interrupt_passes_as_in_pytest(
     )  # fmt: skip
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*1 passed*"])
+
+
+def test_a_worker_machine_says_when_another_machine_stopped_the_build(
+    pytester: pytest.Pytester,
+) -> None:
+    """Another machine's Ctrl-C stops a shared build (as `queue.stop` does here): a
+    `conveyor worker` said "done." as if the build had finished."""
+    pytester.makepyfile(
+        test_slow="\n".join(f"def test_{i}():\n    __import__('time').sleep(1)\n" for i in range(5))
+    )
+    url = f"sqlite://{pytester.path / 'q.db'}"
+    process = conveyor_popen(pytester.path, "worker", "-n", "1", "--queue", url, "--build", "S1")
+    queue = open_queue(url, "S1")
+    wait_until(lambda: queue.status().leased >= 1, "the worker never took a test")
+    queue.stop("interrupted")
+    output = communicate_or_dump_stacks(process, 60)
+    assert process.returncode == 0, output
+    assert "conveyor worker: the build was stopped before it finished (interrupted)." in output
+    assert "conveyor worker: done." not in output
+    queue.close()
