@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from conveyor.command import CommandSettings
     from conveyor.history import HistoryStore
     from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings
+    from conveyor.worker_exit import WorkerFailure
 
 USAGE_TEMPLATE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
@@ -467,25 +468,44 @@ def _after_the_report(supervisor: Supervisor, code: int) -> int:
 
 
 def _after_session_ends(supervisor: Supervisor, code: int) -> int:
-    """A worker whose pytest session failed as it ended, after its tests (an exception as
-    pytest unconfigured): plain pytest prints that error after its summary and exits 1, so
-    the build says it here, once every worker has ended, and is not green. After an
-    interrupt the workers' ends are the interrupt's doing, and the build is not green
-    anyway."""
-    failures = [] if interrupts.received() else supervisor.session_end_failures()
-    for failure in failures:
-        print(
-            f"conveyor: worker {failure.worker}'s pytest session failed as it ended, after its "
-            f"tests had run ({failure.cause}); a plain pytest run ends with this error too. "
-            + ("Its last output:" if failure.output_tail else "It left no output."),
-            file=sys.stderr,
-        )
-        for line in failure.output_tail.splitlines():
-            print(f"  {line}", file=sys.stderr)
+    """What the workers wrote as their pytest sessions ended, after their tests, which plain
+    pytest shows after its summary (an unraisable exception's warning, a plugin's last
+    words); and a worker whose session failed as it ended (an exception as pytest
+    unconfigured), for which plain pytest exits 1: the build is not green either. Said here,
+    once every worker has ended. After an interrupt the workers' ends are the interrupt's
+    doing, and the build is not green anyway."""
+    if interrupts.received():
+        return code
+    failures = _say_session_ends(supervisor, "conveyor:")
     if failures and code in (0, 5):
         print("conveyor: the build fails for it: exit 1.", file=sys.stderr)
         return 1
     return code
+
+
+def _say_session_ends(supervisor: Supervisor, prefix: str) -> list[WorkerFailure]:
+    """Write, to stderr, what each worker wrote as its session ended (the same words from
+    several workers once) and which sessions failed as they ended; those failures."""
+    written = supervisor.session_end_outputs()
+    failures = supervisor.session_end_failures()
+    for failure in failures:
+        output = written.pop(failure.worker, None) or failure.output_tail
+        print(
+            f"{prefix} worker {failure.worker}'s pytest session failed as it ended, after its "
+            f"tests had run ({failure.cause}); a plain pytest run ends with this error too. "
+            + ("What it wrote as it ended:" if output else "It wrote nothing."),
+            file=sys.stderr,
+        )
+        if output:
+            print(output, file=sys.stderr)
+    by_text: dict[str, list[str]] = {}
+    for worker, text in written.items():
+        by_text.setdefault(text, []).append(worker)
+    for text, workers in by_text.items():
+        who = f"worker {workers[0]}" if len(workers) == 1 else f"workers {', '.join(workers)}"
+        print(f"{prefix} {who} wrote this as its pytest session ended:", file=sys.stderr)
+        print(text, file=sys.stderr)
+    return failures
 
 
 def _record_cost(memory: BuildMemoryPlugin | None) -> None:
@@ -547,12 +567,13 @@ def _stop_reason(queue: Queue) -> str | None:
 
 def _report_worker_outcome(supervisor: Supervisor, stop_reason: str | None = None) -> int:
     for failure in supervisor.failures:
-        when = " as its pytest session ended, after its tests" if failure.at_session_end else ""
-        print(f"conveyor worker: worker {failure.worker} {failure.cause}{when}", file=sys.stderr)
+        if failure.at_session_end:
+            continue  # with what it wrote as it ended, below
+        print(f"conveyor worker: worker {failure.worker} {failure.cause}", file=sys.stderr)
         if failure.output_tail:
             print(failure.output_tail, file=sys.stderr)
     states = supervisor.final_states()
-    if supervisor.session_end_failures():
+    if _say_session_ends(supervisor, "conveyor worker:"):
         # Its results are stored and the report may read green; this machine's job must not.
         print(
             "conveyor worker: a worker's pytest session failed as it ended (above), as a plain "

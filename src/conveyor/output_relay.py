@@ -18,6 +18,7 @@ traceback); with `-s` that is shown as it comes too, besides in the summary.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from conveyor.compat import start_a_line
+from conveyor.worker_exit import SESSION_END
 
 # At most this much of one log is read at a time, so one chatty test cannot hold the loop.
 READ_LIMIT = 1 << 20
@@ -48,26 +50,60 @@ def mark_tests_start(config: pytest.Config) -> None:
     os.write(2, TESTS_START)
 
 
+class SessionEndMark:
+    """A worker's pytest plugin: as its session starts to end, after its tests, the line in
+    its log after which comes what it writes as it ends (an unraisable exception's warning,
+    an error as pytest unconfigures), shown once the workers have ended, as plain pytest
+    shows it after its summary (`conveyor.cli`). First of the unconfigure hooks."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_unconfigure(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with contextlib.suppress(OSError):
+            os.write(2, SESSION_END)
+
+
 class _Log:
-    """How far one log has been read, and whether its mark was seen."""
+    """How far one log has been read, and whether its marks were seen."""
 
     def __init__(self) -> None:
         self.read = 0
         self.started = False
+        self.ended = False  # what follows the end mark is shown once the workers have ended
         self.before_mark = b""  # the end of what was read before the mark, in case it is split
+        self.held = b""  # the end of what was read, if it may be the start of the end mark
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def shown(self, chunk: bytes) -> bytes:
         """The part of `chunk` (what the log gained) that is the tests' output."""
-        if self.started:
-            return chunk
-        seen = self.before_mark + chunk
-        at = seen.find(TESTS_START)
-        if at < 0:
-            self.before_mark = seen[-len(TESTS_START) :]
+        if self.ended:
             return b""
-        self.started, self.before_mark = True, b""
-        return seen[at + len(TESTS_START) :]
+        if not self.started:
+            seen = self.before_mark + chunk
+            at = seen.find(TESTS_START)
+            if at < 0:
+                self.before_mark = seen[-len(TESTS_START) :]
+                return b""
+            self.started, self.before_mark = True, b""
+            chunk = seen[at + len(TESTS_START) :]
+        seen = self.held + chunk
+        at = seen.find(SESSION_END)
+        if at >= 0:
+            self.ended, self.held = True, b""
+            return seen[:at]
+        keep = _start_of(SESSION_END, seen)
+        self.held = seen[len(seen) - keep :] if keep else b""
+        return seen[: len(seen) - keep]
+
+
+def _start_of(mark: bytes, data: bytes) -> int:
+    """The length of the longest end of `data` that `mark` starts with (shorter than it)."""
+    for length in range(min(len(mark) - 1, len(data)), 0, -1):
+        if data.endswith(mark[:length]):
+            return length
+    return 0
 
 
 class OutputRelay:

@@ -40,6 +40,7 @@ from conveyor.worker_exit import (
     ended_for_good,
     may_still_report,
     tail,
+    written_as_session_ended,
 )
 from conveyor.worker_settings import WorkerSettings
 
@@ -455,6 +456,14 @@ class Supervisor:
                 return False
             time.sleep(POLL_INTERVAL_S)
         return True
+
+    def session_end_outputs(self) -> dict[str, str]:
+        """What each worker wrote as its pytest session ended, after its tests, by slot
+        (its last process's log), where it wrote anything."""
+        with self._lock:
+            logs = [(slot.name, slot.log_path) for slot in self.slots if slot.log_path]
+        written = {name: written_as_session_ended(path) for name, path in logs}
+        return {name: text for name, text in written.items() if text}
 
     def session_end_failures(self) -> list[WorkerFailure]:
         """Workers whose pytest session failed as it ended, after their tests

@@ -46,7 +46,7 @@ from conveyor.live_log import LiveLogRecorder
 from conveyor.manifest_handshake import CollectionRecord, ManifestHandshake, serving_plan
 from conveyor.options import grouping_of
 from conveyor.outcome_record import OutcomeRecord
-from conveyor.output_relay import mark_tests_start
+from conveyor.output_relay import SessionEndMark, mark_tests_start
 from conveyor.payload import bounded_payload
 from conveyor.preload_server import preload_requested, serve_preloaded
 from conveyor.process_exit import SettleGarbageAtEnd, end_with_the_session, exit_process
@@ -581,7 +581,9 @@ def main() -> int:
     if setup_failure is not None:
         return setup_failure
     plugin = WorkerPlugin(settings, channel)
-    code = pytest.main(sys.argv[1:], plugins=[plugin, OwnBasetemp(), SettleGarbageAtEnd()])
+    code = pytest.main(
+        sys.argv[1:], plugins=[plugin, OwnBasetemp(), SessionEndMark(), SettleGarbageAtEnd()]
+    )
     if plugin.refused:
         return EXIT_REFUSED
     if plugin.state_lost:

@@ -135,6 +135,31 @@ def _chained_to(lines: list[str], earlier: int, later: int) -> bool:
     return False
 
 
+# A worker writes this line to its log (descriptor 2) as its pytest session starts to end,
+# after its tests: what follows it is what plain pytest would show after its summary.
+SESSION_END = b"conveyor: this worker's pytest session is ending; what it writes now follows\n"
+SESSION_END_READ = 1 << 20  # how much of a log's end is searched for the line
+
+
+def written_as_session_ended(path: Path) -> str | None:
+    """What a worker wrote to its log after it marked its session's end (conveyor's trace
+    lines left out), or None if it never marked it (it crashed before, or never ran)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - SESSION_END_READ))
+            data = handle.read()
+    except OSError:
+        return None
+    at = data.rfind(SESSION_END)
+    if at < 0:
+        return None
+    text = data[at + len(SESSION_END) :].decode("utf-8", "replace")
+    return "\n".join(
+        line for line in text.splitlines() if not line.startswith("conveyor-trace ")
+    ).strip("\n")
+
+
 def may_still_report(status: str) -> bool:
     return status in ("", "collecting") or status.startswith("running ")
 

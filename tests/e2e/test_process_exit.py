@@ -5,6 +5,7 @@ garbage in a reference cycle is finalized."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -142,14 +143,48 @@ def test_a_worker_session_that_fails_as_it_ends_fails_the_build(
     assert "outside any test" not in output  # said once, after the report, not as a crash
 
 
-def test_garbage_that_raises_at_the_end_without_w_error_is_no_failure(
-    pytester: pytest.Pytester,
+@pytest.mark.parametrize("capture", ["default", "-s"])
+def test_what_a_worker_writes_as_its_session_ends_is_shown_after_the_report(
+    pytester: pytest.Pytester, capture: str
 ) -> None:
+    """Without -W error, the exception a finalizer raises as pytest's session ends is a
+    warning plain pytest prints after its summary (it often points at a leaked resource). A
+    worker wrote it to its log, and the build showed nothing. It is shown once the workers
+    have ended, once under -s too (whose relay of the workers' output stops at the mark)."""
     pytester.makepyfile(test_end=GARBAGE_THAT_RAISES)
-    assert run_plain(pytester).ret == 0
-    ours = run_conveyor(pytester, "-n", "2")
-    assert ours.ret == 0, ours.stdout.str() + ours.stderr.str()
-    assert "failed as it ended" not in ours.stderr.str()
+    options = ["-s"] if capture == "-s" else []
+    plain = run_plain(pytester, *options)
+    assert plain.ret == 0
+    assert "raised by a finalizer at the session's end" in plain.stderr.str()
+    ours = run_conveyor(pytester, "-n", "2", *options)
+    output = ours.stdout.str() + ours.stderr.str()
+    assert ours.ret == 0, output
+    assert "failed as it ended" not in output
+    stderr = ours.stderr.str()
+    assert re.search(r"conveyor: worker gw\d wrote this as its pytest session ended:", stderr)
+    assert stderr.count("PytestUnraisableExceptionWarning: Exception ignored in") == 1, output
+    assert "raised by a finalizer at the session's end" in stderr
+    assert "this worker's pytest session is ending" not in output  # the mark itself
+
+
+def test_the_same_last_words_from_every_worker_are_shown_once(pytester: pytest.Pytester) -> None:
+    """A conftest that writes as pytest unconfigures writes once in a plain run, and in
+    every conveyor process: the controller's own and one line for all the workers."""
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_unconfigure():
+            sys.stderr.write("the suite's last words\\n")
+        """
+    )
+    pytester.makepyfile(test_two="def test_a(): pass\ndef test_b(): pass")
+    assert run_plain(pytester).stderr.str().count("the suite's last words") == 1
+    ours = run_conveyor(pytester, "-n", "2", "-p", "no:randomly")
+    assert ours.ret == 0
+    stderr = ours.stderr.str()
+    assert "conveyor: workers gw0, gw1 wrote this as its pytest session ended:" in stderr
+    assert stderr.count("the suite's last words") == 2, stderr  # the controller's, theirs
 
 
 def test_a_worker_machine_whose_session_fails_as_it_ends_exits_non_zero(
@@ -165,7 +200,7 @@ def test_a_worker_machine_whose_session_fails_as_it_ends_exits_non_zero(
     )  # fmt: skip
     output = worker.stdout.str() + worker.stderr.str()
     assert worker.ret == 1, output
-    assert "as its pytest session ended, after its tests" in worker.stderr.str()
+    assert "pytest session failed as it ended, after its tests had run" in worker.stderr.str()
     assert "raised by a finalizer at the session's end" in worker.stderr.str()
 
 
