@@ -459,9 +459,14 @@ class Supervisor:
 
     def session_end_outputs(self) -> dict[str, str]:
         """What each worker wrote as its pytest session ended, after its tests, by slot
-        (its last process's log), where it wrote anything."""
+        (its last process's log), where it wrote anything. Only a worker that did its work
+        counts: one that a usage error ended writes the error, which the report gives."""
         with self._lock:
-            logs = [(slot.name, slot.log_path) for slot in self.slots if slot.log_path]
+            logs = [
+                (slot.name, slot.log_path)
+                for slot in self.slots
+                if slot.log_path and slot.status() == "done"
+            ]
         written = {name: written_as_session_ended(path) for name, path in logs}
         return {name: text for name, text in written.items() if text}
 

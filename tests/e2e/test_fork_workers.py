@@ -26,6 +26,7 @@ from helpers import (
 )
 
 from conveyor.queue import open_queue
+from conveyor.worker_exit import SESSION_END
 
 COUNT_COLLECTIONS = """
 import os
@@ -135,9 +136,12 @@ def test_worker_logs_keep_each_forked_workers_output_apart(pytester: pytest.Pyte
     result = run_conveyor(pytester, "-n", "2", "--fork-workers", "--worker-logs", str(logs))
     assert result.ret == 0, result.stdout.str()
     assert sorted(path.name for path in logs.iterdir()) == ["fork-server.log", "gw0.log", "gw1.log"]
-    assert (logs / "gw0.log").read_text().strip() == "ended as gw0"
-    assert (logs / "gw1.log").read_text().strip() == "ended as gw1"
+    # Each after the line where its session's end begins, which is shown after the report.
+    mark = SESSION_END.decode()
+    assert (logs / "gw0.log").read_text() == f"{mark}ended as gw0\n"
+    assert (logs / "gw1.log").read_text() == f"{mark}ended as gw1\n"
     assert "ended as" not in (logs / "fork-server.log").read_text()
+    assert "conveyor: worker gw0 wrote this as its pytest session ended:" in result.stderr.str()
 
 
 def test_fork_workers_with_command_mode_is_a_usage_error(pytester: pytest.Pytester) -> None:
