@@ -33,6 +33,7 @@ from conveyor.process_exit import SettleGarbageAtEnd, end_with_the_session, exit
 from conveyor.quarantine import Entry, refuse_expired
 from conveyor.quarantine import load as load_quarantine
 from conveyor.queue import QUEUE_ENV, Queue, check_url, mask_url, open_queue, queue_from_env
+from conveyor.session_end_report import say_session_ends
 from conveyor.supervisor import Supervisor, WorkerStart
 from conveyor.trace import configure as trace_configure
 from conveyor.worker_settings import WorkerSettings
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from conveyor.command import CommandSettings
     from conveyor.history import HistoryStore
     from conveyor.memory_plugin import BuildMemoryPlugin, MemorySettings
-    from conveyor.worker_exit import WorkerFailure
 
 USAGE_TEMPLATE = """\
 usage: conveyor run    [-n N|auto] [--queue URL] [--build ID] [options] [PYTEST_ARGS...]
@@ -476,36 +476,11 @@ def _after_session_ends(supervisor: Supervisor, code: int) -> int:
     doing, and the build is not green anyway."""
     if interrupts.received():
         return code
-    failures = _say_session_ends(supervisor, "conveyor:")
+    failures = say_session_ends(supervisor, "conveyor:")
     if failures and code in (0, 5):
         print("conveyor: the build fails for it: exit 1.", file=sys.stderr)
         return 1
     return code
-
-
-def _say_session_ends(supervisor: Supervisor, prefix: str) -> list[WorkerFailure]:
-    """Write, to stderr, what each worker wrote as its session ended (the same words from
-    several workers once) and which sessions failed as they ended; those failures."""
-    written = supervisor.session_end_outputs()
-    failures = supervisor.session_end_failures()
-    for failure in failures:
-        output = written.pop(failure.worker, None) or failure.output_tail
-        print(
-            f"{prefix} worker {failure.worker}'s pytest session failed as it ended, after its "
-            f"tests had run ({failure.cause}); a plain pytest run ends with this error too. "
-            + ("What it wrote as it ended:" if output else "It wrote nothing."),
-            file=sys.stderr,
-        )
-        if output:
-            print(output, file=sys.stderr)
-    by_text: dict[str, list[str]] = {}
-    for worker, text in written.items():
-        by_text.setdefault(text, []).append(worker)
-    for text, workers in by_text.items():
-        who = f"worker {workers[0]}" if len(workers) == 1 else f"workers {', '.join(workers)}"
-        print(f"{prefix} {who} wrote this as its pytest session ended:", file=sys.stderr)
-        print(text, file=sys.stderr)
-    return failures
 
 
 def _record_cost(memory: BuildMemoryPlugin | None) -> None:
@@ -573,7 +548,7 @@ def _report_worker_outcome(supervisor: Supervisor, stop_reason: str | None = Non
         if failure.output_tail:
             print(failure.output_tail, file=sys.stderr)
     states = supervisor.final_states()
-    if _say_session_ends(supervisor, "conveyor worker:"):
+    if say_session_ends(supervisor, "conveyor worker:"):
         # Its results are stored and the report may read green; this machine's job must not.
         print(
             "conveyor worker: a worker's pytest session failed as it ended (above), as a plain "
