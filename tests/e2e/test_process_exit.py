@@ -237,3 +237,28 @@ def test_pytests_own_collections_at_the_end_skip_what_was_settled(
     frozen = {path.name: int(path.read_text()) for path in out.iterdir()}
     assert set(frozen) == {"controller", "gw0", "gw1"}, frozen
     assert all(count > 1000 for count in frozen.values()), frozen
+
+
+def test_a_session_finish_that_raises_in_the_workers_fails_the_build(
+    pytester: pytest.Pytester,
+) -> None:
+    """A hook that raises as the session finishes ends a plain run with its traceback and
+    exit code 1; where it raises only in the workers (it looks at what their tests left),
+    the build says so after the report and exits 1 too."""
+    pytester.makeconftest(
+        """
+        import os
+
+        def pytest_sessionfinish(session):
+            if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("PLAIN_RUN"):
+                raise RuntimeError("the session's finish broke")
+        """
+    )
+    pytester.makepyfile(test_two="def test_a(): pass\ndef test_b(): pass")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PLAIN_RUN", "1")
+        assert run_plain(pytester).ret == 1
+    ours = run_conveyor(pytester, "-n", "2")
+    assert ours.ret == 1, ours.stdout.str() + ours.stderr.str()
+    ours.assert_outcomes(passed=2)
+    assert "RuntimeError: the session's finish broke" in ours.stderr.str()
