@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'variant':18s} {'median s':>9s} {'min s':>6s} {'max s':>6s} {'first result':>13s}"
     print(header + (f" {'setups':>9s}" if setup_log is not None else ""))
     for variant in variants:
-        first = median_or_nan(variant.first_results)  # the summary gives it with an estimate
+        first = median_or_nan(variant.first_results)  # from the summary's timing line
         line = (
             f"{variant.name:18s} {median_or_nan(variant.walls):9.2f} {min(variant.walls):6.2f} "
             f"{max(variant.walls):6.2f} "

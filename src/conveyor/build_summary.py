@@ -97,20 +97,20 @@ class BuildSummary:
         if timeline:
             self._write_timeline(terminalreporter, timeline)
         first, last = self.ledger.first_result_s, self.ledger.last_result_s
-        if estimate_s is not None and finished:
+        if finished and first is not None and last is not None:
             took = time.monotonic() - started_at
             # The estimate is of the tests alone: set beside the span of the results, not
             # beside the whole build, which adds start-up and end. pytest's own "in N s"
             # below counts from its session's start, which comes after the workers' start:
             # say which is which, or the numbers look contradictory.
-            results = (
-                f"; results came from {first:.2f} s to {last:.2f} s"
-                if first is not None and last is not None
+            estimated = (
+                f" (the tests were estimated at {estimate_s:.1f} s)"
+                if estimate_s is not None
                 else ""
             )
             terminalreporter.write_line(
-                f"conveyor: the build took {took:.2f} s from the command's start{results} (the "
-                f"tests were estimated at {estimate_s:.1f} s); pytest's time below starts "
+                f"conveyor: the build took {took:.2f} s from the command's start; results came "
+                f"from {first:.2f} s to {last:.2f} s{estimated}; pytest's time below starts "
                 "with its session"
             )
         if self.node and supervisor is not None:
@@ -180,8 +180,10 @@ class BuildSummary:
         if here_too:
             parts.append(f"{here_too} other process{'es' if here_too != 1 else ''} on this machine")
         elsewhere = f" ({' and '.join(parts)} ran the rest)"
+        # Beside other processes of this machine, what this one ran is this process's part.
+        who = "this process" if here_too else "this machine"
         terminalreporter.write_line(
-            f"conveyor: this machine ({self.node.rstrip('/')}) ran {here} of the {total} "
+            f"conveyor: {who} ({self.node.rstrip('/')}) ran {here} of the {total} "
             f"test(s) with a result{elsewhere if others else ''}"
         )
 

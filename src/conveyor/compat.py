@@ -285,6 +285,46 @@ def progress_letters_hidden(reporter: Any, above: IO[str]) -> Iterator[None]:
         writer._file = original
 
 
+def terminal_output_captured(config: pytest.Config) -> bool:
+    """Whether what pytest's terminal writes now lands in the running test's captured output
+    rather than on the terminal: under fd capture (the default) while the global capture is
+    on, inside a test's phase. A unittest `subTest`'s report is logged from there, so plain
+    pytest's letter and -v line for it vanish into the capture. Relies on the capture
+    manager's `_method` and `_global_capturing.is_started()`."""
+    capman: Any = config.pluginmanager.get_plugin("capturemanager")
+    if capman is None or getattr(capman, "_method", None) != "fd":
+        return False
+    capturing = getattr(capman, "_global_capturing", None)
+    started = getattr(capturing, "is_started", None)
+    return bool(started is not None and started())
+
+
+class _Swallowed(io.TextIOBase):
+    """A terminal writer's file that keeps nothing: the writer still counts what it wrote,
+    as it does when its output goes into a test's capture."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+@contextlib.contextmanager
+def terminal_output_swallowed(config: pytest.Config) -> Iterator[None]:
+    """pytest's terminal writes go nowhere while the reporter still takes them as written:
+    for a report a plain run logs while the test's output is captured
+    (`terminal_output_captured`). Relies on the reporter's `_tw` and its file `_file`."""
+    reporter: Any = config.pluginmanager.get_plugin("terminalreporter")
+    writer = getattr(reporter, "_tw", None)
+    if writer is None or not hasattr(writer, "_file"):
+        yield
+        return
+    original = writer._file
+    writer._file = _Swallowed()
+    try:
+        yield
+    finally:
+        writer._file = original
+
+
 def junit_testcase_appender(config: pytest.Config) -> Callable[[Any, Any], None] | None:
     """A way to add an element inside a test's <testcase> of --junitxml, or None without it
     (relies on the LogXML object in `config.stash[junitxml.xml_key]` and its node_reporter)."""

@@ -9,7 +9,7 @@ from collections.abc import Generator
 
 import pytest
 
-from conveyor.compat import settle_outcome
+from conveyor.compat import settle_outcome, terminal_output_captured
 from conveyor.payload import cap_report
 from conveyor.queue.protocol import JSON
 from conveyor.retry_policy import exception_names
@@ -36,10 +36,13 @@ class OutcomeRecord:
         self.reports: list[JSON] = []
         self.warnings: list[JSON] = []
         self.raised: set[str] = set()
+        # Which reports were logged while the test's output was captured (a unittest
+        # subTest's): plain pytest's terminal output for them goes into the capture.
+        self.captured: list[int] = []
         self._config: pytest.Config | None = None
 
     def reset(self) -> None:
-        self.reports, self.warnings, self.raised = [], [], set()
+        self.reports, self.warnings, self.raised, self.captured = [], [], set(), []
 
     def pytest_configure(self, config: pytest.Config) -> None:
         self._config = config  # historic: called on registration, inside pytest_configure
@@ -59,6 +62,8 @@ class OutcomeRecord:
         assert config is not None
         settle_outcome(config, report)
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
+        if terminal_output_captured(config):
+            self.captured.append(len(self.reports))
         self.reports.append(cap_report(data))
 
     def pytest_warning_recorded(

@@ -155,10 +155,13 @@ def shown(tr: Any, nodeid: str) -> str:
 
 
 def _list(tr: Any, nodeids: Sequence[str]) -> None:
-    for nodeid in nodeids[:SHOWN]:
+    """The first SHOWN test ids, or every one under -v (as pytest's own lists grow with -v)."""
+    verbose = int(getattr(tr, "verbosity", 0) or 0) > 0
+    limit = len(nodeids) if verbose else SHOWN
+    for nodeid in nodeids[:limit]:
         tr.write_line(f"  {shown(tr, nodeid)}")
-    if len(nodeids) > SHOWN:
-        tr.write_line(f"  ... and {len(nodeids) - SHOWN} more")
+    if len(nodeids) > limit:
+        tr.write_line(f"  ... and {len(nodeids) - limit} more (-v lists them all)")
 
 
 MAXFAIL_STOP = "stopping after "  # pytest's own reason for -x and --maxfail

@@ -25,6 +25,7 @@ from conveyor.compat import (
     replay_collection_counts,
     shared_node_id,
     slim_passed_reports,
+    terminal_output_swallowed,
 )
 from conveyor.junit_records import JunitRecordsReplay
 from conveyor.live_log import LiveLogReplay
@@ -139,6 +140,7 @@ class ReportReplayer:
         location: tuple[Any, ...],
         reports: list[Any],
         live_log: object = None,
+        captured: frozenset[int] = frozenset(),
     ) -> None:
         # The test's own id: a unit's name differs from it for a test id collected twice
         # (conveyor.unit_names).
@@ -146,10 +148,16 @@ class ReportReplayer:
         hook = self.config.hook
         live = self._live_log_replay() if live_log else None
         hook.pytest_runtest_logstart(nodeid=nodeid, location=location)
-        for report in reports:
+        for index, report in enumerate(reports):
             if live is not None:
                 live.before(report, live_log)
-            hook.pytest_runtest_logreport(report=report)
+            if index in captured:
+                # Logged in the worker while the test's output was captured: plain pytest's
+                # terminal output for it went into the capture (a unittest subTest's).
+                with terminal_output_swallowed(self.config):
+                    hook.pytest_runtest_logreport(report=report)
+            else:
+                hook.pytest_runtest_logreport(report=report)
         hook.pytest_runtest_logfinish(nodeid=nodeid, location=location)
 
     def _live_log_replay(self) -> LiveLogReplay | None:
@@ -239,7 +247,8 @@ class ReportReplayer:
         where_it_ran(reports[-1], event)
         if recorded := event.data.get("junit"):
             self._replay_junit_records(recorded, reports[0], event.worker or "")
-        self._replay(nodeid, location, reports, event.data.get("live_log"))
+        captured = _indexes(event.data.get("captured"))
+        self._replay(nodeid, location, reports, event.data.get("live_log"), captured)
         self.on_failure(reports)
         forget_subtest_lookups(self.config, reports)
         if self.slim:
@@ -365,3 +374,10 @@ def _location(value: Any, node_id: Any) -> tuple[Any, ...]:
 
 def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _indexes(value: object) -> frozenset[int]:
+    """A list of report indexes as the worker sent it; anything else is none."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(index for index in value if isinstance(index, int))

@@ -511,6 +511,8 @@ class WorkerPlugin:
             "started": started,
             "duration": duration,
         }
+        if record.captured:
+            payload["captured"] = record.captured
         if (junit := self.junit.take()) is not None:
             payload["junit"] = junit
         if (live_log := self.live_log.take()) is not None:

@@ -75,3 +75,29 @@ def test_a_test_id_written_into_the_queue_is_not_run(
             "*2 passed*",
         ]
     )
+
+
+@pytest.mark.parametrize("verbosity", ["default", "-v"])
+def test_the_tests_without_a_result_are_all_listed_under_v(
+    pytester: pytest.Pytester, verbosity: str
+) -> None:
+    """A stopped build lists the tests it left without a result: the first 20, and under -v
+    every one (a first user could not read the rest even under -vv)."""
+    pytester.makepyfile(
+        test_a_first="def test_fails():\n    assert False\n",
+        test_b_rest="\n".join(f"def test_{i:02d}():\n    pass\n" for i in range(25)),
+    )
+    args = ["-v"] if verbosity == "-v" else []
+    result = pytester.run(
+        sys.executable, "-m", "conveyor", "run", "-n", "1", "-x", "-p", "no:cacheprovider",
+        "-p", "no:randomly", *args, timeout=120,
+    )  # fmt: skip
+    output = result.stdout.str()
+    assert result.ret == 1, output
+    listed = [line for line in result.stdout.lines if line.startswith("  test_b_rest.py::")]
+    if verbosity == "-v":
+        assert len(listed) == 25, output
+        assert "-v lists them all" not in output
+    else:
+        assert len(listed) == 20, output
+        result.stdout.fnmatch_lines(["  ... and 5 more (-v lists them all)"])

@@ -1414,3 +1414,51 @@ def test_two_items_with_one_test_id_both_run(pytester: pytest.Pytester, start: s
     ours.assert_outcomes(passed=2, failed=1)
     ours.stdout.fnmatch_lines(["PASSED checks.txt::project", "FAILED checks.txt::project - *"])
     assert "duplicate" not in ours.stdout.str()
+
+
+UNITTEST_SUBTESTS = """
+import unittest
+
+
+class Numbers(unittest.TestCase):
+    def test_each(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 1)
+
+
+def test_with_the_fixture(subtests):
+    for i in range(2):
+        with subtests.test(i=i):
+            assert i < 5
+
+
+def test_plain():
+    pass
+"""
+HEADER = ("platform ", "rootdir:", "plugins:", "configfile:", "cachedir:", "conveyor:")
+
+
+def _shown(result: pytest.RunResult) -> list[str]:
+    """What a run wrote besides its header, conveyor's own lines and the times."""
+    return [
+        re.sub(r" in [\d.]+s", " in Xs", line)
+        for line in result.outlines
+        if line.strip() and not line.startswith(HEADER)
+    ]
+
+
+@pytest.mark.skipif(not hasattr(pytest, "Subtests"), reason="subtests are built in from pytest 9")
+@pytest.mark.parametrize("options", [["-q"], ["-v"], ["-q", "--capture=sys"]], ids=" ".join)
+def test_a_unittest_subtests_output_is_captured_as_in_plain_pytest(
+    pytester: pytest.Pytester, options: list[str]
+) -> None:
+    """A unittest subTest's report is logged from inside the test's call, while its output
+    is captured: under fd capture (the default) plain pytest's letter and -v line for it go
+    into the capture, not to the terminal. The build showed them (`uf.` and SUBPASSED lines
+    where plain pytest shows `.`). Under --capture=sys they reach the terminal in both."""
+    pytester.makepyfile(test_subtests=UNITTEST_SUBTESTS)
+    plain = run_plain(pytester, "-p", "no:randomly", *options)
+    ours = run_conveyor(pytester, "-n", "1", "-p", "no:randomly", *options)
+    assert ours.ret == plain.ret == 1
+    assert _shown(ours) == _shown(plain), "\n".join(_shown(ours))

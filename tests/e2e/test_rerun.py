@@ -87,9 +87,11 @@ def test_a_stopped_build_is_never_green_and_running_it_again_resumes_it(
     assert code == 0, output
     assert "resuming it" in output
     assert "31 passed" in output.splitlines()[-1]
-    # The stopped run was this machine's, not another machine's.
+    # The stopped run was this machine's, not another machine's: this process ran part.
     assert re.search(
-        r"ran \d+ of the 31 test\(s\) with a result \(1 other process on this machine ran", output
+        r"this process \([^)]*\) ran \d+ of the 31 test\(s\) with a result \(1 other process "
+        r"on this machine ran",
+        output,
     ), output
     outcomes = junit_outcomes(pytester.path / "again.xml")
     assert len(outcomes) == 31 and set(map(tuple, outcomes.values())) == {(("passed",),)}

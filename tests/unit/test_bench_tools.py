@@ -262,8 +262,9 @@ def test_the_fork_probe_runs_every_test_once_and_counts_them(
 def test_paired_runs_read_the_first_result_and_the_setups_from_a_real_build(
     tmp_path: Path,
 ) -> None:
-    """bench.paired reads what a real build prints: the summary's first result (a run with
-    timing history) and the module fixture setups the suite logs."""
+    """bench.paired reads what a real build prints: the summary's first result (a first
+    run's too, since the twenty-second round) and the module fixture setups the suite
+    logs."""
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "pytest.ini").write_text("[pytest]\naddopts = -p no:randomly\n")
@@ -278,8 +279,8 @@ def test_paired_runs_read_the_first_result_and_the_setups_from_a_real_build(
     )
     variant = Variant("after, spawned", ROOT / "src", [])
     log = tmp_path / "setups.log"
-    _, first_run, setups = run_once(variant, suite, 2, log)
-    assert first_run is None  # no history yet: the summary gives no estimate line
+    wall, first_run, setups = run_once(variant, suite, 2, log)
+    assert first_run is not None and 0 < first_run <= wall  # without history too
     assert setups is not None and 1 <= setups <= 2  # one module, on one or two workers
     wall, first_result, _ = run_once(variant, suite, 2, log)
     assert first_result is not None and 0 < first_result <= wall

@@ -138,6 +138,7 @@ class ResultPayload(TypedDict, total=False):
     cases: list[JSON]  # command mode: one entry per JUnit test case
     junit: JSON  # what the test recorded for --junitxml (conveyor.junit_records)
     live_log: JSON  # its live log records, with live logging on (conveyor.live_log)
+    captured: list[int]  # which reports were logged while the test's output was captured
 
 
 class CrashCause(TypedDict, total=False):
