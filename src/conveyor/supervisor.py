@@ -487,35 +487,35 @@ class Supervisor:
         if self.fork_server is not None:
             self.fork_server.stop_forking()
         processes = [slot.process for slot in self.slots if slot.process is not None]
-        stopped_here = self._stopped_by_shutdown
         if terminate:
             # Not the fork server: it reports how its workers end, then ends itself.
             for process in processes:
                 if process.poll() is None:
                     _signal_group(process, signal.SIGTERM)
-                    stopped_here.add(id(process))
+                    self._stopped_by_shutdown.add(id(process))
         deadline = time.monotonic() + timeout_s
         for process in processes:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
-                stopped_here.add(id(process))
+                self._stopped_by_shutdown.add(id(process))
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(TERMINATE_GRACE_S)
-        self._see_session_ends(stopped_here)
+        self._see_session_ends()
         if self.fork_server is not None:
             self.fork_server.close()
             self.fork_server.wait(max(0.0, deadline - time.monotonic()) + TERMINATE_GRACE_S)
 
-    def _see_session_ends(self, stopped_here: set[int]) -> None:
+    def _see_session_ends(self) -> None:
         """Once the watch thread has stopped, the workers that ended on their own while
         shutdown waited for them: one whose session failed as it ended is noted as the watch
-        thread would have. One this shutdown stopped is not: its end was not its own."""
+        thread would have. One a shutdown stopped is not: its end was not its own."""
+        stopped = self._stopped_by_shutdown
         with self._lock:
             for slot in self.slots:
                 process = slot.process
-                if slot.state != "running" or process is None or id(process) in stopped_here:
+                if slot.state != "running" or process is None or id(process) in stopped:
                     continue
                 returncode = process.poll()
                 if returncode is None:

@@ -89,14 +89,22 @@ def pytest_timeout_dump(log_path: Path) -> tuple[str, str]:
     return "pytest-timeout's --timeout", "\n".join(lines[titles[0] : titles[-1] + 1]).strip()
 
 
-def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+def _end_of(path: Path, size: int) -> bytes | None:
+    """The last `size` bytes of a log, or None if it cannot be read."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", "replace")
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read()
     except OSError:
+        return None
+
+
+def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    data = _end_of(path, 64 * 1024)
+    if data is None:
         return ""
+    text = data.decode("utf-8", "replace")
     all_lines = text.splitlines()
     window = range(len(all_lines) - 1, max(-1, len(all_lines) - 4 * lines), -1)
     # A crash dump from faulthandler starts with "Fatal Python error"; keep it whole.
@@ -144,15 +152,9 @@ SESSION_END_READ = 1 << 20  # how much of a log's end is searched for the line
 def written_as_session_ended(path: Path) -> str | None:
     """What a worker wrote to its log after it marked its session's end (conveyor's trace
     lines left out), or None if it never marked it (it crashed before, or never ran)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - SESSION_END_READ))
-            data = handle.read()
-    except OSError:
-        return None
-    at = data.rfind(SESSION_END)
-    if at < 0:
+    data = _end_of(path, SESSION_END_READ)
+    at = data.rfind(SESSION_END) if data is not None else -1
+    if data is None or at < 0:
         return None
     text = data[at + len(SESSION_END) :].decode("utf-8", "replace")
     return "\n".join(
